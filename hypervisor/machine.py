@@ -1,0 +1,395 @@
+"""The machine: domains, their memory, events, grants and timers.
+
+This is the hypervisor's state and the lifecycle of domains. It performs no
+I/O of its own: sending an upcall, passing a file descriptor or answering a
+deferred hypercall goes through the `Transport` the loop provides.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from hypervisor.domain import SHARED_INFO_PAGES, Domain
+from hypervisor.event_channel import Delivery, EventChannels
+from hypervisor.grant_table import GrantDomain, Grants, GrantTable
+from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
+from hypervisor.process import DomainProcess
+from hypervisor.public.errno import EINVAL, EIO, ESRCH, XenError
+from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
+from hypervisor.public.xen import VIRQ_DOM_EXC, VIRQ_TIMER
+
+
+class Transport(Protocol):
+    def endpoints(self, domid: int) -> dict[str, str]: ...
+    def attach(self, dom: Domain) -> None: ...
+    def detach(self, dom: Domain) -> None: ...
+    def upcall(self, domid: int, port: int) -> None: ...
+    def reply(self, token: Any, rc: int, result: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Platform:
+    name: str
+    pcpus: int
+    memory: int  # MiB
+
+
+class Machine:
+    def __init__(self, platform: Platform, run_dir: Path, transport: Transport,
+                 logger: Any = None, log_json: bool = False) -> None:
+        self.platform = platform
+        self.run_dir = run_dir
+        self.transport = transport
+        self.logger = logger
+        self.log_json = log_json
+        self.memory = PlatformMemory(platform.memory)
+        self.evtchn = EventChannels()
+        self.grants = Grants(lookup=self._grant_lookup, log=self.log)
+        self.domains: dict[int, Domain] = {}
+        self.next_domid = 1
+        self.next_window = 1
+        self.timers: list[tuple[int, int, int, int]] = []  # deadline, seq, domid, vcpu
+        self.timer_deadlines: dict[tuple[int, int], int] = {}
+        self._timer_seq = 0
+        self.console: deque[str] = deque(maxlen=2000)
+        self.boot_time = time.time()
+        self.halted = False
+
+    # -- logging ------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        """The hypervisor console: what `pyxen dmesg` shows."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.console.append(f"(XEN) [{stamp}] {message}")
+        if self.logger is not None:
+            self.logger.info(message)
+
+    # -- lookups ------------------------------------------------------------
+
+    def domain(self, domid: int) -> Domain:
+        dom = self.domains.get(domid)
+        if dom is None:
+            raise XenError(ESRCH, f"no domain {domid}")
+        return dom
+
+    def _grant_lookup(self, domid: int) -> GrantDomain | None:
+        dom = self.domains.get(domid)
+        return dom.grant_domain if dom is not None and not dom.dying else None
+
+    # -- creation -----------------------------------------------------------
+
+    def create_domain(self, config: dict, domid: int | None = None,
+                      privileged: bool = False) -> Domain:
+        """Allocate a domain and start its kernel; it reports ready later.
+
+        On any failure nothing stays allocated.
+        """
+        name = str(config["name"])
+        vcpus = int(config.get("max_vcpus", 1))
+        nr_pages = int(config["max_memkb"]) * 1024 // os.sysconf("SC_PAGE_SIZE")
+        if not 1 <= vcpus <= 128:
+            raise XenError(EINVAL, f"{name}: max_vcpus {vcpus} out of range")
+        if nr_pages < 1:
+            raise XenError(EINVAL, f"{name}: no memory")
+        if any(d.name == name and not d.dying for d in self.domains.values()):
+            raise XenError(EINVAL, f"a domain named {name} already exists")
+        if domid is None:
+            domid = self.next_domid
+            self.next_domid += 1
+        allocated = []
+        try:
+            ram = self.memory.allocate(f"pyxen-{name}-ram", nr_pages)
+            allocated.append(ram)
+            shinfo = self.memory.allocate(f"pyxen-{name}-shinfo", SHARED_INFO_PAGES)
+            allocated.append(shinfo)
+            gnttab = GrantTable(self.memory, domid, name)
+        except XenError as exc:
+            for seg in allocated:
+                self.memory.free(seg)
+            self.log(f"d{domid} {name}: creation failed: {exc}")
+            raise
+        physmap = Physmap()
+        physmap.add(Region(0, ram))
+        dom = Domain(domid=domid, name=name, privileged=privileged, max_vcpus=vcpus,
+                     max_pages=nr_pages, ram=ram, shared_info=shinfo, gnttab=gnttab,
+                     physmap=physmap)
+        cpus = config.get("cpus")
+        for vcpu in range(vcpus):
+            dom.affinity[vcpu] = tuple(cpus) if cpus is not None else None
+        self.domains[domid] = dom
+        self.evtchn.add_domain(domid)
+        try:
+            self._spawn(dom, config)
+        except OSError as exc:
+            self._release(dom)
+            raise XenError(EIO, f"{name}: cannot start its process: {exc}") from exc
+        self.log(f"d{domid} {name}: created, {nr_pages // PAGES_PER_MIB} MiB, "
+                 f"{vcpus} vCPU(s), pid {dom.process.pid}")
+        return dom
+
+    def _spawn(self, dom: Domain, config: dict) -> None:
+        hv_end, dom_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        dom.memchan = hv_end
+        fds = {
+            "ram": dom.ram.fd,
+            "shared_info": dom.shared_info.fd,
+            "gnttab": dom.gnttab.entries.fd,
+            "gntstatus": dom.gnttab.status.fd,
+            "memchan": dom_end.fileno(),
+        }
+        start_info = {
+            "domid": dom.domid,
+            "name": dom.name,
+            "privileged": dom.privileged,
+            "nr_pages": dom.ram.nr_pages,
+            "max_vcpus": dom.max_vcpus,
+            "gnttab_frames": dom.gnttab.max_frames,
+            "kernel": config.get("kernel", "domains.guest.workloads:idle"),
+            "cmdline": config.get("cmdline", ""),
+            "run_dir": str(self.run_dir),
+            "log_json": self.log_json,
+            "hv_pid": os.getpid(),
+            "fds": fds,
+            **self.transport.endpoints(dom.domid),
+        }
+        log_dir = self.run_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            dom.process = DomainProcess(start_info, list(fds.values()),
+                                        log_dir / f"{dom.name}.log")
+        finally:
+            dom_end.close()
+        for fd in (dom.ram.fd, dom.shared_info.fd, dom.gnttab.entries.fd,
+                   dom.gnttab.status.fd):
+            os.set_inheritable(fd, False)
+        self.transport.attach(dom)
+
+    def domain_ready(self, dom: Domain, vcpu_tids: list[int]) -> None:
+        if dom.ready:
+            raise XenError(EINVAL, f"d{dom.domid} already reported ready")
+        if len(vcpu_tids) != dom.max_vcpus:
+            raise XenError(EINVAL, f"d{dom.domid} reported {len(vcpu_tids)} vCPUs, "
+                           f"has {dom.max_vcpus}")
+        dom.vcpu_tids = [int(t) for t in vcpu_tids]
+        for vcpu, cpus in dom.affinity.items():
+            self.set_vcpu_affinity(dom, vcpu, cpus)
+        dom.ready = True
+        self.log(f"d{dom.domid} {dom.name}: kernel ready")
+        if dom.pending_create is not None:
+            token, dom.pending_create = dom.pending_create, None
+            self.transport.reply(token, 0, {"domid": dom.domid})
+
+    # -- vCPUs --------------------------------------------------------------
+
+    def host_cpus(self, cpus: tuple[int, ...] | None) -> set[int]:
+        """Map platform pCPUs onto the host's CPUs (wrapping if it has fewer)."""
+        host = sorted(os.sched_getaffinity(0))
+        wanted = range(self.platform.pcpus) if cpus is None else cpus
+        return {host[c % len(host)] for c in wanted}
+
+    def set_vcpu_affinity(self, dom: Domain, vcpu: int,
+                          cpus: tuple[int, ...] | None) -> None:
+        if not 0 <= vcpu < dom.max_vcpus:
+            raise XenError(EINVAL, f"d{dom.domid} has no vCPU {vcpu}")
+        if cpus is not None and (not cpus or any(
+                not 0 <= c < self.platform.pcpus for c in cpus)):
+            raise XenError(EINVAL, f"bad CPU set {list(cpus)} "
+                           f"(platform has {self.platform.pcpus} pCPUs)")
+        dom.affinity[vcpu] = tuple(cpus) if cpus is not None else None
+        if dom.vcpu_tids and dom.process is not None and dom.process.alive:
+            try:
+                os.sched_setaffinity(dom.vcpu_tids[vcpu], self.host_cpus(cpus))
+            except ProcessLookupError:
+                pass
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def pause(self, dom: Domain) -> None:
+        if dom.process is None or not dom.process.alive:
+            raise XenError(EINVAL, f"d{dom.domid} is not running")
+        dom.process.signal(19)  # SIGSTOP: the process really stops
+        dom.paused = True
+
+    def unpause(self, dom: Domain) -> None:
+        if dom.process is not None:
+            dom.process.signal(18)  # SIGCONT
+        dom.paused = False
+
+    def shutdown(self, dom: Domain, code: int, remote: bool = False) -> None:
+        """Mark a domain shut down with `code` and tell Dom0."""
+        if dom.shutdown_code is not None:
+            return
+        dom.shutdown_code = code
+        reason = SHUTDOWN_NAMES.get(code, str(code))
+        self.log(f"d{dom.domid} {dom.name}: shutdown ({reason})"
+                 f"{' requested by the toolstack' if remote else ''}")
+        if remote and dom.process is not None:
+            # A remote shutdown deschedules the domain for good; its state
+            # stays until the toolstack destroys it.
+            dom.process.kill()
+            self._release_runtime(dom)
+        if dom.domid == 0:
+            self.halt(f"Domain 0 shut down ({reason}): halting the machine")
+            return
+        self.send_global_virq(VIRQ_DOM_EXC)
+
+    def process_exited(self, dom: Domain) -> None:
+        """The domain's process ended: a crash unless it shut down first."""
+        status = dom.process.reap()
+        if status is None:
+            return
+        self.transport.detach(dom)
+        if not dom.ready:
+            self.log(f"d{dom.domid} {dom.name}: died during boot (exit status {status})")
+            token, dom.pending_create = dom.pending_create, None
+            self._release(dom)
+            if token is not None:
+                tail = self.log_tail(dom.name)
+                self.transport.reply(token, -EIO, f"{dom.name} failed to boot "
+                                     f"(exit status {status}){': ' + tail if tail else ''}")
+            if dom.domid == 0:
+                self.halt("Domain 0 failed to boot: halting the machine")
+            return
+        self._release_runtime(dom)
+        if dom.shutdown_code is None:
+            self.log(f"d{dom.domid} {dom.name}: crashed (exit status {status})")
+            if dom.domid == 0:
+                self.halt("Domain 0 crashed: halting the machine")
+                return
+            dom.shutdown_code = SHUTDOWN_crash
+            self.send_global_virq(VIRQ_DOM_EXC)
+
+    def log_tail(self, name: str) -> str:
+        try:
+            lines = (self.run_dir / "logs" / f"{name}.log").read_text().splitlines()
+        except OSError:
+            return ""
+        return lines[-1].strip()[:300] if lines else ""
+
+    def _release_runtime(self, dom: Domain) -> None:
+        """Drop what only a live domain needs: its maps and its timers."""
+        self.grants.release_mapper(dom.domid)
+        for vcpu in range(dom.max_vcpus):
+            self.timer_deadlines.pop((dom.domid, vcpu), None)
+
+    def destroy(self, dom: Domain) -> None:
+        dom.dying = True
+        if dom.process is not None and dom.process.alive:
+            dom.process.kill()
+        self.log(f"d{dom.domid} {dom.name}: destroyed")
+        self._release(dom)
+        if dom.domid != 0:
+            self.send_global_virq(VIRQ_DOM_EXC)
+
+    def _release(self, dom: Domain) -> None:
+        dom.dying = True
+        self.transport.detach(dom)
+        self._release_runtime(dom)
+        self.evtchn.remove_domain(dom.domid)
+        if dom.process is not None:
+            dom.process.close()
+        if dom.memchan is not None:
+            dom.memchan.close()
+        dom.free(self.memory)
+        self.domains.pop(dom.domid, None)
+
+    def halt(self, reason: str) -> None:
+        if self.halted:
+            return
+        self.log(reason)
+        self.halted = True
+        for dom in sorted(self.domains.values(), key=lambda d: d.domid, reverse=True):
+            if dom.process is not None and dom.process.alive:
+                dom.process.kill()
+            self._release(dom)
+
+    # -- events -------------------------------------------------------------
+
+    def deliver(self, delivery: Delivery | None) -> None:
+        if delivery is None:
+            return
+        dom = self.domains.get(delivery.domid)
+        if dom is None or dom.dying:
+            return
+        if dom.bitmap.set_pending(delivery.port):
+            self.transport.upcall(dom.domid, delivery.port)
+
+    def send_virq(self, domid: int, virq: int, vcpu: int = 0) -> None:
+        self.deliver(self.evtchn.virq_port(domid, virq, vcpu))
+
+    def send_global_virq(self, virq: int) -> None:
+        # Global VIRQs go to the hardware domain, Dom0.
+        self.send_virq(0, virq)
+
+    # -- grant windows --------------------------------------------------------
+
+    def add_window(self, dom: Domain, peer: int, nr_frames: int) -> Region:
+        self.domain(peer)
+        if not 1 <= nr_frames <= 4096:
+            raise XenError(EINVAL, f"grant window of {nr_frames} frames")
+        window_id = self.next_window
+        segment = self.memory.allocate(f"pyxen-{dom.name}-window{window_id}", nr_frames)
+        self.next_window += 1
+        region = Region(dom.physmap.next_free_gfn(), segment, peer=peer,
+                        window_id=window_id)
+        dom.physmap.add(region)
+        dom.windows[window_id] = region
+        self.log(f"d{dom.domid}: grant window {window_id} for d{peer}, "
+                 f"{nr_frames} frames at gfn {region.gfn:#x}")
+        return region
+
+    def find_window(self, window_id: int) -> Region | None:
+        for dom in self.domains.values():
+            if window_id in dom.windows:
+                return dom.windows[window_id]
+        return None
+
+    # -- timers -------------------------------------------------------------
+
+    def set_timer(self, dom: Domain, vcpu: int, deadline_ns: int) -> None:
+        key = (dom.domid, vcpu)
+        if deadline_ns == 0:
+            self.timer_deadlines.pop(key, None)
+            return
+        self.timer_deadlines[key] = deadline_ns
+        self._timer_seq += 1
+        heapq.heappush(self.timers, (deadline_ns, self._timer_seq, dom.domid, vcpu))
+
+    def fire_timers(self, now_ns: int) -> int | None:
+        """Deliver due VIRQ_TIMERs; returns the next deadline, if any."""
+        while self.timers and self.timers[0][0] <= now_ns:
+            deadline, _, domid, vcpu = heapq.heappop(self.timers)
+            if self.timer_deadlines.get((domid, vcpu)) == deadline:
+                del self.timer_deadlines[(domid, vcpu)]
+                self.send_virq(domid, VIRQ_TIMER, vcpu)
+        while self.timers and self.timer_deadlines.get(
+                (self.timers[0][2], self.timers[0][3])) != self.timers[0][0]:
+            heapq.heappop(self.timers)  # cancelled or superseded
+        return self.timers[0][0] if self.timers else None
+
+    # -- information ----------------------------------------------------------
+
+    def physinfo(self) -> dict:
+        return {
+            "nr_cpus": self.platform.pcpus,
+            "max_cpu_id": self.platform.pcpus - 1,
+            "threads_per_core": 1,
+            "cores_per_socket": self.platform.pcpus,
+            "nr_nodes": 1,
+            "max_node_id": 0,
+            "cpu_khz": 0,
+            "total_pages": self.memory.total_pages,
+            "free_pages": self.memory.free_pages,
+            "scrub_pages": 0,
+            "outstanding_pages": 0,
+            "capabilities": 0,
+            "platform": self.platform.name,
+        }
+

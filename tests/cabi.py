@@ -1,0 +1,296 @@
+"""Check hypervisor.public against Xen's real C headers.
+
+Every module ``hypervisor/public/<name>.py`` mirrors ``<xen/<name>.h>``.
+:func:`python_facts` walks the modules and lists what they claim about the
+ABI: the value of every constant, the size and alignment of every ctypes
+structure, the offset, size and signedness of every (nested) field, and
+the size and signedness of every ``*_t`` type.  :func:`generate_c` turns
+the same walk into a C program that includes Xen's headers and prints the
+same facts as C sees them; :func:`header_facts` compiles and runs it.  So a
+constant or structure added to a module later is checked without touching
+this file.
+
+Python names map to C names unchanged except ``HYPERVISOR_x``, which is
+Xen's ``__HYPERVISOR_x``, and the errno module, whose names are Xen's
+``XEN_E*`` enumerators (those are compared as a whole: the C side lists
+every ``XEN_ERRNO()`` in the header).  Names containing "pyxen" are pyxen's
+own and are skipped; a constant that is neither in the headers nor in
+:data:`C_EXPRESSIONS` is reported as missing.
+
+The headers are read as Xen-on-ARM (AArch64) sees them: pyxen's ABI is
+Xen-on-ARM's, and ARM's guest handles and ``xen_pfn_t`` differ from x86's.
+"""
+
+import ctypes
+import pkgutil
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import hypervisor.public
+
+XEN_INCLUDE = Path("/usr/include/xen")
+
+Key = tuple[str, ...]
+Facts = dict[Key, tuple[int | str, ...]]
+
+#: Python constants that are no macro of Xen's, and the C that defines them.
+C_EXPRESSIONS: dict[str, str] = {
+    "PAGE_SHIFT": "XEN_PAGE_SHIFT",
+    "PAGE_SIZE": "(1UL << XEN_PAGE_SHIFT)",
+    "GRANT_ENTRIES_PER_FRAME_V1":
+        "((1UL << XEN_PAGE_SHIFT) / sizeof(grant_entry_v1_t))",
+}
+
+_CONSTANT_NAME = re.compile(r"_?[A-Z]\w*")
+
+_PROLOGUE = r"""
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/*
+ * pyxen's ABI is Xen-on-ARM's: make the Xen headers pick arch-arm.h on any
+ * (LP64) host.  Only Xen's headers, which include no system header, follow.
+ */
+#if !defined(__arm__) && !defined(__aarch64__)
+#undef __i386__
+#undef __x86_64__
+#define __aarch64__ 1
+#endif
+/* domctl.h and sysctl.h are for the node control tools only. */
+#define __XEN_TOOLS__ 1
+
+#include <xen/xen.h>
+#include <xen/io/ring.h> /* XEN_PAGE_SHIFT */
+@INCLUDES@
+
+#define SIGNED(x) _Generic((x), signed char: 1, short: 1, int: 1, long: 1, \
+                           long long: 1, default: 0)
+#define MEMBER(T, m) (((T *)0)->m)
+#define CONST(mod, name, expr)                                            \
+    if ((expr) < 0)                                                       \
+        printf("const\t%s\t%s\t=\t%lld\n", mod, name, (long long)(expr)); \
+    else                                                                  \
+        printf("const\t%s\t%s\t=\t%llu\n", mod, name,                  \
+               (unsigned long long)(expr));
+#define MISSING(mod, name) printf("const\t%s\t%s\t=\tmissing\n", mod, name);
+#define TYPEDEF(T) \
+    printf("typedef\t%s\t=\t%zu\t%d\n", #T, sizeof(T), SIGNED((T)0));
+#define STRUCT(name, T) \
+    printf("struct\t%s\t=\t%zu\t%zu\n", name, sizeof(T), _Alignof(T));
+#define AGGREGATE(name, T, m)                                             \
+    printf("field\t%s\t%s\t=\t%zu\t%zu\n", name, #m, offsetof(T, m),   \
+           sizeof(MEMBER(T, m)));
+#define SCALAR(name, T, m)                                                \
+    printf("field\t%s\t%s\t=\t%zu\t%zu\t%d\n", name, #m, offsetof(T, m), \
+           sizeof(MEMBER(T, m)), SIGNED(MEMBER(T, m)));
+
+static void dump_errno(void)
+{
+/* List the hypervisor-internal values (EINTR, ERESTART) too. */
+#define __XEN__ 1
+#define XEN_ERRNO(name, value) printf("errno\t%s\t=\t%d\n", #name, value);
+#include <xen/errno.h>
+#undef __XEN__
+}
+
+static void dump_gnttab_error_msgs(void)
+{
+    static const char *const msgs[] = GNTTABOP_error_msgs;
+
+    for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++)
+        printf("gnttab_msg\t%zu\t=\t%s\n", i, msgs[i]);
+}
+
+int main(void)
+{
+    dump_errno();
+    dump_gnttab_error_msgs();
+"""
+
+
+def skip_reason() -> str | None:
+    """Why the C comparison cannot run here, or None if it can."""
+    if not XEN_INCLUDE.is_dir():
+        return f"needs Debian's libxen-dev ({XEN_INCLUDE})"
+    if shutil.which("cc") is None:
+        return "needs a C compiler (cc) to compile against libxen-dev"
+    return None
+
+
+def abi_modules() -> list[ModuleType]:
+    """Every module of hypervisor.public, each mirroring <xen/NAME.h>."""
+    return [
+        __import__(f"hypervisor.public.{info.name}", fromlist=["_"])
+        for info in pkgutil.iter_modules(hypervisor.public.__path__)
+        if not info.ispkg
+    ]
+
+
+def _short(module: ModuleType) -> str:
+    return module.__name__.rsplit(".", 1)[1]
+
+
+def _is_errno(module: ModuleType) -> bool:
+    return _short(module) == "errno"
+
+
+def _constants(module: ModuleType) -> Iterator[tuple[str, int]]:
+    for name, value in vars(module).items():
+        if (_CONSTANT_NAME.fullmatch(name) and type(value) is int
+                and "pyxen" not in name.lower()):
+            yield name, value
+
+
+def _aggregates(module: ModuleType) -> Iterator[type]:
+    """The module's own ctypes structures and unions named as in C."""
+    for name, value in vars(module).items():
+        if (isinstance(value, type)
+                and issubclass(value, (ctypes.Structure, ctypes.Union))
+                and value.__module__ == module.__name__
+                and not name.startswith("_")):
+            yield value
+
+
+def _typedefs(module: ModuleType) -> Iterator[tuple[str, type]]:
+    for name, value in vars(module).items():
+        if (name.endswith("_t") and isinstance(value, type)
+                and issubclass(value, ctypes._SimpleCData)):
+            yield name, value
+
+
+def _is_aggregate(ctype: type) -> bool:
+    return issubclass(ctype, (ctypes.Structure, ctypes.Union))
+
+
+def _fields(ctype: type, prefix: str = "", base: int = 0
+            ) -> Iterator[tuple[str, int, type]]:
+    """(C member designator, offset, ctypes type) of every nested field;
+    an array also yields its element ``[0]``."""
+    for name, ftype in ctype._fields_:
+        designator = prefix + name
+        offset = base + getattr(ctype, name).offset
+        yield designator, offset, ftype
+        yield from _inside(ftype, designator, offset)
+
+
+def _inside(ftype: type, designator: str, offset: int
+            ) -> Iterator[tuple[str, int, type]]:
+    if _is_aggregate(ftype):
+        yield from _fields(ftype, designator + ".", offset)
+    elif issubclass(ftype, ctypes.Array):
+        element = designator + "[0]"
+        yield element, offset, ftype._type_
+        yield from _inside(ftype._type_, element, offset)
+
+
+def _scalar(ftype: type) -> bool:
+    return not _is_aggregate(ftype) and not issubclass(ftype, ctypes.Array)
+
+
+def _signed(ctype: type) -> int:
+    return int(ctype(-1).value < 0)
+
+
+def _c_type(ctype: type) -> str:
+    kind = "union" if issubclass(ctype, ctypes.Union) else "struct"
+    return f"{kind} {ctype.__name__}"
+
+
+def python_facts(modules: list[ModuleType]) -> Facts:
+    """What the Python modules claim about Xen's ABI."""
+    facts: Facts = {}
+    for module in modules:
+        for name, value in _constants(module):
+            key = ("errno", name) if _is_errno(module) else (
+                "const", _short(module), name)
+            facts[key] = (value,)
+        for name, ctype in _typedefs(module):
+            facts["typedef", name] = (ctypes.sizeof(ctype), _signed(ctype))
+        for ctype in _aggregates(module):
+            name = ctype.__name__
+            facts["struct", name] = (ctypes.sizeof(ctype),
+                                     ctypes.alignment(ctype))
+            for designator, offset, ftype in _fields(ctype):
+                fact: tuple[int, ...] = (offset, ctypes.sizeof(ftype))
+                if _scalar(ftype):
+                    fact += (_signed(ftype),)
+                facts["field", name, designator] = fact
+        if hasattr(module, "GNTTABOP_error_msgs"):
+            for index, message in enumerate(module.GNTTABOP_error_msgs):
+                facts["gnttab_msg", str(index)] = (message,)
+    return facts
+
+
+def _c_name(name: str) -> str:
+    return "__" + name if name.startswith("HYPERVISOR_") else name
+
+
+def generate_c(modules: list[ModuleType]) -> str:
+    """A C program printing, from Xen's headers, the facts of the modules."""
+    includes = "\n".join(f"#include <xen/{_short(m)}.h>" for m in modules)
+    lines = [_PROLOGUE.replace("@INCLUDES@", includes)]
+    for module in modules:
+        mod = _short(module)
+        if not _is_errno(module):
+            for name, _ in _constants(module):
+                if name in C_EXPRESSIONS:
+                    lines.append(
+                        f'    CONST("{mod}", "{name}", {C_EXPRESSIONS[name]})')
+                    continue
+                c_name = _c_name(name)
+                lines += [f"#ifdef {c_name}",
+                          f'    CONST("{mod}", "{name}", {c_name})',
+                          "#else",
+                          f'    MISSING("{mod}", "{name}")',
+                          "#endif"]
+        for name, _ in _typedefs(module):
+            lines.append(f"    TYPEDEF({name})")
+        for ctype in _aggregates(module):
+            name, c_type = ctype.__name__, _c_type(ctype)
+            lines.append(f'    STRUCT("{name}", {c_type})')
+            for designator, _, ftype in _fields(ctype):
+                macro = "SCALAR" if _scalar(ftype) else "AGGREGATE"
+                lines.append(f'    {macro}("{name}", {c_type}, {designator})')
+    lines += ["    return 0;", "}", ""]
+    return "\n".join(lines)
+
+
+def _parse(value: str) -> int | str:
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def header_facts(modules: list[ModuleType], workdir: Path) -> Facts:
+    """Compile and run generate_c(modules) in workdir; parse its output."""
+    source = workdir / "abi.c"
+    program = workdir / "abi"
+    source.write_text(generate_c(modules))
+    compiled = subprocess.run(
+        ["cc", "-std=gnu11", "-Wall", "-o", str(program), str(source)],
+        capture_output=True, text=True, timeout=50)
+    if compiled.returncode != 0:
+        raise RuntimeError(f"cc failed on {source}:\n{compiled.stderr}")
+    output = subprocess.run([str(program)], capture_output=True, text=True,
+                            check=True, timeout=10).stdout
+    facts: Facts = {}
+    for line in output.splitlines():
+        fields = line.split("\t")
+        split = fields.index("=")
+        facts[tuple(fields[:split])] = tuple(map(_parse, fields[split + 1:]))
+    return facts
+
+
+def mismatches(python: Facts, c: Facts, kind: str | None = None) -> list[str]:
+    """Readable differences between two fact sets (of one kind, if given)."""
+    keys = sorted(k for k in python.keys() | c.keys()
+                  if kind is None or k[0] == kind)
+    return [f"{' '.join(key)}: python {python.get(key, 'missing')}, "
+            f"C {c.get(key, 'missing')}"
+            for key in keys if python.get(key) != c.get(key)]
