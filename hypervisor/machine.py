@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgpack
+
 from hypervisor.domain import SHARED_INFO_PAGES, Domain
 from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
@@ -144,6 +146,10 @@ class Machine:
             "gntstatus": dom.gnttab.status.fd,
             "memchan": dom_end.fileno(),
         }
+        # Only the loader hands Dom0 extra fds (its boot-progress pipe).
+        extra = [int(fd) for fd in config.get("extra_fds", ())]
+        if extra:
+            fds["extra"] = extra
         start_info = {
             "domid": dom.domid,
             "name": dom.name,
@@ -162,7 +168,8 @@ class Machine:
         log_dir = self.run_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            dom.process = DomainProcess(start_info, list(fds.values()),
+            pass_fds = [fd for v in fds.values() for fd in (v if isinstance(v, list) else [v])]
+            dom.process = DomainProcess(start_info, pass_fds,
                                         log_dir / f"{dom.name}.log")
         finally:
             dom_end.close()
@@ -345,11 +352,15 @@ class Machine:
                  f"{nr_frames} frames at gfn {region.gfn:#x}")
         return region
 
-    def find_window(self, window_id: int) -> Region | None:
-        for dom in self.domains.values():
-            if window_id in dom.windows:
-                return dom.windows[window_id]
-        return None
+    def pass_window(self, dom: Domain, window_id: int) -> None:
+        """Hand `dom` the fd of a window, before the hypercall that names it
+        is answered, so the kernel finds the fd waiting on its channel."""
+        owner = next(d for d in self.domains.values() if window_id in d.windows)
+        region = owner.windows[window_id]
+        meta = msgpack.packb({"window": window_id, "owner": owner.domid,
+                              "gfn": region.gfn, "nr_frames": region.segment.nr_pages})
+        socket.send_fds(dom.memchan, [meta], [region.segment.fd])
+        dom.known_windows.add(window_id)
 
     # -- timers -------------------------------------------------------------
 

@@ -131,6 +131,10 @@ class PlatformMemory:
         except OSError as exc:
             self.release(nr_pages)
             raise XenError(ENOMEM, f"{name}: {exc.strerror}") from exc
+        except BaseException:
+            # ValueError (no pages), OverflowError (size beyond off_t), ...
+            self.release(nr_pages)
+            raise
 
     def free(self, segment: Segment) -> None:
         if segment.fd >= 0:

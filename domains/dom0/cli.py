@@ -1,0 +1,293 @@
+"""`pyxen`: the xl of pyxen. Boots a machine and talks to its toolstack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from domains.dom0.client import (
+    CommandFailed,
+    ControlClient,
+    NotRunning,
+    default_run_dir,
+    hypervisor_pid,
+)
+from domains.dom0.topology import TopologyError, load_topology
+from domains.dom0.xlformat import format_info, format_list, format_vcpu_list
+
+# A ZeroMQ ipc:// path must fit in sockaddr_un (108 bytes with the NUL).
+MAX_SOCKET_PATH = 100
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line, exit status 1."""
+
+
+def _boot_command(args) -> int:
+    from deploy import DEFAULT_TOPOLOGY
+
+    run_dir: Path = args.run_dir
+    path = Path(args.topology) if args.topology else DEFAULT_TOPOLOGY
+    try:
+        topology = load_topology(path)
+    except TopologyError as exc:
+        raise UserError(str(exc)) from None
+    pid = hypervisor_pid(run_dir)
+    if pid is not None:
+        raise UserError(f"a pyxen system is already running in {run_dir} (hypervisor pid "
+                        f"{pid}); `pyxen halt` it or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    longest = run_dir.resolve() / "hv" / "65535.hc"
+    if len(str(longest)) > MAX_SOCKET_PATH:
+        raise UserError(f"--run-dir {run_dir} is too long for unix sockets; "
+                        "use a shorter path")
+    (run_dir / "logs").mkdir(exist_ok=True)
+    dom0 = topology.dom0
+    platform = topology.platform
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "hypervisor", "--run-dir", str(run_dir.resolve()),
+           "--platform", json.dumps({"name": platform.name, "pcpus": platform.pcpus,
+                                     "memory": platform.memory}),
+           "--dom0", json.dumps({"memory": dom0.memory, "vcpus": dom0.vcpus,
+                                 "cpus": list(dom0.cpus) if dom0.cpus else None,
+                                 "cmdline": f"{dom0.extra} topology="
+                                            f"{quote(str(path.resolve()))}".strip()}),
+           "--notify-fd", str(write_fd)]
+    if args.log_json:
+        cmd.append("--log-json")
+    with open(run_dir / "logs" / "hypervisor.out", "ab") as out:
+        hv = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                              pass_fds=[write_fd], start_new_session=True)
+    os.close(write_fd)
+    print(f"Booting {path.name} in {run_dir} (hypervisor pid {hv.pid})", flush=True)
+    ok, error = _follow_boot(read_fd)
+    if not ok:
+        hv.wait()
+        log = run_dir / "logs" / "hypervisor.log"
+        raise UserError(f"boot failed: {error or 'the hypervisor exited'} "
+                        f"(see {log} and {run_dir / 'logs'})")
+    if args.detach:
+        print(f"All domains running. `pyxen list` shows them; `pyxen halt` stops them.")
+        return 0
+    return _foreground(run_dir, hv)
+
+
+def _follow_boot(fd: int) -> tuple[bool, str]:
+    """Print boot progress from Dom0 until it says ready (or the pipe closes)."""
+    with os.fdopen(fd, "r") as pipe:
+        for line in pipe:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "created":
+                print(f"  {event['name']:<16} started (domid {event['domid']})", flush=True)
+            elif event.get("event") == "ready":
+                return True, ""
+            elif event.get("event") == "error":
+                return False, event.get("message", "")
+    return False, ""
+
+
+def _foreground(run_dir: Path, hv: subprocess.Popen) -> int:
+    """Show live status until Ctrl-C (which halts) or the machine stops."""
+    client = ControlClient(run_dir)
+    last = None
+    try:
+        while hv.poll() is None:
+            try:
+                rows = client.call("list")
+            except NotRunning:
+                break
+            shown = [(r["name"], r["domid"], r["shutdown"], r["paused"], r["note"])
+                     for r in rows]
+            if shown != last:
+                print(time.strftime("%H:%M:%S"), "domains:", flush=True)
+                print(format_list(rows), end="", flush=True)
+                last = shown
+            try:
+                hv.wait(timeout=1.0)  # a display refresh, not a wait for an event
+            except subprocess.TimeoutExpired:
+                pass
+    except KeyboardInterrupt:
+        print("\nHalting...", flush=True)
+        try:
+            client.call("halt")
+        except NotRunning:
+            pass
+        hv.wait()
+    print("The machine has halted.")
+    return 0
+
+
+def _client(args) -> ControlClient:
+    return ControlClient(args.run_dir)
+
+
+def _simple(cmd: str, done: str | None = None):
+    def run(args) -> int:
+        _client(args).call(cmd, domain=args.domain)
+        if done:
+            print(done.format(domain=args.domain))
+        return 0
+    return run
+
+
+def _list(args) -> int:
+    rows = _client(args).call("list", domain=args.domain)
+    print(format_list(rows), end="")
+    notes = [r for r in rows if r.get("note")]
+    for row in notes if args.verbose else []:
+        print(f"  {row['name']}: {row['note']}")
+    return 0
+
+
+def _info(args) -> int:
+    info = _client(args).call("info")
+    phys, ver = info["physinfo"], info["version"]
+    physinfo = {"host": os.uname().nodename, "release": os.uname().release,
+                "version": os.uname().version, "machine": "aarch64 (pyxen)",
+                "nr_cpus": phys["nr_cpus"], "max_cpu_id": phys["max_cpu_id"],
+                "nr_nodes": phys["nr_nodes"], "cores_per_socket": phys["cores_per_socket"],
+                "threads_per_core": phys["threads_per_core"],
+                "total_memory": phys["total_pages"] * 4 // 1024,
+                "free_memory": phys["free_pages"] * 4 // 1024}
+    versions = {**ver, "xen_scheduler": "credit2", "xen_pagesize": 4096,
+                "platform": phys.get("platform")}
+    print(format_info(physinfo, versions), end="")
+    return 0
+
+
+def _create(args) -> int:
+    path = Path(args.config)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    result = _client(args).call("create", path=str(path.resolve()))
+    print(f"Created {result['name']} (domid {result['domid']})")
+    return 0
+
+
+def _vcpu_list(args) -> int:
+    result = _client(args).call("vcpu-list", domain=args.domain)
+    print(format_vcpu_list(result["rows"], result["nr_cpus"]), end="")
+    return 0
+
+
+def _vcpu_pin(args) -> int:
+    _client(args).call("vcpu-pin", domain=args.domain, vcpu=args.vcpu, cpus=args.cpus)
+    return 0
+
+
+def _dmesg(args) -> int:
+    print(_client(args).call("dmesg", clear=args.clear), end="")
+    return 0
+
+
+def _halt(args) -> int:
+    pid = hypervisor_pid(args.run_dir)
+    _client(args).call("halt")
+    if pid is not None:
+        _wait_exit(pid)
+    print("The machine has halted.")
+    return 0
+
+
+def _wait_exit(pid: int) -> None:
+    """Block until a (non-child) process ends: its pidfd becomes readable."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        select.select([fd], [], [], 60)
+    finally:
+        os.close(fd)
+
+
+def _bench(args) -> int:
+    from domains.dom0.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyxen", description=__doc__)
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="the system's run directory (env PYXEN_RUN_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("boot", help="boot a machine from a topology file")
+    p.add_argument("topology", nargs="?", help="TOML topology (default: bundled default)")
+    p.add_argument("--detach", action="store_true", help="return once every domain runs")
+    p.add_argument("--log-json", action="store_true", help="JSON lines in the logs")
+    p.set_defaults(func=_boot_command)
+
+    p = sub.add_parser("list", help="list domains (xl list)")
+    p.add_argument("domain", nargs="?")
+    p.add_argument("-v", "--verbose", action="store_true", help="say why domains stopped")
+    p.set_defaults(func=_list)
+
+    sub.add_parser("info", help="machine information (xl info)").set_defaults(func=_info)
+
+    p = sub.add_parser("create", help="create a domain from an xl.cfg-style TOML file")
+    p.add_argument("config")
+    p.set_defaults(func=_create)
+
+    for name, done, text in (
+            ("destroy", "Destroyed {domain}", "destroy a domain at once"),
+            ("shutdown", "Shutting down {domain}", "shut a domain down"),
+            ("reboot", "Rebooting {domain}", "reboot a domain"),
+            ("pause", None, "pause a domain (its process stops)"),
+            ("unpause", None, "unpause a domain")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("domain")
+        p.set_defaults(func=_simple(name, done))
+
+    p = sub.add_parser("vcpu-list", help="list vCPUs (xl vcpu-list)")
+    p.add_argument("domain", nargs="?")
+    p.set_defaults(func=_vcpu_list)
+
+    p = sub.add_parser("vcpu-pin", help="set a vCPU's hard affinity")
+    p.add_argument("domain")
+    p.add_argument("vcpu", help="vCPU number or 'all'")
+    p.add_argument("cpus", help="pCPUs: 'all', '0-1', '0,1', '^1'")
+    p.set_defaults(func=_vcpu_pin)
+
+    p = sub.add_parser("dmesg", help="the hypervisor's log (xl dmesg)")
+    p.add_argument("-c", "--clear", action="store_true", help="clear after reading")
+    p.set_defaults(func=_dmesg)
+
+    sub.add_parser("halt", help="stop every domain and the hypervisor").set_defaults(
+        func=_halt)
+
+    p = sub.add_parser("bench", help="benchmarks against a raw baseline")
+    p.add_argument("what", choices=["evtchn"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.run_dir is None:
+        args.run_dir = default_run_dir()
+    try:
+        return args.func(args)
+    except (UserError, NotRunning, CommandFailed) as exc:
+        print(f"pyxen: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

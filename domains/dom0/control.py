@@ -1,0 +1,123 @@
+"""The control socket: how `pyxen` (xl) talks to Dom0's toolstack.
+
+ZeroMQ REP at <run-dir>/control.sock; requests and replies are msgpack maps:
+  request {"cmd": "list", "args": {...}}
+  reply   {"ok": true, "result": ...} | {"ok": false, "error": "..."}
+A user mistake (unknown domain, bad config) is an error reply, never a crash
+of the toolstack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from domains.dom0.toolstack import Toolstack
+from domains.dom0.topology import TopologyError, load_domain_config
+from domains.dom0.xlspec import SpecError, parse_cpulist
+from hypervisor.public.errno import XenError
+from hypervisor.public.sched import SHUTDOWN_poweroff, SHUTDOWN_reboot
+
+COMMANDS: dict[str, Callable[[Toolstack, dict], Any]] = {}
+
+
+class Halt(Exception):
+    """Raised after the reply to `halt` is sent: Dom0 powers the machine off."""
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+@command("list")
+def _list(ts: Toolstack, args: dict):
+    rows = ts.list_rows()
+    if args.get("domain") is not None:
+        dom = ts.find(args["domain"])
+        rows = [r for r in rows if r["domid"] == dom.domid]
+    return rows
+
+
+@command("info")
+def _info(ts: Toolstack, args: dict):
+    phys = ts.xc.physinfo()
+    return {"physinfo": phys, "version": ts.xc.version()}
+
+
+@command("create")
+def _create(ts: Toolstack, args: dict):
+    drivers = {d.name for d in ts.domains.values()
+               if d.domid == 0 or (d.config and d.config.driver_domain)}
+    config = load_domain_config(Path(args["path"]), ts.platform, drivers)
+    dom = ts.create(config)
+    return {"name": dom.name, "domid": dom.domid}
+
+
+@command("destroy")
+def _destroy(ts: Toolstack, args: dict):
+    ts.destroy(ts.find(args["domain"]))
+
+
+def _shutdown(reason: int):
+    def run(ts: Toolstack, args: dict):
+        dom = ts.find(args["domain"])
+        ts.xc.domain_shutdown(dom.domid, reason)
+    return run
+
+
+COMMANDS["shutdown"] = _shutdown(SHUTDOWN_poweroff)
+COMMANDS["reboot"] = _shutdown(SHUTDOWN_reboot)
+
+
+@command("pause")
+def _pause(ts: Toolstack, args: dict):
+    ts.xc.domain_pause(ts.find(args["domain"]).domid)
+
+
+@command("unpause")
+def _unpause(ts: Toolstack, args: dict):
+    ts.xc.domain_unpause(ts.find(args["domain"]).domid)
+
+
+@command("vcpu-list")
+def _vcpu_list(ts: Toolstack, args: dict):
+    return {"rows": ts.vcpu_rows(args.get("domain")), "nr_cpus": ts.platform.pcpus}
+
+
+@command("vcpu-pin")
+def _vcpu_pin(ts: Toolstack, args: dict):
+    dom = ts.find(args["domain"])
+    cpus = parse_cpulist(str(args["cpus"]), ts.platform.pcpus)
+    nr = ts.xc.domain_getinfo(dom.domid)["max_vcpu_id"] + 1
+    vcpus = range(nr) if str(args["vcpu"]) == "all" else [int(args["vcpu"])]
+    for vcpu in vcpus:
+        ts.xc.vcpu_setaffinity(dom.domid, vcpu, cpus)
+
+
+@command("dmesg")
+def _dmesg(ts: Toolstack, args: dict):
+    return ts.xc.readconsole(clear=bool(args.get("clear")))
+
+
+@command("halt")
+def _halt(ts: Toolstack, args: dict):
+    raise Halt()
+
+
+def handle(ts: Toolstack, request: Any) -> tuple[dict, bool]:
+    """Answer one request; the flag says the machine must halt after it."""
+    if not isinstance(request, dict) or request.get("cmd") not in COMMANDS:
+        cmd = request.get("cmd") if isinstance(request, dict) else None
+        return {"ok": False, "error": f"unknown command {cmd!r}"}, False
+    args = request.get("args") or {}
+    try:
+        return {"ok": True, "result": COMMANDS[request["cmd"]](ts, args)}, False
+    except Halt:
+        return {"ok": True, "result": None}, True
+    except (XenError, TopologyError, SpecError) as exc:
+        return {"ok": False, "error": str(exc)}, False
+    except (KeyError, ValueError, TypeError) as exc:
+        return {"ok": False, "error": f"bad request: {exc!r}"}, False

@@ -1,0 +1,109 @@
+"""Dom0's kernel entry: the toolstack and the control socket.
+
+Boot order follows Xen: the hypervisor built Dom0; Dom0 now builds every
+other domain of the topology (driver domains first) through hypercalls,
+reporting progress on the loader's pipe, then serves the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import unquote
+
+import msgpack
+import zmq
+
+from domains.dom0.control import handle
+from domains.dom0.toolstack import Toolstack
+from domains.dom0.topology import Platform, TopologyError, load_topology
+from domains.dom0.xc import XenCtrl
+from domains.kernel.kernel import Kernel
+from hypervisor.public.errno import XenError
+from hypervisor.public.xen import VIRQ_DOM_EXC
+
+CONTROL_SOCKET = "control.sock"
+
+
+class Progress:
+    """JSON lines to `pyxen boot`, which waits on the other end of the pipe."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def __call__(self, **event) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, (json.dumps(event) + "\n").encode())
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def main(kernel: Kernel) -> None:
+    run_dir = Path(kernel.start_info["run_dir"])
+    extra = kernel.start_info["fds"].get("extra", [])
+    progress = Progress(extra[0] if extra else None)
+    xc = XenCtrl(kernel.hypercall)
+    topology = None
+    if "topology" in kernel.args:
+        topology = load_topology(unquote(kernel.args["topology"]))
+        platform = topology.platform
+    else:
+        phys = xc.physinfo()
+        platform = Platform(phys["platform"], phys["nr_cpus"], phys["total_pages"] // 256)
+    toolstack = Toolstack(xc, platform, kernel.log, announce=progress)
+
+    ctx = kernel.ctx
+    control = ctx.socket(zmq.REP)
+    control.setsockopt(zmq.LINGER, 1000)
+    control.bind(f"ipc://{run_dir / CONTROL_SOCKET}")
+    wake = ctx.socket(zmq.PULL)
+    wake.bind("inproc://dom-exc")
+    notifier = ctx.socket(zmq.PUSH)  # used by the upcall thread only
+    notifier.connect("inproc://dom-exc")
+    kernel.events.bind_virq(VIRQ_DOM_EXC, lambda port: notifier.send(b"", zmq.NOBLOCK))
+    kernel.ready()
+    progress(event="created", name="Domain-0", domid=0)
+
+    if topology is not None:
+        try:
+            for config in topology.domains:
+                toolstack.create(config)
+        except (XenError, TopologyError) as exc:
+            kernel.log.error("boot failed", error=str(exc))
+            progress(event="error", message=str(exc))
+            progress.close()
+            toolstack.halt()
+            return  # Dom0 powers off: the machine halts
+    progress(event="ready")
+    progress.close()
+
+    poller = zmq.Poller()
+    poller.register(control, zmq.POLLIN)
+    poller.register(wake, zmq.POLLIN)
+    while True:
+        ready = dict(poller.poll())
+        if wake in ready:
+            while wake.poll(0):
+                wake.recv()
+            toolstack.domain_exceptions()
+        if control in ready:
+            try:
+                request = msgpack.unpackb(control.recv())
+            except (ValueError, msgpack.UnpackException):
+                request = None
+            reply, halt = handle(toolstack, request)
+            control.send(msgpack.packb(reply))
+            if halt:
+                kernel.log.info("halting the machine")
+                toolstack.halt()
+                control.close()
+                (run_dir / CONTROL_SOCKET).unlink(missing_ok=True)
+                return

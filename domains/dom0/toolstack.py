@@ -1,0 +1,220 @@
+"""The toolstack (libxl's job): build domains from configs, watch them,
+apply their on_* actions. Every change goes through hypercalls."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from domains.dom0 import actions
+from domains.dom0.topology import DomainConfig, Platform
+from domains.dom0.xc import XenCtrl
+from hypervisor.public.domctl import (
+    XEN_DOMINF_blocked,
+    XEN_DOMINF_dying,
+    XEN_DOMINF_paused,
+    XEN_DOMINF_running,
+    XEN_DOMINF_shutdown,
+    XEN_DOMINF_shutdownmask,
+    XEN_DOMINF_shutdownshift,
+)
+from hypervisor.public.errno import ESRCH, XenError
+from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
+
+WORKLOADS = {
+    "idle": "domains.guest.workloads:idle",
+    "demo": "domains.guest.workloads:demo",
+}
+DRIVER_DOMAIN_KERNEL = "domains.driver.main:main"
+
+
+def kernel_for(config: DomainConfig) -> str:
+    if ":" in config.workload:
+        return config.workload
+    if config.driver_domain and config.workload == "idle":
+        return DRIVER_DOMAIN_KERNEL
+    return WORKLOADS[config.workload]
+
+
+@dataclass
+class Managed:
+    """A domain the toolstack built, and what it knows of it beyond Xen."""
+
+    domid: int
+    name: str
+    config: DomainConfig | None  # None for Domain-0
+    budget: actions.RestartBudget | None = None
+    handled: bool = False  # its shutdown has been acted on
+    note: str = ""  # why it is in the state it is, for `list` and `dmesg`
+
+
+@dataclass
+class Toolstack:
+    xc: XenCtrl
+    platform: Platform
+    log: Any
+    announce: Callable[..., None] = lambda **event: None
+    domains: dict[int, Managed] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.domains[0] = Managed(0, "Domain-0", None)
+
+    # -- lookups ------------------------------------------------------------
+
+    def find(self, ident: str | int) -> Managed:
+        """A domain by name or id, as xl accepts either."""
+        for dom in self.domains.values():
+            if dom.name == str(ident):
+                return dom
+        try:
+            domid = int(ident)
+        except (TypeError, ValueError):
+            domid = -1
+        if domid in self.domains:
+            return self.domains[domid]
+        raise XenError(ESRCH, f"no domain named '{ident}'")
+
+    def running_names(self) -> set[str]:
+        return {d.name for d in self.domains.values()}
+
+    # -- building -------------------------------------------------------------
+
+    def create(self, config: DomainConfig, budget: actions.RestartBudget | None = None) -> Managed:
+        if config.name in self.running_names():
+            raise XenError(ESRCH, f"a domain named '{config.name}' already exists")
+        cmdline = config.extra
+        domid = self.xc.domain_create(config.name, config.memory, config.vcpus,
+                                      kernel_for(config), cmdline, config.cpus)
+        if budget is None:
+            budget = actions.RestartBudget(*config.restart_limit)
+        dom = Managed(domid, config.name, config, budget)
+        self.domains[domid] = dom
+        self.log.info("domain created", name=config.name, domid=domid)
+        self.announce(event="created", name=config.name, domid=domid)
+        return dom
+
+    def destroy(self, dom: Managed) -> None:
+        if dom.domid == 0:
+            raise XenError(ESRCH, "Domain-0 cannot be destroyed; use `pyxen halt`")
+        self.domains.pop(dom.domid, None)
+        try:
+            self.xc.domain_destroy(dom.domid)
+        except XenError as exc:
+            if exc.errno != ESRCH:
+                raise
+
+    # -- reacting to VIRQ_DOM_EXC ---------------------------------------------
+
+    def domain_exceptions(self) -> None:
+        """Look at every domain and act on those that stopped."""
+        infos = {i["domain"]: i for i in self.xc.domain_getinfolist()}
+        for domid, dom in list(self.domains.items()):
+            info = infos.get(domid)
+            if info is None:
+                if domid != 0 and not dom.handled:
+                    self.log.warning("domain vanished", name=dom.name, domid=domid)
+                    self.domains.pop(domid, None)
+                continue
+            if info["flags"] & XEN_DOMINF_shutdown and not dom.handled:
+                reason = (info["flags"] >> XEN_DOMINF_shutdownshift) & XEN_DOMINF_shutdownmask
+                self.stopped(dom, reason)
+
+    def stopped(self, dom: Managed, reason: int) -> None:
+        dom.handled = True
+        config = dom.config
+        why = SHUTDOWN_NAMES.get(reason, str(reason))
+        action = actions.decide(config, reason, dom.budget, time.monotonic())
+        self.log.info("domain stopped", name=dom.name, domid=dom.domid, reason=why,
+                      action=action)
+        if action == actions.PRESERVE:
+            dom.note = f"{why}: preserved (on_{_key(reason)}=preserve)"
+            return
+        if action == actions.GIVE_UP:
+            limit, period = config.restart_limit
+            dom.note = (f"{why}: not restarted, {limit} restarts in {period:g}s "
+                        "already (restart_limit)")
+            self.log.error("restart budget spent", name=dom.name, limit=limit,
+                           period=period)
+            self.destroy(dom)
+            return
+        if action == actions.RENAME_RESTART:
+            old = f"{dom.name}-{dom.domid}"
+            self.log.info("renaming stopped domain", name=dom.name, to=old)
+            dom.name = old
+            dom.note = f"{why}: renamed"
+        else:
+            self.destroy(dom)
+        if action in (actions.RESTART, actions.RENAME_RESTART):
+            try:
+                new = self.create(config, dom.budget)
+            except XenError as exc:
+                self.log.error("restart failed", name=config.name, error=str(exc))
+                return
+            self.log.info("domain restarted", name=new.name, old_domid=dom.domid,
+                          domid=new.domid)
+
+    # -- views ----------------------------------------------------------------
+
+    def list_rows(self) -> list[dict]:
+        rows = []
+        for info in self.xc.domain_getinfolist():
+            dom = self.domains.get(info["domain"])
+            flags = info["flags"]
+            reason = (flags >> XEN_DOMINF_shutdownshift) & XEN_DOMINF_shutdownmask
+            shutdown = bool(flags & XEN_DOMINF_shutdown)
+            rows.append({
+                "name": dom.name if dom else info["name"],
+                "domid": info["domain"],
+                "mem_mib": info["tot_pages"] * 4 // 1024,
+                "vcpus": info["nr_online_vcpus"] or info["max_vcpu_id"] + 1,
+                "running": bool(flags & XEN_DOMINF_running),
+                "blocked": bool(flags & XEN_DOMINF_blocked),
+                "paused": bool(flags & XEN_DOMINF_paused),
+                "shutdown": shutdown,
+                "crashed": shutdown and reason == SHUTDOWN_crash,
+                "shutdown_reason": SHUTDOWN_NAMES.get(reason) if shutdown else None,
+                "dying": bool(flags & XEN_DOMINF_dying),
+                "cpu_time": info["cpu_time"] / 1e9,
+                "pid": info["pid"],
+                "note": dom.note if dom else "",
+            })
+        return rows
+
+    def vcpu_rows(self, ident: str | None = None) -> list[dict]:
+        doms = [self.find(ident)] if ident is not None else sorted(
+            self.domains.values(), key=lambda d: d.domid)
+        rows = []
+        for dom in doms:
+            info = self.xc.domain_getinfo(dom.domid)
+            for vcpu in range(info["max_vcpu_id"] + 1):
+                v = self.xc.vcpu_getinfo(dom.domid, vcpu)
+                aff = self.xc.vcpu_getaffinity(dom.domid, vcpu)
+                rows.append({
+                    "name": dom.name, "domid": dom.domid, "vcpu": vcpu,
+                    "cpu": v["cpu"], "online": v["online"],
+                    "running": v["running"], "blocked": v["blocked"],
+                    "cpu_time": v["cpu_time"] / 1e9,
+                    "hard_affinity": _tuple(aff["cpumap_hard"]),
+                    "soft_affinity": None,
+                })
+        return rows
+
+    def halt(self) -> None:
+        """Destroy every domain, guests before the driver domains they use."""
+        for dom in sorted(self.domains.values(), key=_halt_order):
+            if dom.domid != 0:
+                self.destroy(dom)
+
+
+def _halt_order(dom: Managed) -> tuple[int, int]:
+    driver = dom.config is not None and dom.config.driver_domain
+    return (1 if driver else 0, -dom.domid)
+
+
+def _tuple(cpus) -> tuple[int, ...] | None:
+    return None if cpus is None else tuple(cpus)
+
+
+def _key(reason: int) -> str:
+    return {0: "poweroff", 1: "reboot", 3: "crash", 4: "watchdog"}.get(reason, "crash")

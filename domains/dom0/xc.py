@@ -1,0 +1,84 @@
+"""libxc for pyxen: the privileged hypercalls a toolstack makes, as methods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domains.kernel.hypercall import Hypercalls
+from hypervisor.public import domctl as D
+from hypervisor.public import sysctl as S
+from hypervisor.public import version as V
+from hypervisor.public.sched import SCHEDOP_remote_shutdown, SHUTDOWN_NAMES
+from hypervisor.public.xen import (
+    HYPERVISOR_domctl,
+    HYPERVISOR_sched_op,
+    HYPERVISOR_sysctl,
+    HYPERVISOR_xen_version,
+)
+
+
+class XenCtrl:
+    def __init__(self, hypercall: Hypercalls) -> None:
+        self.hypercall = hypercall
+
+    def _domctl(self, cmd: int, domid: int, **args: Any) -> Any:
+        return self.hypercall(HYPERVISOR_domctl, cmd, {"domain": domid, **args})
+
+    def _sysctl(self, cmd: int, **args: Any) -> Any:
+        return self.hypercall(HYPERVISOR_sysctl, cmd, args)
+
+    def domain_create(self, name: str, memory_mib: int, vcpus: int, kernel: str,
+                      cmdline: str, cpus: tuple[int, ...] | None) -> int:
+        """Create and boot a domain; returns once its kernel reports ready."""
+        result = self.hypercall(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, {
+            "name": name, "max_memkb": memory_mib * 1024, "max_vcpus": vcpus,
+            "kernel": kernel, "cmdline": cmdline,
+            "cpus": list(cpus) if cpus is not None else None,
+        })
+        return result["domid"]
+
+    def domain_destroy(self, domid: int) -> None:
+        self._domctl(D.XEN_DOMCTL_destroydomain, domid)
+
+    def domain_pause(self, domid: int) -> None:
+        self._domctl(D.XEN_DOMCTL_pausedomain, domid)
+
+    def domain_unpause(self, domid: int) -> None:
+        self._domctl(D.XEN_DOMCTL_unpausedomain, domid)
+
+    def domain_shutdown(self, domid: int, reason: int) -> None:
+        assert reason in SHUTDOWN_NAMES
+        self.hypercall(HYPERVISOR_sched_op, SCHEDOP_remote_shutdown,
+                       {"domain_id": domid, "reason": reason})
+
+    def domain_getinfo(self, domid: int) -> dict:
+        return self._domctl(D.XEN_DOMCTL_getdomaininfo, domid)
+
+    def domain_getinfolist(self) -> list[dict]:
+        return self._sysctl(S.XEN_SYSCTL_getdomaininfolist, first_domain=0,
+                            max_domains=1 << 16)
+
+    def vcpu_getinfo(self, domid: int, vcpu: int) -> dict:
+        return self._domctl(D.XEN_DOMCTL_getvcpuinfo, domid, vcpu=vcpu)
+
+    def vcpu_getaffinity(self, domid: int, vcpu: int) -> dict:
+        return self._domctl(D.XEN_DOMCTL_getvcpuaffinity, domid, vcpu=vcpu)
+
+    def vcpu_setaffinity(self, domid: int, vcpu: int, cpus: tuple[int, ...] | None) -> None:
+        self._domctl(D.XEN_DOMCTL_setvcpuaffinity, domid, vcpu=vcpu,
+                     cpumap_hard=list(cpus) if cpus is not None else None)
+
+    def physinfo(self) -> dict:
+        return self._sysctl(S.XEN_SYSCTL_physinfo)
+
+    def readconsole(self, clear: bool = False) -> str:
+        return self._sysctl(S.XEN_SYSCTL_readconsole, clear=clear)
+
+    def version(self) -> dict:
+        ver = self.hypercall(HYPERVISOR_xen_version, V.XENVER_version)
+        return {
+            "xen_major": ver >> 16,
+            "xen_minor": ver & 0xFFFF,
+            "xen_extra": self.hypercall(HYPERVISOR_xen_version, V.XENVER_extraversion),
+            "xen_caps": self.hypercall(HYPERVISOR_xen_version, V.XENVER_capabilities),
+        }

@@ -1,0 +1,61 @@
+"""Entry point of a domain process: `python -m domains.kernel.boot`.
+
+The hypervisor passes the start_info (as Xen passes a start_info page) in
+the environment, with the fds of the domain's memory already open.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import os
+import signal
+import sys
+import traceback
+
+import setproctitle
+
+from hypervisor.public.sched import SHUTDOWN_crash
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_hypervisor(hv_pid: int) -> None:
+    """A domain cannot outlive its hypervisor: the kernel kills us if it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != hv_pid:  # it died before the prctl took effect
+        os._exit(1)
+
+
+def load_entry(spec: str):
+    module, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module), function or "main")
+
+
+def main() -> None:
+    start_info = json.loads(os.environ.pop("PYXEN_START_INFO"))
+    die_with_hypervisor(start_info["hv_pid"])
+    setproctitle.setproctitle(f"pyxen: dom{start_info['domid']} {start_info['name']}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the toolstack
+
+    from domains.kernel.kernel import Kernel
+
+    kernel = Kernel(start_info)
+    try:
+        load_entry(start_info["kernel"])(kernel)
+    except SystemExit:
+        raise
+    except BaseException:
+        # A kernel panic: say why, and crash the domain as Xen guests do.
+        traceback.print_exc()
+        sys.stdout.flush()
+        if kernel.is_ready:
+            kernel.shutdown(SHUTDOWN_crash)
+        os._exit(1)
+    kernel.shutdown()
+
+
+if __name__ == "__main__":
+    main()

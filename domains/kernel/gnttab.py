@@ -1,0 +1,182 @@
+"""Grant tables inside a domain: granting our pages, mapping others'.
+
+Granting writes a grant_entry_v1 in our own table (frame and domid first,
+then the flags that make it live). Ending access clears the flags and then
+reads the hypervisor's status word, v2-style: if the grantee still has the
+page mapped the page must not be reused yet (EBUSY).
+
+Pages we grant for mapping must lie in a grant window opened for that peer:
+only that window's pages are ever shared with its process.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+
+import msgpack
+
+from domains.kernel.hypercall import Hypercalls
+from hypervisor.public.errno import EBUSY, ENOSPC, XenError
+from hypervisor.public.grant_table import (
+    GNTMAP_host_map,
+    GNTMAP_readonly,
+    GNTST_okay,
+    GNTTABOP_copy,
+    GNTTABOP_error_msgs,
+    GNTTABOP_map_grant_ref,
+    GNTTABOP_setup_table,
+    GNTTABOP_unmap_grant_ref,
+    GTF_permit_access,
+    GTF_reading,
+    GTF_readonly,
+    GTF_writing,
+)
+from hypervisor.public.xen import (
+    HYPERVISOR_grant_table_op,
+    HYPERVISOR_pyxen_op,
+    PAGE_SIZE,
+    PYXEN_op_grant_window,
+)
+
+ENTRY = struct.Struct("<HHI")
+DOMID_FRAME = struct.Struct("<HI")
+FLAGS = struct.Struct("<H")
+STATUS = struct.Struct("<H")
+NR_RESERVED_ENTRIES = 8  # GNTTAB_NR_RESERVED_ENTRIES: console, xenstore, ...
+
+
+class GrantStatusError(Exception):
+    """A grant op refused by the hypervisor with a GNTST code."""
+
+    def __init__(self, status: int, what: str) -> None:
+        msg = GNTTABOP_error_msgs[-status] if -len(GNTTABOP_error_msgs) < status < 0 else ""
+        super().__init__(f"{what}: {msg or status}")
+        self.status = status
+
+
+@dataclass
+class Window:
+    window_id: int
+    owner: int
+    gfn: int
+    nr_frames: int
+    map: mmap.mmap
+
+
+@dataclass
+class Mapping:
+    handle: int
+    domid: int
+    ref: int
+    page: memoryview
+
+
+class Windows:
+    """Window fds arrive on the memory channel, each before the reply naming it."""
+
+    def __init__(self, memchan: socket.socket) -> None:
+        self.memchan = memchan
+        self.by_id: dict[int, Window] = {}
+        self._lock = threading.Lock()
+
+    def get(self, window_id: int) -> Window:
+        with self._lock:
+            while window_id not in self.by_id:
+                data, fds, _, _ = socket.recv_fds(self.memchan, 4096, 1)
+                if not data:
+                    raise XenError(EBUSY, "memory channel closed")
+                meta = msgpack.unpackb(data)
+                size = meta["nr_frames"] * PAGE_SIZE
+                try:
+                    view = mmap.mmap(fds[0], size)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                self.by_id[meta["window"]] = Window(meta["window"], meta["owner"],
+                                                    meta["gfn"], meta["nr_frames"], view)
+            return self.by_id[window_id]
+
+
+class GrantTable:
+    def __init__(self, hypercall: Hypercalls, entries: mmap.mmap, status: mmap.mmap,
+                 max_frames: int, windows: Windows) -> None:
+        self.hypercall = hypercall
+        self.entries = entries
+        self.status = status
+        self.windows = windows
+        self.max_refs = max_frames * PAGE_SIZE // ENTRY.size
+        self.nr_refs = PAGE_SIZE // ENTRY.size
+        self._free = list(range(self.nr_refs - 1, NR_RESERVED_ENTRIES - 1, -1))
+        self._lock = threading.Lock()
+
+    # -- granting -----------------------------------------------------------
+
+    def _grow(self) -> None:
+        frames = min(self.max_refs, self.nr_refs * 2) * ENTRY.size // PAGE_SIZE
+        if frames * PAGE_SIZE // ENTRY.size <= self.nr_refs:
+            raise XenError(ENOSPC, "grant table full")
+        result = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_setup_table,
+                                {"nr_frames": frames})
+        if result["status"] != GNTST_okay:
+            raise GrantStatusError(result["status"], "setup_table")
+        new = frames * PAGE_SIZE // ENTRY.size
+        self._free.extend(range(new - 1, self.nr_refs - 1, -1))
+        self.nr_refs = new
+
+    def grant_access(self, domid: int, frame: int, readonly: bool = False) -> int:
+        with self._lock:
+            if not self._free:
+                self._grow()
+            ref = self._free.pop()
+        offset = ref * ENTRY.size
+        DOMID_FRAME.pack_into(self.entries, offset + 2, domid, frame)
+        # The entry goes live only once domid and frame are in place.
+        FLAGS.pack_into(self.entries, offset,
+                        GTF_permit_access | (GTF_readonly if readonly else 0))
+        return ref
+
+    def end_access(self, ref: int) -> None:
+        """Revoke a grant; EBUSY (ref kept) while the grantee still maps it."""
+        FLAGS.pack_into(self.entries, ref * ENTRY.size, 0)
+        # Revoke first, then look at the pin: the hypervisor pins first, then
+        # re-checks the entry, so one of the two sides always sees the other.
+        status, = STATUS.unpack_from(self.status, ref * STATUS.size)
+        if status & (GTF_reading | GTF_writing):
+            raise XenError(EBUSY, f"grant ref {ref} is still mapped")
+        with self._lock:
+            self._free.append(ref)
+
+    def open_window(self, peer: int, nr_frames: int) -> Window:
+        result = self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_grant_window,
+                                {"peer": peer, "nr_frames": nr_frames})
+        return self.windows.get(result["window"])
+
+    # -- mapping others' grants -------------------------------------------------
+
+    def map_grant_ref(self, domid: int, ref: int, readonly: bool = False) -> Mapping:
+        flags = GNTMAP_host_map | (GNTMAP_readonly if readonly else 0)
+        result, = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_map_grant_ref,
+                                 [{"ref": ref, "dom": domid, "flags": flags}])
+        if result["status"] != GNTST_okay:
+            raise GrantStatusError(result["status"], f"map d{domid} ref {ref}")
+        window = self.windows.get(result["window"])
+        page = memoryview(window.map)[result["offset"]:result["offset"] + PAGE_SIZE]
+        return Mapping(result["handle"], domid, ref,
+                       page.toreadonly() if readonly else page)
+
+    def unmap(self, mapping: Mapping) -> None:
+        mapping.page.release()
+        result, = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_unmap_grant_ref,
+                                 [{"handle": mapping.handle}])
+        if result["status"] != GNTST_okay:
+            raise GrantStatusError(result["status"], f"unmap handle {mapping.handle}")
+
+    def copy(self, ops: list[dict]) -> list[int]:
+        """GNTTABOP_copy; returns each op's GNTST status."""
+        results = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_copy, ops)
+        return [r["status"] for r in results]

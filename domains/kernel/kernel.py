@@ -1,0 +1,132 @@
+"""The guest kernel: what every domain process runs under its role.
+
+It maps the memory the hypervisor handed over, connects the hypercall and
+upcall channels, brings up one thread per vCPU and offers the role the
+services a Xen guest kernel has: hypercalls, event channels, grant tables,
+a virtual timer, shutdown.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from domains.kernel.events import EventChannels
+from domains.kernel.gnttab import GrantTable, Windows
+from domains.kernel.hypercall import Hypercalls
+from domains.kernel.log import make_logger
+from hypervisor.public.sched import SCHEDOP_shutdown, SHUTDOWN_poweroff
+from hypervisor.public.xen import (
+    HYPERVISOR_pyxen_op,
+    HYPERVISOR_sched_op,
+    HYPERVISOR_set_timer_op,
+    PAGE_SIZE,
+    PYXEN_op_ready,
+    VIRQ_TIMER,
+)
+
+
+class VCpu(threading.Thread):
+    """A vCPU beyond vCPU0: a thread that runs what the role gives it."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(name=f"vcpu{index}", daemon=True)
+        self.index = index
+        self.work: list = []
+        self.wake = threading.Condition()
+        self.started_tid = threading.Event()
+
+    def run(self) -> None:
+        self.started_tid.set()
+        while True:
+            with self.wake:
+                while not self.work:
+                    self.wake.wait()
+                fn = self.work.pop(0)
+            fn()
+
+    def submit(self, fn) -> None:
+        with self.wake:
+            self.work.append(fn)
+            self.wake.notify()
+
+
+class Kernel:
+    def __init__(self, start_info: dict) -> None:
+        self.start_info = start_info
+        self.domid: int = start_info["domid"]
+        self.name: str = start_info["name"]
+        self.privileged: bool = start_info["privileged"]
+        self.cmdline: str = start_info.get("cmdline", "")
+        self.args = parse_cmdline(self.cmdline)
+        self.log = make_logger(self.name, self.domid, start_info.get("log_json", False))
+        fds = start_info["fds"]
+        self.ram = mmap.mmap(fds["ram"], start_info["nr_pages"] * PAGE_SIZE)
+        self.shared_info = mmap.mmap(fds["shared_info"], 0)
+        entries = mmap.mmap(fds["gnttab"], 0)
+        # The status frames are the hypervisor's to write: mapped read-only.
+        status = mmap.mmap(fds["gntstatus"], 0, prot=mmap.PROT_READ)
+        for key in ("ram", "shared_info", "gnttab", "gntstatus"):
+            os.close(fds[key])
+        self.memchan = socket.socket(fileno=fds["memchan"])
+        self.ctx = zmq.Context()
+        self.hypercall = Hypercalls(self.ctx, start_info["hypercall"])
+        self.events = EventChannels(self.hypercall, self.ctx, start_info["upcall"],
+                                    self.shared_info, self.log)
+        self.gnttab = GrantTable(self.hypercall, entries, status,
+                                 start_info["gnttab_frames"], Windows(self.memchan))
+        self.vcpus = [VCpu(i) for i in range(1, start_info["max_vcpus"])]
+        for vcpu in self.vcpus:
+            vcpu.start()
+            vcpu.started_tid.wait()
+        self._timer_fired = threading.Event()
+        self.events.bind_virq(VIRQ_TIMER, lambda port: self._timer_fired.set())
+        self.is_ready = False
+
+    # -- boot -------------------------------------------------------------------
+
+    def ready(self) -> None:
+        """Tell the hypervisor this domain has booted (its creator waits for it)."""
+        tids = [threading.get_native_id()] + [v.native_id for v in self.vcpus]
+        self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_ready, {"vcpu_tids": tids})
+        self.is_ready = True
+        self.log.info("booted", vcpus=len(tids), memory_mib=len(self.ram) >> 20)
+
+    # -- time -------------------------------------------------------------------
+
+    @staticmethod
+    def system_time() -> int:
+        """Xen's NOW(): ns of CLOCK_MONOTONIC, the same clock in every domain."""
+        return time.monotonic_ns()
+
+    def set_timer(self, deadline_ns: int) -> None:
+        self.hypercall(HYPERVISOR_set_timer_op, 0, {"timeout": deadline_ns})
+
+    def sleep(self, seconds: float) -> None:
+        """Block until VIRQ_TIMER fires at now + seconds."""
+        self._timer_fired.clear()
+        self.set_timer(self.system_time() + max(1, int(seconds * 1e9)))
+        self._timer_fired.wait()
+
+    # -- shutdown -----------------------------------------------------------------
+
+    def shutdown(self, reason: int = SHUTDOWN_poweroff) -> None:
+        """SCHEDOP_shutdown, then the process ends: the domain is gone."""
+        self.log.info("shutting down", reason=reason)
+        self.hypercall(HYPERVISOR_sched_op, SCHEDOP_shutdown, {"reason": reason})
+        os._exit(0)
+
+
+def parse_cmdline(cmdline: str) -> dict[str, str]:
+    """`key=value` words of the kernel command line (a bare word maps to "")."""
+    args: dict[str, str] = {}
+    for word in cmdline.split():
+        key, _, value = word.partition("=")
+        args[key] = value
+    return args

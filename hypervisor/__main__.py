@@ -1,0 +1,94 @@
+"""Boot the hypervisor: `python -m hypervisor --run-dir D --platform JSON --dom0 JSON`.
+
+Like Xen, it is handed the platform and Dom0's parameters by its loader
+(`pyxen boot`) and knows nothing of topologies: it builds Dom0, and Dom0's
+toolstack builds everything else through hypercalls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import setproctitle
+
+from hypervisor.loop import ZmqTransport, remove_dir, run
+from hypervisor.machine import Machine, Platform
+from hypervisor.public.errno import XenError
+from hypervisor.xenlog import make_logger
+
+DOM0_KERNEL = "domains.dom0.main:main"
+
+
+def notify(fd: int | None, **event) -> None:
+    if fd is not None:
+        try:
+            os.write(fd, (json.dumps(event) + "\n").encode())
+        except OSError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyxen-hypervisor")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--platform", required=True, help="JSON: name, pcpus, memory")
+    parser.add_argument("--dom0", required=True,
+                        help="JSON: memory, vcpus, cpus, cmdline")
+    parser.add_argument("--notify-fd", type=int, default=None,
+                        help="pipe on which boot progress is reported (JSON lines)")
+    parser.add_argument("--log-json", action="store_true")
+    args = parser.parse_args(argv)
+
+    setproctitle.setproctitle("pyxen: hypervisor")
+    run_dir: Path = args.run_dir
+    platform = Platform(**json.loads(args.platform))
+    dom0 = json.loads(args.dom0)
+    logger = make_logger(run_dir / "logs" / "hypervisor.log", args.log_json)
+    transport = ZmqTransport(run_dir)
+    machine = Machine(platform, run_dir, transport, logger, args.log_json)
+    (run_dir / "hypervisor.pid").write_text(f"{os.getpid()}\n")
+
+    def terminate(signum, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
+    machine.log(f"pyxen hypervisor on platform '{platform.name}': "
+                f"{platform.pcpus} pCPUs, {platform.memory} MiB")
+    status = 0
+    try:
+        cmdline = dom0.get("cmdline", "")
+        if args.notify_fd is not None:
+            cmdline = f"{cmdline} notify_fd={args.notify_fd}".strip()
+        machine.create_domain({
+            "name": "Domain-0",
+            "max_vcpus": dom0.get("vcpus", 1),
+            "max_memkb": dom0["memory"] * 1024,
+            "cpus": dom0.get("cpus"),
+            "kernel": DOM0_KERNEL,
+            "cmdline": cmdline,
+            "extra_fds": [args.notify_fd] if args.notify_fd is not None else [],
+        }, domid=0, privileged=True)
+        if args.notify_fd is not None:
+            os.close(args.notify_fd)  # Dom0 holds it now
+        run(machine, transport)
+    except XenError as exc:
+        notify(args.notify_fd, event="error", message=f"cannot build Domain-0: {exc}")
+        machine.log(f"cannot build Domain-0: {exc}")
+        status = 1
+    except SystemExit:
+        pass
+    finally:
+        machine.halt("hypervisor stopping: halting the machine")
+        transport.close()
+        remove_dir(run_dir / "hv")
+        (run_dir / "hypervisor.pid").unlink(missing_ok=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""HYPERVISOR_domctl: the toolstack's control of other domains (privileged)."""
+
+from __future__ import annotations
+
+from hypervisor.dispatch import DEFERRED, PRIV, Call, hypercall
+from hypervisor.process import thread_stat
+from hypervisor.public.domctl import (
+    XEN_DOMCTL_createdomain,
+    XEN_DOMCTL_destroydomain,
+    XEN_DOMCTL_getdomaininfo,
+    XEN_DOMCTL_getvcpuaffinity,
+    XEN_DOMCTL_getvcpuinfo,
+    XEN_DOMCTL_max_mem,
+    XEN_DOMCTL_pausedomain,
+    XEN_DOMCTL_setvcpuaffinity,
+    XEN_DOMCTL_unpausedomain,
+)
+from hypervisor.public.errno import EINVAL, ENOMEM, XenError
+from hypervisor.public.xen import HYPERVISOR_domctl
+
+
+# What a toolstack may ask of a new domain (and nothing else: the loader's
+# private keys, like Dom0's extra fds, are not for hypercalls).
+CREATE_KEYS = ("name", "max_vcpus", "max_memkb", "kernel", "cmdline", "cpus")
+
+
+def _target(call: Call, args: dict):
+    return call.machine.domain(int(args["domain"]))
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_createdomain, PRIV)
+def createdomain(call: Call, args: dict):
+    """Build a domain and start its kernel; answers when the kernel is ready."""
+    config = {k: args[k] for k in CREATE_KEYS if k in args}
+    dom = call.machine.create_domain(config)
+    dom.pending_create = call.reply_to
+    return DEFERRED
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_destroydomain, PRIV)
+def destroydomain(call: Call, args: dict):
+    dom = _target(call, args)
+    if dom.domid == 0:
+        raise XenError(EINVAL, "Domain 0 cannot be destroyed")
+    call.machine.destroy(dom)
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_pausedomain, PRIV)
+def pausedomain(call: Call, args: dict):
+    dom = _target(call, args)
+    if dom is call.caller:
+        raise XenError(EINVAL, "a domain cannot pause itself")
+    call.machine.pause(dom)
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_unpausedomain, PRIV)
+def unpausedomain(call: Call, args: dict):
+    call.machine.unpause(_target(call, args))
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_getdomaininfo, PRIV)
+def getdomaininfo(call: Call, args: dict):
+    return _target(call, args).info()
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_max_mem, PRIV)
+def max_mem(call: Call, args: dict):
+    dom = _target(call, args)
+    pages = int(args["max_memkb"]) // 4
+    if pages < dom.tot_pages:
+        raise XenError(ENOMEM, f"d{dom.domid} already uses {dom.tot_pages} pages")
+    dom.max_pages = pages
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_setvcpuaffinity, PRIV)
+def setvcpuaffinity(call: Call, args: dict):
+    cpus = args.get("cpumap_hard")
+    call.machine.set_vcpu_affinity(_target(call, args), int(args["vcpu"]),
+                                   None if cpus is None else tuple(int(c) for c in cpus))
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_getvcpuaffinity, PRIV)
+def getvcpuaffinity(call: Call, args: dict):
+    dom = _target(call, args)
+    vcpu = int(args["vcpu"])
+    if vcpu not in dom.affinity:
+        raise XenError(EINVAL, f"d{dom.domid} has no vCPU {vcpu}")
+    cpus = dom.affinity[vcpu]
+    return {"cpumap_hard": None if cpus is None else list(cpus), "cpumap_soft": None}
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_getvcpuinfo, PRIV)
+def getvcpuinfo(call: Call, args: dict):
+    """vCPUs are the domain's threads: their CPU time and last CPU are real."""
+    dom = _target(call, args)
+    vcpu = int(args["vcpu"])
+    if not 0 <= vcpu < dom.max_vcpus:
+        raise XenError(EINVAL, f"d{dom.domid} has no vCPU {vcpu}")
+    proc = dom.process
+    online = bool(proc and proc.alive and vcpu < len(dom.vcpu_tids))
+    cpu_time, cpu, state = (thread_stat(proc.pid, dom.vcpu_tids[vcpu])
+                            if online else (0, -1, "X"))
+    host = sorted(call.machine.host_cpus(None))
+    return {
+        "vcpu": vcpu,
+        "online": online,
+        "blocked": online and state not in "R",
+        "running": online and state == "R" and not dom.paused,
+        "cpu_time": cpu_time,
+        "cpu": host.index(cpu) if cpu in host else max(cpu, 0),
+    }

@@ -1,0 +1,36 @@
+"""HYPERVISOR_sched_op: shutdown of oneself, or of another (privileged)."""
+
+from __future__ import annotations
+
+from hypervisor.dispatch import PRIV, Call, hypercall
+from hypervisor.public.errno import EINVAL, XenError
+from hypervisor.public.sched import (
+    SCHEDOP_remote_shutdown,
+    SCHEDOP_shutdown,
+    SCHEDOP_yield,
+    SHUTDOWN_NAMES,
+)
+from hypervisor.public.xen import HYPERVISOR_sched_op
+
+
+def _reason(args: dict) -> int:
+    reason = int(args["reason"])
+    if reason not in SHUTDOWN_NAMES:
+        raise XenError(EINVAL, f"unknown shutdown reason {reason}")
+    return reason
+
+
+@hypercall(HYPERVISOR_sched_op, SCHEDOP_shutdown)
+def shutdown(call: Call, args: dict):
+    call.machine.shutdown(call.caller, _reason(args))
+
+
+@hypercall(HYPERVISOR_sched_op, SCHEDOP_remote_shutdown, PRIV)
+def remote_shutdown(call: Call, args: dict):
+    dom = call.machine.domain(int(args["domain_id"]))
+    call.machine.shutdown(dom, _reason(args), remote=True)
+
+
+@hypercall(HYPERVISOR_sched_op, SCHEDOP_yield)
+def yield_(call: Call, args):
+    return None
