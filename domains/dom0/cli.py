@@ -189,6 +189,16 @@ def _dmesg(args) -> int:
     return 0
 
 
+def _wait(args) -> int:
+    timeout = args.timeout
+    client = ControlClient(args.run_dir, timeout_ms=int(timeout * 1000) + 5000)
+    result = client.call("wait", domain=args.domain, until=args.until,
+                         not_domid=args.not_domid, timeout=timeout)
+    if "domid" in result:
+        print(result["domid"])
+    return 0
+
+
 def _halt(args) -> int:
     pid = hypervisor_pid(args.run_dir)
     _client(args).call("halt")
@@ -264,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dmesg", help="the hypervisor's log (xl dmesg)")
     p.add_argument("-c", "--clear", action="store_true", help="clear after reading")
     p.set_defaults(func=_dmesg)
+
+    p = sub.add_parser("wait", help="wait until a domain reaches a state (pyxen's own)")
+    p.add_argument("domain")
+    p.add_argument("--until", default="running",
+                   choices=["running", "shutdown", "crashed", "gone"])
+    p.add_argument("--not-domid", type=int, default=None,
+                   help="with --until running: wait for a restart under a new domid")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    p.set_defaults(func=_wait)
 
     sub.add_parser("halt", help="stop every domain and the hypervisor").set_defaults(
         func=_halt)

@@ -9,6 +9,7 @@ of the toolstack.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -105,6 +106,67 @@ def _dmesg(ts: Toolstack, args: dict):
 @command("halt")
 def _halt(ts: Toolstack, args: dict):
     raise Halt()
+
+
+WAIT_STATES = ("running", "shutdown", "crashed", "gone")
+
+
+def wait_state(ts: Toolstack, args: dict) -> dict | None:
+    """The reply to `wait` if the domain has reached the state, else None.
+
+    `running` with `not_domid` waits for a restart: the same name under a
+    new domid.
+    """
+    rows = [r for r in ts.list_rows() if r["name"] == args["domain"]]
+    until = args["until"]
+    if until == "gone":
+        return {} if not rows else None
+    for row in rows:
+        if until == "running" and not row["shutdown"] and row["domid"] != args.get("not_domid"):
+            return {"domid": row["domid"]}
+        if until == "shutdown" and row["shutdown"]:
+            return {"domid": row["domid"]}
+        if until == "crashed" and row["crashed"]:
+            return {"domid": row["domid"]}
+    return None
+
+
+class Waiters:
+    """`wait` requests in flight, each with its deadline."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[list[bytes], dict, float]] = []
+
+    def add(self, address: list[bytes], args: dict) -> None:
+        timeout = float(args.get("timeout", 30))
+        self.pending.append((address, args, time.monotonic() + timeout))
+
+    def timeout_ms(self) -> int | None:
+        if not self.pending:
+            return None
+        nearest = min(deadline for _, _, deadline in self.pending)
+        return max(0, int((nearest - time.monotonic()) * 1000) + 1)
+
+    def settle(self, ts: Toolstack) -> list[tuple[list[bytes], dict]]:
+        done, keep = [], []
+        now = time.monotonic()
+        for address, args, deadline in self.pending:
+            try:
+                if args.get("until") not in WAIT_STATES:
+                    raise ValueError(f"until must be one of {', '.join(WAIT_STATES)}")
+                result = wait_state(ts, args)
+            except (KeyError, ValueError, XenError) as exc:
+                done.append((address, {"ok": False, "error": f"bad wait: {exc}"}))
+                continue
+            if result is not None:
+                done.append((address, {"ok": True, "result": result}))
+            elif now >= deadline:
+                done.append((address, {"ok": False, "error":
+                             f"timed out waiting for {args['domain']} to be {args['until']}"}))
+            else:
+                keep.append((address, args, deadline))
+        self.pending = keep
+        return done
 
 
 def handle(ts: Toolstack, request: Any) -> tuple[dict, bool]:

@@ -15,7 +15,8 @@ from urllib.parse import unquote
 import msgpack
 import zmq
 
-from domains.dom0.control import handle
+from domains.dom0.client import CONTROL_SOCKET
+from domains.dom0.control import Waiters, handle
 from domains.dom0.toolstack import Toolstack
 from domains.dom0.topology import Platform, TopologyError, load_topology
 from domains.dom0.xc import XenCtrl
@@ -23,7 +24,6 @@ from domains.kernel.kernel import Kernel
 from hypervisor.public.errno import XenError
 from hypervisor.public.xen import VIRQ_DOM_EXC
 
-CONTROL_SOCKET = "control.sock"
 
 
 class Progress:
@@ -61,7 +61,7 @@ def main(kernel: Kernel) -> None:
     toolstack = Toolstack(xc, platform, kernel.log, announce=progress)
 
     ctx = kernel.ctx
-    control = ctx.socket(zmq.REP)
+    control = ctx.socket(zmq.ROUTER)
     control.setsockopt(zmq.LINGER, 1000)
     control.bind(f"ipc://{run_dir / CONTROL_SOCKET}")
     wake = ctx.socket(zmq.PULL)
@@ -84,26 +84,43 @@ def main(kernel: Kernel) -> None:
             return  # Dom0 powers off: the machine halts
     progress(event="ready")
     progress.close()
+    serve(toolstack, control, wake, kernel)
+    (run_dir / CONTROL_SOCKET).unlink(missing_ok=True)
 
+
+def serve(toolstack: Toolstack, control: zmq.Socket, wake: zmq.Socket,
+          kernel: Kernel) -> None:
+    """Answer the CLI; `wait` requests are answered when their state comes."""
+    waiters = Waiters()
     poller = zmq.Poller()
     poller.register(control, zmq.POLLIN)
     poller.register(wake, zmq.POLLIN)
+
+    def answer(address: list[bytes], reply: dict) -> None:
+        control.send_multipart([*address, msgpack.packb(reply)])
+
     while True:
-        ready = dict(poller.poll())
+        ready = dict(poller.poll(waiters.timeout_ms()))
         if wake in ready:
             while wake.poll(0):
                 wake.recv()
             toolstack.domain_exceptions()
         if control in ready:
+            *address, _, payload = control.recv_multipart()
+            address.append(b"")
             try:
-                request = msgpack.unpackb(control.recv())
+                request = msgpack.unpackb(payload)
             except (ValueError, msgpack.UnpackException):
                 request = None
-            reply, halt = handle(toolstack, request)
-            control.send(msgpack.packb(reply))
-            if halt:
-                kernel.log.info("halting the machine")
-                toolstack.halt()
-                control.close()
-                (run_dir / CONTROL_SOCKET).unlink(missing_ok=True)
-                return
+            if isinstance(request, dict) and request.get("cmd") == "wait":
+                waiters.add(address, request.get("args") or {})
+            else:
+                reply, halt = handle(toolstack, request)
+                answer(address, reply)
+                if halt:
+                    kernel.log.info("halting the machine")
+                    toolstack.halt()
+                    control.close()
+                    return
+        for address, reply in waiters.settle(toolstack):
+            answer(address, reply)
