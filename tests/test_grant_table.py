@@ -600,41 +600,78 @@ ANY_INT = st.one_of(SMALL, EDGES, HUGE)
 
 def mostly(plausible, *, wild=ANY_INT):
     """Values that usually make an op succeed, sometimes anything at all."""
-    return st.integers(min_value=0, max_value=7).flatmap(
-        lambda pick: wild if pick == 0 else plausible)
+    return st.sampled_from([True] * 7 + [False]).flatmap(
+        lambda tame: plausible if tame else wild)
 
 
+WILD_SIDES = st.fixed_dictionaries({
+    "domid": ANY_INT, "ref": ANY_INT, "gmfn": ANY_INT, "offset": ANY_INT})
+WILD_OPS = st.one_of(
+    st.fixed_dictionaries({"op": st.just("map"), "caller": ANY_INT,
+                           "dom": ANY_INT, "ref": ANY_INT, "flags": ANY_INT,
+                           "host_addr": ANY_INT}),
+    st.fixed_dictionaries({"op": st.just("unmap"), "caller": ANY_INT,
+                           "handle": ANY_INT, "host_addr": ANY_INT,
+                           "dev_bus_addr": ANY_INT}),
+    st.fixed_dictionaries({"op": st.just("copy"), "caller": ANY_INT,
+                           "source": WILD_SIDES, "dest": WILD_SIDES,
+                           "len": ANY_INT, "flags": ANY_INT}),
+)
+
+# Coherent ops that often succeed, each field sometimes replaced by anything.
 CALLERS = mostly(st.sampled_from([2, 3]))
-DOMS = mostly(st.sampled_from([1, 1, 3, 2, DOMID_SELF]))
+GRANTERS = mostly(st.sampled_from([1, 1, 3]))
 REFS = mostly(st.integers(min_value=0, max_value=7))
-MAP_FLAGS = mostly(st.sampled_from([RW, RO, RW, RO, GNTMAP_device_map,
-                                    GNTMAP_device_map | RO, 0,
-                                    GNTMAP_readonly]))
-COPY_FLAGS = mostly(st.integers(min_value=0, max_value=3))
-OFFSETS = mostly(st.integers(min_value=0, max_value=PAGE_SIZE))
-LENGTHS = mostly(st.one_of(st.integers(min_value=0, max_value=64),
-                           st.integers(min_value=0, max_value=PAGE_SIZE)))
-
-MAP_OPS = st.fixed_dictionaries({
-    "op": st.just("map"), "caller": CALLERS, "dom": DOMS, "ref": REFS,
-    "flags": MAP_FLAGS, "host_addr": ANY_INT})
-UNMAP_OPS = st.fixed_dictionaries({
+TAME_MAP = st.fixed_dictionaries({
+    "op": st.just("map"), "caller": CALLERS, "dom": GRANTERS, "ref": REFS,
+    "flags": mostly(st.sampled_from([RW, RO] * 4 + [
+        GNTMAP_device_map, GNTMAP_device_map | RO, 0, GNTMAP_readonly])),
+    "host_addr": ANY_INT})
+TAME_UNMAP = st.fixed_dictionaries({
     "op": st.just("unmap"), "caller": CALLERS,
     "handle": mostly(st.integers(min_value=0, max_value=6)),
     "host_addr": ANY_INT, "dev_bus_addr": ANY_INT})
-SIDES = st.fixed_dictionaries({
-    "domid": DOMS, "ref": REFS,
-    "gmfn": mostly(st.integers(min_value=0, max_value=13)),
-    "offset": OFFSETS})
-COPY_OPS = st.fixed_dictionaries({
-    "op": st.just("copy"), "caller": CALLERS, "source": SIDES, "dest": SIDES,
-    "len": LENGTHS, "flags": COPY_FLAGS})
+LENGTHS = mostly(st.sampled_from([0, 1, 8, 64, PAGE_SIZE]))
+OFFSETS = mostly(st.sampled_from([0, 0, 100, PAGE_SIZE - 64, PAGE_SIZE - 1,
+                                  PAGE_SIZE]))
+
+
+@st.composite
+def tame_copy(draw):
+    caller = draw(CALLERS)
+    flags = draw(mostly(st.integers(min_value=0, max_value=3)))
+
+    def side(by_ref):
+        if by_ref:
+            return {"domid": draw(GRANTERS), "ref": draw(REFS),
+                    "offset": draw(OFFSETS)}
+        return {"domid": draw(mostly(st.sampled_from([DOMID_SELF, caller, 1]))),
+                "gmfn": draw(mostly(st.integers(min_value=0, max_value=4))),
+                "offset": draw(OFFSETS)}
+
+    source = side(isinstance(flags, int) and flags & GNTCOPY_source_gref)
+    dest = side(isinstance(flags, int) and flags & GNTCOPY_dest_gref)
+    return {"op": "copy", "caller": caller, "source": source, "dest": dest,
+            "len": draw(LENGTHS), "flags": flags}
+
+
 RELEASE_OPS = st.fixed_dictionaries({"op": st.just("release"),
                                      "caller": CALLERS})
-OPS = st.lists(st.one_of(MAP_OPS, MAP_OPS, UNMAP_OPS, COPY_OPS, RELEASE_OPS),
-               max_size=30)
+OPS = st.lists(st.one_of(TAME_MAP, TAME_MAP, TAME_UNMAP, tame_copy(),
+                         RELEASE_OPS, WILD_OPS),
+               min_size=4, max_size=40)
 
-# Entries the granters write before the fuzzed ops: some valid, some not.
+PA, RO_PA = GTF_permit_access, GTF_permit_access | GTF_readonly
+# Grants in place before the fuzzed ops: (granter, ref, flags, domid, frame).
+BASE_GRANTS = [
+    (1, 0, PA, 2, WINDOW_GFN), (1, 1, PA, 2, WINDOW_GFN + 1),
+    (1, 2, RO_PA, 2, WINDOW_GFN), (1, 3, PA, 3, W2_GFN),
+    (1, 4, RO_PA, 3, W2_GFN + 1), (1, 5, PA, 2, 1),  # RAM: copy only
+    (1, 6, RO_PA, 2, 2), (1, 7, PA, 2, W2_GFN),      # d3's window: bad_page
+    (3, 0, PA, 2, WINDOW_GFN), (3, 1, RO_PA, 2, WINDOW_GFN + 1),
+    (3, 2, PA, 2, 0),
+]
+# Entries the granters then write over them: some valid, some not.
 ENTRIES = st.lists(
     st.tuples(
         st.sampled_from([1, 3]),                                   # granter
@@ -668,7 +705,7 @@ def test_fuzz_ops_always_answer_a_status(entries, ops):
     with make_world() as world:
         # d3 also opens a window for d2, so maps between d2 and d3 can succeed.
         world.add_window(3, WINDOW_GFN, 2, peer=2, window_id=3)
-        for granter, ref, flags, domid, frame in entries:
+        for granter, ref, flags, domid, frame in BASE_GRANTS + entries:
             world.grant(granter, ref, domid, frame, flags)
         for op in ops:
             op = dict(op)

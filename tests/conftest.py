@@ -1,0 +1,29 @@
+import os
+
+import pytest
+
+from tests.harness import System, become_subreaper, pyxen_processes, reap_children, title
+
+become_subreaper()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every test must leave no pyxen process and no /dev/shm segment behind."""
+    before = {p.pid for p in pyxen_processes()}
+    shm_before = set(os.listdir("/dev/shm"))
+    yield
+    reap_children()
+    leaked = [p for p in pyxen_processes() if p.pid not in before]
+    assert not leaked, f"leaked processes: {[title(p) for p in leaked]}"
+    shm_new = {n for n in set(os.listdir("/dev/shm")) - shm_before if "pyxen" in n}
+    assert not shm_new, f"leaked shared memory: {shm_new}"
+
+
+@pytest.fixture
+def system():
+    sys_ = System()
+    try:
+        yield sys_
+    finally:
+        sys_.close()

@@ -1,0 +1,146 @@
+"""A pyxen system under test: boot, CLI, halt, and leak checks.
+
+Every system lives in its own short run directory under /tmp (unix socket
+paths must stay short) and is halted by the fixture that made it, even when
+the test fails.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """`pyxen boot --detach` leaves the hypervisor to its grandparent's care:
+    make that us, so that we reap it and no zombie outlives a test."""
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def reap_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def title(proc: psutil.Process) -> str:
+    """The process title setproctitle gave it (padded with spaces in /proc)."""
+    return " ".join(" ".join(proc.info["cmdline"] or []).split())
+
+
+def pyxen_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if title(proc).startswith("pyxen:") and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def memfd_segments(pids: list[int]) -> list[str]:
+    names = []
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if "memfd:pyxen" in target:
+                    names.append(target)
+        except OSError:
+            continue
+    return names
+
+
+class System:
+    def __init__(self) -> None:
+        self.run_dir = Path(tempfile.mkdtemp(prefix="pyxen-t-", dir="/tmp"))
+        self.env = dict(os.environ, PYXEN_RUN_DIR=str(self.run_dir),
+                        PYTHONPATH=os.pathsep.join(
+                            p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+        self.booted = False
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 90
+            ) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "domains.dom0.cli", *args],
+                              env=self.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pyxen {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}{proc.stderr}")
+        return proc
+
+    def write_topology(self, text: str, name: str = "topology.toml") -> Path:
+        path = self.run_dir / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def boot(self, topology: Path | None = None) -> subprocess.CompletedProcess:
+        args = ["boot", "--detach"] + ([str(topology)] if topology else [])
+        self.booted = True
+        return self.cli(*args)
+
+    def hypervisor_pid(self) -> int:
+        return int((self.run_dir / "hypervisor.pid").read_text())
+
+    def list(self) -> dict[str, dict]:
+        """`pyxen list` parsed: name -> {domid, mem, vcpus, state}."""
+        out = self.cli("list").stdout.splitlines()
+        assert out[0].split() == ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)"]
+        rows = {}
+        for line in out[1:]:
+            name, domid, mem, vcpus, state, _ = line.split()
+            rows[name] = {"domid": int(domid), "mem": int(mem), "vcpus": int(vcpus),
+                          "state": state}
+        return rows
+
+    def pid_of(self, name: str) -> int:
+        for proc in pyxen_processes():
+            parts = title(proc).split()
+            if len(parts) == 3 and parts[2] == name:
+                return proc.pid
+        raise AssertionError(f"no process for domain {name}")
+
+    def wait(self, name: str, until: str, not_domid: int | None = None) -> str:
+        args = ["wait", name, "--until", until, "--timeout", "30"]
+        if not_domid is not None:
+            args += ["--not-domid", str(not_domid)]
+        return self.cli(*args).stdout.strip()
+
+    def halt(self) -> None:
+        if self.booted and (self.run_dir / "hypervisor.pid").exists():
+            self.cli("halt", check=False)
+        self.booted = False
+        reap_children()
+
+    def close(self) -> None:
+        try:
+            self.halt()
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class Fifo:
+    """A named pipe a test workload writes its JSON results to."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.path = directory / name
+        os.mkfifo(self.path)
+
+    def read_json(self) -> dict:
+        # Opening blocks until the domain opens its end: the wait is an event.
+        with open(self.path) as f:
+            return json.loads(f.readline())

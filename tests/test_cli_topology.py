@@ -1,0 +1,39 @@
+"""Bad topology files: one clear error naming file, line and key; nothing starts."""
+
+import pytest
+
+from tests.harness import pyxen_processes
+
+pytestmark = pytest.mark.timeout(60)
+
+CASES = {
+    "unknown key": ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+                    '[domain.g]\nmemroy = 64\n', 6, "domain.g.memroy"),
+    "wrong type": ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+                   '[domain.g]\nmemory = "lots"\n', 6, "domain.g.memory"),
+    "unknown backend": ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+                        '[domain.g]\nmemory = 64\n'
+                        'disk = ["backend=nosuch-dd, vdev=xvda, target=g.img"]\n',
+                        7, "domain.g.disk"),
+    "memory over the platform": ('[platform]\nmemory = 512\n[dom0]\nmemory = 256\n'
+                                 '[domain.g]\nmemory = 300\n', 6, "domain.g.memory"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_topology_is_one_clear_error(system, case):
+    text, line, key = CASES[case]
+    path = system.write_topology(text, "bad.toml")
+    proc = system.cli("boot", "--detach", str(path), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"pyxen: {path}:{line}: {key}: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+    assert not pyxen_processes()
+    assert not (system.run_dir / "hypervisor.pid").exists()
+
+
+def test_toml_syntax_error_names_the_line(system):
+    path = system.write_topology("[platform]\nmemory = \n", "bad.toml")
+    proc = system.cli("boot", "--detach", str(path), check=False)
+    assert proc.returncode == 1 and f"{path}:2:" in proc.stderr

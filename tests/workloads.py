@@ -1,0 +1,150 @@
+"""Workloads the tests run inside domain processes.
+
+Each reports JSON on a named pipe the test created (kernel.args["out"]);
+pipes are also how two test domains exchange domids, ports and refs, since
+XenStore is not part of this layer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from domains.dom0.xc import XenCtrl
+from domains.kernel.gnttab import GrantStatusError
+from hypervisor.public.errno import XenError
+from hypervisor.public.grant_table import GNTST_okay
+from hypervisor.public.xen import PAGE_SIZE
+
+
+def _send(path: str, obj) -> None:
+    with open(path, "w") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
+def _recv(path: str):
+    with open(path) as f:
+        return json.loads(f.readline())
+
+
+def _errno_name(fn) -> str:
+    try:
+        fn()
+    except XenError as exc:
+        return exc.name
+    return "ok"
+
+
+def privileged_ops(kernel) -> None:
+    """An unprivileged domain tries every privileged operation."""
+    kernel.ready()
+    xc = XenCtrl(kernel.hypercall)
+    results = {
+        "createdomain": _errno_name(lambda: xc.domain_create(
+            "evil", 16, 1, "domains.guest.workloads:idle", "", None)),
+        "destroydomain": _errno_name(lambda: xc.domain_destroy(0)),
+        "pausedomain": _errno_name(lambda: xc.domain_pause(0)),
+        "unpausedomain": _errno_name(lambda: xc.domain_unpause(0)),
+        "getdomaininfo": _errno_name(lambda: xc.domain_getinfo(0)),
+        "setvcpuaffinity": _errno_name(lambda: xc.vcpu_setaffinity(0, 0, (0,))),
+        "physinfo": _errno_name(xc.physinfo),
+        "getdomaininfolist": _errno_name(xc.domain_getinfolist),
+        "readconsole": _errno_name(xc.readconsole),
+        "remote_shutdown": _errno_name(lambda: xc.domain_shutdown(0, 0)),
+        "alloc_unbound_for_other": _errno_name(
+            lambda: kernel.events.alloc_unbound(kernel.domid, dom=0)),
+        "xen_version": _errno_name(lambda: xc.version()),
+    }
+    _send(kernel.args["out"], results)
+
+
+def granter(kernel) -> None:
+    """Opens a grant window for the mapper and grants pages of it."""
+    kernel.ready()
+    mapper = _recv(kernel.args["hello"])["domid"]
+    window = kernel.gnttab.open_window(mapper, 4)
+    window.map[0:16] = b"granted-page-0!!"
+    window.map[PAGE_SIZE:PAGE_SIZE + 8] = b"readonly"
+    refs = {
+        "rw": kernel.gnttab.grant_access(mapper, window.gfn),
+        "ro": kernel.gnttab.grant_access(mapper, window.gfn + 1, readonly=True),
+        "other": kernel.gnttab.grant_access(0, window.gfn + 2),
+        "ram": kernel.gnttab.grant_access(mapper, 5),  # a RAM frame: not shareable
+        "copy_ram": kernel.gnttab.grant_access(mapper, 6),
+    }
+    kernel.ram[6 * PAGE_SIZE:6 * PAGE_SIZE + 10] = b"by-copy-ok"
+    events = []
+    got = threading.Semaphore(0)
+
+    def on_event(port):
+        events.append(bytes(window.map[0:4]))
+        got.release()
+
+    port = kernel.events.alloc_unbound(mapper)
+    kernel.events.bind(port, on_event)
+    _send(kernel.args["offer"], {"domid": kernel.domid, "port": port, "refs": refs})
+    got.acquire()  # mapper wrote through its mapping and notified us
+    report = {"seen": events[0].decode(errors="replace"),
+              "end_while_mapped": _errno_name(lambda: kernel.gnttab.end_access(refs["rw"]))}
+    kernel.events.send(port)  # tell the mapper it may unmap now
+    got.acquire()  # mapper unmapped
+    report["end_after_unmap"] = _errno_name(lambda: kernel.gnttab.end_access(refs["rw"]))
+    _send(kernel.args["out"], report)
+
+
+def mapper(kernel) -> None:
+    kernel.ready()
+    _send(kernel.args["hello"], {"domid": kernel.domid})
+    offer = _recv(kernel.args["offer"])
+    dom, refs = offer["domid"], offer["refs"]
+    gt = kernel.gnttab
+    report = {}
+
+    def status(fn) -> int:
+        try:
+            fn()
+        except GrantStatusError as exc:
+            return exc.status
+        return GNTST_okay
+
+    rw = gt.map_grant_ref(dom, refs["rw"])
+    report["rw_data"] = bytes(rw.page[0:16]).decode()
+    ro = gt.map_grant_ref(dom, refs["ro"], readonly=True)
+    report["ro_data"] = bytes(ro.page[0:8]).decode()
+    report["ro_view_readonly"] = ro.page.readonly
+    report["ro_for_writing"] = status(lambda: gt.map_grant_ref(dom, refs["ro"]))
+    report["other_domain"] = status(lambda: gt.map_grant_ref(dom, refs["other"]))
+    report["out_of_range"] = status(lambda: gt.map_grant_ref(dom, 1 << 20))
+    report["ram_frame"] = status(lambda: gt.map_grant_ref(dom, refs["ram"]))
+    report["bad_domain"] = status(lambda: gt.map_grant_ref(4000, refs["rw"]))
+    # Grant copy reaches a granted RAM frame: the hypervisor copies it.
+    kernel.ram[0:10] = b"\0" * 10
+    report["copy_status"] = gt.copy([{
+        "source": {"ref": refs["copy_ram"], "domid": dom, "offset": 0},
+        "dest": {"gmfn": 0, "domid": kernel.domid, "offset": 0},
+        "len": 10, "flags": 1}])[0]  # GNTCOPY_source_gref
+    report["copy_data"] = bytes(kernel.ram[0:10]).decode(errors="replace")
+    rw.page[0:4] = b"pong"
+    answered = threading.Semaphore(0)
+    port = kernel.events.bind_interdomain(dom, offer["port"],
+                                          lambda port: answered.release())
+    kernel.events.send(port)
+    answered.acquire()  # the granter has tried to end access while we map
+    gt.unmap(ro)
+    gt.unmap(rw)
+    kernel.events.send(port)
+    kernel.events.close(port)
+    report["send_on_closed"] = _errno_name(lambda: kernel.events.send(port))
+    _send(kernel.args["out"], report)
+
+
+def timer(kernel) -> None:
+    kernel.ready()
+    start = time.monotonic()
+    kernel.sleep(0.2)
+    _send(kernel.args["out"], {"elapsed": time.monotonic() - start})
+
+
+def boot_fails(kernel) -> None:
+    raise RuntimeError("disk controller on fire")
