@@ -1,5 +1,6 @@
 import os
 
+import psutil
 import pytest
 
 from tests.harness import System, become_subreaper, pyxen_processes, reap_children, title
@@ -7,14 +8,21 @@ from tests.harness import System, become_subreaper, pyxen_processes, reap_childr
 become_subreaper()
 
 
+def ours():
+    """pyxen processes this test run started (the subreaper makes the detached
+    hypervisors our children), not those of other sessions on the host."""
+    mine = {p.pid for p in psutil.Process().children(recursive=True)}
+    return [p for p in pyxen_processes() if p.pid in mine]
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Every test must leave no pyxen process and no /dev/shm segment behind."""
-    before = {p.pid for p in pyxen_processes()}
+    before = {p.pid for p in ours()}
     shm_before = set(os.listdir("/dev/shm"))
     yield
     reap_children()
-    leaked = [p for p in pyxen_processes() if p.pid not in before]
+    leaked = [p for p in ours() if p.pid not in before]
     assert not leaked, f"leaked processes: {[title(p) for p in leaked]}"
     shm_new = {n for n in set(os.listdir("/dev/shm")) - shm_before if "pyxen" in n}
     assert not shm_new, f"leaked shared memory: {shm_new}"

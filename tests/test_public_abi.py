@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-import cabi
+from tests import cabi
 from hypervisor.public import errno, grant_table, sched, xen
 from hypervisor.public.errno import XenError
 
