@@ -108,3 +108,42 @@ def test_cli_without_a_system_says_so(system):
     proc = system.cli("list", check=False)
     assert proc.returncode == 1
     assert "no pyxen system is running" in proc.stderr
+
+
+def test_dom0_crash_halts_the_machine(system):
+    system.boot()
+    hv = psutil.Process(system.hypervisor_pid())
+    os.kill(system.pid_of("Domain-0"), 9)
+    hv.wait(timeout=30)  # the hypervisor halts and exits: an event, not a sleep
+    assert not pyxen_processes()
+    assert "Domain 0 crashed: halting the machine" in (
+        system.run_dir / "logs" / "hypervisor.log").read_text()
+
+
+def test_foreground_boot_shows_status_and_ctrl_c_halts(system):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "domains.dom0.cli", "boot"],
+                            env=system.env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    system.booted = True
+    try:
+        lines = []
+        for line in proc.stdout:  # blocks on the boot's own output
+            lines.append(line)
+            if line.startswith("guest2 "):
+                break
+        assert any(line.startswith("Name ") for line in lines)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0
+        assert "The machine has halted." in rest
+        assert not pyxen_processes()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

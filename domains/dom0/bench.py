@@ -76,20 +76,22 @@ def _echo(endpoint: str, total: int) -> None:
 
 def raw_zmq(tmp: Path, n: int, warmup: int) -> list[int]:
     import multiprocess
-    import zmq
 
     endpoint = f"ipc://{tmp}/raw.sock"
     total = warmup + n
+    # Forked before this process makes any ZeroMQ context (a context, with its
+    # I/O thread, must not cross a fork); the child makes its own. "fork"
+    # rather than "spawn" also starts no resource-tracker process.
+    child = multiprocess.get_context("fork").Process(
+        target=_echo, args=(endpoint, total), name="pyxen-bench-echo", daemon=True)
+    child.start()
+    import zmq
+
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoint)
-    # "spawn", not fork: the child starts clean and makes its own ZeroMQ
-    # context (a context, with its I/O thread, must not cross a fork).
-    child = multiprocess.get_context("spawn").Process(
-        target=_echo, args=(endpoint, total), name="pyxen-bench-echo", daemon=True)
-    child.start()
     try:
+        sock.bind(endpoint)
         clock = time.perf_counter_ns
         msg = b"ping"
         samples = []
@@ -107,12 +109,12 @@ def raw_zmq(tmp: Path, n: int, warmup: int) -> list[int]:
             sock.recv()
             samples.append(clock() - t0)
     finally:
+        sock.close()
+        ctx.term()
         child.join(timeout=10)
         if child.is_alive():
             child.kill()
             child.join()
-        sock.close()
-        ctx.term()
     return samples[warmup:]
 
 
@@ -218,9 +220,10 @@ def halt(run_dir: Path) -> None:
 
 
 def reap_children(timeout: float = 30.0) -> None:
-    """Collect every child we inherited as subreaper (the hypervisor, and any
-    domain that outlived it). Children still running get `timeout` seconds
-    (waited for on their pidfd), then SIGKILL."""
+    """Collect the pyxen processes we inherited as subreaper: the hypervisor,
+    and any domain that outlived it. One still running (after a halt that
+    failed) gets what is left of `timeout`, waited for on its pidfd, then
+    SIGKILL. Zombies of any other child are collected too."""
     import psutil
 
     deadline = time.monotonic() + timeout
@@ -231,10 +234,13 @@ def reap_children(timeout: float = 30.0) -> None:
             return
         if pid:
             continue
+        waited = False
         for child in psutil.Process().children():
             try:
+                if "pyxen:" not in " ".join(child.cmdline()):
+                    continue
                 fd = os.pidfd_open(child.pid)
-            except ProcessLookupError:
+            except (psutil.Error, ProcessLookupError):
                 continue
             try:
                 left = max(0.0, deadline - time.monotonic())
@@ -244,8 +250,11 @@ def reap_children(timeout: float = 30.0) -> None:
                     except ProcessLookupError:
                         pass
                     select.select([fd], [], [])
+                waited = True
             finally:
                 os.close(fd)
+        if not waited:
+            return  # only children that are not pyxen's remain, still running
 
 
 # -- the command -------------------------------------------------------------------

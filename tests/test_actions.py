@@ -1,0 +1,46 @@
+"""xl.cfg's on_* actions and the restart budget (pure)."""
+
+import pytest
+
+from domains.dom0 import actions
+from domains.dom0.topology import DomainConfig
+from hypervisor.public.sched import (
+    SHUTDOWN_crash,
+    SHUTDOWN_poweroff,
+    SHUTDOWN_reboot,
+    SHUTDOWN_watchdog,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def config(**overrides) -> DomainConfig:
+    base = dict(name="g", memory=64, maxmem=64, vcpus=1, maxvcpus=1, cpus=None,
+                on_poweroff="destroy", on_reboot="restart", on_crash="preserve",
+                on_watchdog="rename-restart", driver_domain=False, workload="idle",
+                extra="", disks=(), vifs=(), restart_limit=(2, 10.0), source="t", line=1)
+    base.update(overrides)
+    return DomainConfig(**base)
+
+
+@pytest.mark.parametrize("reason,expected", [
+    (SHUTDOWN_poweroff, "destroy"), (SHUTDOWN_reboot, "restart"),
+    (SHUTDOWN_crash, "preserve"), (SHUTDOWN_watchdog, "rename-restart")])
+def test_each_reason_picks_its_key(reason, expected):
+    assert actions.configured_action(config(), reason) == expected
+
+
+def test_restart_budget_gives_up_past_n_in_t_and_recovers_after_t():
+    cfg = config(on_crash="restart")
+    budget = actions.RestartBudget(*cfg.restart_limit)
+    assert actions.decide(cfg, SHUTDOWN_crash, budget, 0.0) == "restart"
+    assert actions.decide(cfg, SHUTDOWN_crash, budget, 1.0) == "restart"
+    assert actions.decide(cfg, SHUTDOWN_crash, budget, 2.0) == actions.GIVE_UP
+    assert actions.decide(cfg, SHUTDOWN_crash, budget, 11.5) == "restart"
+
+
+def test_destroy_does_not_spend_the_budget():
+    cfg = config(on_crash="destroy")
+    budget = actions.RestartBudget(1, 10.0)
+    assert actions.decide(cfg, SHUTDOWN_crash, budget, 0.0) == "destroy"
+    assert not budget.history
