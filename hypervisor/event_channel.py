@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 from hypervisor.public.errno import EBUSY, EINVAL, ENOENT, ENOSPC, ESRCH, XenError
 from hypervisor.public.event_channel import (
+    EVTCHN_2L_NR_CHANNELS,
+    PYXEN_SHINFO_MASK_OFFSET,
+    PYXEN_SHINFO_PENDING_OFFSET,
+    PYXEN_SHINFO_SIZE,
     EVTCHNSTAT_closed,
     EVTCHNSTAT_interdomain,
     EVTCHNSTAT_unbound,
@@ -21,8 +25,7 @@ from hypervisor.public.event_channel import (
 )
 from hypervisor.public.xen import NR_VIRQS
 
-# Two-level ABI on a 64-bit guest: 64 * 64 ports.
-NR_EVENT_CHANNELS = 4096
+NR_EVENT_CHANNELS = EVTCHN_2L_NR_CHANNELS
 
 
 @dataclass
@@ -176,16 +179,14 @@ class EventChannels:
 class EventBitmap:
     """Pending and mask state in a domain's shared-info segment.
 
-    Xen keeps one bit per port and flips bits with locked instructions. Python
-    has no atomic read-modify-write on shared memory, so pyxen keeps one byte
-    per port: a single-byte store is atomic, and two processes never need to
-    update the same byte at once (the hypervisor only sets pending, the
-    domain only clears it).
+    One byte per port (see PYXEN_SHINFO_* in the public header): two
+    processes never update the same byte at once, since the hypervisor only
+    sets pending and the domain only clears it.
     """
 
-    PENDING_OFFSET = 4096
-    MASK_OFFSET = PENDING_OFFSET + NR_EVENT_CHANNELS
-    SIZE = MASK_OFFSET + NR_EVENT_CHANNELS
+    PENDING_OFFSET = PYXEN_SHINFO_PENDING_OFFSET
+    MASK_OFFSET = PYXEN_SHINFO_MASK_OFFSET
+    SIZE = PYXEN_SHINFO_SIZE
 
     def __init__(self, buf) -> None:  # any writable buffer of SIZE bytes
         self.buf = buf

@@ -16,6 +16,9 @@ import zmq
 
 from domains.kernel.hypercall import Hypercalls
 from hypervisor.public.event_channel import (
+    EVTCHN_2L_NR_CHANNELS,
+    PYXEN_SHINFO_MASK_OFFSET,
+    PYXEN_SHINFO_PENDING_OFFSET,
     EVTCHNOP_alloc_unbound,
     EVTCHNOP_bind_interdomain,
     EVTCHNOP_bind_virq,
@@ -27,10 +30,9 @@ from hypervisor.public.event_channel import (
 from hypervisor.public.xen import DOMID_SELF, HYPERVISOR_event_channel_op
 
 PORT = struct.Struct("<I")
-# Layout of the shared-info segment (hypervisor/event_channel.py EventBitmap).
-PENDING_OFFSET = 4096
-NR_PORTS = 4096
-MASK_OFFSET = PENDING_OFFSET + NR_PORTS
+PENDING_OFFSET = PYXEN_SHINFO_PENDING_OFFSET
+MASK_OFFSET = PYXEN_SHINFO_MASK_OFFSET
+NR_PORTS = EVTCHN_2L_NR_CHANNELS
 
 Handler = Callable[[int], None]
 

@@ -225,3 +225,11 @@ class evtchn_fifo_control_block(ctypes.Structure):
         ("_rsvd", ctypes.c_uint32),
         ("head", ctypes.c_uint32 * EVTCHN_FIFO_MAX_QUEUES),
     ]
+
+# pyxen's shared-info segment, shared by the hypervisor and the domain:
+# Xen keeps one bit per port in shared_info's evtchn_pending/evtchn_mask;
+# pyxen keeps one byte per port (a byte store is atomic, Python has no atomic
+# bit operations on shared memory), after a first page left for vcpu_info.
+PYXEN_SHINFO_PENDING_OFFSET = 4096
+PYXEN_SHINFO_MASK_OFFSET = PYXEN_SHINFO_PENDING_OFFSET + EVTCHN_2L_NR_CHANNELS
+PYXEN_SHINFO_SIZE = PYXEN_SHINFO_MASK_OFFSET + EVTCHN_2L_NR_CHANNELS
