@@ -1,0 +1,1 @@
+"""io/: the split-driver protocols (xen/include/public/io)."""
