@@ -178,7 +178,9 @@ class Machine:
             os.set_inheritable(fd, False)
         self.transport.attach(dom)
 
-    def domain_ready(self, dom: Domain, vcpu_tids: list[int]) -> None:
+    def domain_ready(self, dom: Domain, vcpu_tids: list[int], announce: Any = None) -> None:
+        """The kernel booted. `announce` is opaque to the hypervisor: what the
+        kernel tells its creator (e.g. its xenstore ring), passed through."""
         if dom.ready:
             raise XenError(EINVAL, f"d{dom.domid} already reported ready")
         if len(vcpu_tids) != dom.max_vcpus:
@@ -191,7 +193,7 @@ class Machine:
         self.log(f"d{dom.domid} {dom.name}: kernel ready")
         if dom.pending_create is not None:
             token, dom.pending_create = dom.pending_create, None
-            self.transport.reply(token, 0, {"domid": dom.domid})
+            self.transport.reply(token, 0, {"domid": dom.domid, "announce": announce})
 
     # -- vCPUs --------------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """Check hypervisor.public against Xen's real C headers.
 
-Every module ``hypervisor/public/<name>.py`` mirrors ``<xen/<name>.h>``.
+Every module ``hypervisor/public/<name>.py`` mirrors ``<xen/<name>.h>``,
+and every module ``hypervisor/public/io/<name>.py`` ``<xen/io/<name>.h>``.
 :func:`python_facts` walks the modules and lists what they claim about the
 ABI: the value of every constant, the size and alignment of every ctypes
 structure, the offset, size and signedness of every (nested) field, and
-the size and signedness of every ``*_t`` type.  :func:`generate_c` turns
+the size and signedness of every ``*_t`` type (and of the typedefs in
+:data:`C_TYPEDEFS`).  :func:`generate_c` turns
 the same walk into a C program that includes Xen's headers and prints the
 same facts as C sees them; :func:`header_facts` compiles and runs it.  So a
 constant or structure added to a module later is checked without touching
@@ -13,7 +15,14 @@ this file.
 Python names map to C names unchanged except ``HYPERVISOR_x``, which is
 Xen's ``__HYPERVISOR_x``, and the errno module, whose names are Xen's
 ``XEN_E*`` enumerators (those are compared as a whole: the C side lists
-every ``XEN_ERRNO()`` in the header).  Names containing "pyxen" are pyxen's
+every ``XEN_ERRNO()`` in the header).  A constant may be a macro or an
+enumerator of the module's header (C enums are found by reading the
+header); a string constant is compared with a string macro.  The members
+of a module's ``enum.IntEnum`` are constants too, named as in C when the
+member's name is (``XS_CONTROL``), else with the class name prefixed
+(``XenbusState.Connected`` is ``XenbusStateConnected``).  A table of
+strings in :data:`C_STRING_TABLES` (``xsd_errors``) is compared entry by
+entry with the header's array.  Names containing "pyxen" are pyxen's
 own and are skipped; a constant that is neither in the headers nor in
 :data:`C_EXPRESSIONS` is reported as missing.
 
@@ -22,6 +31,7 @@ Xen-on-ARM's, and ARM's guest handles and ``xen_pfn_t`` differ from x86's.
 """
 
 import ctypes
+import enum
 import pkgutil
 import re
 import shutil
@@ -31,6 +41,7 @@ from pathlib import Path
 from types import ModuleType
 
 import hypervisor.public
+import hypervisor.public.io
 
 XEN_INCLUDE = Path("/usr/include/xen")
 
@@ -45,9 +56,19 @@ C_EXPRESSIONS: dict[str, str] = {
         "((1UL << XEN_PAGE_SHIFT) / sizeof(grant_entry_v1_t))",
 }
 
+#: Types that are C typedefs although their names do not end in "_t".
+C_TYPEDEFS = frozenset({"XENSTORE_RING_IDX"})
+
+#: Python tuples of strings that mirror a C array: the C expression for
+#: entry ``i`` (the array is named like the tuple).
+C_STRING_TABLES: dict[str, str] = {
+    "xsd_errors": "xsd_errors[i].errstring",
+}
+
 _CONSTANT_NAME = re.compile(r"_?[A-Z]\w*")
 
 _PROLOGUE = r"""
+#include <errno.h> /* io/xs_wire.h defines xsd_errors[] only #ifdef EINVAL */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -78,6 +99,11 @@ _PROLOGUE = r"""
         printf("const\t%s\t%s\t=\t%llu\n", mod, name,                  \
                (unsigned long long)(expr));
 #define MISSING(mod, name) printf("const\t%s\t%s\t=\tmissing\n", mod, name);
+#define STRCONST(mod, name, expr) \
+    printf("const\t%s\t%s\t=\t%s\n", mod, name, expr);
+#define STRTABLE(mod, name, array, expr)                                 \
+    for (size_t i = 0; i < sizeof(array) / sizeof((array)[0]); i++)     \
+        printf("const\t%s\t%s[%zu]\t=\t%s\n", mod, name, i, expr);
 #define TYPEDEF(T) \
     printf("typedef\t%s\t=\t%zu\t%d\n", #T, sizeof(T), SIGNED((T)0));
 #define STRUCT(name, T) \
@@ -123,27 +149,53 @@ def skip_reason() -> str | None:
 
 
 def abi_modules() -> list[ModuleType]:
-    """Every module of hypervisor.public, each mirroring <xen/NAME.h>."""
+    """Every module of hypervisor.public, each mirroring <xen/NAME.h>, and
+    of hypervisor.public.io, each mirroring <xen/io/NAME.h>."""
     return [
-        __import__(f"hypervisor.public.{info.name}", fromlist=["_"])
-        for info in pkgutil.iter_modules(hypervisor.public.__path__)
+        __import__(f"{package.__name__}.{info.name}", fromlist=["_"])
+        for package in (hypervisor.public, hypervisor.public.io)
+        for info in pkgutil.iter_modules(package.__path__)
         if not info.ispkg
     ]
 
 
 def _short(module: ModuleType) -> str:
-    return module.__name__.rsplit(".", 1)[1]
+    """The header's name below <xen/>: "grant_table", "io/xs_wire"."""
+    return module.__name__.removeprefix("hypervisor.public.").replace(".", "/")
 
 
 def _is_errno(module: ModuleType) -> bool:
     return _short(module) == "errno"
 
 
-def _constants(module: ModuleType) -> Iterator[tuple[str, int]]:
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _enum_c_name(cls: type, member: enum.Enum) -> str:
+    return member.name if member.name.isupper() else cls.__name__ + member.name
+
+
+def _constants(module: ModuleType) -> Iterator[tuple[str, str, int | str]]:
+    """(Python name, C name, value) of every constant, IntEnum members
+    included; strings are string macros."""
     for name, value in vars(module).items():
-        if (_CONSTANT_NAME.fullmatch(name) and type(value) is int
-                and "pyxen" not in name.lower()):
-            yield name, value
+        if "pyxen" in name.lower():
+            continue
+        if _CONSTANT_NAME.fullmatch(name) and (_is_int(value) or isinstance(value, str)):
+            yield name, _c_name(name), value if isinstance(value, str) else int(value)
+        elif (isinstance(value, type) and issubclass(value, enum.IntEnum)
+              and value.__module__ == module.__name__):
+            for member in value:
+                yield (f"{value.__name__}.{member.name}", _enum_c_name(value, member),
+                       int(member))
+
+
+def _string_tables(module: ModuleType) -> Iterator[tuple[str, tuple[str, ...]]]:
+    for name in C_STRING_TABLES:
+        table = vars(module).get(name)
+        if isinstance(table, tuple) and all(isinstance(s, str) for s in table):
+            yield name, table
 
 
 def _aggregates(module: ModuleType) -> Iterator[type]:
@@ -158,7 +210,7 @@ def _aggregates(module: ModuleType) -> Iterator[type]:
 
 def _typedefs(module: ModuleType) -> Iterator[tuple[str, type]]:
     for name, value in vars(module).items():
-        if (name.endswith("_t") and isinstance(value, type)
+        if ((name.endswith("_t") or name in C_TYPEDEFS) and isinstance(value, type)
                 and issubclass(value, ctypes._SimpleCData)):
             yield name, value
 
@@ -193,6 +245,8 @@ def _scalar(ftype: type) -> bool:
 
 
 def _signed(ctype: type) -> int:
+    if ctype is ctypes.c_char:
+        return 0  # C's plain char: neither of SIGNED()'s signed types
     return int(ctype(-1).value < 0)
 
 
@@ -205,10 +259,13 @@ def python_facts(modules: list[ModuleType]) -> Facts:
     """What the Python modules claim about Xen's ABI."""
     facts: Facts = {}
     for module in modules:
-        for name, value in _constants(module):
+        for name, _, value in _constants(module):
             key = ("errno", name) if _is_errno(module) else (
                 "const", _short(module), name)
             facts[key] = (value,)
+        for name, table in _string_tables(module):
+            for index, string in enumerate(table):
+                facts["const", _short(module), f"{name}[{index}]"] = (string,)
         for name, ctype in _typedefs(module):
             facts["typedef", name] = (ctypes.sizeof(ctype), _signed(ctype))
         for ctype in _aggregates(module):
@@ -230,6 +287,32 @@ def _c_name(name: str) -> str:
     return "__" + name if name.startswith("HYPERVISOR_") else name
 
 
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_ENUM_BODY = re.compile(r"\benum\b[^{;]*\{([^}]*)\}", re.S)
+_ENUMERATOR = re.compile(r"\s*([A-Za-z_]\w*)\s*(?:=.*)?", re.S)
+
+
+def header_enumerators(text: str) -> set[str]:
+    """The enumerators the C header `text` declares."""
+    text = _COMMENT.sub(" ", text)
+    text = "\n".join(line for line in text.splitlines()
+                     if not line.lstrip().startswith("#"))
+    names = set()
+    for body in _ENUM_BODY.findall(text):
+        for item in body.split(","):
+            match = _ENUMERATOR.fullmatch(item)
+            if match:
+                names.add(match.group(1))
+    return names
+
+
+def _enumerators(module: ModuleType) -> set[str]:
+    try:
+        return header_enumerators((XEN_INCLUDE / f"{_short(module)}.h").read_text())
+    except OSError:
+        return set()
+
+
 def generate_c(modules: list[ModuleType]) -> str:
     """A C program printing, from Xen's headers, the facts of the modules."""
     includes = "\n".join(f"#include <xen/{_short(m)}.h>" for m in modules)
@@ -237,17 +320,21 @@ def generate_c(modules: list[ModuleType]) -> str:
     for module in modules:
         mod = _short(module)
         if not _is_errno(module):
-            for name, _ in _constants(module):
+            enumerators = _enumerators(module)
+            for name, c_name, value in _constants(module):
                 if name in C_EXPRESSIONS:
                     lines.append(
                         f'    CONST("{mod}", "{name}", {C_EXPRESSIONS[name]})')
                     continue
-                c_name = _c_name(name)
-                lines += [f"#ifdef {c_name}",
-                          f'    CONST("{mod}", "{name}", {c_name})',
-                          "#else",
-                          f'    MISSING("{mod}", "{name}")',
+                macro = "STRCONST" if isinstance(value, str) else "CONST"
+                found = f'    {macro}("{mod}", "{name}", {c_name})'
+                lines += [f"#ifdef {c_name}", found, "#else",
+                          found if c_name in enumerators and macro == "CONST"
+                          else f'    MISSING("{mod}", "{name}")',
                           "#endif"]
+            for name, _ in _string_tables(module):
+                lines.append(f'    STRTABLE("{mod}", "{name}", {name}, '
+                             f'{C_STRING_TABLES[name]})')
         for name, _ in _typedefs(module):
             lines.append(f"    TYPEDEF({name})")
         for ctype in _aggregates(module):

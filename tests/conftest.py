@@ -1,18 +1,10 @@
 import os
 
-import psutil
 import pytest
 
-from tests.harness import System, become_subreaper, pyxen_processes, reap_children, title
+from tests.harness import System, become_subreaper, ours, reap_children, title
 
 become_subreaper()
-
-
-def ours():
-    """pyxen processes this test run started (the subreaper makes the detached
-    hypervisors our children), not those of other sessions on the host."""
-    mine = {p.pid for p in psutil.Process().children(recursive=True)}
-    return [p for p in pyxen_processes() if p.pid in mine]
 
 
 @pytest.fixture(autouse=True)

@@ -52,6 +52,13 @@ def pyxen_processes() -> list[psutil.Process]:
     return found
 
 
+def ours() -> list[psutil.Process]:
+    """pyxen processes this test run started (the subreaper makes the detached
+    hypervisors our children), not those of other sessions on the host."""
+    mine = {p.pid for p in psutil.Process().children(recursive=True)}
+    return [p for p in pyxen_processes() if p.pid in mine]
+
+
 def memfd_segments(pids: list[int]) -> list[str]:
     names = []
     for pid in pids:

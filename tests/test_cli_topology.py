@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.harness import pyxen_processes
+from tests.harness import ours
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,7 +29,7 @@ def test_bad_topology_is_one_clear_error(system, case):
     assert proc.stderr.startswith(f"pyxen: {path}:{line}: {key}: ")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
-    assert not pyxen_processes()
+    assert not ours()
     assert not (system.run_dir / "hypervisor.pid").exists()
 
 

@@ -5,7 +5,7 @@ import os
 import psutil
 import pytest
 
-from tests.harness import memfd_segments, pyxen_processes, title
+from tests.harness import memfd_segments, ours, pyxen_processes, title
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,7 +80,7 @@ def test_halt_leaves_nothing_behind(system):
     pids = [system.hypervisor_pid()] + [p.pid for p in pyxen_processes()]
     assert memfd_segments(pids), "domain memory should be memfd segments"
     system.halt()
-    assert not pyxen_processes()
+    assert not ours()
     assert not [n for n in os.listdir("/dev/shm") if "pyxen" in n]
     assert not (system.run_dir / "control.sock").exists()
     assert not (system.run_dir / "hv").exists()
@@ -115,7 +115,7 @@ def test_dom0_crash_halts_the_machine(system):
     hv = psutil.Process(system.hypervisor_pid())
     os.kill(system.pid_of("Domain-0"), 9)
     hv.wait(timeout=30)  # the hypervisor halts and exits: an event, not a sleep
-    assert not pyxen_processes()
+    assert not ours()
     assert "Domain 0 crashed: halting the machine" in (
         system.run_dir / "logs" / "hypervisor.log").read_text()
 
@@ -142,7 +142,7 @@ def test_foreground_boot_shows_status_and_ctrl_c_halts(system):
         rest = proc.stdout.read()
         assert proc.wait(timeout=60) == 0
         assert "The machine has halted." in rest
-        assert not pyxen_processes()
+        assert not ours()
     finally:
         if proc.poll() is None:
             proc.kill()

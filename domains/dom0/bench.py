@@ -193,8 +193,9 @@ def pyxen_evtchn(tmp: Path, n: int, warmup: int, progress) -> list[int]:
         except subprocess.TimeoutExpired:
             raise BenchError(f"boot did not complete within {BOOT_TIMEOUT}s") from None
         if boot.returncode != 0:
-            raise BenchError("boot failed: " + (boot.stderr.strip() or boot.stdout.strip()
-                                                 or f"exit status {boot.returncode}"))
+            why = (boot.stderr.strip() or boot.stdout.strip()
+                   or f"boot exited with status {boot.returncode}")
+            raise BenchError(why.removeprefix("pyxen: "))
         progress(f"measuring {warmup} + {n} event-channel round trips ...")
         os.write(go_fd, b"go\n")
         raw = _read_until_eof(result_fd, time.monotonic() + 60 + n / 100)
@@ -240,6 +241,9 @@ def reap_children(timeout: float = 30.0) -> None:
                 if "pyxen:" not in " ".join(child.cmdline()):
                     continue
                 fd = os.pidfd_open(child.pid)
+            except psutil.ZombieProcess:
+                waited = True  # it just ended: the next waitpid collects it
+                continue
             except (psutil.Error, ProcessLookupError):
                 continue
             try:
@@ -296,6 +300,7 @@ def run_bench(args) -> int:
         return 1
     # run_dir from the command line is ignored: unix socket paths must stay short.
     tmp = Path(tempfile.mkdtemp(prefix="pyxen-bench-", dir="/tmp"))
+    keep = False  # kept only when something failed: its logs say why
     try:
         try:
             pyxen_samples = pyxen_evtchn(tmp, n, warmup, progress)
@@ -305,11 +310,16 @@ def run_bench(args) -> int:
         progress(f"measuring {warmup} + {n} raw zmq round trips ...")
         raw_samples = raw_zmq(tmp, n, warmup)
     except BenchError as exc:
+        keep = (tmp / "run" / "logs").is_dir()
         print(f"pyxen: bench evtchn: {exc}", file=sys.stderr)
+        if keep:
+            print(f"pyxen: bench evtchn: logs kept in {tmp / 'run' / 'logs'}",
+                  file=sys.stderr)
         return 1
     finally:
         reap_children()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     pyxen_stats = summarize(pyxen_samples)
     raw_stats = summarize(raw_samples)

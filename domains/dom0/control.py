@@ -17,7 +17,6 @@ from domains.dom0.toolstack import Toolstack
 from domains.dom0.topology import TopologyError, load_domain_config
 from domains.dom0.xlspec import SpecError, parse_cpulist
 from hypervisor.public.errno import XenError
-from hypervisor.public.sched import SHUTDOWN_poweroff, SHUTDOWN_reboot
 
 COMMANDS: dict[str, Callable[[Toolstack, dict], Any]] = {}
 
@@ -62,15 +61,14 @@ def _destroy(ts: Toolstack, args: dict):
     ts.destroy(ts.find(args["domain"]))
 
 
-def _shutdown(reason: int):
+def _shutdown(request: str):
     def run(ts: Toolstack, args: dict):
-        dom = ts.find(args["domain"])
-        ts.xc.domain_shutdown(dom.domid, reason)
+        ts.request_shutdown(ts.find(args["domain"]), request)
     return run
 
 
-COMMANDS["shutdown"] = _shutdown(SHUTDOWN_poweroff)
-COMMANDS["reboot"] = _shutdown(SHUTDOWN_reboot)
+COMMANDS["shutdown"] = _shutdown("poweroff")
+COMMANDS["reboot"] = _shutdown("reboot")
 
 
 @command("pause")

@@ -20,6 +20,9 @@ from domains.dom0.control import Waiters, handle
 from domains.dom0.toolstack import Toolstack
 from domains.dom0.topology import Platform, TopologyError, load_topology
 from domains.dom0.xc import XenCtrl
+from domains.dom0.xenstored.daemon import Xenstored
+from domains.kernel.xenbus.client import XenStoreClient
+from domains.kernel.xenbus.transport import UnixTransport
 from domains.kernel.kernel import Kernel
 from hypervisor.public.errno import XenError
 from hypervisor.public.xen import VIRQ_DOM_EXC
@@ -58,7 +61,11 @@ def main(kernel: Kernel) -> None:
     else:
         phys = xc.physinfo()
         platform = Platform(phys["platform"], phys["nr_cpus"], phys["total_pages"] // 256)
-    toolstack = Toolstack(xc, platform, kernel.log, announce=progress)
+    xenstored = Xenstored(kernel, run_dir)
+    xenstored.start()
+    xenstored.ready.wait()
+    kernel.xenstore = XenStoreClient(UnixTransport(str(xenstored.path)))
+    toolstack = Toolstack(xc, kernel.xenstore, platform, kernel.log, announce=progress)
 
     ctx = kernel.ctx
     control = ctx.socket(zmq.ROUTER)
@@ -68,7 +75,12 @@ def main(kernel: Kernel) -> None:
     wake.bind("inproc://dom-exc")
     notifier = ctx.socket(zmq.PUSH)  # used by the upcall thread only
     notifier.connect("inproc://dom-exc")
-    kernel.events.bind_virq(VIRQ_DOM_EXC, lambda port: notifier.send(b"", zmq.NOBLOCK))
+
+    def domain_exception(port: int) -> None:
+        xenstored.domain_exception()
+        notifier.send(b"", zmq.NOBLOCK)
+
+    kernel.events.bind_virq(VIRQ_DOM_EXC, domain_exception)
     kernel.ready()
     progress(event="created", name="Domain-0", domid=0)
 
@@ -81,10 +93,13 @@ def main(kernel: Kernel) -> None:
             progress(event="error", message=str(exc))
             progress.close()
             toolstack.halt()
+            xenstored.stop()
             return  # Dom0 powers off: the machine halts
     progress(event="ready")
     progress.close()
     serve(toolstack, control, wake, kernel)
+    kernel.xenstore.close()
+    xenstored.stop()
     (run_dir / CONTROL_SOCKET).unlink(missing_ok=True)
 
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from domains.dom0 import actions
+from domains.dom0 import actions, xsnodes
 from domains.dom0.topology import DomainConfig, Platform
 from domains.dom0.xc import XenCtrl
 from hypervisor.public.domctl import (
@@ -19,7 +19,8 @@ from hypervisor.public.domctl import (
     XEN_DOMINF_shutdownmask,
     XEN_DOMINF_shutdownshift,
 )
-from hypervisor.public.errno import ESRCH, XenError
+from domains.kernel.xenbus.client import XenStoreClient, XsError
+from hypervisor.public.errno import EINVAL, EIO, ESRCH, XenError
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 
 WORKLOADS = {
@@ -52,6 +53,7 @@ class Managed:
 @dataclass
 class Toolstack:
     xc: XenCtrl
+    xs: XenStoreClient
     platform: Platform
     log: Any
     announce: Callable[..., None] = lambda **event: None
@@ -59,6 +61,8 @@ class Toolstack:
 
     def __post_init__(self) -> None:
         self.domains[0] = Managed(0, "Domain-0", None)
+        self.xs.write("/local/domain/0/name", "Domain-0")
+        self.xs.write("/local/domain/0/domid", "0")
 
     # -- lookups ------------------------------------------------------------
 
@@ -83,9 +87,15 @@ class Toolstack:
     def create(self, config: DomainConfig, budget: actions.RestartBudget | None = None) -> Managed:
         if config.name in self.running_names():
             raise XenError(ESRCH, f"a domain named '{config.name}' already exists")
-        cmdline = config.extra
-        domid = self.xc.domain_create(config.name, config.memory, config.vcpus,
-                                      kernel_for(config), cmdline, config.cpus)
+        created = self.xc.domain_create(config.name, config.memory, config.vcpus,
+                                        kernel_for(config), config.extra, config.cpus)
+        domid = created["domid"]
+        try:
+            self.introduce(domid, config.name, config.memory * 1024, config.vcpus,
+                           (created.get("announce") or {}).get("store"))
+        except (XenError, XsError) as exc:
+            self.xc.domain_destroy(domid)
+            raise XenError(EIO, f"{config.name}: cannot set up its xenstore: {exc}") from exc
         if budget is None:
             budget = actions.RestartBudget(*config.restart_limit)
         dom = Managed(domid, config.name, config, budget)
@@ -93,6 +103,22 @@ class Toolstack:
         self.log.info("domain created", name=config.name, domid=domid)
         self.announce(event="created", name=config.name, domid=domid)
         return dom
+
+    def introduce(self, domid: int, name: str, memory_kib: int, vcpus: int,
+                  store: dict | None) -> None:
+        """Write the domain's nodes, then hand its ring to xenstored."""
+        uuid = self.xc.domain_getinfo(domid)["handle"]
+        nodes = xsnodes.domain_nodes(domid, name, uuid, memory_kib, vcpus,
+                                     store and store["port"], store and store["ring-ref"])
+
+        def write_all(tx: int) -> None:
+            for path, value, perms in nodes:
+                self.xs.write(path, value, tx)
+                self.xs.set_perms(path, perms, tx)
+
+        self.xs.transaction(write_all)
+        if store is not None:
+            self.xs.introduce(domid, store["mfn"], store["port"])
 
     def destroy(self, dom: Managed) -> None:
         if dom.domid == 0:
@@ -103,6 +129,27 @@ class Toolstack:
         except XenError as exc:
             if exc.errno != ESRCH:
                 raise
+        self.forget(dom.domid)
+
+    def forget(self, domid: int) -> None:
+        """Release a destroyed domain from xenstored and remove its nodes."""
+        try:
+            vm = self.xs.read(f"{xsnodes.dom_path(domid)}/vm").decode()
+        except XsError:
+            vm = None
+        for action in (lambda: self.xs.release(domid),
+                       lambda: self.xs.rm(xsnodes.dom_path(domid)),
+                       lambda: vm and self.xs.rm(vm)):
+            try:
+                action()
+            except XsError:
+                pass  # never introduced, or already gone
+
+    def request_shutdown(self, dom: Managed, request: str) -> None:
+        """xl shutdown/reboot: ask the guest through control/shutdown."""
+        if dom.domid == 0:
+            raise XenError(EINVAL, "use `pyxen halt` to stop Domain-0")
+        self.xs.write(f"{xsnodes.dom_path(dom.domid)}/control/shutdown", request)
 
     # -- reacting to VIRQ_DOM_EXC ---------------------------------------------
 

@@ -128,11 +128,17 @@ class GrantTable:
         self._free.extend(range(new - 1, self.nr_refs - 1, -1))
         self.nr_refs = new
 
-    def grant_access(self, domid: int, frame: int, readonly: bool = False) -> int:
-        with self._lock:
-            if not self._free:
-                self._grow()
-            ref = self._free.pop()
+    def grant_access(self, domid: int, frame: int, readonly: bool = False,
+                     ref: int | None = None) -> int:
+        """Grant `frame` to `domid`; `ref` picks one of the reserved refs
+        (below NR_RESERVED_ENTRIES, e.g. GNTTAB_RESERVED_XENSTORE)."""
+        if ref is None:
+            with self._lock:
+                if not self._free:
+                    self._grow()
+                ref = self._free.pop()
+        elif not 0 <= ref < NR_RESERVED_ENTRIES:
+            raise ValueError(f"grant ref {ref} is not a reserved one")
         offset = ref * ENTRY.size
         DOMID_FRAME.pack_into(self.entries, offset + 2, domid, frame)
         # The entry goes live only once domid and frame are in place.
@@ -148,8 +154,9 @@ class GrantTable:
         status, = STATUS.unpack_from(self.status, ref * STATUS.size)
         if status & (GTF_reading | GTF_writing):
             raise XenError(EBUSY, f"grant ref {ref} is still mapped")
-        with self._lock:
-            self._free.append(ref)
+        if ref >= NR_RESERVED_ENTRIES:
+            with self._lock:
+                self._free.append(ref)
 
     def open_window(self, peer: int, nr_frames: int) -> Window:
         result = self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_grant_window,

@@ -17,10 +17,12 @@ from typing import Any
 
 import zmq
 
+from domains.kernel.control import watch_shutdown
 from domains.kernel.events import EventChannels
 from domains.kernel.gnttab import GrantTable, Windows
 from domains.kernel.hypercall import Hypercalls
 from domains.kernel.log import make_logger
+from domains.kernel.xenstore import connect_ring
 from hypervisor.public.sched import SCHEDOP_shutdown, SHUTDOWN_poweroff
 from hypervisor.public.xen import (
     HYPERVISOR_pyxen_op,
@@ -88,14 +90,24 @@ class Kernel:
         self._timer_fired = threading.Event()
         self.events.bind_virq(VIRQ_TIMER, lambda port: self._timer_fired.set())
         self.is_ready = False
+        # Dom0 hosts xenstored and reaches it over its unix socket (see
+        # domains.dom0.main); every other domain gets a xenstore ring.
+        self.xenstore = None
+        self.announce: dict = {}
+        if not self.privileged:
+            self.xenstore, self.announce["store"] = connect_ring(self)
 
     # -- boot -------------------------------------------------------------------
 
     def ready(self) -> None:
         """Tell the hypervisor this domain has booted (its creator waits for it)."""
         tids = [threading.get_native_id()] + [v.native_id for v in self.vcpus]
-        self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_ready, {"vcpu_tids": tids})
+        self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_ready,
+                       {"vcpu_tids": tids, "announce": self.announce})
         self.is_ready = True
+        if not self.privileged:
+            # Blocks until the toolstack has introduced us to xenstored.
+            watch_shutdown(self)
         self.log.info("booted", vcpus=len(tids), memory_mib=len(self.ram) >> 20)
 
     # -- time -------------------------------------------------------------------

@@ -51,7 +51,7 @@ def console_write(call: Call, args: dict):
 
 @hypercall(HYPERVISOR_pyxen_op, PYXEN_op_ready)
 def ready(call: Call, args: dict):
-    call.machine.domain_ready(call.caller, list(args["vcpu_tids"]))
+    call.machine.domain_ready(call.caller, list(args["vcpu_tids"]), args.get("announce"))
 
 
 @hypercall(HYPERVISOR_pyxen_op, PYXEN_op_grant_window)

@@ -1,0 +1,57 @@
+"""The XenStore nodes the toolstack writes for a domain (xenstore-paths).
+
+Pure: returns (path, value, perms) triples; the toolstack writes them in one
+transaction before it introduces the domain to xenstored, so that the
+domain's first request already finds its directory. Permissions follow
+libxl: the domain may read its directory but not change it, and owns the
+few nodes it must write (control/shutdown, data, ...).
+"""
+
+from __future__ import annotations
+
+import time
+
+Node = tuple[str, str, list[str]]
+
+# Nodes the domain owns (libxl's rwperm); everything else is Dom0's,
+# readable by the domain (libxl's roperm).
+DOMAIN_OWNED = ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
+                "control/feature-suspend", "control/sysrq", "data", "drivers", "feature",
+                "attr", "error")
+
+
+def dom_path(domid: int) -> str:
+    return f"/local/domain/{domid}"
+
+
+def domain_nodes(domid: int, name: str, uuid: str, memory_kib: int, vcpus: int,
+                 store_port: int | None, store_ref: int | None,
+                 now: float | None = None) -> list[Node]:
+    base = dom_path(domid)
+    vm = f"/vm/{uuid}"
+    ro = ["n0", f"r{domid}"]
+    rw = [f"n{domid}"]
+    nodes: list[Node] = [
+        (base, "", ro),
+        (f"{base}/domid", str(domid), ro),
+        (f"{base}/name", name, ro),
+        (f"{base}/vm", vm, ro),
+        (f"{base}/memory", "", ro),
+        (f"{base}/memory/static-max", str(memory_kib), ro),
+        (f"{base}/memory/target", str(memory_kib), ro),
+        (f"{base}/cpu", "", ro),
+        (f"{base}/device", "", ro),
+        (f"{base}/control", "", ro),
+    ]
+    nodes += [(f"{base}/cpu/{i}/availability", "online", ro) for i in range(vcpus)]
+    nodes += [(f"{base}/{node}", "", rw) for node in DOMAIN_OWNED]
+    if store_port is not None:
+        nodes += [(f"{base}/store/port", str(store_port), ro),
+                  (f"{base}/store/ring-ref", str(store_ref), ro)]
+    nodes += [
+        (vm, "", ["n0"]),
+        (f"{vm}/name", name, ["n0"]),
+        (f"{vm}/uuid", uuid, ["n0"]),
+        (f"{vm}/start_time", f"{time.time() if now is None else now:.2f}", ["n0"]),
+    ]
+    return nodes
