@@ -13,6 +13,7 @@ import time
 
 from domains.dom0.xc import XenCtrl
 from domains.kernel.gnttab import GrantStatusError
+from domains.kernel.xenbus.client import XsError
 from hypervisor.public.errno import XenError
 from hypervisor.public.grant_table import GNTST_okay
 from hypervisor.public.xen import PAGE_SIZE
@@ -148,3 +149,51 @@ def timer(kernel) -> None:
 
 def boot_fails(kernel) -> None:
     raise RuntimeError("disk controller on fire")
+
+
+def xenstore_rights(kernel) -> None:
+    """What a guest may and may not do in XenStore, and a conflicting transaction."""
+    kernel.ready()  # returns once the toolstack has introduced us
+    xs = kernel.xenstore
+    other = kernel.args["other"]
+
+    def outcome(fn) -> str:
+        try:
+            fn()
+        except XsError as exc:
+            return exc.name
+        return "ok"
+
+    report = {
+        "own_name": xs.read("name").decode(),
+        "domain_path": xs.get_domain_path(kernel.domid),
+        "read_dom0": outcome(lambda: xs.read("/local/domain/0/name")),
+        "write_dom0": outcome(lambda: xs.write("/local/domain/0/data/x", "1")),
+        "read_other": outcome(lambda: xs.read(f"/local/domain/{other}/name")),
+        "write_other": outcome(lambda: xs.write(f"/local/domain/{other}/data/x", "1")),
+        "write_own_name": outcome(lambda: xs.write("name", "evil")),
+        "write_own_data": outcome(lambda: xs.write("data/x", "1")),
+        "own_data_perms": xs.get_perms("data/x"),
+        "introduce": outcome(lambda: xs.introduce(kernel.domid, 1, 1)),
+    }
+    # Two transactions touch the same node: the second commit gets EAGAIN,
+    # and transaction() retries it to success.
+    xs.write("data/counter", "0")
+    t1, t2 = xs.transaction_start(), xs.transaction_start()
+    xs.write("data/counter", "1", t1)
+    xs.write("data/counter", "2", t2)
+    xs.transaction_end(t1)
+    report["conflict"] = outcome(lambda: xs.transaction_end(t2))
+    attempts = []
+
+    def bump(tx: int) -> None:
+        attempts.append(tx)
+        value = int(xs.read("data/counter", tx))
+        if len(attempts) == 1:
+            xs.write("data/counter", "10")  # a change outside the transaction
+        xs.write("data/counter", str(value + 1), tx)
+
+    xs.transaction(bump)
+    report["retried"] = len(attempts)
+    report["counter"] = xs.read("data/counter").decode()
+    _send(kernel.args["out"], report)
