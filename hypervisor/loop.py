@@ -39,8 +39,12 @@ class ZmqTransport:
         self.by_pidfd: dict[int, int] = {}
 
     def endpoints(self, domid: int) -> dict[str, str]:
+        """The domain's channels. It binds its doorbell itself (peers ring it
+        directly, see domains/kernel/events.py); the rest are ours."""
         return {"hypercall": f"ipc://{self.dir}/{domid}.hc",
-                "upcall": f"ipc://{self.dir}/{domid}.up"}
+                "upcall": f"ipc://{self.dir}/{domid}.up",
+                "doorbell": f"ipc://{self.dir}/{domid}.db",
+                "doorbell_template": f"ipc://{self.dir}/{{domid}}.db"}
 
     def attach(self, dom: Domain) -> None:
         ends = self.endpoints(dom.domid)
@@ -72,8 +76,9 @@ class ZmqTransport:
         push = self.pushes.pop(dom.domid, None)
         if push is not None:
             push.close()
-        for end in self.endpoints(dom.domid).values():
-            Path(end[len("ipc://"):]).unlink(missing_ok=True)
+        ends = self.endpoints(dom.domid)
+        for key in ("hypercall", "upcall", "doorbell"):
+            Path(ends[key][len("ipc://"):]).unlink(missing_ok=True)
 
     def upcall(self, domid: int, port: int) -> None:
         push = self.pushes.get(domid)

@@ -1,8 +1,9 @@
-"""`pyxen bench evtchn`: runs end to end and leaves nothing behind.
+"""`pyxen bench evtchn` and `pyxen bench xenstore`: run end to end and leave
+nothing behind.
 
-No wall-clock assertions: the numbers depend on the machine. The test checks
-the shape of the JSON report, that both measurements are positive, that the
-ratio is their quotient, and that no pyxen process outlives the command.
+No wall-clock assertions: the numbers depend on the machine. The tests check
+the shape of the JSON report, that every measurement is positive, that the
+ratios are their quotients, and that no pyxen process outlives the command.
 """
 
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.harness import ours, title
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,5 +60,47 @@ def test_bench_evtchn_json():
     assert report["ratio_median"] == pytest.approx(pyxen / raw, rel=1e-3)
     assert report["goal_met"] == (report["ratio_median"] <= report["goal_ratio"])
 
+    left = pyxen_processes() - before
+    assert not left, f"pyxen processes left behind: {sorted(left)}"
+
+
+XS_STATS = {"ops_per_s", "median_us", "p99_us"}
+
+
+def test_bench_xenstore_json():
+    before = pyxen_processes()
+    proc = subprocess.run(
+        [sys.executable, "-m", "domains.dom0.cli", "bench", "xenstore", "--json",
+         "--iterations", "200"],
+        cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # --json: no progress lines either
+
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    report = json.loads(lines[0])
+    assert report["iterations"] == 200
+    for key in ("xenstore_read", "xenstore_write", "raw_unix_echo"):
+        stats = report[key]
+        assert set(stats) >= XS_STATS, (key, stats)
+        for name in XS_STATS:
+            assert isinstance(stats[name], (int, float)) and stats[name] > 0, (key, stats)
+        assert stats["median_us"] <= stats["p99_us"]
+    raw = report["raw_unix_echo"]["ops_per_s"]
+    for ratio, key in (("ratio_read", "xenstore_read"), ("ratio_write", "xenstore_write")):
+        assert isinstance(report[ratio], (int, float)) and report[ratio] > 0
+        assert report[ratio] == pytest.approx(report[key]["ops_per_s"] / raw, rel=1e-3)
+
+    # The bench reaps the machine (and its echo process) before it exits;
+    # anything it left would have been re-parented to us, the subreaper.
+    assert not ours(), [title(p) for p in ours()]
+    strays = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "domains.dom0.cli" in " ".join(child.cmdline()):
+                strays.append(child.pid)
+        except psutil.Error:
+            continue  # it just ended
+    assert not strays, f"bench processes left behind: {strays}"
     left = pyxen_processes() - before
     assert not left, f"pyxen processes left behind: {sorted(left)}"

@@ -1,6 +1,6 @@
 """Workloads of `pyxen bench evtchn`: an event-channel ping-pong between two domains.
 
-The bench runner (domains/dom0/bench.py) boots a topology with two domains,
+The bench runner (domains/dom0/bench/evtchn.py) boots a topology with two domains,
 ``ping`` first and ``pong`` second, and hands them named pipes (FIFOs) on the
 kernel command line. Blocking FIFO opens and reads are the only
 synchronisation; nothing here sleeps or polls.

@@ -79,7 +79,7 @@ class Kernel:
         self.memchan = socket.socket(fileno=fds["memchan"])
         self.ctx = zmq.Context()
         self.hypercall = Hypercalls(self.ctx, start_info["hypercall"])
-        self.events = EventChannels(self.hypercall, self.ctx, start_info["upcall"],
+        self.events = EventChannels(self.hypercall, self.ctx, start_info,
                                     self.shared_info, self.log)
         self.gnttab = GrantTable(self.hypercall, entries, status,
                                  start_info["gnttab_frames"], Windows(self.memchan))

@@ -214,7 +214,7 @@ class XenStore:
 
     def log(self, message: str) -> None:
         if self._log_fn is not None and self.logging:
-            self._log_fn(f"xenstored: {message}")
+            self._log_fn(message)
 
     # -- dispatch -------------------------------------------------------------------
 

@@ -39,8 +39,10 @@ reply that would be bigger is replaced by E2BIG; a watch event that would
 be bigger is dropped.
 
 `outstanding` and `memory` only make xenstored stop reading a domain's
-ring; this core exposes them (:meth:`XenStore.may_read`, CONTROL "quota")
-but leaves the stalling to the I/O layer.
+ring. This core does not stall anybody: :meth:`XenStore.may_read` tells
+the I/O layer whether a connection is within `outstanding`, and CONTROL
+"quota <domid>" reports (an estimate of) the memory; `memory` is not
+enforced.
 """
 
 from __future__ import annotations

@@ -14,47 +14,16 @@ statistics are computed by the same code.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import math
 import os
 import select
-import shutil
-import signal
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+from domains.dom0.bench.common import (BenchError, Progress, boot, execute, format_table,
+                                       halt, reap_children, summarize)
+
 GOAL_RATIO = 1.5
-PR_SET_CHILD_SUBREAPER = 36
-BOOT_TIMEOUT = 120  # seconds; the boot CLI waits for every domain's kernel
-HALT_TIMEOUT = 90
-
-
-class BenchError(Exception):
-    pass
-
-
-def warmup_for(n: int) -> int:
-    """Round trips run (and discarded) before the measured ones, on both sides."""
-    return min(500, max(50, n // 4))
-
-
-# -- statistics ---------------------------------------------------------------
-
-
-def summarize(samples_ns: list[int]) -> dict[str, float]:
-    """median, p99 (nearest rank) and mean, in µs rounded to 0.001."""
-    if not samples_ns:
-        raise BenchError("no samples")
-    ordered = sorted(samples_ns)
-    p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
-    return {"median": round(statistics.median(ordered) / 1000, 3),
-            "p99": round(p99 / 1000, 3),
-            "mean": round(statistics.fmean(ordered) / 1000, 3)}
 
 
 # -- the raw baseline -----------------------------------------------------------
@@ -146,13 +115,6 @@ extra = "{pong_extra}"
 """
 
 
-def _cli(run_dir: Path, *argv: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "domains.dom0.cli", "--run-dir",
-                           str(run_dir), *argv],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def _read_until_eof(fd: int, deadline: float) -> bytes:
     """Read a FIFO until its writer closes it; waits on the fd, never polls."""
     data = bytearray()
@@ -169,7 +131,7 @@ def _read_until_eof(fd: int, deadline: float) -> bytes:
         data += chunk
 
 
-def pyxen_evtchn(tmp: Path, n: int, warmup: int, progress) -> list[int]:
+def pyxen_evtchn(tmp: Path, n: int, warmup: int, progress: Progress) -> list[int]:
     run_dir = tmp / "run"
     fifos = {name: tmp / f"{name}.fifo" for name in ("peer", "port", "go", "result")}
     for path in fifos.values():
@@ -187,15 +149,7 @@ def pyxen_evtchn(tmp: Path, n: int, warmup: int, progress) -> list[int]:
     result_fd = os.open(fifos["result"], os.O_RDONLY | os.O_NONBLOCK)
     go_fd = os.open(fifos["go"], os.O_RDWR)
     try:
-        progress(f"booting a pyxen machine in {run_dir} ...")
-        try:
-            boot = _cli(run_dir, "boot", str(topology), "--detach", timeout=BOOT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise BenchError(f"boot did not complete within {BOOT_TIMEOUT}s") from None
-        if boot.returncode != 0:
-            why = (boot.stderr.strip() or boot.stdout.strip()
-                   or f"boot exited with status {boot.returncode}")
-            raise BenchError(why.removeprefix("pyxen: "))
+        boot(run_dir, topology, progress)
         progress(f"measuring {warmup} + {n} event-channel round trips ...")
         os.write(go_fd, b"go\n")
         raw = _read_until_eof(result_fd, time.monotonic() + 60 + n / 100)
@@ -211,56 +165,6 @@ def pyxen_evtchn(tmp: Path, n: int, warmup: int, progress) -> list[int]:
     return samples
 
 
-def halt(run_dir: Path) -> None:
-    if not (run_dir / "hypervisor.pid").exists():
-        return
-    try:
-        _cli(run_dir, "halt", timeout=HALT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass  # reap_children below kills what is left
-
-
-def reap_children(timeout: float = 30.0) -> None:
-    """Collect the pyxen processes we inherited as subreaper: the hypervisor,
-    and any domain that outlived it. One still running (after a halt that
-    failed) gets what is left of `timeout`, waited for on its pidfd, then
-    SIGKILL. Zombies of any other child are collected too."""
-    import psutil
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid:
-            continue
-        waited = False
-        for child in psutil.Process().children():
-            try:
-                if "pyxen:" not in " ".join(child.cmdline()):
-                    continue
-                fd = os.pidfd_open(child.pid)
-            except psutil.ZombieProcess:
-                waited = True  # it just ended: the next waitpid collects it
-                continue
-            except (psutil.Error, ProcessLookupError):
-                continue
-            try:
-                left = max(0.0, deadline - time.monotonic())
-                if not select.select([fd], [], [], left)[0]:
-                    try:
-                        signal.pidfd_send_signal(fd, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    select.select([fd], [], [])
-                waited = True
-            finally:
-                os.close(fd)
-        if not waited:
-            return  # only children that are not pyxen's remain, still running
-
-
 # -- the command -------------------------------------------------------------------
 
 
@@ -269,9 +173,8 @@ def format_report(report: dict) -> str:
             ("raw zmq ipc (PAIR)", report["raw_zmq_rtt_us"])]
     lines = [f"Round trip, {report['iterations']} iterations "
              f"(after {report['warmup']} warm-up), µs:",
-             f"  {'':<22}{'median':>10}{'p99':>10}{'mean':>10}"]
-    for name, s in rows:
-        lines.append(f"  {name:<22}{s['median']:>10.1f}{s['p99']:>10.1f}{s['mean']:>10.1f}")
+             *format_table(("median", "p99", "mean"),
+                           [(name, (s["median"], s["p99"], s["mean"])) for name, s in rows])]
     ratio, goal = report["ratio_median"], report["goal_ratio"]
     verdict = "met" if report["goal_met"] else "NOT met"
     lines.append(f"  ratio pyxen / raw (median): {ratio:.2f}x  "
@@ -279,57 +182,23 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args) -> int:
-    n = int(args.iterations)
-    as_json = bool(args.json)
-    if n < 1:
-        print("pyxen: --iterations must be at least 1", file=sys.stderr)
-        return 1
-
-    def progress(msg: str) -> None:
-        if not as_json:
-            print(msg, file=sys.stderr, flush=True)
-
-    warmup = warmup_for(n)
-    # The detached hypervisor is re-parented to us when the boot CLI exits, so
-    # that we can reap it (and anything it leaves) after the halt.
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        print(f"pyxen: prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}",
-              file=sys.stderr)
-        return 1
-    # run_dir from the command line is ignored: unix socket paths must stay short.
-    tmp = Path(tempfile.mkdtemp(prefix="pyxen-bench-", dir="/tmp"))
-    keep = False  # kept only when something failed: its logs say why
+def measure(tmp: Path, n: int, warmup: int, progress: Progress) -> dict:
     try:
-        try:
-            pyxen_samples = pyxen_evtchn(tmp, n, warmup, progress)
-        finally:
-            halt(tmp / "run")
-            reap_children()
-        progress(f"measuring {warmup} + {n} raw zmq round trips ...")
-        raw_samples = raw_zmq(tmp, n, warmup)
-    except BenchError as exc:
-        keep = (tmp / "run" / "logs").is_dir()
-        print(f"pyxen: bench evtchn: {exc}", file=sys.stderr)
-        if keep:
-            print(f"pyxen: bench evtchn: logs kept in {tmp / 'run' / 'logs'}",
-                  file=sys.stderr)
-        return 1
+        pyxen_samples = pyxen_evtchn(tmp, n, warmup, progress)
     finally:
+        halt(tmp / "run")
         reap_children()
-        if not keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+    progress(f"measuring {warmup} + {n} raw zmq round trips ...")
+    raw_samples = raw_zmq(tmp, n, warmup)
 
     pyxen_stats = summarize(pyxen_samples)
     raw_stats = summarize(raw_samples)
     ratio = round(pyxen_stats["median"] / raw_stats["median"], 4)
-    report = {"iterations": n, "warmup": warmup,
-              "pyxen_evtchn_rtt_us": pyxen_stats, "raw_zmq_rtt_us": raw_stats,
-              "ratio_median": ratio, "goal_ratio": GOAL_RATIO,
-              "goal_met": ratio <= GOAL_RATIO}
-    if as_json:
-        print(json.dumps(report))
-    else:
-        print(format_report(report))
-    return 0
+    return {"iterations": n, "warmup": warmup,
+            "pyxen_evtchn_rtt_us": pyxen_stats, "raw_zmq_rtt_us": raw_stats,
+            "ratio_median": ratio, "goal_ratio": GOAL_RATIO,
+            "goal_met": ratio <= GOAL_RATIO}
+
+
+def run_bench(args) -> int:
+    return execute("evtchn", args, measure, format_report)

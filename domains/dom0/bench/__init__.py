@@ -1,0 +1,25 @@
+"""`pyxen bench WHAT`: pyxen's cost measured against a raw baseline.
+
+- evtchn: an interdomain event-channel round trip vs. a raw ZeroMQ round trip
+  (evtchn.py);
+- xenstore: XS_READ and XS_WRITE round trips to Dom0's xenstored over its unix
+  socket vs. a raw unix-socket echo (xenstore.py).
+
+What both share (statistics, the throw-away machine, the command frame) is in
+common.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def run_bench(args) -> int:
+    if args.what == "evtchn":
+        from domains.dom0.bench.evtchn import run_bench as run
+    elif args.what == "xenstore":
+        from domains.dom0.bench.xenstore import run_bench as run
+    else:
+        print(f"pyxen: bench: unknown benchmark {args.what!r}", file=sys.stderr)
+        return 1
+    return run(args)
