@@ -54,10 +54,12 @@ C_EXPRESSIONS: dict[str, str] = {
     "PAGE_SIZE": "(1UL << XEN_PAGE_SHIFT)",
     "GRANT_ENTRIES_PER_FRAME_V1":
         "((1UL << XEN_PAGE_SHIFT) / sizeof(grant_entry_v1_t))",
+    "XENCONS_IN_SIZE": "sizeof(((struct xencons_interface *)0)->in)",
+    "XENCONS_OUT_SIZE": "sizeof(((struct xencons_interface *)0)->out)",
 }
 
 #: Types that are C typedefs although their names do not end in "_t".
-C_TYPEDEFS = frozenset({"XENSTORE_RING_IDX"})
+C_TYPEDEFS = frozenset({"XENSTORE_RING_IDX", "XENCONS_RING_IDX"})
 
 #: Python tuples of strings that mirror a C array: the C expression for
 #: entry ``i`` (the array is named like the tuple).
