@@ -173,6 +173,17 @@ def _create(args) -> int:
     return 0
 
 
+def _console(args) -> int:
+    from domains.dom0.console_client import ConsoleError, attach
+
+    if hypervisor_pid(args.run_dir) is None:
+        raise NotRunning(f"no pyxen system is running in {args.run_dir}")
+    try:
+        return attach(args.run_dir, args.domain)
+    except ConsoleError as exc:
+        raise UserError(f"console {args.domain}: {exc}") from None
+
+
 def _vcpu_list(args) -> int:
     result = _client(args).call("vcpu-list", domain=args.domain)
     print(format_vcpu_list(result["rows"], result["nr_cpus"]), end="")
@@ -260,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("domain")
         p.set_defaults(func=_simple(name, done))
+
+    p = sub.add_parser("console", help="attach to a domain's console (Ctrl-] detaches)")
+    p.add_argument("domain")
+    p.set_defaults(func=_console)
 
     p = sub.add_parser("vcpu-list", help="list vCPUs (xl vcpu-list)")
     p.add_argument("domain", nargs="?")

@@ -20,6 +20,7 @@ from domains.dom0.control import Waiters, handle
 from domains.dom0.toolstack import Toolstack
 from domains.dom0.topology import Platform, TopologyError, load_topology
 from domains.dom0.xc import XenCtrl
+from domains.dom0.xenconsoled import Xenconsoled
 from domains.dom0.xenstored.daemon import Xenstored
 from domains.kernel.xenbus.client import XenStoreClient
 from domains.kernel.xenbus.transport import UnixTransport
@@ -65,6 +66,8 @@ def main(kernel: Kernel) -> None:
     xenstored.start()
     xenstored.ready.wait()
     kernel.xenstore = XenStoreClient(UnixTransport(str(xenstored.path)))
+    xenconsoled = Xenconsoled(kernel, run_dir, kernel.xenstore)
+    xenconsoled.start()
     toolstack = Toolstack(xc, kernel.xenstore, platform, kernel.log, announce=progress)
 
     ctx = kernel.ctx
@@ -93,11 +96,13 @@ def main(kernel: Kernel) -> None:
             progress(event="error", message=str(exc))
             progress.close()
             toolstack.halt()
+            xenconsoled.stop()
             xenstored.stop()
             return  # Dom0 powers off: the machine halts
     progress(event="ready")
     progress.close()
     serve(toolstack, control, wake, kernel)
+    xenconsoled.stop()
     kernel.xenstore.close()
     xenstored.stop()
     (run_dir / CONTROL_SOCKET).unlink(missing_ok=True)

@@ -92,7 +92,7 @@ class Toolstack:
         domid = created["domid"]
         try:
             self.introduce(domid, config.name, config.memory * 1024, config.vcpus,
-                           (created.get("announce") or {}).get("store"))
+                           created.get("announce") or {})
         except (XenError, XsError) as exc:
             self.xc.domain_destroy(domid)
             raise XenError(EIO, f"{config.name}: cannot set up its xenstore: {exc}") from exc
@@ -105,11 +105,12 @@ class Toolstack:
         return dom
 
     def introduce(self, domid: int, name: str, memory_kib: int, vcpus: int,
-                  store: dict | None) -> None:
+                  announce: dict) -> None:
         """Write the domain's nodes, then hand its ring to xenstored."""
         uuid = self.xc.domain_getinfo(domid)["handle"]
-        nodes = xsnodes.domain_nodes(domid, name, uuid, memory_kib, vcpus,
-                                     store and store["port"], store and store["ring-ref"])
+        store = announce.get("store")
+        nodes = xsnodes.domain_nodes(domid, name, uuid, memory_kib, vcpus, store,
+                                     announce.get("console"))
 
         def write_all(tx: int) -> None:
             for path, value, perms in nodes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 Node = tuple[str, str, list[str]]
+CONSOLE_LIMIT = 1048576  # bytes of output xenconsoled buffers for a domain
 
 # Nodes the domain owns (libxl's rwperm); everything else is Dom0's,
 # readable by the domain (libxl's roperm).
@@ -25,8 +26,10 @@ def dom_path(domid: int) -> str:
 
 
 def domain_nodes(domid: int, name: str, uuid: str, memory_kib: int, vcpus: int,
-                 store_port: int | None, store_ref: int | None,
+                 store: dict | None, console: dict | None,
                  now: float | None = None) -> list[Node]:
+    """`store` and `console` are what the domain's kernel announced at boot:
+    {"ring-ref": ..., "port": ...} for its xenstore and console rings."""
     base = dom_path(domid)
     vm = f"/vm/{uuid}"
     ro = ["n0", f"r{domid}"]
@@ -45,9 +48,15 @@ def domain_nodes(domid: int, name: str, uuid: str, memory_kib: int, vcpus: int,
     ]
     nodes += [(f"{base}/cpu/{i}/availability", "online", ro) for i in range(vcpus)]
     nodes += [(f"{base}/{node}", "", rw) for node in DOMAIN_OWNED]
-    if store_port is not None:
-        nodes += [(f"{base}/store/port", str(store_port), ro),
-                  (f"{base}/store/ring-ref", str(store_ref), ro)]
+    if store is not None:
+        nodes += [(f"{base}/store/port", str(store["port"]), ro),
+                  (f"{base}/store/ring-ref", str(store["ring-ref"]), ro)]
+    if console is not None:
+        nodes += [(f"{base}/console", "", ro),
+                  (f"{base}/console/port", str(console["port"]), ro),
+                  (f"{base}/console/ring-ref", str(console["ring-ref"]), ro),
+                  (f"{base}/console/type", "xenconsoled", ro),
+                  (f"{base}/console/limit", str(CONSOLE_LIMIT), ro)]
     nodes += [
         (vm, "", ["n0"]),
         (f"{vm}/name", name, ["n0"]),

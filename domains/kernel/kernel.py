@@ -11,12 +11,14 @@ from __future__ import annotations
 import mmap
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
 
 import zmq
 
+from domains.kernel.console import Console, ConsoleTee
 from domains.kernel.control import watch_shutdown
 from domains.kernel.events import EventChannels
 from domains.kernel.gnttab import GrantTable, Windows
@@ -93,9 +95,16 @@ class Kernel:
         # Dom0 hosts xenstored and reaches it over its unix socket (see
         # domains.dom0.main); every other domain gets a xenstore ring.
         self.xenstore = None
+        self.console: Console | None = None
         self.announce: dict = {}
         if not self.privileged:
             self.xenstore, self.announce["store"] = connect_ring(self)
+            self.console = Console(self)
+            self.announce["console"] = self.console.announce
+            # Prints and logs go to the console too (and to the domain log).
+            sys.stdout = ConsoleTee(sys.__stdout__, self.console)
+            self.log = make_logger(self.name, self.domid,
+                                   start_info.get("log_json", False), sys.stdout)
 
     # -- boot -------------------------------------------------------------------
 

@@ -9,11 +9,11 @@ from typing import Any
 import structlog
 
 
-def make_logger(name: str, domid: int, json_lines: bool) -> Any:
+def make_logger(name: str, domid: int, json_lines: bool, stream: Any = None) -> Any:
     renderer = (structlog.processors.JSONRenderer() if json_lines
                 else structlog.dev.ConsoleRenderer(colors=False))
     return structlog.wrap_logger(
-        structlog.PrintLogger(sys.stdout),
+        structlog.PrintLogger(stream or sys.stdout),
         processors=[structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso"), renderer],
     ).bind(domain=name, domid=domid)
