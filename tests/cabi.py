@@ -56,6 +56,11 @@ C_EXPRESSIONS: dict[str, str] = {
         "((1UL << XEN_PAGE_SHIFT) / sizeof(grant_entry_v1_t))",
     "XENCONS_IN_SIZE": "sizeof(((struct xencons_interface *)0)->in)",
     "XENCONS_OUT_SIZE": "sizeof(((struct xencons_interface *)0)->out)",
+    "BLKIF_SRING_ENTRY_SIZE": "sizeof(union blkif_sring_entry)",
+    "BLKIF_SRING_RING_OFFSET": "offsetof(struct blkif_sring, ring)",
+    "SEGS_PER_INDIRECT_FRAME":
+        "((1UL << XEN_PAGE_SHIFT) / sizeof(struct blkif_request_segment))",
+    "XEN_BLKIF_REQS_PER_PAGE": "__CONST_RING_SIZE(blkif, 1UL << XEN_PAGE_SHIFT)",
 }
 
 #: Types that are C typedefs although their names do not end in "_t".
