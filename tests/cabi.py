@@ -61,10 +61,16 @@ C_EXPRESSIONS: dict[str, str] = {
     "SEGS_PER_INDIRECT_FRAME":
         "((1UL << XEN_PAGE_SHIFT) / sizeof(struct blkif_request_segment))",
     "XEN_BLKIF_REQS_PER_PAGE": "__CONST_RING_SIZE(blkif, 1UL << XEN_PAGE_SHIFT)",
+    # io/ring.h declares no ring itself: make one in a GNU statement
+    # expression (the sizeofs use its typedefs: no -Wunused-local-typedefs).
+    "SRING_HEADER_SIZE":
+        "({ DEFINE_RING_TYPES(pyxen_hdr, uint8_t, uint8_t);"
+        " offsetof(pyxen_hdr_sring_t, ring) + 0 * sizeof(pyxen_hdr_front_ring_t)"
+        " + 0 * sizeof(pyxen_hdr_back_ring_t); })",
 }
 
 #: Types that are C typedefs although their names do not end in "_t".
-C_TYPEDEFS = frozenset({"XENSTORE_RING_IDX", "XENCONS_RING_IDX"})
+C_TYPEDEFS = frozenset({"XENSTORE_RING_IDX", "XENCONS_RING_IDX", "RING_IDX"})
 
 #: Python tuples of strings that mirror a C array: the C expression for
 #: entry ``i`` (the array is named like the tuple).

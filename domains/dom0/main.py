@@ -68,7 +68,8 @@ def main(kernel: Kernel) -> None:
     kernel.xenstore = XenStoreClient(UnixTransport(str(xenstored.path)))
     xenconsoled = Xenconsoled(kernel, run_dir, kernel.xenstore)
     xenconsoled.start()
-    toolstack = Toolstack(xc, kernel.xenstore, platform, kernel.log, announce=progress)
+    toolstack = Toolstack(xc, kernel.xenstore, platform, kernel.log, announce=progress,
+                          disk_dir=run_dir / "disks")
 
     ctx = kernel.ctx
     control = ctx.socket(zmq.ROUTER)

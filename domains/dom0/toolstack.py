@@ -4,11 +4,13 @@ apply their on_* actions. Every change goes through hypercalls."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from domains.dom0 import actions, xsnodes
+from domains.dom0 import actions, devices, xsnodes
 from domains.dom0.topology import DomainConfig, Platform
+from domains.dom0.xlspec import DiskSpec
 from domains.dom0.xc import XenCtrl
 from hypervisor.public.domctl import (
     XEN_DOMINF_blocked,
@@ -20,7 +22,7 @@ from hypervisor.public.domctl import (
     XEN_DOMINF_shutdownshift,
 )
 from domains.kernel.xenbus.client import XenStoreClient, XsError
-from hypervisor.public.errno import EINVAL, EIO, ESRCH, XenError
+from hypervisor.public.errno import EINVAL, EIO, ENOENT, ESRCH, XenError
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 
 WORKLOADS = {
@@ -56,6 +58,7 @@ class Toolstack:
     xs: XenStoreClient
     platform: Platform
     log: Any
+    disk_dir: Path = Path(".")  # where relative disk targets live
     announce: Callable[..., None] = lambda **event: None
     domains: dict[int, Managed] = field(default_factory=dict)
 
@@ -91,8 +94,7 @@ class Toolstack:
                                         kernel_for(config), config.extra, config.cpus)
         domid = created["domid"]
         try:
-            self.introduce(domid, config.name, config.memory * 1024, config.vcpus,
-                           created.get("announce") or {})
+            self.introduce(domid, config, created.get("announce") or {})
         except (XenError, XsError) as exc:
             self.xc.domain_destroy(domid)
             raise XenError(EIO, f"{config.name}: cannot set up its xenstore: {exc}") from exc
@@ -104,22 +106,33 @@ class Toolstack:
         self.announce(event="created", name=config.name, domid=domid)
         return dom
 
-    def introduce(self, domid: int, name: str, memory_kib: int, vcpus: int,
-                  announce: dict) -> None:
-        """Write the domain's nodes, then hand its ring to xenstored."""
+    def introduce(self, domid: int, config: DomainConfig, announce: dict) -> None:
+        """Write the domain's nodes and devices, then hand its ring to xenstored."""
         uuid = self.xc.domain_getinfo(domid)["handle"]
         store = announce.get("store")
-        nodes = xsnodes.domain_nodes(domid, name, uuid, memory_kib, vcpus, store,
-                                     announce.get("console"))
+        nodes = xsnodes.domain_nodes(domid, config.name, uuid, config.memory * 1024,
+                                     config.vcpus, store, announce.get("console"))
+        for disk in config.disks:
+            nodes += self.disk_nodes(domid, disk)
+        self.write_nodes(nodes)
+        if store is not None:
+            self.xs.introduce(domid, store["mfn"], store["port"])
 
+    def disk_nodes(self, domid: int, disk: DiskSpec) -> list:
+        backend = self.find(disk.backend).domid
+        try:
+            params = devices.prepare_image(disk, self.disk_dir)
+        except OSError as exc:
+            raise XenError(ENOENT, str(exc)) from None
+        return devices.vbd_nodes(domid, backend, disk, params)
+
+    def write_nodes(self, nodes: list) -> None:
         def write_all(tx: int) -> None:
             for path, value, perms in nodes:
                 self.xs.write(path, value, tx)
                 self.xs.set_perms(path, perms, tx)
 
         self.xs.transaction(write_all)
-        if store is not None:
-            self.xs.introduce(domid, store["mfn"], store["port"])
 
     def destroy(self, dom: Managed) -> None:
         if dom.domid == 0:
@@ -138,9 +151,12 @@ class Toolstack:
             vm = self.xs.read(f"{xsnodes.dom_path(domid)}/vm").decode()
         except XsError:
             vm = None
+        backends = [f"{xsnodes.dom_path(d)}/backend/{kind}/{domid}"
+                    for d in self.domains for kind in ("vbd", "vif")]
         for action in (lambda: self.xs.release(domid),
                        lambda: self.xs.rm(xsnodes.dom_path(domid)),
-                       lambda: vm and self.xs.rm(vm)):
+                       lambda: vm and self.xs.rm(vm),
+                       *(lambda path=path: self.xs.rm(path) for path in backends)):
             try:
                 action()
             except XsError:

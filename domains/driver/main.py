@@ -1,12 +1,20 @@
-"""A driver domain's kernel: an unprivileged domain that will host the
-backends of one device class (blkback, netback). Until those arrive it
-boots and waits, so that killing it shows the isolation of the rest."""
+"""A driver domain's kernel: an unprivileged domain hosting backends.
+
+It serves whatever devices the toolstack assigns to it: blkback for the
+`backend/vbd` devices. If it dies, only those devices pause.
+"""
 
 from __future__ import annotations
 
-from domains.guest.workloads import idle
+import threading
+
+from backends.blkback.device import BlkbackDevice
 from domains.kernel.kernel import Kernel
+from domains.kernel.xenbus.backend import BackendBus
 
 
 def main(kernel: Kernel) -> None:
-    idle(kernel)
+    kernel.ready()
+    BackendBus(kernel.xenstore, kernel.domid, "vbd",
+               lambda path, fe, devid: BlkbackDevice(kernel, path, fe, devid), kernel.log)
+    threading.Event().wait()

@@ -74,6 +74,8 @@ class Mapping:
     domid: int
     ref: int
     page: memoryview
+    window: int = 0
+    offset: int = 0
 
 
 class Windows:
@@ -82,7 +84,27 @@ class Windows:
     def __init__(self, memchan: socket.socket) -> None:
         self.memchan = memchan
         self.by_id: dict[int, Window] = {}
+        self.users: dict[int, int] = {}  # foreign window -> live mappings in it
         self._lock = threading.Lock()
+
+    def hold(self, window_id: int) -> None:
+        with self._lock:
+            self.users[window_id] = self.users.get(window_id, 0) + 1
+
+    def drop(self, window_id: int) -> None:
+        """The last mapping of a peer's window is gone: let go of its memory."""
+        with self._lock:
+            left = self.users.get(window_id, 0) - 1
+            if left > 0:
+                self.users[window_id] = left
+                return
+            self.users.pop(window_id, None)
+            window = self.by_id.pop(window_id, None)
+        if window is not None:
+            try:
+                window.map.close()
+            except BufferError:
+                pass  # a view is still held somewhere; the mapping goes with it
 
     def get(self, window_id: int) -> Window:
         with self._lock:
@@ -166,22 +188,55 @@ class GrantTable:
     # -- mapping others' grants -------------------------------------------------
 
     def map_grant_ref(self, domid: int, ref: int, readonly: bool = False) -> Mapping:
+        return self.map_grant_refs(domid, [ref], readonly)[0]
+
+    def map_grant_refs(self, domid: int, refs: list[int], readonly: bool = False
+                       ) -> list[Mapping]:
+        """Map several grants in one hypercall; all or nothing."""
         flags = GNTMAP_host_map | (GNTMAP_readonly if readonly else 0)
-        result, = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_map_grant_ref,
-                                 [{"ref": ref, "dom": domid, "flags": flags}])
-        if result["status"] != GNTST_okay:
-            raise GrantStatusError(result["status"], f"map d{domid} ref {ref}")
-        window = self.windows.get(result["window"])
-        page = memoryview(window.map)[result["offset"]:result["offset"] + PAGE_SIZE]
-        return Mapping(result["handle"], domid, ref,
-                       page.toreadonly() if readonly else page)
+        results = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_map_grant_ref,
+                                 [{"ref": ref, "dom": domid, "flags": flags} for ref in refs])
+        mappings, failed = [], None
+        for ref, result in zip(refs, results):
+            if result["status"] != GNTST_okay:
+                failed = failed or (result["status"], ref)
+                continue
+            window = self.windows.get(result["window"])
+            offset = result["offset"]
+            page = memoryview(window.map)[offset:offset + PAGE_SIZE]
+            self.windows.hold(result["window"])
+            mappings.append(Mapping(result["handle"], domid, ref,
+                                    page.toreadonly() if readonly else page,
+                                    result["window"], offset))
+        if failed is not None:
+            if mappings:
+                self.unmap_all(mappings)
+            raise GrantStatusError(failed[0], f"map d{domid} ref {failed[1]}")
+        return mappings
 
     def unmap(self, mapping: Mapping) -> None:
-        mapping.page.release()
-        result, = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_unmap_grant_ref,
-                                 [{"handle": mapping.handle}])
-        if result["status"] != GNTST_okay:
-            raise GrantStatusError(result["status"], f"unmap handle {mapping.handle}")
+        self.unmap_all([mapping])
+
+    def unmap_all(self, mappings: list[Mapping]) -> None:
+        for mapping in mappings:
+            mapping.page.release()
+        results = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_unmap_grant_ref,
+                                 [{"handle": m.handle} for m in mappings])
+        for mapping in mappings:
+            self.windows.drop(mapping.window)
+        bad = [m.handle for m, r in zip(mappings, results) if r["status"] != GNTST_okay]
+        if bad:
+            raise GrantStatusError(results[0]["status"], f"unmap handles {bad}")
+
+    def contiguous(self, mappings: list[Mapping]) -> memoryview:
+        """One view over grants that are consecutive frames of one window
+        (a multi-page ring); anything else is refused."""
+        first = mappings[0]
+        for i, m in enumerate(mappings):
+            if m.window != first.window or m.offset != first.offset + i * PAGE_SIZE:
+                raise GrantStatusError(-1, "ring pages are not contiguous")
+        window = self.windows.get(first.window)
+        return memoryview(window.map)[first.offset:first.offset + len(mappings) * PAGE_SIZE]
 
     def copy(self, ops: list[dict]) -> list[int]:
         """GNTTABOP_copy; returns each op's GNTST status."""

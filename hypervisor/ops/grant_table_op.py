@@ -58,8 +58,20 @@ def map_grant_ref(call: Call, ops):
 
 @hypercall(HYPERVISOR_grant_table_op, GNTTABOP_unmap_grant_ref)
 def unmap_grant_ref(call: Call, ops):
-    return [call.machine.grants.unmap_grant_ref(call.caller.domid, op)
-            for op in _batch(ops)]
+    me = call.caller
+    maptrack = me.gnttab.maptrack
+    touched = set()
+    results = []
+    for op in _batch(ops):
+        mapping = maptrack.get(op.get("handle")) if isinstance(op, dict) else None
+        if mapping is not None:
+            touched.add(mapping.region.window_id)
+        results.append(call.machine.grants.unmap_grant_ref(me.domid, op))
+    # The kernel lets go of a peer's window with its last mapping; pass the
+    # fd again if it maps from that window later.
+    still = {m.region.window_id for m in maptrack.values()}
+    me.known_windows -= touched - still
+    return results
 
 
 @hypercall(HYPERVISOR_grant_table_op, GNTTABOP_copy)

@@ -1,0 +1,297 @@
+"""One virtual block device served by blkback: the xenbus handshake of
+io/blkif.h, the rings, and the worker that services them.
+
+Backend side of the dance: Initialising -> (features written) InitWait ->
+frontend Initialised/Connected -> map rings, bind channels -> Connected.
+Frontend Closing/Closed -> drop the rings -> Closing/Closed. Each queue has
+its own ring, event channel and worker thread.
+
+Persistent grants (feature-persistent): a frontend that agrees reuses the
+same data pages, so each gref is mapped once and kept until disconnect.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from typing import Any
+
+from backends.blkback.io import perform
+from backends.blkback.response import response_for
+from backends.blkback.validate import (
+    DiskInfo,
+    Limits,
+    check,
+    parse_request,
+    with_indirect_segments,
+)
+from domains.kernel.gnttab import GrantStatusError, Mapping
+from domains.kernel.xenbus.client import XsError
+from domains.kernel.xenbus.state import (
+    BACKEND,
+    read_feature,
+    switch_state,
+    watch_otherend,
+    write_features,
+)
+from hypervisor.public.errno import XenError
+from hypervisor.public.io import blkif
+from hypervisor.public.io.blkif import BLKIF_OP_INDIRECT, BLKIF_RSP_ERROR, VDISK_READONLY
+from hypervisor.public.io.ring import BackRing, RingError
+from hypervisor.public.io.xenbus import XenbusState
+
+MAX_RING_PAGE_ORDER = 4
+MAX_QUEUES = 4
+MAX_INDIRECT_SEGMENTS = 256
+REQUEST_SIZE = blkif.BLKIF_SRING_ENTRY_SIZE
+RESPONSE_SIZE = 16
+LIMITS = Limits()
+S = XenbusState
+
+
+class Queue(threading.Thread):
+    """One ring: its channel kicks the thread, the thread answers requests."""
+
+    def __init__(self, device: "BlkbackDevice", index: int, ring: BackRing,
+                 mappings: list[Mapping], view: memoryview) -> None:
+        super().__init__(name=f"blkback-{device.fe}-{device.devid}-q{index}", daemon=True)
+        self.device = device
+        self.ring = ring
+        self.mappings = mappings
+        self.view = view
+        self.port = 0
+        self.cond = threading.Condition()
+        self.kicked = True  # look once at start: requests may be waiting
+        self.stopping = False
+
+    def kick(self, _port: int = 0) -> None:
+        with self.cond:
+            self.kicked = True
+            self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=10)
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.kicked and not self.stopping:
+                    self.cond.wait()
+                if self.stopping:
+                    return
+                self.kicked = False
+            try:
+                self.service()
+            except RingError as exc:
+                self.device.protocol_error(f"ring: {exc}")
+                return
+
+    def service(self) -> None:
+        ring = self.ring
+        while True:
+            while ring.has_unconsumed_requests():
+                ring.put_response(self.device.handle(ring.get_request()))
+            if ring.push_responses_and_check_notify():
+                self.device.notify(self.port)
+            if not ring.final_check_for_requests():
+                return
+
+
+class BlkbackDevice:
+    def __init__(self, kernel: Any, path: str, fe: int, devid: int) -> None:
+        self.kernel = kernel
+        self.xs = kernel.xenstore
+        self.log = kernel.log.bind(device=f"vbd-{fe}-{devid}")
+        self.path, self.fe, self.devid = path, fe, devid
+        self.fd = -1
+        self.queues: list[Queue] = []
+        self.persistent = False
+        self.grants: dict[int, Mapping] = {}  # persistent gref -> mapping
+        self.lock = threading.Lock()
+        self.watch = None
+        self.connected = False
+
+    # -- set-up -------------------------------------------------------------------
+
+    def start(self) -> None:
+        xs, path = self.xs, self.path
+        params = xs.read(f"{path}/params").decode()
+        self.frontend = xs.read(f"{path}/frontend").decode()
+        readonly = xs.read(f"{path}/mode").decode() != "w"
+        discard = read_feature(xs, path, "discard-enable", 1) == 1
+        self.fd = os.open(params, os.O_RDONLY if readonly else os.O_RDWR)
+        st = os.fstat(self.fd)
+        size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(self.fd, 0, os.SEEK_END)
+        self.disk = DiskInfo(sectors=size // 512, readonly=readonly, discard=discard,
+                             flush=True, max_indirect_segments=MAX_INDIRECT_SEGMENTS)
+
+        def publish(tx: int) -> None:
+            write_features(xs, path, {
+                "feature-flush-cache": 1,
+                "feature-discard": int(discard),
+                "discard-granularity": 4096,
+                "discard-alignment": 0,
+                "discard-secure": 0,
+                "feature-persistent": 1,
+                "feature-max-indirect-segments": MAX_INDIRECT_SEGMENTS,
+                "max-ring-page-order": MAX_RING_PAGE_ORDER,
+                "multi-queue-max-queues": MAX_QUEUES,
+                "sectors": self.disk.sectors,
+                "sector-size": 512,
+                "physical-sector-size": 512,
+                "info": VDISK_READONLY if readonly else 0,
+            }, tx)
+
+        xs.transaction(publish)
+        switch_state(xs, path, S.InitWait, end=BACKEND)
+        self.log.info("waiting for the frontend", params=params, sectors=self.disk.sectors,
+                      mode="r" if readonly else "w")
+        self.watch = watch_otherend(xs, self.frontend, self.frontend_changed)
+
+    def frontend_changed(self, state: XenbusState) -> None:
+        if state in (S.Initialised, S.Connected) and not self.connected:
+            try:
+                self.connect()
+            except (XsError, XenError, GrantStatusError, RingError, ValueError) as exc:
+                self.protocol_error(f"cannot connect: {exc}")
+        elif state == S.Closing:
+            self.disconnect()
+            self._switch(S.Closing)
+        elif state in (S.Closed, S.Unknown):
+            self.disconnect()
+            self._switch(S.Closed)
+        elif state == S.Initialising and self._state() == S.Closed:
+            self._switch(S.InitWait)  # the frontend starts over
+
+    def _state(self) -> XenbusState:
+        try:
+            return XenbusState(int(self.xs.read(f"{self.path}/state")))
+        except (XsError, ValueError):
+            return S.Unknown
+
+    def _switch(self, state: XenbusState) -> None:
+        try:
+            switch_state(self.xs, self.path, state, end=BACKEND)
+        except XsError:
+            pass  # our directory is gone: the device is being removed
+
+    def connect(self) -> None:
+        xs, fe_path = self.xs, self.frontend
+        nr_queues = read_feature(xs, fe_path, "multi-queue-num-queues", 1)
+        order = read_feature(xs, fe_path, "ring-page-order", 0)
+        if not 1 <= nr_queues <= MAX_QUEUES or order > MAX_RING_PAGE_ORDER:
+            raise ValueError(f"{nr_queues} queues of order {order} asked")
+        self.persistent = read_feature(xs, fe_path, "feature-persistent", 0) == 1
+        for index in range(nr_queues):
+            base = fe_path if nr_queues == 1 else f"{fe_path}/queue-{index}"
+            names = ["ring-ref"] if order == 0 else [f"ring-ref{i}" for i in range(1 << order)]
+            refs = [int(xs.read(f"{base}/{name}")) for name in names]
+            port = int(xs.read(f"{base}/event-channel"))
+            mappings = self.kernel.gnttab.map_grant_refs(self.fe, refs)
+            view = self.kernel.gnttab.contiguous(mappings)
+            queue = Queue(self, index, BackRing(view, REQUEST_SIZE, RESPONSE_SIZE),
+                          mappings, view)
+            self.queues.append(queue)
+            queue.port = self.kernel.events.bind_interdomain(self.fe, port, queue.kick)
+            queue.start()
+        self.connected = True
+        self._switch(S.Connected)
+        self.log.info("connected", queues=nr_queues, ring_pages=1 << order,
+                      persistent=self.persistent)
+
+    # -- requests -----------------------------------------------------------------
+
+    def handle(self, raw: bytes) -> bytes:
+        """Answer one untrusted request; never raises for a bad one."""
+        request = parse_request(raw)
+        problem = check(request, self.disk, LIMITS)
+        if problem is not None:
+            self.log.info("refused request", reason=problem.reason)
+            return response_for(request, problem.status)
+        transient: list[Mapping] = []
+        try:
+            if request.operation == BLKIF_OP_INDIRECT:
+                pages = self._pages(request.indirect_grefs, True, transient)
+                request = with_indirect_segments(request, pages, LIMITS)
+                problem = check(request, self.disk, LIMITS)
+                if problem is not None:
+                    return response_for(request, problem.status)
+            pages = self._pages([seg.gref for seg in request.segments or ()],
+                                request.writes, transient)
+            status = perform(request, pages, self.fd)
+        except GrantStatusError as exc:
+            self.log.info("bad grant in request", error=str(exc))
+            status = BLKIF_RSP_ERROR
+        finally:
+            if transient:
+                self.kernel.gnttab.unmap_all(transient)
+        return response_for(request, status)
+
+    def _pages(self, grefs, readonly: bool, transient: list[Mapping]) -> list[memoryview]:
+        if not grefs:
+            return []
+        if not self.persistent:
+            mapped = self.kernel.gnttab.map_grant_refs(self.fe, list(grefs), readonly)
+            transient += mapped
+            return [m.page for m in mapped]
+        with self.lock:
+            missing = sorted({g for g in grefs if g not in self.grants})
+            if missing:
+                for m in self.kernel.gnttab.map_grant_refs(self.fe, missing):
+                    self.grants[m.ref] = m
+            return [self.grants[g].page for g in grefs]
+
+    def notify(self, port: int) -> None:
+        try:
+            self.kernel.events.send(port)
+        except XenError:
+            pass  # the frontend is gone; its state watch tears us down
+
+    # -- tear-down ----------------------------------------------------------------
+
+    def protocol_error(self, reason: str) -> None:
+        self.log.error("frontend misbehaved, closing", reason=reason)
+        self.disconnect()
+        self._switch(S.Closing)
+
+    def disconnect(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        for queue in self.queues:
+            queue.stop()
+        gnttab, events = self.kernel.gnttab, self.kernel.events
+        for queue in self.queues:
+            for undo in (lambda: events.close(queue.port),
+                         lambda: queue.ring.close(),
+                         lambda: queue.view.release(),
+                         lambda: gnttab.unmap_all(queue.mappings)):
+                try:
+                    undo()
+                except Exception as exc:  # the frontend may be gone already
+                    self.log.info("disconnect", note=repr(exc))
+        self.queues = []
+        with self.lock:
+            grants, self.grants = list(self.grants.values()), {}
+        if grants:
+            try:
+                gnttab.unmap_all(grants)
+            except Exception as exc:
+                self.log.info("disconnect", note=repr(exc))
+        self.log.info("disconnected")
+
+    def remove(self) -> None:
+        if self.watch is not None:
+            try:
+                self.watch.cancel()
+            except XsError:
+                pass
+        self.disconnect()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

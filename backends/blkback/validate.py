@@ -1,0 +1,327 @@
+"""Decoding and checking the requests a frontend puts on the ring.
+
+Every request a backend reads is untrusted: the frontend may put any 112
+bytes in a slot, and may keep changing them while the backend looks.
+:func:`parse_request` therefore copies the slot once and decodes only the
+copy (no double fetch), and never fails on any 112 bytes; :func:`check`
+turns every way a request can be wrong into a :class:`Problem` with the
+status to answer (as Linux's blkback does):
+
+- an operation the backend does not offer -> BLKIF_RSP_EOPNOTSUPP
+  (unknown codes, WRITE_BARRIER, RESERVED_1, and FLUSH_DISKCACHE, DISCARD or
+  INDIRECT when the disk does not advertise them);
+- anything else malformed -> BLKIF_RSP_ERROR: a bad segment count, a
+  segment outside its page (first_sect <= last_sect < sectors per page), a
+  sector range outside the disk or misaligned to its sector size, a write
+  or discard on a read-only disk, an indirect request whose indirect_op is
+  not READ or WRITE.
+
+Sector quantities are 512-byte sectors (pyxen's frontends do not use
+feature-large-sector-size); a disk with a larger sector size only accepts
+requests aligned to it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from hypervisor.public import xen
+from hypervisor.public.io import blkif
+from hypervisor.public.io.blkif import (
+    BLKIF_OP_DISCARD,
+    BLKIF_OP_FLUSH_DISKCACHE,
+    BLKIF_OP_INDIRECT,
+    BLKIF_OP_READ,
+    BLKIF_OP_WRITE,
+    BLKIF_RSP_EOPNOTSUPP,
+    BLKIF_RSP_ERROR,
+)
+
+SECTOR_SIZE = blkif.PYXEN_SECTOR_SIZE
+ENTRY_SIZE = blkif.BLKIF_SRING_ENTRY_SIZE
+_SEGMENT_SIZE = ctypes.sizeof(blkif.blkif_request_segment)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment: sectors first_sect..last_sect (inclusive) of page gref."""
+
+    gref: int
+    first_sect: int
+    last_sect: int
+
+    @property
+    def nr_sectors(self) -> int:
+        return self.last_sect - self.first_sect + 1
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of the first sector in the page."""
+        return self.first_sect * SECTOR_SIZE
+
+    @property
+    def length(self) -> int:
+        """Bytes to transfer (meaningful once checked)."""
+        return self.nr_sectors * SECTOR_SIZE
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded request.  Fields not carried by `operation`'s layout are 0.
+
+    `segments` holds the direct segments (the first min(nr_segments, 11)
+    of the slot) for READ, WRITE and FLUSH_DISKCACHE; for INDIRECT it is
+    None until :func:`with_indirect_segments` read the indirect pages,
+    whose grants are `indirect_grefs` (as many as nr_segments needs, at
+    most BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST).
+    """
+
+    operation: int
+    id: int
+    handle: int = 0
+    sector_number: int = 0
+    nr_segments: int = 0
+    segments: tuple[Segment, ...] | None = ()
+    indirect_op: int = 0
+    indirect_grefs: tuple[int, ...] = ()
+    nr_sectors: int = 0  # BLKIF_OP_DISCARD
+    flag: int = 0        # BLKIF_OP_DISCARD: BLKIF_DISCARD_SECURE
+
+    @property
+    def io_operation(self) -> int:
+        """What the request does (an indirect request's indirect_op); the
+        operation its response carries, as in Linux's blkback."""
+        return self.indirect_op if self.operation == BLKIF_OP_INDIRECT else self.operation
+
+    @property
+    def total_sectors(self) -> int:
+        """512-byte sectors transferred: the sum over segments, or a
+        discard's nr_sectors."""
+        if self.operation == BLKIF_OP_DISCARD:
+            return self.nr_sectors
+        return sum(seg.nr_sectors for seg in self.segments or ())
+
+    @property
+    def writes(self) -> bool:
+        """Whether the request changes the disk."""
+        if self.operation == BLKIF_OP_FLUSH_DISKCACHE:
+            return bool(self.nr_segments)
+        return self.io_operation in (BLKIF_OP_WRITE, BLKIF_OP_DISCARD)
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """What the backend offers: the disk's size in `sector_size` units (the
+    XenStore node "sectors"), read-only-ness ("mode" = "r"), and the
+    optional operations it advertises (feature-discard,
+    feature-flush-cache, feature-max-indirect-segments; 0: no indirect)."""
+
+    sectors: int
+    sector_size: int = SECTOR_SIZE
+    readonly: bool = False
+    discard: bool = False
+    flush: bool = True
+    max_indirect_segments: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sectors < 0:
+            raise ValueError(f"negative disk size {self.sectors}")
+        size = self.sector_size
+        if size < SECTOR_SIZE or size & (size - 1):
+            raise ValueError(f"sector size {size} is not a power of two >= 512")
+        if self.max_indirect_segments < 0:
+            raise ValueError("negative max_indirect_segments")
+
+    @property
+    def size_in_512(self) -> int:
+        """The disk's size in 512-byte sectors."""
+        return self.sectors * (self.sector_size // SECTOR_SIZE)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Protocol limits a request is checked against."""
+
+    max_segments: int = blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST
+    max_indirect_pages: int = blkif.BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST
+    page_size: int = xen.PAGE_SIZE
+
+    @property
+    def sectors_per_page(self) -> int:
+        return self.page_size // SECTOR_SIZE
+
+    @property
+    def segments_per_indirect_page(self) -> int:
+        return self.page_size // _SEGMENT_SIZE
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a request is refused, and the BLKIF_RSP_* status to answer."""
+
+    status: int
+    reason: str
+
+
+def _segments(raw: bytes, offset: int, count: int) -> tuple[Segment, ...]:
+    return tuple(
+        Segment(s.gref, s.first_sect, s.last_sect)
+        for s in (blkif.blkif_request_segment.from_buffer_copy(
+            raw, offset + i * _SEGMENT_SIZE) for i in range(count)))
+
+
+def parse_request(raw: bytes | bytearray | memoryview) -> Request:
+    """Decode one 112-byte ring entry.  Never fails on 112 bytes, whatever
+    they hold; ValueError if `raw` is not one ring entry (a caller's bug)."""
+    data = bytes(raw)  # one private copy: decode nothing from shared memory
+    if len(data) != ENTRY_SIZE:
+        raise ValueError(f"a ring entry is {ENTRY_SIZE} bytes, not {len(data)}")
+    operation = data[0]
+    if operation == BLKIF_OP_DISCARD:
+        d = blkif.blkif_request_discard.from_buffer_copy(data)
+        return Request(operation, d.id, handle=d.handle,
+                       sector_number=d.sector_number, nr_sectors=d.nr_sectors,
+                       flag=d.flag)
+    if operation == BLKIF_OP_INDIRECT:
+        ind = blkif.blkif_request_indirect.from_buffer_copy(data)
+        pages = min(blkif.indirect_pages(ind.nr_segments),
+                    blkif.BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST)
+        return Request(operation, ind.id, handle=ind.handle,
+                       sector_number=ind.sector_number,
+                       nr_segments=ind.nr_segments, segments=None,
+                       indirect_op=ind.indirect_op,
+                       indirect_grefs=tuple(ind.indirect_grefs[:pages]))
+    req = blkif.blkif_request.from_buffer_copy(data)
+    segments: tuple[Segment, ...] = ()
+    if operation in (BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_FLUSH_DISKCACHE):
+        count = min(req.nr_segments, blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST)
+        segments = _segments(data, blkif.blkif_request.seg.offset, count)
+    return Request(operation, req.id, handle=req.handle,
+                   sector_number=req.sector_number,
+                   nr_segments=req.nr_segments, segments=segments)
+
+
+def with_indirect_segments(request: Request,
+                           pages: Sequence[bytes | bytearray | memoryview],
+                           limits: Limits = DEFAULT_LIMITS) -> Request:
+    """The indirect `request` with its segments read from `pages`, the
+    contents of its `indirect_grefs` in order (copied first).  Check the
+    request before (so that the page count is sane) and after."""
+    if request.operation != BLKIF_OP_INDIRECT:
+        raise ValueError("not an indirect request")
+    if len(pages) != len(request.indirect_grefs):
+        raise ValueError(f"{len(request.indirect_grefs)} indirect pages "
+                         f"expected, {len(pages)} given")
+    per_page = limits.segments_per_indirect_page
+    segments: list[Segment] = []
+    for index, page in enumerate(pages):
+        data = bytes(page)
+        if len(data) < limits.page_size:
+            raise ValueError(f"indirect page {index} holds {len(data)} bytes")
+        count = min(per_page, request.nr_segments - len(segments))
+        segments += _segments(data, 0, count)
+    return replace(request, segments=tuple(segments))
+
+
+def _check_segments(request: Request, disk: DiskInfo,
+                    limits: Limits) -> Problem | None:
+    segments = request.segments or ()
+    last_allowed = limits.sectors_per_page - 1
+    ratio = disk.sector_size // SECTOR_SIZE
+    for index, seg in enumerate(segments):
+        if not seg.first_sect <= seg.last_sect <= last_allowed:
+            return Problem(BLKIF_RSP_ERROR,
+                           f"segment {index}: sectors {seg.first_sect}.."
+                           f"{seg.last_sect} outside 0..{last_allowed}")
+        if seg.nr_sectors % ratio:
+            return Problem(BLKIF_RSP_ERROR,
+                           f"segment {index}: {seg.nr_sectors} sectors, "
+                           f"not whole {disk.sector_size}-byte sectors")
+    return _check_range(request.sector_number, request.total_sectors, disk)
+
+
+def _check_range(start: int, count: int, disk: DiskInfo) -> Problem | None:
+    ratio = disk.sector_size // SECTOR_SIZE
+    if start % ratio:
+        return Problem(BLKIF_RSP_ERROR, f"sector {start} misaligned to "
+                       f"{disk.sector_size}-byte sectors")
+    if start + count > disk.size_in_512:
+        return Problem(BLKIF_RSP_ERROR,
+                       f"sectors [{start}, {start + count}) beyond the disk's "
+                       f"{disk.size_in_512}")
+    return None
+
+
+def _check_readonly(request: Request, disk: DiskInfo) -> Problem | None:
+    if disk.readonly and request.writes:
+        return Problem(BLKIF_RSP_ERROR, "write to a read-only disk")
+    return None
+
+
+def check(request: Request, disk: DiskInfo,
+          limits: Limits = DEFAULT_LIMITS) -> Problem | None:
+    """None if `request` may be performed on `disk`, else the Problem.
+
+    An indirect request whose segments are not read yet is checked as far
+    as its header goes; check it again after :func:`with_indirect_segments`.
+    """
+    op = request.operation
+    if op in (BLKIF_OP_READ, BLKIF_OP_WRITE):
+        if not 1 <= request.nr_segments <= limits.max_segments:
+            return Problem(BLKIF_RSP_ERROR, f"{request.nr_segments} segments, "
+                           f"not 1..{limits.max_segments}")
+        return _check_readonly(request, disk) or _check_segments(request, disk, limits)
+    if op == BLKIF_OP_FLUSH_DISKCACHE:
+        if not disk.flush:
+            return Problem(BLKIF_RSP_EOPNOTSUPP, "flush not offered")
+        if request.nr_segments > limits.max_segments:
+            return Problem(BLKIF_RSP_ERROR, f"flush with {request.nr_segments} "
+                           f"segments, more than {limits.max_segments}")
+        if not request.nr_segments:
+            return None
+        return _check_readonly(request, disk) or _check_segments(request, disk, limits)
+    if op == BLKIF_OP_DISCARD:
+        if not disk.discard:
+            return Problem(BLKIF_RSP_EOPNOTSUPP, "discard not offered")
+        return (_check_readonly(request, disk)
+                or _check_range(request.sector_number, request.nr_sectors, disk)
+                or _check_discard_length(request, disk))
+    if op == BLKIF_OP_INDIRECT:
+        return _check_indirect(request, disk, limits)
+    return Problem(BLKIF_RSP_EOPNOTSUPP, f"operation {op} not offered")
+
+
+def _check_discard_length(request: Request, disk: DiskInfo) -> Problem | None:
+    if request.nr_sectors % (disk.sector_size // SECTOR_SIZE):
+        return Problem(BLKIF_RSP_ERROR, f"discard of {request.nr_sectors} "
+                       f"sectors, not whole {disk.sector_size}-byte sectors")
+    return None
+
+
+def _check_indirect(request: Request, disk: DiskInfo,
+                    limits: Limits) -> Problem | None:
+    if not disk.max_indirect_segments:
+        return Problem(BLKIF_RSP_EOPNOTSUPP, "indirect requests not offered")
+    if request.indirect_op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
+        return Problem(BLKIF_RSP_ERROR,
+                       f"indirect operation {request.indirect_op}")
+    nseg = request.nr_segments
+    if not 1 <= nseg <= disk.max_indirect_segments:
+        return Problem(BLKIF_RSP_ERROR, f"{nseg} indirect segments, not "
+                       f"1..{disk.max_indirect_segments}")
+    pages = -(-nseg // limits.segments_per_indirect_page)
+    if pages > limits.max_indirect_pages:
+        return Problem(BLKIF_RSP_ERROR, f"{nseg} indirect segments need "
+                       f"{pages} pages, more than {limits.max_indirect_pages}")
+    problem = _check_readonly(request, disk)
+    if problem or request.segments is None:
+        return problem
+    if len(request.segments) != nseg:
+        return Problem(BLKIF_RSP_ERROR, f"{len(request.segments)} indirect "
+                       f"segments read, {nseg} announced")
+    return _check_segments(request, disk, limits)

@@ -1,0 +1,76 @@
+"""Device directories in XenStore (xenstore-paths, blkif.h), pure.
+
+For a virtual block device the toolstack writes two directories:
+  frontend  /local/domain/<fe>/device/vbd/<devid>            owned by the guest
+  backend   /local/domain/<be>/backend/vbd/<fe>/<devid>      owned by the backend
+each readable by the other end, each pointing at the other. Both start in
+XenbusState Initialising; the drivers take it from there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from domains.dom0.xlspec import DiskSpec
+from domains.dom0.xsnodes import Node, dom_path
+from hypervisor.public.io.xenbus import XenbusState
+
+
+def vbd_frontend_path(fe: int, devid: int) -> str:
+    return f"{dom_path(fe)}/device/vbd/{devid}"
+
+
+def vbd_backend_path(be: int, fe: int, devid: int) -> str:
+    return f"{dom_path(be)}/backend/vbd/{fe}/{devid}"
+
+
+def vbd_nodes(fe: int, be: int, disk: DiskSpec, params: Path) -> list[Node]:
+    devid = disk.virtual_device
+    front, back = vbd_frontend_path(fe, devid), vbd_backend_path(be, fe, devid)
+    fe_perms = [f"n{fe}", f"r{be}"]
+    be_perms = [f"n{be}", f"r{fe}"]
+    initialising = str(int(XenbusState.Initialising))
+    nodes: list[Node] = [
+        (f"{dom_path(be)}/backend", "", [f"n{be}"]),
+        (f"{dom_path(be)}/backend/vbd", "", [f"n{be}"]),
+        (f"{dom_path(be)}/backend/vbd/{fe}", "", [f"n{be}"]),
+        (back, "", be_perms),
+    ]
+    nodes += [(f"{back}/{key}", value, be_perms) for key, value in (
+        ("frontend", front),
+        ("frontend-id", str(fe)),
+        ("online", "1"),
+        ("removable", "0"),
+        ("bootable", "1"),
+        ("state", initialising),
+        ("dev", disk.vdev),
+        ("type", "phy" if params.is_block_device() else "file"),
+        ("mode", "r" if disk.readonly else "w"),
+        ("params", str(params)),
+        ("device-type", disk.devtype),
+        ("discard-enable", "1" if disk.discard else "0"),
+    )]
+    nodes += [(front, "", fe_perms)]
+    nodes += [(f"{front}/{key}", value, fe_perms) for key, value in (
+        ("backend", back),
+        ("backend-id", str(be)),
+        ("state", initialising),
+        ("virtual-device", str(devid)),
+        ("device-type", disk.devtype),
+    )]
+    return nodes
+
+
+def prepare_image(disk: DiskSpec, base: Path) -> Path:
+    """The disk's backing path; a missing raw image is created sparse."""
+    target = Path(disk.target)
+    path = target if target.is_absolute() else base / target
+    if path.exists():
+        return path
+    if disk.size is None:
+        raise FileNotFoundError(f"disk {disk.vdev}: {path} does not exist and the "
+                                "spec gives no size= to create it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "xb") as f:
+        f.truncate(disk.size)
+    return path

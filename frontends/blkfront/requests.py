@@ -1,0 +1,169 @@
+"""The ring entries blkfront builds, and the responses it reads.
+
+Every builder returns exactly one ring slot, BLKIF_SRING_ENTRY_SIZE (112)
+bytes, padding zeroed (discard and indirect requests are shorter than a
+slot).  A segment is ``(gref, first_sect, last_sect)``: the 512-byte
+sectors first_sect..last_sect (inclusive, 0..7) of the granted page gref.
+Arguments out of the protocol's bounds are the frontend's own bug and
+raise ValueError.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hypervisor.public import xen
+from hypervisor.public.io import blkif
+from hypervisor.public.io.blkif import (
+    BLKIF_DISCARD_SECURE,
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
+    BLKIF_MAX_SEGMENTS_PER_REQUEST,
+    BLKIF_OP_DISCARD,
+    BLKIF_OP_FLUSH_DISKCACHE,
+    BLKIF_OP_INDIRECT,
+    BLKIF_OP_READ,
+    BLKIF_OP_WRITE,
+    SEGS_PER_INDIRECT_FRAME,
+)
+
+SegmentSpec = tuple[int, int, int]  # (gref, first_sect, last_sect)
+
+ENTRY_SIZE = blkif.BLKIF_SRING_ENTRY_SIZE
+RESPONSE_SIZE = ctypes.sizeof(blkif.blkif_response)
+SECTORS_PER_PAGE = xen.PAGE_SIZE // blkif.PYXEN_SECTOR_SIZE
+_U64 = 1 << 64
+_U32 = 1 << 32
+
+
+def _slot(struct: ctypes.Structure) -> bytes:
+    data = bytes(struct)
+    return data + bytes(ENTRY_SIZE - len(data))
+
+
+def _check_u64(name: str, value: int) -> None:
+    if not 0 <= value < _U64:
+        raise ValueError(f"{name} {value} does not fit in 64 bits")
+
+
+def _check_handle(handle: int) -> None:
+    if not 0 <= handle <= 0xFFFF:
+        raise ValueError(f"handle {handle} does not fit in 16 bits")
+
+
+def _segment(spec: SegmentSpec) -> blkif.blkif_request_segment:
+    gref, first, last = spec
+    if not 0 <= gref < _U32:
+        raise ValueError(f"grant ref {gref} does not fit in 32 bits")
+    if not 0 <= first <= last < SECTORS_PER_PAGE:
+        raise ValueError(f"segment sectors {first}..{last} outside "
+                         f"0..{SECTORS_PER_PAGE - 1}")
+    return blkif.blkif_request_segment(gref, first, last)
+
+
+def segment_sectors(segments: Sequence[SegmentSpec]) -> int:
+    """512-byte sectors the segments transfer."""
+    return sum(last - first + 1 for _, first, last in segments)
+
+
+def rw(operation: int, id: int, sector: int, segments: Sequence[SegmentSpec],
+       handle: int = 0) -> bytes:
+    """A direct BLKIF_OP_READ / WRITE (or FLUSH_DISKCACHE with data) request."""
+    if operation not in (BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_FLUSH_DISKCACHE):
+        raise ValueError(f"operation {operation} carries no direct segments")
+    low = 0 if operation == BLKIF_OP_FLUSH_DISKCACHE else 1
+    if not low <= len(segments) <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
+        raise ValueError(f"{len(segments)} segments, not "
+                         f"{low}..{BLKIF_MAX_SEGMENTS_PER_REQUEST}")
+    _check_u64("id", id)
+    _check_u64("sector", sector)
+    _check_handle(handle)
+    req = blkif.blkif_request(operation=operation, nr_segments=len(segments),
+                              handle=handle, id=id, sector_number=sector)
+    for index, spec in enumerate(segments):
+        req.seg[index] = _segment(spec)
+    return _slot(req)
+
+
+def read(id: int, sector: int, segments: Sequence[SegmentSpec],
+         handle: int = 0) -> bytes:
+    return rw(BLKIF_OP_READ, id, sector, segments, handle)
+
+
+def write(id: int, sector: int, segments: Sequence[SegmentSpec],
+          handle: int = 0) -> bytes:
+    return rw(BLKIF_OP_WRITE, id, sector, segments, handle)
+
+
+def flush(id: int, handle: int = 0, sector: int = 0,
+          segments: Sequence[SegmentSpec] = ()) -> bytes:
+    """BLKIF_OP_FLUSH_DISKCACHE: make completed writes durable (writing
+    `segments` at `sector` first, if any: a FUA write)."""
+    return rw(BLKIF_OP_FLUSH_DISKCACHE, id, sector, segments, handle)
+
+
+def discard(id: int, sector: int, nr_sectors: int, handle: int = 0,
+            secure: bool = False) -> bytes:
+    _check_u64("id", id)
+    _check_u64("sector", sector)
+    _check_u64("nr_sectors", nr_sectors)
+    _check_handle(handle)
+    return _slot(blkif.blkif_request_discard(
+        operation=BLKIF_OP_DISCARD, flag=BLKIF_DISCARD_SECURE if secure else 0,
+        handle=handle, id=id, sector_number=sector, nr_sectors=nr_sectors))
+
+
+def indirect(id: int, indirect_op: int, sector: int, nr_segments: int,
+             indirect_grefs: Sequence[int], handle: int = 0) -> bytes:
+    """A BLKIF_OP_INDIRECT request of `nr_segments` segments whose
+    blkif_request_segment arrays are in the granted pages `indirect_grefs`
+    (fill them with :func:`indirect_pages`)."""
+    if indirect_op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
+        raise ValueError(f"indirect operation {indirect_op}")
+    pages = blkif.indirect_pages(nr_segments)
+    if not 1 <= nr_segments or pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST:
+        raise ValueError(f"{nr_segments} indirect segments")
+    if len(indirect_grefs) != pages:
+        raise ValueError(f"{nr_segments} segments need {pages} indirect "
+                         f"pages, {len(indirect_grefs)} given")
+    if any(not 0 <= gref < _U32 for gref in indirect_grefs):
+        raise ValueError("indirect grant ref does not fit in 32 bits")
+    _check_u64("id", id)
+    _check_u64("sector", sector)
+    _check_handle(handle)
+    req = blkif.blkif_request_indirect(
+        operation=BLKIF_OP_INDIRECT, indirect_op=indirect_op,
+        nr_segments=nr_segments, id=id, sector_number=sector, handle=handle)
+    for index, gref in enumerate(indirect_grefs):
+        req.indirect_grefs[index] = gref
+    return _slot(req)
+
+
+def indirect_pages(segments: Sequence[SegmentSpec]) -> list[bytes]:
+    """The contents of the indirect pages listing `segments`: pages of
+    SEGS_PER_INDIRECT_FRAME blkif_request_segment entries, zero-padded."""
+    if not 1 <= len(segments) <= SEGS_PER_INDIRECT_FRAME * BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST:
+        raise ValueError(f"{len(segments)} indirect segments")
+    pages = []
+    for start in range(0, len(segments), SEGS_PER_INDIRECT_FRAME):
+        chunk = segments[start:start + SEGS_PER_INDIRECT_FRAME]
+        data = b"".join(bytes(_segment(spec)) for spec in chunk)
+        pages.append(data + bytes(xen.PAGE_SIZE - len(data)))
+    return pages
+
+
+@dataclass(frozen=True)
+class Response:
+    id: int
+    operation: int
+    status: int
+
+
+def parse_response(raw: bytes | bytearray | memoryview) -> Response:
+    """Decode a blkif_response (the first 16 bytes of `raw`, copied)."""
+    data = bytes(raw[:RESPONSE_SIZE])
+    if len(data) != RESPONSE_SIZE:
+        raise ValueError(f"a response is {RESPONSE_SIZE} bytes, not {len(data)}")
+    rsp = blkif.blkif_response.from_buffer_copy(data)
+    return Response(rsp.id, rsp.operation, rsp.status)
