@@ -61,6 +61,16 @@ C_EXPRESSIONS: dict[str, str] = {
     "SEGS_PER_INDIRECT_FRAME":
         "((1UL << XEN_PAGE_SHIFT) / sizeof(struct blkif_request_segment))",
     "XEN_BLKIF_REQS_PER_PAGE": "__CONST_RING_SIZE(blkif, 1UL << XEN_PAGE_SHIFT)",
+    "NETIF_TX_SRING_ENTRY_SIZE": "sizeof(union netif_tx_sring_entry)",
+    "NETIF_RX_SRING_ENTRY_SIZE": "sizeof(union netif_rx_sring_entry)",
+    "NETIF_EXTRA_INFO_SIZE": "sizeof(struct netif_extra_info)",
+    "XEN_NETIF_TX_RING_SIZE": "__CONST_RING_SIZE(netif_tx, 1UL << XEN_PAGE_SHIFT)",
+    "XEN_NETIF_RX_RING_SIZE": "__CONST_RING_SIZE(netif_rx, 1UL << XEN_PAGE_SHIFT)",
+    # Linux's names for io/netif.h's NETIF_RSP_*.
+    "XEN_NETIF_RSP_DROPPED": "NETIF_RSP_DROPPED",
+    "XEN_NETIF_RSP_ERROR": "NETIF_RSP_ERROR",
+    "XEN_NETIF_RSP_OKAY": "NETIF_RSP_OKAY",
+    "XEN_NETIF_RSP_NULL": "NETIF_RSP_NULL",
     # io/ring.h declares no ring itself: make one in a GNU statement
     # expression (the sizeofs use its typedefs: no -Wunused-local-typedefs).
     "SRING_HEADER_SIZE":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from domains.kernel.kernel import Kernel
+from frontends.blkfront.bus import BlockBus
 
 
 def idle(kernel: Kernel) -> None:
@@ -30,9 +31,34 @@ def demo(kernel: Kernel) -> None:
     kernel.ready()
     threading.Thread(target=echo_console, args=(kernel,), name="console-echo",
                      daemon=True).start()
+    disks = BlockBus(kernel)
+    try:
+        print(verify_disk(kernel, disks.get("xvda")), flush=True)
+    except (OSError, ValueError) as exc:
+        print(f"disk check failed: {exc}", flush=True)
     period = float(kernel.args.get("tick", "5"))
     tick = 0
     while True:
         kernel.sleep(period)
         tick += 1
         kernel.log.info("tick", n=tick)
+
+
+def verify_disk(kernel: Kernel, disk, rounds: int = 8, chunk_sectors: int = 256) -> str:
+    """Write patterned data with checksums, flush, read back and compare."""
+    import hashlib
+    import os
+
+    written = {}
+    for i in range(rounds):
+        sector = (i * 7919 * chunk_sectors) % max(1, disk.sectors - chunk_sectors)
+        data = os.urandom(chunk_sectors * 512)
+        disk.write(sector, data)
+        written[sector] = hashlib.sha256(data).hexdigest()
+    disk.flush()
+    bad = [s for s, digest in written.items()
+           if hashlib.sha256(disk.read(s, chunk_sectors)).hexdigest() != digest]
+    if bad:
+        return f"disk {disk.name}: {len(bad)} of {rounds} chunks CORRUPT at sectors {bad}"
+    return (f"disk {disk.name}: verified {rounds} chunks of {chunk_sectors * 512 // 1024} KiB "
+            f"({disk.sectors * 512 >> 20} MiB disk)")
