@@ -1,0 +1,484 @@
+"""Decoding and assembling the packets a frontend transmits (guest tx).
+
+Every tx request netback reads is untrusted: the frontend may put any 12
+bytes in a slot, and may keep changing them while the backend looks.
+:func:`parse_tx` decodes a private copy and never fails on 12 bytes.
+
+A packet is a chain of slots (io/netif.h): slot 1 (its ``size`` is the
+whole packet's), the extra info slots if slot 1 has NETTXF_extra_info
+(chained by XEN_NETIF_EXTRA_FLAG_MORE), then slots 2..N while the previous
+request has NETTXF_more_data (each ``size`` is that slot's own length).
+:class:`TxAssembler` is fed the slots one by one, in ring order, and
+returns a :class:`TxPacket` when a good packet is complete, a
+:class:`TxError` naming the slots to answer when a bad one is, and None
+while it needs more slots.  It always consumes the whole chain of a bad
+packet, so that the next packet starts at the right slot: an error in
+one packet never poisons the next.  What is checked (statuses as in
+Linux's netback, which answers every refused packet XEN_NETIF_RSP_ERROR,
+except that a packet of too many slots is XEN_NETIF_RSP_DROPPED here):
+
+- every request slot lies within its page: offset + length <= 4096, where
+  slot 1's own length is its size minus the other slots' sizes;
+- the other slots' sizes never add up to more than slot 1's size (a
+  frontend whose packet size overflowed 16 bits);
+- the packet size is at least an Ethernet header (ETH_HLEN) and at most
+  ``max_size`` (XEN_NETIF_MAX_TX_SIZE);
+- at most ``max_slots`` request slots (XEN_NETIF_NR_SLOTS_MIN, which every
+  backend must accept, or more) -> DROPPED;
+- extra info slots: a known type (1..XEN_NETIF_EXTRA_TYPE_MAX-1), each type
+  at most once; a GSO extra has a size (MSS) > 0 and type TCPV4 or TCPV6.
+
+Where Linux's netback disables the whole vif (a "fatal" error: a slot
+crossing its page, a bad extra, a chain longer than fatal_skb_slots),
+pyxen only refuses the packet.  A chain that runs past ``max_slots`` (or
+past four extras) is answered at once, and then slot by slot until it
+ends, so the assembler never holds more than ``max_slots + 4`` slots and
+a frontend cannot stall its own ring by withholding the end of a chain.
+
+Grant references are the caller's to check when it copies the data: a
+grant that fails makes that packet's answer ``packet.responses(ERROR)``,
+and nothing else.  A packet with an MCAST_ADD / MCAST_DEL extra is a
+multicast filter update (``packet.mcast``), not data to forward: its size
+is not checked against ETH_HLEN.
+
+Responses: every slot consumed gets exactly one.  A request slot's carries
+its id; an extra slot's has status NETIF_RSP_NULL and id 0, and comes right
+after slot 1's (:meth:`TxPacket.responses`, :meth:`TxError.responses`: the
+(id, status) pairs in ring order; :func:`.rx.make_tx_response` encodes one).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+
+from hypervisor.public import xen
+from hypervisor.public.io import netif
+from hypervisor.public.io.netif import (
+    NETIF_RSP_DROPPED,
+    NETIF_RSP_ERROR,
+    NETIF_RSP_NULL,
+    NETIF_RSP_OKAY,
+    NETTXF_extra_info,
+    NETTXF_more_data,
+    XEN_NETIF_EXTRA_FLAG_MORE,
+    XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_EXTRA_TYPE_HASH,
+    XEN_NETIF_EXTRA_TYPE_MAX,
+    XEN_NETIF_EXTRA_TYPE_MCAST_ADD,
+    XEN_NETIF_EXTRA_TYPE_MCAST_DEL,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_MAX_TX_SIZE,
+    XEN_NETIF_NR_SLOTS_MIN,
+)
+
+from .rx import make_tx_response
+
+#: Bytes of one tx ring entry: 12.
+ENTRY_SIZE = netif.NETIF_TX_SRING_ENTRY_SIZE
+#: Bytes of an Ethernet header: the smallest packet accepted.
+ETH_HLEN = 14
+#: Most extra info slots a packet can carry (one of each type).
+MAX_EXTRAS = XEN_NETIF_EXTRA_TYPE_MAX - 1
+_EXTRA_SIZE = ctypes.sizeof(netif.netif_extra_info)
+
+#: (id, status) of one tx response.
+TxResponse = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class TxRequest:
+    """A decoded netif_tx_request (and the 12 bytes it came from)."""
+
+    gref: int
+    offset: int
+    flags: int
+    id: int
+    size: int
+    raw: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def more_data(self) -> bool:
+        return bool(self.flags & NETTXF_more_data)
+
+    @property
+    def extra_info(self) -> bool:
+        return bool(self.flags & NETTXF_extra_info)
+
+    def encode(self) -> bytes:
+        """The 12-byte ring entry."""
+        if self.raw:
+            return self.raw
+        return bytes(netif.netif_tx_request(self.gref, self.offset, self.flags,
+                                            self.id, self.size))
+
+
+def _copy(raw: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
+    data = bytes(raw)  # one private copy: decode nothing from shared memory
+    if len(data) != size:
+        raise ValueError(f"a {what} is {size} bytes, not {len(data)}")
+    return data
+
+
+def parse_tx(raw: bytes | bytearray | memoryview) -> TxRequest:
+    """Decode one 12-byte tx ring entry as a request.  Never fails on 12
+    bytes; ValueError if `raw` is not one ring entry (a caller's bug)."""
+    data = _copy(raw, ENTRY_SIZE, "tx ring entry")
+    req = netif.netif_tx_request.from_buffer_copy(data)
+    return TxRequest(req.gref, req.offset, req.flags, req.id, req.size, data)
+
+
+@dataclass(frozen=True)
+class ExtraInfo:
+    """A decoded netif_extra_info: `type`, `flags` and the 6 bytes of its
+    union `u`, read through the properties of the type's member."""
+
+    type: int
+    flags: int
+    u: bytes = bytes(6)
+
+    @property
+    def more(self) -> bool:
+        return bool(self.flags & XEN_NETIF_EXTRA_FLAG_MORE)
+
+    @property
+    def gso_size(self) -> int:
+        return int.from_bytes(self.u[0:2], "little")
+
+    @property
+    def gso_type(self) -> int:
+        return self.u[2]
+
+    @property
+    def gso_features(self) -> int:
+        return int.from_bytes(self.u[4:6], "little")
+
+    @property
+    def addr(self) -> bytes:
+        """u.mcast.addr: the MAC address of MCAST_ADD / MCAST_DEL."""
+        return self.u
+
+    @property
+    def hash_type(self) -> int:
+        return self.u[0]
+
+    @property
+    def hash_algorithm(self) -> int:
+        return self.u[1]
+
+    @property
+    def hash_value(self) -> int:
+        return int.from_bytes(self.u[2:6], "little")
+
+
+def parse_extra(raw: bytes | bytearray | memoryview) -> ExtraInfo:
+    """Decode an extra info from a tx ring entry (12 bytes) or an rx one
+    (8 bytes).  Never fails on those sizes; ValueError on others."""
+    data = bytes(raw)
+    if len(data) not in (ENTRY_SIZE, _EXTRA_SIZE):
+        raise ValueError(f"an extra info slot is {ENTRY_SIZE} or "
+                         f"{_EXTRA_SIZE} bytes, not {len(data)}")
+    return ExtraInfo(data[0], data[1], data[2:8])
+
+
+def check_extra(extra: ExtraInfo) -> str | None:
+    """Why `extra` is malformed, or None."""
+    if not 0 < extra.type < XEN_NETIF_EXTRA_TYPE_MAX:
+        return f"extra info of unknown type {extra.type}"
+    if extra.type == XEN_NETIF_EXTRA_TYPE_GSO:
+        if extra.gso_size == 0:
+            return "GSO extra with size 0"
+        if extra.gso_type not in (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6):
+            return f"GSO extra of unknown type {extra.gso_type}"
+    return None
+
+
+def _responses(ids: list[int], status: int, extra_count: int) -> list[TxResponse]:
+    """Ring order: slot 1, its extras (NULL), slots 2..N."""
+    out: list[TxResponse] = [(ids[0], status)] if ids else []
+    out += [(0, NETIF_RSP_NULL)] * extra_count
+    out += [(id, status) for id in ids[1:]]
+    return out
+
+
+@dataclass(frozen=True)
+class TxPacket:
+    """A well-formed packet: its request `slots` in ring order (slot 1
+    first), its `extras` by type, its `size` (slot 1's size field)."""
+
+    first_id: int
+    slots: list[TxRequest]
+    extras: dict[int, ExtraInfo]
+    size: int
+
+    @property
+    def flags(self) -> int:
+        """Slot 1's NETTXF_* flags (checksum offload: csum_blank,
+        data_validated)."""
+        return self.slots[0].flags
+
+    @property
+    def extra_count(self) -> int:
+        """Extra info slots consumed."""
+        return len(self.extras)
+
+    @property
+    def nr_slots(self) -> int:
+        """Ring slots the packet took (requests and extras)."""
+        return len(self.slots) + self.extra_count
+
+    @property
+    def gso(self) -> ExtraInfo | None:
+        return self.extras.get(XEN_NETIF_EXTRA_TYPE_GSO)
+
+    @property
+    def hash(self) -> ExtraInfo | None:
+        return self.extras.get(XEN_NETIF_EXTRA_TYPE_HASH)
+
+    @property
+    def mcast(self) -> ExtraInfo | None:
+        """The MCAST_ADD / MCAST_DEL extra of a multicast filter update."""
+        return (self.extras.get(XEN_NETIF_EXTRA_TYPE_MCAST_ADD)
+                or self.extras.get(XEN_NETIF_EXTRA_TYPE_MCAST_DEL))
+
+    def segments(self) -> list[tuple[int, int, int]]:
+        """(gref, offset, length) of the packet's data, in order: slot 1's
+        length is its size minus the others' sizes.  Slots of length 0 are
+        included (copy nothing for them)."""
+        first, rest = self.slots[0], self.slots[1:]
+        first_len = first.size - sum(s.size for s in rest)
+        return ([(first.gref, first.offset, first_len)]
+                + [(s.gref, s.offset, s.size) for s in rest])
+
+    def responses(self, status: int = NETIF_RSP_OKAY) -> list[TxResponse]:
+        """(id, status) for every slot the packet took, in ring order."""
+        return _responses([s.id for s in self.slots], status, self.extra_count)
+
+    def response_bytes(self, status: int = NETIF_RSP_OKAY) -> list[bytes]:
+        return [make_tx_response(id, st) for id, st in self.responses(status)]
+
+
+@dataclass(frozen=True)
+class TxError:
+    """Slots of a refused packet: answer each request slot in `ids` with
+    `status` and each of the `extra_count` extra slots (which follow the
+    first id's response) with NETIF_RSP_NULL."""
+
+    ids: list[int]
+    status: int
+    reason: str
+    extra_count: int = 0
+
+    @property
+    def nr_slots(self) -> int:
+        return len(self.ids) + self.extra_count
+
+    def responses(self) -> list[TxResponse]:
+        return _responses(self.ids, self.status, self.extra_count)
+
+    def response_bytes(self) -> list[bytes]:
+        return [make_tx_response(id, st) for id, st in self.responses()]
+
+
+@dataclass(frozen=True)
+class TxLimits:
+    """What the backend accepts: `max_slots` request slots per packet (at
+    least XEN_NETIF_NR_SLOTS_MIN), packets of `min_size`..`max_size`
+    bytes, data within pages of `page_size` bytes."""
+
+    max_slots: int = XEN_NETIF_NR_SLOTS_MIN
+    max_size: int = XEN_NETIF_MAX_TX_SIZE
+    min_size: int = ETH_HLEN
+    page_size: int = xen.PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        if self.max_slots < XEN_NETIF_NR_SLOTS_MIN:
+            raise ValueError(f"a backend must accept {XEN_NETIF_NR_SLOTS_MIN} "
+                             f"slots, not only {self.max_slots}")
+        if not 0 <= self.min_size <= self.max_size:
+            raise ValueError(f"packet sizes {self.min_size}..{self.max_size}")
+
+
+DEFAULT_LIMITS = TxLimits()
+
+_FIRST, _EXTRAS, _FRAGS = "first", "extras", "frags"
+
+
+class TxAssembler:
+    """Turns the tx ring entries of one ring, fed in ring order, into
+    packets and errors.  Not thread-safe: one per ring."""
+
+    def __init__(self, limits: TxLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._reset()
+
+    def _reset(self) -> None:
+        self._state = _FIRST
+        self._first: TxRequest | None = None
+        self._frags: list[TxRequest] = []
+        self._frag_total = 0
+        self._extras: dict[int, ExtraInfo] = {}
+        self._extra_count = 0       # extra slots consumed (and not answered)
+        self._problem: tuple[int, str] | None = None
+        self._dropping = False      # answered already: answer the rest singly
+
+    @property
+    def in_progress(self) -> bool:
+        """Slots of an unfinished packet have been consumed."""
+        return self._state != _FIRST
+
+    def feed(self, entry: bytes | bytearray | memoryview | TxRequest
+             ) -> TxPacket | TxError | None:
+        """Consume the next tx ring entry (12 bytes, or a TxRequest).  A
+        TxPacket or TxError when it ends a packet (or, for a packet already
+        refused, answers slots), None while the packet goes on."""
+        raw = entry.encode() if isinstance(entry, TxRequest) else entry
+        if self._state == _EXTRAS:
+            return self._extra(parse_extra(_copy(raw, ENTRY_SIZE, "tx ring entry")))
+        req = parse_tx(raw)
+        if self._state == _FIRST:
+            return self._start(req)
+        return self._frag(req)
+
+    def feed_all(self, entries) -> list[TxPacket | TxError]:
+        """Feed every entry; the packets and errors that came out."""
+        return [r for r in map(self.feed, entries) if r is not None]
+
+    def abort(self, reason: str = "packet cut short") -> TxError | None:
+        """Give up the unfinished packet (the frontend went away, or left
+        a chain unfinished): a TxError for the slots consumed so far, and
+        the next entry starts a new packet.  None if nothing is pending."""
+        if not self.in_progress:
+            return None
+        if self._dropping:
+            self._reset()
+            return None  # every slot consumed was answered already
+        error = self._error(NETIF_RSP_ERROR, reason)
+        self._reset()
+        return error
+
+    # -- the chain ----------------------------------------------------------
+
+    def _refuse(self, status: int, reason: str) -> None:
+        if self._problem is None:
+            self._problem = (status, reason)
+
+    def _ids(self) -> list[int]:
+        assert self._first is not None
+        return [self._first.id] + [f.id for f in self._frags]
+
+    def _error(self, status: int, reason: str) -> TxError:
+        return TxError(self._ids(), status, reason, self._extra_count)
+
+    def _flush(self) -> TxError:
+        """Answer the refused packet's slots so far, and the rest one by one
+        as they come."""
+        assert self._problem is not None
+        error = self._error(*self._problem)
+        self._dropping = True
+        self._frags = []
+        self._extra_count = 0
+        return error
+
+    def _single(self, id: int | None) -> TxError:
+        """The answer for one more slot of a packet answered already."""
+        assert self._problem is not None
+        status, reason = self._problem
+        if id is None:
+            return TxError([], status, reason, extra_count=1)
+        return TxError([id], status, reason)
+
+    def _start(self, req: TxRequest) -> TxPacket | TxError | None:
+        self._first = req
+        if req.extra_info:
+            self._state = _EXTRAS
+            return None
+        return self._after_extras()
+
+    def _after_extras(self) -> TxPacket | TxError | None:
+        assert self._first is not None
+        if self._first.more_data:
+            self._state = _FRAGS
+            return None
+        return self._finish()
+
+    def _extra(self, extra: ExtraInfo) -> TxPacket | TxError | None:
+        assert self._first is not None
+        if self._dropping:
+            result = self._single(None)
+            if not extra.more:
+                if self._first.more_data:
+                    self._state = _FRAGS
+                else:
+                    self._reset()
+            return result
+        self._extra_count += 1
+        problem = check_extra(extra)
+        if problem is None and extra.type in self._extras:
+            problem = f"two extra infos of type {extra.type}"
+        if problem is not None:
+            self._refuse(NETIF_RSP_ERROR, problem)
+        else:
+            self._extras[extra.type] = extra
+        if self._extra_count > MAX_EXTRAS:
+            self._refuse(NETIF_RSP_ERROR, f"more than {MAX_EXTRAS} extra infos")
+            if extra.more:
+                return self._flush()
+        if extra.more:
+            return None
+        return self._after_extras()
+
+    def _frag(self, req: TxRequest) -> TxPacket | TxError | None:
+        assert self._first is not None
+        if self._dropping:
+            result = self._single(req.id)
+            if not req.more_data:
+                self._reset()
+            return result
+        self._frags.append(req)
+        self._frag_total += req.size
+        limits = self.limits
+        if req.offset + req.size > limits.page_size:
+            self._refuse(NETIF_RSP_ERROR,
+                         f"slot id {req.id}: {req.size} bytes at offset "
+                         f"{req.offset} cross the page")
+        if self._frag_total > self._first.size:
+            self._refuse(NETIF_RSP_ERROR,
+                         f"slots 2..{1 + len(self._frags)} hold "
+                         f"{self._frag_total} bytes, more than the packet's "
+                         f"{self._first.size}")
+        if 1 + len(self._frags) > limits.max_slots:
+            self._refuse(NETIF_RSP_DROPPED,
+                         f"more than {limits.max_slots} slots")
+            if req.more_data:
+                return self._flush()
+        if req.more_data:
+            return None
+        return self._finish()
+
+    def _finish(self) -> TxPacket | TxError:
+        first = self._first
+        assert first is not None
+        limits = self.limits
+        first_len = first.size - self._frag_total
+        if first_len >= 0 and first.offset + first_len > limits.page_size:
+            self._refuse(NETIF_RSP_ERROR,
+                         f"slot id {first.id}: {first_len} bytes at offset "
+                         f"{first.offset} cross the page")
+        mcast = (XEN_NETIF_EXTRA_TYPE_MCAST_ADD in self._extras
+                 or XEN_NETIF_EXTRA_TYPE_MCAST_DEL in self._extras)
+        if first.size < limits.min_size and not mcast:
+            self._refuse(NETIF_RSP_ERROR, f"packet of {first.size} bytes, "
+                         f"less than {limits.min_size}")
+        if first.size > limits.max_size:
+            self._refuse(NETIF_RSP_ERROR, f"packet of {first.size} bytes, "
+                         f"more than {limits.max_size}")
+        result: TxPacket | TxError
+        if self._problem is not None:
+            result = self._error(*self._problem)
+        else:
+            result = TxPacket(first.id, [first] + self._frags,
+                              dict(self._extras), first.size)
+        self._reset()
+        return result
