@@ -59,7 +59,13 @@ class Domain:
 
     @property
     def tot_pages(self) -> int:
-        return self.ram.nr_pages + sum(r.segment.nr_pages for r in self.windows.values())
+        """The domain's RAM. Grant windows are charged to the platform (they
+        are the hypervisor's shared pools), shown apart in `window_pages`."""
+        return self.ram.nr_pages
+
+    @property
+    def window_pages(self) -> int:
+        return sum(r.segment.nr_pages for r in self.windows.values())
 
     def segments(self) -> list[Segment]:
         return [self.ram, self.shared_info, *self.gnttab.segments(),
@@ -85,6 +91,7 @@ class Domain:
             "domain": self.domid,
             "flags": self.flags(),
             "tot_pages": self.tot_pages,
+            "window_pages": self.window_pages,
             "max_pages": self.max_pages,
             "nr_online_vcpus": self.max_vcpus if proc and proc.alive else 0,
             "max_vcpu_id": self.max_vcpus - 1,

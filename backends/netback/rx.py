@@ -1,0 +1,308 @@
+"""Guest receive: putting a frame into the pages a frontend posted, and the
+responses of both rings.
+
+The frontend posts empty pages on the rx ring (`netif_rx_request`: id,
+gref).  For each frame, :func:`plan_rx` decides which of the posted
+requests (in ring order) it takes and what goes in each: data slots of at
+most a page each, copied at offset 0, and, for a large TCP frame the
+frontend takes as GSO, one extra info slot (XEN_NETIF_EXTRA_TYPE_GSO)
+right after the first data slot.  The frontend finds each response in the
+ring slot of the request it answers (extras overlay the id), so a plan
+consumes exactly ``len(plan.slots)`` requests, in order, and its responses
+go in the same order.
+
+Slot flags: the first data slot carries the caller's checksum flags
+(NETRXF_data_validated, NETRXF_csum_blank) and NETRXF_extra_info if an
+extra follows; every data slot but the last carries NETRXF_more_data;
+a data slot's status is its length.
+
+Frames are dropped (:class:`RxDrop`, no request consumed) when they are
+runts (< ETH_HLEN), larger than XEN_NETIF_MAX_TX_SIZE, larger than one
+page without feature-sg, or larger than the MTU (plus Ethernet and VLAN
+headers) unless they are a TCP segment over IPv4 / IPv6 and the frontend
+accepts GSO of that kind (feature-gso-tcpv4 / -tcpv6).  A plan that needs
+more requests than are posted is None: wait for the frontend to post
+more (it kicks if feature-rx-notify).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hypervisor.public import xen
+from hypervisor.public.io import netif
+from hypervisor.public.io.netif import (
+    NETIF_RSP_ERROR,
+    NETRXF_csum_blank,
+    NETRXF_data_validated,
+    NETRXF_extra_info,
+    NETRXF_more_data,
+    XEN_NETIF_EXTRA_FLAG_MORE,
+    XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_MAX_TX_SIZE,
+)
+
+ETH_HLEN = 14
+VLAN_HLEN = 4
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100
+IPPROTO_TCP = 6
+
+#: Bytes of an rx ring entry (request or response): 8.
+RX_ENTRY_SIZE = netif.NETIF_RX_SRING_ENTRY_SIZE
+#: Bytes of a tx response (written at the start of a 12-byte tx slot): 4.
+TX_RESPONSE_SIZE = ctypes.sizeof(netif.netif_tx_response)
+#: Flags the caller may ask for on a frame's first slot.
+CSUM_FLAGS = NETRXF_data_validated | NETRXF_csum_blank
+
+
+def _check(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} {value} outside {low}..{high}")
+
+
+def make_tx_response(id: int, status: int) -> bytes:
+    """A netif_tx_response (4 bytes) for a tx slot."""
+    _check("id", id, 0, 0xFFFF)
+    _check("status", status, -0x8000, 0x7FFF)
+    return bytes(netif.netif_tx_response(id, status))
+
+
+def make_rx_response(id: int, offset: int, flags: int, status: int) -> bytes:
+    """A netif_rx_response (8 bytes): status is the slot's data length, or
+    a negative NETIF_RSP_*."""
+    _check("id", id, 0, 0xFFFF)
+    _check("offset", offset, 0, 0xFFFF)
+    _check("flags", flags, 0, 0xFFFF)
+    _check("status", status, -0x8000, 0x7FFF)
+    return bytes(netif.netif_rx_response(id, offset, flags, status))
+
+
+def make_extra(type: int, u: bytes = bytes(6), more: bool = False) -> bytes:
+    """A netif_extra_info (8 bytes: an rx slot; pad it to 12 for tx)."""
+    _check("extra type", type, 0, 0xFF)
+    if len(u) > 6:
+        raise ValueError(f"extra info data of {len(u)} bytes")
+    flags = XEN_NETIF_EXTRA_FLAG_MORE if more else 0
+    return bytes([type, flags]) + bytes(u) + bytes(6 - len(u))
+
+
+def make_gso_extra(size: int, gso_type: int, more: bool = False) -> bytes:
+    """The XEN_NETIF_EXTRA_TYPE_GSO extra info: MSS `size`, `gso_type`."""
+    _check("GSO size", size, 1, 0xFFFF)
+    _check("GSO type", gso_type, 0, 0xFF)
+    info = netif.netif_extra_info(type=XEN_NETIF_EXTRA_TYPE_GSO,
+                                  flags=XEN_NETIF_EXTRA_FLAG_MORE if more else 0)
+    info.u.gso.size = size
+    info.u.gso.type = gso_type
+    return bytes(info)
+
+
+@dataclass(frozen=True)
+class RxRequest:
+    """A posted rx buffer: echo `id`, copy into the page granted as `gref`."""
+
+    id: int
+    gref: int
+
+
+def parse_rx_request(raw: bytes | bytearray | memoryview) -> RxRequest:
+    """Decode an 8-byte rx ring entry (a private copy); never fails on 8
+    bytes, ValueError on others."""
+    data = bytes(raw)
+    if len(data) != RX_ENTRY_SIZE:
+        raise ValueError(f"an rx ring entry is {RX_ENTRY_SIZE} bytes, not {len(data)}")
+    req = netif.netif_rx_request.from_buffer_copy(data)
+    return RxRequest(req.id, req.gref)
+
+
+@dataclass(frozen=True)
+class RxFeatures:
+    """What the frontend takes (its XenStore nodes feature-sg,
+    feature-gso-tcpv4, feature-gso-tcpv6, and the vif's mtu)."""
+
+    sg: bool = False
+    gso_tcpv4: bool = False
+    gso_tcpv6: bool = False
+    mtu: int = 1500
+    page_size: int = xen.PAGE_SIZE
+
+    @classmethod
+    def from_frontend(cls, nodes: Mapping[str, str]) -> RxFeatures:
+        """From the frontend directory's nodes (absent: the defaults)."""
+        def flag(name: str) -> bool:
+            return nodes.get(name, "0").strip() == "1"
+
+        mtu = nodes.get("mtu", "").strip()
+        return cls(sg=flag("feature-sg"), gso_tcpv4=flag("feature-gso-tcpv4"),
+                   gso_tcpv6=flag("feature-gso-tcpv6"),
+                   mtu=int(mtu) if mtu.isdigit() and 68 <= int(mtu) <= 65535 else 1500)
+
+    def accepts_gso(self, gso_type: int) -> bool:
+        return ((gso_type == XEN_NETIF_GSO_TYPE_TCPV4 and self.gso_tcpv4)
+                or (gso_type == XEN_NETIF_GSO_TYPE_TCPV6 and self.gso_tcpv6))
+
+
+def _l3(frame: bytes) -> tuple[int, int]:
+    """(ethertype, offset of the L3 header), past one 802.1Q tag."""
+    ethertype = int.from_bytes(frame[12:14], "big")
+    if ethertype == ETH_P_8021Q and len(frame) >= ETH_HLEN + VLAN_HLEN:
+        return int.from_bytes(frame[16:18], "big"), ETH_HLEN + VLAN_HLEN
+    return ethertype, ETH_HLEN
+
+
+def max_frame(frame: bytes, mtu: int) -> int:
+    """The largest non-GSO frame of `frame`'s kind: MTU + its L2 header."""
+    return mtu + _l3(frame)[1]
+
+
+def tcp_gso(frame: bytes, mtu: int) -> tuple[int, int] | None:
+    """(XEN_NETIF_GSO_TYPE_*, MSS) if `frame` is a TCP segment over IPv4
+    (unfragmented) or IPv6 (no extension header) whose IP packet is larger
+    than `mtu`: the MSS is what fits in `mtu` after its IP and TCP headers.
+    None otherwise."""
+    if len(frame) < ETH_HLEN:
+        return None
+    ethertype, l3 = _l3(frame)
+    if ethertype == ETH_P_IP:
+        if len(frame) < l3 + 20 or frame[l3] >> 4 != 4:
+            return None
+        ip_hlen = (frame[l3] & 0x0F) * 4
+        fragment = int.from_bytes(frame[l3 + 6:l3 + 8], "big") & 0x3FFF
+        if ip_hlen < 20 or frame[l3 + 9] != IPPROTO_TCP or fragment:
+            return None
+        gso_type = XEN_NETIF_GSO_TYPE_TCPV4
+    elif ethertype == ETH_P_IPV6:
+        if len(frame) < l3 + 40 or frame[l3] >> 4 != 6 or frame[l3 + 6] != IPPROTO_TCP:
+            return None
+        ip_hlen = 40
+        gso_type = XEN_NETIF_GSO_TYPE_TCPV6
+    else:
+        return None
+    tcp = l3 + ip_hlen
+    if len(frame) < tcp + 20:
+        return None
+    hlen = ip_hlen + (frame[tcp + 12] >> 4) * 4
+    if (frame[tcp + 12] >> 4) < 5 or len(frame) < l3 + hlen:
+        return None
+    if len(frame) - l3 <= mtu or mtu <= hlen:
+        return None
+    return gso_type, mtu - hlen
+
+
+@dataclass(frozen=True)
+class RxSlot:
+    """What goes in the ring slot of request (id, gref): a data slot's
+    `length` bytes of the frame from `start`, copied at `offset` in the
+    page, with `flags`; or an extra info slot's 8 bytes (`extra`)."""
+
+    id: int
+    gref: int
+    offset: int = 0
+    start: int = 0
+    length: int = 0
+    flags: int = 0
+    extra: bytes = b""
+
+    @property
+    def is_extra(self) -> bool:
+        return bool(self.extra)
+
+    def response(self, status: int | None = None) -> bytes:
+        """The 8 bytes to put in the slot: the extra info, or an rx response
+        of status `length` (or `status`, e.g. NETIF_RSP_ERROR)."""
+        if self.extra:
+            return self.extra
+        return make_rx_response(self.id, self.offset, self.flags,
+                                self.length if status is None else status)
+
+
+@dataclass(frozen=True)
+class RxPlan:
+    """A frame's slots, one per consumed rx request, in ring order."""
+
+    slots: list[RxSlot]
+    size: int
+    gso: tuple[int, int] | None = None   # (XEN_NETIF_GSO_TYPE_*, MSS)
+    frame: bytes = field(default=b"", repr=False)
+
+    @property
+    def nr_requests(self) -> int:
+        return len(self.slots)
+
+    def copies(self) -> list[tuple[int, int, int, bytes]]:
+        """(slot index, gref, offset, data) of every grant copy to make."""
+        return [(index, s.gref, s.offset, self.frame[s.start:s.start + s.length])
+                for index, s in enumerate(self.slots) if not s.is_extra]
+
+    def responses(self, failed: Collection[int] = ()) -> list[bytes]:
+        """The 8-byte responses, one per slot; the data slots whose index
+        is in `failed` (their copy failed: a bad grant) say NETIF_RSP_ERROR."""
+        return [s.response(NETIF_RSP_ERROR if i in failed else None)
+                for i, s in enumerate(self.slots)]
+
+
+@dataclass(frozen=True)
+class RxDrop:
+    """A frame the frontend cannot take; no request is consumed."""
+
+    reason: str
+
+
+def rx_slots_needed(size: int, page_size: int = xen.PAGE_SIZE,
+                    gso: bool = False) -> int:
+    """Requests a frame of `size` bytes takes: a data slot per page, plus
+    the GSO extra."""
+    return max(1, -(-size // page_size)) + (1 if gso else 0)
+
+
+def plan_rx(frame: bytes | bytearray | memoryview,
+            requests: Sequence[RxRequest | tuple[int, int]],
+            features: RxFeatures = RxFeatures(), *,
+            csum_flags: int = 0) -> RxPlan | RxDrop | None:
+    """How `frame` goes into the posted `requests` (ring order, from the
+    next unconsumed one): an RxPlan taking the first ``len(plan.slots)`` of
+    them, an RxDrop, or None if more requests must be posted first."""
+    if csum_flags & ~CSUM_FLAGS:
+        raise ValueError(f"rx flags {csum_flags:#x} are not checksum flags")
+    data = bytes(frame)
+    size = len(data)
+    if size < ETH_HLEN:
+        return RxDrop(f"runt frame of {size} bytes")
+    if size > XEN_NETIF_MAX_TX_SIZE:
+        return RxDrop(f"frame of {size} bytes, more than {XEN_NETIF_MAX_TX_SIZE}")
+    gso = None
+    if size > max_frame(data, features.mtu):
+        gso = tcp_gso(data, features.mtu)
+        if gso is None:
+            return RxDrop(f"frame of {size} bytes exceeds MTU {features.mtu}")
+        if not features.accepts_gso(gso[0]):
+            return RxDrop(f"TCP frame of {size} bytes exceeds MTU "
+                          f"{features.mtu} and the frontend takes no GSO "
+                          f"type {gso[0]}")
+    page = features.page_size
+    if size > page and not features.sg:
+        return RxDrop(f"frame of {size} bytes needs feature-sg")
+    needed = rx_slots_needed(size, page, gso is not None)
+    if len(requests) < needed:
+        return None
+    posted = [r if isinstance(r, RxRequest) else RxRequest(*r)
+              for r in requests[:needed]]
+    chunks = [(start, min(page, size - start)) for start in range(0, size, page)]
+    slots: list[RxSlot] = []
+    for index, (start, length) in enumerate(chunks):
+        flags = NETRXF_more_data if index < len(chunks) - 1 else 0
+        if index == 0:
+            flags |= csum_flags | (NETRXF_extra_info if gso else 0)
+        req = posted[len(slots)]
+        slots.append(RxSlot(req.id, req.gref, 0, start, length, flags))
+        if index == 0 and gso is not None:
+            extra = posted[len(slots)]
+            slots.append(RxSlot(extra.id, extra.gref,
+                                extra=make_gso_extra(gso[1], gso[0])))
+    return RxPlan(slots, size, gso, data)
