@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import psutil
@@ -126,6 +127,29 @@ class System:
         if not_domid is not None:
             args += ["--not-domid", str(not_domid)]
         return self.cli(*args).stdout.strip()
+
+    def _wait_text(self, path: Path, text: str, timeout: float = 30.0) -> None:
+        """Block until `text` appears in a log: `tail -F` streams each new line
+        as it is written (it waits on inotify), so this waits on an event."""
+        proc = subprocess.Popen(["tail", "-n", "+1", "-F", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            for line in proc.stdout:
+                if text in line:
+                    return
+            raise AssertionError(f"{text!r} never appeared in {path}")
+        finally:
+            timer.cancel()
+            proc.kill()
+            proc.wait()
+
+    def wait_console(self, name: str, text: str) -> None:
+        self._wait_text(self.run_dir / "console" / f"{name}.log", text)
+
+    def wait_log(self, name: str, text: str) -> None:
+        self._wait_text(self.run_dir / "logs" / f"{name}.log", text)
 
     def halt(self) -> None:
         if self.booted and (self.run_dir / "hypervisor.pid").exists():

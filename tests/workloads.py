@@ -197,3 +197,46 @@ def xenstore_rights(kernel) -> None:
     report["retried"] = len(attempts)
     report["counter"] = xs.read("data/counter").decode()
     _send(kernel.args["out"], report)
+
+
+def disk_probe(kernel) -> None:
+    """PV block from inside a guest: big I/O, flush, discard, a read-only
+    disk, and requests no honest frontend sends."""
+    from frontends.blkfront.bus import BlockBus
+    from frontends.blkfront.device import BlockIOError
+    from hypervisor.public.io import blkif
+
+    kernel.ready()
+    bus = BlockBus(kernel)
+    disk, ro = bus.get("xvda"), bus.get("xvdb")
+    report = {"sectors": disk.sectors, "ro_sectors": ro.sectors}
+    big = bytes(range(256)) * 4096 * 3  # 3 MiB: indirect requests, several of them
+    disk.write(2048, big)
+    disk.flush()
+    report["big_roundtrip"] = disk.read(2048, len(big) // 512) == big
+    disk.discard(2048, 8)
+    report["discarded_zero"] = disk.read(2048, 8) == bytes(4096)
+    with disk.open() as f:
+        f.seek(1000)
+        f.write(b"unaligned hello")
+        f.seek(1000)
+        report["file_like"] = f.read(15).decode()
+    report["ro_read"] = len(ro.read(0, 8))
+
+    def outcome(fn) -> str:
+        try:
+            fn()
+        except BlockIOError:
+            return "BLKIF_RSP_ERROR"
+        except (PermissionError, ValueError) as exc:
+            return type(exc).__name__
+        return "ok"
+
+    report["ro_write_api"] = outcome(lambda: ro.write(0, bytes(512)))
+    # Bypass the API's checks: the backend itself must refuse.
+    report["ro_write_backend"] = outcome(
+        lambda: ro.device.io(blkif.BLKIF_OP_WRITE, 0, 8, data=bytes(4096)))
+    report["past_end_backend"] = outcome(
+        lambda: disk.device.io(blkif.BLKIF_OP_READ, disk.sectors, 8, out=bytearray(4096)))
+    report["still_serving"] = disk.read(2048 + 8, 8) == big[8 * 512:16 * 512]
+    _send(kernel.args["out"], report)

@@ -184,6 +184,29 @@ def _console(args) -> int:
         raise UserError(f"console {args.domain}: {exc}") from None
 
 
+def _block_attach(args) -> int:
+    result = _client(args).call("block-attach", domain=args.domain,
+                                spec=", ".join(args.spec))
+    print(f"Attached {result['vdev']} (devid {result['devid']}) to {args.domain}")
+    return 0
+
+
+def _block_detach(args) -> int:
+    _client(args).call("block-detach", domain=args.domain, vdev=args.vdev)
+    return 0
+
+
+def _block_list(args) -> int:
+    rows = _client(args).call("block-list", domain=args.domain)
+    print("%-5s %-3s %-6s %-5s %-6s %-8s %-30s" % (
+        "Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"))
+    for r in rows:
+        print("%-5d %-3d %-6d %-5d %-6d %-8d %-30s" % (
+            r["devid"], r["backend_id"], r["devid"], r["state"], r["event_channel"],
+            r["ring_ref"], r["backend_path"]))
+    return 0
+
+
 def _vcpu_list(args) -> int:
     result = _client(args).call("vcpu-list", domain=args.domain)
     print(format_vcpu_list(result["rows"], result["nr_cpus"]), end="")
@@ -275,6 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("console", help="attach to a domain's console (Ctrl-] detaches)")
     p.add_argument("domain")
     p.set_defaults(func=_console)
+
+    p = sub.add_parser("block-attach", help="attach a disk (xl disk spec) to a domain")
+    p.add_argument("domain")
+    p.add_argument("spec", nargs="+", help="e.g. backend=disk-dd vdev=xvdb target=x.img "
+                   "size=16M, or one comma-separated spec")
+    p.set_defaults(func=_block_attach)
+
+    p = sub.add_parser("block-detach", help="detach a disk from a domain")
+    p.add_argument("domain")
+    p.add_argument("vdev", help="xvdb, or the device number")
+    p.set_defaults(func=_block_detach)
+
+    p = sub.add_parser("block-list", help="list a domain's disks (xl block-list)")
+    p.add_argument("domain")
+    p.set_defaults(func=_block_list)
 
     p = sub.add_parser("vcpu-list", help="list vCPUs (xl vcpu-list)")
     p.add_argument("domain", nargs="?")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from domains.dom0.toolstack import Toolstack
 from domains.dom0.topology import TopologyError, load_domain_config
-from domains.dom0.xlspec import SpecError, parse_cpulist
+from domains.dom0.xlspec import SpecError, parse_cpulist, parse_disk
 from hypervisor.public.errno import XenError
 
 COMMANDS: dict[str, Callable[[Toolstack, dict], Any]] = {}
@@ -94,6 +94,25 @@ def _vcpu_pin(ts: Toolstack, args: dict):
     vcpus = range(nr) if str(args["vcpu"]) == "all" else [int(args["vcpu"])]
     for vcpu in vcpus:
         ts.xc.vcpu_setaffinity(dom.domid, vcpu, cpus)
+
+
+@command("block-attach")
+def _block_attach(ts: Toolstack, args: dict):
+    dom = ts.find(args["domain"])
+    disk = parse_disk(str(args["spec"]))
+    if disk.backend not in {d.name for d in ts.domains.values()}:
+        raise SpecError(f"unknown backend domain '{disk.backend}'")
+    return {"devid": ts.block_attach(dom, disk), "vdev": disk.vdev}
+
+
+@command("block-detach")
+def _block_detach(ts: Toolstack, args: dict):
+    ts.block_detach(ts.find(args["domain"]), str(args["vdev"]))
+
+
+@command("block-list")
+def _block_list(ts: Toolstack, args: dict):
+    return ts.block_list(ts.find(args["domain"]))
 
 
 @command("dmesg")

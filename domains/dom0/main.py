@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import msgpack
 import zmq
 
+from backends.blkback.device import BlkbackDevice
 from domains.dom0.client import CONTROL_SOCKET
 from domains.dom0.control import Waiters, handle
 from domains.dom0.toolstack import Toolstack
@@ -22,6 +23,7 @@ from domains.dom0.topology import Platform, TopologyError, load_topology
 from domains.dom0.xc import XenCtrl
 from domains.dom0.xenconsoled import Xenconsoled
 from domains.dom0.xenstored.daemon import Xenstored
+from domains.kernel.xenbus.backend import BackendBus
 from domains.kernel.xenbus.client import XenStoreClient
 from domains.kernel.xenbus.transport import UnixTransport
 from domains.kernel.kernel import Kernel
@@ -70,6 +72,10 @@ def main(kernel: Kernel) -> None:
     xenconsoled.start()
     toolstack = Toolstack(xc, kernel.xenstore, platform, kernel.log, announce=progress,
                           disk_dir=run_dir / "disks")
+
+    # Dom0 can serve disks too (backend=Domain-0, xl's default).
+    BackendBus(kernel.xenstore, 0, "vbd",
+               lambda path, fe, devid: BlkbackDevice(kernel, path, fe, devid), kernel.log)
 
     ctx = kernel.ctx
     control = ctx.socket(zmq.ROUTER)

@@ -22,7 +22,8 @@ from hypervisor.public.domctl import (
     XEN_DOMINF_shutdownshift,
 )
 from domains.kernel.xenbus.client import XenStoreClient, XsError
-from hypervisor.public.errno import EINVAL, EIO, ENOENT, ESRCH, XenError
+from hypervisor.public.errno import EEXIST, EINVAL, EIO, ENOENT, ESRCH, XenError
+from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 
 WORKLOADS = {
@@ -125,6 +126,62 @@ class Toolstack:
         except OSError as exc:
             raise XenError(ENOENT, str(exc)) from None
         return devices.vbd_nodes(domid, backend, disk, params)
+
+    # -- block devices (xl block-attach / -detach / -list) -----------------------
+
+    def block_attach(self, dom: Managed, disk: DiskSpec) -> int:
+        devid = disk.virtual_device
+        front = devices.vbd_frontend_path(dom.domid, devid)
+        if self.xs.exists(front):
+            raise XenError(EEXIST, f"{dom.name} already has a disk {disk.vdev}")
+        self.write_nodes(self.disk_nodes(dom.domid, disk))
+        self.log.info("disk attached", domain=dom.name, vdev=disk.vdev, devid=devid)
+        return devid
+
+    def block_detach(self, dom: Managed, vdev: str) -> None:
+        """Ask both ends to close (backend state Closing), wait, remove."""
+        for row in self.block_list(dom):
+            if vdev in (row["vdev"], str(row["devid"])):
+                break
+        else:
+            raise XenError(ENOENT, f"{dom.name} has no disk {vdev}")
+        back = row["backend_path"]
+        self.xs.write(f"{back}/online", "0")
+        self.xs.write(f"{back}/state", str(int(XenbusState.Closing)))
+        if not wait_for_state(self.xs, devices.vbd_frontend_path(dom.domid, row["devid"]),
+                              {int(XenbusState.Closed)}, DETACH_TIMEOUT):
+            self.log.warning("frontend did not close, removing anyway", vdev=vdev)
+        self.xs.rm(devices.vbd_frontend_path(dom.domid, row["devid"]))
+        self.xs.rm(back)
+        self.log.info("disk detached", domain=dom.name, vdev=row["vdev"])
+
+    def block_list(self, dom: Managed) -> list[dict]:
+        root = f"{xsnodes.dom_path(dom.domid)}/device/vbd"
+        rows = []
+        try:
+            devids = self.xs.directory(root)
+        except XsError:
+            return rows
+        for devid in sorted(devids, key=int):
+            front = f"{root}/{devid}"
+
+            def node(path: str, default: str = "-1") -> str:
+                try:
+                    return self.xs.read(path).decode()
+                except XsError:
+                    return default
+
+            back = node(f"{front}/backend", "")
+            rows.append({"devid": int(devid), "vdev": node(f"{back}/dev", devid),
+                         "backend_id": int(node(f"{front}/backend-id")),
+                         "state": int(node(f"{front}/state")),
+                         "event_channel": int(node(f"{front}/event-channel",
+                                                   node(f"{front}/queue-0/event-channel"))),
+                         "ring_ref": int(node(f"{front}/ring-ref",
+                                              node(f"{front}/ring-ref0",
+                                                   node(f"{front}/queue-0/ring-ref0")))),
+                         "backend_path": back})
+        return rows
 
     def write_nodes(self, nodes: list) -> None:
         def write_all(tx: int) -> None:
@@ -282,3 +339,30 @@ def _tuple(cpus) -> tuple[int, ...] | None:
 
 def _key(reason: int) -> str:
     return {0: "poweroff", 1: "reboot", 3: "crash", 4: "watchdog"}.get(reason, "crash")
+
+
+DETACH_TIMEOUT = 10.0
+
+
+def wait_for_state(xs: XenStoreClient, path: str, states: set[int], timeout: float) -> bool:
+    """Block until <path>/state is one of `states` (or the node is gone)."""
+    import threading
+
+    reached = threading.Event()
+    token = f"wait-{path}"
+
+    def check(_path: str, _token: str) -> None:
+        try:
+            if int(xs.read(f"{path}/state")) in states:
+                reached.set()
+        except (XsError, ValueError):
+            reached.set()
+
+    xs.watch(f"{path}/state", token, check)
+    try:
+        return reached.wait(timeout)
+    finally:
+        try:
+            xs.unwatch(f"{path}/state", token)
+        except XsError:
+            pass

@@ -31,11 +31,12 @@ backend answers every slot exactly once: each request slot with a
 each extra slot with status NETIF_RSP_NULL (in the response slot right
 after slot 1's).  Responses may come in any order across packets, but a
 frontend must not reuse an id before its response.  A backend must
-accept packets of up to XEN_NETIF_NR_SLOTS_MIN (18) request slots (more
-than that is a frontend of another age: drop the packet); a packet is
+accept packets of up to XEN_NETIF_NR_SLOTS_MIN (18) request slots (it may
+take more; a packet beyond its limit is dropped); a packet is
 never larger than XEN_NETIF_MAX_TX_SIZE (65535, the size field's range).
 Checksum flags: NETTXF_csum_blank (the L4 checksum is not filled in:
-offload) implies NETTXF_data_validated.
+offload; Linux's netfront sets NETTXF_data_validated along with it),
+NETTXF_data_validated (the data needs no checksum check).
 
 Guest receive (backend -> frontend), one packet:
 

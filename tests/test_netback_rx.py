@@ -1,0 +1,225 @@
+"""netback's rx side: how a frame goes into the frontend's posted pages."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backends.netback.rx import (
+    RxDrop,
+    RxFeatures,
+    RxPlan,
+    RxRequest,
+    make_extra,
+    make_gso_extra,
+    make_rx_response,
+    make_tx_response,
+    parse_rx_request,
+    plan_rx,
+    rx_slots_needed,
+    tcp_gso,
+)
+from hypervisor.public.io import netif
+from hypervisor.public.io.netif import (
+    NETIF_RSP_ERROR,
+    NETRXF_csum_blank,
+    NETRXF_data_validated,
+    NETRXF_extra_info,
+    NETRXF_more_data,
+    XEN_NETIF_EXTRA_FLAG_MORE,
+    XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+DST = bytes.fromhex("00163e000001")
+SRC = bytes.fromhex("00163e000002")
+
+
+def eth(ethertype: int, payload: bytes, vlan: int | None = None) -> bytes:
+    tag = b"" if vlan is None else (0x8100).to_bytes(2, "big") + vlan.to_bytes(2, "big")
+    return DST + SRC + tag + ethertype.to_bytes(2, "big") + payload
+
+
+def tcp_header(options: int = 0) -> bytes:
+    doff = 5 + options // 4
+    return bytes(12) + bytes([doff << 4, 0x10]) + bytes(6) + bytes(options)
+
+
+def ipv4_tcp(payload_len: int, options: int = 0, frag: int = 0, vlan=None) -> bytes:
+    tcp = tcp_header(options)
+    total = 20 + len(tcp) + payload_len
+    ip = bytes([0x45, 0]) + total.to_bytes(2, "big") + bytes(2) + frag.to_bytes(2, "big") \
+        + bytes([64, 6]) + bytes(10)
+    return eth(0x0800, ip + tcp + bytes(i % 251 for i in range(payload_len)), vlan)
+
+
+def ipv6_tcp(payload_len: int) -> bytes:
+    tcp = tcp_header()
+    ip = bytes([0x60, 0, 0, 0]) + (len(tcp) + payload_len).to_bytes(2, "big") \
+        + bytes([6, 64]) + bytes(32)
+    return eth(0x86DD, ip + tcp + bytes(payload_len))
+
+
+def udp_frame(ip_len: int) -> bytes:
+    """An IPv4 (non-TCP) frame whose IP packet is `ip_len` bytes."""
+    return eth(0x0800, bytes([0x45]) + bytes(8) + bytes([17]) + bytes(ip_len - 10))
+
+
+def requests(n: int, first_id: int = 0) -> list[RxRequest]:
+    return [RxRequest(first_id + i, 500 + i) for i in range(n)]
+
+
+SG = RxFeatures(sg=True)
+GSO4 = RxFeatures(sg=True, gso_tcpv4=True)
+
+
+# -- encoders -----------------------------------------------------------------
+
+def test_make_responses() -> None:
+    assert make_tx_response(0x1234, -1) == bytes.fromhex("3412ffff")
+    assert make_rx_response(1, 2, 3, 1514) == bytes.fromhex("01000200030" "0ea05")
+    rsp = netif.netif_rx_response.from_buffer_copy(make_rx_response(9, 0, 4, -2))
+    assert (rsp.id, rsp.offset, rsp.flags, rsp.status) == (9, 0, 4, -2)
+    for bad in ((0x10000, 0), (0, 0x8000), (0, -0x8001), (-1, 0)):
+        with pytest.raises(ValueError):
+            make_tx_response(*bad)
+    with pytest.raises(ValueError):
+        make_rx_response(0, 0, 0x10000, 0)
+
+
+def test_make_extras() -> None:
+    assert make_gso_extra(1448, XEN_NETIF_GSO_TYPE_TCPV6, more=True) == bytes(
+        [XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_EXTRA_FLAG_MORE, 0xA8, 0x05, 2, 0, 0, 0])
+    assert make_extra(2, bytes(range(6))) == bytes([2, 0, 0, 1, 2, 3, 4, 5])
+    with pytest.raises(ValueError):
+        make_gso_extra(0, XEN_NETIF_GSO_TYPE_TCPV4)
+
+
+def test_parse_rx_request() -> None:
+    raw = bytes(netif.netif_rx_request(id=7, gref=0xABCDEF01))
+    assert parse_rx_request(raw) == RxRequest(7, 0xABCDEF01)
+    with pytest.raises(ValueError):
+        parse_rx_request(raw + b"\0")
+
+
+def test_features_from_xenstore() -> None:
+    f = RxFeatures.from_frontend({"feature-sg": "1", "feature-gso-tcpv4": "1",
+                                  "mtu": "9000", "request-rx-copy": "1"})
+    assert (f.sg, f.gso_tcpv4, f.gso_tcpv6, f.mtu) == (True, True, False, 9000)
+    assert RxFeatures.from_frontend({"mtu": "junk", "feature-sg": "yes"}) == RxFeatures()
+
+
+# -- GSO detection ------------------------------------------------------------
+
+def test_tcp_gso_detection() -> None:
+    assert tcp_gso(ipv4_tcp(1460), 1500) is None          # fits the MTU
+    assert tcp_gso(ipv4_tcp(1461), 1500) == (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
+    assert tcp_gso(ipv4_tcp(5000, options=12), 1500) == (XEN_NETIF_GSO_TYPE_TCPV4, 1448)
+    assert tcp_gso(ipv6_tcp(5000), 1500) == (XEN_NETIF_GSO_TYPE_TCPV6, 1440)
+    assert tcp_gso(ipv4_tcp(5000, vlan=5), 1500) == (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
+    assert tcp_gso(ipv4_tcp(5000, frag=0x2000), 1500) is None  # IP fragment
+    assert tcp_gso(udp_frame(5000), 1500) is None
+    assert tcp_gso(b"short", 1500) is None
+    assert tcp_gso(eth(0x0806, bytes(5000)), 1500) is None
+
+
+# -- plans --------------------------------------------------------------------
+
+def test_small_frame_takes_one_slot() -> None:
+    frame = udp_frame(60)
+    plan = plan_rx(frame, requests(4), RxFeatures(),
+                   csum_flags=NETRXF_data_validated)
+    assert isinstance(plan, RxPlan) and plan.nr_requests == 1
+    [slot] = plan.slots
+    assert (slot.id, slot.gref, slot.offset, slot.length) == (0, 500, 0, len(frame))
+    assert slot.flags == NETRXF_data_validated
+    assert plan.copies() == [(0, 500, 0, frame)]
+    assert plan.responses() == [make_rx_response(0, 0, NETRXF_data_validated, len(frame))]
+
+
+def test_multi_slot_frame_with_sg() -> None:
+    frame = udp_frame(9000)
+    plan = plan_rx(frame, requests(5, 10), RxFeatures(sg=True, mtu=9000))
+    assert [s.length for s in plan.slots] == [4096, 4096, 9000 + 14 - 8192]
+    assert [s.flags for s in plan.slots] == [NETRXF_more_data, NETRXF_more_data, 0]
+    assert [s.id for s in plan.slots] == [10, 11, 12]
+    assert b"".join(d for _, _, _, d in plan.copies()) == frame
+
+
+def test_without_sg_only_one_page() -> None:
+    jumbo = RxFeatures(sg=False, mtu=9000)
+    assert isinstance(plan_rx(udp_frame(4096 - 14), requests(1), jumbo), RxPlan)
+    drop = plan_rx(udp_frame(4096 - 13), requests(5), jumbo)
+    assert isinstance(drop, RxDrop) and "feature-sg" in drop.reason
+
+
+def test_frames_over_the_mtu_are_dropped_unless_gso() -> None:
+    assert isinstance(plan_rx(udp_frame(1500), requests(4), SG), RxPlan)
+    assert isinstance(plan_rx(udp_frame(1501), requests(4), SG), RxDrop)
+    assert isinstance(plan_rx(ipv4_tcp(5000), requests(4), SG), RxDrop)
+    six = RxFeatures(sg=True, gso_tcpv6=True)
+    assert "GSO" in plan_rx(ipv4_tcp(5000), requests(4), six).reason
+    tagged = eth(0x0800, bytes([0x45]) + bytes(1499), vlan=3)   # 1518 bytes
+    assert isinstance(plan_rx(tagged, requests(1), RxFeatures()), RxPlan)
+
+
+def test_gso_frame_gets_an_extra_slot_after_the_first() -> None:
+    frame = ipv4_tcp(10000)
+    plan = plan_rx(frame, requests(6), GSO4, csum_flags=NETRXF_csum_blank | NETRXF_data_validated)
+    assert plan.gso == (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
+    assert plan.nr_requests == 4 == rx_slots_needed(len(frame), gso=True)
+    first, ext, second, third = plan.slots
+    assert first.flags == (NETRXF_more_data | NETRXF_extra_info | NETRXF_csum_blank
+                           | NETRXF_data_validated)
+    assert ext.is_extra and ext.response() == make_gso_extra(1460, XEN_NETIF_GSO_TYPE_TCPV4)
+    assert (second.flags, third.flags) == (NETRXF_more_data, 0)
+    assert [s.id for s in plan.slots] == [0, 1, 2, 3]
+    copies = plan.copies()
+    assert [c[0] for c in copies] == [0, 2, 3]              # no copy for the extra
+    assert b"".join(c[3] for c in copies) == frame
+    responses = plan.responses()
+    assert len(responses) == 4 and responses[1] == ext.extra
+
+
+def test_gso_v6() -> None:
+    plan = plan_rx(ipv6_tcp(3000), requests(3), RxFeatures(sg=True, gso_tcpv6=True))
+    assert plan.gso == (XEN_NETIF_GSO_TYPE_TCPV6, 1440) and plan.nr_requests == 2
+
+
+def test_not_enough_requests_means_wait() -> None:
+    frame = ipv4_tcp(10000)
+    assert plan_rx(frame, requests(3), GSO4) is None
+    assert plan_rx(udp_frame(100), [], RxFeatures()) is None
+    assert plan_rx(frame, [(1, 2), (3, 4), (5, 6), (7, 8)], GSO4).slots[2].gref == 6
+
+
+def test_failed_copy_answers_error() -> None:
+    plan = plan_rx(udp_frame(9000), requests(3), RxFeatures(sg=True, mtu=9000))
+    responses = plan.responses(failed={1})
+    status = [netif.netif_rx_response.from_buffer_copy(r).status for r in responses]
+    assert status == [4096, NETIF_RSP_ERROR, 9014 - 8192]
+
+
+def test_drops() -> None:
+    assert "runt" in plan_rx(bytes(13), requests(1)).reason
+    huge = RxFeatures(sg=True, mtu=65535)
+    assert isinstance(plan_rx(udp_frame(65535 - 14), requests(20), huge), RxPlan)
+    assert isinstance(plan_rx(udp_frame(65535 - 13), requests(20), huge), RxDrop)
+    with pytest.raises(ValueError):
+        plan_rx(udp_frame(60), requests(1), csum_flags=NETRXF_more_data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=20000), st.booleans(), st.booleans(),
+       st.sampled_from([576, 1500, 9000]), st.integers(0, 8))
+def test_any_frame_plans_consistently(frame, sg, gso, mtu, posted) -> None:
+    features = RxFeatures(sg=sg, gso_tcpv4=gso, gso_tcpv6=gso, mtu=mtu)
+    plan = plan_rx(frame, requests(posted), features)
+    if plan is None or isinstance(plan, RxDrop):
+        return
+    assert plan.nr_requests <= posted
+    assert b"".join(d for _, _, _, d in plan.copies()) == frame
+    assert all(s.offset + s.length <= 4096 for s in plan.slots)
+    assert len(plan.responses()) == plan.nr_requests

@@ -1,0 +1,402 @@
+"""netfront's pure core, and round trips through netback's.
+
+What netfront builds for a frame, netback's TxAssembler accepts as the
+same frame; what netback's plan_rx puts in the posted pages, netfront's
+RxAssembler reassembles into the same frame.
+"""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backends.netback import rx as back_rx
+from backends.netback.tx import TxAssembler, TxError, TxPacket
+from frontends.netfront.rx import (
+    RxAssembler,
+    RxError,
+    RxFrame,
+    make_rx_request,
+    parse_rx_response,
+)
+from frontends.netfront.tx import (
+    NetfrontProtocolError,
+    ShadowFull,
+    TxResponse,
+    TxShadow,
+    make_gso_extra,
+    parse_tx_response,
+    split_frame,
+    tx_requests,
+)
+from hypervisor.public.io import netif
+from hypervisor.public.io.netif import (
+    NETIF_RSP_DROPPED,
+    NETIF_RSP_ERROR,
+    NETIF_RSP_NULL,
+    NETIF_RSP_OKAY,
+    NETRXF_data_validated,
+    NETRXF_extra_info,
+    NETRXF_more_data,
+    NETTXF_csum_blank,
+    NETTXF_data_validated,
+    NETTXF_extra_info,
+    NETTXF_more_data,
+    XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_NR_SLOTS_MIN,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+PAGE = 4096
+
+
+class Grants:
+    """Pages granted by the frontend, by gref (the backend's grant copy)."""
+
+    def __init__(self, first: int = 1000) -> None:
+        self.pages: dict[int, bytearray] = {}
+        self.next = first
+
+    def grant(self, offset: int = 0, data: bytes = b"") -> int:
+        gref, self.next = self.next, self.next + 1
+        page = bytearray(PAGE)
+        page[offset:offset + len(data)] = data
+        self.pages[gref] = page
+        return gref
+
+    def read(self, gref: int, offset: int, length: int) -> bytes:
+        return bytes(self.pages[gref][offset:offset + length])
+
+
+def transmit(frame: bytes, grants: Grants, offset: int = 0):
+    """netfront's segments for `frame`, its pieces granted."""
+    return [(grants.grant(off, data), off, len(data))
+            for off, data in split_frame(frame, offset)]
+
+
+def backend_copy(packet: TxPacket, grants: Grants) -> bytes:
+    return b"".join(grants.read(*seg) for seg in packet.segments())
+
+
+# -- tx building ----------------------------------------------------------------
+
+def test_split_frame() -> None:
+    frame = bytes(range(256)) * 40  # 10240 bytes
+    pieces = split_frame(frame, 100)
+    assert [(o, len(d)) for o, d in pieces] == [(100, 3996), (0, 4096), (0, 2148)]
+    assert b"".join(d for _, d in pieces) == frame
+    assert split_frame(b"x" * 4096) == [(0, b"x" * 4096)]
+    for bad in ((b"", 0), (b"x", 4096), (b"x", -1)):
+        with pytest.raises(ValueError):
+            split_frame(*bad)
+
+
+def test_tx_requests_layout() -> None:
+    entries = tx_requests([(7, 100, 1000), (8, 0, 500)], [3, 4],
+                          flags=NETTXF_csum_blank, gso=(XEN_NETIF_GSO_TYPE_TCPV4, 1448))
+    assert len(entries) == 3 and all(len(e) == 12 for e in entries)
+    first = netif.netif_tx_request.from_buffer_copy(entries[0])
+    assert (first.gref, first.offset, first.id, first.size) == (7, 100, 3, 1500)
+    assert first.flags == NETTXF_csum_blank | NETTXF_more_data | NETTXF_extra_info
+    assert entries[1] == make_gso_extra(XEN_NETIF_GSO_TYPE_TCPV4, 1448)
+    extra = netif.netif_extra_info.from_buffer_copy(entries[1])
+    assert (extra.type, extra.flags, extra.u.gso.size) == (XEN_NETIF_EXTRA_TYPE_GSO, 0, 1448)
+    last = netif.netif_tx_request.from_buffer_copy(entries[2])
+    assert (last.gref, last.id, last.size, last.flags) == (8, 4, 500, 0)
+
+
+@pytest.mark.parametrize("segments, ids, kw", [
+    ([], [], {}),
+    ([(1, 0, 10)], [1, 2], {}),
+    ([(1, 4000, 100)], [1], {}),
+    ([(1, 0, 10)], [0x10000], {}),
+    ([(1 << 32, 0, 10)], [1], {}),
+    ([(1, 0, 0)], [1], {}),
+    ([(1, 0, 10)], [1], {"flags": NETTXF_more_data}),
+    ([(1, 0, 10)], [1], {"gso": (3, 1448)}),
+    ([(1, 0, 10)], [1], {"gso": (XEN_NETIF_GSO_TYPE_TCPV4, 0)}),
+    ([(1, 0, 4096)] * 17, list(range(17)), {}),   # 69632 bytes > 65535
+    ([(1, 0, 10)] * 19, list(range(19)), {}),     # 19 slots > 18
+])
+def test_tx_requests_refuses_what_the_protocol_cannot_carry(segments, ids, kw) -> None:
+    with pytest.raises(ValueError):
+        tx_requests(segments, ids, **kw)
+
+
+# -- tx round trip through netback ----------------------------------------------
+
+@pytest.mark.parametrize("size, offset, gso", [
+    (60, 0, None), (1514, 2000, None), (4096, 0, None), (9014, 300, None),
+    (65535, 0, (XEN_NETIF_GSO_TYPE_TCPV4, 1448)),
+    (30000, 4095, (XEN_NETIF_GSO_TYPE_TCPV6, 1428)),
+])
+def test_tx_round_trip(size, offset, gso) -> None:
+    frame = bytes((i * 7) % 256 for i in range(size))
+    grants, shadow = Grants(), TxShadow()
+    packet = shadow.add(transmit(frame, grants, offset), gso=gso,
+                        flags=NETTXF_csum_blank | NETTXF_data_validated,
+                        buffers="skb")
+    [got] = TxAssembler().feed_all(packet.requests)
+    assert isinstance(got, TxPacket)
+    assert backend_copy(got, grants) == frame and got.size == size
+    assert got.flags & (NETTXF_csum_blank | NETTXF_data_validated)
+    if gso:
+        assert (got.gso.gso_type, got.gso.gso_size) == gso
+    assert len(shadow) == len(packet.slots)
+    answered = [shadow.complete(r) for r in got.response_bytes()]
+    assert [s.id for s in answered if s] == [s.id for s in packet.slots]
+    assert packet.done and packet.status == NETIF_RSP_OKAY and packet.buffers == "skb"
+    assert len(shadow) == 0 and shadow.inflight() == []
+
+
+def test_many_frames_through_one_ring() -> None:
+    grants, shadow, assembler = Grants(), TxShadow(64), TxAssembler()
+    frames = [bytes([n]) * (60 + 997 * n) for n in range(12)]
+    for frame in frames:
+        packet = shadow.add(transmit(frame, grants))
+        [got] = assembler.feed_all(packet.requests)
+        assert backend_copy(got, grants) == frame
+        # Answer in reverse order: ids are matched, not positions.
+        for rsp in reversed(got.response_bytes()):
+            shadow.complete(rsp)
+        assert packet.done
+    assert len(shadow) == 0
+
+
+# -- the tx shadow --------------------------------------------------------------
+
+def test_shadow_ids_and_errors() -> None:
+    shadow = TxShadow(4)
+    a = shadow.add([(10, 0, 100), (11, 0, 100)])
+    assert [s.id for s in a.slots] == [0, 1] and shadow.free == 2
+    with pytest.raises(ShadowFull):
+        shadow.add([(12, 0, 60)] * 3)
+    with pytest.raises(ValueError):
+        shadow.add([(12, 4090, 60)])
+    assert shadow.free == 2  # nothing recorded
+    slot = shadow.complete(TxResponse(1, NETIF_RSP_DROPPED))
+    assert slot.gref == 11 and not a.done and a.status is None
+    with pytest.raises(NetfrontProtocolError, match="duplicate"):
+        shadow.complete(TxResponse(1, NETIF_RSP_OKAY))
+    with pytest.raises(NetfrontProtocolError, match="unknown"):
+        shadow.complete(TxResponse(3, NETIF_RSP_OKAY))
+    with pytest.raises(NetfrontProtocolError):
+        shadow.complete(TxResponse(99, NETIF_RSP_OKAY))
+    with pytest.raises(NetfrontProtocolError, match="status"):
+        shadow.complete(TxResponse(0, 5))
+    shadow.complete(bytes(netif.netif_tx_response(0, NETIF_RSP_OKAY)))
+    assert a.done and a.status == NETIF_RSP_DROPPED
+
+
+def test_shadow_null_responses_only_for_extras() -> None:
+    shadow = TxShadow(8)
+    with pytest.raises(NetfrontProtocolError, match="NULL"):
+        shadow.complete(TxResponse(0, NETIF_RSP_NULL))
+    shadow.add([(1, 0, 2000)], gso=(XEN_NETIF_GSO_TYPE_TCPV4, 1000))
+    assert shadow.complete(TxResponse(0, NETIF_RSP_NULL)) is None
+    with pytest.raises(NetfrontProtocolError, match="NULL"):
+        shadow.complete(TxResponse(0, NETIF_RSP_NULL))
+
+
+def test_shadow_ids_are_reused_lifo_and_reset_returns_inflight() -> None:
+    shadow = TxShadow(8)
+    a = shadow.add([(1, 0, 60)])
+    b = shadow.add([(2, 0, 60), (3, 0, 60)])
+    shadow.complete(TxResponse(a.slots[0].id, NETIF_RSP_OKAY))
+    c = shadow.add([(4, 0, 60)])
+    assert c.slots[0].id == a.slots[0].id
+    assert shadow.inflight() == [b, c]
+    assert shadow.reset() == [b, c]
+    assert len(shadow) == 0 and shadow.free == 8
+
+
+def test_backend_error_fails_the_whole_frame() -> None:
+    grants, shadow = Grants(), TxShadow()
+    packet = shadow.add(transmit(bytes(5000), grants))
+    [got] = TxAssembler().feed_all(packet.requests)
+    for rsp in got.response_bytes(NETIF_RSP_ERROR):  # e.g. a grant copy failed
+        shadow.complete(rsp)
+    assert packet.status == NETIF_RSP_ERROR
+
+
+def test_backend_refusal_answers_every_slot() -> None:
+    # A runt frame: netback answers ERROR (the extra slot NULL); the shadow
+    # takes every answer.
+    shadow = TxShadow()
+    packet = shadow.add([(5, 0, 10)], gso=(XEN_NETIF_GSO_TYPE_TCPV4, 1448))
+    [error] = TxAssembler().feed_all(packet.requests)
+    assert isinstance(error, TxError)
+    results = [shadow.complete(r) for r in error.response_bytes()]
+    assert results[1] is None and packet.done and packet.status == NETIF_RSP_ERROR
+
+
+def test_parse_tx_response() -> None:
+    assert parse_tx_response(back_rx.make_tx_response(9, -2) + bytes(8)) == TxResponse(9, -2)
+    with pytest.raises(ValueError):
+        parse_tx_response(b"\0\0")
+
+
+# -- rx: posting, reassembly ----------------------------------------------------
+
+class RxRing:
+    """The rx ring between netfront and netback, by position."""
+
+    def __init__(self, n: int) -> None:
+        self.grants = Grants(5000)
+        self.posted = [(i, self.grants.grant()) for i in range(n)]  # (id, gref)
+
+    def deliver(self, frame: bytes, features: back_rx.RxFeatures, assembler: RxAssembler,
+                csum_flags: int = 0):
+        requests = [back_rx.parse_rx_request(make_rx_request(*p)) for p in self.posted]
+        plan = back_rx.plan_rx(frame, requests, features, csum_flags=csum_flags)
+        assert isinstance(plan, back_rx.RxPlan)
+        for _, gref, offset, data in plan.copies():
+            self.grants.pages[gref][offset:offset + len(data)] = data
+        results = []
+        for (id, gref), rsp in zip(self.posted, plan.responses()):
+            result = assembler.feed(rsp, self.grants.pages[gref], request_id=id)
+            if result is not None:
+                results.append(result)
+        del self.posted[:plan.nr_requests]
+        return plan, results
+
+
+@pytest.mark.parametrize("size, features", [
+    (60, back_rx.RxFeatures()),
+    (4096, back_rx.RxFeatures(mtu=4082)),
+    (9014, back_rx.RxFeatures(sg=True, mtu=9000)),
+    (65535, back_rx.RxFeatures(sg=True, mtu=65521)),
+])
+def test_rx_round_trip(size, features) -> None:
+    frame = bytes((i * 13) % 256 for i in range(size))
+    ring = RxRing(20)
+    plan, [got] = ring.deliver(frame, features, RxAssembler(),
+                               csum_flags=NETRXF_data_validated)
+    assert isinstance(got, RxFrame)
+    assert got.data == frame and got.nr_slots == plan.nr_requests
+    assert got.data_validated and not got.csum_blank and got.gso is None
+
+
+def test_rx_round_trip_gso() -> None:
+    tcp = bytes(12) + bytes([0x50, 0x10]) + bytes(6)
+    payload = bytes(i % 256 for i in range(20000))
+    ip = bytes([0x45, 0, 0, 0, 0, 0, 0, 0, 64, 6]) + bytes(10)
+    frame = bytes(12) + b"\x08\x00" + ip + tcp + payload
+    ring = RxRing(10)
+    plan, [got] = ring.deliver(frame, back_rx.RxFeatures(sg=True, gso_tcpv4=True),
+                               RxAssembler())
+    assert got.data == frame and got.gso == (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
+    assert got.nr_slots == plan.nr_requests == 6  # 5 data pages + the extra
+
+
+def test_rx_frames_back_to_back() -> None:
+    ring, assembler = RxRing(40), RxAssembler()
+    frames = [bytes([n]) * (100 + 3000 * n) for n in range(5)]
+    got = []
+    for frame in frames:
+        got += ring.deliver(frame, back_rx.RxFeatures(sg=True, mtu=20000), assembler)[1]
+    assert [f.data for f in got] == frames
+
+
+def rsp(id=0, offset=0, flags=0, status=0) -> bytes:
+    return bytes(netif.netif_rx_response(id, offset, flags, status))
+
+
+def gso_extra(size=1448, type=XEN_NETIF_GSO_TYPE_TCPV4, more=False) -> bytes:
+    return back_rx.make_gso_extra(size, type, more) if size else bytes(
+        [XEN_NETIF_EXTRA_TYPE_GSO, 0, 0, 0, type, 0, 0, 0])
+
+
+PAGE_DATA = bytes(range(256)) * 16
+GOOD = rsp(7, 0, 0, 60)
+
+BAD_RX = {
+    "negative status": [rsp(0, 0, 0, NETIF_RSP_ERROR)],
+    "leaves the page": [rsp(0, 100, 0, 4000)],
+    "later slot leaves the page": [rsp(0, 0, NETRXF_more_data, 10), rsp(1, 4095, 0, 2)],
+    "id mismatch": [rsp(1, 0, 0, 60)],
+    "unknown extra": [rsp(0, 0, NETRXF_extra_info, 60), back_rx.make_extra(9)],
+    "extra type 0": [rsp(0, 0, NETRXF_extra_info | NETRXF_more_data, 60),
+                     back_rx.make_extra(0), rsp(2, 0, 0, 10)],
+    "GSO size 0": [rsp(0, 0, NETRXF_extra_info, 60), gso_extra(size=0)],
+    "duplicate GSO": [rsp(0, 0, NETRXF_extra_info, 60), gso_extra(more=True), gso_extra()],
+    "too many slots": [rsp(i, 0, NETRXF_more_data if i < 18 else 0, 10)
+                       for i in range(19)],
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_RX))
+def test_bad_rx_chain_is_refused_whole_and_the_next_frame_is_fine(name) -> None:
+    assembler = RxAssembler()
+    results = []
+    for index, raw in enumerate(BAD_RX[name]):
+        expected_id = 0 if index == 0 else index
+        result = assembler.feed(raw, PAGE_DATA, request_id=expected_id)
+        if result is not None:
+            results.append(result)
+    [error] = results
+    assert isinstance(error, RxError) and error.nr_slots == len(BAD_RX[name])
+    assert not assembler.in_progress
+    [frame] = [assembler.feed(GOOD, PAGE_DATA, request_id=7)]
+    assert frame.data == PAGE_DATA[:60]
+
+
+def test_rx_without_sg_refuses_chains() -> None:
+    assembler = RxAssembler(sg=False)
+    assert assembler.feed(rsp(0, 0, NETRXF_more_data, 10), PAGE_DATA) is None
+    error = assembler.feed(rsp(1, 0, 0, 10), PAGE_DATA)
+    assert isinstance(error, RxError) and "feature-sg" in error.reason
+
+
+def test_rx_abort_and_parse() -> None:
+    assembler = RxAssembler()
+    assert assembler.abort() is None
+    assembler.feed(rsp(0, 0, NETRXF_more_data, 10), PAGE_DATA)
+    assert assembler.abort().nr_slots == 1 and not assembler.in_progress
+    assert parse_rx_response(rsp(1, 2, 3, -1)).status == -1
+    with pytest.raises(ValueError):
+        assembler.feed(rsp(0, 0, 0, 10), None)  # a data slot needs its page
+    assert make_rx_request(3, 0x99) == bytes(netif.netif_rx_request(id=3, gref=0x99))
+    with pytest.raises(ValueError):
+        make_rx_request(0x10000, 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=8, max_size=8), max_size=40))
+def test_random_rx_responses_never_raise(responses) -> None:
+    assembler = RxAssembler()
+    consumed = 0
+    for raw in responses:
+        result = assembler.feed(raw, PAGE_DATA)
+        if result is not None:
+            consumed += result.nr_slots
+            if isinstance(result, RxFrame):
+                assert len(result.data) <= 0xFFFF
+    tail = assembler.abort()
+    consumed += tail.nr_slots if tail else 0
+    assert consumed == len(responses)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=14, max_size=30000), st.integers(0, 4095))
+def test_any_frame_round_trips_both_ways(frame, offset) -> None:
+    grants = Grants()
+    packet = TxShadow().add(transmit(frame, grants, offset)) \
+        if len(split_frame(frame, offset)) <= XEN_NETIF_NR_SLOTS_MIN else None
+    if packet is not None:
+        [got] = TxAssembler().feed_all(packet.requests)
+        assert backend_copy(got, grants) == frame
+    ring = RxRing(10)
+    _, [received] = ring.deliver(frame, back_rx.RxFeatures(sg=True, mtu=30000),
+                                 RxAssembler())
+    assert received.data == frame
+
+
+def test_gso_types_round_trip_in_tx_extra() -> None:
+    for gso_type in (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6):
+        extra = make_gso_extra(gso_type, 9000)
+        decoded = netif.netif_extra_info.from_buffer_copy(extra[:8])
+        assert (decoded.u.gso.type, decoded.u.gso.size) == (gso_type, 9000)
+    assert NETIF_RSP_OKAY == 0
