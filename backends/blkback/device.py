@@ -240,11 +240,15 @@ class BlkbackDevice:
             transient += mapped
             return [m.page for m in mapped]
         with self.lock:
-            missing = sorted({g for g in grefs if g not in self.grants})
-            if missing:
-                for m in self.kernel.gnttab.map_grant_refs(self.fe, missing):
-                    self.grants[m.ref] = m
-            return [self.grants[g].page for g in grefs]
+            grants = self.grants
+            try:  # the usual case once warm: every page is mapped already
+                return [grants[g].page for g in grefs]
+            except KeyError:
+                pass
+            missing = sorted({g for g in grefs if g not in grants})
+            for m in self.kernel.gnttab.map_grant_refs(self.fe, missing):
+                grants[m.ref] = m
+            return [grants[g].page for g in grefs]
 
     def notify(self, port: int) -> None:
         try:

@@ -110,12 +110,16 @@ def _buffers(request: Request, pages: list[memoryview],
     """The byte ranges of the pages the segments cover; None if a page
     cannot hold its segment (or is read-only for a read)."""
     buffers = []
+    append = buffers.append
     for seg, page in zip(request.segments or (), pages):
-        view = memoryview(page).cast("B")
-        start, end = seg.offset, (seg.last_sect + 1) * SECTOR_SIZE
-        if not 0 <= start < end <= len(view) or (writable and view.readonly):
+        # A mapped grant page is already a 1-D view of bytes: use it as is.
+        view = (page if type(page) is memoryview and page.format == "B"
+                and page.ndim == 1 and page.c_contiguous else memoryview(page).cast("B"))
+        start, end = seg.first_sect * SECTOR_SIZE, (seg.last_sect + 1) * SECTOR_SIZE
+        size = len(view)
+        if not 0 <= start < end <= size or (writable and view.readonly):
             return None
-        buffers.append(view[start:end])
+        append(view if start == 0 and end == size else view[start:end])
     return buffers
 
 

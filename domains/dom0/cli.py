@@ -256,6 +256,51 @@ def _wait_exit(pid: int) -> None:
         os.close(fd)
 
 
+def _exec(args) -> int:
+    """Run a command inside a domain's network namespace (like `ip netns exec`):
+    setns into /proc/<pid>/ns/net of the domain's process, then exec, so the
+    command keeps our stdin/stdout/tty and its exit status is ours."""
+    import shutil
+
+    from frontends.netfront.tap import ROOT_REASON, NetnsError, join_netns, netns_path
+
+    argv = list(args.argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        raise UserError("exec: no command given (pyxen exec DOMAIN -- COMMAND ARGS...)")
+    rows = _client(args).call("list", domain=args.domain)
+    pid = rows[0].get("pid") if rows else 0
+    if not pid or not os.path.exists(f"/proc/{pid}"):
+        raise UserError(f"exec: domain {args.domain} has no running process")
+    program = shutil.which(argv[0])
+    if program is None:
+        raise UserError(f"exec: {argv[0]}: no such command")
+    path = netns_path(pid)
+    try:
+        theirs, ours = os.stat(path), os.stat("/proc/self/ns/net")
+    except FileNotFoundError:
+        raise UserError(f"exec: domain {args.domain} has no running process") from None
+    except OSError as exc:
+        raise UserError(f"exec: cannot see {args.domain}'s network namespace ({path}: "
+                        f"{exc.strerror}); {ROOT_REASON}") from None
+    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+        raise UserError(f"exec: {args.domain} has no network namespace of its own (no "
+                        "guest networking: pyxen is not running as root, or the domain "
+                        f"has no vif); not running {argv[0]} on the host")
+    try:
+        join_netns(path)
+    except NetnsError as exc:
+        raise UserError(f"exec: {args.domain}: {exc.strerror}") from None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(program, argv)
+    except OSError as exc:
+        raise UserError(f"exec: {argv[0]}: {exc.strerror}") from None
+    return 127  # not reached
+
+
 def _bench(args) -> int:
     from domains.dom0.bench import run_bench
 
@@ -299,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain")
     p.set_defaults(func=_console)
 
+    p = sub.add_parser("exec", help="run a command in a domain's network namespace "
+                       "(pyxen exec guest1 -- ping 10.0.0.2)")
+    p.add_argument("domain")
+    p.add_argument("argv", metavar="command", nargs=argparse.REMAINDER,
+                   help="the command and its arguments, after --")
+    p.set_defaults(func=_exec)
+
     p = sub.add_parser("block-attach", help="attach a disk (xl disk spec) to a domain")
     p.add_argument("domain")
     p.add_argument("spec", nargs="+", help="e.g. backend=disk-dd vdev=xvdb target=x.img "
@@ -341,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_halt)
 
     p = sub.add_parser("bench", help="benchmarks against a raw baseline")
-    p.add_argument("what", choices=["evtchn", "xenstore"])
+    p.add_argument("what", choices=["evtchn", "xenstore", "blk"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--iterations", type=int, default=2000,
                    help="measured round trips per measurement (default 2000)")

@@ -9,9 +9,10 @@ XenbusState Initialising; the drivers take it from there.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-from domains.dom0.xlspec import DiskSpec
+from domains.dom0.xlspec import DiskSpec, VifSpec
 from domains.dom0.xsnodes import Node, dom_path
 from hypervisor.public.io.xenbus import XenbusState
 
@@ -74,3 +75,43 @@ def prepare_image(disk: DiskSpec, base: Path) -> Path:
     with open(path, "xb") as f:
         f.truncate(disk.size)
     return path
+
+
+def vif_frontend_path(fe: int, devid: int) -> str:
+    return f"{dom_path(fe)}/device/vif/{devid}"
+
+
+def vif_backend_path(be: int, fe: int, devid: int) -> str:
+    return f"{dom_path(be)}/backend/vif/{fe}/{devid}"
+
+
+def default_mac(name: str, devid: int) -> str:
+    """A stable 00:16:3e (Xen's OUI) address from the domain name and index."""
+    digest = hashlib.sha256(f"{name}/{devid}".encode()).digest()
+    return "00:16:3e:" + ":".join(f"{b:02x}" for b in (digest[0] & 0x7F, digest[1], digest[2]))
+
+
+def vif_nodes(fe: int, be: int, devid: int, vif: VifSpec, mac: str) -> list[Node]:
+    front, back = vif_frontend_path(fe, devid), vif_backend_path(be, fe, devid)
+    fe_perms = [f"n{fe}", f"r{be}"]
+    be_perms = [f"n{be}", f"r{fe}"]
+    initialising = str(int(XenbusState.Initialising))
+    nodes: list[Node] = [
+        (f"{dom_path(be)}/backend", "", [f"n{be}"]),
+        (f"{dom_path(be)}/backend/vif", "", [f"n{be}"]),
+        (f"{dom_path(be)}/backend/vif/{fe}", "", [f"n{be}"]),
+        (back, "", be_perms),
+    ]
+    backend = {"frontend": front, "frontend-id": str(fe), "online": "1",
+               "state": initialising, "handle": str(devid), "mac": mac,
+               "bridge": vif.bridge, "type": "vif", "script": "vif-bridge"}
+    if vif.ip:
+        backend["ip"] = " ".join(vif.ip)
+    if vif.mtu:
+        backend["mtu"] = str(vif.mtu)
+    nodes += [(f"{back}/{key}", value, be_perms) for key, value in backend.items()]
+    nodes += [(front, "", fe_perms)]
+    nodes += [(f"{front}/{key}", value, fe_perms) for key, value in (
+        ("backend", back), ("backend-id", str(be)), ("state", initialising),
+        ("handle", str(devid)), ("mac", mac))]
+    return nodes

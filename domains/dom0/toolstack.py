@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from domains.dom0 import actions, devices, xsnodes
 from domains.dom0.topology import DomainConfig, Platform
-from domains.dom0.xlspec import DiskSpec
+from domains.dom0.xlspec import DiskSpec, VifSpec
 from domains.dom0.xc import XenCtrl
 from hypervisor.public.domctl import (
     XEN_DOMINF_blocked,
@@ -91,8 +91,11 @@ class Toolstack:
     def create(self, config: DomainConfig, budget: actions.RestartBudget | None = None) -> Managed:
         if config.name in self.running_names():
             raise XenError(ESRCH, f"a domain named '{config.name}' already exists")
+        cmdline = config.extra
+        if config.vifs and not config.driver_domain:
+            cmdline = f"{cmdline} netns".strip()  # the guest gets its own network stack
         created = self.xc.domain_create(config.name, config.memory, config.vcpus,
-                                        kernel_for(config), config.extra, config.cpus)
+                                        kernel_for(config), cmdline, config.cpus)
         domid = created["domid"]
         try:
             self.introduce(domid, config, created.get("announce") or {})
@@ -115,6 +118,8 @@ class Toolstack:
                                      config.vcpus, store, announce.get("console"))
         for disk in config.disks:
             nodes += self.disk_nodes(domid, disk)
+        for devid, vif in enumerate(config.vifs):
+            nodes += self.vif_nodes(domid, config.name, devid, vif)
         self.write_nodes(nodes)
         if store is not None:
             self.xs.introduce(domid, store["mfn"], store["port"])
@@ -182,6 +187,11 @@ class Toolstack:
                                                    node(f"{front}/queue-0/ring-ref0")))),
                          "backend_path": back})
         return rows
+
+    def vif_nodes(self, domid: int, name: str, devid: int, vif: VifSpec) -> list:
+        backend = self.find(vif.backend).domid
+        mac = vif.mac or devices.default_mac(name, devid)
+        return devices.vif_nodes(domid, backend, devid, vif, mac)
 
     def write_nodes(self, nodes: list) -> None:
         def write_all(tx: int) -> None:

@@ -1,7 +1,8 @@
 """A driver domain's kernel: an unprivileged domain hosting backends.
 
 It serves whatever devices the toolstack assigns to it: blkback for the
-`backend/vbd` devices. If it dies, only those devices pause.
+`backend/vbd` devices, netback and its bridges for `backend/vif`. If it
+dies, only those devices pause.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import threading
 
 from backends.blkback.device import BlkbackDevice
+from backends.netback.device import Switch, Vif
 from domains.kernel.kernel import Kernel
 from domains.kernel.xenbus.backend import BackendBus
 
@@ -17,4 +19,7 @@ def main(kernel: Kernel) -> None:
     kernel.ready()
     BackendBus(kernel.xenstore, kernel.domid, "vbd",
                lambda path, fe, devid: BlkbackDevice(kernel, path, fe, devid), kernel.log)
+    switch = Switch(kernel.log)
+    BackendBus(kernel.xenstore, kernel.domid, "vif",
+               lambda path, fe, devid: Vif(kernel, switch, path, fe, devid), kernel.log)
     threading.Event().wait()

@@ -1,4 +1,6 @@
-"""Workloads of `pyxen bench evtchn`: an event-channel ping-pong between two domains.
+"""Workloads of `pyxen bench evtchn` (an event-channel ping-pong between two
+domains) and `pyxen bench blk` (PV block I/O through blkfront, see blk()
+at the end).
 
 The bench runner (domains/dom0/bench/evtchn.py) boots a topology with two domains,
 ``ping`` first and ``pong`` second, and hands them named pipes (FIFOs) on the
@@ -22,8 +24,10 @@ measured inside either domain.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
+import zlib
 
 from domains.kernel.kernel import Kernel
 
@@ -85,3 +89,118 @@ def pong(kernel: Kernel) -> None:
     kernel.log.info("bench: channel bound", peer=offer["domid"], port=local)
     kernel.ready()  # the boot completes with the channel connected
     threading.Event().wait()
+
+
+# -- pyxen bench blk ------------------------------------------------------------------
+#
+# What the guest (blk() below) and the runner's raw baseline
+# (domains/dom0/bench/blk.py) share, so that both sides do exactly the same
+# operations: the sizes, the offsets of each operation, the data written.
+
+BLK_SEQ_SIZE = 1 << 20  # bytes per sequential read / write
+BLK_RAND_SIZE = 4096    # bytes per random read
+BLK_KINDS = ("seq_write", "seq_read", "rand_read")
+
+
+def blk_offsets(kind: str, start: int, count: int, disk_bytes: int, seed: int) -> list[int]:
+    """Byte offsets of operations start..start+count-1 of `kind`.
+
+    Sequential: operation i covers MiB (i mod disk size in MiB), so the disk
+    is swept front to back, wrapping around. Random: 4 KiB-aligned offsets
+    drawn uniformly over the whole disk by random.Random(seed), the same
+    sequence on both sides."""
+    if kind in ("seq_read", "seq_write"):
+        chunks = disk_bytes // BLK_SEQ_SIZE
+        return [(i % chunks) * BLK_SEQ_SIZE for i in range(start, start + count)]
+    if kind == "rand_read":
+        rng = random.Random(seed)
+        blocks = disk_bytes // BLK_RAND_SIZE
+        offsets = [rng.randrange(blocks) * BLK_RAND_SIZE for _ in range(start + count)]
+        return offsets[start:]
+    raise ValueError(f"unknown operation kind {kind!r}")
+
+
+def blk_pattern(tag: bytes) -> bytes:
+    """1 MiB of data to write, different per side (`tag`) so that the runner
+    can tell whose write it reads back."""
+    unit = (tag + b"-" + bytes(range(256)))[:256].ljust(256, b".")
+    return unit * (BLK_SEQ_SIZE // 256)
+
+
+BLK_GUEST_TAG = b"pyxen-guest"
+
+
+def blk(kernel: Kernel) -> None:
+    """`pyxen bench blk`: time block I/O on xvda through blkfront -> blkback.
+
+    extra: ``result=FIFO go=FIFO seed=N [vdev=xvda]``.
+
+      result=FIFO  guest -> runner, JSON lines: first {"sectors": ...} once
+                   the disk is connected, then one reply per command (opened
+                   first thing, so the runner sees EOF at once if we die)
+      go=FIFO      runner -> guest, JSON lines: {"kind": one of BLK_KINDS,
+                   "start": i, "count": n} runs operations start..start+n-1
+                   of that kind and replies {"kind", "ns", "offset", "crc"}:
+                   the time of the whole batch (time.perf_counter_ns, taken
+                   around the loop only: offsets and data are prepared
+                   before) and, computed after the clock stopped, the CRC32
+                   of the last block read or written and its offset, which
+                   the runner checks against the image file. {"kind":
+                   "done"} ends the session.
+
+    Sequential operations use BlockDevice.read / write of 1 MiB at a time
+    (one indirect request each), random ones BlockDevice.read of 8 sectors.
+    Nothing is flushed: the raw side does not fdatasync either, so both
+    complete into the host's page cache."""
+    from frontends.blkfront.bus import BlockBus
+
+    args = kernel.args
+    result = open(args["result"], "w")
+    kernel.ready()
+    disk = BlockBus(kernel).get(args.get("vdev", "xvda"))
+    disk_bytes = disk.sectors * 512
+    seed = int(args["seed"])
+    pattern = blk_pattern(BLK_GUEST_TAG)
+    clock = time.perf_counter_ns
+
+    def reply(msg: dict) -> None:
+        result.write(json.dumps(msg) + "\n")
+        result.flush()
+
+    reply({"sectors": disk.sectors})
+    kernel.log.info("bench: disk ready", sectors=disk.sectors)
+    with open(args["go"]) as go:
+        while line := go.readline():
+            cmd = json.loads(line)
+            kind = cmd["kind"]
+            if kind == "done":
+                break
+            sectors = [off // 512 for off in blk_offsets(kind, cmd["start"], cmd["count"],
+                                                         disk_bytes, seed)]
+            data = b""
+            if kind == "seq_read":
+                read, n = disk.read, BLK_SEQ_SIZE // 512
+                t0 = clock()
+                for sector in sectors:
+                    data = read(sector, n)
+                ns = clock() - t0
+            elif kind == "rand_read":
+                read, n = disk.read, BLK_RAND_SIZE // 512
+                t0 = clock()
+                for sector in sectors:
+                    data = read(sector, n)
+                ns = clock() - t0
+            elif kind == "seq_write":
+                write = disk.write
+                t0 = clock()
+                for sector in sectors:
+                    write(sector, pattern)
+                ns = clock() - t0
+                data = pattern
+            else:
+                raise ValueError(f"unknown command {cmd!r}")
+            reply({"kind": kind, "ns": ns, "offset": sectors[-1] * 512 if sectors else 0,
+                   "crc": zlib.crc32(data)})
+    kernel.log.info("bench: done")
+    result.close()
+    threading.Event().wait()  # stay up until the runner halts the machine

@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 
 from domains.kernel.kernel import Kernel
-from frontends.blkfront.bus import BlockBus
+from domains.guest.devices import start_frontends
 
 
 def idle(kernel: Kernel) -> None:
-    """Boot and wait: the domain lives until it is shut down or destroyed."""
+    """Boot, bring up the PV devices, and wait until shut down or destroyed."""
     kernel.ready()
+    start_frontends(kernel)
     threading.Event().wait()
 
 
@@ -31,7 +32,7 @@ def demo(kernel: Kernel) -> None:
     kernel.ready()
     threading.Thread(target=echo_console, args=(kernel,), name="console-echo",
                      daemon=True).start()
-    disks = BlockBus(kernel)
+    disks, _ = start_frontends(kernel)
     try:
         print(verify_disk(kernel, disks.get("xvda")), flush=True)
     except (OSError, ValueError) as exc:

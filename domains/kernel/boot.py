@@ -40,8 +40,15 @@ def main() -> None:
     setproctitle.setproctitle(f"pyxen: dom{start_info['domid']} {start_info['name']}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the toolstack
 
-    from domains.kernel.kernel import Kernel
+    from domains.kernel.kernel import Kernel, parse_cmdline
 
+    if "netns" in parse_cmdline(start_info.get("cmdline", "")):
+        # Before any thread exists: a namespace is per thread, and threads
+        # inherit their creator's.
+        from frontends.netfront.tap import can_use_netns, enter_new_netns
+
+        if can_use_netns()[0]:
+            enter_new_netns()
     kernel = Kernel(start_info)
     try:
         load_entry(start_info["kernel"])(kernel)

@@ -48,10 +48,10 @@ class BlockDevice:
     def read(self, sector: int, count: int) -> bytes:
         self._check(sector, count)
         out = bytearray(count * SECTOR)
-        for start, n, done in self._chunks(sector, count):
-            chunk = bytearray(n * SECTOR)
-            self.device.io(BLKIF_OP_READ, start, n, out=chunk)
-            out[done * SECTOR:(done + n) * SECTOR] = chunk
+        with memoryview(out) as view:
+            for start, n, done in self._chunks(sector, count):
+                self.device.io(BLKIF_OP_READ, start, n,
+                               out=view[done * SECTOR:(done + n) * SECTOR])
         return bytes(out)
 
     def write(self, sector: int, data: bytes) -> None:

@@ -13,6 +13,7 @@ restricted DMA pool: nothing else of the guest is ever shared.
 
 from __future__ import annotations
 
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +26,10 @@ from domains.kernel.xenbus.state import (
     watch_otherend,
     write_features,
 )
-from frontends.blkfront import requests
 from frontends.blkfront.shadow import Shadow
 from hypervisor.public.io import blkif
 from hypervisor.public.io.blkif import (
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
@@ -36,6 +37,7 @@ from hypervisor.public.io.blkif import (
     BLKIF_OP_READ,
     BLKIF_OP_WRITE,
     BLKIF_RSP_OKAY,
+    SEGS_PER_INDIRECT_FRAME,
     VDISK_READONLY,
 )
 from hypervisor.public.io.ring import FrontRing, ring_size, shared_ring_init
@@ -116,8 +118,7 @@ class Queue:
         with self.lock:
             if op in (BLKIF_OP_READ, BLKIF_OP_WRITE) and len(segments) > \
                     BLKIF_MAX_SEGMENTS_PER_REQUEST:
-                for page, content in zip(indirect, requests.indirect_pages(segments)):
-                    device.page(page)[:] = content
+                _fill_indirect_pages(device.map, indirect, segments)
                 entry = self.shadow.add(BLKIF_OP_INDIRECT, sector, segments=segments,
                                         indirect_op=op,
                                         indirect_grefs=[device.refs[p] for p in indirect])
@@ -150,13 +151,45 @@ class Queue:
 
 
 def _segments(grefs: list[int], nr_sectors: int) -> list[tuple[int, int, int]]:
-    """(gref, first_sect, last_sect) covering nr_sectors from page starts."""
-    segments = []
-    for gref in grefs:
-        count = min(SECTORS_PER_PAGE, nr_sectors)
-        segments.append((gref, 0, count - 1))
-        nr_sectors -= count
+    """(gref, first_sect, last_sect) covering nr_sectors from page starts:
+    whole pages, the last one holding what is left (callers pass one page
+    per SECTORS_PER_PAGE sectors, rounded up)."""
+    if not grefs:
+        return []
+    full = SECTORS_PER_PAGE - 1
+    segments = [(gref, 0, full) for gref in grefs]
+    last = nr_sectors - (len(grefs) - 1) * SECTORS_PER_PAGE
+    if last != SECTORS_PER_PAGE:
+        segments[-1] = (grefs[-1], 0, min(SECTORS_PER_PAGE, last) - 1)
     return segments
+
+
+# blkif_request_segment: gref (uint32), first_sect, last_sect (uint8), two
+# bytes of padding; SEGS_PER_INDIRECT_FRAME of them fill an indirect page.
+_SEGMENT = struct.Struct("<IBBxx")
+_INDIRECT_FORMATS: dict[int, struct.Struct] = {}
+
+
+def _fill_indirect_pages(window: memoryview, indirect: list[int],
+                         segments: list[tuple[int, int, int]]) -> None:
+    """Write the indirect pages listing `segments` (what
+    requests.indirect_pages builds, packed in one struct call per page) into
+    window pages `indirect`, zero-padded."""
+    pages = -(-len(segments) // SEGS_PER_INDIRECT_FRAME)
+    if not 1 <= len(segments) or pages > min(len(indirect),
+                                             BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST):
+        raise ValueError(f"{len(segments)} indirect segments, {len(indirect)} pages")
+    for index in range(pages):
+        chunk = segments[index * SEGS_PER_INDIRECT_FRAME:
+                         (index + 1) * SEGS_PER_INDIRECT_FRAME]
+        fmt = _INDIRECT_FORMATS.get(len(chunk))
+        if fmt is None:
+            fmt = _INDIRECT_FORMATS[len(chunk)] = struct.Struct(
+                "<" + "IBBxx" * len(chunk))
+        flat = [field for spec in chunk for field in spec]
+        start = indirect[index] * PAGE_SIZE
+        fmt.pack_into(window, start, *flat)  # struct checks every field's range
+        window[start + fmt.size:start + PAGE_SIZE] = bytes(PAGE_SIZE - fmt.size)
 
 
 class BlkfrontDevice:
@@ -210,6 +243,7 @@ class BlkfrontDevice:
         indirect_pages = slots if indirect else 0
         frames = nr_queues * (ring_pages + indirect_pages) + POOL_PAGES
         self.window = self.kernel.gnttab.open_window(self.backend_id, frames)
+        self.map = memoryview(self.window.map)  # the whole window, bytes
         self.refs: dict[int, int] = {}
         for q in range(nr_queues):
             self.queues.append(Queue(self, q, q * ring_pages, ring_pages))
@@ -233,7 +267,7 @@ class BlkfrontDevice:
         return ref
 
     def page(self, index: int) -> memoryview:
-        return memoryview(self.window.map)[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
+        return self.map[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
 
     def _publish(self, order: int) -> None:
         def write(tx: int) -> None:
@@ -268,9 +302,9 @@ class BlkfrontDevice:
         indirect = self.indirect.take(1) if nr_pages > BLKIF_MAX_SEGMENTS_PER_REQUEST else []
         try:
             if data is not None:
-                for i, page in enumerate(pages):
-                    chunk = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
-                    self.page(page)[:len(chunk)] = chunk
+                view = memoryview(data).cast("B")
+                for first, done, n in _runs(pages, len(view)):
+                    self.map[first:first + n] = view[done:done + n]
             queue = self.queues[threading.get_ident() % len(self.queues)]
             pending = queue.submit(op, sector, pages, nr_sectors, indirect)
             pending.done.wait()
@@ -278,10 +312,8 @@ class BlkfrontDevice:
                 raise BlockIOError(f"{_OPS.get(op, op)} of {nr_sectors} sectors at "
                                    f"{sector}: backend status {pending.status}")
             if out is not None:
-                length = nr_sectors * SECTOR
-                for i, page in enumerate(pages):
-                    n = min(PAGE_SIZE, length - i * PAGE_SIZE)
-                    out[i * PAGE_SIZE:i * PAGE_SIZE + n] = self.page(page)[:n]
+                for first, done, n in _runs(pages, nr_sectors * SECTOR):
+                    out[done:done + n] = self.map[first:first + n]
         finally:
             if pages:
                 self.pool.give(pages)
@@ -306,6 +338,22 @@ class BlkfrontDevice:
             self.watch.cancel()
         except XsError:
             pass
+
+
+def _runs(pages: list[int], length: int):
+    """Copy plan for `length` bytes laid out page after page in window pages
+    `pages`: (window byte offset, byte offset in the data, bytes) per run of
+    consecutive pages, so that one slice assignment copies each run."""
+    done = 0
+    i = 0
+    while i < len(pages) and done < length:
+        j = i + 1
+        while j < len(pages) and pages[j] == pages[j - 1] + 1:
+            j += 1
+        n = min((j - i) * PAGE_SIZE, length - done)
+        yield pages[i] * PAGE_SIZE, done, n
+        done += n
+        i = j
 
 
 _OPS = {BLKIF_OP_READ: "read", BLKIF_OP_WRITE: "write",

@@ -3,7 +3,10 @@
 - evtchn: an interdomain event-channel round trip vs. a raw ZeroMQ round trip
   (evtchn.py);
 - xenstore: XS_READ and XS_WRITE round trips to Dom0's xenstored over its unix
-  socket vs. a raw unix-socket echo (xenstore.py).
+  socket vs. a raw unix-socket echo (xenstore.py);
+- blk: 1 MiB sequential reads and writes and 4 KiB random reads through
+  blkfront -> blkback vs. os.preadv / os.pwritev on the same image file
+  (blk.py).
 
 What both share (statistics, the throw-away machine, the command frame) is in
 common.py.
@@ -19,6 +22,8 @@ def run_bench(args) -> int:
         from domains.dom0.bench.evtchn import run_bench as run
     elif args.what == "xenstore":
         from domains.dom0.bench.xenstore import run_bench as run
+    elif args.what == "blk":
+        from domains.dom0.bench.blk import run_bench as run
     else:
         print(f"pyxen: bench: unknown benchmark {args.what!r}", file=sys.stderr)
         return 1

@@ -1,0 +1,73 @@
+"""netfront's xenbus side: one TAP interface per vif, eth0 first.
+
+The guest kernel entered its own network namespace at boot (the toolstack
+asked for it with `netns` on the kernel command line), so these interfaces
+are the guest's alone; `pyxen exec NAME -- CMD` runs CMD in there.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from domains.kernel.xenbus.client import XsError
+from frontends.netfront.device import NetfrontDevice, NetfrontError
+from frontends.netfront.tap import Tap, can_use_netns
+
+
+class NetBus:
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.xs = kernel.xenstore
+        self.root = f"/local/domain/{kernel.domid}/device/vif"
+        self.devices: dict[int, NetfrontDevice | None] = {}  # None: connecting
+        self.lock = threading.Lock()
+        ok, reason = can_use_netns()
+        self.reason = None if ok else reason
+        self.xs.watch(self.root, "netfront", lambda path, token: self._rescan())
+
+    def _rescan(self) -> None:
+        try:
+            present = sorted(int(d) for d in self.xs.directory(self.root))
+        except (XsError, ValueError):
+            present = []
+        with self.lock:
+            gone = [d for d in self.devices if d not in present]
+            new = [d for d in present if d not in self.devices]
+            closing = [self.devices.pop(devid) for devid in gone]
+            for devid in new:
+                self.devices[devid] = None  # connecting
+        for device in closing:
+            if device is not None:
+                device.close()
+        for devid in new:
+            if self.reason is not None:
+                self.kernel.log.warning("no guest networking", vif=devid, reason=self.reason)
+                continue
+            # Not on the watch thread: connecting waits on watches itself.
+            threading.Thread(target=self._connect, args=(devid,), daemon=True).start()
+
+    def _connect(self, devid: int) -> None:
+        path = f"{self.root}/{devid}"
+        try:
+            mac = self.xs.read(f"{path}/mac").decode()
+            backend = self.xs.read(f"{path}/backend").decode()
+            try:
+                ips = self.xs.read(f"{backend}/ip").decode().split()
+            except XsError:
+                ips = []
+            try:
+                mtu = int(self.xs.read(f"{backend}/mtu"))
+            except (XsError, ValueError):
+                mtu = 1500
+            tap = Tap.create(f"eth{devid}", mac=mac, mtu=mtu, addresses=ips)
+            device = NetfrontDevice(self.kernel, path, tap)
+            device.connect()
+        except (XsError, NetfrontError, OSError, ValueError) as exc:
+            self.kernel.log.error("vif failed", vif=devid, error=str(exc))
+            with self.lock:
+                self.devices.pop(devid, None)
+            return
+        with self.lock:
+            self.devices[devid] = device
+        self.kernel.log.info("network interface up", interface=f"eth{devid}", mac=mac, ip=ips)

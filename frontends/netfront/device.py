@@ -1,0 +1,207 @@
+"""netfront's connection to one vif, pumping frames to and from a TAP.
+
+Frontend side of the handshake: wait for the backend's InitWait, set up
+the tx and rx rings and their pages in a grant window for the backend,
+post every rx buffer, publish, Connected (netfront skips Initialised).
+
+The guest's network stack is Linux's own, in the guest's network
+namespace: frames the TAP hands us go out on the tx ring, frames arriving
+on the rx ring are written to the TAP.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from domains.kernel.xenbus.client import XsError
+from domains.kernel.xenbus.state import FRONTEND, read_feature, switch_state, watch_otherend
+from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
+from frontends.netfront.tx import ShadowFull, TxShadow, split_frame
+from hypervisor.public.io import netif
+from hypervisor.public.io.ring import FrontRing, shared_ring_init
+from hypervisor.public.io.xenbus import XenbusState
+from hypervisor.public.xen import PAGE_SIZE
+
+S = XenbusState
+TX_ENTRY = netif.NETIF_TX_SRING_ENTRY_SIZE
+RX_ENTRY = netif.NETIF_RX_SRING_ENTRY_SIZE
+
+
+class NetfrontError(OSError):
+    pass
+
+
+class NetfrontDevice:
+    def __init__(self, kernel: Any, path: str, tap: Any) -> None:
+        self.kernel = kernel
+        self.xs = kernel.xenstore
+        self.path = path
+        self.tap = tap
+        self.log = kernel.log.bind(device=f"vif{path.rsplit('/', 1)[-1]}")
+        self.backend = self.xs.read(f"{path}/backend").decode()
+        self.backend_id = int(self.xs.read(f"{path}/backend-id"))
+        self.cond = threading.Condition()
+        self.backend_state = S.Unknown
+        self.lock = threading.Lock()
+        self.closed = False
+        self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
+
+    def _backend_changed(self, state: XenbusState) -> None:
+        with self.cond:
+            self.backend_state = state
+            self.cond.notify_all()
+
+    def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.backend_state in states, timeout):
+                raise NetfrontError(f"backend {self.backend} stayed in "
+                                    f"{self.backend_state.name}")
+
+    def connect(self) -> None:
+        self._wait_backend(S.InitWait, S.Connected)
+        xs, back = self.xs, self.backend
+        if read_feature(xs, back, "feature-rx-copy") != 1:
+            raise NetfrontError("backend offers no rx-copy")
+        self.sg = read_feature(xs, back, "feature-sg") == 1
+        split = read_feature(xs, back, "feature-split-event-channels") == 1
+        tx_size = netif.XEN_NETIF_TX_RING_SIZE
+        rx_size = netif.XEN_NETIF_RX_RING_SIZE
+        self.window = self.kernel.gnttab.open_window(self.backend_id, 2 + tx_size + rx_size)
+        gnttab = self.kernel.gnttab
+        self.refs = [gnttab.grant_access(self.backend_id, self.window.gfn + i)
+                     for i in range(2 + tx_size + rx_size)]
+        tx_view, rx_view = self._page(0), self._page(1)
+        shared_ring_init(tx_view)
+        shared_ring_init(rx_view)
+        self.tx = FrontRing(tx_view, TX_ENTRY, 4, entry_size=TX_ENTRY)
+        self.rx = FrontRing(rx_view, RX_ENTRY, RX_ENTRY, entry_size=RX_ENTRY)
+        self.tx_pages = list(range(2, 2 + tx_size))
+        self.rx_first = 2 + tx_size
+        self.shadow = TxShadow(self.tx.size)
+        self.assembler = RxAssembler(sg=self.sg)
+        events = self.kernel.events
+        if split:
+            self.tx_port = events.alloc_unbound(self.backend_id)
+            self.rx_port = events.alloc_unbound(self.backend_id)
+            events.bind(self.tx_port, self._tx_done)
+            events.bind(self.rx_port, self._rx_ready)
+        else:
+            self.tx_port = self.rx_port = events.alloc_unbound(self.backend_id)
+            events.bind(self.tx_port, self._both)
+        for idx in range(self.rx.size):
+            self.rx.put_request(make_rx_request(idx, self.refs[self.rx_first + idx]))
+        self.rx.push_requests()
+
+        def publish(tx: int) -> None:
+            nodes = {"tx-ring-ref": self.refs[0], "rx-ring-ref": self.refs[1],
+                     "request-rx-copy": 1, "feature-rx-notify": 1, "feature-sg": 1,
+                     "feature-gso-tcpv4": 0}
+            if split:
+                nodes.update({"event-channel-tx": self.tx_port,
+                              "event-channel-rx": self.rx_port})
+            else:
+                nodes["event-channel"] = self.tx_port
+            for name, value in nodes.items():
+                xs.write(f"{self.path}/{name}", str(value), tx)
+
+        xs.transaction(publish)
+        switch_state(xs, self.path, S.Connected, end=FRONTEND)
+        self._wait_backend(S.Connected)
+        self.log.info("connected", sg=self.sg, split_channels=split)
+        threading.Thread(target=self._tap_reader, name="netfront-tx", daemon=True).start()
+
+    def _page(self, index: int) -> memoryview:
+        return memoryview(self.window.map)[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
+
+    # -- tx: TAP -> ring ----------------------------------------------------------
+
+    def _tap_reader(self) -> None:
+        while not self.closed:
+            try:
+                frame = self.tap.read()
+            except OSError:
+                return
+            if frame:
+                self.send(frame)
+
+    def send(self, frame: bytes) -> None:
+        pieces = split_frame(frame) if self.sg else [(0, frame)]
+        with self.cond:
+            # Pages and ids come back as the backend answers (see _tx_done).
+            while len(self.tx_pages) < len(pieces) or self.shadow.free < len(pieces):
+                if self.closed:
+                    return
+                self.cond.wait()
+            pages = self.tx_pages[:len(pieces)]
+            del self.tx_pages[:len(pieces)]
+        segments = []
+        for page, (offset, data) in zip(pages, pieces):
+            self._page(page)[offset:offset + len(data)] = data
+            segments.append((self.refs[page], offset, len(data)))
+        with self.lock:
+            try:
+                packet = self.shadow.add(segments, buffers=pages)
+            except (ShadowFull, ValueError) as exc:
+                self.log.info("tx frame dropped", error=str(exc))
+                with self.cond:
+                    self.tx_pages += pages
+                return
+            for raw in packet.requests:
+                self.tx.put_request(raw)
+            notify = self.tx.push_requests_and_check_notify()
+        if notify:
+            self.kernel.events.send(self.tx_port)
+
+    def _tx_done(self, _port: int = 0) -> None:
+        freed = []
+        with self.lock:
+            while True:
+                while self.tx.has_unconsumed_responses():
+                    slot = self.shadow.complete(self.tx.get_response())
+                    if slot is not None and slot.packet.done:
+                        freed += slot.packet.buffers
+                if not self.tx.final_check_for_responses():
+                    break
+        if freed:
+            with self.cond:
+                self.tx_pages += freed
+                self.cond.notify_all()
+
+    # -- rx: ring -> TAP ----------------------------------------------------------
+
+    def _rx_ready(self, _port: int = 0) -> None:
+        mask = self.rx.size - 1
+        with self.lock:
+            while True:
+                while self.rx.has_unconsumed_responses():
+                    idx = self.rx.rsp_cons & mask
+                    raw = self.rx.get_response()
+                    result = self.assembler.feed(raw, self._page(self.rx_first + idx))
+                    # Re-post the buffer that slot used, at the same ring position.
+                    self.rx.put_request(make_rx_request(idx, self.refs[self.rx_first + idx]))
+                    if isinstance(result, RxFrame):
+                        try:
+                            self.tap.write(result.data)
+                        except OSError as exc:
+                            self.log.info("tap write failed", error=str(exc))
+                if not self.rx.final_check_for_responses():
+                    break
+            notify = self.rx.push_requests_and_check_notify()
+        if notify:
+            self.kernel.events.send(self.rx_port)
+
+    def _both(self, port: int) -> None:
+        self._tx_done(port)
+        self._rx_ready(port)
+
+    def close(self) -> None:
+        self.closed = True
+        with self.cond:
+            self.cond.notify_all()
+        try:
+            switch_state(self.xs, self.path, S.Closing, end=FRONTEND)
+            self.watch.cancel()
+        except XsError:
+            pass
+        self.tap.close()

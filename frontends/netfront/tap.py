@@ -1,0 +1,363 @@
+"""A guest domain's own network: a Linux network namespace and a TAP `eth0`.
+
+Each guest domain process moves itself into a fresh network namespace at
+boot (:func:`enter_new_netns`) and creates a real TAP interface there
+(:meth:`Tap.create`); the PV network frontend pumps raw Ethernet frames
+between that TAP and the shared rings. Real tools then work inside the
+domain's namespace: ``pyxen exec guest1 -- ping -c 3 10.0.0.2`` enters it
+(:func:`join_netns` on :func:`netns_path`) and runs ``ping`` there.
+
+Standard library only: the namespace calls go through libc with ctypes,
+the interface is configured with ioctls (MAC, MTU, flags) and rtnetlink
+(addresses), so neither iproute2 nor any other tool is needed. Everything
+acts on the netns of the *calling thread* (sockets and the TAP device are
+created in it), which is why the namespace must be entered on the main
+thread before any other thread exists.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+import threading
+
+CLONE_NEWNET = 0x40000000
+
+# <linux/if_tun.h>
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+
+# <linux/sockios.h>, <net/if.h>, <net/if_arp.h>
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFMTU = 0x8922
+SIOCSIFHWADDR = 0x8924
+SIOCGIFHWADDR = 0x8927
+IFF_UP = 0x1
+ARPHRD_ETHER = 1
+IFNAMSIZ = 16
+IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux: 16-byte name + 24-byte union
+
+# <linux/capability.h>
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+
+# <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_addr.h>
+NETLINK_ROUTE = 0
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+RTM_NEWADDR = 20
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+IFA_BROADCAST = 4
+RT_SCOPE_UNIVERSE = 0
+
+TUN_PATH = "/dev/net/tun"
+MAX_FRAME = 65536 + 64  # larger than any frame the TAP hands out (64K GSO + header)
+ROOT_REASON = "pyxen's guest networking needs root: network namespaces and TAP devices"
+
+
+class NetnsError(OSError):
+    """A namespace or TAP operation failed; the message says what and why."""
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _os_error(what: str) -> NetnsError:
+    err = ctypes.get_errno()
+    hint = f" ({ROOT_REASON})" if err == errno.EPERM else ""
+    return NetnsError(err, f"{what}: {os.strerror(err)}{hint}")
+
+
+def netns_path(pid: int) -> str:
+    """The network namespace of process `pid` (its main thread), as a path."""
+    return f"/proc/{pid}/ns/net"
+
+
+def _effective_caps() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def can_use_netns() -> tuple[bool, str]:
+    """Whether this process may create network namespaces and TAP devices.
+
+    Returns (True, "") or (False, reason), the reason one line a user can
+    act on. Needs CAP_SYS_ADMIN (unshare/setns of a network namespace) and
+    CAP_NET_ADMIN (TAP devices, interface configuration), which root has,
+    and a usable /dev/net/tun.
+    """
+    caps = _effective_caps()
+    missing = [name for bit, name in ((CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+                                      (CAP_NET_ADMIN, "CAP_NET_ADMIN"))
+               if not caps & (1 << bit)]
+    if missing:
+        who = f"uid {os.geteuid()}" if os.geteuid() else "root"
+        return False, (f"{ROOT_REASON}; running as {who} without "
+                       f"{' and '.join(missing)} (run as root, or in a container with "
+                       "those capabilities)")
+    if not os.path.exists(TUN_PATH):
+        return False, (f"{ROOT_REASON}; {TUN_PATH} does not exist (load the `tun` "
+                       "module, or give the container the device)")
+    if not os.access(TUN_PATH, os.R_OK | os.W_OK):
+        return False, f"{ROOT_REASON}; {TUN_PATH} is not readable and writable"
+    if not os.path.exists(netns_path(os.getpid())):
+        return False, f"{ROOT_REASON}; this kernel has no network namespaces"
+    return True, ""
+
+
+def _thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def enter_new_netns(allow_threads: bool = False) -> None:
+    """Move the calling process into a new, empty network namespace, `lo` up.
+
+    unshare(CLONE_NEWNET) moves only the *calling thread* on Linux: threads
+    that already exist stay in the old namespace, and /proc/<pid>/ns/net
+    (what `pyxen exec` enters) shows the main thread's. So call this on the
+    main thread early in the domain kernel's boot, before any thread exists
+    (threads created afterwards inherit the new namespace). It refuses
+    (RuntimeError) when called off the main thread, or while other threads
+    exist unless `allow_threads` (e.g. threads that never touch the network).
+    The namespace lives as long as the process: it dies, and every interface
+    in it, when the process exits.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("enter_new_netns must be called on the main thread")
+    if not allow_threads and _thread_count() > 1:
+        raise RuntimeError(f"enter_new_netns: this process already has {_thread_count()} "
+                           "threads and only the calling one would move; call it "
+                           "before starting any thread")
+    if _libc().unshare(CLONE_NEWNET) != 0:
+        raise _os_error("unshare(CLONE_NEWNET)")
+    _set_up("lo")
+
+
+def join_netns(path: str) -> None:
+    """setns() the calling thread into the network namespace at `path`
+    (e.g. :func:`netns_path` of a domain's pid). Exec right after it: the
+    exec'd program then runs entirely in that namespace."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        hint = f" ({ROOT_REASON})" if exc.errno in (errno.EACCES, errno.EPERM) else ""
+        raise NetnsError(exc.errno, f"{path}: {exc.strerror}{hint}") from None
+    try:
+        if _libc().setns(fd, CLONE_NEWNET) != 0:
+            raise _os_error(f"setns({path})")
+    finally:
+        os.close(fd)
+
+
+# -- interface configuration (in the calling thread's netns) --
+
+def _ifreq(name: str, payload: bytes = b"") -> bytearray:
+    raw = name.encode()
+    if not raw or len(raw) >= IFNAMSIZ or b"/" in raw or b" " in raw:
+        raise ValueError(f"bad interface name {name!r}")
+    req = bytearray(IFREQ_SIZE)
+    req[:len(raw)] = raw
+    req[IFNAMSIZ:IFNAMSIZ + len(payload)] = payload
+    return req
+
+
+def _ioctl(name: str, request: int, payload: bytes = b"", what: str = "") -> bytearray:
+    req = _ifreq(name, payload)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock.fileno(), request, req)
+        except OSError as exc:
+            hint = f" ({ROOT_REASON})" if exc.errno == errno.EPERM else ""
+            raise NetnsError(exc.errno, f"{what or hex(request)} {name}: "
+                                        f"{exc.strerror}{hint}") from None
+    return req
+
+
+def _set_up(name: str) -> None:
+    flags = struct.unpack_from("H", _ioctl(name, SIOCGIFFLAGS, what="get flags of"),
+                              IFNAMSIZ)[0]
+    _ioctl(name, SIOCSIFFLAGS, struct.pack("H", flags | IFF_UP), what="set up")
+
+
+def parse_mac(mac: str) -> bytes:
+    """'02:00:00:00:00:01' -> 6 bytes; a multicast MAC is refused."""
+    parts = mac.replace("-", ":").split(":")
+    try:
+        raw = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raw = b""
+    if len(raw) != 6 or any(len(p) not in (1, 2) for p in parts):
+        raise ValueError(f"bad MAC address {mac!r} (want six hex bytes like 02:00:00:00:00:01)")
+    if raw[0] & 1:
+        raise ValueError(f"MAC address {mac} is multicast (its first byte is odd)")
+    return raw
+
+
+def format_mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def parse_address(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """'10.0.0.1/24' as is; a bare IPv4 address gets /24, a bare IPv6 /64."""
+    if "/" not in text:
+        text += "/24" if ":" not in text else "/64"
+    try:
+        return ipaddress.ip_interface(text)
+    except ValueError:
+        raise ValueError(f"bad address {text!r} (want CIDR like 10.0.0.1/24)") from None
+
+
+def _rtattr(kind: int, data: bytes) -> bytes:
+    length = 4 + len(data)
+    return struct.pack("HH", length, kind) + data + b"\0" * (-length % 4)
+
+
+def _add_address(ifindex: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+                 ) -> None:
+    """RTM_NEWADDR over rtnetlink, what `ip addr add` does; the kernel adds
+    the subnet route itself."""
+    family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+    addr = iface.ip.packed
+    attrs = _rtattr(IFA_LOCAL, addr) + _rtattr(IFA_ADDRESS, addr)
+    if iface.version == 4 and iface.network.prefixlen < 31:
+        attrs += _rtattr(IFA_BROADCAST, iface.network.broadcast_address.packed)
+    body = struct.pack("BBBBI", family, iface.network.prefixlen, 0, RT_SCOPE_UNIVERSE,
+                       ifindex) + attrs
+    seq = 1
+    msg = struct.pack("IHHII", 16 + len(body), RTM_NEWADDR,
+                      NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq, 0) + body
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        sock.send(msg)
+        while True:
+            reply = sock.recv(65536)
+            offset = 0
+            while offset + 16 <= len(reply):
+                length, kind, _flags, rseq, _pid = struct.unpack_from("IHHII", reply, offset)
+                if kind == NLMSG_ERROR and rseq == seq:
+                    err = -struct.unpack_from("i", reply, offset + 16)[0]
+                    if err:
+                        hint = f" ({ROOT_REASON})" if err == errno.EPERM else ""
+                        raise NetnsError(err, f"add address {iface}: "
+                                              f"{os.strerror(err)}{hint}")
+                    return
+                offset += max(length + (-length % 4), 16)
+
+
+class Tap:
+    """A TAP interface in the calling thread's network namespace.
+
+    Reads and writes are whole raw Ethernet frames (no packet-info header).
+    The interface exists as long as the file descriptor: `close()` (or the
+    process's exit) removes it.
+    """
+
+    def __init__(self, fd: int, name: str, mac: str, mtu: int,
+                 addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> None:
+        self._fd = fd
+        self.name = name
+        self.mac = mac
+        self.mtu = mtu
+        self.addresses = addresses
+
+    @classmethod
+    def create(cls, name: str = "eth0", *, mac: str | None = None, mtu: int = 1500,
+               addresses: list[str] | tuple[str, ...] = ()) -> "Tap":
+        """Create TAP `name` with this MAC (the kernel picks a random one when
+        None), MTU and addresses (CIDR, e.g. "10.0.0.1/24"; a bare IPv4
+        address gets /24), and set its link up."""
+        raw_mac = parse_mac(mac) if mac is not None else None
+        ifaces = [parse_address(a) for a in addresses]
+        if not 68 <= mtu <= 65535:
+            raise ValueError(f"bad MTU {mtu} (68..65535)")
+        _ifreq(name)  # validates the name before anything is created
+        try:
+            fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NetnsError(exc.errno, f"{TUN_PATH}: {exc.strerror} ({ROOT_REASON})"
+                             ) from None
+        try:
+            req = _ifreq(name, struct.pack("H", IFF_TAP | IFF_NO_PI))
+            try:
+                fcntl.ioctl(fd, TUNSETIFF, req)
+            except OSError as exc:
+                why = {errno.EBUSY: "an interface by that name exists already",
+                       errno.EINVAL: "an interface by that name exists already (and is "
+                                     "not a TAP device)",
+                       errno.EPERM: ROOT_REASON}.get(exc.errno, exc.strerror)
+                raise NetnsError(exc.errno, f"create TAP {name}: {why}") from None
+            name = bytes(req[:IFNAMSIZ]).split(b"\0", 1)[0].decode()
+            if raw_mac is not None:
+                _ioctl(name, SIOCSIFHWADDR, struct.pack("H", ARPHRD_ETHER) + raw_mac,
+                       what="set MAC of")
+            got = _ioctl(name, SIOCGIFHWADDR, what="get MAC of")
+            actual_mac = format_mac(bytes(got[IFNAMSIZ + 2:IFNAMSIZ + 8]))
+            _ioctl(name, SIOCSIFMTU, struct.pack("i", mtu), what="set MTU of")
+            _set_up(name)
+            ifindex = socket.if_nametoindex(name)
+            for iface in ifaces:
+                _add_address(ifindex, iface)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, name, actual_mac, mtu, ifaces)
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise ValueError("TAP is closed")
+        return self._fd
+
+    def set_blocking(self, blocking: bool) -> None:
+        """Non-blocking: read() raises BlockingIOError when no frame waits."""
+        os.set_blocking(self.fileno(), blocking)
+
+    def read(self) -> bytes:
+        """The next frame the kernel sends out of the interface (blocks)."""
+        return os.read(self.fileno(), MAX_FRAME)
+
+    def write(self, frame: bytes) -> None:
+        """Hand one frame to the kernel, as if received on the wire."""
+        written = os.write(self.fileno(), frame)
+        if written != len(frame):
+            raise NetnsError(errno.EIO, f"TAP {self.name}: short write "
+                                        f"({written} of {len(frame)} bytes)")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def __enter__(self) -> "Tap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd {self._fd}"
+        return f"<Tap {self.name} {self.mac} mtu {self.mtu} {state}>"
