@@ -116,7 +116,11 @@ class System:
         return rows
 
     def pid_of(self, name: str) -> int:
+        """The process of domain `name` of this system (not another's)."""
+        hv = self.hypervisor_pid()
         for proc in pyxen_processes():
+            if proc.ppid() != hv:
+                continue
             parts = title(proc).split()
             if len(parts) == 3 and parts[2] == name:
                 return proc.pid

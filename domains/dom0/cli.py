@@ -207,6 +207,30 @@ def _block_list(args) -> int:
     return 0
 
 
+def _network_attach(args) -> int:
+    result = _client(args).call("network-attach", domain=args.domain,
+                                spec=", ".join(args.spec))
+    print(f"Attached vif {result['devid']} to {args.domain}")
+    return 0
+
+
+def _network_detach(args) -> int:
+    _client(args).call("network-detach", domain=args.domain, devid=args.devid)
+    return 0
+
+
+def _network_list(args) -> int:
+    rows = _client(args).call("network-list", domain=args.domain)
+    print("%-3s %-3s %-17s %-5s %-7s %-17s %s" % (
+        "Idx", "BE", "Mac Addr.", "state", "evt-ch", "tx-/rx-ring-ref", "BE-path"))
+    for r in rows:
+        print("%-3d %-3d %-17s %-5d %-7s %-17s %s" % (
+            r["devid"], r["backend_id"], r["mac"], r["state"],
+            f"{r['tx_evtchn']}/{r['rx_evtchn']}",
+            f"{r['tx_ring_ref']}/{r['rx_ring_ref']}", r["backend_path"]))
+    return 0
+
+
 def _vcpu_list(args) -> int:
     result = _client(args).call("vcpu-list", domain=args.domain)
     print(format_vcpu_list(result["rows"], result["nr_cpus"]), end="")
@@ -365,6 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("block-list", help="list a domain's disks (xl block-list)")
     p.add_argument("domain")
     p.set_defaults(func=_block_list)
+
+    p = sub.add_parser("network-attach", help="attach a vif (xl vif spec) to a domain")
+    p.add_argument("domain")
+    p.add_argument("spec", nargs="+", help="e.g. backend=net-dd bridge=xenbr0 ip=10.0.0.5")
+    p.set_defaults(func=_network_attach)
+
+    p = sub.add_parser("network-detach", help="detach a vif from a domain")
+    p.add_argument("domain")
+    p.add_argument("devid", type=int, help="the vif's index (see network-list)")
+    p.set_defaults(func=_network_detach)
+
+    p = sub.add_parser("network-list", help="list a domain's vifs (xl network-list)")
+    p.add_argument("domain")
+    p.set_defaults(func=_network_list)
 
     p = sub.add_parser("vcpu-list", help="list vCPUs (xl vcpu-list)")
     p.add_argument("domain", nargs="?")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from domains.dom0.toolstack import Toolstack
 from domains.dom0.topology import TopologyError, load_domain_config
-from domains.dom0.xlspec import SpecError, parse_cpulist, parse_disk
+from domains.dom0.xlspec import SpecError, parse_cpulist, parse_disk, parse_vif
 from hypervisor.public.errno import XenError
 
 COMMANDS: dict[str, Callable[[Toolstack, dict], Any]] = {}
@@ -113,6 +113,25 @@ def _block_detach(ts: Toolstack, args: dict):
 @command("block-list")
 def _block_list(ts: Toolstack, args: dict):
     return ts.block_list(ts.find(args["domain"]))
+
+
+@command("network-attach")
+def _network_attach(ts: Toolstack, args: dict):
+    dom = ts.find(args["domain"])
+    vif = parse_vif(str(args["spec"]))
+    if vif.backend not in {d.name for d in ts.domains.values()}:
+        raise SpecError(f"unknown backend domain '{vif.backend}'")
+    return {"devid": ts.network_attach(dom, vif)}
+
+
+@command("network-detach")
+def _network_detach(ts: Toolstack, args: dict):
+    ts.network_detach(ts.find(args["domain"]), int(args["devid"]))
+
+
+@command("network-list")
+def _network_list(ts: Toolstack, args: dict):
+    return ts.network_list(ts.find(args["domain"]))
 
 
 @command("dmesg")

@@ -150,15 +150,64 @@ class Toolstack:
                 break
         else:
             raise XenError(ENOENT, f"{dom.name} has no disk {vdev}")
-        back = row["backend_path"]
+        self._detach(devices.vbd_frontend_path(dom.domid, row["devid"]), row["backend_path"])
+        self.log.info("disk detached", domain=dom.name, vdev=row["vdev"])
+
+    def _detach(self, front: str, back: str) -> None:
+        """libxl's device removal: the backend goes Closing, the frontend
+        follows to Closed, then both directories go."""
         self.xs.write(f"{back}/online", "0")
         self.xs.write(f"{back}/state", str(int(XenbusState.Closing)))
-        if not wait_for_state(self.xs, devices.vbd_frontend_path(dom.domid, row["devid"]),
-                              {int(XenbusState.Closed)}, DETACH_TIMEOUT):
-            self.log.warning("frontend did not close, removing anyway", vdev=vdev)
-        self.xs.rm(devices.vbd_frontend_path(dom.domid, row["devid"]))
+        if not wait_for_state(self.xs, front, {int(XenbusState.Closed)}, DETACH_TIMEOUT):
+            self.log.warning("frontend did not close, removing anyway", device=front)
+        self.xs.rm(front)
         self.xs.rm(back)
-        self.log.info("disk detached", domain=dom.name, vdev=row["vdev"])
+
+    # -- network devices (xl network-attach / -detach / -list) --------------------
+
+    def network_attach(self, dom: Managed, vif: VifSpec) -> int:
+        existing = [r["devid"] for r in self.network_list(dom)]
+        devid = max(existing, default=-1) + 1
+        self.write_nodes(self.vif_nodes(dom.domid, dom.name, devid, vif))
+        self.log.info("vif attached", domain=dom.name, devid=devid)
+        return devid
+
+    def network_detach(self, dom: Managed, devid: int) -> None:
+        for row in self.network_list(dom):
+            if row["devid"] == devid:
+                break
+        else:
+            raise XenError(ENOENT, f"{dom.name} has no vif {devid}")
+        self._detach(devices.vif_frontend_path(dom.domid, devid), row["backend_path"])
+        self.log.info("vif detached", domain=dom.name, devid=devid)
+
+    def network_list(self, dom: Managed) -> list[dict]:
+        root = f"{xsnodes.dom_path(dom.domid)}/device/vif"
+        rows = []
+        try:
+            devids = self.xs.directory(root)
+        except XsError:
+            return rows
+        for devid in sorted(devids, key=int):
+            front = f"{root}/{devid}"
+
+            def node(path: str, default: str = "-1") -> str:
+                try:
+                    return self.xs.read(path).decode()
+                except XsError:
+                    return default
+
+            rows.append({"devid": int(devid), "backend_id": int(node(f"{front}/backend-id")),
+                         "mac": node(f"{front}/mac", "-"),
+                         "state": int(node(f"{front}/state")),
+                         "tx_evtchn": int(node(f"{front}/event-channel-tx",
+                                               node(f"{front}/event-channel"))),
+                         "rx_evtchn": int(node(f"{front}/event-channel-rx",
+                                               node(f"{front}/event-channel"))),
+                         "tx_ring_ref": int(node(f"{front}/tx-ring-ref")),
+                         "rx_ring_ref": int(node(f"{front}/rx-ring-ref")),
+                         "backend_path": node(f"{front}/backend", "")})
+        return rows
 
     def block_list(self, dom: Managed) -> list[dict]:
         root = f"{xsnodes.dom_path(dom.domid)}/device/vbd"

@@ -51,6 +51,9 @@ class NetfrontDevice:
         with self.cond:
             self.backend_state = state
             self.cond.notify_all()
+        if state in (S.Closing, S.Closed) and getattr(self, "tx", None) and not self.closed:
+            self.log.info("backend closing the vif")
+            threading.Thread(target=self.close, daemon=True).start()
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
         with self.cond:
@@ -196,12 +199,23 @@ class NetfrontDevice:
         self._rx_ready(port)
 
     def close(self) -> None:
+        """Closing, wait for the backend to let go, Closed; the TAP goes away."""
+        if self.closed:
+            return
         self.closed = True
         with self.cond:
             self.cond.notify_all()
         try:
             switch_state(self.xs, self.path, S.Closing, end=FRONTEND)
+            try:
+                self._wait_backend(S.Closing, S.Closed, S.Unknown, timeout=5)
+            except NetfrontError:
+                pass
+            self.tap.close()  # the interface is gone before we say Closed
+            switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
             self.watch.cancel()
         except XsError:
             pass
-        self.tap.close()
+        finally:
+            if not self.tap.closed:
+                self.tap.close()
