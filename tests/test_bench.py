@@ -1,4 +1,4 @@
-"""`pyxen bench evtchn` and `pyxen bench xenstore`: run end to end and leave
+"""`pyxen bench evtchn`, `xenstore` and `blk`: run end to end and leave
 nothing behind.
 
 No wall-clock assertions: the numbers depend on the machine. The tests check
@@ -104,3 +104,44 @@ def test_bench_xenstore_json():
     assert not strays, f"bench processes left behind: {strays}"
     left = pyxen_processes() - before
     assert not left, f"pyxen processes left behind: {sorted(left)}"
+
+
+def test_bench_blk_json():
+    proc = subprocess.run(
+        [sys.executable, "-m", "domains.dom0.cli", "bench", "blk", "--json",
+         "--iterations", "8"],
+        cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # --json: no progress lines either
+
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    report = json.loads(lines[0])
+    assert report["iterations"] == 8
+    assert report["goal_seq_ratio"] == 0.5
+    for kind in ("seq_read", "seq_write"):
+        stats = report[kind]
+        assert set(stats) >= {"pyxen_mb_s", "raw_mb_s", "ratio"}, (kind, stats)
+        for name in ("pyxen_mb_s", "raw_mb_s", "ratio"):
+            assert isinstance(stats[name], (int, float)) and stats[name] > 0, (kind, stats)
+        assert stats["ratio"] == pytest.approx(stats["pyxen_mb_s"] / stats["raw_mb_s"],
+                                               rel=1e-3)
+    rand = report["rand_read_4k"]
+    for name in ("pyxen_iops", "raw_iops", "ratio"):
+        assert isinstance(rand[name], (int, float)) and rand[name] > 0, rand
+    assert rand["ratio"] == pytest.approx(rand["pyxen_iops"] / rand["raw_iops"], rel=1e-3)
+    assert report["goal_met"] == (report["seq_read"]["ratio"] >= 0.5
+                                  and report["seq_write"]["ratio"] >= 0.5)
+
+    # Everything the bench started (the machine, re-parented to it as
+    # subreaper, then to us) is gone. Only our own descendants are looked at:
+    # other pyxen sessions on the host may come and go meanwhile.
+    assert not ours(), [title(p) for p in ours()]
+    strays = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "domains.dom0.cli" in " ".join(child.cmdline()):
+                strays.append(child.pid)
+        except psutil.Error:
+            continue  # it just ended
+    assert not strays, f"bench processes left behind: {strays}"

@@ -307,11 +307,11 @@ def measure(tmp: Path, n: int, _warmup: int, progress: Progress) -> dict:
         pyxen = round(_mb_s(n, BLK_SEQ_SIZE, totals[kind]["pyxen"]), 1)
         raw = round(_mb_s(n, BLK_SEQ_SIZE, totals[kind]["raw"]), 1)
         report[kind] = {"pyxen_mb_s": pyxen, "raw_mb_s": raw,
-                        "ratio": round(pyxen / raw, 4)}
+                        "ratio": round(pyxen / raw, 6)}
     pyxen = round(_iops(RAND_COUNT, totals["rand_read"]["pyxen"]), 1)
     raw = round(_iops(RAND_COUNT, totals["rand_read"]["raw"]), 1)
     report["rand_read_4k"] = {"count": RAND_COUNT, "pyxen_iops": pyxen, "raw_iops": raw,
-                              "ratio": round(pyxen / raw, 4)}
+                              "ratio": round(pyxen / raw, 6)}
     report["disk_mb"] = DISK_MB
     report["goal_seq_ratio"] = GOAL_SEQ_RATIO
     report["goal_met"] = (report["seq_read"]["ratio"] >= GOAL_SEQ_RATIO
