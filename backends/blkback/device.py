@@ -27,10 +27,12 @@ from backends.blkback.validate import (
     with_indirect_segments,
 )
 from domains.kernel.gnttab import GrantStatusError, Mapping
+from domains.kernel.xenbus.backend import backend_switch
 from domains.kernel.xenbus.client import XsError
 from domains.kernel.xenbus.state import (
     BACKEND,
     read_feature,
+    read_state,
     switch_state,
     watch_otherend,
     write_features,
@@ -165,20 +167,11 @@ class BlkbackDevice:
         elif state in (S.Closed, S.Unknown):
             self.disconnect()
             self._switch(S.Closed)
-        elif state == S.Initialising and self._state() == S.Closed:
+        elif state == S.Initialising and read_state(self.xs, self.path) == S.Closed:
             self._switch(S.InitWait)  # the frontend starts over
 
-    def _state(self) -> XenbusState:
-        try:
-            return XenbusState(int(self.xs.read(f"{self.path}/state")))
-        except (XsError, ValueError):
-            return S.Unknown
-
     def _switch(self, state: XenbusState) -> None:
-        try:
-            switch_state(self.xs, self.path, state, end=BACKEND)
-        except XsError:
-            pass  # our directory is gone: the device is being removed
+        backend_switch(self.xs, self.path, state)
 
     def connect(self) -> None:
         xs, fe_path = self.xs, self.frontend

@@ -22,10 +22,12 @@ from backends.netback.bridge import Bridge
 from backends.netback.rx import RxDrop, RxFeatures, RxRequest, plan_rx
 from backends.netback.tx import TxAssembler, TxError, TxPacket
 from domains.kernel.gnttab import GrantStatusError, Mapping
+from domains.kernel.xenbus.backend import backend_switch
 from domains.kernel.xenbus.client import XsError
 from domains.kernel.xenbus.state import (
     BACKEND,
     read_feature,
+    read_state,
     switch_state,
     watch_otherend,
     write_features,
@@ -125,20 +127,11 @@ class Vif:
         elif state in (S.Closing, S.Closed, S.Unknown):
             self.switch.call(self.disconnect)
             self._switch(S.Closing if state == S.Closing else S.Closed)
-        elif state == S.Initialising and self._state() == S.Closed:
+        elif state == S.Initialising and read_state(self.xs, self.path) == S.Closed:
             self._switch(S.InitWait)
 
-    def _state(self) -> XenbusState:
-        try:
-            return XenbusState(int(self.xs.read(f"{self.path}/state")))
-        except (XsError, ValueError):
-            return S.Unknown
-
     def _switch(self, state: XenbusState) -> None:
-        try:
-            switch_state(self.xs, self.path, state, end=BACKEND)
-        except XsError:
-            pass
+        backend_switch(self.xs, self.path, state)
 
     def connect(self) -> None:
         xs, fe = self.xs, self.frontend

@@ -188,15 +188,9 @@ class Toolstack:
             devids = self.xs.directory(root)
         except XsError:
             return rows
+        node = self._read_or
         for devid in sorted(devids, key=int):
             front = f"{root}/{devid}"
-
-            def node(path: str, default: str = "-1") -> str:
-                try:
-                    return self.xs.read(path).decode()
-                except XsError:
-                    return default
-
             rows.append({"devid": int(devid), "backend_id": int(node(f"{front}/backend-id")),
                          "mac": node(f"{front}/mac", "-"),
                          "state": int(node(f"{front}/state")),
@@ -216,15 +210,9 @@ class Toolstack:
             devids = self.xs.directory(root)
         except XsError:
             return rows
+        node = self._read_or
         for devid in sorted(devids, key=int):
             front = f"{root}/{devid}"
-
-            def node(path: str, default: str = "-1") -> str:
-                try:
-                    return self.xs.read(path).decode()
-                except XsError:
-                    return default
-
             back = node(f"{front}/backend", "")
             rows.append({"devid": int(devid), "vdev": node(f"{back}/dev", devid),
                          "backend_id": int(node(f"{front}/backend-id")),
@@ -241,6 +229,12 @@ class Toolstack:
         backend = self.find(vif.backend).domid
         mac = vif.mac or devices.default_mac(name, devid)
         return devices.vif_nodes(domid, backend, devid, vif, mac)
+
+    def _read_or(self, path: str, default: str = "-1") -> str:
+        try:
+            return self.xs.read(path).decode()
+        except XsError:
+            return default
 
     def write_nodes(self, nodes: list) -> None:
         def write_all(tx: int) -> None:

@@ -14,7 +14,6 @@ they send are keystrokes.
 from __future__ import annotations
 
 import os
-import queue
 import selectors
 import socket
 import threading
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from domains.dom0.mailbox import Mailbox
 from domains.kernel.console_ring import ConsoleRingError, XenconsRing
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.xenbus.client import XsError
@@ -61,19 +61,13 @@ class Xenconsoled(threading.Thread):
         self.listener.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        self.selector.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
-        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.mailbox = Mailbox()
+        self.selector.register(self.mailbox, selectors.EVENT_READ, ("wake", None))
         self.consoles: dict[int, DomainConsole] = {}
         self.stopping = False
 
     def _wake(self, item: tuple) -> None:
-        self.requests.put(item)
-        try:
-            os.write(self.wake_w, b"!")
-        except BlockingIOError:
-            pass
+        self.mailbox.post(item)
 
     def start(self) -> None:
         super().start()
@@ -101,16 +95,7 @@ class Xenconsoled(threading.Thread):
         self._shutdown()
 
     def _drain(self) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        while True:
-            try:
-                item = self.requests.get_nowait()
-            except queue.Empty:
-                return
+        for item in self.mailbox.take_all():
             if item[0] == "scan":
                 self._scan()
             elif item[0] == "ring":
@@ -249,5 +234,4 @@ class Xenconsoled(threading.Thread):
             self._detach(domid)
         self.listener.close()
         self.path.unlink(missing_ok=True)
-        os.close(self.wake_r)
-        os.close(self.wake_w)
+        self.mailbox.close()

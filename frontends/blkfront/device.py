@@ -13,6 +13,7 @@ restricted DMA pool: nothing else of the guest is ever shared.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -166,7 +167,8 @@ def _segments(grefs: list[int], nr_sectors: int) -> list[tuple[int, int, int]]:
 
 # blkif_request_segment: gref (uint32), first_sect, last_sect (uint8), two
 # bytes of padding; SEGS_PER_INDIRECT_FRAME of them fill an indirect page.
-_SEGMENT = struct.Struct("<IBBxx")
+_SEGMENT_FORMAT = "IBBxx"
+assert struct.calcsize("<" + _SEGMENT_FORMAT) == ctypes.sizeof(blkif.blkif_request_segment)
 _INDIRECT_FORMATS: dict[int, struct.Struct] = {}
 
 
@@ -185,7 +187,7 @@ def _fill_indirect_pages(window: memoryview, indirect: list[int],
         fmt = _INDIRECT_FORMATS.get(len(chunk))
         if fmt is None:
             fmt = _INDIRECT_FORMATS[len(chunk)] = struct.Struct(
-                "<" + "IBBxx" * len(chunk))
+                "<" + _SEGMENT_FORMAT * len(chunk))
         flat = [field for spec in chunk for field in spec]
         start = indirect[index] * PAGE_SIZE
         fmt.pack_into(window, start, *flat)  # struct checks every field's range

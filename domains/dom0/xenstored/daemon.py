@@ -16,7 +16,6 @@ was kicked" and wakes the selector through a pipe.
 from __future__ import annotations
 
 import os
-import queue
 import selectors
 import socket
 import threading
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from domains.dom0.mailbox import Mailbox
 from domains.dom0.xc import XenCtrl
 from domains.dom0.xenstored.handler import Connection, XenStore
 from domains.dom0.xenstored.wire import encode
@@ -75,10 +75,8 @@ class Xenstored(threading.Thread):
         self.listener.listen(64)
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ, "accept")
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
-        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.mailbox = Mailbox()
+        self.selector.register(self.mailbox, selectors.EVENT_READ, "wake")
         self.rings: dict[int, RingPeer] = {}
         self.stopping = False
         self.ready = threading.Event()
@@ -86,11 +84,7 @@ class Xenstored(threading.Thread):
     # -- called from other threads ----------------------------------------------
 
     def _wake(self, item: tuple) -> None:
-        self.requests.put(item)
-        try:
-            os.write(self.wake_w, b"!")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already: the loop will drain the queue
+        self.mailbox.post(item)
 
     def kick(self, domid: int) -> None:
         self._wake(("ring", domid))
@@ -145,16 +139,7 @@ class Xenstored(threading.Thread):
         self.store.disconnect(peer.conn)
 
     def _drain_requests(self) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        while True:
-            try:
-                item = self.requests.get_nowait()
-            except queue.Empty:
-                return
+        for item in self.mailbox.take_all():
             if item[0] == "ring":
                 self._read_ring(item[1])
             elif item[0] == "dom_exc":
@@ -274,5 +259,4 @@ class Xenstored(threading.Thread):
                 key.data.sock.close()
         self.listener.close()
         self.path.unlink(missing_ok=True)
-        os.close(self.wake_r)
-        os.close(self.wake_w)
+        self.mailbox.close()
