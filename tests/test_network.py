@@ -38,6 +38,9 @@ def test_guests_ping_each_other_and_frames_show_on_eth0(system):
     try:
         ping = system.cli("exec", "guest1", "--", "ping", "-c", "3", "-W", "5", "10.0.0.2")
         assert "3 received" in ping.stdout
+        # The default demo reaches its peer too, and says so on its console.
+        system.wait_console("guest1", "reached 10.0.0.2 over the PV network")
+        system.wait_console("guest2", "reached 10.0.0.1 over the PV network")
         if capture is not None:
             out, _ = capture.communicate(timeout=30)
             assert "10.0.0.1 > 10.0.0.2: ICMP echo request" in out

@@ -24,25 +24,60 @@ def echo_console(kernel: Kernel) -> None:
 
 
 def demo(kernel: Kernel) -> None:
-    """A heartbeat driven by the virtual timer (VIRQ_TIMER), and an answer to
-    whatever is typed on the console.
-
-    Devices (disk, network) join the demo as their drivers arrive.
-    """
+    """The default guests' show: verify the PV disk, reach the peer guest over
+    the PV network (`peer=IP` on the kernel command line), answer what is
+    typed on the console, and tick on the virtual timer (VIRQ_TIMER)."""
     kernel.ready()
     threading.Thread(target=echo_console, args=(kernel,), name="console-echo",
                      daemon=True).start()
-    disks, _ = start_frontends(kernel)
+    disks, nets = start_frontends(kernel)
     try:
         print(verify_disk(kernel, disks.get("xvda")), flush=True)
     except (OSError, ValueError) as exc:
         print(f"disk check failed: {exc}", flush=True)
+    if nets.wait_up(0):
+        threading.Thread(target=udp_echo, name="udp-echo", daemon=True).start()
+        if "peer" in kernel.args:
+            print(reach(kernel.args["peer"]), flush=True)
     period = float(kernel.args.get("tick", "5"))
     tick = 0
     while True:
         kernel.sleep(period)
         tick += 1
         kernel.log.info("tick", n=tick)
+
+
+ECHO_PORT = 7  # the echo service
+
+
+def udp_echo() -> None:
+    """Answer every datagram on the echo port, in the guest's own netns."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", ECHO_PORT))
+        while True:
+            data, addr = sock.recvfrom(2048)
+            sock.sendto(data, addr)
+
+
+def reach(peer: str, attempts: int = 20) -> str:
+    """Send a datagram to the peer's echo port until it answers."""
+    import socket
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1.0)  # the peer may still be booting: ask again
+        for _ in range(attempts):
+            start = time.monotonic()
+            sock.sendto(b"hello over the PV network", (peer, ECHO_PORT))
+            try:
+                data, _ = sock.recvfrom(2048)
+            except (TimeoutError, OSError):
+                continue
+            rtt = (time.monotonic() - start) * 1000
+            return f"reached {peer} over the PV network: {data.decode()!r}, {rtt:.1f} ms"
+    return f"could not reach {peer} over the PV network"
 
 
 def verify_disk(kernel: Kernel, disk, rounds: int = 8, chunk_sectors: int = 256) -> str:

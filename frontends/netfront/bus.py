@@ -22,6 +22,7 @@ class NetBus:
         self.root = f"/local/domain/{kernel.domid}/device/vif"
         self.devices: dict[int, NetfrontDevice | None] = {}  # None: connecting
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
         ok, reason = can_use_netns()
         self.reason = None if ok else reason
         self.xs.watch(self.root, "netfront", lambda path, token: self._rescan())
@@ -67,7 +68,16 @@ class NetBus:
             self.kernel.log.error("vif failed", vif=devid, error=str(exc))
             with self.lock:
                 self.devices.pop(devid, None)
+                self.changed.notify_all()
             return
         with self.lock:
             self.devices[devid] = device
+            self.changed.notify_all()
         self.kernel.log.info("network interface up", interface=f"eth{devid}", mac=mac, ip=ips)
+
+    def wait_up(self, devid: int = 0, timeout: float = 30.0) -> bool:
+        """Block until eth<devid> is connected (False on timeout or failure)."""
+        with self.lock:
+            return self.changed.wait_for(
+                lambda: self.devices.get(devid) is not None or devid not in self.devices,
+                timeout) and self.devices.get(devid) is not None
