@@ -1,4 +1,4 @@
-"""`pyxen bench evtchn`, `xenstore` and `blk`: run end to end and leave
+"""`pyxen bench evtchn`, `xenstore`, `blk` and `net`: run end to end and leave
 nothing behind.
 
 No wall-clock assertions: the numbers depend on the machine. The tests check
@@ -7,6 +7,8 @@ ratios are their quotients, and that no pyxen process outlives the command.
 """
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +147,58 @@ def test_bench_blk_json():
         except psutil.Error:
             continue  # it just ended
     assert not strays, f"bench processes left behind: {strays}"
+
+
+def bench_netns() -> list[str]:
+    """Network namespaces the net bench names (it must remove them all)."""
+    try:
+        names = os.listdir("/run/netns")
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith("pyxen-bench-"))
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, TAP)")
+@pytest.mark.skipif(shutil.which("iperf3") is None,
+                    reason="needs iperf3 (apt-get install iperf3)")
+@pytest.mark.skipif(shutil.which("ip") is None,
+                    reason="needs ip (apt-get install iproute2)")
+def test_bench_net_json():
+    before = pyxen_processes()
+    netns_before = bench_netns()
+    proc = subprocess.run(
+        [sys.executable, "-m", "domains.dom0.cli", "bench", "net", "--json",
+         "--iterations", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # --json: no progress lines either
+
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    report = json.loads(lines[0])
+    assert set(report) == {"duration_s", "pyxen_mbit_s", "veth_mbit_s", "ratio",
+                           "goal_ratio", "goal_met"}, report
+    assert report["duration_s"] == 2
+    assert report["goal_ratio"] == 0.3
+    for name in ("pyxen_mbit_s", "veth_mbit_s", "ratio"):
+        assert isinstance(report[name], (int, float)) and report[name] > 0, report
+    assert report["ratio"] == pytest.approx(report["pyxen_mbit_s"] / report["veth_mbit_s"],
+                                            rel=1e-3)
+    assert report["goal_met"] is (report["ratio"] >= report["goal_ratio"])
+
+    # The machine, the iperf3 processes (run through `pyxen exec` and
+    # `ip netns exec`) and the veth baseline's namespaces are all gone.
+    assert not ours(), [title(p) for p in ours()]
+    strays = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue  # it just ended
+        if "domains.dom0.cli" in cmdline or "iperf3" in cmdline:
+            strays.append(child.pid)
+    assert not strays, f"bench processes left behind: {strays}"
+    left = pyxen_processes() - before
+    assert not left, f"pyxen processes left behind: {sorted(left)}"
+    assert [n for n in bench_netns() if n not in netns_before] == []

@@ -23,6 +23,8 @@ def xs(system, *args):
 
 def test_default_guests_connect_their_disks_and_verify_them(system):
     system.boot()
+    system.wait_console("guest1", "disk xvda: verified")  # connected and used
+    system.wait_console("guest2", "disk xvda: verified")
     rows = system.list()
     guest, backend = rows["guest1"]["domid"], rows["disk-dd"]["domid"]
     front = f"/local/domain/{guest}/device/vbd/51712"
@@ -33,8 +35,6 @@ def test_default_guests_connect_their_disks_and_verify_them(system):
     for feature in FEATURES:
         assert f"{feature} = " in listing, feature
     assert 'state = "4"' in listing
-    system.wait_console("guest1", "disk xvda: verified")
-    system.wait_console("guest2", "disk xvda: verified")
 
 
 def test_block_attach_list_detach(system):

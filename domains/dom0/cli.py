@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_halt)
 
     p = sub.add_parser("bench", help="benchmarks against a raw baseline")
-    p.add_argument("what", choices=["evtchn", "xenstore", "blk"])
+    p.add_argument("what", choices=["evtchn", "xenstore", "blk", "net"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--iterations", type=int, default=2000,
                    help="measured round trips per measurement (default 2000)")

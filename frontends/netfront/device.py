@@ -11,6 +11,8 @@ on the rx ring are written to the TAP.
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 from typing import Any
 
@@ -112,7 +114,10 @@ class NetfrontDevice:
         switch_state(xs, self.path, S.Connected, end=FRONTEND)
         self._wait_backend(S.Connected)
         self.log.info("connected", sg=self.sg, split_channels=split)
-        threading.Thread(target=self._tap_reader, name="netfront-tx", daemon=True).start()
+        self._stop_r, self._stop_w = os.pipe()
+        self.reader = threading.Thread(target=self._tap_reader, name="netfront-tx",
+                                       daemon=True)
+        self.reader.start()
 
     def _page(self, index: int) -> memoryview:
         return memoryview(self.window.map)[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
@@ -120,7 +125,12 @@ class NetfrontDevice:
     # -- tx: TAP -> ring ----------------------------------------------------------
 
     def _tap_reader(self) -> None:
+        # A thread blocked in read() would keep the TAP alive after close():
+        # wait on the TAP and on a stop pipe instead.
         while not self.closed:
+            readable, _, _ = select.select([self.tap, self._stop_r], [], [])
+            if self._stop_r in readable:
+                return
             try:
                 frame = self.tap.read()
             except OSError:
@@ -211,11 +221,20 @@ class NetfrontDevice:
                 self._wait_backend(S.Closing, S.Closed, S.Unknown, timeout=5)
             except NetfrontError:
                 pass
-            self.tap.close()  # the interface is gone before we say Closed
+            self._close_tap()  # the interface is gone before we say Closed
             switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
             self.watch.cancel()
         except XsError:
             pass
         finally:
-            if not self.tap.closed:
-                self.tap.close()
+            self._close_tap()
+
+    def _close_tap(self) -> None:
+        if self.tap.closed:
+            return
+        if hasattr(self, "reader"):
+            os.write(self._stop_w, b"!")
+            self.reader.join(timeout=5)
+            os.close(self._stop_r)
+            os.close(self._stop_w)
+        self.tap.close()

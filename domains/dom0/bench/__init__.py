@@ -6,7 +6,9 @@
   socket vs. a raw unix-socket echo (xenstore.py);
 - blk: 1 MiB sequential reads and writes and 4 KiB random reads through
   blkfront -> blkback vs. os.preadv / os.pwritev on the same image file
-  (blk.py).
+  (blk.py);
+- net: TCP throughput with iperf3 from guest1 to guest2 over netfront ->
+  netback + bridge vs. a veth pair between two network namespaces (net.py).
 
 What both share (statistics, the throw-away machine, the command frame) is in
 common.py.
@@ -24,6 +26,8 @@ def run_bench(args) -> int:
         from domains.dom0.bench.xenstore import run_bench as run
     elif args.what == "blk":
         from domains.dom0.bench.blk import run_bench as run
+    elif args.what == "net":
+        from domains.dom0.bench.net import run_bench as run
     else:
         print(f"pyxen: bench: unknown benchmark {args.what!r}", file=sys.stderr)
         return 1
