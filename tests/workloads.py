@@ -240,3 +240,22 @@ def disk_probe(kernel) -> None:
         lambda: disk.device.io(blkif.BLKIF_OP_READ, disk.sectors, 8, out=bytearray(4096)))
     report["still_serving"] = disk.read(2048 + 8, 8) == big[8 * 512:16 * 512]
     _send(kernel.args["out"], report)
+
+
+def disk_writer(kernel) -> None:
+    """Write numbered blocks without end, recording each acknowledged write in
+    the domain log; a test kills the disk driver domain meanwhile."""
+    import hashlib
+
+    from frontends.blkfront.bus import BlockBus
+
+    kernel.ready()
+    disk = BlockBus(kernel).get("xvda")
+    n = 0
+    while True:
+        block = hashlib.sha256(str(n).encode()).digest() * 128  # 4 KiB
+        disk.write((n % 2048) * 8, block)
+        if n % 16 == 15:
+            disk.flush()
+        kernel.log.info("acked", n=n)
+        n += 1

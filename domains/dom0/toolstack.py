@@ -50,6 +50,7 @@ class Managed:
     config: DomainConfig | None  # None for Domain-0
     budget: actions.RestartBudget | None = None
     handled: bool = False  # its shutdown has been acted on
+    attached: list = field(default_factory=list)  # disks added by block-attach
     note: str = ""  # why it is in the state it is, for `list` and `dmesg`
 
 
@@ -132,6 +133,28 @@ class Toolstack:
             raise XenError(ENOENT, str(exc)) from None
         return devices.vbd_nodes(domid, backend, disk, params)
 
+    def republish(self, driver: Managed) -> None:
+        """A driver domain came back under a new domid: give it back its
+        devices and point their frontends at it (they reconnect and reissue
+        what had no response)."""
+        for dom in list(self.domains.values()):
+            if dom.config is None or dom.domid == driver.domid:
+                continue
+            for disk in [*dom.config.disks, *dom.attached]:
+                if disk.backend != driver.name:
+                    continue
+                nodes = self.disk_nodes(dom.domid, disk)
+                front = devices.vbd_frontend_path(dom.domid, disk.virtual_device)
+                backend_side = [n for n in nodes if n[0].startswith(
+                    f"{xsnodes.dom_path(driver.domid)}/")]
+                moved = [n for n in nodes if n[0] in (f"{front}/backend", f"{front}/backend-id")]
+                # The new backend must read what the frontend wrote, old and new.
+                self.chmod_tree(front, [f"n{dom.domid}", f"r{driver.domid}"])
+                # Backend-id last: it is what the frontend watches.
+                self.write_nodes(backend_side + sorted(moved, key=lambda n: n[0].endswith("-id")))
+                self.log.info("disk republished", domain=dom.name, vdev=disk.vdev,
+                              backend=driver.name, backend_id=driver.domid)
+
     # -- block devices (xl block-attach / -detach / -list) -----------------------
 
     def block_attach(self, dom: Managed, disk: DiskSpec) -> int:
@@ -140,6 +163,7 @@ class Toolstack:
         if self.xs.exists(front):
             raise XenError(EEXIST, f"{dom.name} already has a disk {disk.vdev}")
         self.write_nodes(self.disk_nodes(dom.domid, disk))
+        dom.attached.append(disk)
         self.log.info("disk attached", domain=dom.name, vdev=disk.vdev, devid=devid)
         return devid
 
@@ -151,6 +175,7 @@ class Toolstack:
         else:
             raise XenError(ENOENT, f"{dom.name} has no disk {vdev}")
         self._detach(devices.vbd_frontend_path(dom.domid, row["devid"]), row["backend_path"])
+        dom.attached = [d for d in dom.attached if d.virtual_device != row["devid"]]
         self.log.info("disk detached", domain=dom.name, vdev=row["vdev"])
 
     def _detach(self, front: str, back: str) -> None:
@@ -229,6 +254,15 @@ class Toolstack:
         backend = self.find(vif.backend).domid
         mac = vif.mac or devices.default_mac(name, devid)
         return devices.vif_nodes(domid, backend, devid, vif, mac)
+
+    def chmod_tree(self, path: str, perms: list[str]) -> None:
+        self.xs.set_perms(path, perms)
+        try:
+            children = self.xs.directory(path)
+        except XsError:
+            return
+        for child in children:
+            self.chmod_tree(f"{path}/{child}", perms)
 
     def _read_or(self, path: str, default: str = "-1") -> str:
         try:
@@ -327,6 +361,8 @@ class Toolstack:
                 return
             self.log.info("domain restarted", name=new.name, old_domid=dom.domid,
                           domid=new.domid)
+            if config.driver_domain:
+                self.republish(new)
 
     # -- views ----------------------------------------------------------------
 

@@ -54,6 +54,12 @@ RESPONSE_SIZE = 16
 PROTOCOL = "arm-abi"  # XEN_IO_PROTO_ABI_ARM
 
 
+# The status of a request cut short because the backend went away: it is
+# issued again, unchanged, once the replacement backend is connected.
+REISSUE = -1000
+RECONNECT_TIMEOUT = 120.0
+
+
 class BlockIOError(OSError):
     """The backend answered a request with an error status."""
 
@@ -103,26 +109,33 @@ class Queue:
         shared_ring_init(self.view)
         self.ring = FrontRing(self.view, blkif.BLKIF_SRING_ENTRY_SIZE, RESPONSE_SIZE)
         self.refs = [device.grant(first_page + i) for i in range(nr_pages)]
+        # This connection's pages: a reconnect gets new ones, not these.
+        self.page_refs, self.window_map = device.refs, device.map
         self.shadow = Shadow(self.ring.size)
         self.pending: dict[int, Pending] = {}
         self.lock = threading.Lock()
         self.slots = threading.Semaphore(self.ring.size)
+        self.dead = False
         self.port = device.kernel.events.alloc_unbound(device.backend_id)
         device.kernel.events.bind(self.port, self.responses)
 
     def submit(self, op: int, sector: int, pages: list[int], nr_sectors: int,
                indirect: list[int]) -> Pending:
         device = self.device
-        segments = _segments([device.refs[p] for p in pages], nr_sectors)
+        segments = _segments([self.page_refs[p] for p in pages], nr_sectors)
         pending = Pending(pages, indirect)
         self.slots.acquire()
         with self.lock:
+            if self.dead:  # the backend went away under us: try again later
+                pending.status = REISSUE
+                pending.done.set()
+                return pending
             if op in (BLKIF_OP_READ, BLKIF_OP_WRITE) and len(segments) > \
                     BLKIF_MAX_SEGMENTS_PER_REQUEST:
-                _fill_indirect_pages(device.map, indirect, segments)
+                _fill_indirect_pages(self.window_map, indirect, segments)
                 entry = self.shadow.add(BLKIF_OP_INDIRECT, sector, segments=segments,
                                         indirect_op=op,
-                                        indirect_grefs=[device.refs[p] for p in indirect])
+                                        indirect_grefs=[self.page_refs[p] for p in indirect])
             elif op == BLKIF_OP_DISCARD:
                 entry = self.shadow.add(op, sector, nr_sectors=nr_sectors)
             else:
@@ -134,10 +147,27 @@ class Queue:
             device.kernel.events.send(self.port)
         return pending
 
+    def abandon(self) -> None:
+        """The backend is gone: every request without a response is reissued."""
+        with self.lock:
+            self.dead = True
+            cut, self.pending = list(self.pending.values()), {}
+        for pending in cut:
+            pending.status = REISSUE
+            pending.done.set()
+        for _ in range(self.ring.size):
+            self.slots.release()  # wake submitters waiting for a slot
+        try:
+            self.device.kernel.events.close(self.port)
+        except Exception:  # the channel died with the backend's domain
+            pass
+
     def responses(self, _port: int = 0) -> None:
         """The backend answered: complete every response on the ring."""
         done = []
         with self.lock:
+            if self.dead:
+                return
             while True:
                 while self.ring.has_unconsumed_responses():
                     entry = self.shadow.complete(self.ring.get_response())
@@ -207,16 +237,67 @@ class BlkfrontDevice:
         self.backend_state = S.Unknown
         self.queues: list[Queue] = []
         self.closed = False
+        self.connected = threading.Event()
+        self.reconnecting = threading.Lock()
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
+        # A restarted driver domain comes back under a new domid: the
+        # toolstack points our `backend-id` at it and we reconnect.
+        self.xs.watch(f"{path}/backend-id", f"blkfront-{path}",
+                      lambda _path, _token: self._backend_moved())
 
     def _backend_changed(self, state: XenbusState) -> None:
         with self.state_cond:
             self.backend_state = state
             self.state_cond.notify_all()
-        if state in (S.Closing, S.Closed) and self.queues and not self.closed:
+        if state == S.Unknown and self.connected.is_set() and not self.closed:
+            self.log.warning("backend gone: holding I/O until it is back")
+            self.connected.clear()
+            for queue in self.queues:
+                queue.abandon()
+        elif state in (S.Closing, S.Closed) and self.queues and not self.closed:
             self.log.info("backend closing the device")
             self.closed = True
             threading.Thread(target=self._close_handshake, daemon=True).start()
+
+    def _backend_moved(self) -> None:
+        try:
+            backend_id = int(self.xs.read(f"{self.path}/backend-id"))
+        except (XsError, ValueError):
+            return
+        if backend_id != self.backend_id and not self.closed:
+            threading.Thread(target=self._reconnect, daemon=True).start()
+
+    def _reconnect(self) -> None:
+        with self.reconnecting:
+            backend_id = int(self.xs.read(f"{self.path}/backend-id"))
+            if backend_id == self.backend_id or self.closed:
+                return
+            self.connected.clear()
+            for queue in self.queues:
+                if not queue.dead:
+                    queue.abandon()
+            try:
+                self.watch.cancel()
+            except XsError:
+                pass
+            for ref in self.refs.values():
+                try:
+                    self.kernel.gnttab.end_access(ref)
+                except OSError:
+                    pass  # still mapped by a backend that will never unmap it
+            self.backend = self.xs.read(f"{self.path}/backend").decode()
+            self.backend_id = backend_id
+            self.queues = []
+            with self.state_cond:
+                self.backend_state = S.Unknown
+            self.log.info("reconnecting to the new backend", backend=self.backend)
+            switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
+            switch_state(self.xs, self.path, S.Initialising, end=FRONTEND)
+            self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
+            try:
+                self.connect()
+            except (XsError, DeviceGone, OSError) as exc:
+                self.log.error("reconnect failed", error=str(exc))
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> XenbusState:
         with self.state_cond:
@@ -259,6 +340,7 @@ class BlkfrontDevice:
         switch_state(xs, self.path, S.Initialised, end=FRONTEND)
         self._wait_backend(S.Connected)
         switch_state(xs, self.path, S.Connected, end=FRONTEND)
+        self.connected.set()
         self.log.info("connected", sectors=self.sectors, queues=nr_queues,
                       ring_pages=ring_pages, max_segments=self.max_segments,
                       readonly=self.readonly)
@@ -296,31 +378,43 @@ class BlkfrontDevice:
     def io(self, op: int, sector: int, nr_sectors: int, data: bytes | None = None,
            out: bytearray | None = None) -> None:
         """One request of at most max_segments pages (callers split)."""
-        if self.closed:
-            raise DeviceGone(f"{self.path} is closed")
+        while True:
+            if self.closed:
+                raise DeviceGone(f"{self.path} is closed")
+            if not self.connected.wait(RECONNECT_TIMEOUT):
+                raise DeviceGone(f"{self.path}: the backend did not come back")
+            if self._io_once(op, sector, nr_sectors, data, out):
+                return
+
+    def _io_once(self, op: int, sector: int, nr_sectors: int, data, out) -> bool:
+        """Issue the request once; False when it must be reissued."""
         nr_pages = -(-nr_sectors // SECTORS_PER_PAGE) if op in (BLKIF_OP_READ,
                                                                  BLKIF_OP_WRITE) else 0
-        pages = self.pool.take(nr_pages) if nr_pages else []
-        indirect = self.indirect.take(1) if nr_pages > BLKIF_MAX_SEGMENTS_PER_REQUEST else []
+        pool, indirect_pool, queues, window = self.pool, self.indirect, self.queues, self.map
+        pages = pool.take(nr_pages) if nr_pages else []
+        indirect = indirect_pool.take(1) if nr_pages > BLKIF_MAX_SEGMENTS_PER_REQUEST else []
         try:
             if data is not None:
                 view = memoryview(data).cast("B")
                 for first, done, n in _runs(pages, len(view)):
-                    self.map[first:first + n] = view[done:done + n]
-            queue = self.queues[threading.get_ident() % len(self.queues)]
+                    window[first:first + n] = view[done:done + n]
+            queue = queues[threading.get_ident() % len(queues)]
             pending = queue.submit(op, sector, pages, nr_sectors, indirect)
             pending.done.wait()
+            if pending.status == REISSUE:
+                return False
             if pending.status != BLKIF_RSP_OKAY:
                 raise BlockIOError(f"{_OPS.get(op, op)} of {nr_sectors} sectors at "
                                    f"{sector}: backend status {pending.status}")
             if out is not None:
                 for first, done, n in _runs(pages, nr_sectors * SECTOR):
-                    out[done:done + n] = self.map[first:first + n]
+                    out[done:done + n] = window[first:first + n]
         finally:
             if pages:
-                self.pool.give(pages)
+                pool.give(pages)
             if indirect:
-                self.indirect.give(indirect)
+                indirect_pool.give(indirect)
+        return True
 
     # -- close --------------------------------------------------------------------------
 
