@@ -1,17 +1,20 @@
-"""The toolstack (libxl's job): build domains from configs, watch them,
-apply their on_* actions. Every change goes through hypercalls."""
+"""The toolstack (libxl's job): build domains from configs, publish them
+and their devices in XenStore, watch them, apply their on_* actions.
+Domains change only through hypercalls."""
 
 from __future__ import annotations
 
+import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from domains.dom0 import actions, devices, xsnodes
 from domains.dom0.topology import DomainConfig, Platform
-from domains.dom0.xlspec import DiskSpec, VifSpec
 from domains.dom0.xc import XenCtrl
+from domains.dom0.xlspec import DiskSpec, VifSpec
+from domains.kernel.xenbus.client import XenStoreClient, XsError
 from hypervisor.public.domctl import (
     XEN_DOMINF_blocked,
     XEN_DOMINF_dying,
@@ -21,7 +24,6 @@ from hypervisor.public.domctl import (
     XEN_DOMINF_shutdownmask,
     XEN_DOMINF_shutdownshift,
 )
-from domains.kernel.xenbus.client import XenStoreClient, XsError
 from hypervisor.public.errno import EEXIST, EINVAL, EIO, ENOENT, ESRCH, XenError
 from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
@@ -435,8 +437,6 @@ DETACH_TIMEOUT = 10.0
 
 def wait_for_state(xs: XenStoreClient, path: str, states: set[int], timeout: float) -> bool:
     """Block until <path>/state is one of `states` (or the node is gone)."""
-    import threading
-
     reached = threading.Event()
     token = f"wait-{path}"
 
