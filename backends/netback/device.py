@@ -16,10 +16,11 @@ import queue
 import struct
 import threading
 from collections import deque
+from itertools import islice
 from typing import Any
 
 from backends.netback.bridge import Bridge
-from backends.netback.rx import RxDrop, RxFeatures, RxRequest, plan_rx
+from backends.netback.rx import RxDrop, RxFeatures, RxRequest, plan_rx, rx_slots_needed
 from backends.netback.tx import TxAssembler, TxError, TxPacket
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.xenbus.backend import backend_switch
@@ -34,7 +35,7 @@ from domains.kernel.xenbus.state import (
 )
 from hypervisor.public.errno import XenError
 from hypervisor.public.io import netif
-from hypervisor.public.io.netif import NETIF_RSP_ERROR
+from hypervisor.public.io.netif import NETIF_RSP_ERROR, XEN_NETIF_MAX_TX_SIZE
 from hypervisor.public.io.ring import BackRing, RingError
 from hypervisor.public.io.xenbus import XenbusState
 
@@ -42,6 +43,7 @@ S = XenbusState
 TX_ENTRY = netif.NETIF_TX_SRING_ENTRY_SIZE
 RX_ENTRY = netif.NETIF_RX_SRING_ENTRY_SIZE
 RX_BACKLOG = 512  # frames waiting for rx buffers before we drop (as a full NIC queue)
+RX_BATCH = 64  # tx packets forwarded before the frames are put on the rx rings
 RX_ID = struct.Struct("<HxxI")
 
 
@@ -54,6 +56,7 @@ class Switch(threading.Thread):
         self.work: queue.SimpleQueue = queue.SimpleQueue()
         self.bridges: dict[str, Bridge] = {}
         self.ports: dict[tuple[str, int], "Vif"] = {}
+        self.dirty: dict["Vif", None] = {}  # vifs with frames queued by forward()
         self.start()
 
     def call(self, fn) -> None:
@@ -64,6 +67,8 @@ class Switch(threading.Thread):
             fn = self.work.get()
             try:
                 fn()
+                if self.dirty:
+                    self.flush()
             except Exception as exc:  # one vif's trouble must not stop the switch
                 self.log.error("switch work failed", error=repr(exc))
 
@@ -78,6 +83,8 @@ class Switch(threading.Thread):
             bridge.remove_port(vif.port_id)
 
     def forward(self, source: "Vif", frame: bytes) -> None:
+        """Queue `frame` on the vifs the bridge sends it out of; flush() puts
+        it on their rx rings."""
         bridge = self.bridges.get(source.bridge_name)
         if bridge is None:
             return
@@ -85,6 +92,14 @@ class Switch(threading.Thread):
             target = self.ports.get((source.bridge_name, port))
             if target is not None:
                 target.deliver(frame)
+
+    def flush(self) -> None:
+        """Put the frames forward() queued on their vifs' rx rings: one pass
+        over each rx ring (one push, at most one notification) per batch of
+        frames instead of one per frame."""
+        dirty, self.dirty = self.dirty, {}
+        for vif in dirty:
+            vif.process_rx()
 
 
 class Vif:
@@ -198,12 +213,16 @@ class Vif:
         if not self.connected:
             return
         ring = self.tx_ring
+        sent = 0
         try:
             while True:
                 while ring.has_unconsumed_requests():
                     result = self.assembler.feed(ring.get_request())
                     if isinstance(result, TxPacket):
                         self._send_packet(result)
+                        sent += 1
+                        if sent % RX_BATCH == 0:
+                            self.switch.flush()  # bound the rx backlogs and latency
                     elif isinstance(result, TxError):
                         self.log.info("bad tx request", reason=result.reason)
                         for raw in result.response_bytes():
@@ -233,12 +252,13 @@ class Vif:
         self.switch.forward(self, frame)
 
     def deliver(self, frame: bytes) -> None:
+        """Queue a frame for the rx ring; the switch's flush() puts it there."""
         if not self.connected:
             return
         if len(self.backlog) >= RX_BACKLOG:
             self.backlog.popleft()  # the oldest frame is lost, as on a full queue
         self.backlog.append(frame)
-        self.process_rx()
+        self.switch.dirty[self] = None
 
     def process_rx(self) -> None:
         if not self.connected:
@@ -253,8 +273,10 @@ class Vif:
             self._switch(S.Closing)
             return
         pushed = False
+        # plan_rx looks at no more requests than the largest frame takes.
+        most = rx_slots_needed(XEN_NETIF_MAX_TX_SIZE, self.features.page_size, gso=True)
         while self.backlog:
-            plan = plan_rx(self.backlog[0], list(self.posted), self.features)
+            plan = plan_rx(self.backlog[0], list(islice(self.posted, most)), self.features)
             if plan is None:
                 break  # wait for the frontend to post buffers
             self.backlog.popleft()

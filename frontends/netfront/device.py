@@ -76,7 +76,10 @@ class NetfrontDevice:
         gnttab = self.kernel.gnttab
         self.refs = [gnttab.grant_access(self.backend_id, self.window.gfn + i)
                      for i in range(2 + tx_size + rx_size)]
-        tx_view, rx_view = self._page(0), self._page(1)
+        # Every page's view, made once: the rings and the tx and rx buffers
+        # stay in the same pages for the whole connection.
+        self.pages = [self._page(i) for i in range(2 + tx_size + rx_size)]
+        tx_view, rx_view = self.pages[0], self.pages[1]
         shared_ring_init(tx_view)
         shared_ring_init(rx_view)
         self.tx = FrontRing(tx_view, TX_ENTRY, 4, entry_size=TX_ENTRY)
@@ -94,8 +97,11 @@ class NetfrontDevice:
         else:
             self.tx_port = self.rx_port = events.alloc_unbound(self.backend_id)
             events.bind(self.tx_port, self._both)
-        for idx in range(self.rx.size):
-            self.rx.put_request(make_rx_request(idx, self.refs[self.rx_first + idx]))
+        # Ring slot idx always posts the same buffer: its request, made once.
+        self.rx_requests = [make_rx_request(idx, self.refs[self.rx_first + idx])
+                            for idx in range(self.rx.size)]
+        for request in self.rx_requests:
+            self.rx.put_request(request)
         self.rx.push_requests()
 
         def publish(tx: int) -> None:
@@ -150,7 +156,7 @@ class NetfrontDevice:
             del self.tx_pages[:len(pieces)]
         segments = []
         for page, (offset, data) in zip(pages, pieces):
-            self._page(page)[offset:offset + len(data)] = data
+            self.pages[page][offset:offset + len(data)] = data
             segments.append((self.refs[page], offset, len(data)))
         with self.lock:
             try:
@@ -190,9 +196,9 @@ class NetfrontDevice:
                 while self.rx.has_unconsumed_responses():
                     idx = self.rx.rsp_cons & mask
                     raw = self.rx.get_response()
-                    result = self.assembler.feed(raw, self._page(self.rx_first + idx))
+                    result = self.assembler.feed(raw, self.pages[self.rx_first + idx])
                     # Re-post the buffer that slot used, at the same ring position.
-                    self.rx.put_request(make_rx_request(idx, self.refs[self.rx_first + idx]))
+                    self.rx.put_request(self.rx_requests[idx])
                     if isinstance(result, RxFrame):
                         try:
                             self.tap.write(result.data)

@@ -215,8 +215,10 @@ def iperf(server_prefix: list[str], client_prefix: list[str], server_ip: str,
     server = start_server(server_prefix, what)
     try:
         mbit_s = run_client(client_prefix, server_ip, duration, what)
-    finally:
-        stop(server, SERVER_EXIT_TIMEOUT)  # -1: it ends after its one test
+    except BaseException:
+        stop(server)  # the test failed: the server may never end by itself
+        raise
+    stop(server, SERVER_EXIT_TIMEOUT)  # -1: it ends after its one test
     return mbit_s
 
 
