@@ -404,3 +404,16 @@ def mismatches(python: Facts, c: Facts, kind: str | None = None) -> list[str]:
     return [f"{' '.join(key)}: python {python.get(key, 'missing')}, "
             f"C {c.get(key, 'missing')}"
             for key in keys if python.get(key) != c.get(key)]
+
+
+def run_c_facts(workdir: Path, name: str, source: str) -> dict[str, int]:
+    """Compile `source` (a program printing ``key=value`` lines) natively
+    and return its facts; the caller skips first when cc or headers lack."""
+    (workdir / f"{name}.c").write_text(source)
+    subprocess.run(["cc", "-std=gnu11", "-Wall", "-o", str(workdir / name),
+                    str(workdir / f"{name}.c")], check=True, timeout=50,
+                   capture_output=True)
+    output = subprocess.run([str(workdir / name)], check=True, timeout=10,
+                            capture_output=True, text=True).stdout
+    return {key: int(value) for key, value in
+            (line.rsplit("=", 1) for line in output.splitlines())}

@@ -8,10 +8,11 @@ layouts must be the same on both 64-bit ABIs.
 
 import ctypes
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.cabi import run_c_facts
 
 from hypervisor.public.io import netif
 from tests import cabi
@@ -114,15 +115,7 @@ def c_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
         pytest.skip(f"needs Debian's libxen-dev ({NETIF_H})")
     if shutil.which("cc") is None:
         pytest.skip("needs a C compiler (cc) to compile against libxen-dev")
-    workdir = tmp_path_factory.mktemp("netif")
-    (workdir / "netif.c").write_text(_c_program())
-    subprocess.run(["cc", "-std=gnu11", "-Wall", "-o", str(workdir / "netif"),
-                    str(workdir / "netif.c")], check=True, timeout=50,
-                   capture_output=True)
-    output = subprocess.run([str(workdir / "netif")], check=True, timeout=10,
-                            capture_output=True, text=True).stdout
-    return {key: int(value) for key, value in
-            (line.rsplit("=", 1) for line in output.splitlines())}
+    return run_c_facts(tmp_path_factory.mktemp("netif"), "netif", _c_program())
 
 
 def test_layouts_and_constants_match_the_host_compiler(c_facts) -> None:
