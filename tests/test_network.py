@@ -65,3 +65,19 @@ def test_vif_attach_gets_traffic_and_detach_removes_the_interface(system):
     assert "eth1:" not in system.cli("exec", "guest1", "--", "ip", "-o", "link").stdout
     listing = system.cli("network-list", "guest1").stdout.splitlines()
     assert [line.split()[0] for line in listing[1:]] == ["0"]
+
+
+def test_net_driver_domain_restart_keeps_the_interface_and_traffic_resumes(system):
+    system.boot()
+    system.wait_log("guest1", "network interface up")
+    system.wait_log("guest2", "network interface up")
+    assert "1 received" in system.cli("exec", "guest1", "--", "ping", "-c", "1", "-W", "5",
+                                      "10.0.0.2").stdout
+    old = system.list()["net-dd"]["domid"]
+    os.kill(system.pid_of("net-dd"), 9)
+    system.wait("net-dd", "running", not_domid=old)
+    system.wait_log("guest1", "reconnecting to the new backend")
+    # ping's own deadline: it waits for the first reply, for up to 30 s.
+    ping = system.cli("exec", "guest1", "--", "ping", "-c", "1", "-w", "30", "10.0.0.2")
+    assert "1 received" in ping.stdout
+    assert "eth0:" in system.cli("exec", "guest1", "--", "ip", "-o", "link").stdout

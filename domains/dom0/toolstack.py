@@ -147,14 +147,16 @@ class Toolstack:
                     continue
                 nodes = self.disk_nodes(dom.domid, disk)
                 front = devices.vbd_frontend_path(dom.domid, disk.virtual_device)
-                backend_side = [n for n in nodes if n[0].startswith(
-                    f"{xsnodes.dom_path(driver.domid)}/")]
-                moved = [n for n in nodes if n[0] in (f"{front}/backend", f"{front}/backend-id")]
-                # The new backend must read what the frontend wrote, old and new.
-                self.chmod_tree(front, [f"n{dom.domid}", f"r{driver.domid}"])
-                # Backend-id last: it is what the frontend watches.
-                self.write_nodes(backend_side + sorted(moved, key=lambda n: n[0].endswith("-id")))
+                self._move_frontend(nodes, front, dom.domid, driver.domid)
                 self.log.info("disk republished", domain=dom.name, vdev=disk.vdev,
+                              backend=driver.name, backend_id=driver.domid)
+            for devid, vif in enumerate(dom.config.vifs):
+                if vif.backend != driver.name:
+                    continue
+                nodes = self.vif_nodes(dom.domid, dom.name, devid, vif)
+                front = devices.vif_frontend_path(dom.domid, devid)
+                self._move_frontend(nodes, front, dom.domid, driver.domid)
+                self.log.info("vif republished", domain=dom.name, devid=devid,
                               backend=driver.name, backend_id=driver.domid)
 
     # -- block devices (xl block-attach / -detach / -list) -----------------------
@@ -256,6 +258,16 @@ class Toolstack:
         backend = self.find(vif.backend).domid
         mac = vif.mac or devices.default_mac(name, devid)
         return devices.vif_nodes(domid, backend, devid, vif, mac)
+
+    def _move_frontend(self, nodes: list, front: str, fe: int, be: int) -> None:
+        """Write a device's backend directory under the new backend and point
+        the frontend at it, leaving the frontend's own nodes alone."""
+        backend_side = [n for n in nodes if n[0].startswith(f"{xsnodes.dom_path(be)}/")]
+        moved = [n for n in nodes if n[0] in (f"{front}/backend", f"{front}/backend-id")]
+        # The new backend must read what the frontend wrote, old and new.
+        self.chmod_tree(front, [f"n{fe}", f"r{be}"])
+        # Backend-id last: it is what the frontend watches.
+        self.write_nodes(backend_side + sorted(moved, key=lambda n: n[0].endswith("-id")))
 
     def chmod_tree(self, path: str, perms: list[str]) -> None:
         self.xs.set_perms(path, perms)

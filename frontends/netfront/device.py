@@ -47,15 +47,73 @@ class NetfrontDevice:
         self.backend_state = S.Unknown
         self.lock = threading.Lock()
         self.closed = False
+        self.link_up = threading.Event()  # carrier: a backend is connected
+        self.generation = 0  # bumped at each reconnect: old rings are gone
+        self.reconnecting = threading.Lock()
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
+        # A restarted net driver domain comes back under a new domid: the
+        # toolstack points our backend-id at it and we reconnect.
+        self.xs.watch(f"{path}/backend-id", f"netfront-{path}",
+                      lambda _path, _token: self._backend_moved())
 
     def _backend_changed(self, state: XenbusState) -> None:
         with self.cond:
             self.backend_state = state
             self.cond.notify_all()
-        if state in (S.Closing, S.Closed) and getattr(self, "tx", None) and not self.closed:
+        if state == S.Unknown and self.link_up.is_set() and not self.closed:
+            # The backend vanished (its driver domain died): frames are lost
+            # as on an unplugged wire; the interface stays up.
+            self.log.warning("backend gone: no carrier until it is back")
+            self.link_up.clear()
+            with self.cond:
+                self.cond.notify_all()  # senders waiting for tx pages give up
+        elif state in (S.Closing, S.Closed) and getattr(self, "tx", None) and not self.closed:
             self.log.info("backend closing the vif")
             threading.Thread(target=self.close, daemon=True).start()
+
+    def _backend_moved(self) -> None:
+        try:
+            backend_id = int(self.xs.read(f"{self.path}/backend-id"))
+        except (XsError, ValueError):
+            return
+        if backend_id != self.backend_id and not self.closed:
+            threading.Thread(target=self._reconnect, daemon=True).start()
+
+    def _reconnect(self) -> None:
+        with self.reconnecting:
+            backend_id = int(self.xs.read(f"{self.path}/backend-id"))
+            if backend_id == self.backend_id or self.closed:
+                return
+            self.link_up.clear()
+            with self.lock:
+                self.generation += 1
+            for port in {self.tx_port, self.rx_port}:
+                try:
+                    self.kernel.events.close(port)
+                except Exception:  # the channel died with the old backend
+                    pass
+            for ref in self.refs:
+                try:
+                    self.kernel.gnttab.end_access(ref)
+                except OSError:
+                    pass
+            try:
+                self.watch.cancel()
+            except XsError:
+                pass
+            self.backend = self.xs.read(f"{self.path}/backend").decode()
+            self.backend_id = backend_id
+            with self.cond:
+                self.backend_state = S.Unknown
+                self.cond.notify_all()
+            self.log.info("reconnecting to the new backend", backend=self.backend)
+            switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
+            switch_state(self.xs, self.path, S.Initialising, end=FRONTEND)
+            self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
+            try:
+                self.connect()
+            except (XsError, NetfrontError, OSError) as exc:
+                self.log.error("reconnect failed", error=str(exc))
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
         with self.cond:
@@ -120,10 +178,12 @@ class NetfrontDevice:
         switch_state(xs, self.path, S.Connected, end=FRONTEND)
         self._wait_backend(S.Connected)
         self.log.info("connected", sg=self.sg, split_channels=split)
-        self._stop_r, self._stop_w = os.pipe()
-        self.reader = threading.Thread(target=self._tap_reader, name="netfront-tx",
-                                       daemon=True)
-        self.reader.start()
+        self.link_up.set()
+        if not hasattr(self, "reader"):
+            self._stop_r, self._stop_w = os.pipe()
+            self.reader = threading.Thread(target=self._tap_reader, name="netfront-tx",
+                                           daemon=True)
+            self.reader.start()
 
     def _page(self, index: int) -> memoryview:
         return memoryview(self.window.map)[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
@@ -145,11 +205,14 @@ class NetfrontDevice:
                 self.send(frame)
 
     def send(self, frame: bytes) -> None:
+        if not self.link_up.is_set():
+            return  # no carrier: the frame is lost, as on a real wire
         pieces = split_frame(frame) if self.sg else [(0, frame)]
         with self.cond:
+            generation = self.generation
             # Pages and ids come back as the backend answers (see _tx_done).
             while len(self.tx_pages) < len(pieces) or self.shadow.free < len(pieces):
-                if self.closed:
+                if self.closed or not self.link_up.is_set():
                     return
                 self.cond.wait()
             pages = self.tx_pages[:len(pieces)]
@@ -159,6 +222,8 @@ class NetfrontDevice:
             self.pages[page][offset:offset + len(data)] = data
             segments.append((self.refs[page], offset, len(data)))
         with self.lock:
+            if generation != self.generation:
+                return  # the rings were replaced while we copied
             try:
                 packet = self.shadow.add(segments, buffers=pages)
             except (ShadowFull, ValueError) as exc:
