@@ -241,7 +241,10 @@ class Grants:
 
     def unmap_grant_ref(self, mapper: int, op: dict) -> dict:
         me = self.lookup(mapper)
-        mapping = me.table.maptrack.pop(int(op["handle"]), None) if me else None
+        return self._unmap(me.table, op) if me else {"status": GNTST_bad_handle}
+
+    def _unmap(self, table: GrantTable, op: dict) -> dict:
+        mapping = table.maptrack.pop(int(op["handle"]), None)
         if mapping is None:
             return {"status": GNTST_bad_handle}
         granter = self.lookup(mapping.granter)
@@ -249,13 +252,11 @@ class Grants:
             granter.table.unpin(mapping.ref, mapping.readonly)
         return {"status": GNTST_okay}
 
-    def release_mapper(self, mapper: int) -> None:
-        """Drop every mapping a dying domain held, unpinning the grants."""
-        me = self.lookup(mapper)
-        if me is None:
-            return
-        for handle in list(me.table.maptrack):
-            self.unmap_grant_ref(mapper, {"handle": handle})
+    def release_mapper(self, table: GrantTable) -> None:
+        """Drop every mapping a dead or dying domain held, unpinning the
+        grants (its table is passed in: lookups no longer see a dying one)."""
+        for handle in list(table.maptrack):
+            self._unmap(table, {"handle": handle})
 
     def copy(self, caller: int, op: dict) -> dict:
         """GNTTABOP_copy for one op: the hypervisor moves the bytes itself."""

@@ -284,7 +284,7 @@ class Machine:
 
     def _release_runtime(self, dom: Domain) -> None:
         """Drop what only a live domain needs: its maps and its timers."""
-        self.grants.release_mapper(dom.domid)
+        self.grants.release_mapper(dom.gnttab)
         for vcpu in range(dom.max_vcpus):
             self.timer_deadlines.pop((dom.domid, vcpu), None)
 

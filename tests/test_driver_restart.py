@@ -52,12 +52,16 @@ def follow_acks(path, until, timeout=60.0) -> int:
         proc.wait()
 
 
-def test_disk_driver_domain_killed_during_writes_loses_nothing(system):
+@pytest.mark.parametrize("how", ["kill -9", "pyxen reboot"])
+def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
     system.boot(system.write_topology(TOPOLOGY))
     log = system.run_dir / "logs" / "writer.log"
     follow_acks(log, 30)
     old = system.list()["disk-dd"]["domid"]
-    os.kill(system.pid_of("disk-dd"), 9)
+    if how == "kill -9":
+        os.kill(system.pid_of("disk-dd"), 9)
+    else:
+        system.cli("reboot", "disk-dd")  # on_reboot defaults to restart
     system.wait("disk-dd", "running", not_domid=old)
     last = follow_acks(log, 0)
     follow_acks(log, last + 60)  # writes go on through the new backend

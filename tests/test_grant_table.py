@@ -380,7 +380,7 @@ def test_release_mapper_unpins_everything(world):
     d3 = world.map(3, 1, 5)
     assert world.pin_flags(1, 3) == GTF_reading | GTF_writing
     assert world.pin_flags(1, 4) == GTF_reading
-    world.grants.release_mapper(2)
+    world.grants.release_mapper(world.doms[2].table)
     assert world.doms[2].table.maptrack == {}
     assert world.pin_flags(1, 3) == 0
     assert world.pin_flags(1, 4) == 0
@@ -389,9 +389,15 @@ def test_release_mapper_unpins_everything(world):
     assert set(world.doms[1].table.pins) == {5}
     assert world.unmap(3, d3["handle"]) == {"status": GNTST_okay}
     assert world.doms[1].table.pins == {}
-    # Releasing again, or a domain that does not exist, is harmless.
-    world.grants.release_mapper(2)
-    world.grants.release_mapper(99)
+    # Releasing again is harmless, and so is releasing a dying domain that
+    # lookups no longer find.
+    world.grants.release_mapper(world.doms[2].table)
+    dom3 = world.doms.pop(3)
+    try:
+        world.grants.release_mapper(dom3.table)
+        assert world.doms[1].table.pins == {}
+    finally:
+        world.doms[3] = dom3
 
 
 def test_handles_are_reused_after_unmap(world):
@@ -726,8 +732,8 @@ def test_fuzz_ops_always_answer_a_status(entries, ops):
             elif kind == "copy":
                 result = world.grants.copy(caller, op)
                 assert result["status"] in ALL_GNTST
-            else:
-                world.grants.release_mapper(caller)
+            elif caller in world.doms:
+                world.grants.release_mapper(world.doms[caller].table)
             # Published pin state always matches the live mappings.
             expected = expected_pins(world)
             for granter in (1, 2, 3):
@@ -735,7 +741,7 @@ def test_fuzz_ops_always_answer_a_status(entries, ops):
                     assert world.pin_flags(granter, ref) == expected.get(
                         (granter, ref), 0)
         for domid in (1, 2, 3):
-            world.grants.release_mapper(domid)
+            world.grants.release_mapper(world.doms[domid].table)
         for domid in (1, 2, 3):
             assert world.doms[domid].table.pins == {}
             assert world.doms[domid].table.maptrack == {}

@@ -28,6 +28,7 @@ from domains.kernel.xenbus.state import (
     write_features,
 )
 from frontends.blkfront.shadow import Shadow
+from hypervisor.public.errno import XenError
 from hypervisor.public.io import blkif
 from hypervisor.public.io.blkif import (
     BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
@@ -283,7 +284,7 @@ class BlkfrontDevice:
             for ref in self.refs.values():
                 try:
                     self.kernel.gnttab.end_access(ref)
-                except OSError:
+                except XenError:
                     pass  # still mapped by a backend that will never unmap it
             self.backend = self.xs.read(f"{self.path}/backend").decode()
             self.backend_id = backend_id

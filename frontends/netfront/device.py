@@ -20,6 +20,7 @@ from domains.kernel.xenbus.client import XsError
 from domains.kernel.xenbus.state import FRONTEND, read_feature, switch_state, watch_otherend
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tx import ShadowFull, TxShadow, split_frame
+from hypervisor.public.errno import XenError
 from hypervisor.public.io import netif
 from hypervisor.public.io.ring import FrontRing, shared_ring_init
 from hypervisor.public.io.xenbus import XenbusState
@@ -95,8 +96,8 @@ class NetfrontDevice:
             for ref in self.refs:
                 try:
                     self.kernel.gnttab.end_access(ref)
-                except OSError:
-                    pass
+                except XenError:
+                    pass  # still mapped by a backend that will never unmap it
             try:
                 self.watch.cancel()
             except XsError:
