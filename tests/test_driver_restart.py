@@ -77,3 +77,25 @@ def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
         found = image[slot * 4096:(slot + 1) * 4096]
         # ...or the one after it, written but not yet acknowledged at halt
         assert found in (block(latest), block(latest + SLOTS)), f"write {latest} lost"
+
+
+def test_past_the_restart_budget_the_driver_stays_down_and_says_why(system):
+    topology = TOPOLOGY.replace('on_crash = "restart"',
+                                'on_crash = "restart"\nrestart_limit = [1, 60]')
+    topology = topology.replace("tests.workloads:disk_writer",
+                                "tests.workloads:disk_writer_reporting")
+    system.boot(system.write_topology(topology))
+    log = system.run_dir / "logs" / "writer.log"
+    follow_acks(log, 10)
+    first = system.list()["disk-dd"]["domid"]
+    os.kill(system.pid_of("disk-dd"), 9)
+    second = int(system.wait("disk-dd", "running", not_domid=first))
+    system.wait_log("writer", "reconnecting to the new backend")
+    os.kill(system.pid_of("disk-dd"), 9)
+    system.wait("disk-dd", "crashed")
+    system.wait_log("writer", "disk lost")  # pending I/O failed with a clear error
+    listing = system.cli("list", "-v").stdout
+    assert "not restarted, 1 restarts in 60s already (restart_limit)" in listing
+    assert system.list()["disk-dd"]["domid"] == second
+    assert "restart_limit" in system.cli("dmesg").stdout
+    assert "was removed" in log.read_text()

@@ -259,3 +259,15 @@ def disk_writer(kernel) -> None:
             disk.flush()
         kernel.log.info("acked", n=n)
         n += 1
+
+
+def disk_writer_reporting(kernel) -> None:
+    """disk_writer that reports how its disk ended, on the console log."""
+    from frontends.blkfront.device import DeviceGone
+
+    try:
+        disk_writer(kernel)
+    except DeviceGone as exc:
+        kernel.log.error("disk lost", error=str(exc))
+        import threading
+        threading.Event().wait()

@@ -259,6 +259,24 @@ class Toolstack:
         mac = vif.mac or devices.default_mac(name, devid)
         return devices.vif_nodes(domid, backend, devid, vif, mac)
 
+    def orphan(self, driver: Managed) -> None:
+        """A driver domain stays down: remove the devices it served, so that
+        their frontends fail what is pending with a clear error."""
+        for dom in list(self.domains.values()):
+            if dom.config is None or dom.domid == driver.domid:
+                continue
+            fronts = [devices.vbd_frontend_path(dom.domid, d.virtual_device)
+                      for d in [*dom.config.disks, *dom.attached] if d.backend == driver.name]
+            fronts += [devices.vif_frontend_path(dom.domid, i)
+                       for i, v in enumerate(dom.config.vifs) if v.backend == driver.name]
+            for front in fronts:
+                try:
+                    self.xs.rm(front)
+                except XsError:
+                    pass
+                self.log.error("device lost its backend", domain=dom.name, device=front,
+                               backend=driver.name)
+
     def _move_frontend(self, nodes: list, front: str, fe: int, be: int) -> None:
         """Write a device's backend directory under the new backend and point
         the frontend at it, leaving the frontend's own nodes alone."""
@@ -358,7 +376,11 @@ class Toolstack:
                         "already (restart_limit)")
             self.log.error("restart budget spent", name=dom.name, limit=limit,
                            period=period)
-            self.destroy(dom)
+            # Kept, shown crashed with the reason (`pyxen list -v`), and said
+            # on the hypervisor console (`pyxen dmesg`).
+            self.xc.console_write(f"toolstack: {dom.name} (d{dom.domid}) {dom.note}")
+            if config.driver_domain:
+                self.orphan(dom)
             return
         if action == actions.RENAME_RESTART:
             old = f"{dom.name}-{dom.domid}"

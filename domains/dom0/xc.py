@@ -10,6 +10,8 @@ from hypervisor.public import sysctl as S
 from hypervisor.public import version as V
 from hypervisor.public.sched import SCHEDOP_remote_shutdown, SHUTDOWN_NAMES
 from hypervisor.public.xen import (
+    CONSOLEIO_write,
+    HYPERVISOR_console_io,
     HYPERVISOR_domctl,
     HYPERVISOR_sched_op,
     HYPERVISOR_sysctl,
@@ -74,6 +76,10 @@ class XenCtrl:
 
     def readconsole(self, clear: bool = False) -> str:
         return self._sysctl(S.XEN_SYSCTL_readconsole, clear=clear)
+
+    def console_write(self, text: str) -> None:
+        """A line on the hypervisor's console (what `pyxen dmesg` shows)."""
+        self.hypercall(HYPERVISOR_console_io, CONSOLEIO_write, {"buf": text})
 
     def version(self) -> dict:
         ver = self.hypercall(HYPERVISOR_xen_version, V.XENVER_version)

@@ -381,7 +381,8 @@ class BlkfrontDevice:
         """One request of at most max_segments pages (callers split)."""
         while True:
             if self.closed:
-                raise DeviceGone(f"{self.path} is closed")
+                raise DeviceGone(f"{self.path} was removed (detached, or its backend "
+                                 "is gone for good)")
             if not self.connected.wait(RECONNECT_TIMEOUT):
                 raise DeviceGone(f"{self.path}: the backend did not come back")
             if self._io_once(op, sector, nr_sectors, data, out):
@@ -430,6 +431,10 @@ class BlkfrontDevice:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.connected.set()  # wake I/O waiting for a backend: it fails now
+            for queue in self.queues:
+                if not queue.dead:
+                    queue.abandon()
             self._close_handshake()
         try:
             self.watch.cancel()
