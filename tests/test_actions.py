@@ -44,3 +44,13 @@ def test_destroy_does_not_spend_the_budget():
     budget = actions.RestartBudget(1, 10.0)
     assert actions.decide(cfg, SHUTDOWN_crash, budget, 0.0) == "destroy"
     assert not budget.history
+
+
+def test_restarts_back_off_within_the_window():
+    budget = actions.RestartBudget(5, 60.0)
+    delays = []
+    for now in (0.0, 1.0, 2.0, 3.0):
+        assert budget.allow(now)
+        delays.append(budget.backoff())
+    assert delays == [0.0, 0.25, 0.5, 1.0]
+    assert budget.allow(100.0) and budget.backoff() == 0.0  # the window moved on

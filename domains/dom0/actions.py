@@ -20,7 +20,9 @@ from hypervisor.public.sched import (
 )
 
 DESTROY, RESTART, PRESERVE, RENAME_RESTART = "destroy", "restart", "preserve", "rename-restart"
-GIVE_UP = "give-up"  # restart wanted, budget spent: destroy and say why
+GIVE_UP = "give-up"
+BACKOFF_BASE = 0.25  # seconds before a second restart within restart_limit's window
+BACKOFF_CAP = 8.0  # restart wanted, budget spent: destroy and say why
 
 
 def configured_action(config, reason: int) -> str:
@@ -52,6 +54,13 @@ class RestartBudget:
             return False
         self.history.append(now)
         return True
+
+    def backoff(self) -> float:
+        """Seconds to wait before the restart just allowed: none for the first
+        in the window, then doubling (as a supervisor backs off a child that
+        keeps dying), capped."""
+        recent = len(self.history) - 1
+        return 0.0 if recent <= 0 else min(BACKOFF_BASE * 2 ** (recent - 1), BACKOFF_CAP)
 
 
 def decide(config, reason: int, budget: RestartBudget, now: float) -> str:

@@ -115,6 +115,10 @@ def main(kernel: Kernel) -> None:
     (run_dir / CONTROL_SOCKET).unlink(missing_ok=True)
 
 
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else max(0, int(seconds * 1000) + 1)
+
+
 def serve(toolstack: Toolstack, control: zmq.Socket, wake: zmq.Socket,
           kernel: Kernel) -> None:
     """Answer the CLI; `wait` requests are answered when their state comes."""
@@ -127,7 +131,9 @@ def serve(toolstack: Toolstack, control: zmq.Socket, wake: zmq.Socket,
         control.send_multipart([*address, msgpack.packb(reply)])
 
     while True:
-        ready = dict(poller.poll(waiters.timeout_ms()))
+        restart_in = toolstack.run_due()  # restarts whose back-off is over run now
+        timeouts = [t for t in (waiters.timeout_ms(), _ms(restart_in)) if t is not None]
+        ready = dict(poller.poll(min(timeouts) if timeouts else None))
         if wake in ready:
             while wake.poll(0):
                 wake.recv()

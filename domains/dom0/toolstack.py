@@ -65,6 +65,7 @@ class Toolstack:
     disk_dir: Path = Path(".")  # where relative disk targets live
     announce: Callable[..., None] = lambda **event: None
     domains: dict[int, Managed] = field(default_factory=dict)
+    scheduled: list = field(default_factory=list)  # (when, old domain, config) restarts
 
     def __post_init__(self) -> None:
         self.domains[0] = Managed(0, "Domain-0", None)
@@ -390,15 +391,31 @@ class Toolstack:
         else:
             self.destroy(dom)
         if action in (actions.RESTART, actions.RENAME_RESTART):
-            try:
-                new = self.create(config, dom.budget)
-            except XenError as exc:
-                self.log.error("restart failed", name=config.name, error=str(exc))
-                return
-            self.log.info("domain restarted", name=new.name, old_domid=dom.domid,
-                          domid=new.domid)
-            if config.driver_domain:
-                self.republish(new)
+            delay = dom.budget.backoff()
+            if delay:
+                self.log.info("restart backing off", name=config.name, seconds=delay)
+            self.scheduled.append((time.monotonic() + delay, dom, config))
+
+    def restart(self, old: Managed, config: DomainConfig) -> None:
+        try:
+            new = self.create(config, old.budget)
+        except XenError as exc:
+            self.log.error("restart failed", name=config.name, error=str(exc))
+            return
+        self.log.info("domain restarted", name=new.name, old_domid=old.domid,
+                      domid=new.domid)
+        if config.driver_domain:
+            self.republish(new)
+
+    def run_due(self) -> float | None:
+        """Run the restarts whose back-off is over; seconds to the next one."""
+        now = time.monotonic()
+        due = [item for item in self.scheduled if item[0] <= now]
+        self.scheduled = [item for item in self.scheduled if item[0] > now]
+        for _, old, config in due:
+            self.restart(old, config)
+        return min((t for t, _, _ in self.scheduled), default=now) - now \
+            if self.scheduled else None
 
     # -- views ----------------------------------------------------------------
 
