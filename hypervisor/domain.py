@@ -43,6 +43,7 @@ class Domain:
     vcpu_tids: list[int] = field(default_factory=list)
     affinity: dict[int, tuple[int, ...] | None] = field(default_factory=dict)
     windows: dict[int, Region] = field(default_factory=dict)
+    watchdogs: dict[int, int] = field(default_factory=dict)  # id -> timeout (s)
     # Windows whose fd this domain already holds (its own and its peers').
     known_windows: set[int] = field(default_factory=set)
     memchan: socket.socket | None = None  # passes segment fds to the domain

@@ -23,9 +23,12 @@ from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
 from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
 from hypervisor.process import DomainProcess
-from hypervisor.public.errno import EINVAL, EIO, ESRCH, XenError
-from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
+from hypervisor.public.errno import EBUSY, EINVAL, EIO, ESRCH, XenError
+from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash, SHUTDOWN_watchdog
 from hypervisor.public.xen import VIRQ_DOM_EXC, VIRQ_TIMER
+
+
+NR_WATCHDOGS = 2  # Xen's NR_DOMAIN_WATCHDOG_TIMERS
 
 
 class Transport(Protocol):
@@ -285,8 +288,8 @@ class Machine:
     def _release_runtime(self, dom: Domain) -> None:
         """Drop what only a live domain needs: its maps and its timers."""
         self.grants.release_mapper(dom.gnttab)
-        for vcpu in range(dom.max_vcpus):
-            self.timer_deadlines.pop((dom.domid, vcpu), None)
+        for key in [k for k in self.timer_deadlines if k[0] == dom.domid]:
+            del self.timer_deadlines[key]  # its timers and watchdogs
 
     def destroy(self, dom: Domain) -> None:
         dom.dying = True
@@ -375,13 +378,48 @@ class Machine:
         self._timer_seq += 1
         heapq.heappush(self.timers, (deadline_ns, self._timer_seq, dom.domid, vcpu))
 
+    def watchdog(self, dom: Domain, wd_id: int, timeout_s: int) -> int:
+        """SCHEDOP_watchdog: id 0 creates one, a timeout pokes it, 0 removes it.
+
+        Watchdogs share the timer heap under negative keys (-id)."""
+        if wd_id == 0:
+            if timeout_s <= 0:
+                raise XenError(EINVAL, "a new watchdog needs a timeout")
+            free = [i for i in range(1, NR_WATCHDOGS + 1) if i not in dom.watchdogs]
+            if not free:
+                raise XenError(EBUSY, f"d{dom.domid} has {NR_WATCHDOGS} watchdogs")
+            wd_id = free[0]
+        elif wd_id not in dom.watchdogs:
+            raise XenError(EINVAL, f"d{dom.domid} has no watchdog {wd_id}")
+        if timeout_s <= 0:
+            del dom.watchdogs[wd_id]
+            self.timer_deadlines.pop((dom.domid, -wd_id), None)
+            return 0
+        dom.watchdogs[wd_id] = timeout_s
+        self.set_timer(dom, -wd_id, time.monotonic_ns() + timeout_s * 1_000_000_000)
+        return wd_id
+
+    def _watchdog_expired(self, domid: int, wd_id: int) -> None:
+        dom = self.domains.get(domid)
+        if dom is None or dom.shutdown_code is not None or wd_id not in dom.watchdogs:
+            return
+        if dom.paused:  # a paused domain cannot poke: wait for it to run again
+            self.set_timer(dom, -wd_id, time.monotonic_ns()
+                           + dom.watchdogs[wd_id] * 1_000_000_000)
+            return
+        self.log(f"d{domid} {dom.name}: watchdog {wd_id} expired: the domain hangs")
+        self.shutdown(dom, SHUTDOWN_watchdog, remote=True)
+
     def fire_timers(self, now_ns: int) -> int | None:
-        """Deliver due VIRQ_TIMERs; returns the next deadline, if any."""
+        """Deliver due VIRQ_TIMERs and watchdogs; returns the next deadline."""
         while self.timers and self.timers[0][0] <= now_ns:
             deadline, _, domid, vcpu = heapq.heappop(self.timers)
             if self.timer_deadlines.get((domid, vcpu)) == deadline:
                 del self.timer_deadlines[(domid, vcpu)]
-                self.send_virq(domid, VIRQ_TIMER, vcpu)
+                if vcpu < 0:
+                    self._watchdog_expired(domid, -vcpu)
+                else:
+                    self.send_virq(domid, VIRQ_TIMER, vcpu)
         while self.timers and self.timer_deadlines.get(
                 (self.timers[0][2], self.timers[0][3])) != self.timers[0][0]:
             heapq.heappop(self.timers)  # cancelled or superseded

@@ -3,6 +3,7 @@ blkfront reconnects and reissues what had no response, nothing is lost."""
 
 import hashlib
 import os
+import signal
 import re
 import subprocess
 import threading
@@ -20,6 +21,8 @@ memory = 256
 driver_domain = true
 memory = 64
 on_crash = "restart"
+on_watchdog = "restart"
+extra = "watchdog=3"  # seconds without a heartbeat before it counts as hung
 [domain.writer]
 memory = 64
 workload = "tests.workloads:disk_writer"
@@ -52,7 +55,7 @@ def follow_acks(path, until, timeout=60.0) -> int:
         proc.wait()
 
 
-@pytest.mark.parametrize("how", ["kill -9", "pyxen reboot"])
+@pytest.mark.parametrize("how", ["kill -9", "pyxen reboot", "hang (SIGSTOP)"])
 def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
     system.boot(system.write_topology(TOPOLOGY))
     log = system.run_dir / "logs" / "writer.log"
@@ -60,8 +63,10 @@ def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
     old = system.list()["disk-dd"]["domid"]
     if how == "kill -9":
         os.kill(system.pid_of("disk-dd"), 9)
-    else:
+    elif how == "pyxen reboot":
         system.cli("reboot", "disk-dd")  # on_reboot defaults to restart
+    else:  # it stops answering: its watchdog expires, on_watchdog restarts it
+        os.kill(system.pid_of("disk-dd"), signal.SIGSTOP)
     system.wait("disk-dd", "running", not_domid=old)
     last = follow_acks(log, 0)
     follow_acks(log, last + 60)  # writes go on through the new backend

@@ -7,8 +7,6 @@ dies, only those devices pause.
 
 from __future__ import annotations
 
-import threading
-
 from backends.blkback.device import BlkbackDevice
 from backends.netback.device import Switch, Vif
 from domains.kernel.kernel import Kernel
@@ -22,4 +20,6 @@ def main(kernel: Kernel) -> None:
     switch = Switch(kernel.log)
     BackendBus(kernel.xenstore, kernel.domid, "vif",
                lambda path, fe, devid: Vif(kernel, switch, path, fe, devid), kernel.log)
-    threading.Event().wait()
+    # A driver domain that stops running is detected and handled like a
+    # crashed one (on_watchdog): its main thread is the heartbeat.
+    kernel.heartbeat(timeout_s=int(kernel.args.get("watchdog", "10")))

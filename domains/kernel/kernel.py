@@ -25,7 +25,7 @@ from domains.kernel.gnttab import GrantTable, Windows
 from domains.kernel.hypercall import Hypercalls
 from domains.kernel.log import make_logger
 from domains.kernel.xenstore import connect_ring
-from hypervisor.public.sched import SCHEDOP_shutdown, SHUTDOWN_poweroff
+from hypervisor.public.sched import SCHEDOP_shutdown, SCHEDOP_watchdog, SHUTDOWN_poweroff
 from hypervisor.public.xen import (
     HYPERVISOR_pyxen_op,
     HYPERVISOR_sched_op,
@@ -134,6 +134,21 @@ class Kernel:
         self._timer_fired.clear()
         self.set_timer(self.system_time() + max(1, int(seconds * 1e9)))
         self._timer_fired.wait()
+
+    # -- watchdog -----------------------------------------------------------------
+
+    def watchdog(self, timeout_s: int, wd_id: int = 0) -> int:
+        """SCHEDOP_watchdog: arm (id 0) or poke a watchdog; returns its id."""
+        return self.hypercall(HYPERVISOR_sched_op, SCHEDOP_watchdog,
+                              {"id": wd_id, "timeout": timeout_s})
+
+    def heartbeat(self, timeout_s: int = 3, period_s: float = 1.0) -> None:
+        """Poke a watchdog forever from this thread, on the virtual timer: if
+        the domain stops running, the hypervisor shuts it down (on_watchdog)."""
+        wd_id = self.watchdog(timeout_s)
+        while True:
+            self.sleep(period_s)
+            self.watchdog(timeout_s, wd_id)
 
     # -- shutdown -----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.sched import (
     SCHEDOP_remote_shutdown,
     SCHEDOP_shutdown,
+    SCHEDOP_watchdog,
     SCHEDOP_yield,
     SHUTDOWN_NAMES,
 )
@@ -29,6 +30,13 @@ def shutdown(call: Call, args: dict):
 def remote_shutdown(call: Call, args: dict):
     dom = call.machine.domain(int(args["domain_id"]))
     call.machine.shutdown(dom, _reason(args), remote=True)
+
+
+@hypercall(HYPERVISOR_sched_op, SCHEDOP_watchdog)
+def watchdog(call: Call, args: dict):
+    """Create (id 0), poke (a timeout) or remove (timeout 0) a watchdog;
+    if one is not poked in time the domain is shut down (SHUTDOWN_watchdog)."""
+    return call.machine.watchdog(call.caller, int(args["id"]), int(args["timeout"]))
 
 
 @hypercall(HYPERVISOR_sched_op, SCHEDOP_yield)
