@@ -25,6 +25,8 @@ XEN_MAJOR, XEN_MINOR, XEN_EXTRA = 4, 17, ".0-pyxen"
 @hypercall(HYPERVISOR_set_timer_op, 0)
 def set_timer_op(call: Call, args: dict):
     """Deadline in ns of CLOCK_MONOTONIC (pyxen's system time); 0 cancels."""
+    if not 0 <= call.vcpu < call.caller.max_vcpus:
+        raise XenError(EINVAL, f"d{call.caller.domid} has no vCPU {call.vcpu}")
     call.machine.set_timer(call.caller, call.vcpu, int(args["timeout"]))
 
 
