@@ -104,3 +104,21 @@ def test_past_the_restart_budget_the_driver_stays_down_and_says_why(system):
     assert system.list()["disk-dd"]["domid"] == second
     assert "restart_limit" in system.cli("dmesg").stdout
     assert "was removed" in log.read_text()
+
+
+def test_guest_killed_mid_io_leaves_nothing_mapped_in_the_backend(system):
+    system.boot(system.write_topology(TOPOLOGY))
+    log = system.run_dir / "logs" / "writer.log"
+    follow_acks(log, 30)
+    backend = system.pid_of("disk-dd")
+
+    def writer_pages() -> list[str]:
+        with open(f"/proc/{backend}/maps") as maps:
+            return [line for line in maps if "pyxen-writer" in line]
+
+    assert writer_pages(), "blkback maps the writer's grant window while it runs"
+    os.kill(system.pid_of("writer"), 9)  # on_crash defaults to destroy
+    system.wait("writer", "gone")
+    system.wait_log("disk-dd", "disconnected")
+    assert writer_pages() == []  # grants unmapped, the window let go
+    assert system.list()["disk-dd"]["state"][3:5] == "--"
