@@ -81,3 +81,50 @@ def test_net_driver_domain_restart_keeps_the_interface_and_traffic_resumes(syste
     ping = system.cli("exec", "guest1", "--", "ping", "-c", "1", "-w", "30", "10.0.0.2")
     assert "1 received" in ping.stdout
     assert "eth0:" in system.cli("exec", "guest1", "--", "ip", "-o", "link").stdout
+
+
+SERVER = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5001)); s.listen(1); print("listening", flush=True)
+c, _ = s.accept()
+f = c.makefile("rwb", buffering=0)
+for line in f:
+    f.write(b"echo " + line)
+"""
+
+CLIENT = """
+import socket, sys
+c = socket.create_connection(("10.0.0.2", 5001), timeout=60)
+f = c.makefile("rwb", buffering=0)
+for line in sys.stdin.buffer:
+    f.write(line)
+    sys.stdout.buffer.write(f.readline()); sys.stdout.flush()
+"""
+
+
+def test_tcp_connection_survives_a_net_driver_domain_restart(system):
+    system.boot()
+    system.wait_log("guest1", "network interface up")
+    system.wait_log("guest2", "network interface up")
+    server = pyxen(system, "exec", "guest2", "--", sys.executable, "-c", SERVER,
+                   stdout=subprocess.PIPE)
+    client = None
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        client = pyxen(system, "exec", "guest1", "--", sys.executable, "-c", CLIENT,
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        client.stdin.write("before\n")
+        client.stdin.flush()
+        assert client.stdout.readline() == "echo before\n"
+        old = system.list()["net-dd"]["domid"]
+        os.kill(system.pid_of("net-dd"), 9)
+        system.wait("net-dd", "running", not_domid=old)
+        client.stdin.write("after\n")  # same connection: TCP retransmits
+        client.stdin.flush()
+        assert client.stdout.readline() == "echo after\n"
+    finally:
+        for proc in (client, server):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
