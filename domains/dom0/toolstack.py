@@ -212,15 +212,9 @@ class Toolstack:
         self.log.info("vif detached", domain=dom.name, devid=devid)
 
     def network_list(self, dom: Managed) -> list[dict]:
-        root = f"{xsnodes.dom_path(dom.domid)}/device/vif"
         rows = []
-        try:
-            devids = self.xs.directory(root)
-        except XsError:
-            return rows
         node = self._read_or
-        for devid in sorted(devids, key=int):
-            front = f"{root}/{devid}"
+        for devid, front in self._device_dirs(dom, "vif"):
             rows.append({"devid": int(devid), "backend_id": int(node(f"{front}/backend-id")),
                          "mac": node(f"{front}/mac", "-"),
                          "state": int(node(f"{front}/state")),
@@ -234,15 +228,9 @@ class Toolstack:
         return rows
 
     def block_list(self, dom: Managed) -> list[dict]:
-        root = f"{xsnodes.dom_path(dom.domid)}/device/vbd"
         rows = []
-        try:
-            devids = self.xs.directory(root)
-        except XsError:
-            return rows
         node = self._read_or
-        for devid in sorted(devids, key=int):
-            front = f"{root}/{devid}"
+        for devid, front in self._device_dirs(dom, "vbd"):
             back = node(f"{front}/backend", "")
             rows.append({"devid": int(devid), "vdev": node(f"{back}/dev", devid),
                          "backend_id": int(node(f"{front}/backend-id")),
@@ -296,6 +284,15 @@ class Toolstack:
             return
         for child in children:
             self.chmod_tree(f"{path}/{child}", perms)
+
+    def _device_dirs(self, dom: Managed, kind: str) -> list[tuple[str, str]]:
+        """(devid, frontend path) of a domain's devices of one kind, in order."""
+        root = f"{xsnodes.dom_path(dom.domid)}/device/{kind}"
+        try:
+            devids = self.xs.directory(root)
+        except XsError:
+            return []
+        return [(devid, f"{root}/{devid}") for devid in sorted(devids, key=int)]
 
     def _read_or(self, path: str, default: str = "-1") -> str:
         try:

@@ -24,6 +24,7 @@ from domains.kernel.xenbus.state import (
     FRONTEND,
     read_feature,
     switch_state,
+    watch_backend_moves,
     watch_otherend,
     write_features,
 )
@@ -243,8 +244,8 @@ class BlkfrontDevice:
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted driver domain comes back under a new domid: the
         # toolstack points our `backend-id` at it and we reconnect.
-        self.xs.watch(f"{path}/backend-id", f"blkfront-{path}",
-                      lambda _path, _token: self._backend_moved())
+        watch_backend_moves(self.xs, path, f"blkfront-{path}",
+                            lambda: self.backend_id, self._reconnect)
 
     def _backend_changed(self, state: XenbusState) -> None:
         with self.state_cond:
@@ -259,14 +260,6 @@ class BlkfrontDevice:
             self.log.info("backend closing the device")
             self.closed = True
             threading.Thread(target=self._close_handshake, daemon=True).start()
-
-    def _backend_moved(self) -> None:
-        try:
-            backend_id = int(self.xs.read(f"{self.path}/backend-id"))
-        except (XsError, ValueError):
-            return
-        if backend_id != self.backend_id and not self.closed:
-            threading.Thread(target=self._reconnect, daemon=True).start()
 
     def _reconnect(self) -> None:
         with self.reconnecting:
@@ -435,7 +428,9 @@ class BlkfrontDevice:
             for queue in self.queues:
                 if not queue.dead:
                     queue.abandon()
-            self._close_handshake()
+            # Not on the caller's thread: it is often the XenStore watch
+            # thread, which must stay free to deliver the backend's state.
+            threading.Thread(target=self._close_handshake, daemon=True).start()
         try:
             self.watch.cancel()
         except XsError:

@@ -17,7 +17,13 @@ import threading
 from typing import Any
 
 from domains.kernel.xenbus.client import XsError
-from domains.kernel.xenbus.state import FRONTEND, read_feature, switch_state, watch_otherend
+from domains.kernel.xenbus.state import (
+    FRONTEND,
+    read_feature,
+    switch_state,
+    watch_backend_moves,
+    watch_otherend,
+)
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tx import ShadowFull, TxShadow, split_frame
 from hypervisor.public.errno import XenError
@@ -54,8 +60,8 @@ class NetfrontDevice:
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted net driver domain comes back under a new domid: the
         # toolstack points our backend-id at it and we reconnect.
-        self.xs.watch(f"{path}/backend-id", f"netfront-{path}",
-                      lambda _path, _token: self._backend_moved())
+        watch_backend_moves(self.xs, path, f"netfront-{path}",
+                            lambda: self.backend_id, self._reconnect)
 
     def _backend_changed(self, state: XenbusState) -> None:
         with self.cond:
@@ -71,14 +77,6 @@ class NetfrontDevice:
         elif state in (S.Closing, S.Closed) and getattr(self, "tx", None) and not self.closed:
             self.log.info("backend closing the vif")
             threading.Thread(target=self.close, daemon=True).start()
-
-    def _backend_moved(self) -> None:
-        try:
-            backend_id = int(self.xs.read(f"{self.path}/backend-id"))
-        except (XsError, ValueError):
-            return
-        if backend_id != self.backend_id and not self.closed:
-            threading.Thread(target=self._reconnect, daemon=True).start()
 
     def _reconnect(self) -> None:
         with self.reconnecting:

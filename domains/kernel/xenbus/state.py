@@ -41,6 +41,7 @@ watch fires needlessly, as __xenbus_switch_state avoids).
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -217,3 +218,19 @@ def gather(client: XenStoreClient, path: str, *names: str,
     missing (xenbus_gather fails as a whole)."""
     return tuple(client.read(_join(path, n), tx).decode("utf-8", "surrogateescape")
                  for n in names)
+
+
+def watch_backend_moves(client: XenStoreClient, dev_path: str, token: str,
+                        current: Callable[[], int], on_move: Callable[[], None]) -> None:
+    """Call ``on_move()`` (on a thread of its own: reconnecting waits on
+    watches) whenever ``<dev_path>/backend-id`` stops naming ``current()``,
+    as when the toolstack moves a device to a restarted driver domain."""
+    def changed(_path: str, _token: str) -> None:
+        try:
+            backend_id = int(client.read(_join(dev_path, "backend-id")))
+        except (XsError, ValueError):
+            return
+        if backend_id != current():
+            threading.Thread(target=on_move, daemon=True).start()
+
+    client.watch(_join(dev_path, "backend-id"), token, changed)
