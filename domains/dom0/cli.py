@@ -73,7 +73,7 @@ def _boot_command(args) -> int:
         raise UserError(f"boot failed: {error or 'the hypervisor exited'} "
                         f"(see {log} and {run_dir / 'logs'})")
     if args.detach:
-        print(f"All domains running. `pyxen list` shows them; `pyxen halt` stops them.")
+        print("All domains running. `pyxen list` shows them; `pyxen halt` stops them.")
         return 0
     return _foreground(run_dir, hv)
 

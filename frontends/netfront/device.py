@@ -26,7 +26,6 @@ from domains.kernel.xenbus.state import (
 )
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tx import ShadowFull, TxShadow, split_frame
-from hypervisor.public.errno import XenError
 from hypervisor.public.io import netif
 from hypervisor.public.io.ring import FrontRing, shared_ring_init
 from hypervisor.public.io.xenbus import XenbusState
@@ -91,11 +90,8 @@ class NetfrontDevice:
                     self.kernel.events.close(port)
                 except Exception:  # the channel died with the old backend
                     pass
-            for ref in self.refs:
-                try:
-                    self.kernel.gnttab.end_access(ref)
-                except XenError:
-                    pass  # still mapped by a backend that will never unmap it
+            if not self.kernel.gnttab.close_window(self.window, self.refs):
+                self.log.warning("old grant window still mapped, kept")
             try:
                 self.watch.cancel()
             except XsError:
