@@ -61,7 +61,8 @@ def free_memory(system) -> int:
                          re.M).group(1))
 
 
-@pytest.mark.parametrize("how", ["kill -9", "pyxen reboot", "hang (SIGSTOP)"])
+@pytest.mark.parametrize("how", ["kill -9", "pyxen reboot", "pyxen destroy",
+                                 "hang (SIGSTOP)"])
 def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
     system.boot(system.write_topology(TOPOLOGY))
     log = system.run_dir / "logs" / "writer.log"
@@ -72,6 +73,8 @@ def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
         os.kill(system.pid_of("disk-dd"), 9)
     elif how == "pyxen reboot":
         system.cli("reboot", "disk-dd")  # on_reboot defaults to restart
+    elif how == "pyxen destroy":  # as if it crashed: on_crash applies
+        assert "restarting it" in system.cli("destroy", "disk-dd").stdout
     else:  # it stops answering: its watchdog expires, on_watchdog restarts it
         os.kill(system.pid_of("disk-dd"), signal.SIGSTOP)
     system.wait("disk-dd", "running", not_domid=old)

@@ -132,9 +132,12 @@ def _client(args) -> ControlClient:
 
 def _simple(cmd: str, done: str | None = None):
     def run(args) -> int:
-        _client(args).call(cmd, domain=args.domain)
+        result = _client(args).call(cmd, domain=args.domain)
         if done:
             print(done.format(domain=args.domain))
+        if isinstance(result, dict) and result.get("then"):
+            # A driver domain: the guests it served decide what comes next.
+            print(f"{args.domain} is a driver domain: {result['then']}")
         return 0
     return run
 
