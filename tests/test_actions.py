@@ -18,7 +18,7 @@ def config(**overrides) -> DomainConfig:
     base = dict(name="g", memory=64, maxmem=64, vcpus=1, maxvcpus=1, cpus=None,
                 on_poweroff="destroy", on_reboot="restart", on_crash="preserve",
                 on_watchdog="rename-restart", driver_domain=False, workload="idle",
-                extra="", disks=(), vifs=(), restart_limit=(2, 10.0), source="t", line=1)
+                extra="", disks=(), vifs=(), restart_limit=(2, 10.0), restart_backoff=(0.25, 8.0), source="t", line=1)
     base.update(overrides)
     return DomainConfig(**base)
 
@@ -54,3 +54,14 @@ def test_restarts_back_off_within_the_window():
         delays.append(budget.backoff())
     assert delays == [0.0, 0.25, 0.5, 1.0]
     assert budget.allow(100.0) and budget.backoff() == 0.0  # the window moved on
+
+
+def test_back_off_is_configurable_and_can_be_turned_off():
+    budget = actions.RestartBudget(5, 60.0, 1.0, 3.0)
+    delays = []
+    for now in (0.0, 1.0, 2.0, 3.0):
+        assert budget.allow(now)
+        delays.append(budget.backoff())
+    assert delays == [0.0, 1.0, 2.0, 3.0]
+    none = actions.RestartBudget(5, 60.0, 0.0, 0.0)
+    assert none.allow(0.0) and none.allow(0.1) and none.backoff() == 0.0

@@ -10,6 +10,11 @@ import threading
 
 import pytest
 
+from domains.kernel.xenbus.client import XenStoreClient, XsError
+from domains.kernel.xenbus.transport import UnixTransport
+from hypervisor.public.io.xenbus import XenbusState as S
+from tests.harness import Fifo
+
 pytestmark = pytest.mark.timeout(120)
 
 TOPOLOGY = """
@@ -55,6 +60,11 @@ def follow_acks(path, until, timeout=60.0) -> int:
         proc.wait()
 
 
+def last_ack(log) -> int:
+    """The newest write the writer has logged as acknowledged so far."""
+    return max(int(n) for n in re.findall(r"acked\s+.*n=(\d+)", log.read_text()))
+
+
 def free_memory(system) -> int:
     """`pyxen info`'s free_memory (MiB)."""
     return int(re.search(r"^free_memory\s*:\s*(\d+)", system.cli("info").stdout,
@@ -78,13 +88,17 @@ def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
     else:  # it stops answering: its watchdog expires, on_watchdog restarts it
         os.kill(system.pid_of("disk-dd"), signal.SIGSTOP)
     system.wait("disk-dd", "running", not_domid=old)
-    last = follow_acks(log, 0)
-    follow_acks(log, last + 60)  # writes go on through the new backend
+    follow_acks(log, last_ack(log) + 60)  # writes go on through the new backend
     assert "reconnecting to the new backend" in log.read_text()
     assert system.list()["writer"]["state"][3:5] == "--"  # never crashed
     # The grant window of the old connection was given back, not leaked.
     assert free_memory(system) == free
     system.halt()
+    check_image(system, log)
+
+
+def check_image(system, log) -> None:
+    """Every write the writer logged as acknowledged is on the image, once."""
     acked = [int(n) for n in re.findall(r"acked\s+.*n=(\d+)", log.read_text())]
     image = (system.run_dir / "disks" / "w.img").read_bytes()
     top = max(acked)
@@ -134,3 +148,99 @@ def test_guest_killed_mid_io_leaves_nothing_mapped_in_the_backend(system):
     system.wait_log("disk-dd", "disconnected")
     assert writer_pages() == []  # grants unmapped, the window let go
     assert system.list()["disk-dd"]["state"][3:5] == "--"
+
+
+def test_killed_during_the_xenbus_handshake(system):
+    """The frontend has published its rings (Initialised) to a new backend
+    that has not connected yet: that one dies too, and the next one serves."""
+    system.boot(system.write_topology(TOPOLOGY))
+    log = system.run_dir / "logs" / "writer.log"
+    follow_acks(log, 30)
+    writer = system.list()["writer"]["domid"]
+    xs = XenStoreClient(UnixTransport(str(system.run_dir / "xenstored" / "socket")))
+    front = f"/local/domain/{writer}/device/vbd/51712"
+    try:
+        for _ in range(3):  # until the stop lands before the backend connects
+            system.cli("pause", "writer")  # so that we know the new backend first
+            old = system.list()["disk-dd"]["domid"]
+            os.kill(system.pid_of("disk-dd"), 9)
+            new = int(system.wait("disk-dd", "running", not_domid=old))
+            pid = system.pid_of("disk-dd")
+            stopped = threading.Event()
+            back = f"/local/domain/{new}/backend/vbd/{writer}/51712"
+
+            def changed(_path: str, _token: str, pid=pid, new=new, back=back) -> None:
+                try:
+                    fe = int(xs.read(f"{front}/state"))
+                    be = int(xs.read(f"{back}/state"))
+                    moved = xs.read(f"{front}/backend-id") == str(new).encode()
+                except XsError:
+                    return
+                # Initialised: rings granted, the backend's next step is to
+                # connect. Both Connected: too late (a stale Connected of
+                # the frontend's, from before the kill, does not count).
+                if moved and not stopped.is_set() and (
+                        fe == S.Initialised or fe == be == S.Connected):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.set()
+
+            xs.watch(f"{front}/state", "handshake", changed)
+            xs.watch(f"{back}/state", "handshake", changed)
+            system.cli("unpause", "writer")
+            assert stopped.wait(30), "the frontend never published its rings"
+            xs.unwatch(f"{front}/state", "handshake")
+            xs.unwatch(f"{back}/state", "handshake")
+            be = int(xs.read(f"{back}/state"))
+            os.kill(pid, 9)
+            if be == S.InitWait:
+                break  # killed mid-handshake: rings granted, never connected
+            system.wait("disk-dd", "running", not_domid=new)  # too late: again
+        else:
+            raise AssertionError("the backend always connected before it was stopped")
+        last = int(system.wait("disk-dd", "running", not_domid=new))
+        follow_acks(log, last_ack(log) + 60)
+        assert xs.read(f"{front}/backend-id") == str(last).encode()
+        assert xs.read(f"{front}/state") == str(int(S.Connected)).encode()
+    finally:
+        xs.close()
+    system.halt()
+    check_image(system, log)
+
+
+def test_killed_while_a_flush_is_in_flight(system):
+    cue = Fifo(system.run_dir, "cue")
+    topology = TOPOLOGY.replace("tests.workloads:disk_writer",
+                                "tests.workloads:disk_flush_on_cue")
+    system.boot(system.write_topology(topology + f'extra = "cue={cue.path}"\n'))
+    log = system.run_dir / "logs" / "writer.log"
+    follow_acks(log, 63)
+    first = system.list()["disk-dd"]["domid"]
+    system.cli("pause", "disk-dd")  # the flush will wait in the ring
+    with open(cue.path, "w") as f:
+        f.write("flush\n")
+    system.wait_log("writer", "flush issued")
+    os.kill(system.pid_of("disk-dd"), 9)
+    system.wait("disk-dd", "running", not_domid=first)
+    system.wait_log("writer", "flush acked")  # reissued to the new backend
+    text = log.read_text()
+    assert text.index("flush issued") < text.index("reconnecting to the new backend") \
+        < text.index("flush acked")
+    system.halt()
+    image = (system.run_dir / "disks" / "w.img").read_bytes()
+    for n in range(64):
+        assert image[n * 4096:(n + 1) * 4096] == block(n), f"write {n} lost"
+
+
+def test_two_kills_in_a_row(system):
+    system.boot(system.write_topology(TOPOLOGY))
+    log = system.run_dir / "logs" / "writer.log"
+    follow_acks(log, 30)
+    first = system.list()["disk-dd"]["domid"]
+    os.kill(system.pid_of("disk-dd"), 9)
+    second = int(system.wait("disk-dd", "running", not_domid=first))
+    os.kill(system.pid_of("disk-dd"), 9)  # at once: before or while it reconnects
+    system.wait("disk-dd", "running", not_domid=second)
+    follow_acks(log, last_ack(log) + 60)
+    assert system.list()["writer"]["state"][3:5] == "--"
+    system.halt()
+    check_image(system, log)

@@ -381,3 +381,15 @@ def test_domain_config_from_dict_rejects_bad_shape():
         DomainConfig.from_dict({**d, "memory": "256"})
     with pytest.raises(ValueError):
         DomainConfig.from_dict({**d, "disks": [{"vdev": "xvda"}]})
+
+
+@pytest.mark.parametrize("value", ["[1]", "[-1, 2]", "[3, 1]", "[true, 1]", '"fast"'])
+def test_bad_restart_backoff(tmp_path, value):
+    err = error_of(tmp_path, HEAD + f"[domain.g]\nrestart_backoff = {value}\n")
+    check(err, 8, "domain.g.restart_backoff")
+
+
+def test_restart_backoff(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text(HEAD + "[domain.g]\nrestart_backoff = [0, 0]\n")
+    assert load_topology(path).domain("g").restart_backoff == (0.0, 0.0)

@@ -16,7 +16,7 @@ from domains.kernel.gnttab import GrantStatusError
 from domains.kernel.xenbus.client import XsError
 from hypervisor.public.errno import XenError
 from hypervisor.public.grant_table import GNTST_okay
-from hypervisor.public.xen import HYPERVISOR_pyxen_op, PAGE_SIZE, PYXEN_op_close_window
+from hypervisor.public.xen import HYPERVISOR_pyxen_op, PAGE_SIZE, PYXEN_op_retarget_window
 
 
 def _send(path: str, obj) -> None:
@@ -86,18 +86,19 @@ def granter(kernel) -> None:
     kernel.events.bind(port, on_event)
     _send(kernel.args["offer"], {"domid": kernel.domid, "port": port, "refs": refs})
     got.acquire()  # mapper wrote through its mapping and notified us
-    close = {"window": window.window_id}
+    to_dom0 = {"window": window.window_id, "peer": 0}
     report = {"seen": events[0].decode(errors="replace"),
               "end_while_mapped": _errno_name(lambda: kernel.gnttab.end_access(refs["rw"])),
-              "close_while_mapped": _errno_name(lambda: kernel.hypercall(
-                  HYPERVISOR_pyxen_op, PYXEN_op_close_window, close))}
+              "retarget_while_mapped": _errno_name(lambda: kernel.hypercall(
+                  HYPERVISOR_pyxen_op, PYXEN_op_retarget_window, to_dom0))}
     kernel.events.send(port)  # tell the mapper it may unmap now
     got.acquire()  # mapper unmapped
     report["end_after_unmap"] = _errno_name(lambda: kernel.gnttab.end_access(refs["rw"]))
-    report["closed_after_unmap"] = kernel.gnttab.close_window(
-        window, [refs["ro"], refs["other"]])
-    report["close_twice"] = _errno_name(lambda: kernel.hypercall(
-        HYPERVISOR_pyxen_op, PYXEN_op_close_window, close))
+    report["retargeted_after_unmap"] = kernel.gnttab.retarget_window(
+        window, [refs["ro"], refs["other"]], 0)
+    report["retarget_to_self"] = _errno_name(lambda: kernel.hypercall(
+        HYPERVISOR_pyxen_op, PYXEN_op_retarget_window,
+        {"window": window.window_id, "peer": kernel.domid}))
     _send(kernel.args["out"], report)
 
 
@@ -278,3 +279,24 @@ def disk_writer_reporting(kernel) -> None:
         kernel.log.error("disk lost", error=str(exc))
         import threading
         threading.Event().wait()
+
+
+def disk_flush_on_cue(kernel) -> None:
+    """Write 64 numbered blocks (acknowledged, not yet flushed), then on the
+    test's cue (it has paused the disk driver domain) flush: the flush sits in
+    the ring unanswered while the test kills the driver domain."""
+    import hashlib
+
+    from frontends.blkfront.bus import BlockBus
+
+    kernel.ready()
+    disk = BlockBus(kernel).get("xvda")
+    for n in range(64):
+        disk.write(n * 8, hashlib.sha256(str(n).encode()).digest() * 128)
+        kernel.log.info("acked", n=n)
+    with open(kernel.args["cue"]) as cue:
+        cue.readline()
+    kernel.log.info("flush issued")
+    disk.flush()
+    kernel.log.info("flush acked")
+    threading.Event().wait()

@@ -167,8 +167,12 @@ class BlkbackDevice:
         elif state in (S.Closed, S.Unknown):
             self.disconnect()
             self._switch(S.Closed)
-        elif state == S.Initialising and read_state(self.xs, self.path) == S.Closed:
-            self._switch(S.InitWait)  # the frontend starts over
+        elif state == S.Initialising and read_state(self.xs, self.path) in (S.Closing,
+                                                                            S.Closed):
+            # The frontend starts over. Its Closed may never have been seen:
+            # watches report the node's value now, not each value it had.
+            self.disconnect()
+            self._switch(S.InitWait)
 
     def _switch(self, state: XenbusState) -> None:
         backend_switch(self.xs, self.path, state)

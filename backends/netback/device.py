@@ -142,7 +142,11 @@ class Vif:
         elif state in (S.Closing, S.Closed, S.Unknown):
             self.switch.call(self.disconnect)
             self._switch(S.Closing if state == S.Closing else S.Closed)
-        elif state == S.Initialising and read_state(self.xs, self.path) == S.Closed:
+        elif state == S.Initialising and read_state(self.xs, self.path) in (S.Closing,
+                                                                            S.Closed):
+            # The frontend starts over (its Closed may have gone unseen: a
+            # watch reports the node's value now, not each value it had).
+            self.switch.call(self.disconnect)
             self._switch(S.InitWait)
 
     def _switch(self, state: XenbusState) -> None:

@@ -21,8 +21,6 @@ from hypervisor.public.sched import (
 
 DESTROY, RESTART, PRESERVE, RENAME_RESTART = "destroy", "restart", "preserve", "rename-restart"
 GIVE_UP = "give-up"
-BACKOFF_BASE = 0.25  # seconds before a second restart within restart_limit's window
-BACKOFF_CAP = 8.0  # restart wanted, budget spent: destroy and say why
 
 
 def configured_action(config, reason: int) -> str:
@@ -44,6 +42,8 @@ def configured_action(config, reason: int) -> str:
 class RestartBudget:
     limit: int
     period: float
+    backoff_first: float = 0.25  # seconds before a second restart in the window
+    backoff_cap: float = 8.0
     history: deque = field(default_factory=deque)
 
     def allow(self, now: float) -> bool:
@@ -60,7 +60,9 @@ class RestartBudget:
         in the window, then doubling (as a supervisor backs off a child that
         keeps dying), capped."""
         recent = len(self.history) - 1
-        return 0.0 if recent <= 0 else min(BACKOFF_BASE * 2 ** (recent - 1), BACKOFF_CAP)
+        if recent <= 0:
+            return 0.0
+        return min(self.backoff_first * 2 ** (recent - 1), self.backoff_cap)
 
 
 def decide(config, reason: int, budget: RestartBudget, now: float) -> str:

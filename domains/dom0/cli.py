@@ -328,6 +328,12 @@ def _exec(args) -> int:
     return 127  # not reached
 
 
+def _chaos(args) -> int:
+    from domains.dom0.chaos.runner import command
+
+    return command(args)
+
+
 def _bench(args) -> int:
     from domains.dom0.bench import run_bench
 
@@ -439,6 +445,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=2000,
                    help="measured round trips per measurement (default 2000)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("chaos", help="kill driver domains at random while guests verify "
+                       "their I/O; report recovery times and lost blocks")
+    p.add_argument("topology", nargs="?", help="TOML topology (default: bundled default)")
+    p.add_argument("--target", help="driver domains to kill, comma-separated "
+                   "(default: all of the topology's)")
+    p.add_argument("--kills", type=int, default=20, help="how many kills (default 20)")
+    p.add_argument("--seed", type=int, default=1, help="of the random schedule (default 1)")
+    p.add_argument("--min-gap", type=float, default=0.05,
+                   help="seconds of normal running before a kill, at least (default 0.05)")
+    p.add_argument("--max-gap", type=float, default=0.5,
+                   help="... and at most (default 0.5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_chaos)
     return parser
 
 

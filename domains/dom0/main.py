@@ -132,6 +132,10 @@ def serve(toolstack: Toolstack, control: zmq.Socket, wake: zmq.Socket,
 
     while True:
         restart_in = toolstack.run_due()  # restarts whose back-off is over run now
+        # Before sleeping: a restart just made, or a request just handled,
+        # may be what a `wait` waits for.
+        for address, reply in waiters.settle(toolstack):
+            answer(address, reply)
         timeouts = [t for t in (waiters.timeout_ms(), _ms(restart_in)) if t is not None]
         ready = dict(poller.poll(min(timeouts) if timeouts else None))
         if wake in ready:
@@ -155,5 +159,3 @@ def serve(toolstack: Toolstack, control: zmq.Socket, wake: zmq.Socket,
                     toolstack.halt()
                     control.close()
                     return
-        for address, reply in waiters.settle(toolstack):
-            answer(address, reply)

@@ -107,7 +107,7 @@ class Toolstack:
             self.xc.domain_destroy(domid)
             raise XenError(EIO, f"{config.name}: cannot set up its xenstore: {exc}") from exc
         if budget is None:
-            budget = actions.RestartBudget(*config.restart_limit)
+            budget = actions.RestartBudget(*config.restart_limit, *config.restart_backoff)
         dom = Managed(domid, config.name, config, budget)
         self.domains[domid] = dom
         self.log.info("domain created", name=config.name, domid=domid)

@@ -88,7 +88,8 @@ class DomainConfig:
     """One domain's validated configuration (xl.cfg's keys, normalised).
 
     ``cpus`` None means no pinning; ``restart_limit`` is (N, T): at most N
-    restarts in T seconds.  ``source``/``line`` say where it was defined so
+    restarts in T seconds; ``restart_backoff`` is (first, cap): the wait
+    before a second restart within T, doubling up to cap ((0, 0): none).  ``source``/``line`` say where it was defined so
     later errors (at create time) can still point at the file.
     """
 
@@ -108,6 +109,7 @@ class DomainConfig:
     disks: tuple[DiskSpec, ...]
     vifs: tuple[VifSpec, ...]
     restart_limit: tuple[int, float]
+    restart_backoff: tuple[float, float]
     source: str
     line: int
 
@@ -118,6 +120,7 @@ class DomainConfig:
         d["disks"] = [disk.to_dict() for disk in self.disks]
         d["vifs"] = [vif.to_dict() for vif in self.vifs]
         d["restart_limit"] = list(self.restart_limit)
+        d["restart_backoff"] = list(self.restart_backoff)
         return d
 
     @classmethod
@@ -134,6 +137,8 @@ class DomainConfig:
             d["vifs"] = tuple(VifSpec.from_dict(x) for x in d["vifs"])
             n, t = d["restart_limit"]
             d["restart_limit"] = (int(n), float(t))
+            first, cap = d["restart_backoff"]
+            d["restart_backoff"] = (float(first), float(cap))
         except (TypeError, ValueError) as e:
             raise ValueError(f"DomainConfig.from_dict: {e}") from None
         for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line"):
@@ -430,6 +435,14 @@ def _restart_limit(v: list[Any], ctx: _Ctx) -> tuple[int, float]:
     return (v[0], float(v[1]))
 
 
+def _restart_backoff(v: list[Any], ctx: _Ctx) -> tuple[float, float]:
+    if len(v) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
+        raise _Invalid(f"expected [first, cap] in seconds such as [0.25, 8], got {v!r}")
+    if v[0] < 0 or v[1] < v[0]:
+        raise _Invalid(f"need 0 <= first <= cap, got {v!r}")
+    return (float(v[0]), float(v[1]))
+
+
 MAX_VCPUS = 128  # Xen on ARM's per-domain limit (GICv3)
 
 _DOMAIN_KEYS: dict[str, _Key] = {
@@ -449,6 +462,7 @@ _DOMAIN_KEYS: dict[str, _Key] = {
     "extra": _Key((str,), "", _plain),
     "workload": _Key((str,), "idle", _workload),
     "restart_limit": _Key((list,), (5, 60.0), _restart_limit),
+    "restart_backoff": _Key((list,), (0.25, 8.0), _restart_backoff),
 }
 _DOM0_KEYS: dict[str, _Key] = {
     "memory": _Key((int,), 512, _int_range(16, unit=" MiB")),

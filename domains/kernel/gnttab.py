@@ -35,13 +35,14 @@ from hypervisor.public.grant_table import (
     GTF_reading,
     GTF_readonly,
     GTF_writing,
+    PYXEN_GNTTAB_MAX_BATCH,
 )
 from hypervisor.public.xen import (
     HYPERVISOR_grant_table_op,
     HYPERVISOR_pyxen_op,
     PAGE_SIZE,
-    PYXEN_op_close_window,
     PYXEN_op_grant_window,
+    PYXEN_op_retarget_window,
 )
 
 ENTRY = struct.Struct("<HHI")
@@ -100,11 +101,6 @@ class Windows:
                 self.users[window_id] = left
                 return
             self.users.pop(window_id, None)
-        self.forget(window_id)
-
-    def forget(self, window_id: int) -> None:
-        """A window we no longer use (our own, given back, or a peer's)."""
-        with self._lock:
             window = self.by_id.pop(window_id, None)
         if window is not None:
             try:
@@ -191,11 +187,21 @@ class GrantTable:
                                 {"peer": peer, "nr_frames": nr_frames})
         return self.windows.get(result["window"])
 
-    def close_window(self, window: Window, refs: list[int]) -> bool:
-        """Give a window back once its peer is gone (a backend that died and
-        came back under a new domid needs a new window: a window has exactly
-        one peer). `refs` are our grants in it, ended first. False, and the
-        window kept, while any of them is still mapped."""
+    def window_for(self, peer: int, nr_frames: int, old: Window | None) -> Window:
+        """A window of at least `nr_frames` for `peer`: `old` (already moved
+        to `peer` by retarget_window) when it is big enough, else a new one."""
+        if old is not None and old.nr_frames >= nr_frames:
+            return old
+        return self.open_window(peer, nr_frames)
+
+    def retarget_window(self, window: Window | None, refs: list[int], peer: int) -> bool:
+        """Share `window` with `peer` instead of its old peer, which is gone
+        (a backend that died and came back under a new domid: a window has
+        exactly one peer), keeping its pages where they are. `refs` are our
+        grants in it, ended first. False, and the window left to the old
+        peer, while any of them is still mapped (or when there is none)."""
+        if window is None:
+            return False
         busy = False
         for ref in refs:
             try:
@@ -205,13 +211,12 @@ class GrantTable:
         if busy:
             return False
         try:
-            self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_close_window,
-                           {"window": window.window_id})
+            self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_retarget_window,
+                           {"window": window.window_id, "peer": peer})
         except XenError as exc:
             if exc.errno == EBUSY:
                 return False
             raise
-        self.windows.forget(window.window_id)
         return True
 
     # -- mapping others' grants -------------------------------------------------
@@ -223,8 +228,8 @@ class GrantTable:
                        ) -> list[Mapping]:
         """Map several grants in one hypercall; all or nothing."""
         flags = GNTMAP_host_map | (GNTMAP_readonly if readonly else 0)
-        results = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_map_grant_ref,
-                                 [{"ref": ref, "dom": domid, "flags": flags} for ref in refs])
+        results = self._batched(GNTTABOP_map_grant_ref,
+                                [{"ref": ref, "dom": domid, "flags": flags} for ref in refs])
         mappings, failed = [], None
         for ref, result in zip(refs, results):
             if result["status"] != GNTST_okay:
@@ -243,14 +248,22 @@ class GrantTable:
             raise GrantStatusError(failed[0], f"map d{domid} ref {failed[1]}")
         return mappings
 
+    def _batched(self, op: int, ops: list[dict]) -> list[dict]:
+        """One grant_table_op per PYXEN_GNTTAB_MAX_BATCH ops."""
+        results: list[dict] = []
+        for i in range(0, len(ops), PYXEN_GNTTAB_MAX_BATCH):
+            results += self.hypercall(HYPERVISOR_grant_table_op, op,
+                                      ops[i:i + PYXEN_GNTTAB_MAX_BATCH])
+        return results
+
     def unmap(self, mapping: Mapping) -> None:
         self.unmap_all([mapping])
 
     def unmap_all(self, mappings: list[Mapping]) -> None:
         for mapping in mappings:
             mapping.page.release()
-        results = self.hypercall(HYPERVISOR_grant_table_op, GNTTABOP_unmap_grant_ref,
-                                 [{"handle": m.handle} for m in mappings])
+        results = self._batched(GNTTABOP_unmap_grant_ref,
+                                [{"handle": m.handle} for m in mappings])
         for mapping in mappings:
             self.windows.drop(mapping.window)
         bad = [m.handle for m, r in zip(mappings, results) if r["status"] != GNTST_okay]

@@ -240,6 +240,10 @@ class BlkfrontDevice:
         self.closed = False
         self.connected = threading.Event()
         self.reconnecting = threading.Lock()
+        # Backend moves seen, and the one being connected to: a connect
+        # waiting on a backend that has already been replaced gives up.
+        self.moves = self.connecting = 0
+        self.window = None
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted driver domain comes back under a new domid: the
         # toolstack points our `backend-id` at it and we reconnect.
@@ -261,10 +265,15 @@ class BlkfrontDevice:
             threading.Thread(target=self._close_handshake, daemon=True).start()
 
     def _reconnect(self) -> None:
+        with self.state_cond:
+            self.moves += 1
+            self.state_cond.notify_all()
         with self.reconnecting:
             backend_id = int(self.xs.read(f"{self.path}/backend-id"))
             if backend_id == self.backend_id or self.closed:
                 return
+            with self.state_cond:
+                self.connecting = self.moves
             self.connected.clear()
             for queue in self.queues:
                 if not queue.dead:
@@ -273,8 +282,12 @@ class BlkfrontDevice:
                 self.watch.cancel()
             except XsError:
                 pass
-            if not self.kernel.gnttab.close_window(self.window, list(self.refs.values())):
-                self.log.warning("old grant window still mapped, kept")
+            # The same pages serve the new backend: grants ended, window moved.
+            refs, self.refs = list(self.refs.values()), {}
+            if not self.kernel.gnttab.retarget_window(self.window, refs, backend_id):
+                if self.window is not None:
+                    self.log.warning("old grant window still mapped, left to it")
+                self.window = None
             self.backend = self.xs.read(f"{self.path}/backend").decode()
             self.backend_id = backend_id
             self.queues = []
@@ -291,9 +304,12 @@ class BlkfrontDevice:
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> XenbusState:
         with self.state_cond:
-            if not self.state_cond.wait_for(lambda: self.backend_state in states, timeout):
+            if not self.state_cond.wait_for(lambda: self.backend_state in states or
+                                            self.moves != self.connecting, timeout):
                 raise DeviceGone(f"backend {self.backend} stayed in "
                                  f"{self.backend_state.name}")
+            if self.moves != self.connecting:
+                raise DeviceGone(f"backend {self.backend} was replaced meanwhile")
             return self.backend_state
 
     # -- connect --------------------------------------------------------------------
@@ -315,7 +331,7 @@ class BlkfrontDevice:
         slots = ring_size(ring_pages * PAGE_SIZE, blkif.BLKIF_SRING_ENTRY_SIZE)
         indirect_pages = slots if indirect else 0
         frames = nr_queues * (ring_pages + indirect_pages) + POOL_PAGES
-        self.window = self.kernel.gnttab.open_window(self.backend_id, frames)
+        self.window = self.kernel.gnttab.window_for(self.backend_id, frames, self.window)
         self.map = memoryview(self.window.map)  # the whole window, bytes
         self.refs: dict[int, int] = {}
         for q in range(nr_queues):

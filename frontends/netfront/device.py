@@ -56,6 +56,11 @@ class NetfrontDevice:
         self.link_up = threading.Event()  # carrier: a backend is connected
         self.generation = 0  # bumped at each reconnect: old rings are gone
         self.reconnecting = threading.Lock()
+        # Backend moves seen, and the one being connected to: a connect
+        # waiting on a backend that has already been replaced gives up.
+        self.moves = self.connecting = 0
+        self.window = None
+        self.refs_live = False  # self.refs are granted (not yet ended)
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted net driver domain comes back under a new domid: the
         # toolstack points our backend-id at it and we reconnect.
@@ -78,10 +83,15 @@ class NetfrontDevice:
             threading.Thread(target=self.close, daemon=True).start()
 
     def _reconnect(self) -> None:
+        with self.cond:
+            self.moves += 1
+            self.cond.notify_all()
         with self.reconnecting:
             backend_id = int(self.xs.read(f"{self.path}/backend-id"))
             if backend_id == self.backend_id or self.closed:
                 return
+            with self.cond:
+                self.connecting = self.moves
             self.link_up.clear()
             with self.lock:
                 self.generation += 1
@@ -90,8 +100,13 @@ class NetfrontDevice:
                     self.kernel.events.close(port)
                 except Exception:  # the channel died with the old backend
                     pass
-            if not self.kernel.gnttab.close_window(self.window, self.refs):
-                self.log.warning("old grant window still mapped, kept")
+            # The same pages serve the new backend: grants ended, window moved.
+            # (senders may still hold self.refs: it stays, marked dead)
+            refs, self.refs_live = (self.refs if self.refs_live else []), False
+            if not self.kernel.gnttab.retarget_window(self.window, refs, backend_id):
+                if self.window is not None:
+                    self.log.warning("old grant window still mapped, left to it")
+                self.window = None
             try:
                 self.watch.cancel()
             except XsError:
@@ -112,9 +127,12 @@ class NetfrontDevice:
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
         with self.cond:
-            if not self.cond.wait_for(lambda: self.backend_state in states, timeout):
+            if not self.cond.wait_for(lambda: self.backend_state in states or
+                                      self.moves != self.connecting, timeout):
                 raise NetfrontError(f"backend {self.backend} stayed in "
                                     f"{self.backend_state.name}")
+            if self.moves != self.connecting:
+                raise NetfrontError(f"backend {self.backend} was replaced meanwhile")
 
     def connect(self) -> None:
         self._wait_backend(S.InitWait, S.Connected)
@@ -125,10 +143,12 @@ class NetfrontDevice:
         split = read_feature(xs, back, "feature-split-event-channels") == 1
         tx_size = netif.XEN_NETIF_TX_RING_SIZE
         rx_size = netif.XEN_NETIF_RX_RING_SIZE
-        self.window = self.kernel.gnttab.open_window(self.backend_id, 2 + tx_size + rx_size)
+        self.window = self.kernel.gnttab.window_for(self.backend_id, 2 + tx_size + rx_size,
+                                                    self.window)
         gnttab = self.kernel.gnttab
         self.refs = [gnttab.grant_access(self.backend_id, self.window.gfn + i)
                      for i in range(2 + tx_size + rx_size)]
+        self.refs_live = True
         # Every page's view, made once: the rings and the tx and rx buffers
         # stay in the same pages for the whole connection.
         self.pages = [self._page(i) for i in range(2 + tx_size + rx_size)]

@@ -13,9 +13,10 @@ from hypervisor.public.grant_table import (
     GNTTABOP_setup_table,
     GNTTABOP_unmap_grant_ref,
 )
+from hypervisor.public.grant_table import PYXEN_GNTTAB_MAX_BATCH
 from hypervisor.public.xen import DOMID_SELF, HYPERVISOR_grant_table_op
 
-MAX_BATCH = 512
+MAX_BATCH = PYXEN_GNTTAB_MAX_BATCH
 
 
 def _batch(ops) -> list[dict]:

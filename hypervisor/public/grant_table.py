@@ -370,3 +370,7 @@ GNTTABOP_error_msgs: list[str] = [
     "operation not done; try again",
     "out of space",
 ]
+
+# pyxen: the most ops one grant_table_op hypercall may carry (a hypercall is
+# one message; Xen bounds its batches by preemption instead).
+PYXEN_GNTTAB_MAX_BATCH = 512
