@@ -51,6 +51,7 @@ from hypervisor.public.grant_table import (
     GTF_type_mask,
     GTF_writing,
 )
+from hypervisor.public.pyxen.words import Words
 from hypervisor.public.xen import DOMID_SELF, PAGE_SIZE
 
 ENTRY = struct.Struct("<HHI")  # grant_entry_v1: flags, domid, frame
@@ -99,6 +100,8 @@ class GrantTable:
         except BaseException:
             memory.free(self.entries)
             raise
+        # Pin words are read by the granter while we write them: whole words.
+        self.status_words = Words(self.status.map, "H")
         self.pins: dict[int, Pin] = {}
         # Handles this domain holds as a mapper.
         self.maptrack: dict[int, Mapping] = {}
@@ -123,7 +126,7 @@ class GrantTable:
             )
             if not pin.readers + pin.writers:
                 del self.pins[ref]
-        STATUS.pack_into(self.status.map, ref * STATUS.size, word)
+        self.status_words[ref * STATUS.size] = word
 
     def pin(self, ref: int, readonly: bool) -> None:
         pin = self.pins.setdefault(ref, Pin())
@@ -153,6 +156,7 @@ class GrantTable:
         return handle
 
     def free(self, memory: PlatformMemory) -> None:
+        self.status_words.release()
         memory.free(self.entries)
         memory.free(self.status)
 

@@ -7,16 +7,14 @@ byte notifies the other end.
 
 from __future__ import annotations
 
-import struct
-
 from hypervisor.public.io.console import (
     MASK_XENCONS_IDX,
     XENCONS_IN_SIZE,
     XENCONS_OUT_SIZE,
     xencons_interface,
 )
+from hypervisor.public.pyxen.words import Words
 
-IDX = struct.Struct("<I")
 _IN = xencons_interface.__dict__["in"].offset
 _OUT = xencons_interface.out.offset
 _IN_CONS = xencons_interface.in_cons.offset
@@ -32,12 +30,13 @@ class ConsoleRingError(Exception):
 class XenconsRing:
     def __init__(self, buf) -> None:
         self.buf = buf
+        self.indexes = Words(buf)  # each read and written whole: see words.py
 
     def _get(self, off: int) -> int:
-        return IDX.unpack_from(self.buf, off)[0]
+        return self.indexes[off]
 
     def _put(self, off: int, value: int) -> None:
-        IDX.pack_into(self.buf, off, value & 0xFFFFFFFF)
+        self.indexes[off] = value & 0xFFFFFFFF
 
     def _write(self, ring: int, size: int, cons_off: int, prod_off: int, data: bytes) -> int:
         cons, prod = self._get(cons_off), self._get(prod_off)

@@ -29,8 +29,8 @@ does before it gives up on the connection.
 from __future__ import annotations
 
 import ctypes
-import struct
 
+from hypervisor.public.pyxen.words import Words
 from hypervisor.public.io.xs_wire import (
     XENSTORE_CONNECTED,
     XENSTORE_ERROR_NONE,
@@ -42,7 +42,6 @@ from hypervisor.public.io.xs_wire import (
     xenstore_domain_interface as _intf,
 )
 
-_U32 = struct.Struct("<I")
 _WRAP = 1 << 32
 
 INTERFACE_SIZE = ctypes.sizeof(_intf)
@@ -90,14 +89,15 @@ class XenstoreRing:
         if view.nbytes < INTERFACE_SIZE:
             raise ValueError(f"xenstore page needs {INTERFACE_SIZE} bytes, got {view.nbytes}")
         self._buf = view
+        self._words = Words(view[:INTERFACE_SIZE])  # 2076: a whole number of words
 
-    # -- fields -----------------------------------------------------------------
+    # -- fields: each read and written whole (see hypervisor/public/pyxen/words.py) --
 
     def _get(self, offset: int) -> int:
-        return _U32.unpack_from(self._buf, offset)[0]
+        return self._words[offset]
 
     def _set(self, offset: int, value: int) -> None:
-        _U32.pack_into(self._buf, offset, value % _WRAP)
+        self._words[offset] = value % _WRAP
 
     @property
     def server_features(self) -> int:
