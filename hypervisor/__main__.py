@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     dom0 = json.loads(args.dom0)
     logger = make_logger(run_dir / "logs" / "hypervisor.log", args.log_json)
     transport = ZmqTransport(run_dir)
-    machine = Machine(platform, run_dir, transport, logger, args.log_json)
+    machine = Machine(platform, run_dir, transport, logger, args.log_json, standby=True)
     (run_dir / "hypervisor.pid").write_text(f"{os.getpid()}\n")
 
     def terminate(signum, frame):

@@ -37,6 +37,11 @@ class ZmqTransport:
         self.pushes: dict[int, zmq.Socket] = {}
         self.by_socket: dict[zmq.Socket, int] = {}
         self.by_pidfd: dict[int, int] = {}
+        # Upcalls held while a domain's upcall socket is not connected yet
+        # (zmq connects in the background); its PUSH is polled for POLLOUT
+        # meanwhile, which zmq raises once the peer is attached.
+        self.held: dict[int, list[int]] = {}
+        self.by_push: dict[zmq.Socket, int] = {}
 
     def endpoints(self, domid: int) -> dict[str, str]:
         """The domain's channels. It binds its doorbell itself (peers ring it
@@ -63,6 +68,7 @@ class ZmqTransport:
         self.by_pidfd[dom.process.pidfd] = dom.domid
         self.poller.register(router, zmq.POLLIN)
         self.poller.register(dom.process.pidfd, zmq.POLLIN)
+        self.by_push[push] = dom.domid
 
     def detach(self, dom: Domain) -> None:
         if dom.process is not None and dom.process.pidfd in self.by_pidfd:
@@ -75,6 +81,9 @@ class ZmqTransport:
             router.close()
         push = self.pushes.pop(dom.domid, None)
         if push is not None:
+            if self.held.pop(dom.domid, None) is not None:
+                self.poller.unregister(push)
+            del self.by_push[push]
             push.close()
         ends = self.endpoints(dom.domid)
         for key in ("hypercall", "upcall", "doorbell"):
@@ -82,8 +91,32 @@ class ZmqTransport:
 
     def upcall(self, domid: int, port: int) -> None:
         push = self.pushes.get(domid)
-        if push is not None:
+        if push is None:
+            return
+        if domid in self.held:
+            self.held[domid].append(port)  # after those already waiting
+            return
+        try:
             push.send(PORT.pack(port), zmq.NOBLOCK)
+        except zmq.Again:
+            # No peer: the domain's upcall socket has not connected yet (it
+            # gets the upcall once it does), or its process just died (its
+            # pidfd is handled next and the held upcalls go with it).
+            self.held[domid] = [port]
+            self.poller.register(push, zmq.POLLOUT)
+
+    def flush_held(self, push: zmq.Socket) -> None:
+        """A domain's upcall socket can take messages: deliver what was held."""
+        domid = self.by_push[push]
+        held = self.held.get(domid, [])
+        while held:
+            try:
+                push.send(PORT.pack(held[0]), zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            held.pop(0)
+        self.held.pop(domid, None)
+        self.poller.unregister(push)
 
     def reply(self, token: Any, rc: int, result: Any) -> None:
         domid, identity = token
@@ -92,7 +125,7 @@ class ZmqTransport:
             router.send_multipart([identity, b"", msgpack.packb([rc, result])])
 
     def close(self) -> None:
-        for sock in list(self.routers.values()) + list(self.pushes.values()):
+        for sock in [*self.routers.values(), *self.pushes.values()]:
             sock.close()
         self.ctx.term()
 
@@ -131,6 +164,8 @@ def run(machine: Machine, transport: ZmqTransport) -> None:
                     machine.process_exited(machine.domains[domid])
             elif item in transport.by_socket:
                 handle_requests(machine, transport, item)
+            elif item in transport.by_push:
+                transport.flush_held(item)
             if machine.halted:
                 break
         next_deadline = machine.fire_timers(time.monotonic_ns())

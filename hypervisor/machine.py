@@ -22,7 +22,7 @@ from hypervisor.domain import SHARED_INFO_PAGES, Domain
 from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
 from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
-from hypervisor.process import DomainProcess
+from hypervisor.process import DomainProcess, StandbyPool
 from hypervisor.public.errno import EBUSY, EINVAL, EIO, ESRCH, XenError
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash, SHUTDOWN_watchdog
 from hypervisor.public.xen import VIRQ_DOM_EXC, VIRQ_TIMER
@@ -48,7 +48,7 @@ class Platform:
 
 class Machine:
     def __init__(self, platform: Platform, run_dir: Path, transport: Transport,
-                 logger: Any = None, log_json: bool = False) -> None:
+                 logger: Any = None, log_json: bool = False, standby: bool = False) -> None:
         self.platform = platform
         self.run_dir = run_dir
         self.transport = transport
@@ -66,6 +66,7 @@ class Machine:
         self.console: deque[str] = deque(maxlen=2000)
         self.boot_time = time.time()
         self.halted = False
+        self.standby = StandbyPool(standby)
 
     # -- logging ------------------------------------------------------------
 
@@ -171,11 +172,18 @@ class Machine:
         log_dir = self.run_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            pass_fds = [fd for v in fds.values() for fd in (v if isinstance(v, list) else [v])]
-            dom.process = DomainProcess(start_info, pass_fds,
-                                        log_dir / f"{dom.name}.log")
+            spare = None if extra else self.standby.take()
+            if spare is not None:
+                spare.assign(start_info, fds, log_dir / f"{dom.name}.log")
+                dom.process = spare
+            else:
+                pass_fds = [fd for v in fds.values()
+                            for fd in (v if isinstance(v, list) else [v])]
+                dom.process = DomainProcess(start_info, pass_fds,
+                                            log_dir / f"{dom.name}.log")
         finally:
             dom_end.close()
+        self.standby.refill()  # the next domain starts warm too
         for fd in (dom.ram.fd, dom.shared_info.fd, dom.gnttab.entries.fd,
                    dom.gnttab.status.fd):
             os.set_inheritable(fd, False)
@@ -317,6 +325,7 @@ class Machine:
             return
         self.log(reason)
         self.halted = True
+        self.standby.close()
         for dom in sorted(self.domains.values(), key=lambda d: d.domid, reverse=True):
             if dom.process is not None and dom.process.alive:
                 dom.process.kill()

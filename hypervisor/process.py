@@ -5,6 +5,11 @@ that are its capabilities (its RAM, grant-table and shared-info segments, its
 memory channel) and nothing else, which is why this uses subprocess with an
 explicit `pass_fds` rather than a fork of the hypervisor: a fork would hand
 every domain every other domain's memory.
+
+Starting Python and importing the kernel takes a few hundred milliseconds,
+most of a driver domain's restart. So the hypervisor keeps one process on
+standby (StandbyPool): started ahead, imports done, holding no capability
+until it is handed a domain's fds over its socket (SCM_RIGHTS).
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 
-START_INFO_ENV = "PYXEN_START_INFO"
+from hypervisor.public.pyxen.start_info import STANDBY_ENV, START_INFO_ENV
+
+
 
 
 class DomainProcess:
@@ -28,20 +36,63 @@ class DomainProcess:
         env = dict(os.environ)
         env[START_INFO_ENV] = json.dumps(start_info)
         with open(log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                [sys.executable, "-m", "domains.kernel.boot"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=pass_fds,
-                env=env,
-                close_fds=True,
-            )
+            self._start([], pass_fds, log, env)
+        self.standby: socket.socket | None = None
+
+    def _start(self, args: list[str], pass_fds: list[int], out, env: dict) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "domains.kernel.boot", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
+            env=env,
+            close_fds=True,
+        )
         self.pid = self.popen.pid
         self.pidfd = os.pidfd_open(self.pid)
         self.exit_status: int | None = None
         self.cpu_time_ns = 0
         self._ps = psutil.Process(self.pid)
+
+    @classmethod
+    def on_standby(cls) -> "DomainProcess":
+        """A domain process started ahead of need: it does the slow part of
+        starting (the interpreter and the kernel's imports) and then waits,
+        holding no capability, until `assign` hands it a domain."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        proc = cls.__new__(cls)
+        try:
+            env = dict(os.environ)
+            env[STANDBY_ENV] = f"{theirs.fileno()}:{os.getpid()}"
+            proc._start([], [theirs.fileno()], subprocess.DEVNULL, env)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        proc.standby = ours
+        return proc
+
+    def assign(self, start_info: dict, fds: dict[str, int], log_path: Path) -> None:
+        """Make this standby process the domain of `start_info`: it gets the
+        domain's fds (and its log as stdout) now, as a cold start gets them
+        at exec."""
+        names = list(fds)
+        with open(log_path, "ab") as log:
+            socket.send_fds(self.standby, [json.dumps({"start_info": start_info,
+                                                       "fds": names}).encode()],
+                            [log.fileno(), *(fds[n] for n in names)])
+        self.standby.close()
+        self.standby = None
+
+    def retire(self) -> None:
+        """A standby process no longer needed: end it."""
+        if self.standby is not None:
+            self.standby.close()  # it reads EOF and exits...
+            self.standby = None
+        self.kill()  # ...or is killed, and reaped either way
+        self.close()
 
     @property
     def alive(self) -> bool:
@@ -111,3 +162,31 @@ def thread_stat(pid: int, tid: int) -> tuple[int, int, str]:
     ticks = os.sysconf("SC_CLK_TCK")
     cpu_ns = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // ticks
     return cpu_ns, int(fields[36]), fields[0]
+
+
+class StandbyPool:
+    """At most one standby domain process, replaced as soon as it is used."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.spare: DomainProcess | None = None
+
+    def take(self) -> DomainProcess | None:
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.reap() is not None:
+            spare.close()  # it died waiting: start cold
+            return None
+        return spare
+
+    def refill(self) -> None:
+        if self.enabled and self.spare is None:
+            try:
+                self.spare = DomainProcess.on_standby()
+            except OSError:
+                self.spare = None  # cold starts still work
+
+    def close(self) -> None:
+        self.enabled = False
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            spare.retire()

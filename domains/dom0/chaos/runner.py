@@ -40,7 +40,7 @@ from domains.dom0.bench.common import (BenchError, Progress, become_subreaper, b
                                        reap_children)
 from domains.dom0.chaos import analysis, toml_out
 from domains.dom0.chaos.analysis import Device
-from domains.dom0.client import ControlClient
+from domains.dom0.client import CommandFailed, ControlClient, NotRunning
 from domains.dom0.topology import Topology, TopologyError, load_topology
 from domains.guest import chaos_blocks as blocks
 
@@ -181,6 +181,7 @@ def run(topology_path: Path, targets: list[str] | None, kills: int, seed: int,
     derived.write_text(toml_out.dumps(derive(raw, targets, guests, kills)))
     events = Events()
     fds = []
+    keep = True  # the logs stay unless the run comes out clean
     try:
         for guest in guests:
             fd = os.open(guest.report, os.O_RDONLY | os.O_NONBLOCK)
@@ -198,13 +199,19 @@ def run(topology_path: Path, targets: list[str] | None, kills: int, seed: int,
         halt(run_dir)
         report["blocks"] = _check_images(run_dir, guests, report.pop("tops"))
         report["goal"] = _goal(report)
+        keep = not clean(report)
         return report
+    except (NotRunning, CommandFailed) as exc:
+        raise ChaosError(f"the machine stopped answering: {exc}") from None
     finally:
         halt(run_dir)
         for fd in fds:
             os.close(fd)
         reap_children()
-        _remove(tmp)
+        if keep and (run_dir / "logs").is_dir():
+            progress(f"logs kept in {run_dir / 'logs'}")
+        else:
+            _remove(tmp)
 
 
 def _remove(tmp: Path) -> None:
