@@ -11,7 +11,9 @@ raise ValueError.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from hypervisor.public import xen
@@ -151,6 +153,100 @@ def indirect_pages(segments: Sequence[SegmentSpec]) -> list[bytes]:
         data = b"".join(bytes(_segment(spec)) for spec in chunk)
         pages.append(data + bytes(xen.PAGE_SIZE - len(data)))
     return pages
+
+
+class PageSegments(Sequence[SegmentSpec]):
+    """The segments of `nr_sectors` sectors laid out page after page from
+    the start of the granted pages `grefs`: whole pages, the last one
+    holding what is left (what blkfront's pool pages carry).
+
+    A Sequence of (gref, first_sect, last_sect) like any segment list, but
+    kept as the grefs and the count, so that a 1 MiB request (256
+    segments) is not 256 tuples, and its indirect page is written in bulk
+    (:func:`fill_indirect_pages`)."""
+
+    __slots__ = ("grefs", "last_sect", "nr_sectors")
+
+    def __init__(self, grefs: Sequence[int], nr_sectors: int) -> None:
+        pages = -(-nr_sectors // SECTORS_PER_PAGE)
+        if nr_sectors < 1 or len(grefs) != pages:
+            raise ValueError(f"{nr_sectors} sectors from page starts take {pages} "
+                             f"pages, not {len(grefs)}")
+        self.grefs = grefs
+        self.nr_sectors = nr_sectors
+        self.last_sect = (nr_sectors - 1) % SECTORS_PER_PAGE
+
+    def __len__(self) -> int:
+        return len(self.grefs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        gref = self.grefs[index]  # IndexError past the end
+        last = self.last_sect if index in (-1, len(self.grefs) - 1) else SECTORS_PER_PAGE - 1
+        return (gref, 0, last)
+
+    def __iter__(self) -> Iterator[SegmentSpec]:
+        full = SECTORS_PER_PAGE - 1
+        grefs = self.grefs
+        for gref in grefs[:-1]:
+            yield (gref, 0, full)
+        yield (grefs[-1], 0, self.last_sect)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (PageSegments, tuple, list)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"PageSegments({list(self.grefs)!r}, {self.nr_sectors})"
+
+
+def _segment_word(first: int, last: int) -> int:
+    """The second uint32 of a blkif_request_segment: first_sect, last_sect
+    and two bytes of padding, in native order (as the ctypes ABI lays it)."""
+    return int.from_bytes(bytes((first, last, 0, 0)), sys.byteorder)
+
+
+_FULL_WORDS = array("I", [_segment_word(0, SECTORS_PER_PAGE - 1)]) * SEGS_PER_INDIRECT_FRAME
+_SEGMENT_BYTES = ctypes.sizeof(blkif.blkif_request_segment)
+assert _SEGMENT_BYTES == 8 and array("I").itemsize == 4
+
+
+def fill_indirect_pages(buf: memoryview, offsets: Sequence[int],
+                        segments: Sequence[SegmentSpec]) -> None:
+    """Write the indirect pages listing `segments` (what
+    :func:`indirect_pages` returns) into `buf` at the byte `offsets`, one
+    per page needed.  PageSegments are written in bulk: an array of
+    uint32 pairs (gref, first/last word), not one struct per segment."""
+    if not 1 <= len(segments) <= SEGS_PER_INDIRECT_FRAME * BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST:
+        raise ValueError(f"{len(segments)} indirect segments")
+    pages = -(-len(segments) // SEGS_PER_INDIRECT_FRAME)
+    if len(offsets) < pages:
+        raise ValueError(f"{len(segments)} segments need {pages} indirect pages, "
+                         f"{len(offsets)} given")
+    if not isinstance(segments, PageSegments):
+        for offset, page in zip(offsets, indirect_pages(segments)):
+            buf[offset:offset + xen.PAGE_SIZE] = page
+        return
+    grefs = segments.grefs
+    if any(not 0 <= gref < _U32 for gref in (min(grefs), max(grefs))):
+        raise ValueError("grant ref does not fit in 32 bits")
+    for index in range(pages):
+        chunk = grefs[index * SEGS_PER_INDIRECT_FRAME:(index + 1) * SEGS_PER_INDIRECT_FRAME]
+        n = len(chunk)
+        words = array("I", bytes(2 * 4 * n))
+        words[0::2] = array("I", chunk)
+        words[1::2] = _FULL_WORDS[:n]
+        if index == pages - 1:
+            words[-1] = _segment_word(0, segments.last_sect)
+        start = offsets[index]
+        used = n * _SEGMENT_BYTES
+        buf[start:start + used] = memoryview(words).cast("B")
+        buf[start + used:start + xen.PAGE_SIZE] = bytes(xen.PAGE_SIZE - used)
 
 
 @dataclass(frozen=True)

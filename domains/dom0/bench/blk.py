@@ -55,6 +55,7 @@ from domains.guest.bench_workloads import (BLK_GUEST_TAG, BLK_RAND_SIZE, BLK_SEQ
                                            blk_offsets, blk_pattern)
 
 GOAL_SEQ_RATIO = 0.5
+QUEUE_DEPTH = 4         # operations the guest keeps in flight (fio's iodepth)
 DISK_MB = 256           # MiB: the image, swept by the sequential operations
 RAND_COUNT = 2000       # 4 KiB random reads per side, whatever --iterations says
 SEQ_WARMUP = 8          # 1 MiB operations of each kind, run and discarded, per side
@@ -233,7 +234,7 @@ def measure_all(tmp: Path, n: int, progress: Progress) -> dict[str, dict[str, in
     fifos = {name: tmp / f"{name}.fifo" for name in ("go", "result")}
     for path in fifos.values():
         os.mkfifo(path, 0o600)
-    extra = f"result={fifos['result']} go={fifos['go']} seed={SEED}"
+    extra = f"result={fifos['result']} go={fifos['go']} seed={SEED} qd={QUEUE_DEPTH}"
     topology = tmp / "bench.toml"
     topology.write_text(TOPOLOGY.format(extra=extra, image=image))
 
@@ -302,7 +303,7 @@ def measure(tmp: Path, n: int, _warmup: int, progress: Progress) -> dict:
         halt(tmp / "run")
         reap_children()
 
-    report: dict = {"iterations": n}
+    report: dict = {"iterations": n, "queue_depth": QUEUE_DEPTH}
     for kind in ("seq_read", "seq_write"):
         pyxen = round(_mb_s(n, BLK_SEQ_SIZE, totals[kind]["pyxen"]), 1)
         raw = round(_mb_s(n, BLK_SEQ_SIZE, totals[kind]["raw"]), 1)
