@@ -55,6 +55,7 @@ REQUEST_SIZE = blkif.BLKIF_SRING_ENTRY_SIZE
 RESPONSE_SIZE = 16
 LIMITS = Limits()
 _OFFSET_MASK = (1 << 32) - 1
+IOV_CACHE_SIZE = 256  # I/O vectors kept per device (see BlkbackDevice.iov_cache)
 S = XenbusState
 
 
@@ -131,6 +132,12 @@ class BlkbackDevice:
         # have consecutive addresses, and become one I/O buffer.
         self.addresses: dict[int, int] = {}
         self.window_views: dict[int, memoryview] = {}
+        # Segment records -> their I/O vector: the frontend reuses the same
+        # pages request after request (its pool hands out the same runs,
+        # DMA buffers stay put), and persistent grants stay mapped until
+        # disconnect, so a vector once built is valid until then: looking
+        # it up (one hash of the records) replaces 256 translations.
+        self.iov_cache: dict[bytes, list[memoryview]] = {}
         self.lock = threading.Lock()
         self.watch = None
         self.connected = False
@@ -249,6 +256,16 @@ class BlkbackDevice:
     def _iov(self, segments: Segments) -> list[memoryview]:
         """The I/O vector of a checked request's segments, over persistently
         mapped grants (mapped now if new): contiguous pages merged."""
+        key = segments.records
+        iov = self.iov_cache.get(key)
+        if iov is None:
+            iov = self._build_iov(segments)
+            if len(self.iov_cache) >= IOV_CACHE_SIZE:
+                self.iov_cache.clear()  # crude, but a working set is small
+            self.iov_cache[key] = iov
+        return iov
+
+    def _build_iov(self, segments: Segments) -> list[memoryview]:
         addresses = self.addresses
         try:  # the usual case once warm: every page is mapped already
             found = list(map(addresses.__getitem__, segments.grefs))
@@ -314,6 +331,7 @@ class BlkbackDevice:
         with self.lock:
             grants, self.grants = list(self.grants.values()), {}
             self.addresses = {}
+            self.iov_cache = {}
             views, self.window_views = list(self.window_views.values()), {}
         for view in views:
             view.release()

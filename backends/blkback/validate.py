@@ -24,9 +24,10 @@ requests aligned to it.
 from __future__ import annotations
 
 import ctypes
+import sys
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from hypervisor.public import xen
 from hypervisor.public.io import blkif
@@ -88,14 +89,17 @@ class Segments(Sequence[Segment]):
     read these three columns instead.  As a Sequence it still yields
     Segment objects (and compares equal to a tuple of the same Segments)."""
 
-    __slots__ = ("firsts", "grefs", "lasts")
+    __slots__ = ("_records", "_total", "firsts", "grefs", "lasts")
 
-    def __init__(self, grefs: array, firsts: bytes, lasts: bytes) -> None:
+    def __init__(self, grefs: array, firsts: bytes, lasts: bytes,
+                 records: bytes | None = None) -> None:
         if not len(grefs) == len(firsts) == len(lasts):
             raise ValueError("segment columns of different lengths")
         self.grefs = grefs
         self.firsts = firsts
         self.lasts = lasts
+        self._records = records
+        self._total: int | None = None
 
     @classmethod
     def decode(cls, data: bytes, offset: int = 0, count: int | None = None) -> Segments:
@@ -110,7 +114,7 @@ class Segments(Sequence[Segment]):
         words = array("I")
         words.frombytes(records)
         return cls(words[0::2], records[_FIRST::_SEGMENT_SIZE],
-                   records[_LAST::_SEGMENT_SIZE])
+                   records[_LAST::_SEGMENT_SIZE], records)
 
     @classmethod
     def of(cls, segments: Sequence[Segment] | Segments) -> Segments:
@@ -153,7 +157,22 @@ class Segments(Sequence[Segment]):
     @property
     def total_sectors(self) -> int:
         """Sum of last_sect - first_sect + 1 over the segments."""
-        return sum(self.lasts) - sum(self.firsts) + len(self.firsts)
+        if self._total is None:
+            self._total = sum(self.lasts) - sum(self.firsts) + len(self.firsts)
+        return self._total
+
+    @property
+    def records(self) -> bytes:
+        """The blkif_request_segment records (as decoded; padding zero when
+        built from Segment objects): bytes that determine every segment,
+        usable as a key, e.g. for a cache of their mapped buffers."""
+        if self._records is None:
+            words = array("I", bytes(8 * len(self)))
+            words[0::2] = self.grefs
+            words[1::2] = array("I", (int.from_bytes(bytes((f, l, 0, 0)), sys.byteorder)
+                                      for f, l in zip(self.firsts, self.lasts)))
+            self._records = words.tobytes()
+        return self._records
 
     def full_pages(self, last_allowed: int) -> bool:
         """Every segment covers its whole page (0..last_allowed)."""
@@ -325,7 +344,11 @@ def with_indirect_segments(request: Request,
         # frontend may rewrite the page meanwhile): nothing is read twice.
         chunks.append(bytes(page[:count * _SEGMENT_SIZE]))
         left -= count
-    return replace(request, segments=Segments.decode(b"".join(chunks)))
+    r = request  # every other field as it was (dataclasses.replace, but faster)
+    return Request(r.operation, r.id, handle=r.handle, sector_number=r.sector_number,
+                   nr_segments=r.nr_segments, segments=Segments.decode(b"".join(chunks)),
+                   indirect_op=r.indirect_op, indirect_grefs=r.indirect_grefs,
+                   nr_sectors=r.nr_sectors, flag=r.flag)
 
 
 def _check_segments(request: Request, disk: DiskInfo,
@@ -347,6 +370,9 @@ def _check_segments(request: Request, disk: DiskInfo,
     return _check_range(request.sector_number, request.total_sectors, disk)
 
 
+_SECTOR_INDEXES = bytes(range(256))
+
+
 def _segments_fine(segments: Segments, last_allowed: int, ratio: int) -> bool:
     """The checks of _check_segments' loop, in bulk: True only if every
     segment has first_sect <= last_sect <= last_allowed and covers whole
@@ -355,8 +381,9 @@ def _segments_fine(segments: Segments, last_allowed: int, ratio: int) -> bool:
     firsts, lasts = segments.firsts, segments.lasts
     if not lasts:
         return True
-    if max(lasts) > last_allowed:
-        return False
+    if lasts.translate(None, _SECTOR_INDEXES[:last_allowed + 1]):
+        return False  # some last_sect beyond the page (what is left after
+                      # deleting the allowed values)
     if firsts.count(0) != len(firsts):
         # Partial segments: first <= last needs a look at each one (rare:
         # only the first/last page of an unaligned request).

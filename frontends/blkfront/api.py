@@ -32,7 +32,7 @@ class Completion:
 
     @property
     def done(self) -> bool:
-        return all(req.done.is_set() for req in self.requests)
+        return all(req.finished for req in self.requests)
 
     def wait(self, timeout: float | None = None) -> None:
         """Until all are answered; the first failure is raised (after all

@@ -53,6 +53,7 @@ DMA_PAGES = 1024   # 4 MiB for callers' DMA buffers (BlkfrontDevice.buffer)
 RESPONSE_SIZE = 16
 PROTOCOL = "arm-abi"  # XEN_IO_PROTO_ABI_ARM
 RECONNECT_TIMEOUT = 120.0
+LAYOUT_CACHE_SIZE = 512  # request layouts kept per connection (Connection.layout)
 
 
 class BlockIOError(OSError):
@@ -115,24 +116,13 @@ class DmaBuffer:
 
 class IORequest:
     """One blkif request as the caller sees it: issued by
-    BlkfrontDevice.submit(), finished when `done` is set (wait()).  It
+    BlkfrontDevice.submit(), `finished` once answered (wait()).  It
     survives reconnects: if the backend goes away before answering, the
-    request is issued again, unchanged, to the next backend."""
+    request is issued again, unchanged, to the next backend.  It finishes
+    once, with its `error` (None: success) set first."""
 
-    __slots__ = (
-        "bounced",
-        "conn",
-        "data",
-        "done",
-        "error",
-        "indirect",
-        "nr_sectors",
-        "op",
-        "out",
-        "pages",
-        "sector",
-        "status",
-    )
+    __slots__ = ("_waiter", "bounced", "conn", "data", "error", "finished", "indirect",
+                 "nr_sectors", "op", "out", "pages", "sector", "status")
 
     def __init__(self, op: int, sector: int, nr_sectors: int, data: Any = None,
                  out: Any = None) -> None:
@@ -143,21 +133,33 @@ class IORequest:
         self.indirect: list[int] = []  # its indirect page, if any
         self.bounced = False           # pages are pool pages (else a DmaBuffer's)
         self.conn: Connection | None = None
-        self.done = threading.Event()
         self.status = BLKIF_RSP_OKAY
         self.error: OSError | None = None
+        # A lock held until the request is finished: the lightest way for
+        # the submitter to sleep until the upcall thread completes it (an
+        # Event is a Condition, several times the Python work per request).
+        self.finished = False
+        self._waiter = threading.Lock()
+        self._waiter.acquire()
+
+    def finish(self) -> None:
+        """Done (status / error set before): wake the waiters."""
+        self.finished = True
+        self._waiter.release()
 
     def wait(self, timeout: float | None = None) -> None:
         """Until the backend answered; BlockIOError / DeviceGone if it failed."""
-        if not self.done.wait(timeout):
-            raise TimeoutError(f"{_OPS.get(self.op, self.op)} at {self.sector} "
-                               "still in flight")
+        if not self.finished:
+            if not self._waiter.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError(f"{_OPS.get(self.op, self.op)} at {self.sector} "
+                                   "still in flight")
+            self._waiter.release()  # for any other waiter
         if self.error is not None:
             raise self.error
 
     def fail(self, error: OSError) -> None:
         self.error = error
-        self.done.set()
+        self.finish()
 
 
 class Queue:
@@ -264,6 +266,7 @@ class Connection:
         self.indirect = Pool(first_indirect, pool_start - first_indirect)
         self.pool = Pool(pool_start, POOL_PAGES)
         self.dma = Pool(dma_start, DMA_PAGES)
+        self.layouts: dict[tuple[int, int, int], tuple[PageSegments, bytes | None]] = {}
 
     def grant(self, page: int) -> int:
         ref = self.kernel.gnttab.grant_access(self.device.backend_id,
@@ -302,17 +305,40 @@ class Connection:
                 data = buf.view if isinstance(buf, DmaBuffer) else buf
                 self.copy_in(req.pages, data, req.nr_sectors * SECTOR)
         req.conn = self
-        refs = self.refs
-        segments = PageSegments(list(map(refs.__getitem__, req.pages)), req.nr_sectors)
-        if nr_pages <= BLKIF_MAX_SEGMENTS_PER_REQUEST:
+        segments, indirect = self.layout(req.pages, req.nr_sectors)
+        if indirect is None:
             return segments, None
         try:
             req.indirect = self.indirect.take(1)
         except PoolClosed:
             self.release(req)
             raise
-        fill_indirect_pages(self.map, [req.indirect[0] * PAGE_SIZE], segments)
-        return segments, refs[req.indirect[0]]
+        start = req.indirect[0] * PAGE_SIZE
+        self.map[start:start + PAGE_SIZE] = indirect
+        return segments, self.refs[req.indirect[0]]
+
+    def layout(self, pages: list[int], nr_sectors: int) -> tuple[PageSegments, bytes | None]:
+        """The segments of `nr_sectors` in window `pages`, and the contents of
+        their indirect page if they need one.  Requests keep landing on the
+        same runs of pages (the pool hands out the same runs again, DMA
+        buffers stay put), and a run's grants do not change while connected:
+        a run's layout is built once and reused."""
+        key = (pages[0], len(pages), nr_sectors) \
+            if pages[-1] - pages[0] == len(pages) - 1 else None
+        found = self.layouts.get(key) if key is not None else None
+        if found is not None:
+            return found
+        segments = PageSegments(list(map(self.refs.__getitem__, pages)), nr_sectors)
+        indirect = None
+        if len(pages) > BLKIF_MAX_SEGMENTS_PER_REQUEST:
+            page = bytearray(PAGE_SIZE)
+            fill_indirect_pages(memoryview(page), [0], segments)
+            indirect = bytes(page)
+        if key is not None:
+            if len(self.layouts) >= LAYOUT_CACHE_SIZE:
+                self.layouts.clear()
+            self.layouts[key] = (segments, indirect)
+        return segments, indirect
 
     def copy_in(self, pages: list[int], data: Any, length: int) -> None:
         window = self.map
@@ -346,7 +372,7 @@ class Connection:
             req.status = status
             req.error = BlockIOError(f"{_OPS.get(req.op, req.op)} of {req.nr_sectors} "
                                      f"sectors at {req.sector}: backend status {status}")
-        req.done.set()
+        req.finish()
 
 
 class BlkfrontDevice:

@@ -11,6 +11,7 @@ raise ValueError.
 from __future__ import annotations
 
 import ctypes
+import struct
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
@@ -256,10 +257,17 @@ class Response:
     status: int
 
 
+# blkif_response with native alignment, as the ctypes ABI class lays it:
+# id at 0, operation at 8, status at 10, 16 bytes (checked below).
+_RESPONSE = struct.Struct("@QBxh4x")
+assert _RESPONSE.size == RESPONSE_SIZE
+assert _RESPONSE.unpack(bytes(blkif.blkif_response(id=2**64 - 2, operation=7,
+                                                   status=-2))) == (2**64 - 2, 7, -2)
+
+
 def parse_response(raw: bytes | bytearray | memoryview) -> Response:
     """Decode a blkif_response (the first 16 bytes of `raw`, copied)."""
     data = bytes(raw[:RESPONSE_SIZE])
     if len(data) != RESPONSE_SIZE:
         raise ValueError(f"a response is {RESPONSE_SIZE} bytes, not {len(data)}")
-    rsp = blkif.blkif_response.from_buffer_copy(data)
-    return Response(rsp.id, rsp.operation, rsp.status)
+    return Response(*_RESPONSE.unpack(data))
