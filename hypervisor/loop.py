@@ -83,7 +83,14 @@ class ZmqTransport:
     def upcall(self, domid: int, port: int) -> None:
         push = self.pushes.get(domid)
         if push is not None:
-            push.send(PORT.pack(port), zmq.NOBLOCK)
+            try:
+                push.send(PORT.pack(port), zmq.NOBLOCK)
+            except zmq.Again:
+                # No live peer: the domain's process just died (its pidfd
+                # has not been handled yet) or never connected. The pending
+                # bit stays set; a dead domain never reads it, and killing
+                # the hypervisor over it would take every domain down.
+                pass
 
     def reply(self, token: Any, rc: int, result: Any) -> None:
         domid, identity = token

@@ -412,11 +412,24 @@ class BlkfrontDevice:
             self.log.warning("backend gone: holding I/O until it is back")
             self.connected.clear()
             self._abandon()
+            threading.Thread(target=self._forget_backend, args=(self.backend_id,),
+                             daemon=True).start()
         elif state in (S.Closing, S.Closed) and self.conn is not None and not self.closed:
             self.log.info("backend closing the device")
             self.closed = True
             self._fail_all()
             threading.Thread(target=self._close_handshake, daemon=True).start()
+
+    def _forget_backend(self, gone: int) -> None:
+        """Say in XenStore that our rings are gone (state Closed), so that a
+        backend started in place of the gone one does not map the old ring
+        refs (still granted to the dead domain: it would fail and close the
+        device) but waits for the Initialised of our reconnect.  On its own
+        thread: switching state waits for xenstored, and the watch thread
+        that noticed the loss must stay free."""
+        with self.reconnecting:
+            if self.backend_id == gone and not self.closed and not self.connected.is_set():
+                switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
 
     def _abandon(self) -> None:
         """The backend is gone: keep what it did not answer for the next one."""
@@ -458,6 +471,10 @@ class BlkfrontDevice:
                         self.kernel.gnttab.end_access(ref)
                     except XenError:
                         pass  # still mapped by a backend that will never unmap it
+            # No connection until connect() made the next one: meanwhile a
+            # backend passing through Closed (it saw our Closed before our
+            # Initialising) is part of the handshake, not a reason to close.
+            self.conn = None
             self.backend = self.xs.read(f"{self.path}/backend").decode()
             self.backend_id = backend_id
             with self.state_cond:
@@ -541,9 +558,16 @@ class BlkfrontDevice:
         connection's window; MemoryError if its DMA area is used up."""
         if nbytes <= 0:
             raise ValueError(f"a DMA buffer of {nbytes} bytes")
-        conn = self._connection()
-        pages = conn.dma.try_take(-(-nbytes // PAGE_SIZE)) if \
-            nbytes <= DMA_PAGES * PAGE_SIZE else None
+        if nbytes > DMA_PAGES * PAGE_SIZE:
+            raise MemoryError(f"{self.path}: a DMA buffer holds at most "
+                              f"{DMA_PAGES * PAGE_SIZE} bytes")
+        while True:
+            conn = self._connection()
+            try:
+                pages = conn.dma.try_take(-(-nbytes // PAGE_SIZE))
+                break
+            except PoolClosed:
+                continue  # the backend went away meanwhile: the next connection's
         if pages is None:
             raise MemoryError(f"{self.path}: no {nbytes} bytes left in the DMA area "
                               f"({DMA_PAGES * PAGE_SIZE} bytes)")
@@ -570,15 +594,20 @@ class BlkfrontDevice:
         self.submit(op, sector, nr_sectors, data, out).wait()
 
     def _connection(self) -> Connection:
-        if self.closed:
-            raise DeviceGone(f"{self.path} was removed (detached, or its backend "
-                             "is gone for good)")
-        if not self.connected.wait(RECONNECT_TIMEOUT):
-            raise DeviceGone(f"{self.path}: the backend did not come back")
-        if self.closed:
-            raise DeviceGone(f"{self.path} was removed (detached, or its backend "
-                             "is gone for good)")
-        return self.conn
+        """The current connection, waiting while the backend is away."""
+        while True:
+            if self.closed:
+                raise DeviceGone(f"{self.path} was removed (detached, or its backend "
+                                 "is gone for good)")
+            if not self.connected.wait(RECONNECT_TIMEOUT):
+                raise DeviceGone(f"{self.path}: the backend did not come back")
+            conn = self.conn
+            if self.closed:
+                continue  # raises above
+            if conn is not None:
+                return conn
+            # Lost it between the wait and now (connected is cleared before
+            # the connection is dropped): wait for the next one.
 
     def _issue(self, conn: Connection, req: IORequest, requeue: bool) -> bool:
         """Put `req` on one of `conn`'s rings.  If `conn` is gone meanwhile:
