@@ -55,7 +55,7 @@ from domains.guest.bench_workloads import (BLK_GUEST_TAG, BLK_RAND_SIZE, BLK_SEQ
                                            blk_offsets, blk_pattern)
 
 GOAL_SEQ_RATIO = 0.5
-QUEUE_DEPTH = 4         # operations the guest keeps in flight (fio's iodepth)
+QUEUE_DEPTH = 8         # operations the guest keeps in flight (fio's iodepth)
 DISK_MB = 256           # MiB: the image, swept by the sequential operations
 RAND_COUNT = 2000       # 4 KiB random reads per side, whatever --iterations says
 SEQ_WARMUP = 8          # 1 MiB operations of each kind, run and discarded, per side

@@ -97,11 +97,15 @@ Module API (ring.h's macro in brackets):
 ``FrontRing.get_response() -> bytes``
     [RING_COPY_RESPONSE] a private copy of the ``rsp_size`` bytes at
     ``rsp_cons``; advances ``rsp_cons``. RingError if there is none.
-``FrontRing.final_check_for_responses() -> bool``
+``FrontRing.final_check_for_responses(ahead=1) -> bool``
     [RING_FINAL_CHECK_FOR_RESPONSES] before going idle: True if responses
     are pending; otherwise set ``rsp_event = rsp_cons + 1`` (notify me on
     the next response) and check once more, closing the race with a
-    backend that pushed meanwhile.
+    backend that pushed meanwhile.  ``ahead`` > 1 asks for the event only
+    at the ahead-th next response (at most the number of requests
+    outstanding, so one always comes): one event per batch of responses
+    when many requests are in flight (the event index may be any index,
+    ring.h's macro just picks the next one).
 
 ``BackRing(buf, req_size, rsp_size, entry_size=None, *, index=None)``
     [BACK_RING_ATTACH] the back end: ``rsp_prod_pvt`` and ``req_cons``
@@ -373,10 +377,14 @@ class FrontRing(_Ring):
         self.rsp_cons += 1
         return data
 
-    def final_check_for_responses(self) -> bool:
+    def final_check_for_responses(self, ahead: int = 1) -> bool:
         if self.has_unconsumed_responses():
             return True
-        self._header[_rsp_event] = (self.rsp_cons + 1) & _idx_mask
+        # ahead > 1: be notified only at the ahead-th next response, never
+        # later than the last one outstanding (or the wakeup would be lost).
+        outstanding = (self.req_prod_pvt - self.rsp_cons) & _idx_mask
+        ahead = max(1, min(ahead, outstanding))
+        self._header[_rsp_event] = (self.rsp_cons + ahead) & _idx_mask
         _xen_mb()  # back sees rsp_event /before/ we check rsp_prod again
         return bool(self.has_unconsumed_responses())
 
