@@ -89,7 +89,7 @@ class Segments(Sequence[Segment]):
     read these three columns instead.  As a Sequence it still yields
     Segment objects (and compares equal to a tuple of the same Segments)."""
 
-    __slots__ = ("_records", "_total", "firsts", "grefs", "lasts")
+    __slots__ = ("_fine", "_records", "_total", "firsts", "grefs", "lasts")
 
     def __init__(self, grefs: array, firsts: bytes, lasts: bytes,
                  records: bytes | None = None) -> None:
@@ -100,6 +100,7 @@ class Segments(Sequence[Segment]):
         self.lasts = lasts
         self._records = records
         self._total: int | None = None
+        self._fine: tuple[int, int, bool] | None = None  # memo of _segments_fine
 
     @classmethod
     def decode(cls, data: bytes, offset: int = 0, count: int | None = None) -> Segments:
@@ -110,11 +111,18 @@ class Segments(Sequence[Segment]):
         end = offset + count * _SEGMENT_SIZE
         if count < 0 or end > len(data):
             raise ValueError(f"{count} segments do not fit in {len(data)} bytes")
-        records = data[offset:end]
+        records = bytes(data[offset:end])
+        found = _DECODED.get(records)
+        if found is not None:
+            return found
         words = array("I")
         words.frombytes(records)
-        return cls(words[0::2], records[_FIRST::_SEGMENT_SIZE],
-                   records[_LAST::_SEGMENT_SIZE], records)
+        segments = cls(words[0::2], records[_FIRST::_SEGMENT_SIZE],
+                       records[_LAST::_SEGMENT_SIZE], records)
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[records] = segments
+        return segments
 
     @classmethod
     def of(cls, segments: Sequence[Segment] | Segments) -> Segments:
@@ -181,6 +189,15 @@ class Segments(Sequence[Segment]):
 
 
 EMPTY_SEGMENTS = Segments(array("I"), b"", b"")
+
+# Records -> their decoded Segments. A frontend lists the same pages request
+# after request (its pool hands out the same runs, its buffers stay put), so
+# the same records recur: decoding them (and checking them, memoised on the
+# Segments) once is enough. Decoding is a pure function of the bytes, so
+# sharing the result is safe; the records are a private copy, never shared
+# memory. Bounded: cleared when full.
+_DECODED: dict[bytes, Segments] = {}
+_DECODED_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -378,6 +395,15 @@ def _segments_fine(segments: Segments, last_allowed: int, ratio: int) -> bool:
     segment has first_sect <= last_sect <= last_allowed and covers whole
     disk sectors.  False means "look at each segment" (which then finds
     the culprit), never that a segment is wrong for sure."""
+    memo = segments._fine
+    if memo is not None and memo[0] == last_allowed and memo[1] == ratio:
+        return memo[2]
+    fine = _segments_fine_now(segments, last_allowed, ratio)
+    segments._fine = (last_allowed, ratio, fine)
+    return fine
+
+
+def _segments_fine_now(segments: Segments, last_allowed: int, ratio: int) -> bool:
     firsts, lasts = segments.firsts, segments.lasts
     if not lasts:
         return True
