@@ -126,6 +126,32 @@ def _indirect(nr: int) -> bytes:
     return data + bytes(blkif.BLKIF_SRING_ENTRY_SIZE - len(data))
 
 
+@settings(max_examples=1000, deadline=None)
+@given(op=st.sampled_from(range(8)), rest=st.binary(min_size=111, max_size=111))
+def test_header_decoding_matches_the_ctypes_layouts(op: int, rest: bytes) -> None:
+    data = bytes([op]) + rest
+    req = parse_request(data)
+    if op == blkif.BLKIF_OP_DISCARD:
+        ref = blkif.blkif_request_discard.from_buffer_copy(data)
+        assert (req.id, req.handle, req.sector_number, req.nr_sectors, req.flag) == (
+            ref.id, ref.handle, ref.sector_number, ref.nr_sectors, ref.flag)
+    elif op == BLKIF_OP_INDIRECT:
+        ref = blkif.blkif_request_indirect.from_buffer_copy(data)
+        pages = min(blkif.indirect_pages(ref.nr_segments), 8)
+        assert (req.id, req.handle, req.sector_number, req.nr_segments, req.indirect_op,
+                req.indirect_grefs) == (ref.id, ref.handle, ref.sector_number,
+                                        ref.nr_segments, ref.indirect_op,
+                                        tuple(ref.indirect_grefs[:pages]))
+    else:
+        ref = blkif.blkif_request.from_buffer_copy(data)
+        assert (req.id, req.handle, req.sector_number, req.nr_segments) == (
+            ref.id, ref.handle, ref.sector_number, ref.nr_segments)
+        if op in (BLKIF_OP_READ, BLKIF_OP_WRITE, blkif.BLKIF_OP_FLUSH_DISKCACHE):
+            count = min(ref.nr_segments, 11)
+            assert list(req.segments) == [Segment(s.gref, s.first_sect, s.last_sect)
+                                          for s in ref.seg[:count]]
+
+
 # -- merging the I/O vector ------------------------------------------------------
 
 def naive(addresses, segments) -> list[tuple[int, int]]:
