@@ -130,7 +130,7 @@ class IORequest:
         self.data = data    # what a write sends: bytes-like, or a DmaBuffer
         self.out = out      # where a read lands: writable bytes-like, or a DmaBuffer
         self.pages: list[int] = []     # window pages of the current issue
-        self.indirect: list[int] = []  # its indirect page, if any
+        self.indirect = -1             # its ring's indirect page, if any
         self.bounced = False           # pages are pool pages (else a DmaBuffer's)
         self.conn: Connection | None = None
         self.status = BLKIF_RSP_OKAY
@@ -164,10 +164,12 @@ class IORequest:
 
 class Queue:
     """One ring: requests in flight by id (the shadow), their callers'
-    IORequests, and the event channel the backend answers on."""
+    IORequests, the ring's own indirect pages (one per slot, so a request
+    that got a slot always finds one), and the event channel the backend
+    answers on."""
 
     def __init__(self, conn: Connection, index: int, first_page: int,
-                 nr_pages: int) -> None:
+                 nr_pages: int, indirect_pages: range) -> None:
         self.conn = conn
         self.index = index
         self.kernel = conn.device.kernel
@@ -177,24 +179,42 @@ class Queue:
         self.refs = [conn.grant(first_page + i) for i in range(nr_pages)]
         self.shadow = Shadow(self.ring.size)
         self.pending: dict[int, IORequest] = {}
+        self.indirect_free = list(indirect_pages)
+        # One lock for the ring, the shadow and the free lists; submitters
+        # sleep on it only when every slot is in flight.
         self.lock = threading.Lock()
-        self.slots = threading.Semaphore(self.ring.size)
+        self.slot_freed = threading.Condition(self.lock)
+        self.waiting = 0
         self.dead = False
         self.port = self.kernel.events.alloc_unbound(conn.device.backend_id)
         self.kernel.events.bind(self.port, self.responses)
 
     def submit(self, req: IORequest, segments: PageSegments | None,
-               indirect_gref: int | None) -> bool:
-        """Put `req` on the ring; False (nothing issued) if the backend is gone."""
-        self.slots.acquire()
+               indirect: bytes | None) -> bool:
+        """Put `req` on the ring (with its indirect page's contents, if it
+        needs one); False (nothing issued) if the backend is gone."""
         with self.lock:
-            if self.dead:
-                self.slots.release()
-                return False
+            while True:
+                if self.dead:
+                    return False
+                if not self.shadow.full:
+                    break
+                self.waiting += 1
+                self.slot_freed.wait()
+                self.waiting -= 1
             op = req.op
-            if indirect_gref is not None:
-                entry = self.shadow.add(BLKIF_OP_INDIRECT, req.sector, segments=segments,
-                                        indirect_op=op, indirect_grefs=(indirect_gref,))
+            if indirect is not None:
+                page = self.indirect_free.pop()
+                start = page * PAGE_SIZE
+                self.conn.map[start:start + PAGE_SIZE] = indirect
+                try:
+                    entry = self.shadow.add(BLKIF_OP_INDIRECT, req.sector, segments=segments,
+                                            indirect_op=op,
+                                            indirect_grefs=(self.conn.refs[page],))
+                except ValueError:
+                    self.indirect_free.append(page)
+                    raise
+                req.indirect = page
             elif op == BLKIF_OP_DISCARD:
                 entry = self.shadow.add(op, req.sector, nr_sectors=req.nr_sectors)
             else:
@@ -214,8 +234,9 @@ class Queue:
                 return []
             self.dead = True
             cut = [self.pending.pop(entry.id) for entry in self.shadow.reset()]
-        for _ in range(self.ring.size):
-            self.slots.release()  # wake submitters waiting for a slot
+            for req in cut:
+                req.indirect = -1  # this ring's page: the next issue takes another
+            self.slot_freed.notify_all()  # submitters waiting for a slot: retry
         try:
             self.kernel.events.close(self.port)
         except Exception:  # the channel died with the backend's domain
@@ -228,11 +249,15 @@ class Queue:
         with self.lock:
             if self.dead:
                 return
-            ring, shadow, pending = self.ring, self.shadow, self.pending
+            ring, shadow, pending, free = self.ring, self.shadow, self.pending, self.indirect_free
             while True:
                 while ring.has_unconsumed_responses():
                     entry = shadow.complete(ring.get_response())
-                    done.append((pending.pop(entry.id), entry.status))
+                    req = pending.pop(entry.id)
+                    if req.indirect >= 0:
+                        free.append(req.indirect)
+                        req.indirect = -1
+                    done.append((req, entry.status))
                 # With many requests in flight, one event per half of them:
                 # the backend keeps busy on the other half meanwhile, and
                 # both sides pay for one notification per batch, not per
@@ -240,9 +265,10 @@ class Queue:
                 outstanding = len(pending)
                 if not ring.final_check_for_responses(ahead=outstanding // 2):
                     break
+            if self.waiting:
+                self.slot_freed.notify(len(done))
         complete = self.conn.complete
         for req, status in done:
-            self.slots.release()
             complete(req, status)
 
 
@@ -261,14 +287,15 @@ class Connection:
         self.map = memoryview(self.window.map)  # the whole window, bytes
         self.refs: list[int] = [-1] * frames   # window page -> its grant ref
         self.queues: list[Queue] = []
-        for q in range(nr_queues):
-            self.queues.append(Queue(self, q, q * ring_pages, ring_pages))
         first_indirect = nr_queues * ring_pages
         pool_start = first_indirect + nr_queues * indirect_pages
         dma_start = pool_start + POOL_PAGES
         for page in range(first_indirect, frames):
             self.grant(page)
-        self.indirect = Pool(first_indirect, pool_start - first_indirect)
+        for q in range(nr_queues):
+            own = first_indirect + q * indirect_pages
+            self.queues.append(Queue(self, q, q * ring_pages, ring_pages,
+                                     range(own, own + indirect_pages)))
         self.pool = Pool(pool_start, POOL_PAGES)
         self.dma = Pool(dma_start, DMA_PAGES)
         self.layouts: dict[tuple[int, int, int], tuple[PageSegments, bytes | None]] = {}
@@ -288,39 +315,32 @@ class Connection:
         cut: list[IORequest] = []
         for queue in self.queues:
             cut += queue.abandon()
-        for pool in (self.pool, self.indirect, self.dma):
+        for pool in (self.pool, self.dma):
             pool.close()
         return cut
 
-    def prepare(self, req: IORequest) -> tuple[PageSegments | None, int | None]:
+    def prepare(self, req: IORequest) -> tuple[PageSegments | None, bytes | None]:
         """Pages for `req` in this connection (the caller's DMA buffer's, or
-        bounce pages holding a copy of the data to write) and its segments
-        and indirect page: what Queue.submit puts on the ring.  PoolClosed if
-        the connection goes meanwhile."""
+        bounce pages holding a copy of the data to write), its segments and
+        the contents of its indirect page if it needs one: what
+        Queue.submit puts on the ring.  PoolClosed if the connection goes
+        meanwhile."""
         op = req.op
         if op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
             return None, None
         nr_pages = -(-req.nr_sectors // SECTORS_PER_PAGE)
         buf = req.data if op == BLKIF_OP_WRITE else req.out
         if isinstance(buf, DmaBuffer) and buf.conn is self and len(buf.pages) >= nr_pages:
-            req.pages, req.bounced = buf.pages[:nr_pages], False
+            pages = buf.pages
+            req.pages = pages if len(pages) == nr_pages else pages[:nr_pages]
+            req.bounced = False
         else:
             req.pages, req.bounced = self.pool.take(nr_pages), True
             if op == BLKIF_OP_WRITE:
                 data = buf.view if isinstance(buf, DmaBuffer) else buf
                 self.copy_in(req.pages, data, req.nr_sectors * SECTOR)
         req.conn = self
-        segments, indirect = self.layout(req.pages, req.nr_sectors)
-        if indirect is None:
-            return segments, None
-        try:
-            req.indirect = self.indirect.take(1)
-        except PoolClosed:
-            self.release(req)
-            raise
-        start = req.indirect[0] * PAGE_SIZE
-        self.map[start:start + PAGE_SIZE] = indirect
-        return segments, self.refs[req.indirect[0]]
+        return self.layout(req.pages, req.nr_sectors)
 
     def layout(self, pages: list[int], nr_sectors: int) -> tuple[PageSegments, bytes | None]:
         """The segments of `nr_sectors` in window `pages`, and the contents of
@@ -358,12 +378,11 @@ class Connection:
                 dst[done:done + n] = window[first:first + n]
 
     def release(self, req: IORequest) -> None:
-        """Give back the pages `req` held in this connection."""
+        """Give back the data pages `req` held in this connection (its
+        indirect page is its ring's, given back by the ring)."""
         if req.bounced and req.pages:
             self.pool.give(req.pages)
-        if req.indirect:
-            self.indirect.give(req.indirect)
-        req.pages, req.indirect, req.bounced, req.conn = [], [], False, None
+        req.pages, req.bounced, req.conn = [], False, None
 
     def complete(self, req: IORequest, status: int) -> None:
         """The backend answered `req` (on the upcall thread)."""
@@ -619,12 +638,12 @@ class BlkfrontDevice:
         False (the caller tries the next connection), or with `requeue` the
         request joins those to reissue and True."""
         try:
-            segments, indirect_gref = conn.prepare(req)
+            segments, indirect = conn.prepare(req)
         except PoolClosed:
             issued = False
         else:
             queue = conn.queues[threading.get_ident() % len(conn.queues)]
-            issued = queue.submit(req, segments, indirect_gref)
+            issued = queue.submit(req, segments, indirect)
             if not issued:
                 conn.release(req)
         if issued or not requeue:

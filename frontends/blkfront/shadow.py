@@ -44,7 +44,7 @@ class ShadowFull(Exception):
     """Every id is in flight: wait for a response."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ShadowEntry:
     """One request in flight (or just completed, with its `status`)."""
 
