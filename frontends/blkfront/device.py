@@ -5,10 +5,19 @@ its features, set up rings and grants, publish them, Initialised, wait for
 the backend's Connected, Connected.
 
 Memory: every page the backend may touch lives in one grant window opened
-for the backend's domain only: the rings, one indirect-segment page per
-ring slot, and a pool of data pages granted once (persistent grants).
-Data is copied between the caller's buffers and pool pages, as through a
-restricted DMA pool: nothing else of the guest is ever shared.
+for the backend's domain only (a Connection's): the rings, one
+indirect-segment page per ring slot, a pool of bounce pages and an area for
+callers' DMA buffers, all granted once (persistent grants). Data is copied
+between a caller's ordinary buffers and bounce pages, as through a
+restricted DMA pool; a DmaBuffer is window pages itself, used in place.
+Nothing else of the guest is ever shared.
+
+I/O: submit() puts a request on a ring and returns an IORequest at once, so
+a caller keeps many in flight (a queue depth); the upcall thread completes
+them as responses arrive, in any order. Each ring's shadow (shadow.py)
+knows what is in flight: when the backend goes away, every request without
+a response is kept, in issue order, and issued again as soon as the next
+backend is connected, before anything new; the caller only sees a pause.
 """
 
 from __future__ import annotations
