@@ -355,3 +355,45 @@ def test_request_layouts_are_cached_per_page_run() -> None:
     assert list(with_indirect_segments(
         parse_request(requests.indirect(1, BLKIF_OP_READ, 0, 64, [9])), [indirect]
     ).segments) == [Segment(g, f, l) for g, f, l in segments]
+
+
+def test_a_dma_buffer_of_an_old_connection_goes_through_bounce_pages() -> None:
+    old, _ = connection()
+    buf = DmaBuffer(old, old.dma.try_take(2), 2 * PAGE)
+    buf.view[:] = b"o" * len(buf)
+    conn, back = connection()  # the reconnect: a new window
+    write = issue(conn, BLKIF_OP_WRITE, 0, 16, data=buf)
+    (req,) = back.take()
+    frames = [back.frames[s.gref] for s in req.segments]
+    assert all(conn.pool.extents.first <= f for f in frames)  # bounce pages
+    assert b"".join(bytes(back.page(s.gref)) for s in req.segments) == bytes(buf.view)
+    back.answer(req)
+    write.wait()
+    read = issue(conn, BLKIF_OP_READ, 0, 16, out=buf)
+    (req,) = back.take()
+    for seg in req.segments:
+        back.page(seg.gref)[:] = b"n" * PAGE
+    back.answer(req)
+    read.wait()
+    assert bytes(buf.view) == b"n" * len(buf)  # copied into the old buffer
+
+
+def test_a_read_into_an_unwritable_buffer_fails_and_never_hangs() -> None:
+    conn, back = connection()
+    read = issue(conn, BLKIF_OP_READ, 0, 8, out=bytes(PAGE))  # bypassing the API
+    (req,) = back.take()
+    back.answer(req)
+    with pytest.raises(BlockIOError):
+        read.wait(10)
+    assert conn.pool.extents.free == conn.pool.size
+
+
+def test_a_request_the_ring_refuses_gives_its_pages_back() -> None:
+    conn, _ = connection()
+    device = BlkfrontDevice.__new__(BlkfrontDevice)
+    device.reissue, device.reissue_lock, device.closed = [], threading.Lock(), False
+    req = IORequest(BLKIF_OP_WRITE, 2**64, 8, data=bytes(PAGE))  # sector beyond 64 bits
+    with pytest.raises(ValueError):
+        device._issue(conn, req, requeue=False)
+    assert conn.pool.extents.free == conn.pool.size
+    assert len(conn.queues[0].shadow) == 0

@@ -89,11 +89,13 @@ class BlockDevice:
         return buf[start:start + length]
 
     @staticmethod
-    def _bytes(buf: Any) -> tuple[Any, int]:
+    def _bytes(buf: Any, writable: bool = False) -> tuple[Any, int]:
         """A caller's buffer as something sliceable, and its length."""
         if isinstance(buf, DmaBuffer):
             return buf, len(buf)
         view = memoryview(buf).cast("B")
+        if writable and view.readonly:
+            raise TypeError("reads need a writable buffer")
         return view, len(view)
 
     def buffer(self, nbytes: int) -> DmaBuffer:
@@ -106,7 +108,7 @@ class BlockDevice:
         """Start reading len(buffer) bytes (whole sectors) at `sector` into
         `buffer` (writable bytes-like, or a DmaBuffer); wait() on the
         result.  Several reads and writes may be in flight at once."""
-        buf, length = self._bytes(buffer)
+        buf, length = self._bytes(buffer, writable=True)
         if length % SECTOR:
             raise ValueError(f"{self.name}: reads are whole 512-byte sectors")
         count = length // SECTOR

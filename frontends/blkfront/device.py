@@ -394,11 +394,15 @@ class Connection:
         req.pages, req.bounced, req.conn = [], False, None
 
     def complete(self, req: IORequest, status: int) -> None:
-        """The backend answered `req` (on the upcall thread)."""
+        """The backend answered `req` (on the upcall thread).  Always
+        finishes it: its caller must never wait for ever."""
         try:
             if status == BLKIF_RSP_OKAY and req.op == BLKIF_OP_READ and req.bounced:
                 out = req.out.view if isinstance(req.out, DmaBuffer) else req.out
                 self.copy_out(req.pages, out, req.nr_sectors * SECTOR)
+        except (TypeError, ValueError, BufferError) as exc:  # the caller's buffer
+            req.error = BlockIOError(f"read at {req.sector}: cannot store the data "
+                                     f"in the caller's buffer: {exc}")
         finally:
             self.release(req)
         if status != BLKIF_RSP_OKAY:
@@ -652,7 +656,11 @@ class BlkfrontDevice:
             issued = False
         else:
             queue = conn.queues[threading.get_ident() % len(conn.queues)]
-            issued = queue.submit(req, segments, indirect)
+            try:
+                issued = queue.submit(req, segments, indirect)
+            except BaseException:
+                conn.release(req)  # a request the ring refused: give its pages back
+                raise
             if not issued:
                 conn.release(req)
         if issued or not requeue:
