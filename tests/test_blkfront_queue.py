@@ -53,6 +53,12 @@ def test_extents_hand_out_contiguous_runs_and_coalesce() -> None:
     pool.give(b)
     pool.give(c)
     assert pool.runs() == [(100, 16)] and pool.free == 16
+    d, e = pool.take(6), pool.take(4)
+    pool.give(d[:3])
+    assert pool.take(7, contiguous=True) is None and pool.free == 9  # runs of 3 and 6
+    assert pool.take(7) == [100, 101, 102, 110, 111, 112, 113]
+    pool.give([100, 101, 102, 110, 111, 112, 113])
+    assert pool.take(6, contiguous=True) == list(range(110, 116))
 
 
 def test_extents_refuse_double_frees_and_strangers() -> None:
@@ -279,6 +285,8 @@ def test_dma_buffers_are_used_in_place() -> None:
     free = conn.dma.extents.free
     buf.close()
     assert conn.dma.extents.free == free + 64
+    with pytest.raises(ValueError):  # a buffer is one view: one run of pages
+        DmaBuffer(conn, [conn.dma.extents.first, conn.dma.extents.first + 2], 2 * PAGE)
 
 
 def test_a_dead_backend_leaves_every_unanswered_request_to_reissue_in_order() -> None:

@@ -90,6 +90,8 @@ class DmaBuffer:
 
     def __init__(self, conn: Connection, pages: list[int], nbytes: int,
                  owner: DmaBuffer | None = None) -> None:
+        if pages[-1] - pages[0] != len(pages) - 1 or len(pages) * PAGE_SIZE < nbytes:
+            raise ValueError("a DMA buffer is one run of pages holding its bytes")
         self.conn = conn
         self.pages = pages
         first = pages[0] * PAGE_SIZE
@@ -601,7 +603,8 @@ class BlkfrontDevice:
         while True:
             conn = self._connection()
             try:
-                pages = conn.dma.try_take(-(-nbytes // PAGE_SIZE))
+                # One run: the buffer is one view of consecutive pages.
+                pages = conn.dma.try_take(-(-nbytes // PAGE_SIZE), contiguous=True)
                 break
             except PoolClosed:
                 continue  # the backend went away meanwhile: the next connection's

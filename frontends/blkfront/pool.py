@@ -34,9 +34,10 @@ class Extents:
         """The free runs, in page order (for tests and logs)."""
         return list(zip(self.starts, self.lengths))
 
-    def take(self, count: int) -> list[int] | None:
+    def take(self, count: int, contiguous: bool = False) -> list[int] | None:
         """`count` pages, in one run if any free run is long enough, else
-        from the first runs; None (nothing taken) if fewer are free."""
+        (unless `contiguous`) from the first runs; None (nothing taken) if
+        they cannot be had."""
         if count < 0 or count > self.total:
             raise ValueError(f"{count} pages asked of a pool of {self.total}")
         if count > self.free:
@@ -54,6 +55,8 @@ class Extents:
                     lengths[i] -= count
                 self.free -= count
                 return list(range(start, start + count))
+        if contiguous:
+            return None
         # Fragmented: gather from the first runs.
         pages: list[int] = []
         while len(pages) < count:
@@ -154,12 +157,12 @@ class Pool:
                     return pages
                 self.cond.wait()
 
-    def try_take(self, count: int) -> list[int] | None:
-        """`count` pages now, or None."""
+    def try_take(self, count: int, contiguous: bool = False) -> list[int] | None:
+        """`count` pages now (one run if `contiguous`), or None."""
         with self.cond:
             if self.closed:
                 raise PoolClosed("the connection is gone")
-            return self.extents.take(count)
+            return self.extents.take(count, contiguous)
 
     def give(self, pages: list[int]) -> None:
         if not pages:
