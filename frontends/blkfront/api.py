@@ -147,7 +147,9 @@ class BlockDevice:
         self.submit_write(sector, data).wait()
 
     def flush(self) -> None:
-        """Returns once everything written before is durable."""
+        """Returns once every write that completed before the call is
+        durable (one still in flight, from submit_write, may or may not be:
+        wait for it first, as with a disk's cache flush)."""
         if self.device.flush_supported:
             self.device.io(BLKIF_OP_FLUSH_DISKCACHE, 0, 0)
 
