@@ -53,7 +53,8 @@ def test_extents_hand_out_contiguous_runs_and_coalesce() -> None:
     pool.give(b)
     pool.give(c)
     assert pool.runs() == [(100, 16)] and pool.free == 16
-    d, e = pool.take(6), pool.take(4)
+    d = pool.take(6)
+    pool.take(4)
     pool.give(d[:3])
     assert pool.take(7, contiguous=True) is None and pool.free == 9  # runs of 3 and 6
     assert pool.take(7) == [100, 101, 102, 110, 111, 112, 113]
@@ -323,7 +324,7 @@ def test_a_dead_backend_leaves_every_unanswered_request_to_reissue_in_order() ->
 
 
 def test_a_device_gone_for_good_fails_what_is_in_flight() -> None:
-    conn, back = connection()
+    conn, _ = connection()
     device = BlkfrontDevice.__new__(BlkfrontDevice)  # only the failing part
     device.conn, device.path = conn, "device/vbd/51712"
     device.reissue, device.reissue_lock = [], threading.Lock()

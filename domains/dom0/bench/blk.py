@@ -359,8 +359,8 @@ def format_report(report: dict) -> str:
         f"Block I/O on a {report['disk_mb']} MiB image: {n} x 1 MiB sequential "
         f"reads and writes, {rand['count']} x 4 KiB random reads:",
         *table,
-        f"  pyxen: blkfront -> blkback in a driver domain, {report['queue_depth']} operations "
-        "in flight,",
+        (f"  pyxen: blkfront -> blkback in a driver domain, {report['queue_depth']} "
+         "operations in flight,"),
         "  DMA buffers; raw: os.preadv / os.pwritev on the same file in one process, one",
         "  at a time; ratio: pyxen / raw (higher is better)",
         f"  goal: sequential ratios at least {report['goal_seq_ratio']}: {verdict}"])
