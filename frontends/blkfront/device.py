@@ -635,6 +635,9 @@ class BlkfrontDevice:
 
     def _connection(self) -> Connection:
         """The current connection, waiting while the backend is away."""
+        conn = self.conn
+        if conn is not None and self.connected.is_set() and not self.closed:
+            return conn  # the usual case, without Event.wait's lock
         while True:
             if self.closed:
                 raise DeviceGone(f"{self.path} was removed (detached, or its backend "
