@@ -366,23 +366,24 @@ class Machine:
                  f"{nr_frames} frames at gfn {region.gfn:#x}")
         return region
 
-    def retarget_window(self, dom: Domain, window_id: int, peer: int) -> Region:
-        """Hand one of `dom`'s windows to another peer, e.g. the successor of
-        a driver domain that died: only while nothing in it is mapped, so the
-        old peer can reach none of it any more (EBUSY otherwise)."""
+    def close_window(self, dom: Domain, window_id: int) -> None:
+        """Give one of `dom`'s windows back (a frontend whose backend came
+        back under a new domid: a window has exactly one peer, so the next
+        connection gets a new one). EBUSY while anything in it is mapped.
+        The memory stays as long as the domain still maps it."""
         region = dom.windows.get(window_id)
         if region is None:
             raise XenError(EINVAL, f"d{dom.domid} has no grant window {window_id}")
-        self.domain(peer)
-        if peer == dom.domid:
-            raise XenError(EINVAL, "a grant window is shared with another domain")
         for other in self.domains.values():
             if any(m.region is region for m in other.gnttab.maptrack.values()):
                 raise XenError(EBUSY, f"grant window {window_id} is still mapped by "
                                f"d{other.domid}")
-        old, region.peer = region.peer, peer
-        self.log(f"d{dom.domid}: grant window {window_id} now for d{peer} (was d{old})")
-        return region
+        del dom.windows[window_id]
+        dom.physmap.remove(region)
+        for other in self.domains.values():
+            other.known_windows.discard(window_id)
+        self.memory.free(region.segment)
+        self.log(f"d{dom.domid}: grant window {window_id} closed")
 
     def pass_window(self, dom: Domain, window_id: int) -> None:
         """Hand `dom` the fd of a window, before the hypercall that names it

@@ -64,11 +64,10 @@ def test_grants_and_events_between_two_domains(system):
     assert mapper["send_on_closed"] == "EINVAL"
     # The mapper's write went to the granter's own page, and the granter
     # could not take the page back while it was still mapped.
-    # Nor hand the window to another peer while anything in it was mapped;
-    # after, it could.
+    # Nor give the window back while anything in it was mapped; after, it could.
     assert granter == {"seen": "pong", "end_while_mapped": "EBUSY",
-                       "retarget_while_mapped": "EBUSY", "end_after_unmap": "ok",
-                       "retargeted_after_unmap": True, "retarget_to_self": "EINVAL"}
+                       "close_while_mapped": "EBUSY", "end_after_unmap": "ok",
+                       "closed_after_unmap": True, "close_twice": "EINVAL"}
 
 
 def test_virtual_timer_fires_virq_timer(system):

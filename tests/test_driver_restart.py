@@ -91,7 +91,7 @@ def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
     follow_acks(log, last_ack(log) + 60)  # writes go on through the new backend
     assert "reconnecting to the new backend" in log.read_text()
     assert system.list()["writer"]["state"][3:5] == "--"  # never crashed
-    # The grant window of the old connection was given back, not leaked.
+    # The grant window of the old connection serves the new one: nothing leaked.
     assert free_memory(system) == free
     system.halt()
     check_image(system, log)

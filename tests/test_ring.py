@@ -580,3 +580,34 @@ TestRingInterleavings = RingMachine.TestCase
 TestRingInterleavings.settings = settings(
     max_examples=150, stateful_step_count=60, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_final_check_for_responses_ahead_coalesces_events() -> None:
+    """A frontend with several requests in flight may ask for the event only
+    at a later response; never beyond the last one outstanding."""
+    buf, front, back = new_ring()
+    for seq in range(6):
+        front.put_request(req_bytes(seq))
+    front.push_requests()
+    assert not front.final_check_for_responses(ahead=3)  # rsp_event = 0 + 3
+    assert header(buf)[3] == 3
+    for seq in range(6):
+        back.get_request()
+    for seq in range(2):
+        back.put_response(rsp_bytes(seq))
+        assert not back.push_responses_and_check_notify()  # 1st, 2nd: no event
+    back.put_response(rsp_bytes(2))
+    assert back.push_responses_and_check_notify()          # the 3rd: event
+    for _ in range(3):
+        front.get_response()
+    assert not front.final_check_for_responses(ahead=100)  # clamped to 3 outstanding
+    assert header(buf)[3] == 6
+    assert not front.final_check_for_responses(ahead=0)    # at least the next one
+    assert header(buf)[3] == 4
+    for seq in range(3, 6):
+        back.put_response(rsp_bytes(seq))
+    assert back.push_responses_and_check_notify()
+    for _ in range(3):
+        front.get_response()
+    assert not front.final_check_for_responses(ahead=5)    # none outstanding: next
+    assert header(buf)[3] == 7

@@ -9,7 +9,13 @@ driver domain can wire those around it:
   becomes a :class:`Problem` carrying the status to answer, never an
   exception.
 - :mod:`.io` performs a checked request on a file descriptor, with the
-  mapped grant pages as buffers.
+  mapped grant pages as buffers (or, with :func:`.io.perform_iov`, an I/O
+  vector in which pages contiguous in the backend's mapping are merged:
+  :func:`.io.merge_extents`).
+
+A request's segments are decoded and checked in bulk (:class:`.validate.
+Segments`: grefs, first_sect and last_sect as columns), because a 1 MiB
+request has 256 of them; every field is still checked.
 - :mod:`.response` encodes the `blkif_response` to put on the ring.
 
 Per request: ``req = parse_request(slot)``; ``problem = check(req, disk)``;

@@ -17,11 +17,12 @@ import stat
 import threading
 from typing import Any
 
-from backends.blkback.io import perform
+from backends.blkback.io import merge_extents, perform, perform_iov
 from backends.blkback.response import response_for
 from backends.blkback.validate import (
     DiskInfo,
     Limits,
+    Segments,
     check,
     parse_request,
     with_indirect_segments,
@@ -39,7 +40,11 @@ from domains.kernel.xenbus.state import (
 )
 from hypervisor.public.errno import XenError
 from hypervisor.public.io import blkif
-from hypervisor.public.io.blkif import BLKIF_OP_INDIRECT, BLKIF_RSP_ERROR, VDISK_READONLY
+from hypervisor.public.io.blkif import (
+    BLKIF_OP_INDIRECT,
+    BLKIF_RSP_ERROR,
+    VDISK_READONLY,
+)
 from hypervisor.public.io.ring import BackRing, RingError
 from hypervisor.public.io.xenbus import XenbusState
 
@@ -49,13 +54,15 @@ MAX_INDIRECT_SEGMENTS = 256
 REQUEST_SIZE = blkif.BLKIF_SRING_ENTRY_SIZE
 RESPONSE_SIZE = 16
 LIMITS = Limits()
+_OFFSET_MASK = (1 << 32) - 1
+IOV_CACHE_SIZE = 256  # I/O vectors kept per device (see BlkbackDevice.iov_cache)
 S = XenbusState
 
 
 class Queue(threading.Thread):
     """One ring: its channel kicks the thread, the thread answers requests."""
 
-    def __init__(self, device: "BlkbackDevice", index: int, ring: BackRing,
+    def __init__(self, device: BlkbackDevice, index: int, ring: BackRing,
                  mappings: list[Mapping], view: memoryview) -> None:
         super().__init__(name=f"blkback-{device.fe}-{device.devid}-q{index}", daemon=True)
         self.device = device
@@ -94,12 +101,17 @@ class Queue(threading.Thread):
                 return
 
     def service(self) -> None:
-        ring = self.ring
+        ring, handle, notify, port = self.ring, self.device.handle, self.device.notify, self.port
         while True:
             while ring.has_unconsumed_requests():
-                ring.put_response(self.device.handle(ring.get_request()))
-            if ring.push_responses_and_check_notify():
-                self.device.notify(self.port)
+                ring.put_response(handle(ring.get_request()))
+                # Each response is published at once, as Linux's blkback
+                # does: with several requests in flight the frontend can
+                # reuse this one's pages while we serve the next.  The
+                # event goes only if the frontend asked for one
+                # (rsp_event), so under load few are sent.
+                if ring.push_responses_and_check_notify():
+                    notify(port)
             if not ring.final_check_for_requests():
                 return
 
@@ -114,6 +126,18 @@ class BlkbackDevice:
         self.queues: list[Queue] = []
         self.persistent = False
         self.grants: dict[int, Mapping] = {}  # persistent gref -> mapping
+        # Persistent gref -> its page's address in our mappings, window id
+        # << 32 | byte offset in that window (windows are at most 16 MiB),
+        # and each window's view: pages consecutive in the frontend's window
+        # have consecutive addresses, and become one I/O buffer.
+        self.addresses: dict[int, int] = {}
+        self.window_views: dict[int, memoryview] = {}
+        # Segment records -> their I/O vector: the frontend reuses the same
+        # pages request after request (its pool hands out the same runs,
+        # DMA buffers stay put), and persistent grants stay mapped until
+        # disconnect, so a vector once built is valid until then: looking
+        # it up (one hash of the records) replaces 256 translations.
+        self.iov_cache: dict[bytes, list[memoryview]] = {}
         self.lock = threading.Lock()
         self.watch = None
         self.connected = False
@@ -218,9 +242,13 @@ class BlkbackDevice:
                 problem = check(request, self.disk, LIMITS)
                 if problem is not None:
                     return response_for(request, problem.status)
-            pages = self._pages([seg.gref for seg in request.segments or ()],
-                                request.writes, transient)
-            status = perform(request, pages, self.fd)
+            segments = request.segments
+            if self.persistent and segments:
+                status = perform_iov(request, self._iov(segments), self.fd)
+            else:
+                pages = self._pages(list(segments.grefs) if segments else [],
+                                    request.writes, transient)
+                status = perform(request, pages, self.fd)
         except GrantStatusError as exc:
             self.log.info("bad grant in request", error=str(exc))
             status = BLKIF_RSP_ERROR
@@ -228,6 +256,30 @@ class BlkbackDevice:
             if transient:
                 self.kernel.gnttab.unmap_all(transient)
         return response_for(request, status)
+
+    def _iov(self, segments: Segments) -> list[memoryview]:
+        """The I/O vector of a checked request's segments, over persistently
+        mapped grants (mapped now if new): contiguous pages merged."""
+        key = segments.records
+        iov = self.iov_cache.get(key)
+        if iov is None:
+            iov = self._build_iov(segments)
+            if len(self.iov_cache) >= IOV_CACHE_SIZE:
+                self.iov_cache.clear()  # crude, but a working set is small
+            self.iov_cache[key] = iov
+        return iov
+
+    def _build_iov(self, segments: Segments) -> list[memoryview]:
+        addresses = self.addresses
+        try:  # the usual case once warm: every page is mapped already
+            found = list(map(addresses.__getitem__, segments.grefs))
+        except KeyError:
+            self._pages(segments.grefs, False, [])
+            found = list(map(addresses.__getitem__, segments.grefs))
+        views = self.window_views
+        return [views[address >> 32][(address & _OFFSET_MASK):
+                                     (address & _OFFSET_MASK) + length]
+                for address, length in merge_extents(found, segments)]
 
     def _pages(self, grefs, readonly: bool, transient: list[Mapping]) -> list[memoryview]:
         if not grefs:
@@ -245,6 +297,9 @@ class BlkbackDevice:
             missing = sorted({g for g in grefs if g not in grants})
             for m in self.kernel.gnttab.map_grant_refs(self.fe, missing):
                 grants[m.ref] = m
+                if m.window not in self.window_views:
+                    self.window_views[m.window] = memoryview(m.page.obj)
+                self.addresses[m.ref] = m.window << 32 | m.offset
             return [grants[g].page for g in grefs]
 
     def notify(self, port: int) -> None:
@@ -279,6 +334,11 @@ class BlkbackDevice:
         self.queues = []
         with self.lock:
             grants, self.grants = list(self.grants.values()), {}
+            self.addresses = {}
+            self.iov_cache = {}
+            views, self.window_views = list(self.window_views.values()), {}
+        for view in views:
+            view.release()
         if grants:
             try:
                 gnttab.unmap_all(grants)

@@ -24,8 +24,11 @@ requests aligned to it.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import struct
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from hypervisor.public import xen
 from hypervisor.public.io import blkif
@@ -67,6 +70,137 @@ class Segment:
         return self.nr_sectors * SECTOR_SIZE
 
 
+# A blkif_request_segment is 8 bytes: gref (uint32, native order, as the C
+# struct and the ctypes ABI module read it), first_sect, last_sect, 2 bytes
+# of padding. Bulk decoding reads the grefs as every other uint32 of the
+# records and first/last_sect as every 8th byte.
+assert _SEGMENT_SIZE == 8
+assert array("I").itemsize == 4
+_GREF_BYTES = slice(0, 4)
+_FIRST = 4
+_LAST = 5
+
+
+class Segments(Sequence[Segment]):
+    """A request's segments, decoded in bulk: `grefs` (array of uint32),
+    `firsts` and `lasts` (bytes: first_sect and last_sect of each).
+
+    A 1 MiB indirect request has 256 segments; building 256 Segment objects
+    per request cost more than the I/O itself, so the checks and the I/O
+    read these three columns instead.  As a Sequence it still yields
+    Segment objects (and compares equal to a tuple of the same Segments)."""
+
+    __slots__ = ("_fine", "_records", "_total", "firsts", "grefs", "lasts")
+
+    def __init__(self, grefs: array, firsts: bytes, lasts: bytes,
+                 records: bytes | None = None) -> None:
+        if not len(grefs) == len(firsts) == len(lasts):
+            raise ValueError("segment columns of different lengths")
+        self.grefs = grefs
+        self.firsts = firsts
+        self.lasts = lasts
+        self._records = records
+        self._total: int | None = None
+        self._fine: tuple[int, int, bool] | None = None  # memo of _segments_fine
+
+    @classmethod
+    def decode(cls, data: bytes, offset: int = 0, count: int | None = None) -> Segments:
+        """`count` blkif_request_segment records at `offset` of `data`
+        (which the caller copied out of shared memory: decoded once)."""
+        if count is None:
+            count = (len(data) - offset) // _SEGMENT_SIZE
+        end = offset + count * _SEGMENT_SIZE
+        if count < 0 or end > len(data):
+            raise ValueError(f"{count} segments do not fit in {len(data)} bytes")
+        records = bytes(data[offset:end])
+        found = _DECODED.get(records)
+        if found is not None:
+            return found
+        words = array("I")
+        words.frombytes(records)
+        segments = cls(words[0::2], records[_FIRST::_SEGMENT_SIZE],
+                       records[_LAST::_SEGMENT_SIZE], records)
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[records] = segments
+        return segments
+
+    @classmethod
+    def of(cls, segments: Sequence[Segment] | Segments) -> Segments:
+        """Segments from Segment objects (ValueError if a field does not fit
+        its wire type)."""
+        if isinstance(segments, Segments):
+            return segments
+        try:
+            return cls(array("I", [s.gref for s in segments]),
+                       bytes(s.first_sect for s in segments),
+                       bytes(s.last_sect for s in segments))
+        except OverflowError as exc:
+            raise ValueError(f"segment field out of range: {exc}") from None
+
+    def __len__(self) -> int:
+        return len(self.firsts)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        return Segment(self.grefs[index], self.firsts[index], self.lasts[index])
+
+    def __iter__(self) -> Iterator[Segment]:
+        return map(Segment, self.grefs, self.firsts, self.lasts)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Segments):
+            return (self.grefs == other.grefs and self.firsts == other.firsts
+                    and self.lasts == other.lasts)
+        if isinstance(other, (tuple, list)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Segments({list(self)!r})"
+
+    @property
+    def total_sectors(self) -> int:
+        """Sum of last_sect - first_sect + 1 over the segments."""
+        if self._total is None:
+            self._total = sum(self.lasts) - sum(self.firsts) + len(self.firsts)
+        return self._total
+
+    @property
+    def records(self) -> bytes:
+        """The blkif_request_segment records (as decoded; padding zero when
+        built from Segment objects): bytes that determine every segment,
+        usable as a key, e.g. for a cache of their mapped buffers."""
+        if self._records is None:
+            words = array("I", bytes(8 * len(self)))
+            words[0::2] = self.grefs
+            words[1::2] = array("I", (int.from_bytes(bytes((f, l, 0, 0)), sys.byteorder)
+                                      for f, l in zip(self.firsts, self.lasts)))
+            self._records = words.tobytes()
+        return self._records
+
+    def full_pages(self, last_allowed: int) -> bool:
+        """Every segment covers its whole page (0..last_allowed)."""
+        n = len(self.firsts)
+        return self.firsts.count(0) == n and self.lasts.count(last_allowed) == n
+
+
+EMPTY_SEGMENTS = Segments(array("I"), b"", b"")
+
+# Records -> their decoded Segments. A frontend lists the same pages request
+# after request (its pool hands out the same runs, its buffers stay put), so
+# the same records recur: decoding them (and checking them, memoised on the
+# Segments) once is enough. Decoding is a pure function of the bytes, so
+# sharing the result is safe; the records are a private copy, never shared
+# memory. Bounded: cleared when full.
+_DECODED: dict[bytes, Segments] = {}
+_DECODED_MAX = 1024
+
+
 @dataclass(frozen=True)
 class Request:
     """A decoded request.  Fields not carried by `operation`'s layout are 0.
@@ -83,11 +217,15 @@ class Request:
     handle: int = 0
     sector_number: int = 0
     nr_segments: int = 0
-    segments: tuple[Segment, ...] | None = ()
+    segments: Segments | None = EMPTY_SEGMENTS  # a tuple of Segments is converted
     indirect_op: int = 0
     indirect_grefs: tuple[int, ...] = ()
     nr_sectors: int = 0  # BLKIF_OP_DISCARD
     flag: int = 0        # BLKIF_OP_DISCARD: BLKIF_DISCARD_SECURE
+
+    def __post_init__(self) -> None:
+        if self.segments is not None and not isinstance(self.segments, Segments):
+            object.__setattr__(self, "segments", Segments.of(self.segments))
 
     @property
     def io_operation(self) -> int:
@@ -101,7 +239,7 @@ class Request:
         discard's nr_sectors."""
         if self.operation == BLKIF_OP_DISCARD:
             return self.nr_sectors
-        return sum(seg.nr_sectors for seg in self.segments or ())
+        return self.segments.total_sectors if self.segments else 0
 
     @property
     def writes(self) -> bool:
@@ -168,11 +306,39 @@ class Problem:
     reason: str
 
 
-def _segments(raw: bytes, offset: int, count: int) -> tuple[Segment, ...]:
-    return tuple(
-        Segment(s.gref, s.first_sect, s.last_sect)
-        for s in (blkif.blkif_request_segment.from_buffer_copy(
-            raw, offset + i * _SEGMENT_SIZE) for i in range(count)))
+_SEG_OFFSET = blkif.blkif_request.seg.offset
+_CODES = {(1, False): "B", (2, False): "H", (4, False): "I", (8, False): "Q"}
+
+
+def _header(ctype: type, names: tuple[str, ...]) -> struct.Struct:
+    """A struct reading fields `names` of the ctypes ABI class `ctype` at
+    the very offsets ctypes gives them (native order, as ctypes reads), so
+    that decoding a slot is one unpack instead of one ctypes field access
+    per field; arrays of integers are read as that many integers."""
+    fmt, at = "=", 0
+    for name in names:
+        field = getattr(ctype, name)
+        kind = dict(ctype._fields_)[name]
+        count = 1
+        if issubclass(kind, ctypes.Array):
+            count, kind = kind._length_, kind._type_
+        size = ctypes.sizeof(kind)
+        signed = kind(-1).value == -1
+        if field.offset < at:
+            raise ValueError(f"{ctype.__name__}.{name}: fields out of order")
+        fmt += "x" * (field.offset - at) + (f"{count}" if count > 1 else "") \
+            + _CODES[(size, signed)]
+        at = field.offset + field.size
+    return struct.Struct(fmt)
+
+
+_RW = _header(blkif.blkif_request,
+              ("operation", "nr_segments", "handle", "id", "sector_number"))
+_DISCARD = _header(blkif.blkif_request_discard,
+                   ("operation", "flag", "handle", "id", "sector_number", "nr_sectors"))
+_INDIRECT = _header(blkif.blkif_request_indirect,
+                    ("operation", "indirect_op", "nr_segments", "id", "sector_number",
+                     "handle", "indirect_grefs"))
 
 
 def parse_request(raw: bytes | bytearray | memoryview) -> Request:
@@ -183,27 +349,24 @@ def parse_request(raw: bytes | bytearray | memoryview) -> Request:
         raise ValueError(f"a ring entry is {ENTRY_SIZE} bytes, not {len(data)}")
     operation = data[0]
     if operation == BLKIF_OP_DISCARD:
-        d = blkif.blkif_request_discard.from_buffer_copy(data)
-        return Request(operation, d.id, handle=d.handle,
-                       sector_number=d.sector_number, nr_sectors=d.nr_sectors,
-                       flag=d.flag)
+        _, flag, handle, id, sector, nr_sectors = _DISCARD.unpack_from(data)
+        return Request(operation, id, handle=handle, sector_number=sector,
+                       nr_sectors=nr_sectors, flag=flag)
     if operation == BLKIF_OP_INDIRECT:
-        ind = blkif.blkif_request_indirect.from_buffer_copy(data)
-        pages = min(blkif.indirect_pages(ind.nr_segments),
+        fields = _INDIRECT.unpack_from(data)
+        _, indirect_op, nr_segments, id, sector, handle = fields[:6]
+        pages = min(blkif.indirect_pages(nr_segments),
                     blkif.BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST)
-        return Request(operation, ind.id, handle=ind.handle,
-                       sector_number=ind.sector_number,
-                       nr_segments=ind.nr_segments, segments=None,
-                       indirect_op=ind.indirect_op,
-                       indirect_grefs=tuple(ind.indirect_grefs[:pages]))
-    req = blkif.blkif_request.from_buffer_copy(data)
-    segments: tuple[Segment, ...] = ()
+        return Request(operation, id, handle=handle, sector_number=sector,
+                       nr_segments=nr_segments, segments=None, indirect_op=indirect_op,
+                       indirect_grefs=fields[6:6 + pages])
+    _, nr_segments, handle, id, sector = _RW.unpack_from(data)
+    segments = EMPTY_SEGMENTS
     if operation in (BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_FLUSH_DISKCACHE):
-        count = min(req.nr_segments, blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST)
-        segments = _segments(data, blkif.blkif_request.seg.offset, count)
-    return Request(operation, req.id, handle=req.handle,
-                   sector_number=req.sector_number,
-                   nr_segments=req.nr_segments, segments=segments)
+        count = min(nr_segments, blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST)
+        segments = Segments.decode(data, _SEG_OFFSET, count)
+    return Request(operation, id, handle=handle, sector_number=sector,
+                   nr_segments=nr_segments, segments=segments)
 
 
 def with_indirect_segments(request: Request,
@@ -218,21 +381,30 @@ def with_indirect_segments(request: Request,
         raise ValueError(f"{len(request.indirect_grefs)} indirect pages "
                          f"expected, {len(pages)} given")
     per_page = limits.segments_per_indirect_page
-    segments: list[Segment] = []
+    left = request.nr_segments
+    chunks = []
     for index, page in enumerate(pages):
-        data = bytes(page)
-        if len(data) < limits.page_size:
-            raise ValueError(f"indirect page {index} holds {len(data)} bytes")
-        count = min(per_page, request.nr_segments - len(segments))
-        segments += _segments(data, 0, count)
-    return replace(request, segments=tuple(segments))
+        if len(page) < limits.page_size:
+            raise ValueError(f"indirect page {index} holds {len(page)} bytes")
+        count = max(0, min(per_page, left))
+        # One private copy of the records this page contributes (the
+        # frontend may rewrite the page meanwhile): nothing is read twice.
+        chunks.append(bytes(page[:count * _SEGMENT_SIZE]))
+        left -= count
+    r = request  # every other field as it was (dataclasses.replace, but faster)
+    return Request(r.operation, r.id, handle=r.handle, sector_number=r.sector_number,
+                   nr_segments=r.nr_segments, segments=Segments.decode(b"".join(chunks)),
+                   indirect_op=r.indirect_op, indirect_grefs=r.indirect_grefs,
+                   nr_sectors=r.nr_sectors, flag=r.flag)
 
 
 def _check_segments(request: Request, disk: DiskInfo,
                     limits: Limits) -> Problem | None:
-    segments = request.segments or ()
+    segments = request.segments or EMPTY_SEGMENTS
     last_allowed = limits.sectors_per_page - 1
     ratio = disk.sector_size // SECTOR_SIZE
+    if _segments_fine(segments, last_allowed, ratio):
+        return _check_range(request.sector_number, request.total_sectors, disk)
     for index, seg in enumerate(segments):
         if not seg.first_sect <= seg.last_sect <= last_allowed:
             return Problem(BLKIF_RSP_ERROR,
@@ -243,6 +415,45 @@ def _check_segments(request: Request, disk: DiskInfo,
                            f"segment {index}: {seg.nr_sectors} sectors, "
                            f"not whole {disk.sector_size}-byte sectors")
     return _check_range(request.sector_number, request.total_sectors, disk)
+
+
+_SECTOR_INDEXES = bytes(range(256))
+
+
+def _segments_fine(segments: Segments, last_allowed: int, ratio: int) -> bool:
+    """The checks of _check_segments' loop, in bulk: True only if every
+    segment has first_sect <= last_sect <= last_allowed and covers whole
+    disk sectors.  False means "look at each segment" (which then finds
+    the culprit), never that a segment is wrong for sure."""
+    memo = segments._fine
+    if memo is not None and memo[0] == last_allowed and memo[1] == ratio:
+        return memo[2]
+    fine = _segments_fine_now(segments, last_allowed, ratio)
+    segments._fine = (last_allowed, ratio, fine)
+    return fine
+
+
+def _segments_fine_now(segments: Segments, last_allowed: int, ratio: int) -> bool:
+    firsts, lasts = segments.firsts, segments.lasts
+    if not lasts:
+        return True
+    if lasts.translate(None, _SECTOR_INDEXES[:last_allowed + 1]):
+        return False  # some last_sect beyond the page (what is left after
+                      # deleting the allowed values)
+    if firsts.count(0) != len(firsts):
+        # Partial segments: first <= last needs a look at each one (rare:
+        # only the first/last page of an unaligned request).
+        if any(first > last for first, last in zip(firsts, lasts)):
+            return False
+        if ratio == 1:
+            return True
+        return all((last - first + 1) % ratio == 0
+                   for first, last in zip(firsts, lasts))
+    if ratio == 1:
+        return True
+    # first_sect is 0 everywhere: whole sectors iff every last_sect + 1 is
+    # a multiple of the ratio.
+    return all((last + 1) % ratio == 0 for last in set(lasts))
 
 
 def _check_range(start: int, count: int, disk: DiskInfo) -> Problem | None:

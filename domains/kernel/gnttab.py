@@ -41,8 +41,8 @@ from hypervisor.public.xen import (
     HYPERVISOR_grant_table_op,
     HYPERVISOR_pyxen_op,
     PAGE_SIZE,
+    PYXEN_op_close_window,
     PYXEN_op_grant_window,
-    PYXEN_op_retarget_window,
 )
 
 ENTRY = struct.Struct("<HHI")
@@ -101,6 +101,11 @@ class Windows:
                 self.users[window_id] = left
                 return
             self.users.pop(window_id, None)
+        self.forget(window_id)
+
+    def forget(self, window_id: int) -> None:
+        """A window we no longer use (a peer's, or our own given back)."""
+        with self._lock:
             window = self.by_id.pop(window_id, None)
         if window is not None:
             try:
@@ -187,21 +192,12 @@ class GrantTable:
                                 {"peer": peer, "nr_frames": nr_frames})
         return self.windows.get(result["window"])
 
-    def window_for(self, peer: int, nr_frames: int, old: Window | None) -> Window:
-        """A window of at least `nr_frames` for `peer`: `old` (already moved
-        to `peer` by retarget_window) when it is big enough, else a new one."""
-        if old is not None and old.nr_frames >= nr_frames:
-            return old
-        return self.open_window(peer, nr_frames)
-
-    def retarget_window(self, window: Window | None, refs: list[int], peer: int) -> bool:
-        """Share `window` with `peer` instead of its old peer, which is gone
-        (a backend that died and came back under a new domid: a window has
-        exactly one peer), keeping its pages where they are. `refs` are our
-        grants in it, ended first. False, and the window left to the old
-        peer, while any of them is still mapped (or when there is none)."""
-        if window is None:
-            return False
+    def close_window(self, window: Window, refs: list[int]) -> bool:
+        """Give a window back once its peer is gone (a backend that died and
+        came back under a new domid gets a new window: a window has exactly
+        one peer). `refs` are our grants in it, ended first. False, and the
+        window kept, while any of them is still mapped. Views of it we still
+        hold stay valid: the memory goes with the last of them."""
         busy = False
         for ref in refs:
             try:
@@ -211,12 +207,13 @@ class GrantTable:
         if busy:
             return False
         try:
-            self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_retarget_window,
-                           {"window": window.window_id, "peer": peer})
+            self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_close_window,
+                           {"window": window.window_id})
         except XenError as exc:
             if exc.errno == EBUSY:
                 return False
             raise
+        self.windows.forget(window.window_id)
         return True
 
     # -- mapping others' grants -------------------------------------------------

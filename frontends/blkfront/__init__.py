@@ -5,5 +5,6 @@ frontend puts on the shared ring and decodes the backend's responses;
 :mod:`.shadow` remembers every request in flight by id, so that responses
 can be validated (an id the frontend did not issue is a protocol error:
 reconnect) and so that, when the backend's driver domain dies, every
-request without a response can be reissued to its successor.
+request without a response can be reissued to its successor;
+:mod:`.pool` hands out the grant window's pages in contiguous runs.
 """

@@ -1,17 +1,52 @@
 """The guest's block device API: read / write / flush / discard by sector,
-and a file-like wrapper, over a connected blkfront device."""
+asynchronous submit_read / submit_write (several requests in flight, as a
+block layer's queue depth), DMA buffers for I/O without a copy, and a
+file-like wrapper, over a connected blkfront device."""
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
-from frontends.blkfront.device import SECTOR, SECTORS_PER_PAGE, BlkfrontDevice
+from frontends.blkfront.device import (
+    SECTOR,
+    SECTORS_PER_PAGE,
+    BlkfrontDevice,
+    DmaBuffer,
+    IORequest,
+)
 from hypervisor.public.io.blkif import (
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
     BLKIF_OP_READ,
     BLKIF_OP_WRITE,
 )
+
+
+class Completion:
+    """Requests issued together (one caller operation split into requests
+    of at most max_segments pages): wait() until every one is answered."""
+
+    def __init__(self, requests: list[IORequest]) -> None:
+        self.requests = requests
+
+    @property
+    def done(self) -> bool:
+        return all(req.finished for req in self.requests)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until all are answered; the first failure is raised (after all
+        are answered: the caller's buffer is free again either way)."""
+        error = None
+        for req in self.requests:
+            try:
+                req.wait(timeout)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
 
 class BlockDevice:
@@ -45,29 +80,76 @@ class BlockDevice:
             yield sector + done, n, done
             done += n
 
-    def read(self, sector: int, count: int) -> bytes:
-        self._check(sector, count)
-        out = bytearray(count * SECTOR)
-        with memoryview(out) as view:
-            for start, n, done in self._chunks(sector, count):
-                self.device.io(BLKIF_OP_READ, start, n,
-                               out=view[done * SECTOR:(done + n) * SECTOR])
-        return bytes(out)
+    @staticmethod
+    def _part(buf: Any, start: int, length: int) -> Any:
+        """Bytes start..start+length-1 of a caller's buffer (chunks start at
+        multiples of max_segments pages, so a DmaBuffer stays one)."""
+        if isinstance(buf, DmaBuffer):
+            return buf if (start, length) == (0, len(buf)) else buf.part(start, length)
+        return buf[start:start + length]
 
-    def write(self, sector: int, data: bytes) -> None:
-        if len(data) % SECTOR:
+    @staticmethod
+    def _bytes(buf: Any, writable: bool = False) -> tuple[Any, int]:
+        """A caller's buffer as something sliceable, and its length."""
+        if isinstance(buf, DmaBuffer):
+            return buf, len(buf)
+        view = memoryview(buf).cast("B")
+        if writable and view.readonly:
+            raise TypeError("reads need a writable buffer")
+        return view, len(view)
+
+    def buffer(self, nbytes: int) -> DmaBuffer:
+        """A buffer in the memory shared with the backend: reads into it and
+        writes from it need no copy in the guest (see DmaBuffer).  close()
+        it (or use `with`) to give it back."""
+        return self.device.buffer(nbytes)
+
+    def submit_read(self, sector: int, buffer: Any) -> Completion:
+        """Start reading len(buffer) bytes (whole sectors) at `sector` into
+        `buffer` (writable bytes-like, or a DmaBuffer); wait() on the
+        result.  Several reads and writes may be in flight at once."""
+        buf, length = self._bytes(buffer, writable=True)
+        if length % SECTOR:
+            raise ValueError(f"{self.name}: reads are whole 512-byte sectors")
+        count = length // SECTOR
+        self._check(sector, count)
+        return Completion([self.device.submit(BLKIF_OP_READ, start, n,
+                                              out=self._part(buf, done * SECTOR, n * SECTOR))
+                           for start, n, done in self._chunks(sector, count)])
+
+    def submit_write(self, sector: int, data: Any) -> Completion:
+        """Start writing `data` (whole sectors; bytes-like or a DmaBuffer)
+        at `sector`; wait() on the result.  Leave `data` untouched until
+        then."""
+        buf, length = self._bytes(data)
+        if length % SECTOR:
             raise ValueError(f"{self.name}: writes are whole 512-byte sectors")
-        count = len(data) // SECTOR
+        count = length // SECTOR
         self._check(sector, count)
         if self.readonly:
             raise PermissionError(f"{self.name} is read-only")
-        view = memoryview(data)
-        for start, n, done in self._chunks(sector, count):
-            self.device.io(BLKIF_OP_WRITE, start, n,
-                           data=view[done * SECTOR:(done + n) * SECTOR])
+        return Completion([self.device.submit(BLKIF_OP_WRITE, start, n,
+                                              data=self._part(buf, done * SECTOR, n * SECTOR))
+                           for start, n, done in self._chunks(sector, count)])
+
+    def readinto(self, sector: int, buffer: Any) -> int:
+        """Read len(buffer) bytes at `sector` into `buffer`; returns the count."""
+        self.submit_read(sector, buffer).wait()
+        return len(buffer)
+
+    def read(self, sector: int, count: int) -> bytes:
+        self._check(sector, count)
+        out = bytearray(count * SECTOR)
+        self.readinto(sector, out)
+        return bytes(out)
+
+    def write(self, sector: int, data: Any) -> None:
+        self.submit_write(sector, data).wait()
 
     def flush(self) -> None:
-        """Returns once everything written before is durable."""
+        """Returns once every write that completed before the call is
+        durable (one still in flight, from submit_write, may or may not be:
+        wait for it first, as with a disk's cache flush)."""
         if self.device.flush_supported:
             self.device.io(BLKIF_OP_FLUSH_DISKCACHE, 0, 0)
 
@@ -77,7 +159,7 @@ class BlockDevice:
             raise OSError(f"{self.name} does not support discard")
         self.device.io(BLKIF_OP_DISCARD, sector, count)
 
-    def open(self) -> "BlockFile":
+    def open(self) -> BlockFile:
         return BlockFile(self)
 
 

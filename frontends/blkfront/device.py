@@ -5,18 +5,24 @@ its features, set up rings and grants, publish them, Initialised, wait for
 the backend's Connected, Connected.
 
 Memory: every page the backend may touch lives in one grant window opened
-for the backend's domain only: the rings, one indirect-segment page per
-ring slot, and a pool of data pages granted once (persistent grants).
-Data is copied between the caller's buffers and pool pages, as through a
-restricted DMA pool: nothing else of the guest is ever shared.
+for the backend's domain only (a Connection's): the rings, one
+indirect-segment page per ring slot, a pool of bounce pages and an area for
+callers' DMA buffers, all granted once (persistent grants). Data is copied
+between a caller's ordinary buffers and bounce pages, as through a
+restricted DMA pool; a DmaBuffer is window pages itself, used in place.
+Nothing else of the guest is ever shared.
+
+I/O: submit() puts a request on a ring and returns an IORequest at once, so
+a caller keeps many in flight (a queue depth); the upcall thread completes
+them as responses arrive, in any order. Each ring's shadow (shadow.py)
+knows what is in flight: when the backend goes away, every request without
+a response is kept, in issue order, and issued again as soon as the next
+backend is connected, before anything new; the caller only sees a pause.
 """
 
 from __future__ import annotations
 
-import ctypes
-import struct
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from domains.kernel.xenbus.client import XsError
@@ -28,10 +34,11 @@ from domains.kernel.xenbus.state import (
     watch_otherend,
     write_features,
 )
+from frontends.blkfront.pool import Pool, PoolClosed
+from frontends.blkfront.requests import PageSegments, fill_indirect_pages
 from frontends.blkfront.shadow import Shadow
 from hypervisor.public.io import blkif
 from hypervisor.public.io.blkif import (
-    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
@@ -39,7 +46,6 @@ from hypervisor.public.io.blkif import (
     BLKIF_OP_READ,
     BLKIF_OP_WRITE,
     BLKIF_RSP_OKAY,
-    SEGS_PER_INDIRECT_FRAME,
     VDISK_READONLY,
 )
 from hypervisor.public.io.ring import FrontRing, ring_size, shared_ring_init
@@ -50,15 +56,12 @@ S = XenbusState
 SECTOR = 512
 SECTORS_PER_PAGE = PAGE_SIZE // SECTOR
 RING_PAGE_ORDER = 2  # four pages: 128 requests in flight per queue
-POOL_PAGES = 1024  # 4 MiB of data pages shared with the backend
+POOL_PAGES = 1024  # 4 MiB of bounce pages shared with the backend
+DMA_PAGES = 2048   # 8 MiB for callers' DMA buffers (BlkfrontDevice.buffer)
 RESPONSE_SIZE = 16
 PROTOCOL = "arm-abi"  # XEN_IO_PROTO_ABI_ARM
-
-
-# The status of a request cut short because the backend went away: it is
-# issued again, unchanged, once the replacement backend is connected.
-REISSUE = -1000
 RECONNECT_TIMEOUT = 120.0
+LAYOUT_CACHE_SIZE = 512  # request layouts kept per connection (Connection.layout)
 
 
 class BlockIOError(OSError):
@@ -69,99 +72,186 @@ class DeviceGone(OSError):
     """The device was detached or its backend closed it."""
 
 
-@dataclass
-class Pending:
-    """What a request in flight needs when its response arrives."""
+class DmaBuffer:
+    """Bytes in the device's grant window, for I/O without a copy.
 
-    pages: list[int]
-    indirect: list[int]
-    done: threading.Event = field(default_factory=threading.Event)
-    status: int = BLKIF_RSP_OKAY
+    Requests normally go through bounce pages: the data is copied between
+    the caller's buffer and pool pages, the only pages the backend sees.  A
+    DmaBuffer *is* granted pages (persistently granted at connect, like the
+    pool), so a read lands in it and a write leaves from it directly, as
+    the caller's own pages do in Linux's blkfront without persistent
+    grants, or as O_DIRECT / io_uring registered buffers.  The backend can
+    read and write these pages whenever it likes: keep nothing but disk
+    data in them.  `view` is the writable memory; do not touch it while a
+    request on it is in flight.  After a reconnect the pages belong to the
+    old connection: I/O with the buffer still works, through bounce pages.
+    """
+
+    def __init__(self, conn: Connection, pages: list[int], nbytes: int,
+                 owner: DmaBuffer | None = None) -> None:
+        if pages[-1] - pages[0] != len(pages) - 1 or len(pages) * PAGE_SIZE < nbytes:
+            raise ValueError("a DMA buffer is one run of pages holding its bytes")
+        self.conn = conn
+        self.pages = pages
+        first = pages[0] * PAGE_SIZE
+        self.view = conn.map[first:first + nbytes]
+        self.owner = owner
+        self.released = False
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def part(self, start: int, length: int) -> DmaBuffer:
+        """Bytes start..start+length-1 (start a multiple of the page size),
+        sharing this buffer's pages; not closed on its own."""
+        if start % PAGE_SIZE or not 0 <= start <= start + length <= len(self):
+            raise ValueError(f"part {start}+{length} of a {len(self)}-byte DMA buffer")
+        first = start // PAGE_SIZE
+        pages = self.pages[first:first + max(1, -(-length // PAGE_SIZE))]
+        return DmaBuffer(self.conn, pages, length, owner=self.owner or self)
+
+    def close(self) -> None:
+        """Give the pages back (only the buffer buffer() returned owns them)."""
+        if self.owner is None and not self.released:
+            self.released = True
+            self.view.release()
+            self.conn.dma.give(self.pages)
+
+    def __enter__(self) -> DmaBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-class Pool:
-    """Pool pages by index, handed out under a condition."""
+class IORequest:
+    """One blkif request as the caller sees it: issued by
+    BlkfrontDevice.submit(), `finished` once answered (wait()).  It
+    survives reconnects: if the backend goes away before answering, the
+    request is issued again, unchanged, to the next backend.  It finishes
+    once, with its `error` (None: success) set first."""
 
-    def __init__(self, indexes: list[int]) -> None:
-        self.free = list(indexes)
-        self.cond = threading.Condition()
+    __slots__ = ("_waiter", "bounced", "conn", "data", "error", "finished", "indirect",
+                 "nr_sectors", "op", "out", "pages", "sector", "status")
 
-    def take(self, count: int) -> list[int]:
-        with self.cond:
-            while len(self.free) < count:
-                self.cond.wait()
-            taken, self.free = self.free[:count], self.free[count:]
-            return taken
+    def __init__(self, op: int, sector: int, nr_sectors: int, data: Any = None,
+                 out: Any = None) -> None:
+        self.op, self.sector, self.nr_sectors = op, sector, nr_sectors
+        self.data = data    # what a write sends: bytes-like, or a DmaBuffer
+        self.out = out      # where a read lands: writable bytes-like, or a DmaBuffer
+        self.pages: list[int] = []     # window pages of the current issue
+        self.indirect = -1             # its ring's indirect page, if any
+        self.bounced = False           # pages are pool pages (else a DmaBuffer's)
+        self.conn: Connection | None = None
+        self.status = BLKIF_RSP_OKAY
+        self.error: OSError | None = None
+        # A lock held until the request is finished: the lightest way for
+        # the submitter to sleep until the upcall thread completes it (an
+        # Event is a Condition, several times the Python work per request).
+        self.finished = False
+        self._waiter = threading.Lock()
+        self._waiter.acquire()
 
-    def give(self, indexes: list[int]) -> None:
-        with self.cond:
-            self.free.extend(indexes)
-            self.cond.notify_all()
+    def finish(self) -> None:
+        """Done (status / error set before): wake the waiters."""
+        self.finished = True
+        self._waiter.release()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the backend answered; BlockIOError / DeviceGone if it failed."""
+        if not self.finished:
+            if not self._waiter.acquire(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError(f"{_OPS.get(self.op, self.op)} at {self.sector} "
+                                   "still in flight")
+            self._waiter.release()  # for any other waiter
+        if self.error is not None:
+            raise self.error
+
+    def fail(self, error: OSError) -> None:
+        self.error = error
+        self.finish()
 
 
 class Queue:
-    def __init__(self, device: "BlkfrontDevice", index: int, first_page: int,
-                 nr_pages: int) -> None:
-        self.device = device
+    """One ring: requests in flight by id (the shadow), their callers'
+    IORequests, the ring's own indirect pages (one per slot, so a request
+    that got a slot always finds one), and the event channel the backend
+    answers on."""
+
+    def __init__(self, conn: Connection, index: int, first_page: int,
+                 nr_pages: int, indirect_pages: range) -> None:
+        self.conn = conn
         self.index = index
-        window = device.window
-        self.view = memoryview(window.map)[first_page * PAGE_SIZE:
-                                          (first_page + nr_pages) * PAGE_SIZE]
+        self.kernel = conn.device.kernel
+        self.view = conn.map[first_page * PAGE_SIZE:(first_page + nr_pages) * PAGE_SIZE]
         shared_ring_init(self.view)
         self.ring = FrontRing(self.view, blkif.BLKIF_SRING_ENTRY_SIZE, RESPONSE_SIZE)
-        self.refs = [device.grant(first_page + i) for i in range(nr_pages)]
-        # This connection's pages: a reconnect gets new ones, not these.
-        self.page_refs, self.window_map = device.refs, device.map
+        self.refs = [conn.grant(first_page + i) for i in range(nr_pages)]
         self.shadow = Shadow(self.ring.size)
-        self.pending: dict[int, Pending] = {}
+        self.pending: dict[int, IORequest] = {}
+        self.indirect_free = list(indirect_pages)
+        # One lock for the ring, the shadow and the free lists; submitters
+        # sleep on it only when every slot is in flight.
         self.lock = threading.Lock()
-        self.slots = threading.Semaphore(self.ring.size)
+        self.slot_freed = threading.Condition(self.lock)
+        self.waiting = 0
         self.dead = False
-        self.port = device.kernel.events.alloc_unbound(device.backend_id)
-        device.kernel.events.bind(self.port, self.responses)
+        self.port = self.kernel.events.alloc_unbound(conn.device.backend_id)
+        self.kernel.events.bind(self.port, self.responses)
 
-    def submit(self, op: int, sector: int, pages: list[int], nr_sectors: int,
-               indirect: list[int]) -> Pending:
-        device = self.device
-        segments = _segments([self.page_refs[p] for p in pages], nr_sectors)
-        pending = Pending(pages, indirect)
-        self.slots.acquire()
+    def submit(self, req: IORequest, segments: PageSegments | None,
+               indirect: bytes | None) -> bool:
+        """Put `req` on the ring (with its indirect page's contents, if it
+        needs one); False (nothing issued) if the backend is gone."""
         with self.lock:
-            if self.dead:  # the backend went away under us: try again later
-                pending.status = REISSUE
-                pending.done.set()
-                return pending
-            if op in (BLKIF_OP_READ, BLKIF_OP_WRITE) and len(segments) > \
-                    BLKIF_MAX_SEGMENTS_PER_REQUEST:
-                _fill_indirect_pages(self.window_map, indirect, segments)
-                entry = self.shadow.add(BLKIF_OP_INDIRECT, sector, segments=segments,
-                                        indirect_op=op,
-                                        indirect_grefs=[self.page_refs[p] for p in indirect])
+            while True:
+                if self.dead:
+                    return False
+                if not self.shadow.full:
+                    break
+                self.waiting += 1
+                self.slot_freed.wait()
+                self.waiting -= 1
+            op = req.op
+            if indirect is not None:
+                page = self.indirect_free.pop()
+                start = page * PAGE_SIZE
+                self.conn.map[start:start + PAGE_SIZE] = indirect
+                try:
+                    entry = self.shadow.add(BLKIF_OP_INDIRECT, req.sector, segments=segments,
+                                            indirect_op=op,
+                                            indirect_grefs=(self.conn.refs[page],))
+                except ValueError:
+                    self.indirect_free.append(page)
+                    raise
+                req.indirect = page
             elif op == BLKIF_OP_DISCARD:
-                entry = self.shadow.add(op, sector, nr_sectors=nr_sectors)
+                entry = self.shadow.add(op, req.sector, nr_sectors=req.nr_sectors)
             else:
-                entry = self.shadow.add(op, sector, segments=segments)
-            self.pending[entry.id] = pending
+                entry = self.shadow.add(op, req.sector, segments=segments or ())
+            self.pending[entry.id] = req
             self.ring.put_request(entry.request)
             notify = self.ring.push_requests_and_check_notify()
-        if notify:
-            device.kernel.events.send(self.port)
-        return pending
+        if notify:  # only if the backend asked (req_event): few under load
+            self.kernel.events.send(self.port)
+        return True
 
-    def abandon(self) -> None:
-        """The backend is gone: every request without a response is reissued."""
+    def abandon(self) -> list[IORequest]:
+        """The backend is gone: every request without a response, in issue
+        order (the shadow's), to issue again on the next connection."""
         with self.lock:
+            if self.dead:
+                return []
             self.dead = True
-            cut, self.pending = list(self.pending.values()), {}
-        for pending in cut:
-            pending.status = REISSUE
-            pending.done.set()
-        for _ in range(self.ring.size):
-            self.slots.release()  # wake submitters waiting for a slot
+            cut = [self.pending.pop(entry.id) for entry in self.shadow.reset()]
+            for req in cut:
+                req.indirect = -1  # this ring's page: the next issue takes another
+            self.slot_freed.notify_all()  # submitters waiting for a slot: retry
         try:
-            self.device.kernel.events.close(self.port)
+            self.kernel.events.close(self.port)
         except Exception:  # the channel died with the backend's domain
             pass
+        return cut
 
     def responses(self, _port: int = 0) -> None:
         """The backend answered: complete every response on the ring."""
@@ -169,60 +259,158 @@ class Queue:
         with self.lock:
             if self.dead:
                 return
+            ring, shadow, pending, free = self.ring, self.shadow, self.pending, self.indirect_free
             while True:
-                while self.ring.has_unconsumed_responses():
-                    entry = self.shadow.complete(self.ring.get_response())
-                    pending = self.pending.pop(entry.id)
-                    pending.status = entry.status
-                    done.append(pending)
-                if not self.ring.final_check_for_responses():
+                while ring.has_unconsumed_responses():
+                    entry = shadow.complete(ring.get_response())
+                    req = pending.pop(entry.id)
+                    if req.indirect >= 0:
+                        free.append(req.indirect)
+                        req.indirect = -1
+                    done.append((req, entry.status))
+                # With many requests in flight, one event per half of them:
+                # the backend keeps busy on the other half meanwhile, and
+                # both sides pay for one notification per batch, not per
+                # request (interrupt coalescing).  One in flight: the next.
+                outstanding = len(pending)
+                if not ring.final_check_for_responses(ahead=outstanding // 2):
                     break
-        for pending in done:
-            self.slots.release()
-            pending.done.set()
+            if self.waiting:
+                self.slot_freed.notify(len(done))
+        complete = self.conn.complete
+        for req, status in done:
+            complete(req, status)
 
 
-def _segments(grefs: list[int], nr_sectors: int) -> list[tuple[int, int, int]]:
-    """(gref, first_sect, last_sect) covering nr_sectors from page starts:
-    whole pages, the last one holding what is left (callers pass one page
-    per SECTORS_PER_PAGE sectors, rounded up)."""
-    if not grefs:
-        return []
-    full = SECTORS_PER_PAGE - 1
-    segments = [(gref, 0, full) for gref in grefs]
-    last = nr_sectors - (len(grefs) - 1) * SECTORS_PER_PAGE
-    if last != SECTORS_PER_PAGE:
-        segments[-1] = (grefs[-1], 0, min(SECTORS_PER_PAGE, last) - 1)
-    return segments
+class Connection:
+    """Everything of one connection to a backend: the grant window (rings,
+    indirect pages, bounce pool, DMA area), its grants and its queues.  A
+    reconnect builds a new one; requests still holding the old one's pages
+    are issued again with the new one's."""
 
+    def __init__(self, device: BlkfrontDevice, nr_queues: int, ring_pages: int,
+                 indirect_pages: int) -> None:
+        self.device = device
+        self.kernel = device.kernel
+        frames = nr_queues * (ring_pages + indirect_pages) + POOL_PAGES + DMA_PAGES
+        self.window = self.kernel.gnttab.open_window(device.backend_id, frames)
+        self.map = memoryview(self.window.map)  # the whole window, bytes
+        self.refs: list[int] = [-1] * frames   # window page -> its grant ref
+        self.queues: list[Queue] = []
+        first_indirect = nr_queues * ring_pages
+        pool_start = first_indirect + nr_queues * indirect_pages
+        dma_start = pool_start + POOL_PAGES
+        for page in range(first_indirect, frames):
+            self.grant(page)
+        for q in range(nr_queues):
+            own = first_indirect + q * indirect_pages
+            self.queues.append(Queue(self, q, q * ring_pages, ring_pages,
+                                     range(own, own + indirect_pages)))
+        self.pool = Pool(pool_start, POOL_PAGES)
+        self.dma = Pool(dma_start, DMA_PAGES)
+        self.layouts: dict[tuple[int, int, int], tuple[PageSegments, bytes | None]] = {}
 
-# blkif_request_segment: gref (uint32), first_sect, last_sect (uint8), two
-# bytes of padding; SEGS_PER_INDIRECT_FRAME of them fill an indirect page.
-_SEGMENT_FORMAT = "IBBxx"
-assert struct.calcsize("<" + _SEGMENT_FORMAT) == ctypes.sizeof(blkif.blkif_request_segment)
-_INDIRECT_FORMATS: dict[int, struct.Struct] = {}
+    def grant(self, page: int) -> int:
+        ref = self.kernel.gnttab.grant_access(self.device.backend_id,
+                                              self.window.gfn + page)
+        self.refs[page] = ref
+        return ref
 
+    def granted(self) -> list[int]:
+        return [ref for ref in self.refs if ref >= 0]
 
-def _fill_indirect_pages(window: memoryview, indirect: list[int],
-                         segments: list[tuple[int, int, int]]) -> None:
-    """Write the indirect pages listing `segments` (what
-    requests.indirect_pages builds, packed in one struct call per page) into
-    window pages `indirect`, zero-padded."""
-    pages = -(-len(segments) // SEGS_PER_INDIRECT_FRAME)
-    if not 1 <= len(segments) or pages > min(len(indirect),
-                                             BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST):
-        raise ValueError(f"{len(segments)} indirect segments, {len(indirect)} pages")
-    for index in range(pages):
-        chunk = segments[index * SEGS_PER_INDIRECT_FRAME:
-                         (index + 1) * SEGS_PER_INDIRECT_FRAME]
-        fmt = _INDIRECT_FORMATS.get(len(chunk))
-        if fmt is None:
-            fmt = _INDIRECT_FORMATS[len(chunk)] = struct.Struct(
-                "<" + _SEGMENT_FORMAT * len(chunk))
-        flat = [field for spec in chunk for field in spec]
-        start = indirect[index] * PAGE_SIZE
-        fmt.pack_into(window, start, *flat)  # struct checks every field's range
-        window[start + fmt.size:start + PAGE_SIZE] = bytes(PAGE_SIZE - fmt.size)
+    def close(self) -> list[IORequest]:
+        """The backend is gone: the requests it did not answer, and every
+        waiter on this connection's pages woken (PoolClosed)."""
+        cut: list[IORequest] = []
+        for queue in self.queues:
+            cut += queue.abandon()
+        for pool in (self.pool, self.dma):
+            pool.close()
+        return cut
+
+    def prepare(self, req: IORequest) -> tuple[PageSegments | None, bytes | None]:
+        """Pages for `req` in this connection (the caller's DMA buffer's, or
+        bounce pages holding a copy of the data to write), its segments and
+        the contents of its indirect page if it needs one: what
+        Queue.submit puts on the ring.  PoolClosed if the connection goes
+        meanwhile."""
+        op = req.op
+        if op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
+            return None, None
+        nr_pages = -(-req.nr_sectors // SECTORS_PER_PAGE)
+        buf = req.data if op == BLKIF_OP_WRITE else req.out
+        if isinstance(buf, DmaBuffer) and buf.conn is self and len(buf.pages) >= nr_pages:
+            pages = buf.pages
+            req.pages = pages if len(pages) == nr_pages else pages[:nr_pages]
+            req.bounced = False
+        else:
+            req.pages, req.bounced = self.pool.take(nr_pages), True
+            if op == BLKIF_OP_WRITE:
+                data = buf.view if isinstance(buf, DmaBuffer) else buf
+                self.copy_in(req.pages, data, req.nr_sectors * SECTOR)
+        req.conn = self
+        return self.layout(req.pages, req.nr_sectors)
+
+    def layout(self, pages: list[int], nr_sectors: int) -> tuple[PageSegments, bytes | None]:
+        """The segments of `nr_sectors` in window `pages`, and the contents of
+        their indirect page if they need one.  Requests keep landing on the
+        same runs of pages (the pool hands out the same runs again, DMA
+        buffers stay put), and a run's grants do not change while connected:
+        a run's layout is built once and reused."""
+        key = (pages[0], len(pages), nr_sectors) \
+            if pages[-1] - pages[0] == len(pages) - 1 else None
+        found = self.layouts.get(key) if key is not None else None
+        if found is not None:
+            return found
+        segments = PageSegments(list(map(self.refs.__getitem__, pages)), nr_sectors)
+        indirect = None
+        if len(pages) > BLKIF_MAX_SEGMENTS_PER_REQUEST:
+            page = bytearray(PAGE_SIZE)
+            fill_indirect_pages(memoryview(page), [0], segments)
+            indirect = bytes(page)
+        if key is not None:
+            if len(self.layouts) >= LAYOUT_CACHE_SIZE:
+                self.layouts.clear()
+            self.layouts[key] = (segments, indirect)
+        return segments, indirect
+
+    def copy_in(self, pages: list[int], data: Any, length: int) -> None:
+        window = self.map
+        with memoryview(data) as view, view.cast("B") as src:
+            for first, done, n in _runs(pages, length):
+                window[first:first + n] = src[done:done + n]
+
+    def copy_out(self, pages: list[int], out: Any, length: int) -> None:
+        window = self.map
+        with memoryview(out) as view, view.cast("B") as dst:
+            for first, done, n in _runs(pages, length):
+                dst[done:done + n] = window[first:first + n]
+
+    def release(self, req: IORequest) -> None:
+        """Give back the data pages `req` held in this connection (its
+        indirect page is its ring's, given back by the ring)."""
+        if req.bounced and req.pages:
+            self.pool.give(req.pages)
+        req.pages, req.bounced, req.conn = [], False, None
+
+    def complete(self, req: IORequest, status: int) -> None:
+        """The backend answered `req` (on the upcall thread).  Always
+        finishes it: its caller must never wait for ever."""
+        try:
+            if status == BLKIF_RSP_OKAY and req.op == BLKIF_OP_READ and req.bounced:
+                out = req.out.view if isinstance(req.out, DmaBuffer) else req.out
+                self.copy_out(req.pages, out, req.nr_sectors * SECTOR)
+        except (TypeError, ValueError, BufferError) as exc:  # the caller's buffer
+            req.error = BlockIOError(f"read at {req.sector}: cannot store the data "
+                                     f"in the caller's buffer: {exc}")
+        finally:
+            self.release(req)
+        if status != BLKIF_RSP_OKAY:
+            req.status = status
+            req.error = BlockIOError(f"{_OPS.get(req.op, req.op)} of {req.nr_sectors} "
+                                     f"sectors at {req.sector}: backend status {status}")
+        req.finish()
 
 
 class BlkfrontDevice:
@@ -236,19 +424,26 @@ class BlkfrontDevice:
         self.vdev = int(self.xs.read(f"{path}/virtual-device"))
         self.state_cond = threading.Condition()
         self.backend_state = S.Unknown
-        self.queues: list[Queue] = []
+        self.conn: Connection | None = None
         self.closed = False
         self.connected = threading.Event()
         self.reconnecting = threading.Lock()
+        # Requests cut short by a backend that went away, in issue order:
+        # issued again as soon as the next backend is connected.
+        self.reissue: list[IORequest] = []
+        self.reissue_lock = threading.Lock()
         # Backend moves seen, and the one being connected to: a connect
         # waiting on a backend that has already been replaced gives up.
         self.moves = self.connecting = 0
-        self.window = None
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted driver domain comes back under a new domid: the
         # toolstack points our `backend-id` at it and we reconnect.
         watch_backend_moves(self.xs, path, f"blkfront-{path}",
                             lambda: self.backend_id, self._reconnect)
+
+    @property
+    def queues(self) -> list[Queue]:
+        return self.conn.queues if self.conn is not None else []
 
     def _backend_changed(self, state: XenbusState) -> None:
         with self.state_cond:
@@ -257,12 +452,48 @@ class BlkfrontDevice:
         if state == S.Unknown and self.connected.is_set() and not self.closed:
             self.log.warning("backend gone: holding I/O until it is back")
             self.connected.clear()
-            for queue in self.queues:
-                queue.abandon()
-        elif state in (S.Closing, S.Closed) and self.queues and not self.closed:
+            self._abandon()
+            threading.Thread(target=self._forget_backend, args=(self.backend_id,),
+                             daemon=True).start()
+        elif state in (S.Closing, S.Closed) and self.conn is not None and not self.closed:
             self.log.info("backend closing the device")
             self.closed = True
+            self._fail_all()
             threading.Thread(target=self._close_handshake, daemon=True).start()
+
+    def _forget_backend(self, gone: int) -> None:
+        """Say in XenStore that our rings are gone (state Closed), so that a
+        backend started in place of the gone one does not map the old ring
+        refs (still granted to the dead domain: it would fail and close the
+        device) but waits for the Initialised of our reconnect.  On its own
+        thread: switching state waits for xenstored, and the watch thread
+        that noticed the loss must stay free."""
+        with self.reconnecting:
+            if self.backend_id == gone and not self.closed and not self.connected.is_set():
+                switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
+
+    def _abandon(self) -> None:
+        """The backend is gone: keep what it did not answer for the next one."""
+        conn = self.conn
+        if conn is None:
+            return
+        cut = conn.close()
+        if cut:
+            with self.reissue_lock:
+                self.reissue.extend(cut)
+        if self.closed:
+            self._fail_all()
+
+    def _fail_all(self) -> None:
+        """The device is gone for good: every request not answered fails."""
+        conn = self.conn
+        cut = conn.close() if conn is not None else []
+        with self.reissue_lock:
+            cut, self.reissue = self.reissue + cut, []
+        gone = DeviceGone(f"{self.path} was removed (detached, or its backend is "
+                          "gone for good)")
+        for req in cut:
+            req.fail(gone)
 
     def _reconnect(self) -> None:
         with self.state_cond:
@@ -275,22 +506,23 @@ class BlkfrontDevice:
             with self.state_cond:
                 self.connecting = self.moves
             self.connected.clear()
-            for queue in self.queues:
-                if not queue.dead:
-                    queue.abandon()
+            self._abandon()
             try:
                 self.watch.cancel()
             except XsError:
                 pass
-            # The same pages serve the new backend: grants ended, window moved.
-            refs, self.refs = list(self.refs.values()), {}
-            if not self.kernel.gnttab.retarget_window(self.window, refs, backend_id):
-                if self.window is not None:
-                    self.log.warning("old grant window still mapped, left to it")
-                self.window = None
+            if self.conn is not None:
+                # Its window goes back (the next backend gets a new one); what
+                # still holds its pages (old DMA buffers) keeps them valid.
+                if not self.kernel.gnttab.close_window(self.conn.window,
+                                                       self.conn.granted()):
+                    self.log.warning("old grant window still mapped, kept")
+            # No connection until connect() made the next one: meanwhile a
+            # backend passing through Closed (it saw our Closed before our
+            # Initialising) is part of the handshake, not a reason to close.
+            self.conn = None
             self.backend = self.xs.read(f"{self.path}/backend").decode()
             self.backend_id = backend_id
-            self.queues = []
             with self.state_cond:
                 self.backend_state = S.Unknown
             self.log.info("reconnecting to the new backend", backend=self.backend)
@@ -329,40 +561,29 @@ class BlkfrontDevice:
                                self.kernel.start_info["max_vcpus"], 4))
         ring_pages = 1 << order
         slots = ring_size(ring_pages * PAGE_SIZE, blkif.BLKIF_SRING_ENTRY_SIZE)
-        indirect_pages = slots if indirect else 0
-        frames = nr_queues * (ring_pages + indirect_pages) + POOL_PAGES
-        self.window = self.kernel.gnttab.window_for(self.backend_id, frames, self.window)
-        self.map = memoryview(self.window.map)  # the whole window, bytes
-        self.refs: dict[int, int] = {}
-        for q in range(nr_queues):
-            self.queues.append(Queue(self, q, q * ring_pages, ring_pages))
-        first_indirect = nr_queues * ring_pages
-        pool_start = first_indirect + nr_queues * indirect_pages
-        for page in range(first_indirect, pool_start + POOL_PAGES):
-            self.grant(page)
-        self.indirect = Pool(list(range(first_indirect, pool_start)))
-        self.pool = Pool(list(range(pool_start, pool_start + POOL_PAGES)))
-        self._publish(order)
+        self.conn = conn = Connection(self, nr_queues, ring_pages, slots if indirect else 0)
+        self._publish(conn, order)
         switch_state(xs, self.path, S.Initialised, end=FRONTEND)
         self._wait_backend(S.Connected)
         switch_state(xs, self.path, S.Connected, end=FRONTEND)
+        # What the previous backend left unanswered goes first, before any
+        # caller waiting for the connection issues something new.
+        with self.reissue_lock:
+            todo, self.reissue = self.reissue, []
+        if todo:
+            self.log.info("reissuing requests the old backend did not answer",
+                          count=len(todo))
+        for req in todo:
+            self._issue(conn, req, requeue=True)
         self.connected.set()
         self.log.info("connected", sectors=self.sectors, queues=nr_queues,
                       ring_pages=ring_pages, max_segments=self.max_segments,
                       readonly=self.readonly)
 
-    def grant(self, page: int) -> int:
-        ref = self.kernel.gnttab.grant_access(self.backend_id, self.window.gfn + page)
-        self.refs[page] = ref
-        return ref
-
-    def page(self, index: int) -> memoryview:
-        return self.map[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
-
-    def _publish(self, order: int) -> None:
+    def _publish(self, conn: Connection, order: int) -> None:
         def write(tx: int) -> None:
-            many = len(self.queues) > 1
-            for queue in self.queues:
+            many = len(conn.queues) > 1
+            for queue in conn.queues:
                 base = f"{self.path}/queue-{queue.index}" if many else self.path
                 nodes = {"event-channel": queue.port}
                 if order == 0:
@@ -374,53 +595,96 @@ class BlkfrontDevice:
             if order:
                 features["ring-page-order"] = order
             if many:
-                features["multi-queue-num-queues"] = len(self.queues)
+                features["multi-queue-num-queues"] = len(conn.queues)
             write_features(self.xs, self.path, features, tx)
 
         self.xs.transaction(write)
 
     # -- I/O --------------------------------------------------------------------------
 
-    def io(self, op: int, sector: int, nr_sectors: int, data: bytes | None = None,
-           out: bytearray | None = None) -> None:
-        """One request of at most max_segments pages (callers split)."""
+    def buffer(self, nbytes: int) -> DmaBuffer:
+        """A DMA buffer of `nbytes` (see DmaBuffer) in the current
+        connection's window; MemoryError if its DMA area is used up."""
+        if nbytes <= 0:
+            raise ValueError(f"a DMA buffer of {nbytes} bytes")
+        if nbytes > DMA_PAGES * PAGE_SIZE:
+            raise MemoryError(f"{self.path}: a DMA buffer holds at most "
+                              f"{DMA_PAGES * PAGE_SIZE} bytes")
+        while True:
+            conn = self._connection()
+            try:
+                # One run: the buffer is one view of consecutive pages.
+                pages = conn.dma.try_take(-(-nbytes // PAGE_SIZE), contiguous=True)
+                break
+            except PoolClosed:
+                continue  # the backend went away meanwhile: the next connection's
+        if pages is None:
+            raise MemoryError(f"{self.path}: no {nbytes} bytes left in the DMA area "
+                              f"({DMA_PAGES * PAGE_SIZE} bytes)")
+        return DmaBuffer(conn, pages, nbytes)
+
+    def submit(self, op: int, sector: int, nr_sectors: int, data: Any = None,
+               out: Any = None) -> IORequest:
+        """Issue one request of at most max_segments pages (callers split)
+        and return without waiting for its response: several can be in
+        flight at once (up to the ring size per queue), as a real block
+        layer keeps them.  `data` (writes) and `out` (reads) are bytes-like
+        or DmaBuffers, and must stay untouched until the request is done.
+        Blocks while the backend is away (the request is issued to the next
+        one); DeviceGone if the device goes for good."""
+        req = IORequest(op, sector, nr_sectors, data, out)
+        while True:
+            conn = self._connection()
+            if self._issue(conn, req, requeue=False):
+                return req
+
+    def io(self, op: int, sector: int, nr_sectors: int, data: Any = None,
+           out: Any = None) -> None:
+        """One request, waited for (see submit)."""
+        self.submit(op, sector, nr_sectors, data, out).wait()
+
+    def _connection(self) -> Connection:
+        """The current connection, waiting while the backend is away."""
+        conn = self.conn
+        if conn is not None and self.connected.is_set() and not self.closed:
+            return conn  # the usual case, without Event.wait's lock
         while True:
             if self.closed:
                 raise DeviceGone(f"{self.path} was removed (detached, or its backend "
                                  "is gone for good)")
             if not self.connected.wait(RECONNECT_TIMEOUT):
                 raise DeviceGone(f"{self.path}: the backend did not come back")
-            if self._io_once(op, sector, nr_sectors, data, out):
-                return
+            conn = self.conn
+            if self.closed:
+                continue  # raises above
+            if conn is not None:
+                return conn
+            # Lost it between the wait and now (connected is cleared before
+            # the connection is dropped): wait for the next one.
 
-    def _io_once(self, op: int, sector: int, nr_sectors: int, data, out) -> bool:
-        """Issue the request once; False when it must be reissued."""
-        nr_pages = -(-nr_sectors // SECTORS_PER_PAGE) if op in (BLKIF_OP_READ,
-                                                                 BLKIF_OP_WRITE) else 0
-        pool, indirect_pool, queues, window = self.pool, self.indirect, self.queues, self.map
-        pages = pool.take(nr_pages) if nr_pages else []
-        indirect = indirect_pool.take(1) if nr_pages > BLKIF_MAX_SEGMENTS_PER_REQUEST else []
+    def _issue(self, conn: Connection, req: IORequest, requeue: bool) -> bool:
+        """Put `req` on one of `conn`'s rings.  If `conn` is gone meanwhile:
+        False (the caller tries the next connection), or with `requeue` the
+        request joins those to reissue and True."""
         try:
-            if data is not None:
-                view = memoryview(data).cast("B")
-                for first, done, n in _runs(pages, len(view)):
-                    window[first:first + n] = view[done:done + n]
-            queue = queues[threading.get_ident() % len(queues)]
-            pending = queue.submit(op, sector, pages, nr_sectors, indirect)
-            pending.done.wait()
-            if pending.status == REISSUE:
-                return False
-            if pending.status != BLKIF_RSP_OKAY:
-                raise BlockIOError(f"{_OPS.get(op, op)} of {nr_sectors} sectors at "
-                                   f"{sector}: backend status {pending.status}")
-            if out is not None:
-                for first, done, n in _runs(pages, nr_sectors * SECTOR):
-                    out[done:done + n] = window[first:first + n]
-        finally:
-            if pages:
-                pool.give(pages)
-            if indirect:
-                indirect_pool.give(indirect)
+            segments, indirect = conn.prepare(req)
+        except PoolClosed:
+            issued = False
+        else:
+            queue = conn.queues[threading.get_ident() % len(conn.queues)]
+            try:
+                issued = queue.submit(req, segments, indirect)
+            except BaseException:
+                conn.release(req)  # a request the ring refused: give its pages back
+                raise
+            if not issued:
+                conn.release(req)
+        if issued or not requeue:
+            return issued
+        with self.reissue_lock:
+            self.reissue.append(req)
+        if self.closed:
+            self._fail_all()
         return True
 
     # -- close --------------------------------------------------------------------------
@@ -437,9 +701,7 @@ class BlkfrontDevice:
         if not self.closed:
             self.closed = True
             self.connected.set()  # wake I/O waiting for a backend: it fails now
-            for queue in self.queues:
-                if not queue.dead:
-                    queue.abandon()
+            self._fail_all()
             # Not on the caller's thread: it is often the XenStore watch
             # thread, which must stay free to deliver the backend's state.
             threading.Thread(target=self._close_handshake, daemon=True).start()
@@ -453,6 +715,12 @@ def _runs(pages: list[int], length: int):
     """Copy plan for `length` bytes laid out page after page in window pages
     `pages`: (window byte offset, byte offset in the data, bytes) per run of
     consecutive pages, so that one slice assignment copies each run."""
+    if not pages or length <= 0:
+        return
+    first = pages[0]
+    if pages[-1] - first == len(pages) - 1:  # pages come sorted from the pool
+        yield first * PAGE_SIZE, 0, min(len(pages) * PAGE_SIZE, length)
+        return
     done = 0
     i = 0
     while i < len(pages) and done < length:

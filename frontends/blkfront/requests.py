@@ -11,7 +11,10 @@ raise ValueError.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+import struct
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from hypervisor.public import xen
@@ -132,12 +135,37 @@ def indirect(id: int, indirect_op: int, sector: int, nr_segments: int,
     _check_u64("id", id)
     _check_u64("sector", sector)
     _check_handle(handle)
-    req = blkif.blkif_request_indirect(
-        operation=BLKIF_OP_INDIRECT, indirect_op=indirect_op,
-        nr_segments=nr_segments, id=id, sector_number=sector, handle=handle)
-    for index, gref in enumerate(indirect_grefs):
-        req.indirect_grefs[index] = gref
-    return _slot(req)
+    grefs = tuple(indirect_grefs) + (0,) * (BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST - pages)
+    # One struct call (blkfront issues one of these per 1 MiB request).
+    return _INDIRECT_SLOT.pack(BLKIF_OP_INDIRECT, indirect_op, nr_segments, id, sector,
+                               handle, *grefs)
+
+
+def _slot_struct(ctype: type, names: tuple[str, ...]) -> struct.Struct:
+    """A struct writing fields `names` of the ctypes ABI class `ctype` at
+    the offsets ctypes gives them, padding zeroed, to a whole ring slot."""
+    fmt, at = "=", 0
+    for name in names:
+        field, kind = getattr(ctype, name), dict(ctype._fields_)[name]
+        count = 1
+        if issubclass(kind, ctypes.Array):
+            count, kind = kind._length_, kind._type_
+        code = {1: "B", 2: "H", 4: "I", 8: "Q"}[ctypes.sizeof(kind)]
+        fmt += "x" * (field.offset - at) + (str(count) if count > 1 else "") + code
+        at = field.offset + field.size
+    return struct.Struct(fmt + "x" * (ENTRY_SIZE - at))
+
+
+_INDIRECT_SLOT = _slot_struct(blkif.blkif_request_indirect,
+                              ("operation", "indirect_op", "nr_segments", "id",
+                               "sector_number", "handle", "indirect_grefs"))
+_sample = blkif.blkif_request_indirect(operation=BLKIF_OP_INDIRECT, indirect_op=1,
+                                       nr_segments=300, id=2**64 - 3, sector_number=77,
+                                       handle=0xBEEF)
+_sample.indirect_grefs[1] = 2**32 - 5
+assert _INDIRECT_SLOT.pack(BLKIF_OP_INDIRECT, 1, 300, 2**64 - 3, 77, 0xBEEF,
+                           0, 2**32 - 5, *[0] * 6) == _slot(_sample)
+del _sample
 
 
 def indirect_pages(segments: Sequence[SegmentSpec]) -> list[bytes]:
@@ -153,6 +181,100 @@ def indirect_pages(segments: Sequence[SegmentSpec]) -> list[bytes]:
     return pages
 
 
+class PageSegments(Sequence[SegmentSpec]):
+    """The segments of `nr_sectors` sectors laid out page after page from
+    the start of the granted pages `grefs`: whole pages, the last one
+    holding what is left (what blkfront's pool pages carry).
+
+    A Sequence of (gref, first_sect, last_sect) like any segment list, but
+    kept as the grefs and the count, so that a 1 MiB request (256
+    segments) is not 256 tuples, and its indirect page is written in bulk
+    (:func:`fill_indirect_pages`)."""
+
+    __slots__ = ("grefs", "last_sect", "nr_sectors")
+
+    def __init__(self, grefs: Sequence[int], nr_sectors: int) -> None:
+        pages = -(-nr_sectors // SECTORS_PER_PAGE)
+        if nr_sectors < 1 or len(grefs) != pages:
+            raise ValueError(f"{nr_sectors} sectors from page starts take {pages} "
+                             f"pages, not {len(grefs)}")
+        self.grefs = grefs
+        self.nr_sectors = nr_sectors
+        self.last_sect = (nr_sectors - 1) % SECTORS_PER_PAGE
+
+    def __len__(self) -> int:
+        return len(self.grefs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        gref = self.grefs[index]  # IndexError past the end
+        last = self.last_sect if index in (-1, len(self.grefs) - 1) else SECTORS_PER_PAGE - 1
+        return (gref, 0, last)
+
+    def __iter__(self) -> Iterator[SegmentSpec]:
+        full = SECTORS_PER_PAGE - 1
+        grefs = self.grefs
+        for gref in grefs[:-1]:
+            yield (gref, 0, full)
+        yield (grefs[-1], 0, self.last_sect)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (PageSegments, tuple, list)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"PageSegments({list(self.grefs)!r}, {self.nr_sectors})"
+
+
+def _segment_word(first: int, last: int) -> int:
+    """The second uint32 of a blkif_request_segment: first_sect, last_sect
+    and two bytes of padding, in native order (as the ctypes ABI lays it)."""
+    return int.from_bytes(bytes((first, last, 0, 0)), sys.byteorder)
+
+
+_FULL_WORDS = array("I", [_segment_word(0, SECTORS_PER_PAGE - 1)]) * SEGS_PER_INDIRECT_FRAME
+_SEGMENT_BYTES = ctypes.sizeof(blkif.blkif_request_segment)
+assert _SEGMENT_BYTES == 8 and array("I").itemsize == 4
+
+
+def fill_indirect_pages(buf: memoryview, offsets: Sequence[int],
+                        segments: Sequence[SegmentSpec]) -> None:
+    """Write the indirect pages listing `segments` (what
+    :func:`indirect_pages` returns) into `buf` at the byte `offsets`, one
+    per page needed.  PageSegments are written in bulk: an array of
+    uint32 pairs (gref, first/last word), not one struct per segment."""
+    if not 1 <= len(segments) <= SEGS_PER_INDIRECT_FRAME * BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST:
+        raise ValueError(f"{len(segments)} indirect segments")
+    pages = -(-len(segments) // SEGS_PER_INDIRECT_FRAME)
+    if len(offsets) < pages:
+        raise ValueError(f"{len(segments)} segments need {pages} indirect pages, "
+                         f"{len(offsets)} given")
+    if not isinstance(segments, PageSegments):
+        for offset, page in zip(offsets, indirect_pages(segments)):
+            buf[offset:offset + xen.PAGE_SIZE] = page
+        return
+    grefs = segments.grefs
+    if any(not 0 <= gref < _U32 for gref in (min(grefs), max(grefs))):
+        raise ValueError("grant ref does not fit in 32 bits")
+    for index in range(pages):
+        chunk = grefs[index * SEGS_PER_INDIRECT_FRAME:(index + 1) * SEGS_PER_INDIRECT_FRAME]
+        n = len(chunk)
+        words = array("I", bytes(2 * 4 * n))
+        words[0::2] = array("I", chunk)
+        words[1::2] = _FULL_WORDS[:n]
+        if index == pages - 1:
+            words[-1] = _segment_word(0, segments.last_sect)
+        start = offsets[index]
+        used = n * _SEGMENT_BYTES
+        buf[start:start + used] = memoryview(words).cast("B")
+        buf[start + used:start + xen.PAGE_SIZE] = bytes(xen.PAGE_SIZE - used)
+
+
 @dataclass(frozen=True)
 class Response:
     id: int
@@ -160,10 +282,17 @@ class Response:
     status: int
 
 
+# blkif_response with native alignment, as the ctypes ABI class lays it:
+# id at 0, operation at 8, status at 10, 16 bytes (checked below).
+_RESPONSE = struct.Struct("@QBxh4x")
+assert _RESPONSE.size == RESPONSE_SIZE
+assert _RESPONSE.unpack(bytes(blkif.blkif_response(id=2**64 - 2, operation=7,
+                                                   status=-2))) == (2**64 - 2, 7, -2)
+
+
 def parse_response(raw: bytes | bytearray | memoryview) -> Response:
     """Decode a blkif_response (the first 16 bytes of `raw`, copied)."""
     data = bytes(raw[:RESPONSE_SIZE])
     if len(data) != RESPONSE_SIZE:
         raise ValueError(f"a response is {RESPONSE_SIZE} bytes, not {len(data)}")
-    rsp = blkif.blkif_response.from_buffer_copy(data)
-    return Response(rsp.id, rsp.operation, rsp.status)
+    return Response(*_RESPONSE.unpack(data))

@@ -33,7 +33,7 @@ from hypervisor.public.io.blkif import (
 )
 
 from . import requests
-from .requests import Response, SegmentSpec
+from .requests import PageSegments, Response, SegmentSpec
 
 
 class BlkfrontProtocolError(Exception):
@@ -44,14 +44,14 @@ class ShadowFull(Exception):
     """Every id is in flight: wait for a response."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ShadowEntry:
     """One request in flight (or just completed, with its `status`)."""
 
     id: int
     operation: int                     # BLKIF_OP_*, as on the ring
     sector_number: int = 0
-    segments: tuple[SegmentSpec, ...] = ()   # data segments
+    segments: Sequence[SegmentSpec] = ()   # data segments (tuple or PageSegments)
     indirect_op: int = 0               # BLKIF_OP_INDIRECT: READ or WRITE
     indirect_grefs: tuple[int, ...] = ()
     nr_sectors: int = 0                # BLKIF_OP_DISCARD
@@ -124,7 +124,9 @@ class Shadow:
             raise ShadowFull(f"all {self.size} requests in flight")
         entry = ShadowEntry(
             id=self._free[-1], operation=operation, sector_number=sector_number,
-            segments=tuple(segments), indirect_op=indirect_op,
+            # PageSegments is immutable already and cheap to keep as is.
+            segments=segments if isinstance(segments, (tuple, PageSegments))
+            else tuple(segments), indirect_op=indirect_op,
             indirect_grefs=tuple(indirect_grefs), nr_sectors=nr_sectors,
             secure=secure, handle=handle, buffers=tuple(buffers),
             grants=tuple(grants), seq=self._seq)

@@ -15,9 +15,9 @@ from hypervisor.public.xen import (
     HYPERVISOR_pyxen_op,
     HYPERVISOR_set_timer_op,
     HYPERVISOR_xen_version,
+    PYXEN_op_close_window,
     PYXEN_op_grant_window,
     PYXEN_op_ready,
-    PYXEN_op_retarget_window,
 )
 
 XEN_MAJOR, XEN_MINOR, XEN_EXTRA = 4, 17, ".0-pyxen"
@@ -69,8 +69,8 @@ def grant_window(call: Call, args: dict):
             "nr_frames": region.segment.nr_pages}
 
 
-@hypercall(HYPERVISOR_pyxen_op, PYXEN_op_retarget_window)
-def retarget_window(call: Call, args: dict):
-    """Share one of the caller's grant windows with a new peer instead (a
-    frontend whose backend came back under a new domid keeps its pages)."""
-    call.machine.retarget_window(call.caller, int(args["window"]), int(args["peer"]))
+@hypercall(HYPERVISOR_pyxen_op, PYXEN_op_close_window)
+def close_window(call: Call, args: dict):
+    """Give back one of the caller's grant windows, e.g. after its peer
+    died: EBUSY while anything in it is still mapped."""
+    call.machine.close_window(call.caller, int(args["window"]))

@@ -97,11 +97,15 @@ Module API (ring.h's macro in brackets):
 ``FrontRing.get_response() -> bytes``
     [RING_COPY_RESPONSE] a private copy of the ``rsp_size`` bytes at
     ``rsp_cons``; advances ``rsp_cons``. RingError if there is none.
-``FrontRing.final_check_for_responses() -> bool``
+``FrontRing.final_check_for_responses(ahead=1) -> bool``
     [RING_FINAL_CHECK_FOR_RESPONSES] before going idle: True if responses
     are pending; otherwise set ``rsp_event = rsp_cons + 1`` (notify me on
     the next response) and check once more, closing the race with a
-    backend that pushed meanwhile.
+    backend that pushed meanwhile.  ``ahead`` > 1 asks for the event only
+    at the ahead-th next response (at most the number of requests
+    outstanding, so one always comes): one event per batch of responses
+    when many requests are in flight (the event index may be any index,
+    ring.h's macro just picks the next one).
 
 ``BackRing(buf, req_size, rsp_size, entry_size=None, *, index=None)``
     [BACK_RING_ATTACH] the back end: ``rsp_prod_pvt`` and ``req_cons``
@@ -328,8 +332,12 @@ class FrontRing(_Ring):
         return (f"<FrontRing size={self.size} req_prod_pvt={self.req_prod_pvt}"
                 f" rsp_cons={self.rsp_cons}>")
 
+    # The hot methods below read and write the private indexes' slots
+    # (_req_prod_pvt, _rsp_cons ...) directly, wrapping by hand: the _Index
+    # descriptor costs a Python call per access, dozens per request.
+
     def free_requests(self) -> int:
-        return self.size - ((self.req_prod_pvt - self.rsp_cons) & _idx_mask)
+        return self.size - ((self._req_prod_pvt - self._rsp_cons) & _idx_mask)
 
     def full(self) -> bool:
         return self.free_requests() == 0
@@ -338,11 +346,11 @@ class FrontRing(_Ring):
         return self._slot(idx, self.req_size)
 
     def put_request(self, data: bytes) -> int:
-        if self.full():
+        idx = self._req_prod_pvt
+        if (idx - self._rsp_cons) & _idx_mask >= self.size:
             raise RingFull(f"all {self.size} request slots are outstanding")
-        idx = self.req_prod_pvt
-        self._fill(self.request_slot(idx), data, "request")
-        self.req_prod_pvt = idx + 1
+        self._fill(self._slot(idx, self.req_size), data, "request")
+        self._req_prod_pvt = (idx + 1) & _idx_mask
         return idx
 
     def push_requests(self) -> None:
@@ -351,15 +359,16 @@ class FrontRing(_Ring):
 
     def push_requests_and_check_notify(self) -> bool:
         header = self._header
-        old, new = header[_req_prod], self.req_prod_pvt
+        old, new = header[_req_prod], self._req_prod_pvt
         _xen_wmb()  # back sees requests /before/ updated producer index
         header[_req_prod] = new
         _xen_mb()  # back sees new requests /before/ we check req_event
         return self._event_in(header[_req_event], old, new)
 
     def has_unconsumed_responses(self) -> int:
-        pending = (self._header[_rsp_prod] - self.rsp_cons) & _idx_mask
-        outstanding = (self.req_prod_pvt - self.rsp_cons) & _idx_mask
+        cons = self._rsp_cons
+        pending = (self._header[_rsp_prod] - cons) & _idx_mask
+        outstanding = (self._req_prod_pvt - cons) & _idx_mask
         if pending > outstanding:
             raise RingError(f"backend claims {pending} responses, only "
                             f"{outstanding} requests are outstanding")
@@ -369,14 +378,20 @@ class FrontRing(_Ring):
         if not self.has_unconsumed_responses():
             raise RingError("no unconsumed response")
         _xen_rmb()  # read the response only /after/ seeing rsp_prod cover it
-        data = bytes(self._slot(self.rsp_cons, self.rsp_size))
-        self.rsp_cons += 1
+        cons = self._rsp_cons
+        data = bytes(self._slot(cons, self.rsp_size))
+        self._rsp_cons = (cons + 1) & _idx_mask
         return data
 
-    def final_check_for_responses(self) -> bool:
+    def final_check_for_responses(self, ahead: int = 1) -> bool:
         if self.has_unconsumed_responses():
             return True
-        self._header[_rsp_event] = (self.rsp_cons + 1) & _idx_mask
+        # ahead > 1: be notified only at the ahead-th next response, never
+        # later than the last one outstanding (or the wakeup would be lost).
+        cons = self._rsp_cons
+        outstanding = (self._req_prod_pvt - cons) & _idx_mask
+        ahead = max(1, min(ahead, outstanding))
+        self._header[_rsp_event] = (cons + ahead) & _idx_mask
         _xen_mb()  # back sees rsp_event /before/ we check rsp_prod again
         return bool(self.has_unconsumed_responses())
 
@@ -401,8 +416,9 @@ class BackRing(_Ring):
 
     def has_unconsumed_requests(self) -> int:
         req_prod = self._header[_req_prod]
-        claimed = (req_prod - self.rsp_prod_pvt) & _idx_mask
-        consumed = (self.req_cons - self.rsp_prod_pvt) & _idx_mask
+        prod = self._rsp_prod_pvt
+        claimed = (req_prod - prod) & _idx_mask
+        consumed = (self._req_cons - prod) & _idx_mask
         if claimed > self.size:  # RING_REQUEST_PROD_OVERFLOW
             raise RingError(f"frontend's req_prod {req_prod} is {claimed} "
                             f"requests beyond rsp_prod_pvt "
@@ -418,8 +434,9 @@ class BackRing(_Ring):
         if not self.has_unconsumed_requests():
             raise RingError("no unconsumed request")
         _xen_rmb()  # read the request only /after/ seeing req_prod cover it
-        data = bytes(self._slot(self.req_cons, self.req_size))
-        self.req_cons += 1
+        cons = self._req_cons
+        data = bytes(self._slot(cons, self.req_size))
+        self._req_cons = (cons + 1) & _idx_mask
         return data
 
     def request_overflow(self) -> bool:
@@ -429,12 +446,12 @@ class BackRing(_Ring):
         return self._slot(idx, self.rsp_size)
 
     def put_response(self, data: bytes) -> int:
-        if self.rsp_prod_pvt == self.req_cons:
+        idx = self._rsp_prod_pvt
+        if idx == self._req_cons:
             raise RingError("every consumed request has its response: this "
                             "slot still holds an unconsumed request")
-        idx = self.rsp_prod_pvt
-        self._fill(self.response_slot(idx), data, "response")
-        self.rsp_prod_pvt = idx + 1
+        self._fill(self._slot(idx, self.rsp_size), data, "response")
+        self._rsp_prod_pvt = (idx + 1) & _idx_mask
         return idx
 
     def push_responses(self) -> None:
@@ -443,7 +460,7 @@ class BackRing(_Ring):
 
     def push_responses_and_check_notify(self) -> bool:
         header = self._header
-        old, new = header[_rsp_prod], self.rsp_prod_pvt
+        old, new = header[_rsp_prod], self._rsp_prod_pvt
         _xen_wmb()  # front sees resps /before/ updated producer index
         header[_rsp_prod] = new
         _xen_mb()  # front sees new resps /before/ we check rsp_event
@@ -452,6 +469,6 @@ class BackRing(_Ring):
     def final_check_for_requests(self) -> bool:
         if self.has_unconsumed_requests():
             return True
-        self._header[_req_event] = (self.req_cons + 1) & _idx_mask
+        self._header[_req_event] = (self._req_cons + 1) & _idx_mask
         _xen_mb()  # front sees req_event /before/ we check req_prod again
         return bool(self.has_unconsumed_requests())
