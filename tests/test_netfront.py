@@ -248,9 +248,9 @@ class RxRing:
         self.posted = [(i, self.grants.grant()) for i in range(n)]  # (id, gref)
 
     def deliver(self, frame: bytes, features: back_rx.RxFeatures, assembler: RxAssembler,
-                csum_flags: int = 0):
+                csum_flags: int = 0, gso=None):
         requests = [back_rx.parse_rx_request(make_rx_request(*p)) for p in self.posted]
-        plan = back_rx.plan_rx(frame, requests, features, csum_flags=csum_flags)
+        plan = back_rx.plan_rx(frame, requests, features, csum_flags=csum_flags, gso=gso)
         assert isinstance(plan, back_rx.RxPlan)
         for _, gref, offset, data in plan.copies():
             self.grants.pages[gref][offset:offset + len(data)] = data
@@ -286,7 +286,7 @@ def test_rx_round_trip_gso() -> None:
     frame = bytes(12) + b"\x08\x00" + ip + tcp + payload
     ring = RxRing(10)
     plan, [got] = ring.deliver(frame, back_rx.RxFeatures(sg=True, gso_tcpv4=True),
-                               RxAssembler())
+                               RxAssembler(), gso=(XEN_NETIF_GSO_TYPE_TCPV4, 1460))
     assert got.data == frame and got.gso == (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
     assert got.nr_slots == plan.nr_requests == 6  # 5 data pages + the extra
 

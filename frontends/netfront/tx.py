@@ -24,6 +24,7 @@ Not thread-safe: the caller serialises access (one lock per ring).
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,13 @@ PAGE_SIZE = xen.PAGE_SIZE
 CSUM_FLAGS = NETTXF_csum_blank | NETTXF_data_validated
 
 Segment = tuple[int, int, int]  # (gref, offset in the page, length)
+#: netif_tx_request and netif_tx_response as the ring holds them (checked
+#: against the ctypes layouts).
+_REQUEST = struct.Struct("<IHHHH")
+_RESPONSE = struct.Struct("<Hh")
+_GSO_EXTRA = struct.Struct("<BBHBxH4x")  # netif_extra_info.u.gso, in a tx slot
+assert _REQUEST.size == ctypes.sizeof(netif.netif_tx_request) == ENTRY_SIZE
+assert _RESPONSE.size == RESPONSE_SIZE
 
 
 def split_frame(frame: bytes | bytearray | memoryview, offset: int = 0,
@@ -80,11 +88,7 @@ def make_gso_extra(gso_type: int, size: int) -> bytes:
         raise ValueError(f"GSO type {gso_type}")
     if not 0 < size <= 0xFFFF:
         raise ValueError(f"GSO size {size}")
-    info = netif.netif_extra_info(type=XEN_NETIF_EXTRA_TYPE_GSO, flags=0)
-    info.u.gso.size = size
-    info.u.gso.type = gso_type
-    data = bytes(info)
-    return data + bytes(ENTRY_SIZE - len(data))
+    return _GSO_EXTRA.pack(XEN_NETIF_EXTRA_TYPE_GSO, 0, size, gso_type, 0)
 
 
 def tx_requests(segments: Sequence[Segment], ids: Sequence[int], *,
@@ -120,7 +124,7 @@ def tx_requests(segments: Sequence[Segment], ids: Sequence[int], *,
         if index == 0:
             slot_flags |= flags | (NETTXF_extra_info if extra else 0)
         size = total if index == 0 else length
-        entries.append(bytes(netif.netif_tx_request(gref, offset, slot_flags, id, size)))
+        entries.append(_REQUEST.pack(gref, offset, slot_flags, id, size))
         if index == 0 and extra:
             entries.append(extra)
     return entries
@@ -137,8 +141,7 @@ def parse_tx_response(raw: bytes | bytearray | memoryview) -> TxResponse:
     data = bytes(raw[:RESPONSE_SIZE])
     if len(data) != RESPONSE_SIZE:
         raise ValueError(f"a tx response is {RESPONSE_SIZE} bytes, not {len(data)}")
-    rsp = netif.netif_tx_response.from_buffer_copy(data)
-    return TxResponse(rsp.id, rsp.status)
+    return TxResponse(*_RESPONSE.unpack(data))
 
 
 class NetfrontProtocolError(Exception):
@@ -264,6 +267,18 @@ class TxShadow:
         self._slots[slot.id] = None
         self._free.append(slot.id)
         return slot
+
+    def complete_block(self, entries: bytes, entry_size: int = ENTRY_SIZE
+                       ) -> list[TxShadowPacket]:
+        """:meth:`complete` for every response in `entries` (whole ring
+        slots, as FrontRing.get_responses copies them): the frames they
+        finished, in the order they finished."""
+        done = []
+        for offset in range(0, len(entries), entry_size):
+            slot = self.complete(TxResponse(*_RESPONSE.unpack_from(entries, offset)))
+            if slot is not None and slot.packet.pending == 0:
+                done.append(slot.packet)
+        return done
 
     def inflight(self) -> list[TxShadowPacket]:
         """Every frame with a slot not answered yet, in issue order."""
