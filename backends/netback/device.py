@@ -26,7 +26,6 @@ once (tx read-only, rx writable) and kept until the vif disconnects.
 
 from __future__ import annotations
 
-import queue
 import struct
 import threading
 import time
@@ -132,24 +131,26 @@ def split_head(views: list[memoryview], size: int) -> tuple[bytes, list[memoryvi
     return b"".join(parts), rest
 
 
-class Switch(threading.Thread):
-    """The driver domain's bridges and the one thread that moves frames."""
+class Switch:
+    """The driver domain's bridges, and the lock under which frames move.
+
+    There is no thread of its own: whoever has work for the switch (the
+    upcall thread with a vif's event, as an interrupt handler would, or a
+    XenStore watch connecting a vif) does it under the lock, which keeps
+    every ring serviced by one thread at a time and frames in order.
+    Running the rings on the upcall thread spares a thread hand-off per
+    event."""
 
     def __init__(self, log) -> None:
-        super().__init__(name="netback-switch", daemon=True)
         self.log = log
-        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
         self.bridges: dict[str, Bridge] = {}
         self.ports: dict[tuple[str, int], Any] = {}
         self.dirty: dict[Any, None] = {}  # ports with frames to push
-        self.start()
 
     def call(self, fn) -> None:
-        self.work.put(fn)
-
-    def run(self) -> None:
-        while True:
-            fn = self.work.get()
+        """Run `fn` on the switch, then push what it delivered."""
+        with self.lock:
             try:
                 fn()
                 if self.dirty:
@@ -228,7 +229,6 @@ class Vif:
         self.backlog: deque[Frame] = deque()
         self.backlog_bytes = 0
         self.assembler = TxAssembler()
-        self.tx_kicked = self.rx_kicked = False
 
     def start(self) -> None:
         self.frontend = self.xs.read(f"{self.path}/frontend").decode()
@@ -303,22 +303,17 @@ class Vif:
     def rx_ring(self) -> BackRing:
         return self.rings[1][0]
 
-    # Kicks arrive on the upcall thread; one queued run per ring is enough
-    # however many arrive before it starts.
+    # Kicks arrive on the upcall thread, which services the ring itself.
 
     def _kick_tx(self, _port: int = 0) -> None:
-        if not self.tx_kicked:
-            self.tx_kicked = True
-            self.switch.call(self.process_tx)
+        self.switch.call(self.process_tx)
 
     def _kick_rx(self, _port: int = 0) -> None:
-        if not self.rx_kicked:
-            self.rx_kicked = True
-            self.switch.call(self.process_rx)
+        self.switch.call(self.process_rx)
 
     def _kick_both(self, _port: int = 0) -> None:
-        self._kick_tx()
-        self._kick_rx()
+        self.switch.call(self.process_tx)
+        self.switch.call(self.process_rx)
 
     def _notify(self, rx: bool) -> None:
         port = self.ports[-1] if rx else self.ports[0]
@@ -336,12 +331,13 @@ class Vif:
     def _broken(self, what: str, exc: Exception) -> None:
         self.log.error(f"{what} ring corrupt, closing", error=str(exc))
         self.disconnect()
-        self._switch(S.Closing)
+        # Not on this thread: it may be the upcall thread, which must stay
+        # free to deliver the XenStore reply the write waits for.
+        threading.Thread(target=self._switch, args=(S.Closing,), daemon=True).start()
 
     # -- tx: the frontend's frames, on the switch thread --------------------------
 
     def process_tx(self) -> None:
-        self.tx_kicked = False
         if not self.connected:
             return
         ring = self.tx_ring
@@ -468,7 +464,6 @@ class Vif:
 
     def process_rx(self) -> None:
         """The frontend posted buffers: place what waits for them."""
-        self.rx_kicked = False
         if not self.connected:
             return
         try:
@@ -545,11 +540,4 @@ class Vif:
                 self.watch.cancel()
             except XsError:
                 pass
-        done = threading.Event()
-
-        def run() -> None:
-            self.disconnect()
-            done.set()
-
-        self.switch.call(run)
-        done.wait(10)
+        self.switch.call(self.disconnect)

@@ -70,6 +70,8 @@ RX_ENTRY = netif.NETIF_RX_SRING_ENTRY_SIZE
 #: larger frame shows up as one and is dropped rather than truncated).
 READ_PAGES = -(-XEN_NETIF_MAX_TX_SIZE // PAGE_SIZE) + 1
 assert READ_PAGES <= XEN_NETIF_NR_SLOTS_MIN
+#: rx slots taken before their buffers are posted again.
+RX_BATCH = 64
 
 
 class NetfrontError(OSError):
@@ -280,7 +282,7 @@ class NetfrontDevice:
         tx = self.tx
         n = tx.has_unconsumed_responses()
         if n:
-            for packet in self.shadow.complete_block(tx.get_responses(n), TX_ENTRY):
+            for packet in self.shadow.complete_block(tx.get_responses(n)):
                 self.tx_pages += packet.buffers
 
     def _reserve(self, nr_pages: int) -> tuple[list[int], int] | None:
@@ -420,7 +422,6 @@ class NetfrontDevice:
         with self.rx_lock:
             rx = self.rx
             mask = rx.size - 1
-            feed = self.assembler.feed
             pages, first = self.pages, self.rx_first
             try:
                 while True:
@@ -429,23 +430,23 @@ class NetfrontDevice:
                         if not rx.final_check_for_responses():
                             break
                         continue
+                    # A few frames at a time: their buffers go back to the
+                    # backend sooner.
+                    n = min(n, RX_BATCH)
                     start = rx.rsp_cons & mask
                     entries = rx.get_responses(n)
-                    for k in range(n):
-                        result = feed(entries[k * RX_ENTRY:(k + 1) * RX_ENTRY],
-                                      pages[first + ((start + k) & mask)])
-                        if result is not None and type(result) is RxFrame:
+                    slots = [pages[first + ((start + k) & mask)] for k in range(n)]
+                    for result in self.assembler.feed_block(entries, slots):
+                        if type(result) is RxFrame:
                             self._to_tap(result)
                     # Re-post the buffers those slots used, at the same ring
                     # positions; the backend sees them only at the push,
                     # after the frames are written out.
                     rx.put_requests(self.rx_requests[start * RX_ENTRY:(start + n) * RX_ENTRY])
-                notify = rx.push_requests_and_check_notify()
+                    if rx.push_requests_and_check_notify():
+                        self.kernel.events.send(self.rx_port)
             except RingError as exc:
                 self.log.error("rx ring broken by the backend", error=str(exc))
-                return
-        if notify:
-            self.kernel.events.send(self.rx_port)
 
     def _to_tap(self, frame: RxFrame) -> None:
         head = frame.head(netpkt.MAX_HEADER)

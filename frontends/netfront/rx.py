@@ -213,6 +213,23 @@ class RxAssembler:
             return self._extra(parse_extra(raw))
         return self._data(parse_rx_response(raw), page, request_id)
 
+    def feed_block(self, entries: bytes, pages: list) -> list[RxFrame | RxError]:
+        """Feed whole 8-byte ring slots (as FrontRing.get_responses copies
+        them), `pages[i]` being the buffer posted in the slot of entry i:
+        the frames and errors that came out, in order."""
+        out = []
+        unpack = _RESPONSE.unpack_from
+        data = self._data
+        for index in range(len(entries) // ENTRY_SIZE):
+            offset = index * ENTRY_SIZE
+            if self._state == _EXTRAS:
+                result = self._extra(parse_extra(entries[offset:offset + ENTRY_SIZE]))
+            else:
+                result = data(unpack(entries, offset), pages[index], None)
+            if result is not None:
+                out.append(result)
+        return out
+
     def abort(self, reason: str = "frame cut short") -> RxError | None:
         """Give up the frame under way (the backend went away)."""
         if not self.in_progress:
@@ -236,7 +253,8 @@ class RxAssembler:
         elif self._problem is None:
             if page is None:
                 raise ValueError("a data slot needs its page")
-            chunk = memoryview(page)[offset:offset + status]
+            chunk = (page if type(page) is memoryview else memoryview(page))[
+                offset:offset + status]
             if len(chunk) != status:
                 raise ValueError(f"page of {len(page)} bytes given")
             self._size += status

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hypervisor.public import xen
@@ -60,6 +60,7 @@ Segment = tuple[int, int, int]  # (gref, offset in the page, length)
 #: against the ctypes layouts).
 _REQUEST = struct.Struct("<IHHHH")
 _RESPONSE = struct.Struct("<Hh")
+_RESPONSE_SLOT = struct.Struct("<Hh8x")  # a response in its 12-byte slot
 _GSO_EXTRA = struct.Struct("<BBHBxH4x")  # netif_extra_info.u.gso, in a tx slot
 assert _REQUEST.size == ctypes.sizeof(netif.netif_tx_request) == ENTRY_SIZE
 assert _RESPONSE.size == RESPONSE_SIZE
@@ -100,33 +101,36 @@ def tx_requests(segments: Sequence[Segment], ids: Sequence[int], *,
     (NETTXF_csum_blank, NETTXF_data_validated); `gso` = (gso_type, MSS)
     adds the GSO extra slot after slot 1.  Every backend takes up to
     XEN_NETIF_NR_SLOTS_MIN request slots."""
-    if not 1 <= len(segments) <= max_slots:
-        raise ValueError(f"{len(segments)} slots, not 1..{max_slots}")
-    if len(ids) != len(segments):
-        raise ValueError(f"{len(segments)} slots but {len(ids)} ids")
+    count = len(segments)
+    if not 1 <= count <= max_slots:
+        raise ValueError(f"{count} slots, not 1..{max_slots}")
+    if len(ids) != count:
+        raise ValueError(f"{count} slots but {len(ids)} ids")
     if flags & ~CSUM_FLAGS:
         raise ValueError(f"tx flags {flags:#x} are not checksum flags")
+    total = 0
     for gref, offset, length in segments:
         if not 0 <= gref < 1 << 32:
             raise ValueError(f"grant ref {gref} does not fit in 32 bits")
         if offset < 0 or length < 0 or offset + length > page_size:
             raise ValueError(f"{length} bytes at offset {offset} leave the page")
-    if any(not 0 <= id <= 0xFFFF for id in ids):
-        raise ValueError("tx id does not fit in 16 bits")
-    total = sum(length for _, _, length in segments)
+        total += length
     if not 0 < total <= XEN_NETIF_MAX_TX_SIZE:
         raise ValueError(f"frame of {total} bytes")
-    extra = make_gso_extra(*gso) if gso is not None else None
-    entries = []
-    last = len(segments) - 1
-    for index, ((gref, offset, length), id) in enumerate(zip(segments, ids)):
-        slot_flags = NETTXF_more_data if index < last else 0
-        if index == 0:
-            slot_flags |= flags | (NETTXF_extra_info if extra else 0)
-        size = total if index == 0 else length
-        entries.append(_REQUEST.pack(gref, offset, slot_flags, id, size))
-        if index == 0 and extra:
-            entries.append(extra)
+    if min(ids) < 0 or max(ids) > 0xFFFF:
+        raise ValueError("tx id does not fit in 16 bits")
+    pack = _REQUEST.pack
+    gref, offset, _ = segments[0]
+    first_flags = flags | (NETTXF_more_data if count > 1 else 0)
+    if gso is None:
+        entries = [pack(gref, offset, first_flags, ids[0], total)]
+    else:
+        entries = [pack(gref, offset, first_flags | NETTXF_extra_info, ids[0], total),
+                   make_gso_extra(*gso)]
+    last = count - 1
+    entries += [pack(gref, offset, NETTXF_more_data if index < last else 0, id, length)
+                for index, ((gref, offset, length), id)
+                in enumerate(zip(segments[1:], ids[1:]), 1)]
     return entries
 
 
@@ -152,29 +156,35 @@ class ShadowFull(Exception):
     """Not enough free ids: wait for responses."""
 
 
-@dataclass(eq=False)
 class TxSlot:
     """One request slot in flight (or answered, with its `status`)."""
 
-    id: int
-    gref: int
-    offset: int
-    length: int
-    packet: TxShadowPacket = field(repr=False)
-    status: int | None = None
+    __slots__ = ("id", "gref", "offset", "length", "packet", "status")
+
+    def __init__(self, id: int, gref: int, offset: int, length: int,
+                 packet: TxShadowPacket, status: int | None = None) -> None:
+        self.id, self.gref, self.offset, self.length = id, gref, offset, length
+        self.packet, self.status = packet, status
+
+    def __repr__(self) -> str:
+        return (f"TxSlot(id={self.id}, gref={self.gref}, offset={self.offset}, "
+                f"length={self.length}, status={self.status})")
 
 
-@dataclass(eq=False)
 class TxShadowPacket:
     """A frame in flight: its request slots and its ring entries."""
 
-    slots: list[TxSlot]
-    requests: list[bytes]      # the ring entries, extras included, in order
-    flags: int = 0
-    gso: tuple[int, int] | None = None
-    buffers: Any = None        # the caller's, freed once done
-    seq: int = 0               # issue order
-    pending: int = 0           # slots without a response
+    __slots__ = ("slots", "requests", "flags", "gso", "buffers", "seq", "pending")
+
+    def __init__(self, slots: list[TxSlot], requests: list[bytes], flags: int = 0,
+                 gso: tuple[int, int] | None = None, buffers: Any = None,
+                 seq: int = 0, pending: int = 0) -> None:
+        self.slots = slots
+        self.requests = requests    # the ring entries, extras included, in order
+        self.flags, self.gso = flags, gso
+        self.buffers = buffers      # the caller's, freed once done
+        self.seq = seq              # issue order
+        self.pending = pending      # slots without a response
 
     @property
     def done(self) -> bool:
@@ -225,17 +235,20 @@ class TxShadow:
         too few ids are free; ValueError (nothing recorded) if malformed."""
         if len(segments) > len(self._free):
             raise ShadowFull(f"{len(segments)} slots wanted, {len(self._free)} free")
-        ids = self._free[::-1][:len(segments)]
+        count = len(segments)
+        free = self._free
+        ids = free[len(free) - count:][::-1]
         requests = tx_requests(segments, ids, flags=flags, gso=gso,
                                max_slots=max_slots)
-        packet = TxShadowPacket([], requests, flags, gso, buffers, self._seq,
-                                len(segments))
-        for id, (gref, offset, length) in zip(ids, segments):
-            packet.slots.append(TxSlot(id, gref, offset, length, packet))
-            self._slots[id] = packet.slots[-1]
-        del self._free[len(self._free) - len(segments):]
+        packet = TxShadowPacket([], requests, flags, gso, buffers, self._seq, count)
+        slots = self._slots
+        packet.slots = [TxSlot(id, gref, offset, length, packet)
+                        for id, (gref, offset, length) in zip(ids, segments)]
+        for slot in packet.slots:
+            slots[slot.id] = slot
+        del free[len(free) - count:]
         self._seq += 1
-        self._nulls_expected += len(requests) - len(segments)
+        self._nulls_expected += len(requests) - count
         return packet
 
     def get(self, id: int) -> TxSlot | None:
@@ -268,16 +281,31 @@ class TxShadow:
         self._free.append(slot.id)
         return slot
 
-    def complete_block(self, entries: bytes, entry_size: int = ENTRY_SIZE
-                       ) -> list[TxShadowPacket]:
-        """:meth:`complete` for every response in `entries` (whole ring
-        slots, as FrontRing.get_responses copies them): the frames they
-        finished, in the order they finished."""
+    def complete_block(self, entries: bytes) -> list[TxShadowPacket]:
+        """:meth:`complete` for every response in `entries` (whole 12-byte
+        ring slots, as FrontRing.get_responses copies them), inlined: the
+        frames they finished, in the order they finished."""
         done = []
-        for offset in range(0, len(entries), entry_size):
-            slot = self.complete(TxResponse(*_RESPONSE.unpack_from(entries, offset)))
-            if slot is not None and slot.packet.pending == 0:
-                done.append(slot.packet)
+        slots, free, size = self._slots, self._free, self.size
+        for id, status in _RESPONSE_SLOT.iter_unpack(entries):
+            if status == NETIF_RSP_NULL:
+                if not self._nulls_expected:
+                    raise NetfrontProtocolError("NETIF_RSP_NULL answers no extra slot")
+                self._nulls_expected -= 1
+                continue
+            if status not in _STATUSES:
+                raise NetfrontProtocolError(f"response for id {id} has status {status}")
+            slot = slots[id] if id < size else None
+            if slot is None:
+                raise NetfrontProtocolError(
+                    f"response for id {id}: no such slot in flight (unknown or duplicate)")
+            slot.status = status
+            packet = slot.packet
+            packet.pending -= 1
+            slots[id] = None
+            free.append(id)
+            if not packet.pending:
+                done.append(packet)
         return done
 
     def inflight(self) -> list[TxShadowPacket]:
