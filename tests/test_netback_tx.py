@@ -408,3 +408,43 @@ def test_gso_extras_are_checked_as_untrusted_input(stream) -> None:
             assert hdrs.ipv6 == (claimed[0] == XEN_NETIF_GSO_TYPE_TCPV6)
             assert netpkt.tcp_header_end(frame, hdrs) < len(frame)
             assert verdict.gso == claimed and verdict.flags == offload.CSUM_PARTIAL
+
+
+class OneSlotAtATime(TxAssembler):
+    """The assembler without its batch fast path: every slot through the
+    per-state methods."""
+
+    def feed_block(self, entries: bytes) -> list:
+        out = []
+        for offset in range(0, len(entries), ENTRY_SIZE):
+            raw = entries[offset:offset + ENTRY_SIZE]
+            if self._state == "extras":
+                result = self._extra(parse_extra(raw))
+            elif self._state == "first":
+                result = self._start(parse_tx(raw))
+            else:
+                result = self._frag(parse_tx(raw))
+            if result is not None:
+                out.append(result)
+        return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(packets(), max_size=8), st.integers(18, 20))
+def test_batch_fast_path_decides_as_slot_by_slot(stream, max_slots) -> None:
+    entries = []
+    for n, (nslots, sizes, total, offsets, extras) in enumerate(stream):
+        for index in range(nslots):
+            flags = NETTXF_more_data if index < nslots - 1 else 0
+            if index == 0 and extras:
+                flags |= NETTXF_extra_info
+            size = (total if index == 0 else sizes[index]) & 0xFFFF
+            entries.append(req(n * 30 + index, size, offset=offsets[index] & 0xFFFF,
+                               flags=flags))
+            if index == 0:
+                for k, (type, gso_type, gso_size) in enumerate(extras):
+                    u = gso_size.to_bytes(2, "little") + bytes([gso_type, 0, 0, 0])
+                    entries.append(extra(type, k < len(extras) - 1, u))
+    limits = TxLimits(max_slots=max_slots)
+    blob = b"".join(entries)
+    assert TxAssembler(limits).feed_block(blob) == OneSlotAtATime(limits).feed_block(blob)

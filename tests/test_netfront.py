@@ -400,3 +400,46 @@ def test_gso_types_round_trip_in_tx_extra() -> None:
         decoded = netif.netif_extra_info.from_buffer_copy(extra[:8])
         assert (decoded.u.gso.type, decoded.u.gso.size) == (gso_type, 9000)
     assert NETIF_RSP_OKAY == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(min_size=8, max_size=8),
+    st.builds(lambda id, off, more, extra, status: rsp(id, off, (NETRXF_more_data if more else 0)
+                                                       | (NETRXF_extra_info if extra else 0),
+                                                       status),
+              st.integers(0, 3), st.integers(0, 4100), st.booleans(), st.booleans(),
+              st.integers(-2, 4200)),
+    st.just(gso_extra())), max_size=60), st.booleans())
+def test_rx_feed_block_is_feed_slot_by_slot(responses, sg) -> None:
+    """The batch fast path decides exactly what feeding one slot at a time
+    does."""
+    pages = [bytes([i]) * 4096 for i in range(len(responses))]
+    one = RxAssembler(sg=sg, max_slots=6)
+    expected = [r for r in (one.feed(raw, page) for raw, page in zip(responses, pages))
+                if r is not None]
+    block = RxAssembler(sg=sg, max_slots=6)
+    got = block.feed_block(b"".join(responses), [memoryview(p) for p in pages])
+    assert [type(r) for r in got] == [type(r) for r in expected]
+    for g, e in zip(got, expected):
+        if isinstance(e, RxFrame):
+            assert (g.data, g.flags, g.extras, g.nr_slots) == (e.data, e.flags, e.extras,
+                                                               e.nr_slots)
+        else:
+            assert g == e
+
+
+def test_shadow_complete_block_matches_complete() -> None:
+    shadow = TxShadow(16)
+    a = shadow.add([(1, 0, 100), (2, 0, 100)], gso=(XEN_NETIF_GSO_TYPE_TCPV4, 50))
+    b = shadow.add([(3, 0, 60)])
+    slots = lambda *pairs: b"".join(bytes(netif.netif_tx_response(i, s)) + bytes(8)
+                                    for i, s in pairs)
+    done = shadow.complete_block(slots((a.ids[0], NETIF_RSP_OKAY), (0, NETIF_RSP_NULL),
+                                       (b.ids[0], NETIF_RSP_ERROR)))
+    assert done == [b] and b.status == NETIF_RSP_ERROR and not a.done
+    assert shadow.complete_block(slots((a.ids[1], NETIF_RSP_DROPPED))) == [a]
+    assert a.status == NETIF_RSP_DROPPED and [s.status for s in a.slots] == [0, -2]
+    for bad in ((a.ids[0], NETIF_RSP_OKAY), (0, NETIF_RSP_NULL), (99, 0), (0, 7)):
+        with pytest.raises(NetfrontProtocolError):
+            shadow.complete_block(slots(bad))

@@ -323,6 +323,11 @@ class Vif:
             pass
 
     def _map(self, cache: dict[int, Mapping], grefs: list[int], readonly: bool) -> None:
+        for gref in grefs:  # the common case: every page mapped already
+            if gref not in cache:
+                break
+        else:
+            return
         missing = sorted({g for g in grefs if g not in cache})
         if missing:
             for m in self.kernel.gnttab.map_grant_refs(self.fe, missing, readonly):

@@ -157,14 +157,20 @@ class ShadowFull(Exception):
 
 
 class TxSlot:
-    """One request slot in flight (or answered, with its `status`)."""
+    """One request slot in flight (or answered, with its `status`): a view
+    of its packet's record, made only when asked for."""
 
-    __slots__ = ("id", "gref", "offset", "length", "packet", "status")
+    __slots__ = ("id", "gref", "offset", "length", "packet")
 
     def __init__(self, id: int, gref: int, offset: int, length: int,
-                 packet: TxShadowPacket, status: int | None = None) -> None:
+                 packet: TxShadowPacket) -> None:
         self.id, self.gref, self.offset, self.length = id, gref, offset, length
-        self.packet, self.status = packet, status
+        self.packet = packet
+
+    @property
+    def status(self) -> int | None:
+        """The backend's answer, None while there is none."""
+        return self.packet.statuses.get(self.id)
 
     def __repr__(self) -> str:
         return (f"TxSlot(id={self.id}, gref={self.gref}, offset={self.offset}, "
@@ -172,19 +178,34 @@ class TxSlot:
 
 
 class TxShadowPacket:
-    """A frame in flight: its request slots and its ring entries."""
+    """A frame in flight: the ids and segments of its request slots, its
+    ring entries, and the answers so far (`statuses`, by id)."""
 
-    __slots__ = ("slots", "requests", "flags", "gso", "buffers", "seq", "pending")
+    __slots__ = ("ids", "segments", "requests", "flags", "gso", "buffers", "seq",
+                 "pending", "statuses", "_slots")
 
-    def __init__(self, slots: list[TxSlot], requests: list[bytes], flags: int = 0,
-                 gso: tuple[int, int] | None = None, buffers: Any = None,
-                 seq: int = 0, pending: int = 0) -> None:
-        self.slots = slots
+    def __init__(self, ids: list[int], segments: Sequence[Segment], requests: list[bytes],
+                 flags: int = 0, gso: tuple[int, int] | None = None, buffers: Any = None,
+                 seq: int = 0) -> None:
+        self.ids, self.segments = ids, segments
         self.requests = requests    # the ring entries, extras included, in order
         self.flags, self.gso = flags, gso
         self.buffers = buffers      # the caller's, freed once done
         self.seq = seq              # issue order
-        self.pending = pending      # slots without a response
+        self.pending = len(ids)     # slots without a response
+        self.statuses: dict[int, int] = {}
+        self._slots: list[TxSlot] | None = None
+
+    @property
+    def slots(self) -> list[TxSlot]:
+        """Its request slots, in ring order."""
+        if self._slots is None:
+            self._slots = [TxSlot(id, gref, offset, length, self)
+                           for id, (gref, offset, length) in zip(self.ids, self.segments)]
+        return self._slots
+
+    def slot(self, id: int) -> TxSlot:
+        return self.slots[self.ids.index(id)]
 
     @property
     def done(self) -> bool:
@@ -196,7 +217,8 @@ class TxShadowPacket:
         was, else the first slot's status that was not."""
         if self.pending:
             return None
-        return next((s.status for s in self.slots if s.status != NETIF_RSP_OKAY),
+        statuses = self.statuses
+        return next((statuses[id] for id in self.ids if statuses[id] != NETIF_RSP_OKAY),
                     NETIF_RSP_OKAY)
 
 
@@ -213,7 +235,7 @@ class TxShadow:
 
     def _clear(self, size: int) -> None:
         self.size = size
-        self._slots: list[TxSlot | None] = [None] * size
+        self._owner: list[TxShadowPacket | None] = [None] * size  # by id
         self._free = list(range(size - 1, -1, -1))  # pop() gives 0 first
         self._nulls_expected = 0
         self._seq = 0
@@ -233,26 +255,44 @@ class TxShadow:
         """Record a frame under free ids and build its ring entries
         (``packet.requests``, to put on the ring in order).  ShadowFull if
         too few ids are free; ValueError (nothing recorded) if malformed."""
-        if len(segments) > len(self._free):
-            raise ShadowFull(f"{len(segments)} slots wanted, {len(self._free)} free")
         count = len(segments)
         free = self._free
+        if count > len(free):
+            raise ShadowFull(f"{count} slots wanted, {len(free)} free")
         ids = free[len(free) - count:][::-1]
         requests = tx_requests(segments, ids, flags=flags, gso=gso,
                                max_slots=max_slots)
-        packet = TxShadowPacket([], requests, flags, gso, buffers, self._seq, count)
-        slots = self._slots
-        packet.slots = [TxSlot(id, gref, offset, length, packet)
-                        for id, (gref, offset, length) in zip(ids, segments)]
-        for slot in packet.slots:
-            slots[slot.id] = slot
+        packet = TxShadowPacket(ids, segments, requests, flags, gso, buffers, self._seq)
+        owner = self._owner
+        for id in ids:
+            owner[id] = packet
         del free[len(free) - count:]
         self._seq += 1
         self._nulls_expected += len(requests) - count
         return packet
 
     def get(self, id: int) -> TxSlot | None:
-        return self._slots[id] if 0 <= id < self.size else None
+        packet = self._owner[id] if 0 <= id < self.size else None
+        return packet.slot(id) if packet is not None else None
+
+    def _answer(self, id: int, status: int) -> TxShadowPacket | None:
+        """Record one answer; its packet, or None for an extra's NULL."""
+        if status == NETIF_RSP_NULL:
+            if not self._nulls_expected:
+                raise NetfrontProtocolError("NETIF_RSP_NULL answers no extra slot")
+            self._nulls_expected -= 1
+            return None
+        if status not in _STATUSES:
+            raise NetfrontProtocolError(f"response for id {id} has status {status}")
+        packet = self._owner[id] if id < self.size else None
+        if packet is None:
+            raise NetfrontProtocolError(
+                f"response for id {id}: no such slot in flight (unknown or duplicate)")
+        packet.statuses[id] = status
+        packet.pending -= 1
+        self._owner[id] = None
+        self._free.append(id)
+        return packet
 
     def complete(self, response: TxResponse | bytes | bytearray | memoryview
                  ) -> TxSlot | None:
@@ -262,55 +302,25 @@ class TxShadow:
         NetfrontProtocolError if the response answers nothing in flight."""
         if not isinstance(response, TxResponse):
             response = parse_tx_response(response)
-        if response.status == NETIF_RSP_NULL:
-            if not self._nulls_expected:
-                raise NetfrontProtocolError("NETIF_RSP_NULL answers no extra slot")
-            self._nulls_expected -= 1
-            return None
-        if response.status not in _STATUSES:
-            raise NetfrontProtocolError(
-                f"response for id {response.id} has status {response.status}")
-        slot = self.get(response.id)
-        if slot is None:
-            raise NetfrontProtocolError(
-                f"response for id {response.id}: no such slot in flight "
-                f"(unknown or duplicate)")
-        slot.status = response.status
-        slot.packet.pending -= 1
-        self._slots[slot.id] = None
-        self._free.append(slot.id)
-        return slot
+        packet = self._answer(response.id, response.status)
+        return None if packet is None else packet.slot(response.id)
 
     def complete_block(self, entries: bytes) -> list[TxShadowPacket]:
         """:meth:`complete` for every response in `entries` (whole 12-byte
-        ring slots, as FrontRing.get_responses copies them), inlined: the
-        frames they finished, in the order they finished."""
+        ring slots, as FrontRing.get_responses copies them), making no
+        slot objects: the frames they finished, in the order they
+        finished."""
         done = []
-        slots, free, size = self._slots, self._free, self.size
+        answer = self._answer
         for id, status in _RESPONSE_SLOT.iter_unpack(entries):
-            if status == NETIF_RSP_NULL:
-                if not self._nulls_expected:
-                    raise NetfrontProtocolError("NETIF_RSP_NULL answers no extra slot")
-                self._nulls_expected -= 1
-                continue
-            if status not in _STATUSES:
-                raise NetfrontProtocolError(f"response for id {id} has status {status}")
-            slot = slots[id] if id < size else None
-            if slot is None:
-                raise NetfrontProtocolError(
-                    f"response for id {id}: no such slot in flight (unknown or duplicate)")
-            slot.status = status
-            packet = slot.packet
-            packet.pending -= 1
-            slots[id] = None
-            free.append(id)
-            if not packet.pending:
+            packet = answer(id, status)
+            if packet is not None and not packet.pending:
                 done.append(packet)
         return done
 
     def inflight(self) -> list[TxShadowPacket]:
         """Every frame with a slot not answered yet, in issue order."""
-        packets = {id(s.packet): s.packet for s in self._slots if s is not None}
+        packets = {id(p): p for p in self._owner if p is not None}
         return sorted(packets.values(), key=lambda p: p.seq)
 
     def reset(self, size: int | None = None) -> list[TxShadowPacket]:

@@ -214,14 +214,16 @@ Buffer = bytearray | memoryview | mmap.mmap
 # load-acquire on ARMv8 (which stay in order: RCsc). So acquire+release
 # twice orders every access before the call before every access after it.
 _fence = threading.Lock()
+_fence_acquire, _fence_release = _fence.acquire, _fence.release
 
 
 def _xen_mb() -> None:
-    """Full memory barrier (ring.h's xen_mb)."""
-    with _fence:
-        pass
-    with _fence:
-        pass
+    """Full memory barrier (ring.h's xen_mb).  The bound methods, not a
+    `with`: this runs several times per frame on the network data path."""
+    _fence_acquire()
+    _fence_release()
+    _fence_acquire()
+    _fence_release()
 
 
 _xen_wmb = _xen_mb
@@ -265,16 +267,17 @@ def shared_ring_init(buf: Buffer) -> None:
 
 
 class _Index:
-    """A private free-running index: assignments wrap at 2**32."""
+    """A private free-running index: assignments wrap at 2**32.
+
+    Only __set__ is defined: a read then finds the value in the instance's
+    __dict__ directly, without a Python-level call (the indexes are read
+    several times per slot on the data path)."""
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.attr = "_" + name
-
-    def __get__(self, ring: object, owner: type | None = None) -> int:
-        return getattr(ring, self.attr)
+        self.name = name
 
     def __set__(self, ring: object, value: int) -> None:
-        setattr(ring, self.attr, value & _idx_mask)
+        ring.__dict__[self.name] = value & _idx_mask
 
 
 class _Ring:
