@@ -433,8 +433,10 @@ def test_shadow_complete_block_matches_complete() -> None:
     shadow = TxShadow(16)
     a = shadow.add([(1, 0, 100), (2, 0, 100)], gso=(XEN_NETIF_GSO_TYPE_TCPV4, 50))
     b = shadow.add([(3, 0, 60)])
-    slots = lambda *pairs: b"".join(bytes(netif.netif_tx_response(i, s)) + bytes(8)
-                                    for i, s in pairs)
+
+    def slots(*pairs) -> bytes:
+        return b"".join(bytes(netif.netif_tx_response(i, s)) + bytes(8) for i, s in pairs)
+
     done = shadow.complete_block(slots((a.ids[0], NETIF_RSP_OKAY), (0, NETIF_RSP_NULL),
                                        (b.ids[0], NETIF_RSP_ERROR)))
     assert done == [b] and b.status == NETIF_RSP_ERROR and not a.done
