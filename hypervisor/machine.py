@@ -357,6 +357,21 @@ class Machine:
                  f"{nr_frames} frames at gfn {region.gfn:#x}")
         return region
 
+    def close_window(self, dom: Domain, window_id: int) -> None:
+        region = dom.windows.get(window_id)
+        if region is None:
+            raise XenError(EINVAL, f"d{dom.domid} has no grant window {window_id}")
+        for other in self.domains.values():
+            if any(m.region is region for m in other.gnttab.maptrack.values()):
+                raise XenError(EBUSY, f"grant window {window_id} is still mapped by "
+                               f"d{other.domid}")
+        del dom.windows[window_id]
+        dom.physmap.remove(region)
+        for other in self.domains.values():
+            other.known_windows.discard(window_id)
+        self.memory.free(region.segment)
+        self.log(f"d{dom.domid}: grant window {window_id} closed")
+
     def pass_window(self, dom: Domain, window_id: int) -> None:
         """Hand `dom` the fd of a window, before the hypercall that names it
         is answered, so the kernel finds the fd waiting on its channel."""

@@ -64,8 +64,10 @@ def test_grants_and_events_between_two_domains(system):
     assert mapper["send_on_closed"] == "EINVAL"
     # The mapper's write went to the granter's own page, and the granter
     # could not take the page back while it was still mapped.
+    # Nor give back the window while anything in it was mapped; after, it could.
     assert granter == {"seen": "pong", "end_while_mapped": "EBUSY",
-                       "end_after_unmap": "ok"}
+                       "close_while_mapped": "EBUSY", "end_after_unmap": "ok",
+                       "closed_after_unmap": True, "close_twice": "EINVAL"}
 
 
 def test_virtual_timer_fires_virq_timer(system):

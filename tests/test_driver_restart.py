@@ -55,16 +55,26 @@ def follow_acks(path, until, timeout=60.0) -> int:
         proc.wait()
 
 
-@pytest.mark.parametrize("how", ["kill -9", "pyxen reboot", "hang (SIGSTOP)"])
+def free_memory(system) -> int:
+    """`pyxen info`'s free_memory (MiB)."""
+    return int(re.search(r"^free_memory\s*:\s*(\d+)", system.cli("info").stdout,
+                         re.M).group(1))
+
+
+@pytest.mark.parametrize("how", ["kill -9", "pyxen reboot", "pyxen destroy",
+                                 "hang (SIGSTOP)"])
 def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
     system.boot(system.write_topology(TOPOLOGY))
     log = system.run_dir / "logs" / "writer.log"
     follow_acks(log, 30)
     old = system.list()["disk-dd"]["domid"]
+    free = free_memory(system)
     if how == "kill -9":
         os.kill(system.pid_of("disk-dd"), 9)
     elif how == "pyxen reboot":
         system.cli("reboot", "disk-dd")  # on_reboot defaults to restart
+    elif how == "pyxen destroy":  # as if it crashed: on_crash applies
+        assert "restarting it" in system.cli("destroy", "disk-dd").stdout
     else:  # it stops answering: its watchdog expires, on_watchdog restarts it
         os.kill(system.pid_of("disk-dd"), signal.SIGSTOP)
     system.wait("disk-dd", "running", not_domid=old)
@@ -72,6 +82,8 @@ def test_disk_driver_domain_gone_during_writes_loses_nothing(system, how):
     follow_acks(log, last + 60)  # writes go on through the new backend
     assert "reconnecting to the new backend" in log.read_text()
     assert system.list()["writer"]["state"][3:5] == "--"  # never crashed
+    # The grant window of the old connection was given back, not leaked.
+    assert free_memory(system) == free
     system.halt()
     acked = [int(n) for n in re.findall(r"acked\s+.*n=(\d+)", log.read_text())]
     image = (system.run_dir / "disks" / "w.img").read_bytes()

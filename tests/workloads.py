@@ -16,7 +16,7 @@ from domains.kernel.gnttab import GrantStatusError
 from domains.kernel.xenbus.client import XsError
 from hypervisor.public.errno import XenError
 from hypervisor.public.grant_table import GNTST_okay
-from hypervisor.public.xen import PAGE_SIZE
+from hypervisor.public.xen import HYPERVISOR_pyxen_op, PAGE_SIZE, PYXEN_op_close_window
 
 
 def _send(path: str, obj) -> None:
@@ -86,11 +86,18 @@ def granter(kernel) -> None:
     kernel.events.bind(port, on_event)
     _send(kernel.args["offer"], {"domid": kernel.domid, "port": port, "refs": refs})
     got.acquire()  # mapper wrote through its mapping and notified us
+    close = {"window": window.window_id}
     report = {"seen": events[0].decode(errors="replace"),
-              "end_while_mapped": _errno_name(lambda: kernel.gnttab.end_access(refs["rw"]))}
+              "end_while_mapped": _errno_name(lambda: kernel.gnttab.end_access(refs["rw"])),
+              "close_while_mapped": _errno_name(lambda: kernel.hypercall(
+                  HYPERVISOR_pyxen_op, PYXEN_op_close_window, close))}
     kernel.events.send(port)  # tell the mapper it may unmap now
     got.acquire()  # mapper unmapped
     report["end_after_unmap"] = _errno_name(lambda: kernel.gnttab.end_access(refs["rw"]))
+    report["closed_after_unmap"] = kernel.gnttab.close_window(
+        window, [refs["ro"], refs["other"]])
+    report["close_twice"] = _errno_name(lambda: kernel.hypercall(
+        HYPERVISOR_pyxen_op, PYXEN_op_close_window, close))
     _send(kernel.args["out"], report)
 
 

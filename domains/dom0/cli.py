@@ -73,7 +73,7 @@ def _boot_command(args) -> int:
         raise UserError(f"boot failed: {error or 'the hypervisor exited'} "
                         f"(see {log} and {run_dir / 'logs'})")
     if args.detach:
-        print(f"All domains running. `pyxen list` shows them; `pyxen halt` stops them.")
+        print("All domains running. `pyxen list` shows them; `pyxen halt` stops them.")
         return 0
     return _foreground(run_dir, hv)
 
@@ -132,9 +132,12 @@ def _client(args) -> ControlClient:
 
 def _simple(cmd: str, done: str | None = None):
     def run(args) -> int:
-        _client(args).call(cmd, domain=args.domain)
+        result = _client(args).call(cmd, domain=args.domain)
         if done:
             print(done.format(domain=args.domain))
+        if isinstance(result, dict) and result.get("then"):
+            # A driver domain: the guests it served decide what comes next.
+            print(f"{args.domain} is a driver domain: {result['then']}")
         return 0
     return run
 

@@ -58,7 +58,8 @@ def _create(ts: Toolstack, args: dict):
 
 @command("destroy")
 def _destroy(ts: Toolstack, args: dict):
-    ts.destroy(ts.find(args["domain"]))
+    then = ts.destroy_requested(ts.find(args["domain"]))
+    return {"then": then}
 
 
 def _shutdown(request: str):

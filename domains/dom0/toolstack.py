@@ -319,6 +319,28 @@ class Toolstack:
                 raise
         self.forget(dom.domid)
 
+    def destroy_requested(self, dom: Managed) -> str | None:
+        """`pyxen destroy`. A driver domain is destroyed as if it had crashed:
+        the guests it serves keep their devices, so its on_crash action
+        applies (restart for driver domains, within the restart budget) and
+        they reconnect; past the budget, or with no restart, its devices go.
+        Returns what happens next, for the user."""
+        if dom.config is None or not dom.config.driver_domain or dom.handled:
+            self.destroy(dom)
+            return None
+        self.log.info("driver domain destroyed by request", name=dom.name, domid=dom.domid)
+        action = self.stopped(dom, SHUTDOWN_crash)
+        if self.domains.get(dom.domid) is dom:
+            self.destroy(dom)  # kept by its action, but the user wants it gone
+            if action == actions.PRESERVE:
+                self.orphan(dom)
+        if action in (actions.RESTART, actions.RENAME_RESTART):
+            return (f"restarting it (on_crash={dom.config.on_crash}); the guests it "
+                    "serves reconnect")
+        if action == actions.GIVE_UP:
+            return "not restarted (restart_limit spent); the devices it served were removed"
+        return f"not restarted (on_crash={dom.config.on_crash}); the devices it served were removed"
+
     def forget(self, domid: int) -> None:
         """Release a destroyed domain from xenstored and remove its nodes."""
         try:
@@ -358,7 +380,8 @@ class Toolstack:
                 reason = (info["flags"] >> XEN_DOMINF_shutdownshift) & XEN_DOMINF_shutdownmask
                 self.stopped(dom, reason)
 
-    def stopped(self, dom: Managed, reason: int) -> None:
+    def stopped(self, dom: Managed, reason: int) -> str:
+        """Apply the on_* action for why `dom` stopped; returns the action."""
         dom.handled = True
         config = dom.config
         why = SHUTDOWN_NAMES.get(reason, str(reason))
@@ -367,7 +390,7 @@ class Toolstack:
                       action=action)
         if action == actions.PRESERVE:
             dom.note = f"{why}: preserved (on_{_key(reason)}=preserve)"
-            return
+            return action
         if action == actions.GIVE_UP:
             limit, period = config.restart_limit
             dom.note = (f"{why}: not restarted, {limit} restarts in {period:g}s "
@@ -379,7 +402,7 @@ class Toolstack:
             self.xc.console_write(f"toolstack: {dom.name} (d{dom.domid}) {dom.note}")
             if config.driver_domain:
                 self.orphan(dom)
-            return
+            return action
         if action == actions.RENAME_RESTART:
             old = f"{dom.name}-{dom.domid}"
             self.log.info("renaming stopped domain", name=dom.name, to=old)
@@ -392,6 +415,9 @@ class Toolstack:
             if delay:
                 self.log.info("restart backing off", name=config.name, seconds=delay)
             self.scheduled.append((time.monotonic() + delay, dom, config))
+        elif config is not None and config.driver_domain:
+            self.orphan(dom)  # on_*=destroy: its devices have no backend any more
+        return action
 
     def restart(self, old: Managed, config: DomainConfig) -> None:
         try:

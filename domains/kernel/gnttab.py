@@ -40,6 +40,7 @@ from hypervisor.public.xen import (
     HYPERVISOR_grant_table_op,
     HYPERVISOR_pyxen_op,
     PAGE_SIZE,
+    PYXEN_op_close_window,
     PYXEN_op_grant_window,
 )
 
@@ -99,6 +100,11 @@ class Windows:
                 self.users[window_id] = left
                 return
             self.users.pop(window_id, None)
+        self.forget(window_id)
+
+    def forget(self, window_id: int) -> None:
+        """A window we no longer use (our own, given back, or a peer's)."""
+        with self._lock:
             window = self.by_id.pop(window_id, None)
         if window is not None:
             try:
@@ -184,6 +190,29 @@ class GrantTable:
         result = self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_grant_window,
                                 {"peer": peer, "nr_frames": nr_frames})
         return self.windows.get(result["window"])
+
+    def close_window(self, window: Window, refs: list[int]) -> bool:
+        """Give a window back once its peer is gone (a backend that died and
+        came back under a new domid needs a new window: a window has exactly
+        one peer). `refs` are our grants in it, ended first. False, and the
+        window kept, while any of them is still mapped."""
+        busy = False
+        for ref in refs:
+            try:
+                self.end_access(ref)
+            except XenError:
+                busy = True  # still mapped by its peer
+        if busy:
+            return False
+        try:
+            self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_close_window,
+                           {"window": window.window_id})
+        except XenError as exc:
+            if exc.errno == EBUSY:
+                return False
+            raise
+        self.windows.forget(window.window_id)
+        return True
 
     # -- mapping others' grants -------------------------------------------------
 

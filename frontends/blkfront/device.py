@@ -29,7 +29,6 @@ from domains.kernel.xenbus.state import (
     write_features,
 )
 from frontends.blkfront.shadow import Shadow
-from hypervisor.public.errno import XenError
 from hypervisor.public.io import blkif
 from hypervisor.public.io.blkif import (
     BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
@@ -274,11 +273,8 @@ class BlkfrontDevice:
                 self.watch.cancel()
             except XsError:
                 pass
-            for ref in self.refs.values():
-                try:
-                    self.kernel.gnttab.end_access(ref)
-                except XenError:
-                    pass  # still mapped by a backend that will never unmap it
+            if not self.kernel.gnttab.close_window(self.window, list(self.refs.values())):
+                self.log.warning("old grant window still mapped, kept")
             self.backend = self.xs.read(f"{self.path}/backend").decode()
             self.backend_id = backend_id
             self.queues = []

@@ -49,7 +49,6 @@ from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
                                     VNET_HDR_LEN)
 from frontends.netfront.tx import NetfrontProtocolError, TxShadow
-from hypervisor.public.errno import XenError
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETRXF_csum_blank,
@@ -136,11 +135,8 @@ class NetfrontDevice:
                     self.kernel.events.close(port)
                 except Exception:  # the channel died with the old backend
                     pass
-            for ref in self.refs:
-                try:
-                    self.kernel.gnttab.end_access(ref)
-                except XenError:
-                    pass  # still mapped by a backend that will never unmap it
+            if not self.kernel.gnttab.close_window(self.window, self.refs):
+                self.log.warning("old grant window still mapped, kept")
             try:
                 self.watch.cancel()
             except XsError:

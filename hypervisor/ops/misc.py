@@ -15,6 +15,7 @@ from hypervisor.public.xen import (
     HYPERVISOR_pyxen_op,
     HYPERVISOR_set_timer_op,
     HYPERVISOR_xen_version,
+    PYXEN_op_close_window,
     PYXEN_op_grant_window,
     PYXEN_op_ready,
 )
@@ -66,3 +67,10 @@ def grant_window(call: Call, args: dict):
     call.machine.pass_window(call.caller, region.window_id)
     return {"window": region.window_id, "gfn": region.gfn,
             "nr_frames": region.segment.nr_pages}
+
+
+@hypercall(HYPERVISOR_pyxen_op, PYXEN_op_close_window)
+def close_window(call: Call, args: dict):
+    """Give back one of the caller's grant windows, e.g. after its peer
+    died: EBUSY while anything in it is still mapped."""
+    call.machine.close_window(call.caller, int(args["window"]))

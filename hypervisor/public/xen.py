@@ -78,6 +78,7 @@ HYPERVISOR_arch_7 = 55
 HYPERVISOR_pyxen_op = 64
 PYXEN_op_ready = 1          # A new domain's kernel reports it has booted.
 PYXEN_op_grant_window = 2   # Allocate a grant window shared with one peer.
+PYXEN_op_close_window = 3   # Give a grant window back (nothing in it mapped).
 
 # VIRTUAL INTERRUPTS: 'V.' is a per-VCPU VIRQ, 'G.' a global one (bound once
 # per guest, initially to VCPU0).
