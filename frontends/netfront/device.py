@@ -117,7 +117,10 @@ class NetfrontDevice:
             self.link_up.clear()
             with self.txc:
                 self.txc.notify_all()  # a sender waiting for tx pages gives up
-        elif state in (S.Closing, S.Closed) and getattr(self, "tx", None) and not self.closed:
+        elif state in (S.Closing, S.Closed) and self.link_up.is_set() and not self.closed:
+            # Only a connected backend closes the vif: a new one (after a
+            # driver domain restart) passes through Closed on its way up
+            # while we reconnect, with no carrier yet.
             self.log.info("backend closing the vif")
             threading.Thread(target=self.close, daemon=True).start()
 
