@@ -1,8 +1,10 @@
 """PV network end to end: real Linux tools in the guests' namespaces, over
 netfront -> netback (in the net driver domain) -> bridge -> netback -> netfront."""
 
+import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -233,3 +235,63 @@ def test_offload_gso_between_gso_vifs_and_segments_for_a_vif_without_it(system):
     assert int(got[3]) <= 1514                     # ...guest2 got MTU-sized ones
     log = (system.run_dir / "logs" / "net-dd.log").read_text()
     assert "rx frame dropped" not in log
+
+
+def test_uplink_lets_the_host_reach_the_guests_and_goes_away_on_halt(system):
+    """net-dd's bridge gets a port to a TAP on the host (the topology's
+    `uplink`): the host pings a guest and streams TCP to it (GSO frames
+    from the host's kernel), and the TAP is gone once the machine halts."""
+    n = os.getpid()
+    tap = f"pyxt{n % 100000}"               # unique on this host
+    net = f"10.{200 + n % 50}.{n // 50 % 250}"  # a subnet no other test uses
+    system.boot(system.write_topology(f"""
+        [platform]
+        memory = 1024
+        [dom0]
+        memory = 256
+        [domain.net-dd]
+        driver_domain = true
+        memory = 128
+        uplink = ["bridge=xenbr0, tap={tap}, ip={net}.254/24"]
+        [domain.guest1]
+        memory = 128
+        vif = ["backend=net-dd, bridge=xenbr0, mac=00:16:3e:00:00:01, ip={net}.1"]
+        """))
+    system.wait_log("guest1", "network interface up")
+    system.wait_log("net-dd", "uplink up")
+    addr = subprocess.run(["ip", "-o", "addr", "show", "dev", tap], capture_output=True,
+                          text=True, check=True).stdout
+    assert f"{net}.254/24" in addr
+    ping = subprocess.run(["ping", "-c", "1", "-w", "30", f"{net}.1"], capture_output=True,
+                          text=True)
+    assert "1 received" in ping.stdout, ping.stdout + ping.stderr
+    server = pyxen(system, "exec", "guest1", "--", sys.executable, "-c", STREAM_SINK,
+                   stdout=subprocess.PIPE)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        data = os.urandom(4 << 20)
+        with socket.create_connection((f"{net}.1", 5002), timeout=60) as conn:
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(1)
+        out, _ = server.communicate(timeout=60)
+        assert out.split() == [str(len(data)), hashlib.sha256(data).hexdigest()]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    system.halt()
+    assert not os.path.exists(f"/sys/class/net/{tap}")
+
+
+STREAM_SINK = """
+import hashlib, socket
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 5002)); srv.listen(1)
+print("listening", flush=True)
+conn, _ = srv.accept()
+digest, total = hashlib.sha256(), 0
+while chunk := conn.recv(1 << 16):
+    digest.update(chunk); total += len(chunk)
+print(total, digest.hexdigest(), flush=True)
+"""

@@ -1,4 +1,4 @@
-"""frontends.netfront.vnet: virtio_net_hdr <-> netif's offload flags and
+"""domains.kernel.vnet: virtio_net_hdr <-> netif's offload flags and
 GSO extra, both ways, and round trips through netback's checks."""
 
 import pytest
@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.netback import offload as back
-from frontends.netfront import vnet
-from frontends.netfront.vnet import (
+from domains.kernel import vnet
+from domains.kernel.vnet import (
     NO_OFFLOAD,
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,

@@ -44,7 +44,7 @@ from domains.kernel.xenbus.state import (
     watch_backend_moves,
     watch_otherend,
 )
-from frontends.netfront import vnet
+from domains.kernel import vnet
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
                                     VNET_HDR_LEN)

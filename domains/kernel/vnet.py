@@ -21,6 +21,9 @@ backend did not offer) is cut into segments here.  The TAP is told
 (TUNSETOFFLOAD) to produce only what the backend takes, so these are the
 rare paths.
 
+Netback's uplink to a host TAP (backends/netback/uplink.py) uses the same
+mapping the other way round: the host's kernel is its "guest".
+
 The layout is the legacy (virtio 0.9) one tun uses by default: 10 bytes,
 native byte order.
 """
