@@ -91,7 +91,8 @@ class NetfrontDevice:
         # The tx side (ring, shadow, free pages) and the rx side (ring,
         # assembler) have a lock each: the TAP reader and the upcall run
         # at once.  A reconnect takes both.
-        self.txc = threading.Condition()
+        self.tx_lock = threading.Lock()
+        self.txc = threading.Condition(self.tx_lock)
         self.rx_lock = threading.Lock()
         self.tx_waiting = False
         self.closed = False
@@ -99,6 +100,7 @@ class NetfrontDevice:
         self.generation = 0  # bumped at each reconnect: old rings are gone
         self.reconnecting = threading.Lock()
         self.offload = bool(getattr(tap, "vnet_hdr", False))
+        self.tap_fd = tap.fileno()  # the reader's: it closes the TAP only after it stops
         self.hdr = memoryview(bytearray(VNET_HDR_LEN))  # the reader's own
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted net driver domain comes back under a new domid: the
@@ -115,7 +117,7 @@ class NetfrontDevice:
             # as on an unplugged wire; the interface stays up.
             self.log.warning("backend gone: no carrier until it is back")
             self.link_up.clear()
-            with self.txc:
+            with self.tx_lock:
                 self.txc.notify_all()  # a sender waiting for tx pages gives up
         elif state in (S.Closing, S.Closed) and self.link_up.is_set() and not self.closed:
             # Only a connected backend closes the vif: a new one (after a
@@ -130,7 +132,7 @@ class NetfrontDevice:
             if backend_id == self.backend_id or self.closed:
                 return
             self.link_up.clear()
-            with self.txc, self.rx_lock:
+            with self.tx_lock, self.rx_lock:
                 self.generation += 1
                 self.txc.notify_all()
             for port in {self.tx_port, self.rx_port}:
@@ -205,7 +207,7 @@ class NetfrontDevice:
                                for idx in range(rx.size))
         rx.put_requests(rx_requests)
         rx.push_requests()
-        with self.txc, self.rx_lock:
+        with self.tx_lock, self.rx_lock:
             self.window, self.refs, self.pages = window, refs, pages
             self.tx, self.rx = tx, rx
             self.tx_pages = list(range(2, 2 + tx_size))
@@ -263,8 +265,13 @@ class NetfrontDevice:
             self.tap.set_blocking(False)
         except (OSError, ValueError):
             return
+        # The pages the next read goes into, taken from the free ones ahead
+        # of time; they belong to one connection (generation).
+        self.staged: list[int] = []
+        self.staged_generation = -1
+        watched = [self.tap_fd, self._stop_r]
         while not self.closed:
-            readable, _, _ = select.select([self.tap, self._stop_r], [], [])
+            readable, _, _ = select.select(watched, [], [])
             if self._stop_r in readable:
                 return
             try:
@@ -276,76 +283,81 @@ class NetfrontDevice:
                 return
 
     def _reap(self) -> None:
-        """Collect the tx responses (under txc): free the pages and ids of
-        the frames the backend is done with."""
+        """Collect the tx responses (under tx_lock): free the pages and ids
+        of the frames the backend is done with."""
         tx = self.tx
         n = tx.has_unconsumed_responses()
         if n:
             for packet in self.shadow.complete_block(tx.get_responses(n)):
                 self.tx_pages += packet.buffers
 
-    def _reserve(self, nr_pages: int) -> tuple[list[int], int] | None:
-        """Take `nr_pages` free tx pages, once ids and ring slots for a
-        frame that size (and its GSO extra) are free too: (pages,
-        generation); None if there is no carrier (or we are closing)."""
-        with self.txc:
-            while True:
-                if self.closed or not self.link_up.is_set():
-                    return None
-                try:
-                    self._reap()
-                except (RingError, NetfrontProtocolError) as exc:
-                    self.log.error("tx ring broken by the backend", error=str(exc))
-                    self.link_up.clear()
-                    return None
-                # The GSO extra takes a ring slot too, without an id.
-                if (len(self.tx_pages) >= nr_pages and self.shadow.free >= nr_pages
-                        and self.tx.free_requests() >= nr_pages + 1):
-                    pages = self.tx_pages[-nr_pages:]
-                    del self.tx_pages[-nr_pages:]
-                    return pages, self.generation
-                # Ask for an event at the next response, then look once more.
-                self.tx_waiting = True
-                if not self.tx.final_check_for_responses():
-                    self.txc.wait()
-                self.tx_waiting = False
+    def _wait_tx(self) -> bool:
+        """Under tx_lock, with too little free: collect responses, or wait
+        for the next one (asking for its event).  False if there is no
+        carrier (or we are closing) or the backend broke the ring."""
+        if self.closed or not self.link_up.is_set():
+            return False
+        consumed = self.tx.rsp_cons
+        try:
+            self._reap()
+        except (RingError, NetfrontProtocolError) as exc:
+            self.log.error("tx ring broken by the backend", error=str(exc))
+            self.link_up.clear()
+            return False
+        if self.tx.rsp_cons != consumed:
+            return True  # responses came: the caller looks again
+        # Ask for an event at the next response, then look once more.
+        self.tx_waiting = True
+        if not self.tx.final_check_for_responses():
+            self.txc.wait()
+        self.tx_waiting = False
+        return not self.closed and self.link_up.is_set()
 
-    def _release(self, pages: list[int], generation: int) -> None:
-        with self.txc:
-            if generation == self.generation:
-                self.tx_pages += pages
+    def _stage(self) -> int | None:
+        """Fill the staged pages up to READ_PAGES (waiting for free ones):
+        the connection's generation, or None without carrier."""
+        with self.tx_lock:
+            if self.staged_generation != self.generation:
+                self.staged = []  # the old connection's pages are gone
+                self.staged_generation = self.generation
+            need = READ_PAGES - len(self.staged)
+            while len(self.tx_pages) < need:
+                if not self._wait_tx():
+                    return None
+                if self.staged_generation != self.generation:
+                    return None
+            if need:
+                self.staged += self.tx_pages[-need:]
+                del self.tx_pages[-need:]
+            return self.generation
 
     def _send_one(self) -> bool:
         """Move the next frame from the TAP to the tx ring; False once the
         TAP has none (or we stop)."""
-        reserved = self._reserve(READ_PAGES)
-        if reserved is None:
+        generation = self._stage()
+        if generation is None:
             if self.closed:
                 return False
             try:  # no carrier: the frame is lost, as on an unplugged wire
-                os.read(self.tap.fileno(), MAX_FRAME)
+                os.read(self.tap_fd, MAX_FRAME)
             except BlockingIOError:
                 return False
             return True
-        pages, generation = reserved
-        views = [self.pages[p] for p in pages]
+        staged = self.staged
+        pages = self.pages
+        views = [pages[p] for p in staged]
         try:
-            n = self.tap.readv([self.hdr, *views] if self.offload else views)
+            n = os.readv(self.tap_fd, [self.hdr, *views] if self.offload else views)
         except BlockingIOError:
-            self._release(pages, generation)
             return False
-        except OSError:
-            self._release(pages, generation)
-            raise
         size = n - VNET_HDR_LEN if self.offload else n
         if not 0 < size <= XEN_NETIF_MAX_TX_SIZE:
-            self._release(pages, generation)
             if size > 0:
                 self.log.info("tx frame dropped", size=size, reason="too large")
             return True
         used = -(-size // PAGE_SIZE)
-        self._release(pages[used:], generation)
-        pages = pages[:used]
+        frame_pages = staged[:used]
+        del staged[:used]
         flags, gso = 0, None
         if self.offload:
             hdr = vnet.parse_vnet_hdr(self.hdr)
@@ -356,12 +368,29 @@ class NetfrontDevice:
                 # The rare paths: the frame in bytes, fixed up, sent again.
                 frame = b"".join(v[:min(PAGE_SIZE, size - i * PAGE_SIZE)]
                                  for i, v in enumerate(views[:used]))
-                self._release(pages, generation)
+                self._release(frame_pages, generation)
                 self._send_fixed(frame, hdr, decision)
                 return True
             flags, gso = decision.flags, decision.gso
-        self._post(pages, size, flags, gso, generation)
+        self._post(frame_pages, size, flags, gso, generation)
         return True
+
+    def _release(self, pages: list[int], generation: int) -> None:
+        with self.tx_lock:
+            if generation == self.generation:
+                self.tx_pages += pages
+
+    def _reserve(self, nr_pages: int) -> tuple[list[int], int] | None:
+        """Take `nr_pages` free tx pages (for the rare paths): (pages,
+        generation); None if there is no carrier (or we are closing)."""
+        with self.tx_lock:
+            generation = self.generation
+            while len(self.tx_pages) < nr_pages:
+                if not self._wait_tx() or generation != self.generation:
+                    return None
+            pages = self.tx_pages[-nr_pages:]
+            del self.tx_pages[-nr_pages:]
+            return pages, generation
 
     def _send_fixed(self, frame: bytes, hdr: vnet.VnetHdr, decision: vnet.TxOffload) -> None:
         if decision.drop:
@@ -391,13 +420,19 @@ class NetfrontDevice:
     def _post(self, pages: list[int], size: int, flags: int,
               gso: tuple[int, int] | None, generation: int) -> None:
         """Put a frame held in `pages` (from offset 0, page after page) on
-        the tx ring."""
+        the tx ring, once there are ids and ring slots for it: the GSO
+        extra takes a slot too."""
         refs = self.refs
         segments = [(refs[p], 0, PAGE_SIZE) for p in pages]
         segments[-1] = (segments[-1][0], 0, size - (len(pages) - 1) * PAGE_SIZE)
-        with self.txc:
-            if generation != self.generation:
-                return  # the rings were replaced while we read: the frame is lost
+        nslots = len(pages) + (gso is not None)
+        with self.tx_lock:
+            while generation == self.generation and (
+                    self.shadow.free < len(pages) or self.tx.free_requests() < nslots):
+                if not self._wait_tx():
+                    break
+            if generation != self.generation or not self.link_up.is_set():
+                return  # the rings were replaced, or no carrier: the frame is lost
             try:
                 packet = self.shadow.add(segments, flags=flags, gso=gso, buffers=pages)
             except ValueError as exc:
@@ -411,7 +446,7 @@ class NetfrontDevice:
 
     def _tx_done(self, _port: int = 0) -> None:
         # Only asked for when the sender waits for pages or slots.
-        with self.txc:
+        with self.tx_lock:
             if self.tx_waiting:
                 self.txc.notify_all()
 
@@ -481,7 +516,7 @@ class NetfrontDevice:
         if self.closed:
             return
         self.closed = True
-        with self.txc:
+        with self.tx_lock:
             self.txc.notify_all()
         try:
             switch_state(self.xs, self.path, S.Closing, end=FRONTEND)
