@@ -412,7 +412,11 @@ class Vif:
         if reason:
             self.trouble("rx frame dropped", reason=reason)
             return
-        if not self.backlog and self._place(frame):
+        try:
+            if not self.backlog and self._place(frame):
+                return
+        except RingError as exc:  # this frontend's ring, not the sender's
+            self._broken("rx", exc)
             return
         frame = frame.detached()
         self.backlog.append(frame)
