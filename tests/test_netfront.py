@@ -29,6 +29,7 @@ from frontends.netfront.tx import (
     tx_requests,
 )
 from hypervisor.public.io import netif
+from hypervisor.public.io.ring import BackRing
 from hypervisor.public.io.netif import (
     NETIF_RSP_DROPPED,
     NETIF_RSP_ERROR,
@@ -445,3 +446,65 @@ def test_shadow_complete_block_matches_complete() -> None:
     for bad in ((a.ids[0], NETIF_RSP_OKAY), (0, NETIF_RSP_NULL), (99, 0), (0, 7)):
         with pytest.raises(NetfrontProtocolError):
             shadow.complete_block(slots(bad))
+
+
+# -- the device's tx path: a GSO frame needs a ring slot for its extra ----------
+
+class BackendAnswersOnWait:
+    """Stands in for the device's tx Condition: when the sender waits, the
+    backend (netback's assembler) answers every request outstanding."""
+
+    def __init__(self, ring_buf: bytearray) -> None:
+        self.back = BackRing(ring_buf, 12, 4, entry_size=12)
+        self.assembler = TxAssembler()
+        self.waits = 0
+
+    def wait(self) -> None:
+        self.waits += 1
+        n = self.back.has_unconsumed_requests()
+        for result in self.assembler.feed_block(self.back.get_requests(n)):
+            self.back.put_responses(result.response_slots())
+        self.back.push_responses()
+
+    def notify_all(self) -> None:
+        pass
+
+
+def test_a_gso_frame_waits_for_a_ring_slot_for_its_extra_not_only_for_ids() -> None:
+    import threading
+
+    from frontends.netfront.device import NetfrontDevice
+    from hypervisor.public.io.ring import FrontRing, shared_ring_init
+
+    ring_buf = bytearray(4096)
+    shared_ring_init(ring_buf)
+    dev = object.__new__(NetfrontDevice)
+    dev.tx_lock = threading.Lock()
+    dev.tx = FrontRing(ring_buf, 12, 4, entry_size=12)
+    dev.shadow = TxShadow(dev.tx.size)
+    dev.refs = list(range(1000, 1600))
+    dev.tx_pages, dev.generation, dev.closed, dev.tx_waiting = [], 0, False, False
+    dev.link_up = threading.Event()
+    dev.link_up.set()
+    sent = []
+
+    class Kernel:
+        class events:
+            send = staticmethod(sent.append)
+
+    dev.kernel, dev.tx_port, dev.log = Kernel, 7, None
+    dev.staged = []
+    answers = dev.txc = BackendAnswersOnWait(ring_buf)
+    gso = (XEN_NETIF_GSO_TYPE_TCPV4, 1448)
+    # 15 GSO frames of 15 pages: 225 ids and 240 ring slots in flight.
+    for n in range(15):
+        dev._post(list(range(n * 15, n * 15 + 15)), 15 * 4096, 0, gso, 0)
+    assert answers.waits == 0 and dev.shadow.free == 31 and dev.tx.free_requests() == 16
+    dev._post([300], 100, 0, None, 0)                          # one more slot and id
+    assert answers.waits == 0 and dev.tx.free_requests() == 15 and dev.shadow.free == 30
+    # Ids for 15 pages are free, and 15 ring slots: not the 16th its GSO
+    # extra takes.  The sender waits for the backend rather than overflow.
+    dev._post(list(range(400, 415)), 15 * 4096, 0, gso, 0)
+    assert answers.waits == 1
+    assert dev.tx.free_requests() == 256 - 16 and dev.shadow.free == 256 - 15
+    assert sent  # the backend was kicked along the way
