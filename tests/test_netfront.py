@@ -508,3 +508,64 @@ def test_a_gso_frame_waits_for_a_ring_slot_for_its_extra_not_only_for_ids() -> N
     assert answers.waits == 1
     assert dev.tx.free_requests() == 256 - 16 and dev.shadow.free == 256 - 15
     assert sent  # the backend was kicked along the way
+
+
+def test_rx_buffers_of_a_frame_under_way_are_not_posted_again() -> None:
+    """netfront takes responses a few dozen slots at a time and posts those
+    buffers again; a frame cut by that limit keeps its pages until it is
+    written out, or the backend could fill them first."""
+    import threading
+
+    from frontends.netfront.device import RX_BATCH, NetfrontDevice
+    from hypervisor.public.io.ring import FrontRing, shared_ring_init
+
+    mem = bytearray(4096 * 257)
+    pages = [memoryview(mem)[i * 4096:(i + 1) * 4096] for i in range(257)]
+    shared_ring_init(pages[0])
+    dev = object.__new__(NetfrontDevice)
+    dev.rx_lock = threading.Lock()
+    dev.rx = FrontRing(pages[0], 8, 8, entry_size=8)
+    dev.pages, dev.rx_first, dev.offload = pages, 1, False
+    dev.rx_requests = b"".join(make_rx_request(i, 100 + i) for i in range(256)) * 2
+    dev.rx.put_requests(dev.rx_requests[:256 * 8])
+    dev.rx.push_requests()
+    dev.assembler = RxAssembler()
+    back = BackRing(pages[0], 8, 8, entry_size=8)
+    frames = [bytes([n]) * 14 + bytes((i * n) % 251 for i in range(15 * 4096 - 300))
+              for n in range(1, 6)]  # 15 slots each: the 64-slot batch ends inside the 5th
+    written = []
+
+    class Tap:
+        closed = False
+
+        def writev(self, chunks) -> None:
+            frame = b"".join(chunks)
+            # Where this frame began in the ring: none of its slots may have
+            # gone back to the backend yet.
+            first_slot = sum(-(-len(f) // 4096) for f in written)
+            assert back._header[0] - 256 <= first_slot
+            written.append(frame)
+
+    dev.tap = Tap()
+    sent = []
+
+    class Kernel:
+        class events:
+            send = staticmethod(sent.append)
+
+    dev.kernel, dev.rx_port, dev.log = Kernel, 9, None
+    for frame in frames:
+        requests = [back_rx.parse_rx_request(r) for r in
+                    struct_chunks(back.get_requests(-(-len(frame) // 4096)))]
+        plan = back_rx.plan_rx(frame, requests, back_rx.RxFeatures(sg=True, mtu=70000))
+        for _, gref, offset, data in plan.copies():
+            pages[gref - 100 + 1][offset:offset + len(data)] = data
+        back.put_responses(b"".join(plan.responses()))
+    back.push_responses()
+    dev._rx_ready()
+    assert written == frames and 4 * 15 < RX_BATCH < 5 * 15
+    assert back._header[0] == 256 + 5 * 15  # every buffer posted again in the end
+
+
+def struct_chunks(entries: bytes) -> list[bytes]:
+    return [entries[i:i + 8] for i in range(0, len(entries), 8)]

@@ -473,12 +473,17 @@ class NetfrontDevice:
                     for result in self.assembler.feed_block(entries, slots):
                         if type(result) is RxFrame:
                             self._to_tap(result)
-                    # Re-post the buffers those slots used, at the same ring
-                    # positions; the backend sees them only at the push,
-                    # after the frames are written out.
-                    rx.put_requests(self.rx_requests[start * RX_ENTRY:(start + n) * RX_ENTRY])
-                    if rx.push_requests_and_check_notify():
-                        self.kernel.events.send(self.rx_port)
+                    # Post again the buffers of the frames written out, at
+                    # the same ring positions (slot i always posts page i),
+                    # but not those of a frame still under way: the backend
+                    # could fill them before we read them.
+                    done = (rx.rsp_cons - self.assembler.partial_slots) & 0xFFFFFFFF
+                    count = (done - (rx.req_prod_pvt - rx.size)) & 0xFFFFFFFF
+                    if count:
+                        at = rx.req_prod_pvt & mask
+                        rx.put_requests(self.rx_requests[at * RX_ENTRY:(at + count) * RX_ENTRY])
+                        if rx.push_requests_and_check_notify():
+                            self.kernel.events.send(self.rx_port)
             except RingError as exc:
                 self.log.error("rx ring broken by the backend", error=str(exc))
 

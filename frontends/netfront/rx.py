@@ -197,6 +197,12 @@ class RxAssembler:
     def in_progress(self) -> bool:
         return self._state != _FIRST
 
+    @property
+    def partial_slots(self) -> int:
+        """Ring slots the frame under way has taken so far (its pages are
+        still to be read: not to be posted again yet)."""
+        return self._data_slots + self._extra_slots if self._state != _FIRST else 0
+
     def _refuse(self, reason: str) -> None:
         if self._problem is None:
             self._problem = reason
