@@ -153,14 +153,3 @@ def software_fallback(frame: bytes | bytearray | memoryview, offload: Offload,
     if filled is None:
         return "blank checksum that cannot be filled in"
     return [(filled, validated)]
-
-
-def netif_tx_flags(offload: Offload) -> int:
-    """The NETTXF_* flags for sending a frame with this offload on a tx
-    ring (an uplink toward pyxen looks like a frontend)."""
-    flags = 0
-    if offload.flags & NETRXF_csum_blank:
-        flags |= NETTXF_csum_blank
-    if offload.flags & NETRXF_data_validated:
-        flags |= NETTXF_data_validated
-    return flags
