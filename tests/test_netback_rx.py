@@ -15,8 +15,10 @@ from backends.netback.rx import (
     make_tx_response,
     parse_rx_request,
     plan_rx,
+    rx_response_slots,
+    rx_slot_lengths,
     rx_slots_needed,
-    tcp_gso,
+    scatter,
 )
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
@@ -108,21 +110,14 @@ def test_features_from_xenstore() -> None:
     f = RxFeatures.from_frontend({"feature-sg": "1", "feature-gso-tcpv4": "1",
                                   "mtu": "9000", "request-rx-copy": "1"})
     assert (f.sg, f.gso_tcpv4, f.gso_tcpv6, f.mtu) == (True, True, False, 9000)
+    assert (f.csum, f.ipv6_csum) == (True, False)  # netif.h's defaults
     assert RxFeatures.from_frontend({"mtu": "junk", "feature-sg": "yes"}) == RxFeatures()
-
-
-# -- GSO detection ------------------------------------------------------------
-
-def test_tcp_gso_detection() -> None:
-    assert tcp_gso(ipv4_tcp(1460), 1500) is None          # fits the MTU
-    assert tcp_gso(ipv4_tcp(1461), 1500) == (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
-    assert tcp_gso(ipv4_tcp(5000, options=12), 1500) == (XEN_NETIF_GSO_TYPE_TCPV4, 1448)
-    assert tcp_gso(ipv6_tcp(5000), 1500) == (XEN_NETIF_GSO_TYPE_TCPV6, 1440)
-    assert tcp_gso(ipv4_tcp(5000, vlan=5), 1500) == (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
-    assert tcp_gso(ipv4_tcp(5000, frag=0x2000), 1500) is None  # IP fragment
-    assert tcp_gso(udp_frame(5000), 1500) is None
-    assert tcp_gso(b"short", 1500) is None
-    assert tcp_gso(eth(0x0806, bytes(5000)), 1500) is None
+    f = RxFeatures.from_frontend({"feature-no-csum-offload": "1",
+                                  "feature-ipv6-csum-offload": "1", "feature-gso-tcpv6": "1"})
+    assert (f.csum, f.ipv6_csum, f.gso_tcpv6) == (False, True, True)
+    # GSO frames span pages: without feature-sg the receiver takes none.
+    assert not f.receiver.gso_tcpv6 and f.receiver.ipv6_csum and not f.receiver.csum
+    assert RxFeatures(sg=True, gso_tcpv4=True).receiver.takes_gso(XEN_NETIF_GSO_TYPE_TCPV4)
 
 
 # -- plans --------------------------------------------------------------------
@@ -159,15 +154,21 @@ def test_frames_over_the_mtu_are_dropped_unless_gso() -> None:
     assert isinstance(plan_rx(udp_frame(1500), requests(4), SG), RxPlan)
     assert isinstance(plan_rx(udp_frame(1501), requests(4), SG), RxDrop)
     assert isinstance(plan_rx(ipv4_tcp(5000), requests(4), SG), RxDrop)
+    # A GSO frame only with the sender's GSO extra, and only of a type the
+    # frontend takes.
+    assert isinstance(plan_rx(ipv4_tcp(5000), requests(4), GSO4), RxDrop)
+    four = (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
+    assert isinstance(plan_rx(ipv4_tcp(5000), requests(4), GSO4, gso=four), RxPlan)
     six = RxFeatures(sg=True, gso_tcpv6=True)
-    assert "GSO" in plan_rx(ipv4_tcp(5000), requests(4), six).reason
+    assert "GSO" in plan_rx(ipv4_tcp(5000), requests(4), six, gso=four).reason
     tagged = eth(0x0800, bytes([0x45]) + bytes(1499), vlan=3)   # 1518 bytes
     assert isinstance(plan_rx(tagged, requests(1), RxFeatures()), RxPlan)
 
 
 def test_gso_frame_gets_an_extra_slot_after_the_first() -> None:
     frame = ipv4_tcp(10000)
-    plan = plan_rx(frame, requests(6), GSO4, csum_flags=NETRXF_csum_blank | NETRXF_data_validated)
+    plan = plan_rx(frame, requests(6), GSO4, csum_flags=NETRXF_csum_blank | NETRXF_data_validated,
+                   gso=(XEN_NETIF_GSO_TYPE_TCPV4, 1460))
     assert plan.gso == (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
     assert plan.nr_requests == 4 == rx_slots_needed(len(frame), gso=True)
     first, ext, second, third = plan.slots
@@ -184,15 +185,17 @@ def test_gso_frame_gets_an_extra_slot_after_the_first() -> None:
 
 
 def test_gso_v6() -> None:
-    plan = plan_rx(ipv6_tcp(3000), requests(3), RxFeatures(sg=True, gso_tcpv6=True))
+    plan = plan_rx(ipv6_tcp(3000), requests(3), RxFeatures(sg=True, gso_tcpv6=True),
+                   gso=(XEN_NETIF_GSO_TYPE_TCPV6, 1440))
     assert plan.gso == (XEN_NETIF_GSO_TYPE_TCPV6, 1440) and plan.nr_requests == 2
 
 
 def test_not_enough_requests_means_wait() -> None:
     frame = ipv4_tcp(10000)
-    assert plan_rx(frame, requests(3), GSO4) is None
+    gso = (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
+    assert plan_rx(frame, requests(3), GSO4, gso=gso) is None
     assert plan_rx(udp_frame(100), [], RxFeatures()) is None
-    assert plan_rx(frame, [(1, 2), (3, 4), (5, 6), (7, 8)], GSO4).slots[2].gref == 6
+    assert plan_rx(frame, [(1, 2), (3, 4), (5, 6), (7, 8)], GSO4, gso=gso).slots[2].gref == 6
 
 
 def test_failed_copy_answers_error() -> None:
@@ -216,10 +219,44 @@ def test_drops() -> None:
        st.sampled_from([576, 1500, 9000]), st.integers(0, 8))
 def test_any_frame_plans_consistently(frame, sg, gso, mtu, posted) -> None:
     features = RxFeatures(sg=sg, gso_tcpv4=gso, gso_tcpv6=gso, mtu=mtu)
-    plan = plan_rx(frame, requests(posted), features)
+    plan = plan_rx(frame, requests(posted), features,
+                   gso=(XEN_NETIF_GSO_TYPE_TCPV4, 1000) if gso else None)
     if plan is None or isinstance(plan, RxDrop):
         return
     assert plan.nr_requests <= posted
     assert b"".join(d for _, _, _, d in plan.copies()) == frame
     assert all(s.offset + s.length <= 4096 for s in plan.slots)
     assert len(plan.responses()) == plan.nr_requests
+
+
+# -- the fast path's pieces -----------------------------------------------------
+
+def test_fast_path_pieces_match_the_plan() -> None:
+    for frame, features, gso, flags in [
+            (udp_frame(60), RxFeatures(), None, NETRXF_data_validated),
+            (udp_frame(9000), RxFeatures(sg=True, mtu=9000), None, 0),
+            (ipv4_tcp(60000), GSO4, (XEN_NETIF_GSO_TYPE_TCPV4, 1448),
+             NETRXF_csum_blank | NETRXF_data_validated)]:
+        posted = requests(20, 7)
+        plan = plan_rx(frame, posted, features, csum_flags=flags, gso=gso)
+        lengths = rx_slot_lengths(len(frame))
+        assert lengths == [s.length for s in plan.slots if not s.is_extra]
+        ids = [r.id for r in posted[:plan.nr_requests]]
+        assert rx_response_slots(ids, lengths, flags, gso) == b"".join(plan.responses())
+        pages = [memoryview(bytearray(4096)) for _ in lengths]
+        cut = [frame[:100], memoryview(frame)[100:5000], frame[5000:]]
+        scatter(cut, pages)
+        assert b"".join(bytes(p[:n]) for p, n in zip(pages, lengths)) == frame
+    assert rx_slot_lengths(4096) == [4096] and rx_slot_lengths(4097) == [4096, 1]
+    with pytest.raises(ValueError):
+        scatter([bytes(5000)], [memoryview(bytearray(4096))])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=5000), max_size=8))
+def test_scatter_lays_any_chunks_out_page_after_page(chunks) -> None:
+    data = b"".join(chunks)
+    lengths = rx_slot_lengths(len(data))
+    pages = [memoryview(bytearray(4096)) for _ in lengths]
+    scatter(chunks, pages)
+    assert b"".join(bytes(p[:n]) for p, n in zip(pages, lengths)) == data

@@ -266,6 +266,55 @@ def test_wrap_around_2_32() -> None:
     assert header(buf) == (3, 4, 3, 4)
 
 
+def pad(data: bytes, size: int = BLK_REQ) -> bytes:
+    return data + bytes(size - len(data))
+
+
+def test_batches_match_single_slot_calls_across_the_slot_wrap() -> None:
+    # After 29 slots, 3 before the end of the ring and of 2**32: a batch of
+    # 6 wraps both the slots and the indexes.
+    buf, front, back = new_ring(start=M32 - 32)
+    for _ in range(29):  # move to slot 29 the slow way
+        front.put_request(req_bytes(99))
+    front.push_requests()
+    for _ in range(29):
+        back.get_request()
+        back.put_response(rsp_bytes(99))
+    back.push_responses()
+    got = front.get_responses(29)
+    # Each response at the start of its slot, the request's tail after it.
+    assert got == b"".join(rsp_bytes(99) + req_bytes(99)[16:] for _ in range(29))
+    front.put_requests(b"".join(req_bytes(s) for s in range(6)))
+    assert front.free_requests() == 26
+    front.push_requests()
+    assert back.get_requests(6) == b"".join(req_bytes(s) for s in range(6))
+    back.put_responses(b"".join(pad(rsp_bytes(s)) for s in range(6)))
+    back.push_responses()
+    got = front.get_responses(6)
+    assert [got[i * 112:i * 112 + 16] for i in range(6)] == [rsp_bytes(s) for s in range(6)]
+    assert front.free_requests() == 32 and back.req_cons == front.req_prod_pvt
+
+
+def test_batches_refuse_what_single_calls_refuse() -> None:
+    buf, front, back = new_ring()
+    with pytest.raises(RingFull):
+        front.put_requests(bytes(33 * BLK_REQ))
+    with pytest.raises(ValueError):
+        front.put_requests(bytes(BLK_REQ + 1))
+    front.put_requests(bytes(2 * BLK_REQ))
+    front.push_requests()
+    with pytest.raises(RingError):
+        back.get_requests(3)
+    back.get_requests(1)
+    with pytest.raises(RingError):
+        back.put_responses(bytes(2 * BLK_REQ))  # only one request consumed
+    back.put_responses(bytes(BLK_REQ))
+    back.push_responses()
+    with pytest.raises(RingError):
+        front.get_responses(2)
+    assert front.get_responses(0) == b"" and back.get_requests(0) == b""
+
+
 def test_notify_across_the_wrap() -> None:
     # Old producer 2**32 - 1, new 1, event at 0: 0 is in (old, new].
     buf, front, back = new_ring(start=M32 - 1)

@@ -393,3 +393,36 @@ def test_restart_backoff(tmp_path):
     path = tmp_path / "t.toml"
     path.write_text(HEAD + "[domain.g]\nrestart_backoff = [0, 0]\n")
     assert load_topology(path).domain("g").restart_backoff == (0.0, 0.0)
+
+
+# --- uplinks -------------------------------------------------------------------
+
+
+def test_driver_domain_uplink(tmp_path):
+    t = load_topology(write(tmp_path, HEAD + """
+        [domain.net-dd]
+        driver_domain = true
+        uplink = ["bridge=xenbr0, tap=pyxtap0, ip=10.0.0.254/24"]
+        [domain.g]
+        vif = ["backend=net-dd, ip=10.0.0.1"]
+    """))
+    [uplink] = t.domain("net-dd").uplinks
+    assert (uplink.bridge, uplink.tap, uplink.ip) == ("xenbr0", "pyxtap0", ("10.0.0.254/24",))
+    assert t.domain("g").uplinks == ()
+    d = t.domain("net-dd")
+    assert DomainConfig.from_dict(msgpack.unpackb(msgpack.packb(d.to_dict()))) == d
+
+
+def test_uplink_errors(tmp_path):
+    err = error_of(tmp_path, HEAD + '[domain.g]\nuplink = ["tap=pyxtap0"]\n')
+    check(err, 8, "domain.g.uplink", "driver_domain = true")
+    err = error_of(tmp_path, HEAD + '[domain.d]\ndriver_domain = true\nuplink = ["tap=x/y"]\n')
+    check(err, 9, "domain.d.uplink", "uplink[0]", "x/y")
+    err = error_of(tmp_path, HEAD + '[domain.d]\ndriver_domain = true\n'
+                   'uplink = ["tap=t0", "bridge=xenbr1, tap=t0"]\n')
+    check(err, 9, "domain.d.uplink", "two uplinks", "t0")
+    err = error_of(tmp_path, HEAD + '[domain.d]\ndriver_domain = true\nuplink = ["tap=t0"]\n'
+                   '[domain.e]\ndriver_domain = true\nuplink = ["tap=t0"]\n')
+    check(err, 12, "domain.e.uplink", "[domain.d]")
+    err = error_of(tmp_path, HEAD.replace("memory = 512", 'memory = 512\nuplink = ["tap=t0"]'))
+    check(err, 7, "dom0.uplink", "not allowed in [dom0]")

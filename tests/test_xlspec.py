@@ -6,6 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domains.dom0.xlspec import (
+    UplinkSpec,
+    parse_uplink,
     DiskSpec,
     SpecError,
     VifSpec,
@@ -290,3 +292,49 @@ def test_from_dict_validates():
         DiskSpec.from_dict({**d, "vdev": 51712})
     with pytest.raises(SpecError):
         VifSpec.from_dict({**VifSpec().to_dict(), "mtu": True})
+
+
+# --- uplinks (pyxen's) ---------------------------------------------------------
+
+
+def test_uplink_spec_and_its_command_line_form():
+    from backends.netback.uplink import UplinkConfig, parse_uplink_arg
+
+    u = parse_uplink("bridge=xenbr1, tap=pyxtap1, ip=10.0.1.254/24 fd00::fe/64, mtu=9000,"
+                     " mac=02:00:00:00:00:FE")
+    assert u == UplinkSpec("pyxtap1", "xenbr1", ("10.0.1.254/24", "fd00::fe/64"), 9000,
+                           "02:00:00:00:00:fe")
+    assert parse_uplink("tap=t0") == UplinkSpec("t0")
+    assert UplinkSpec.from_dict(msgpack.unpackb(msgpack.packb(u.to_dict()))) == u
+    # The driver domain reads what the toolstack put on its command line.
+    arg = ";".join(x.to_arg() for x in (u, parse_uplink("tap=t0")))
+    assert " " not in arg
+    assert parse_uplink_arg(arg) == [
+        UplinkConfig("xenbr1", "pyxtap1", ("10.0.1.254/24", "fd00::fe/64"), 9000,
+                     "02:00:00:00:00:fe"),
+        UplinkConfig("xenbr0", "t0")]
+    assert parse_uplink_arg("") == []
+    for bad in ("xenbr0,t0", ",t0,,,", "b,t,,big,"):
+        with pytest.raises(ValueError):
+            parse_uplink_arg(bad)
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("bridge=xenbr0", ["missing tap="]),
+        ("tap=pyxtap0, colour=blue", ["colour=blue", "unknown uplink parameter"]),
+        ("tap=a/b", ["a/b"]),
+        ("tap=averyveryverylongname", ["averyveryverylongname"]),
+        ("tap=t, ip=10.0.0.300/24", ["10.0.0.300"]),
+        ("tap=t, mtu=10", ["mtu", "10"]),
+        ("tap=t, mac=01:00:00:00:00:01", ["multicast"]),
+        ("tap=t, tap=u", ["more than once"]),
+        ("tap", ["key=value"]),
+    ],
+)
+def test_uplink_errors_name_the_token(spec, words):
+    with pytest.raises(SpecError) as e:
+        parse_uplink(spec)
+    for w in words:
+        assert w in str(e.value)

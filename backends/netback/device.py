@@ -6,22 +6,38 @@ plug it into its bridge, Connected. All rings of a driver domain are
 serviced by one switch thread, so a frame moves from one vif's tx ring to
 another's rx ring without locks, in the order it was sent.
 
+The data path, per frame: the tx requests are copied off the ring in one
+batch and assembled (tx.py); the first bytes of the frame (up to
+netpkt.MAX_HEADER) are copied privately and everything netback decides
+(the bridge's forwarding, the offload checks of offload.py) looks only at
+that copy, since the frontend may rewrite its pages meanwhile; the frame
+then goes straight from the sender's granted tx pages into the
+receiver's granted rx pages (one slice copy per page), the private header
+first.  Only a frame that has to wait for rx buffers, or that the
+receiver cannot take as it is (GSO toward a frontend without it: cut into
+segments; a blank checksum toward one with feature-no-csum-offload:
+filled in), is copied into bytes of netback's own.  Responses go onto
+the rings in batches, and each ring is pushed (and its frontend notified,
+when ring.h's event index asks) once per batch.
+
 Grants: the frontend reuses the same tx and rx pages, so each gref is mapped
 once (tx read-only, rx writable) and kept until the vif disconnects.
 """
 
 from __future__ import annotations
 
-import queue
 import struct
 import threading
+import time
 from collections import deque
-from itertools import islice
 from typing import Any
 
 from backends.netback.bridge import Bridge
-from backends.netback.rx import RxDrop, RxFeatures, RxRequest, plan_rx, rx_slots_needed
+from backends.netback.offload import Offload, needs_fallback, software_fallback, tx_offload
+from backends.netback.rx import (RxFeatures, max_frame, rx_response_slots,
+                                 rx_slot_lengths, scatter)
 from backends.netback.tx import TxAssembler, TxError, TxPacket
+from domains.kernel import netpkt
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.xenbus.backend import backend_switch
 from domains.kernel.xenbus.client import XsError
@@ -35,36 +51,106 @@ from domains.kernel.xenbus.state import (
 )
 from hypervisor.public.errno import XenError
 from hypervisor.public.io import netif
-from hypervisor.public.io.netif import NETIF_RSP_ERROR, XEN_NETIF_MAX_TX_SIZE
+from hypervisor.public.io.netif import (
+    NETIF_RSP_ERROR,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_MAX_TX_SIZE,
+)
 from hypervisor.public.io.ring import BackRing, RingError
 from hypervisor.public.io.xenbus import XenbusState
+from hypervisor.public.xen import PAGE_SIZE
 
 S = XenbusState
 TX_ENTRY = netif.NETIF_TX_SRING_ENTRY_SIZE
 RX_ENTRY = netif.NETIF_RX_SRING_ENTRY_SIZE
-RX_BACKLOG = 512  # frames waiting for rx buffers before we drop (as a full NIC queue)
-RX_BATCH = 64  # tx packets forwarded before the frames are put on the rx rings
+#: Frames (and bytes) waiting for a frontend's rx buffers before the
+#: oldest is dropped, as from a full NIC queue.
+RX_BACKLOG = 512
+RX_BACKLOG_BYTES = 8 << 20
+#: tx slots taken off a ring before the frames are pushed to their rx
+#: rings (and the tx responses to the sender): bounds latency and backlog.
+TX_BATCH = 128
 RX_ID = struct.Struct("<HxxI")
+#: The GSO types and checksum offloads this netback takes from frontends.
+GSO_TYPES = frozenset({XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6})
+#: At most one log line per kind of trouble per vif in this many seconds:
+#: a misbehaving frontend must not flood the driver domain's log.
+LOG_INTERVAL = 5.0
 
 
-class Switch(threading.Thread):
-    """The driver domain's bridges and the one thread that moves frames."""
+class Frame:
+    """A frame crossing the switch: `head`, a private copy of its first
+    bytes (all the bridge and the checks looked at), then `rest`, buffers
+    that may be views of the sender's pages (valid only during the
+    forward: a receiver that keeps the frame copies it), its `size` and
+    its offload state."""
+
+    __slots__ = ("head", "rest", "size", "offload")
+
+    def __init__(self, head: bytes, rest: list, size: int,
+                 offload: Offload = Offload()) -> None:
+        self.head, self.rest, self.size, self.offload = head, rest, size, offload
+
+    @classmethod
+    def of(cls, data: bytes, offload: Offload = Offload()) -> Frame:
+        """A frame that owns its bytes."""
+        return cls(data, [], len(data), offload)
+
+    def chunks(self) -> list:
+        return [self.head, *self.rest] if self.rest else [self.head]
+
+    def materialize(self) -> bytes:
+        return self.head if not self.rest else b"".join(self.chunks())
+
+    def detached(self) -> Frame:
+        """The same frame in bytes of its own."""
+        return self if not self.rest else Frame.of(self.materialize(), self.offload)
+
+
+def split_head(views: list[memoryview], size: int) -> tuple[bytes, list[memoryview]]:
+    """The first min(size, MAX_HEADER) bytes of the data in `views`, copied,
+    and views of the rest."""
+    want = min(size, netpkt.MAX_HEADER)
+    first = views[0]
+    if len(first) >= want:
+        rest = views[1:]
+        if len(first) > want:
+            rest.insert(0, first[want:])
+        return bytes(first[:want]), rest
+    parts, taken, rest = [], 0, []
+    for view in views:
+        if taken < want:
+            piece = view[:want - taken]
+            parts.append(bytes(piece))
+            taken += len(piece)
+            if len(view) > len(piece):
+                rest.append(view[len(piece):])
+        else:
+            rest.append(view)
+    return b"".join(parts), rest
+
+
+class Switch:
+    """The driver domain's bridges, and the lock under which frames move.
+
+    There is no thread of its own: whoever has work for the switch (the
+    upcall thread with a vif's event, as an interrupt handler would, or a
+    XenStore watch connecting a vif) does it under the lock, which keeps
+    every ring serviced by one thread at a time and frames in order.
+    Running the rings on the upcall thread spares a thread hand-off per
+    event."""
 
     def __init__(self, log) -> None:
-        super().__init__(name="netback-switch", daemon=True)
         self.log = log
-        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
         self.bridges: dict[str, Bridge] = {}
-        self.ports: dict[tuple[str, int], "Vif"] = {}
-        self.dirty: dict["Vif", None] = {}  # vifs with frames queued by forward()
-        self.start()
+        self.ports: dict[tuple[str, int], Any] = {}
+        self.dirty: dict[Any, None] = {}  # ports with frames to push
 
     def call(self, fn) -> None:
-        self.work.put(fn)
-
-    def run(self) -> None:
-        while True:
-            fn = self.work.get()
+        """Run `fn` on the switch, then push what it delivered."""
+        with self.lock:
             try:
                 fn()
                 if self.dirty:
@@ -72,34 +158,55 @@ class Switch(threading.Thread):
             except Exception as exc:  # one vif's trouble must not stop the switch
                 self.log.error("switch work failed", error=repr(exc))
 
-    def plug(self, vif: "Vif") -> None:
-        bridge = self.bridges.setdefault(vif.bridge_name, Bridge(vif.bridge_name))
-        bridge.add_port(vif.port_id)
-        self.ports[(vif.bridge_name, vif.port_id)] = vif
+    def plug(self, port) -> None:
+        bridge = self.bridges.setdefault(port.bridge_name, Bridge(port.bridge_name))
+        bridge.add_port(port.port_id)
+        self.ports[(port.bridge_name, port.port_id)] = port
 
-    def unplug(self, vif: "Vif") -> None:
-        bridge = self.bridges.get(vif.bridge_name)
-        if bridge is not None and self.ports.pop((vif.bridge_name, vif.port_id), None):
-            bridge.remove_port(vif.port_id)
+    def unplug(self, port) -> None:
+        bridge = self.bridges.get(port.bridge_name)
+        if bridge is not None and self.ports.pop((port.bridge_name, port.port_id), None):
+            bridge.remove_port(port.port_id)
+        self.dirty.pop(port, None)
 
-    def forward(self, source: "Vif", frame: bytes) -> None:
-        """Queue `frame` on the vifs the bridge sends it out of; flush() puts
-        it on their rx rings."""
+    def forward(self, source, frame: Frame) -> None:
+        """Hand `frame` to every port the bridge sends it out of; they copy
+        it (into their rings or a backlog) before this returns, and
+        flush() pushes it."""
         bridge = self.bridges.get(source.bridge_name)
         if bridge is None:
             return
-        for port in bridge.forward(source.port_id, frame):
+        for port in bridge.forward(source.port_id, frame.head):
             target = self.ports.get((source.bridge_name, port))
             if target is not None:
                 target.deliver(frame)
 
     def flush(self) -> None:
-        """Put the frames forward() queued on their vifs' rx rings: one pass
-        over each rx ring (one push, at most one notification) per batch of
-        frames instead of one per frame."""
+        """Push what deliver() put on the ports' rings: one push (and at most
+        one notification) per batch of frames instead of one per frame."""
         dirty, self.dirty = self.dirty, {}
-        for vif in dirty:
-            vif.process_rx()
+        for port in dirty:
+            port.push()
+
+
+class RateLimitedLog:
+    """One line per kind of trouble per LOG_INTERVAL, with a count of the
+    ones not logged."""
+
+    def __init__(self, log) -> None:
+        self.log = log
+        self.last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, event: str, **kw) -> None:
+        now = time.monotonic()
+        when, skipped = self.last.get(event, (0.0, 0))
+        if now - when < LOG_INTERVAL:
+            self.last[event] = (when, skipped + 1)
+            return
+        self.last[event] = (now, 0)
+        if skipped:
+            kw["not_logged_since"] = skipped
+        self.log.info(event, **kw)
 
 
 class Vif:
@@ -108,6 +215,7 @@ class Vif:
         self.xs = kernel.xenstore
         self.switch = switch
         self.log = kernel.log.bind(device=f"vif{fe}.{devid}")
+        self.trouble = RateLimitedLog(self.log)
         self.path, self.fe, self.devid = path, fe, devid
         self.port_id = fe * 1000 + devid
         self.connected = False
@@ -116,8 +224,10 @@ class Vif:
         self.rings: list[tuple[BackRing, list[Mapping], memoryview]] = []
         self.tx_grants: dict[int, Mapping] = {}
         self.rx_grants: dict[int, Mapping] = {}
-        self.posted: deque[RxRequest] = deque()
-        self.backlog: deque[bytes] = deque()
+        self.posted: deque[tuple[int, int]] = deque()  # (id, gref) of rx requests
+        self.rx_out = bytearray()  # rx responses not on the ring yet
+        self.backlog: deque[Frame] = deque()
+        self.backlog_bytes = 0
         self.assembler = TxAssembler()
 
     def start(self) -> None:
@@ -125,7 +235,8 @@ class Vif:
         self.bridge_name = self.xs.read(f"{self.path}/bridge").decode()
         self.mtu = read_feature(self.xs, self.path, "mtu", 1500)
         self.xs.transaction(lambda tx: write_features(self.xs, self.path, {
-            "feature-sg": 1, "feature-gso-tcpv4": 1, "feature-gso-tcpv6": 0,
+            "feature-sg": 1, "feature-gso-tcpv4": 1, "feature-gso-tcpv6": 1,
+            "feature-ipv6-csum-offload": 1,
             "feature-rx-copy": 1, "feature-rx-flip": 0,
             "feature-split-event-channels": 1, "multi-queue-max-queues": 1,
         }, tx))
@@ -156,9 +267,15 @@ class Vif:
         xs, fe = self.xs, self.frontend
         if read_feature(xs, fe, "request-rx-copy") != 1:
             raise ValueError("frontend does not request rx-copy (rx-flip is gone)")
-        self.features = RxFeatures(sg=read_feature(xs, fe, "feature-sg") == 1,
-                                   gso_tcpv4=read_feature(xs, fe, "feature-gso-tcpv4") == 1,
-                                   mtu=self.mtu)
+
+        def flag(name: str, default: int = 0) -> bool:
+            return read_feature(xs, fe, name, default) == 1
+
+        self.features = RxFeatures(sg=flag("feature-sg"), gso_tcpv4=flag("feature-gso-tcpv4"),
+                                   gso_tcpv6=flag("feature-gso-tcpv6"), mtu=self.mtu,
+                                   csum=not flag("feature-no-csum-offload"),
+                                   ipv6_csum=flag("feature-ipv6-csum-offload"))
+        self.receiver = self.features.receiver
         gnttab = self.kernel.gnttab
         for name, size in (("tx-ring-ref", TX_ENTRY), ("rx-ring-ref", RX_ENTRY)):
             mappings = gnttab.map_grant_refs(self.fe, [int(xs.read(f"{fe}/{name}"))])
@@ -176,7 +293,9 @@ class Vif:
         self.connected = True
         self.switch.call(lambda: self.switch.plug(self))
         self._switch(S.Connected)
-        self.log.info("connected", bridge=self.bridge_name, sg=self.features.sg,
+        f = self.features
+        self.log.info("connected", bridge=self.bridge_name, sg=f.sg,
+                      gso_tcpv4=f.gso_tcpv4, gso_tcpv6=f.gso_tcpv6, csum=f.csum,
                       split_channels=len(self.ports) == 2)
         self._kick_both()
 
@@ -188,6 +307,8 @@ class Vif:
     def rx_ring(self) -> BackRing:
         return self.rings[1][0]
 
+    # Kicks arrive on the upcall thread, which services the ring itself.
+
     def _kick_tx(self, _port: int = 0) -> None:
         self.switch.call(self.process_tx)
 
@@ -195,8 +316,8 @@ class Vif:
         self.switch.call(self.process_rx)
 
     def _kick_both(self, _port: int = 0) -> None:
-        self._kick_tx()
-        self._kick_rx()
+        self.switch.call(self.process_tx)
+        self.switch.call(self.process_rx)
 
     def _notify(self, rx: bool) -> None:
         port = self.ports[-1] if rx else self.ports[0]
@@ -206,101 +327,192 @@ class Vif:
             pass
 
     def _map(self, cache: dict[int, Mapping], grefs: list[int], readonly: bool) -> None:
+        for gref in grefs:  # the common case: every page mapped already
+            if gref not in cache:
+                break
+        else:
+            return
         missing = sorted({g for g in grefs if g not in cache})
         if missing:
             for m in self.kernel.gnttab.map_grant_refs(self.fe, missing, readonly):
                 cache[m.ref] = m
 
-    # -- on the switch thread ---------------------------------------------------
+    def _broken(self, what: str, exc: Exception) -> None:
+        self.log.error(f"{what} ring corrupt, closing", error=str(exc))
+        self.disconnect()
+        # Not on this thread: it may be the upcall thread, which must stay
+        # free to deliver the XenStore reply the write waits for.
+        threading.Thread(target=self._switch, args=(S.Closing,), daemon=True).start()
+
+    # -- tx: the frontend's frames, on the switch thread --------------------------
 
     def process_tx(self) -> None:
         if not self.connected:
             return
         ring = self.tx_ring
-        sent = 0
         try:
             while True:
-                while ring.has_unconsumed_requests():
-                    result = self.assembler.feed(ring.get_request())
-                    if isinstance(result, TxPacket):
-                        self._send_packet(result)
-                        sent += 1
-                        if sent % RX_BATCH == 0:
-                            self.switch.flush()  # bound the rx backlogs and latency
-                    elif isinstance(result, TxError):
-                        self.log.info("bad tx request", reason=result.reason)
-                        for raw in result.response_bytes():
-                            ring.put_response(raw)
-                if ring.push_responses_and_check_notify():
-                    self._notify(rx=False)
+                while (n := ring.has_unconsumed_requests()):
+                    entries = ring.get_requests(min(n, TX_BATCH))
+                    responses = []
+                    for result in self.assembler.feed_block(entries):
+                        if type(result) is TxPacket:
+                            responses.append(self._send_packet(result))
+                        else:
+                            assert isinstance(result, TxError)
+                            self.trouble("bad tx request", reason=result.reason)
+                            responses.append(result.response_slots())
+                    ring.put_responses(b"".join(responses))
+                    if ring.push_responses_and_check_notify():
+                        self._notify(rx=False)
+                    self.switch.flush()  # the frames out to their receivers
+                    if not self.connected:
+                        return  # a receiver's trouble can disconnect us
                 if not ring.final_check_for_requests():
                     return
         except RingError as exc:
-            self.log.error("tx ring corrupt, closing", error=str(exc))
-            self.disconnect()
-            self._switch(S.Closing)
+            self._broken("tx", exc)
 
-    def _send_packet(self, packet: TxPacket) -> None:
-        segments = packet.segments()
+    def _send_packet(self, packet: TxPacket) -> bytes:
+        """Forward one packet; its responses, as ring slots."""
+        if packet.mcast is not None:
+            return packet.response_slots()  # a filter update: every frame passes
+        segments = [s for s in packet.segments() if s[2]]
+        grants = self.tx_grants
         try:
-            self._map(self.tx_grants, [g for g, _, n in segments if n], readonly=True)
+            self._map(grants, [g for g, _, _ in segments], readonly=True)
         except GrantStatusError as exc:
-            self.log.info("bad tx grant", error=str(exc))
-            for raw in packet.response_bytes(NETIF_RSP_ERROR):
-                self.tx_ring.put_response(raw)
-            return
-        frame = b"".join(bytes(self.tx_grants[g].page[off:off + n])
-                         for g, off, n in segments if n)
-        for raw in packet.response_bytes():
-            self.tx_ring.put_response(raw)
-        self.switch.forward(self, frame)
+            self.trouble("bad tx grant", error=str(exc))
+            return packet.response_slots(NETIF_RSP_ERROR)
+        views = [grants[g].page[off:off + n] for g, off, n in segments]
+        head, rest = split_head(views, packet.size)
+        gso = packet.gso
+        offload = tx_offload(head, packet.size, packet.flags,
+                             None if gso is None else (gso.gso_type, gso.gso_size),
+                             gso_types=GSO_TYPES, ipv6_csum=True)
+        if type(offload) is str:
+            self.trouble("bad tx offload", reason=offload)
+            return packet.response_slots(NETIF_RSP_ERROR)
+        self.switch.forward(self, Frame(head, rest, packet.size, offload))
+        return packet.response_slots()
 
-    def deliver(self, frame: bytes) -> None:
-        """Queue a frame for the rx ring; the switch's flush() puts it there."""
+    # -- rx: frames for the frontend, on the switch thread ------------------------
+
+    def deliver(self, frame: Frame) -> None:
+        """Put a frame on the rx ring (push() publishes it), or in the
+        backlog until the frontend posts buffers; made fit for the
+        frontend first if it cannot take its offload."""
         if not self.connected:
             return
-        if len(self.backlog) >= RX_BACKLOG:
-            self.backlog.popleft()  # the oldest frame is lost, as on a full queue
+        if needs_fallback(frame.offload, self.receiver):
+            result = software_fallback(frame.materialize(), frame.offload, self.receiver)
+            if isinstance(result, str):
+                self.trouble("rx frame dropped", reason=result)
+                return
+            for data, offload in result:
+                self.deliver(Frame.of(data, offload))
+            return
+        reason = self._unfit(frame)
+        if reason:
+            self.trouble("rx frame dropped", reason=reason)
+            return
+        try:
+            if not self.backlog and self._place(frame):
+                return
+        except RingError as exc:  # this frontend's ring, not the sender's
+            self._broken("rx", exc)
+            return
+        frame = frame.detached()
         self.backlog.append(frame)
+        self.backlog_bytes += frame.size
+        while len(self.backlog) > RX_BACKLOG or self.backlog_bytes > RX_BACKLOG_BYTES:
+            # The oldest frame is lost, as from a full queue.
+            self.backlog_bytes -= self.backlog.popleft().size
         self.switch.dirty[self] = None
 
+    def _unfit(self, frame: Frame) -> str:
+        size, f = frame.size, self.features
+        if size < netpkt.ETH_HLEN:
+            return f"runt frame of {size} bytes"
+        if size > XEN_NETIF_MAX_TX_SIZE:
+            return f"frame of {size} bytes"
+        if frame.offload.gso is None and size > max_frame(frame.head, f.mtu):
+            return f"frame of {size} bytes exceeds MTU {f.mtu}"
+        if size > PAGE_SIZE and not f.sg:
+            return f"frame of {size} bytes needs feature-sg"
+        return ""
+
+    def _pull_requests(self) -> None:
+        ring = self.rx_ring
+        n = ring.has_unconsumed_requests()
+        if n:
+            self.posted.extend(RX_ID.iter_unpack(ring.get_requests(n)))
+
+    def _place(self, frame: Frame) -> bool:
+        """Copy a frame into posted rx buffers and queue its responses;
+        False (nothing done) if too few buffers are posted."""
+        lengths = rx_slot_lengths(frame.size, PAGE_SIZE)
+        gso = frame.offload.gso
+        need = len(lengths) + (gso is not None)
+        posted = self.posted
+        if len(posted) < need:
+            self._pull_requests()
+            if len(posted) < need:
+                return False
+        taken = [posted.popleft() for _ in range(need)]
+        ids = [id for id, _ in taken]
+        data = taken if gso is None else [taken[0], *taken[2:]]
+        grefs = [gref for _, gref in data]
+        grants = self.rx_grants
+        try:
+            self._map(grants, grefs, readonly=False)
+        except GrantStatusError as exc:
+            self.trouble("bad rx grant", error=str(exc))
+            lengths = [NETIF_RSP_ERROR] * len(lengths)
+        else:
+            scatter(frame.chunks(), [grants[g].page for g in grefs], PAGE_SIZE)
+        self.rx_out += rx_response_slots(ids, lengths, frame.offload.flags, gso)
+        self.switch.dirty[self] = None
+        return True
+
     def process_rx(self) -> None:
+        """The frontend posted buffers: place what waits for them."""
+        if not self.connected:
+            return
+        try:
+            self._drain()
+        except RingError as exc:
+            self._broken("rx", exc)
+            return
+        self.push()
+
+    def _drain(self) -> None:
+        backlog = self.backlog
+        while backlog:
+            while backlog and self._place(backlog[0]):
+                self.backlog_bytes -= backlog.popleft().size
+            if not backlog:
+                return
+            # Out of buffers: have the frontend kick us when it posts more
+            # (feature-rx-notify), and look once more after asking.
+            if not self.rx_ring.final_check_for_requests():
+                return
+
+    def push(self) -> None:
+        """Publish the queued rx responses, notifying if the frontend asked."""
         if not self.connected:
             return
         ring = self.rx_ring
         try:
-            while ring.has_unconsumed_requests():
-                self.posted.append(RxRequest(*RX_ID.unpack(ring.get_request()[:8])))
+            if self.backlog:
+                self._drain()
+            if self.rx_out:
+                ring.put_responses(self.rx_out)
+                self.rx_out = bytearray()
+                if ring.push_responses_and_check_notify():
+                    self._notify(rx=True)
         except RingError as exc:
-            self.log.error("rx ring corrupt, closing", error=str(exc))
-            self.disconnect()
-            self._switch(S.Closing)
-            return
-        pushed = False
-        # plan_rx looks at no more requests than the largest frame takes.
-        most = rx_slots_needed(XEN_NETIF_MAX_TX_SIZE, self.features.page_size, gso=True)
-        while self.backlog:
-            plan = plan_rx(self.backlog[0], list(islice(self.posted, most)), self.features)
-            if plan is None:
-                break  # wait for the frontend to post buffers
-            self.backlog.popleft()
-            if isinstance(plan, RxDrop):
-                continue
-            for _ in plan.slots:
-                self.posted.popleft()
-            failed = set()
-            try:
-                self._map(self.rx_grants, [g for _, g, _, _ in plan.copies()], readonly=False)
-            except GrantStatusError:
-                failed = {i for i, _, _, _ in plan.copies()}
-            for index, gref, offset, data in plan.copies():
-                if index not in failed:
-                    self.rx_grants[gref].page[offset:offset + len(data)] = data
-            for raw in plan.responses(failed):
-                ring.put_response(raw)
-            pushed = True
-        if pushed and ring.push_responses_and_check_notify():
-            self._notify(rx=True)
+            self._broken("rx", exc)
 
     def disconnect(self) -> None:
         if not self.connected:
@@ -329,7 +541,9 @@ class Vif:
         self.rings, self.ports = [], []
         self.tx_grants, self.rx_grants = {}, {}
         self.posted.clear()
+        self.rx_out = bytearray()
         self.backlog.clear()
+        self.backlog_bytes = 0
         self.assembler = TxAssembler()
         self.log.info("disconnected")
 
@@ -339,11 +553,4 @@ class Vif:
                 self.watch.cancel()
             except XsError:
                 pass
-        done = threading.Event()
-
-        def run() -> None:
-            self.disconnect()
-            done.set()
-
-        self.switch.call(run)
-        done.wait(10)
+        self.switch.call(self.disconnect)

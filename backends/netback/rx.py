@@ -19,16 +19,23 @@ a data slot's status is its length.
 Frames are dropped (:class:`RxDrop`, no request consumed) when they are
 runts (< ETH_HLEN), larger than XEN_NETIF_MAX_TX_SIZE, larger than one
 page without feature-sg, or larger than the MTU (plus Ethernet and VLAN
-headers) unless they are a TCP segment over IPv4 / IPv6 and the frontend
-accepts GSO of that kind (feature-gso-tcpv4 / -tcpv6).  A plan that needs
-more requests than are posted is None: wait for the frontend to post
-more (it kicks if feature-rx-notify).
+headers) unless they are GSO frames (the caller says so: the GSO extra
+the sender gave, see offload.py) of a kind the frontend accepts
+(feature-gso-tcpv4 / -tcpv6; the caller segments a GSO frame for a
+frontend that takes none).  A plan that needs more requests than are
+posted is None: wait for the frontend to post more (it kicks if
+feature-rx-notify).
+
+The switch's fast path does the same without building a plan:
+:func:`rx_slot_lengths` and :func:`rx_response_slots` are the pieces
+plan_rx is made of.
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Collection, Mapping, Sequence
+import struct
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hypervisor.public import xen
@@ -46,12 +53,11 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_MAX_TX_SIZE,
 )
 
+from .offload import Receiver
+
 ETH_HLEN = 14
 VLAN_HLEN = 4
-ETH_P_IP = 0x0800
-ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
-IPPROTO_TCP = 6
 
 #: Bytes of an rx ring entry (request or response): 8.
 RX_ENTRY_SIZE = netif.NETIF_RX_SRING_ENTRY_SIZE
@@ -124,13 +130,23 @@ def parse_rx_request(raw: bytes | bytearray | memoryview) -> RxRequest:
 @dataclass(frozen=True)
 class RxFeatures:
     """What the frontend takes (its XenStore nodes feature-sg,
-    feature-gso-tcpv4, feature-gso-tcpv6, and the vif's mtu)."""
+    feature-gso-tcpv4, feature-gso-tcpv6, feature-no-csum-offload (`csum`
+    is its negation), feature-ipv6-csum-offload, and the vif's mtu)."""
 
     sg: bool = False
     gso_tcpv4: bool = False
     gso_tcpv6: bool = False
     mtu: int = 1500
     page_size: int = xen.PAGE_SIZE
+    csum: bool = True
+    ipv6_csum: bool = False
+
+    @property
+    def receiver(self) -> Receiver:
+        """The offloads it takes, as offload.py's software fallback sees
+        them (GSO needs feature-sg: a GSO frame takes several pages)."""
+        return Receiver(self.csum, self.ipv6_csum, self.gso_tcpv4 and self.sg,
+                        self.gso_tcpv6 and self.sg)
 
     @classmethod
     def from_frontend(cls, nodes: Mapping[str, str]) -> RxFeatures:
@@ -141,7 +157,9 @@ class RxFeatures:
         mtu = nodes.get("mtu", "").strip()
         return cls(sg=flag("feature-sg"), gso_tcpv4=flag("feature-gso-tcpv4"),
                    gso_tcpv6=flag("feature-gso-tcpv6"),
-                   mtu=int(mtu) if mtu.isdigit() and 68 <= int(mtu) <= 65535 else 1500)
+                   mtu=int(mtu) if mtu.isdigit() and 68 <= int(mtu) <= 65535 else 1500,
+                   csum=not flag("feature-no-csum-offload"),
+                   ipv6_csum=flag("feature-ipv6-csum-offload"))
 
     def accepts_gso(self, gso_type: int) -> bool:
         return ((gso_type == XEN_NETIF_GSO_TYPE_TCPV4 and self.gso_tcpv4)
@@ -159,40 +177,6 @@ def _l3(frame: bytes) -> tuple[int, int]:
 def max_frame(frame: bytes, mtu: int) -> int:
     """The largest non-GSO frame of `frame`'s kind: MTU + its L2 header."""
     return mtu + _l3(frame)[1]
-
-
-def tcp_gso(frame: bytes, mtu: int) -> tuple[int, int] | None:
-    """(XEN_NETIF_GSO_TYPE_*, MSS) if `frame` is a TCP segment over IPv4
-    (unfragmented) or IPv6 (no extension header) whose IP packet is larger
-    than `mtu`: the MSS is what fits in `mtu` after its IP and TCP headers.
-    None otherwise."""
-    if len(frame) < ETH_HLEN:
-        return None
-    ethertype, l3 = _l3(frame)
-    if ethertype == ETH_P_IP:
-        if len(frame) < l3 + 20 or frame[l3] >> 4 != 4:
-            return None
-        ip_hlen = (frame[l3] & 0x0F) * 4
-        fragment = int.from_bytes(frame[l3 + 6:l3 + 8], "big") & 0x3FFF
-        if ip_hlen < 20 or frame[l3 + 9] != IPPROTO_TCP or fragment:
-            return None
-        gso_type = XEN_NETIF_GSO_TYPE_TCPV4
-    elif ethertype == ETH_P_IPV6:
-        if len(frame) < l3 + 40 or frame[l3] >> 4 != 6 or frame[l3 + 6] != IPPROTO_TCP:
-            return None
-        ip_hlen = 40
-        gso_type = XEN_NETIF_GSO_TYPE_TCPV6
-    else:
-        return None
-    tcp = l3 + ip_hlen
-    if len(frame) < tcp + 20:
-        return None
-    hlen = ip_hlen + (frame[tcp + 12] >> 4) * 4
-    if (frame[tcp + 12] >> 4) < 5 or len(frame) < l3 + hlen:
-        return None
-    if len(frame) - l3 <= mtu or mtu <= hlen:
-        return None
-    return gso_type, mtu - hlen
 
 
 @dataclass(frozen=True)
@@ -261,13 +245,73 @@ def rx_slots_needed(size: int, page_size: int = xen.PAGE_SIZE,
     return max(1, -(-size // page_size)) + (1 if gso else 0)
 
 
+def rx_slot_lengths(size: int, page_size: int = xen.PAGE_SIZE) -> list[int]:
+    """The data slots of a frame of `size` bytes: whole pages, then the
+    rest (each copied at offset 0 of its page)."""
+    full, rest = divmod(size, page_size)
+    return [page_size] * full + ([rest] if rest or not full else [])
+
+
+def scatter(chunks: Iterable[bytes | bytearray | memoryview],
+            pages: Sequence[memoryview], page_size: int = xen.PAGE_SIZE) -> None:
+    """Copy `chunks`, in order, into `pages`, each filled from offset 0
+    before the next (the layout of :func:`rx_slot_lengths`): one slice
+    copy per chunk and page it meets, nothing joined first.  ValueError
+    if the pages are too few."""
+    index, pos, page = 0, 0, None
+    for chunk in chunks:
+        n = len(chunk)
+        if page is not None and pos + n <= page_size:  # the common case
+            page[pos:pos + n] = chunk
+            pos += n
+            continue
+        view = memoryview(chunk)
+        start = 0
+        while start < n:
+            if page is None or pos == page_size:
+                if index == len(pages):
+                    raise ValueError("more data than pages")
+                page, pos, index = pages[index], 0, index + 1
+            take = min(n - start, page_size - pos)
+            page[pos:pos + take] = view[start:start + take]
+            pos += take
+            start += take
+
+
+_RESPONSE = struct.Struct("<HHHh")
+assert _RESPONSE.size == RX_ENTRY_SIZE
+
+
+def rx_response_slots(ids: Sequence[int], lengths: Sequence[int], csum_flags: int = 0,
+                      gso: tuple[int, int] | None = None) -> bytes:
+    """The responses of one frame, as whole 8-byte ring slots in ring
+    order (for BackRing.put_responses): a data slot of each length in
+    `lengths` (at offset 0) for the requests `ids` (the GSO extra, if any,
+    takes the slot of the second id: len(ids) == len(lengths) + 1)."""
+    pack = _RESPONSE.pack
+    last = len(lengths) - 1
+    first_flags = csum_flags | (NETRXF_more_data if last else 0)
+    if gso is None:
+        out = [pack(ids[0], 0, first_flags, lengths[0])]
+        data_ids = ids[1:]
+    else:
+        out = [pack(ids[0], 0, first_flags | NETRXF_extra_info, lengths[0]),
+               make_gso_extra(gso[1], gso[0])]
+        data_ids = ids[2:]
+    out += [pack(id, 0, NETRXF_more_data if n < last else 0, length)
+            for n, (id, length) in enumerate(zip(data_ids, lengths[1:]), 1)]
+    return b"".join(out)
+
+
 def plan_rx(frame: bytes | bytearray | memoryview,
             requests: Sequence[RxRequest | tuple[int, int]],
             features: RxFeatures = RxFeatures(), *,
-            csum_flags: int = 0) -> RxPlan | RxDrop | None:
+            csum_flags: int = 0, gso: tuple[int, int] | None = None
+            ) -> RxPlan | RxDrop | None:
     """How `frame` goes into the posted `requests` (ring order, from the
     next unconsumed one): an RxPlan taking the first ``len(plan.slots)`` of
-    them, an RxDrop, or None if more requests must be posted first."""
+    them, an RxDrop, or None if more requests must be posted first.
+    `gso` ((XEN_NETIF_GSO_TYPE_*, MSS)) marks a GSO frame."""
     if csum_flags & ~CSUM_FLAGS:
         raise ValueError(f"rx flags {csum_flags:#x} are not checksum flags")
     data = bytes(frame)
@@ -276,15 +320,14 @@ def plan_rx(frame: bytes | bytearray | memoryview,
         return RxDrop(f"runt frame of {size} bytes")
     if size > XEN_NETIF_MAX_TX_SIZE:
         return RxDrop(f"frame of {size} bytes, more than {XEN_NETIF_MAX_TX_SIZE}")
-    gso = None
-    if size > max_frame(data, features.mtu):
-        gso = tcp_gso(data, features.mtu)
-        if gso is None:
-            return RxDrop(f"frame of {size} bytes exceeds MTU {features.mtu}")
+    if gso is not None:
         if not features.accepts_gso(gso[0]):
-            return RxDrop(f"TCP frame of {size} bytes exceeds MTU "
-                          f"{features.mtu} and the frontend takes no GSO "
-                          f"type {gso[0]}")
+            return RxDrop(f"GSO frame of type {gso[0]} and the frontend takes "
+                          f"no GSO of that type")
+        if not 0 < gso[1] <= 0xFFFF:
+            raise ValueError(f"GSO size {gso[1]}")
+    elif size > max_frame(data, features.mtu):
+        return RxDrop(f"frame of {size} bytes exceeds MTU {features.mtu}")
     page = features.page_size
     if size > page and not features.sg:
         return RxDrop(f"frame of {size} bytes needs feature-sg")
@@ -293,14 +336,16 @@ def plan_rx(frame: bytes | bytearray | memoryview,
         return None
     posted = [r if isinstance(r, RxRequest) else RxRequest(*r)
               for r in requests[:needed]]
-    chunks = [(start, min(page, size - start)) for start in range(0, size, page)]
+    lengths = rx_slot_lengths(size, page)
     slots: list[RxSlot] = []
-    for index, (start, length) in enumerate(chunks):
-        flags = NETRXF_more_data if index < len(chunks) - 1 else 0
+    start = 0
+    for index, length in enumerate(lengths):
+        flags = NETRXF_more_data if index < len(lengths) - 1 else 0
         if index == 0:
             flags |= csum_flags | (NETRXF_extra_info if gso else 0)
         req = posted[len(slots)]
         slots.append(RxSlot(req.id, req.gref, 0, start, length, flags))
+        start += length
         if index == 0 and gso is not None:
             extra = posted[len(slots)]
             slots.append(RxSlot(extra.id, extra.gref,

@@ -50,7 +50,9 @@ after slot 1's (:meth:`TxPacket.responses`, :meth:`TxError.responses`: the
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass, field
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from hypervisor.public import xen
 from hypervisor.public.io import netif
@@ -87,16 +89,14 @@ _EXTRA_SIZE = ctypes.sizeof(netif.netif_extra_info)
 TxResponse = tuple[int, int]
 
 
-@dataclass(frozen=True)
-class TxRequest:
-    """A decoded netif_tx_request (and the 12 bytes it came from)."""
+class TxRequest(NamedTuple):
+    """A decoded netif_tx_request."""
 
     gref: int
     offset: int
     flags: int
     id: int
     size: int
-    raw: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def more_data(self) -> bool:
@@ -108,10 +108,16 @@ class TxRequest:
 
     def encode(self) -> bytes:
         """The 12-byte ring entry."""
-        if self.raw:
-            return self.raw
-        return bytes(netif.netif_tx_request(self.gref, self.offset, self.flags,
-                                            self.id, self.size))
+        return _REQUEST.pack(*self)
+
+
+#: netif_tx_request, as the ring holds it (checked against the ctypes
+#: layout below).
+_REQUEST = struct.Struct("<IHHHH")
+assert _REQUEST.size == ctypes.sizeof(netif.netif_tx_request)
+#: A tx response in its 12-byte slot (netif_tx_response, then the rest of
+#: the slot, which keeps the request's bytes in C; zero here).
+_RESPONSE_SLOT = struct.Struct("<Hh8x")
 
 
 def _copy(raw: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
@@ -124,9 +130,7 @@ def _copy(raw: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
 def parse_tx(raw: bytes | bytearray | memoryview) -> TxRequest:
     """Decode one 12-byte tx ring entry as a request.  Never fails on 12
     bytes; ValueError if `raw` is not one ring entry (a caller's bug)."""
-    data = _copy(raw, ENTRY_SIZE, "tx ring entry")
-    req = netif.netif_tx_request.from_buffer_copy(data)
-    return TxRequest(req.gref, req.offset, req.flags, req.id, req.size, data)
+    return TxRequest._make(_REQUEST.unpack(_copy(raw, ENTRY_SIZE, "tx ring entry")))
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,19 @@ class TxPacket:
     def response_bytes(self, status: int = NETIF_RSP_OKAY) -> list[bytes]:
         return [make_tx_response(id, st) for id, st in self.responses(status)]
 
+    def response_slots(self, status: int = NETIF_RSP_OKAY) -> bytes:
+        """Every response as a whole 12-byte ring slot, in ring order: for
+        BackRing.put_responses."""
+        return _response_slots([s.id for s in self.slots], status, self.extra_count)
+
+
+def _response_slots(ids: list[int], status: int, extra_count: int) -> bytes:
+    pack = _RESPONSE_SLOT.pack
+    if not ids:
+        return pack(0, NETIF_RSP_NULL) * extra_count
+    return (pack(ids[0], status) + pack(0, NETIF_RSP_NULL) * extra_count
+            + b"".join([pack(id, status) for id in ids[1:]]))
+
 
 @dataclass(frozen=True)
 class TxError:
@@ -279,6 +296,10 @@ class TxError:
 
     def response_bytes(self) -> list[bytes]:
         return [make_tx_response(id, st) for id, st in self.responses()]
+
+    def response_slots(self) -> bytes:
+        """Every response as a whole 12-byte ring slot, in ring order."""
+        return _response_slots(self.ids, self.status, self.extra_count)
 
 
 @dataclass(frozen=True)
@@ -334,16 +355,98 @@ class TxAssembler:
         TxPacket or TxError when it ends a packet (or, for a packet already
         refused, answers slots), None while the packet goes on."""
         raw = entry.encode() if isinstance(entry, TxRequest) else entry
-        if self._state == _EXTRAS:
-            return self._extra(parse_extra(_copy(raw, ENTRY_SIZE, "tx ring entry")))
-        req = parse_tx(raw)
-        if self._state == _FIRST:
-            return self._start(req)
-        return self._frag(req)
+        results = self.feed_block(_copy(raw, ENTRY_SIZE, "tx ring entry"))
+        return results[0] if results else None
 
     def feed_all(self, entries) -> list[TxPacket | TxError]:
         """Feed every entry; the packets and errors that came out."""
         return [r for r in map(self.feed, entries) if r is not None]
+
+    def feed_block(self, entries: bytes) -> list[TxPacket | TxError]:
+        """Feed whole 12-byte ring entries, as BackRing.get_requests copies
+        them; the packets and errors that came out, in order.
+
+        The hot path takes a whole chain at once when it lies in `entries`
+        and passes every check (no extra but at most one GSO extra), with
+        the per-slot work done by builtins over the decoded requests;
+        anything else, and every slot of a chain that fails a check, goes
+        through the per-slot state machine, which decides alike (the tests
+        compare the two)."""
+        if len(entries) % ENTRY_SIZE:
+            raise ValueError(f"{len(entries)} bytes are not whole tx ring entries")
+        out: list[TxPacket | TxError] = []
+        reqs = list(_REQUEST.iter_unpack(entries))
+        count = len(reqs)
+        index = 0
+        while index < count:
+            if self._state == _FIRST:
+                taken = self._whole_chain(reqs, entries, index, out)
+                if taken:
+                    index += taken
+                    continue
+            result = self._feed_slot(entries, reqs, index)
+            if result is not None:
+                out.append(result)
+            index += 1
+        return out
+
+    def _feed_slot(self, entries: bytes, reqs: list, index: int
+                   ) -> TxPacket | TxError | None:
+        state = self._state
+        if state == _EXTRAS:
+            offset = index * ENTRY_SIZE
+            return self._extra(ExtraInfo(entries[offset], entries[offset + 1],
+                                         entries[offset + 2:offset + 8]))
+        if state == _FIRST:
+            return self._start(TxRequest._make(reqs[index]))
+        return self._frag(TxRequest._make(reqs[index]))
+
+    def _whole_chain(self, reqs: list, entries: bytes, index: int,
+                     out: list) -> int:
+        """Assemble the chain starting at `index` in one go if it is all in
+        `reqs` and no check fails: how many slots it took (0: leave it to
+        the state machine)."""
+        count = len(reqs)
+        first = reqs[index]
+        flags = first[2]
+        extras: dict[int, ExtraInfo] = {}
+        frag_start = index + 1
+        if flags & NETTXF_extra_info:
+            if frag_start >= count:
+                return 0
+            offset = frag_start * ENTRY_SIZE
+            extra = ExtraInfo(entries[offset], entries[offset + 1],
+                              entries[offset + 2:offset + 8])
+            if extra.more or check_extra(extra) is not None:
+                return 0
+            extras[extra.type] = extra
+            frag_start += 1
+        end = frag_start  # one past the chain's last slot
+        if flags & NETTXF_more_data:
+            while end < count and reqs[end][2] & NETTXF_more_data:
+                end += 1
+            if end == count:
+                return 0  # the chain goes on in a later block
+            end += 1
+        frags = reqs[frag_start:end]
+        limits = self.limits
+        if frags:
+            if len(frags) >= limits.max_slots:
+                return 0
+            frag_total = sum([r[4] for r in frags])
+            if (frag_total > first[4]
+                    or max([r[1] + r[4] for r in frags]) > limits.page_size):
+                return 0
+        else:
+            frag_total = 0
+        make = TxRequest._make
+        self._first = make(first)
+        self._frags = list(map(make, frags))
+        self._frag_total = frag_total
+        self._extras = extras
+        self._extra_count = len(extras)
+        out.append(self._finish())
+        return end - index
 
     def abort(self, reason: str = "packet cut short") -> TxError | None:
         """Give up the unfinished packet (the frontend went away, or left
@@ -430,30 +533,33 @@ class TxAssembler:
         return self._after_extras()
 
     def _frag(self, req: TxRequest) -> TxPacket | TxError | None:
-        assert self._first is not None
+        # The hot path (every slot but the first): plain tuple indexing.
+        _gref, offset, flags, id, size = req
+        more = flags & NETTXF_more_data
         if self._dropping:
-            result = self._single(req.id)
-            if not req.more_data:
+            result = self._single(id)
+            if not more:
                 self._reset()
             return result
-        self._frags.append(req)
-        self._frag_total += req.size
+        frags = self._frags
+        frags.append(req)
+        self._frag_total += size
         limits = self.limits
-        if req.offset + req.size > limits.page_size:
+        if offset + size > limits.page_size:
             self._refuse(NETIF_RSP_ERROR,
-                         f"slot id {req.id}: {req.size} bytes at offset "
-                         f"{req.offset} cross the page")
+                         f"slot id {id}: {size} bytes at offset "
+                         f"{offset} cross the page")
         if self._frag_total > self._first.size:
             self._refuse(NETIF_RSP_ERROR,
-                         f"slots 2..{1 + len(self._frags)} hold "
+                         f"slots 2..{1 + len(frags)} hold "
                          f"{self._frag_total} bytes, more than the packet's "
                          f"{self._first.size}")
-        if 1 + len(self._frags) > limits.max_slots:
+        if len(frags) >= limits.max_slots:
             self._refuse(NETIF_RSP_DROPPED,
                          f"more than {limits.max_slots} slots")
-            if req.more_data:
+            if more:
                 return self._flush()
-        if req.more_data:
+        if more:
             return None
         return self._finish()
 

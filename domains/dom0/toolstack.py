@@ -98,6 +98,10 @@ class Toolstack:
         cmdline = config.extra
         if config.vifs and not config.driver_domain:
             cmdline = f"{cmdline} netns".strip()  # the guest gets its own network stack
+        if config.uplinks:
+            # The net driver domain creates its bridges' host TAPs itself.
+            arg = ";".join(uplink.to_arg() for uplink in config.uplinks)
+            cmdline = f"{cmdline} uplink={arg}".strip()
         created = self.xc.domain_create(config.name, config.memory, config.vcpus,
                                         kernel_for(config), cmdline, config.cpus)
         domid = created["domid"]

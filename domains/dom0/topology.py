@@ -32,9 +32,11 @@ from domains.dom0.xlspec import (
     DOM0_NAME,
     DiskSpec,
     SpecError,
+    UplinkSpec,
     VifSpec,
     parse_cpulist,
     parse_disk,
+    parse_uplink,
     parse_vif,
 )
 
@@ -112,6 +114,7 @@ class DomainConfig:
     restart_backoff: tuple[float, float]
     source: str
     line: int
+    uplinks: tuple[UplinkSpec, ...] = ()  # a net driver domain's bridges to host TAPs
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, msgpack-able form (lists, dicts, scalars) for the toolstack's messages."""
@@ -119,6 +122,7 @@ class DomainConfig:
         d["cpus"] = None if self.cpus is None else list(self.cpus)
         d["disks"] = [disk.to_dict() for disk in self.disks]
         d["vifs"] = [vif.to_dict() for vif in self.vifs]
+        d["uplinks"] = [uplink.to_dict() for uplink in self.uplinks]
         d["restart_limit"] = list(self.restart_limit)
         d["restart_backoff"] = list(self.restart_backoff)
         return d
@@ -135,6 +139,7 @@ class DomainConfig:
             d["cpus"] = None if d["cpus"] is None else tuple(int(c) for c in d["cpus"])
             d["disks"] = tuple(DiskSpec.from_dict(x) for x in d["disks"])
             d["vifs"] = tuple(VifSpec.from_dict(x) for x in d["vifs"])
+            d["uplinks"] = tuple(UplinkSpec.from_dict(x) for x in d["uplinks"])
             n, t = d["restart_limit"]
             d["restart_limit"] = (int(n), float(t))
             first, cap = d["restart_backoff"]
@@ -459,6 +464,7 @@ _DOMAIN_KEYS: dict[str, _Key] = {
     "driver_domain": _Key((bool,), False, _plain),
     "disk": _Key((list,), (), _spec_list(parse_disk, "disk"), field="disks"),
     "vif": _Key((list,), (), _spec_list(parse_vif, "vif"), field="vifs"),
+    "uplink": _Key((list,), (), _spec_list(parse_uplink, "uplink"), field="uplinks"),
     "extra": _Key((str,), "", _plain),
     "workload": _Key((str,), "idle", _workload),
     "restart_limit": _Key((list,), (5, 60.0), _restart_limit),
@@ -530,6 +536,12 @@ def _build_domain(
         raise src.error(prefix + ("maxmem",), f"maxmem {values['maxmem']} is below memory {values['memory']}")
     if values["maxvcpus"] < values["vcpus"]:
         raise src.error(prefix + ("maxvcpus",), f"maxvcpus {values['maxvcpus']} is below vcpus {values['vcpus']}")
+    if values["uplinks"] and not values["driver_domain"]:
+        raise src.error(prefix + ("uplink",), "only a driver domain (driver_domain = true) "
+                        "runs bridges to uplink")
+    taps = [u.tap for u in values["uplinks"]]
+    if len(set(taps)) != len(taps):
+        raise src.error(prefix + ("uplink",), f"two uplinks to TAP {max(taps, key=taps.count)!r}")
     line = src.locator.line_of(prefix) if prefix else 1
     return DomainConfig(name=name, source=str(src.path), line=line, **values)
 
@@ -587,9 +599,22 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
                                      f"[{dotted_key(parts)}]"))
 
     _check_backends(src, in_file, tables)
+    _check_uplinks(src, in_file)
     _check_memory(src, platform, dom0, in_file)
     boot = [d for d in in_file if d.driver_domain] + [d for d in in_file if not d.driver_domain]
     return Topology(path=path, platform=platform, dom0=dom0, domains=tuple(boot))
+
+
+def _check_uplinks(src: _Source, in_file: list[DomainConfig]) -> None:
+    """A host TAP device has one name: two driver domains cannot both own it."""
+    owner: dict[str, str] = {}
+    for dom in in_file:
+        for uplink in dom.uplinks:
+            if uplink.tap in owner:
+                raise src.error(("domain", dom.name, "uplink"),
+                                f"TAP {uplink.tap!r} is the uplink of "
+                                f"[domain.{owner[uplink.tap]}] already")
+            owner[uplink.tap] = dom.name
 
 
 def _check_backends(src: _Source, in_file: list[DomainConfig], tables: Mapping[str, Any]) -> None:

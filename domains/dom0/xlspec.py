@@ -11,6 +11,9 @@ from an existing ``xl.cfg`` into a topology file.  The grammars follow:
 * ``xl-network-configuration(5)``: comma-separated ``key=value`` pairs, all
   optional (the empty string is a valid vif).
 * ``xl.cfg(5)`` ``cpus=``: ``"all"``, ``"0-3,5,^1"``, or a list of CPU numbers.
+* pyxen's ``uplink=`` of a net driver domain, in the vif spec's style:
+  ``bridge=xenbr0, tap=pyxtap0, ip=10.0.0.254/24`` (``mtu``, ``mac``
+  optional): the bridge's port to a TAP device on the host.
 * ``xen-vbd-interface(7)`` (``docs/misc/vbd-interface.txt``): how a ``vdev``
   name becomes the integer the frontend finds in XenStore.
 
@@ -31,10 +34,12 @@ __all__ = [
     "DOM0_NAME",
     "DiskSpec",
     "SpecError",
+    "UplinkSpec",
     "VifSpec",
     "parse_cpulist",
     "parse_disk",
     "parse_size",
+    "parse_uplink",
     "parse_vif",
     "virtual_device_number",
 ]
@@ -231,7 +236,7 @@ _TYPES: dict[str, Any] = {
     "script": (str, type(None)), "direct_io_safe": bool, "discard": bool,
     "size": (int, type(None)), "mac": (str, type(None)), "bridge": str,
     "ip": tuple, "vifname": (str, type(None)), "mtu": (int, type(None)),
-    "extra": Mapping,
+    "extra": Mapping, "tap": str,
 }
 
 
@@ -245,7 +250,7 @@ def _check_types(obj: Any) -> None:
             raise SpecError(f"{type(obj).__name__}.{f.name}: bad type {type(value).__name__}")
     for value in getattr(obj, "ip", ()):
         if not isinstance(value, str):
-            raise SpecError(f"VifSpec.ip: bad type {type(value).__name__}")
+            raise SpecError(f"{type(obj).__name__}.ip: bad type {type(value).__name__}")
     for key, value in getattr(obj, "extra", {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise SpecError("VifSpec.extra: keys and values must be strings")
@@ -441,6 +446,95 @@ def parse_vif(spec: str) -> VifSpec:
         elif value:
             values[key] = value
     return VifSpec(extra=extra, **values)
+
+
+# --------------------------------------------------------------------------
+# Uplinks (pyxen's: a net driver domain's bridge to a TAP device on the host)
+# --------------------------------------------------------------------------
+
+_UPLINK_KEYS = frozenset({"bridge", "tap", "ip", "mtu", "mac"})
+
+
+@dataclass(frozen=True)
+class UplinkSpec:
+    """One ``uplink=`` entry of a net driver domain: bridge ``bridge`` gets a
+    port to TAP ``tap``, created on the host with addresses ``ip`` (CIDR),
+    MTU ``mtu`` (None: 1500) and MAC ``mac`` (None: the kernel picks one)."""
+
+    tap: str
+    bridge: str = "xenbr0"
+    ip: tuple[str, ...] = ()
+    mtu: int | None = None
+    mac: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ip, list):
+            object.__setattr__(self, "ip", tuple(self.ip))
+        _check_types(self)
+        for what in ("bridge", "tap"):
+            name = getattr(self, what)
+            if not re.fullmatch(rf"[A-Za-z0-9_.-]{{1,{_IFNAME_MAX}}}", name):
+                raise SpecError(f"bad {what} {name!r} (1-{_IFNAME_MAX} characters of [A-Za-z0-9_.-])")
+        for addr in self.ip:
+            try:
+                ipaddress.ip_interface(addr)
+            except ValueError:
+                raise SpecError(f"bad ip {addr!r} (expected CIDR like 10.0.0.254/24)") from None
+        if self.mtu is not None and (type(self.mtu) is not int or not 68 <= self.mtu <= 65535):
+            raise SpecError(f"bad mtu {self.mtu!r} (expected 68-65535)")
+        if self.mac is not None:
+            mac = self.mac.lower()
+            if not _MAC_RE.match(mac) or int(mac[:2], 16) & 1:
+                raise SpecError(f"bad mac {self.mac!r} (expected six colon-separated hex "
+                                "bytes, not multicast)")
+            object.__setattr__(self, "mac", mac)
+
+    def to_arg(self) -> str:
+        """The driver domain's command-line form, no spaces:
+        ``bridge,tap,ip+ip,mtu,mac`` (empty fields for defaults);
+        backends.netback.uplink parses it."""
+        return ",".join([self.bridge, self.tap, "+".join(self.ip),
+                         "" if self.mtu is None else str(self.mtu), self.mac or ""])
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ip"] = list(self.ip)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UplinkSpec:
+        return cls(**_checked_fields(cls, data))
+
+
+def parse_uplink(spec: str) -> UplinkSpec:
+    """Parse one uplink spec, e.g. ``bridge=xenbr0, tap=pyxtap0, ip=10.0.0.254/24``."""
+    if not isinstance(spec, str):
+        raise SpecError(f"uplink spec must be a string, got {type(spec).__name__}")
+    values: dict[str, Any] = {}
+    for raw in spec.split(","):
+        token = raw.strip()
+        if not token:
+            continue
+        key, eq, value = token.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq:
+            raise SpecError(f"{token!r}: expected key=value")
+        if key not in _UPLINK_KEYS:
+            raise SpecError(f"{token!r}: unknown uplink parameter {key!r} "
+                            f"(expected {', '.join(sorted(_UPLINK_KEYS))})")
+        if key in values:
+            raise SpecError(f"{token!r}: {key} given more than once")
+        if key == "ip":
+            values["ip"] = tuple(value.split())
+        elif key == "mtu":
+            if not value.isdigit():
+                raise SpecError(f"{token!r}: mtu must be a number")
+            values["mtu"] = int(value)
+        elif value:
+            values[key] = value
+    if "tap" not in values:
+        raise SpecError("missing tap= (the host's TAP device, e.g. tap=pyxtap0)")
+    return UplinkSpec(**values)
 
 
 # --------------------------------------------------------------------------

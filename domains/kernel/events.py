@@ -45,6 +45,9 @@ MASK_OFFSET = PYXEN_SHINFO_MASK_OFFSET
 NR_PORTS = EVTCHN_2L_NR_CHANNELS
 
 Handler = Callable[[int], None]
+#: Doorbells taken off the socket before their handlers run: bounds how
+#: long a burst can hold the hypervisor's upcalls back.
+NR_COALESCE = 64
 
 
 class Doorbells:
@@ -186,7 +189,17 @@ class EventChannels:
             if self._pull in ready:
                 self._dispatch(self._pull.recv(), from_hypervisor=True)
             if self._doorbell in ready:
-                self._dispatch(self._doorbell.recv(), from_hypervisor=False)
+                # Take every doorbell that is waiting, and run each port's
+                # handler once: like a pending bit, rings that came while
+                # we were busy coalesce into one event.
+                rung = {self._doorbell.recv(): None}
+                while len(rung) < NR_COALESCE:
+                    try:
+                        rung[self._doorbell.recv(zmq.NOBLOCK)] = None
+                    except zmq.Again:
+                        break
+                for message in rung:
+                    self._dispatch(message, from_hypervisor=False)
         for sock in (self._pull, self._doorbell, self._stop):
             sock.close()
 

@@ -3,6 +3,11 @@
 The guest kernel entered its own network namespace at boot (the toolstack
 asked for it with `netns` on the kernel command line), so these interfaces
 are the guest's alone; `pyxen exec NAME -- CMD` runs CMD in there.
+
+``netfront.offload=0`` on the guest's command line (a topology's
+``extra``) turns checksum and segmentation offload off for its vifs: the
+TAPs carry no virtio_net_hdr and the frontends say feature-no-csum-offload
+and no GSO (see device.py).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class NetBus:
         self.changed = threading.Condition(self.lock)
         ok, reason = can_use_netns()
         self.reason = None if ok else reason
+        args = getattr(kernel, "args", {}) or {}
+        self.offload = args.get("netfront.offload", "1") not in ("0", "off", "no")
         self.xs.watch(self.root, "netfront", lambda path, token: self._rescan())
 
     def _rescan(self) -> None:
@@ -61,7 +68,8 @@ class NetBus:
                 mtu = int(self.xs.read(f"{backend}/mtu"))
             except (XsError, ValueError):
                 mtu = 1500
-            tap = Tap.create(f"eth{devid}", mac=mac, mtu=mtu, addresses=ips)
+            tap = Tap.create(f"eth{devid}", mac=mac, mtu=mtu, addresses=ips,
+                             vnet_hdr=self.offload)
             device = NetfrontDevice(self.kernel, path, tap)
             device.connect()
         except (XsError, NetfrontError, OSError, ValueError) as exc:

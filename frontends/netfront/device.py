@@ -7,6 +7,25 @@ post every rx buffer, publish, Connected (netfront skips Initialised).
 The guest's network stack is Linux's own, in the guest's network
 namespace: frames the TAP hands us go out on the tx ring, frames arriving
 on the rx ring are written to the TAP.
+
+Offload: the TAP is opened with IFF_VNET_HDR, and told (TUNSETOFFLOAD) to
+leave checksums and, when the backend takes GSO (feature-gso-tcpv4 /
+-tcpv6), TCP segmentation to us, so the kernel hands out TCP frames of up
+to 64 KiB with a blank checksum; vnet.py maps its virtio_net_hdr to
+netif's NETTXF_csum_blank / NETTXF_data_validated and GSO extra slot, and
+a received frame's NETRXF_* flags and GSO extra back to a header for the
+TAP.  netfront in turn says feature-gso-tcpv4/-tcpv6 and
+feature-ipv6-csum-offload (and not feature-no-csum-offload).  A guest
+booted with ``netfront.offload=0`` on its command line does none of it:
+no virtio_net_hdr, feature-no-csum-offload, no GSO (the backend then
+segments and checksums for it).
+
+Copies: the TAP reads a frame straight into granted tx pages (readv over
+the pages, the virtio_net_hdr into a buffer of its own) and a received
+frame is written to the TAP straight from the rx pages (writev): the data
+crosses netfront in no Python copy.  The tx ring's responses are
+collected when the sender needs pages or ring slots, not on an event:
+netfront asks for a tx event (ring.h's rsp_event) only when it waits.
 """
 
 from __future__ import annotations
@@ -16,6 +35,7 @@ import select
 import threading
 from typing import Any
 
+from domains.kernel import netpkt
 from domains.kernel.xenbus.client import XsError
 from domains.kernel.xenbus.state import (
     FRONTEND,
@@ -24,16 +44,33 @@ from domains.kernel.xenbus.state import (
     watch_backend_moves,
     watch_otherend,
 )
+from domains.kernel import vnet
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
-from frontends.netfront.tx import ShadowFull, TxShadow, split_frame
+from frontends.netfront.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
+                                    VNET_HDR_LEN)
+from frontends.netfront.tx import NetfrontProtocolError, TxShadow
 from hypervisor.public.io import netif
-from hypervisor.public.io.ring import FrontRing, shared_ring_init
+from hypervisor.public.io.netif import (
+    NETRXF_csum_blank,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_MAX_TX_SIZE,
+    XEN_NETIF_NR_SLOTS_MIN,
+)
+from hypervisor.public.io.ring import FrontRing, RingError, shared_ring_init
 from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.xen import PAGE_SIZE
 
 S = XenbusState
 TX_ENTRY = netif.NETIF_TX_SRING_ENTRY_SIZE
 RX_ENTRY = netif.NETIF_RX_SRING_ENTRY_SIZE
+#: Pages a read from the TAP is given: enough for any frame it may hand
+#: out (at most XEN_NETIF_MAX_TX_SIZE, which 16 pages hold; one more so a
+#: larger frame shows up as one and is dropped rather than truncated).
+READ_PAGES = -(-XEN_NETIF_MAX_TX_SIZE // PAGE_SIZE) + 1
+assert READ_PAGES <= XEN_NETIF_NR_SLOTS_MIN
+#: rx slots taken before their buffers are posted again.
+RX_BATCH = 64
 
 
 class NetfrontError(OSError):
@@ -49,9 +86,15 @@ class NetfrontDevice:
         self.log = kernel.log.bind(device=f"vif{path.rsplit('/', 1)[-1]}")
         self.backend = self.xs.read(f"{path}/backend").decode()
         self.backend_id = int(self.xs.read(f"{path}/backend-id"))
-        self.cond = threading.Condition()
+        self.cond = threading.Condition()  # the backend's xenbus state
         self.backend_state = S.Unknown
-        self.lock = threading.Lock()
+        # The tx side (ring, shadow, free pages) and the rx side (ring,
+        # assembler) have a lock each: the TAP reader and the upcall run
+        # at once.  A reconnect takes both.
+        self.tx_lock = threading.Lock()
+        self.txc = threading.Condition(self.tx_lock)
+        self.rx_lock = threading.Lock()
+        self.tx_waiting = False
         self.closed = False
         self.link_up = threading.Event()  # carrier: a backend is connected
         self.generation = 0  # bumped at each reconnect: old rings are gone
@@ -60,7 +103,9 @@ class NetfrontDevice:
         # waiting on a backend that has already been replaced gives up.
         self.moves = self.connecting = 0
         self.window = None
-        self.refs_live = False  # self.refs are granted (not yet ended)
+        self.offload = bool(getattr(tap, "vnet_hdr", False))
+        self.tap_fd = tap.fileno()  # the reader's: it closes the TAP only after it stops
+        self.hdr = memoryview(bytearray(VNET_HDR_LEN))  # the reader's own
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted net driver domain comes back under a new domid: the
         # toolstack points our backend-id at it and we reconnect.
@@ -76,9 +121,12 @@ class NetfrontDevice:
             # as on an unplugged wire; the interface stays up.
             self.log.warning("backend gone: no carrier until it is back")
             self.link_up.clear()
-            with self.cond:
-                self.cond.notify_all()  # senders waiting for tx pages give up
-        elif state in (S.Closing, S.Closed) and getattr(self, "tx", None) and not self.closed:
+            with self.tx_lock:
+                self.txc.notify_all()  # a sender waiting for tx pages gives up
+        elif state in (S.Closing, S.Closed) and self.link_up.is_set() and not self.closed:
+            # Only a connected backend closes the vif: a new one (after a
+            # driver domain restart) passes through Closed on its way up
+            # while we reconnect, with no carrier yet.
             self.log.info("backend closing the vif")
             threading.Thread(target=self.close, daemon=True).start()
 
@@ -93,20 +141,18 @@ class NetfrontDevice:
             with self.cond:
                 self.connecting = self.moves
             self.link_up.clear()
-            with self.lock:
+            with self.tx_lock, self.rx_lock:
                 self.generation += 1
+                self.txc.notify_all()
             for port in {self.tx_port, self.rx_port}:
                 try:
                     self.kernel.events.close(port)
                 except Exception:  # the channel died with the old backend
                     pass
-            # The same pages serve the new backend: grants ended, window moved.
-            # (senders may still hold self.refs: it stays, marked dead)
-            refs, self.refs_live = (self.refs if self.refs_live else []), False
-            if not self.kernel.gnttab.retarget_window(self.window, refs, backend_id):
-                if self.window is not None:
-                    self.log.warning("old grant window still mapped, left to it")
-                self.window = None
+            # Given back once (a connect that gave up left none of its own).
+            window, self.window = self.window, None
+            if window is not None and not self.kernel.gnttab.close_window(window, self.refs):
+                self.log.warning("old grant window still mapped, kept")
             try:
                 self.watch.cancel()
             except XsError:
@@ -139,28 +185,53 @@ class NetfrontDevice:
         xs, back = self.xs, self.backend
         if read_feature(xs, back, "feature-rx-copy") != 1:
             raise NetfrontError("backend offers no rx-copy")
-        self.sg = read_feature(xs, back, "feature-sg") == 1
+        sg = read_feature(xs, back, "feature-sg") == 1
         split = read_feature(xs, back, "feature-split-event-channels") == 1
+        # What we may send: GSO types the backend takes (GSO frames span
+        # pages: sg too), IPv6 blank checksums if it takes them.
+        gso_types = set()
+        if self.offload and sg:
+            for gso_type, name in ((XEN_NETIF_GSO_TYPE_TCPV4, "feature-gso-tcpv4"),
+                                   (XEN_NETIF_GSO_TYPE_TCPV6, "feature-gso-tcpv6")):
+                if read_feature(xs, back, name) == 1:
+                    gso_types.add(gso_type)
+        ipv6_csum = read_feature(xs, back, "feature-ipv6-csum-offload") == 1
+        if self.offload:
+            self.tap.set_offload(
+                TUN_F_CSUM | (TUN_F_TSO4 if XEN_NETIF_GSO_TYPE_TCPV4 in gso_types else 0)
+                | (TUN_F_TSO6 if XEN_NETIF_GSO_TYPE_TCPV6 in gso_types else 0))
         tx_size = netif.XEN_NETIF_TX_RING_SIZE
         rx_size = netif.XEN_NETIF_RX_RING_SIZE
-        self.window = self.kernel.gnttab.window_for(self.backend_id, 2 + tx_size + rx_size,
-                                                    self.window)
+        window = self.kernel.gnttab.open_window(self.backend_id, 2 + tx_size + rx_size)
         gnttab = self.kernel.gnttab
-        self.refs = [gnttab.grant_access(self.backend_id, self.window.gfn + i)
-                     for i in range(2 + tx_size + rx_size)]
-        self.refs_live = True
+        refs = [gnttab.grant_access(self.backend_id, window.gfn + i)
+                for i in range(2 + tx_size + rx_size)]
         # Every page's view, made once: the rings and the tx and rx buffers
         # stay in the same pages for the whole connection.
-        self.pages = [self._page(i) for i in range(2 + tx_size + rx_size)]
-        tx_view, rx_view = self.pages[0], self.pages[1]
-        shared_ring_init(tx_view)
-        shared_ring_init(rx_view)
-        self.tx = FrontRing(tx_view, TX_ENTRY, 4, entry_size=TX_ENTRY)
-        self.rx = FrontRing(rx_view, RX_ENTRY, RX_ENTRY, entry_size=RX_ENTRY)
-        self.tx_pages = list(range(2, 2 + tx_size))
-        self.rx_first = 2 + tx_size
-        self.shadow = TxShadow(self.tx.size)
-        self.assembler = RxAssembler(sg=self.sg)
+        pages = [memoryview(window.map)[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+                 for i in range(2 + tx_size + rx_size)]
+        shared_ring_init(pages[0])
+        shared_ring_init(pages[1])
+        tx = FrontRing(pages[0], TX_ENTRY, 4, entry_size=TX_ENTRY)
+        rx = FrontRing(pages[1], RX_ENTRY, RX_ENTRY, entry_size=RX_ENTRY)
+        rx_first = 2 + tx_size
+        # Ring slot idx always posts the same buffer: its request, made
+        # once, and twice over so that any run of slots is one slice.
+        rx_requests = b"".join(make_rx_request(idx, refs[rx_first + idx])
+                               for idx in range(rx.size))
+        rx.put_requests(rx_requests)
+        rx.push_requests()
+        with self.tx_lock, self.rx_lock:
+            self.window, self.refs, self.pages = window, refs, pages
+            self.tx, self.rx = tx, rx
+            self.tx_pages = list(range(2, 2 + tx_size))
+            self.rx_first = rx_first
+            self.rx_requests = rx_requests * 2
+            self.shadow = TxShadow(tx.size)
+            self.assembler = RxAssembler(sg=sg)
+            self.gso_types = frozenset(gso_types)
+            self.ipv6_csum = ipv6_csum
+            self.tx_waiting = False
         events = self.kernel.events
         if split:
             self.tx_port = events.alloc_unbound(self.backend_id)
@@ -170,17 +241,14 @@ class NetfrontDevice:
         else:
             self.tx_port = self.rx_port = events.alloc_unbound(self.backend_id)
             events.bind(self.tx_port, self._both)
-        # Ring slot idx always posts the same buffer: its request, made once.
-        self.rx_requests = [make_rx_request(idx, self.refs[self.rx_first + idx])
-                            for idx in range(self.rx.size)]
-        for request in self.rx_requests:
-            self.rx.put_request(request)
-        self.rx.push_requests()
+        offload = int(self.offload)
 
         def publish(tx: int) -> None:
-            nodes = {"tx-ring-ref": self.refs[0], "rx-ring-ref": self.refs[1],
+            nodes = {"tx-ring-ref": refs[0], "rx-ring-ref": refs[1],
                      "request-rx-copy": 1, "feature-rx-notify": 1, "feature-sg": 1,
-                     "feature-gso-tcpv4": 0}
+                     "feature-gso-tcpv4": offload, "feature-gso-tcpv6": offload,
+                     "feature-ipv6-csum-offload": offload,
+                     "feature-no-csum-offload": 1 - offload}
             if split:
                 nodes.update({"event-channel-tx": self.tx_port,
                               "event-channel-rx": self.rx_port})
@@ -192,7 +260,8 @@ class NetfrontDevice:
         xs.transaction(publish)
         switch_state(xs, self.path, S.Connected, end=FRONTEND)
         self._wait_backend(S.Connected)
-        self.log.info("connected", sg=self.sg, split_channels=split)
+        self.log.info("connected", sg=sg, split_channels=split, offload=self.offload,
+                      gso=sorted(gso_types))
         self.link_up.set()
         if not hasattr(self, "reader"):
             self._stop_r, self._stop_w = os.pipe()
@@ -200,95 +269,262 @@ class NetfrontDevice:
                                            daemon=True)
             self.reader.start()
 
-    def _page(self, index: int) -> memoryview:
-        return memoryview(self.window.map)[index * PAGE_SIZE:(index + 1) * PAGE_SIZE]
-
     # -- tx: TAP -> ring ----------------------------------------------------------
 
     def _tap_reader(self) -> None:
         # A thread blocked in read() would keep the TAP alive after close():
-        # wait on the TAP and on a stop pipe instead.
+        # wait on the TAP and on a stop pipe instead, and read without
+        # blocking until the TAP is empty.
+        try:
+            self.tap.set_blocking(False)
+        except (OSError, ValueError):
+            return
+        # The pages the next read goes into, taken from the free ones ahead
+        # of time; they belong to one connection (generation).
+        self.staged: list[int] = []
+        self.staged_generation = -1
+        watched = [self.tap_fd, self._stop_r]
         while not self.closed:
-            readable, _, _ = select.select([self.tap, self._stop_r], [], [])
+            readable, _, _ = select.select(watched, [], [])
             if self._stop_r in readable:
                 return
             try:
-                frame = self.tap.read()
-            except OSError:
+                while self._send_one():
+                    pass
+            except OSError as exc:
+                if not self.closed:
+                    self.log.error("tap read failed", error=str(exc))
                 return
-            if frame:
-                self.send(frame)
 
-    def send(self, frame: bytes) -> None:
-        if not self.link_up.is_set():
-            return  # no carrier: the frame is lost, as on a real wire
-        pieces = split_frame(frame) if self.sg else [(0, frame)]
-        with self.cond:
+    def _reap(self) -> None:
+        """Collect the tx responses (under tx_lock): free the pages and ids
+        of the frames the backend is done with."""
+        tx = self.tx
+        n = tx.has_unconsumed_responses()
+        if n:
+            for packet in self.shadow.complete_block(tx.get_responses(n)):
+                self.tx_pages += packet.buffers
+
+    def _wait_tx(self) -> bool:
+        """Under tx_lock, with too little free: collect responses, or wait
+        for the next one (asking for its event).  False if there is no
+        carrier (or we are closing) or the backend broke the ring."""
+        if self.closed or not self.link_up.is_set():
+            return False
+        consumed = self.tx.rsp_cons
+        try:
+            self._reap()
+        except (RingError, NetfrontProtocolError) as exc:
+            self.log.error("tx ring broken by the backend", error=str(exc))
+            self.link_up.clear()
+            return False
+        if self.tx.rsp_cons != consumed:
+            return True  # responses came: the caller looks again
+        # Ask for an event at the next response, then look once more.
+        self.tx_waiting = True
+        if not self.tx.final_check_for_responses():
+            self.txc.wait()
+        self.tx_waiting = False
+        return not self.closed and self.link_up.is_set()
+
+    def _stage(self) -> int | None:
+        """Fill the staged pages up to READ_PAGES (waiting for free ones):
+        the connection's generation, or None without carrier."""
+        with self.tx_lock:
+            if self.staged_generation != self.generation:
+                self.staged = []  # the old connection's pages are gone
+                self.staged_generation = self.generation
+            need = READ_PAGES - len(self.staged)
+            while len(self.tx_pages) < need:
+                if not self._wait_tx():
+                    return None
+                if self.staged_generation != self.generation:
+                    return None
+            if need:
+                self.staged += self.tx_pages[-need:]
+                del self.tx_pages[-need:]
+            return self.generation
+
+    def _send_one(self) -> bool:
+        """Move the next frame from the TAP to the tx ring; False once the
+        TAP has none (or we stop)."""
+        generation = self._stage()
+        if generation is None:
+            if self.closed:
+                return False
+            try:  # no carrier: the frame is lost, as on an unplugged wire
+                os.read(self.tap_fd, MAX_FRAME)
+            except BlockingIOError:
+                return False
+            return True
+        staged = self.staged
+        pages = self.pages
+        views = [pages[p] for p in staged]
+        try:
+            n = os.readv(self.tap_fd, [self.hdr, *views] if self.offload else views)
+        except BlockingIOError:
+            return False
+        size = n - VNET_HDR_LEN if self.offload else n
+        if not 0 < size <= XEN_NETIF_MAX_TX_SIZE:
+            if size > 0:
+                self.log.info("tx frame dropped", size=size, reason="too large")
+            return True
+        used = -(-size // PAGE_SIZE)
+        frame_pages = staged[:used]
+        del staged[:used]
+        flags, gso = 0, None
+        if self.offload:
+            hdr = vnet.parse_vnet_hdr(self.hdr)
+            head = views[0][:min(size, netpkt.MAX_HEADER)]
+            decision = vnet.tx_offload(hdr, head, size, gso_types=self.gso_types,
+                                       ipv6_csum=self.ipv6_csum)
+            if decision.drop or decision.fill_csum or decision.segment:
+                # The rare paths: the frame in bytes, fixed up, sent again.
+                frame = b"".join(v[:min(PAGE_SIZE, size - i * PAGE_SIZE)]
+                                 for i, v in enumerate(views[:used]))
+                self._release(frame_pages, generation)
+                self._send_fixed(frame, hdr, decision)
+                return True
+            flags, gso = decision.flags, decision.gso
+        self._post(frame_pages, size, flags, gso, generation)
+        return True
+
+    def _release(self, pages: list[int], generation: int) -> None:
+        with self.tx_lock:
+            if generation == self.generation:
+                self.tx_pages += pages
+
+    def _reserve(self, nr_pages: int) -> tuple[list[int], int] | None:
+        """Take `nr_pages` free tx pages (for the rare paths): (pages,
+        generation); None if there is no carrier (or we are closing)."""
+        with self.tx_lock:
             generation = self.generation
-            # Pages and ids come back as the backend answers (see _tx_done).
-            while len(self.tx_pages) < len(pieces) or self.shadow.free < len(pieces):
-                if self.closed or not self.link_up.is_set():
-                    return
-                self.cond.wait()
-            pages = self.tx_pages[:len(pieces)]
-            del self.tx_pages[:len(pieces)]
-        segments = []
-        for page, (offset, data) in zip(pages, pieces):
-            self.pages[page][offset:offset + len(data)] = data
-            segments.append((self.refs[page], offset, len(data)))
-        with self.lock:
-            if generation != self.generation:
-                return  # the rings were replaced while we copied
+            while len(self.tx_pages) < nr_pages:
+                if not self._wait_tx() or generation != self.generation:
+                    return None
+            pages = self.tx_pages[-nr_pages:]
+            del self.tx_pages[-nr_pages:]
+            return pages, generation
+
+    def _send_fixed(self, frame: bytes, hdr: vnet.VnetHdr, decision: vnet.TxOffload) -> None:
+        if decision.drop:
+            self.log.info("tx frame dropped", reason=decision.drop)
+            return
+        if decision.segment:
             try:
-                packet = self.shadow.add(segments, buffers=pages)
-            except (ShadowFull, ValueError) as exc:
-                self.log.info("tx frame dropped", error=str(exc))
-                with self.cond:
-                    self.tx_pages += pages
+                frames = netpkt.segment_tcp(frame, decision.segment)
+            except ValueError as exc:
+                self.log.info("tx frame dropped", reason=str(exc))
                 return
-            for raw in packet.requests:
-                self.tx.put_request(raw)
+        else:
+            filled = bytearray(frame)
+            netpkt.complete_checksum(filled, hdr.csum_start, hdr.csum_offset)
+            frames = [bytes(filled)]
+        for data in frames:
+            nr_pages = -(-len(data) // PAGE_SIZE)
+            reserved = self._reserve(nr_pages)
+            if reserved is None:
+                return
+            pages, generation = reserved
+            for i, page in enumerate(pages):
+                piece = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+                self.pages[page][:len(piece)] = piece
+            self._post(pages, len(data), decision.flags, None, generation)
+
+    def _post(self, pages: list[int], size: int, flags: int,
+              gso: tuple[int, int] | None, generation: int) -> None:
+        """Put a frame held in `pages` (from offset 0, page after page) on
+        the tx ring, once there are ids and ring slots for it: the GSO
+        extra takes a slot too."""
+        refs = self.refs
+        segments = [(refs[p], 0, PAGE_SIZE) for p in pages]
+        segments[-1] = (segments[-1][0], 0, size - (len(pages) - 1) * PAGE_SIZE)
+        nslots = len(pages) + (gso is not None)
+        with self.tx_lock:
+            while generation == self.generation and (
+                    self.shadow.free < len(pages) or self.tx.free_requests() < nslots):
+                if not self._wait_tx():
+                    break
+            if generation != self.generation or not self.link_up.is_set():
+                return  # the rings were replaced, or no carrier: the frame is lost
+            try:
+                packet = self.shadow.add(segments, flags=flags, gso=gso, buffers=pages)
+            except ValueError as exc:
+                self.log.info("tx frame dropped", error=str(exc))
+                self.tx_pages += pages
+                return
+            self.tx.put_requests(b"".join(packet.requests))
             notify = self.tx.push_requests_and_check_notify()
         if notify:
             self.kernel.events.send(self.tx_port)
 
     def _tx_done(self, _port: int = 0) -> None:
-        freed = []
-        with self.lock:
-            while True:
-                while self.tx.has_unconsumed_responses():
-                    slot = self.shadow.complete(self.tx.get_response())
-                    if slot is not None and slot.packet.done:
-                        freed += slot.packet.buffers
-                if not self.tx.final_check_for_responses():
-                    break
-        if freed:
-            with self.cond:
-                self.tx_pages += freed
-                self.cond.notify_all()
+        # Only asked for when the sender waits for pages or slots.
+        with self.tx_lock:
+            if self.tx_waiting:
+                self.txc.notify_all()
 
     # -- rx: ring -> TAP ----------------------------------------------------------
 
     def _rx_ready(self, _port: int = 0) -> None:
-        mask = self.rx.size - 1
-        with self.lock:
-            while True:
-                while self.rx.has_unconsumed_responses():
-                    idx = self.rx.rsp_cons & mask
-                    raw = self.rx.get_response()
-                    result = self.assembler.feed(raw, self.pages[self.rx_first + idx])
-                    # Re-post the buffer that slot used, at the same ring position.
-                    self.rx.put_request(self.rx_requests[idx])
-                    if isinstance(result, RxFrame):
-                        try:
-                            self.tap.write(result.data)
-                        except OSError as exc:
-                            self.log.info("tap write failed", error=str(exc))
-                if not self.rx.final_check_for_responses():
-                    break
-            notify = self.rx.push_requests_and_check_notify()
-        if notify:
-            self.kernel.events.send(self.rx_port)
+        with self.rx_lock:
+            rx = self.rx
+            mask = rx.size - 1
+            pages, first = self.pages, self.rx_first
+            try:
+                while True:
+                    n = rx.has_unconsumed_responses()
+                    if not n:
+                        if not rx.final_check_for_responses():
+                            break
+                        continue
+                    # A few frames at a time: their buffers go back to the
+                    # backend sooner.
+                    n = min(n, RX_BATCH)
+                    start = rx.rsp_cons & mask
+                    entries = rx.get_responses(n)
+                    slots = [pages[first + ((start + k) & mask)] for k in range(n)]
+                    for result in self.assembler.feed_block(entries, slots):
+                        if type(result) is RxFrame:
+                            self._to_tap(result)
+                    # Post again the buffers of the frames written out, at
+                    # the same ring positions (slot i always posts page i),
+                    # but not those of a frame still under way: the backend
+                    # could fill them before we read them.
+                    done = (rx.rsp_cons - self.assembler.partial_slots) & 0xFFFFFFFF
+                    count = (done - (rx.req_prod_pvt - rx.size)) & 0xFFFFFFFF
+                    if count:
+                        at = rx.req_prod_pvt & mask
+                        rx.put_requests(self.rx_requests[at * RX_ENTRY:(at + count) * RX_ENTRY])
+                        if rx.push_requests_and_check_notify():
+                            self.kernel.events.send(self.rx_port)
+            except RingError as exc:
+                self.log.error("rx ring broken by the backend", error=str(exc))
+
+    def _to_tap(self, frame: RxFrame) -> None:
+        head = frame.head(netpkt.MAX_HEADER)
+        if self.offload:
+            hdr = vnet.rx_vnet_header(frame.flags, frame.gso, head)
+            if hdr is None:
+                self.log.info("rx frame dropped", reason="offload flags on a frame "
+                                                         "whose checksum cannot be found")
+                return
+            chunks = [hdr, *frame.chunks]
+        elif frame.gso is not None:
+            self.log.info("rx frame dropped", reason="GSO frame, not negotiated")
+            return
+        elif frame.flags & NETRXF_csum_blank:
+            filled = netpkt.fill_checksum(frame.data)
+            if filled is None:
+                self.log.info("rx frame dropped", reason="blank checksum not found")
+                return
+            chunks = [filled]
+        else:
+            chunks = list(frame.chunks)
+        try:
+            self.tap.writev(chunks)
+        except OSError as exc:
+            self.log.info("tap write failed", error=str(exc))
 
     def _both(self, port: int) -> None:
         self._tx_done(port)
@@ -299,8 +535,8 @@ class NetfrontDevice:
         if self.closed:
             return
         self.closed = True
-        with self.cond:
-            self.cond.notify_all()
+        with self.tx_lock:
+            self.txc.notify_all()
         try:
             switch_state(self.xs, self.path, S.Closing, end=FRONTEND)
             try:

@@ -8,6 +8,11 @@ buffer of a response by its ring position, not its id (an extra has no
 id), so the caller feeds :class:`RxAssembler` every response in ring order
 together with the page it had posted in that slot.
 
+Nothing is copied: a frame's data are views of the posted pages
+(``RxFrame.chunks``), valid until those buffers are posted again, which
+the caller does after writing the frame out (``RxFrame.data`` joins them
+into bytes).
+
 The backend is not trusted, and a bad frame must not lose the
 assembler's place in the ring: every slot of a malformed frame is
 consumed to the chain's end and the frame refused as an :class:`RxError`
@@ -23,7 +28,9 @@ type, more extras than there are types.
 from __future__ import annotations
 
 import ctypes
+import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from hypervisor.public import xen
 from hypervisor.public.io import netif
@@ -45,6 +52,8 @@ ENTRY_SIZE = netif.NETIF_RX_SRING_ENTRY_SIZE  # 8: request, response, extra
 PAGE_SIZE = xen.PAGE_SIZE
 MAX_EXTRAS = XEN_NETIF_EXTRA_TYPE_MAX - 1
 _RSP_SIZE = ctypes.sizeof(netif.netif_rx_response)
+_RESPONSE = struct.Struct("<HHHh")
+assert _RESPONSE.size == _RSP_SIZE
 
 
 def make_rx_request(id: int, gref: int) -> bytes:
@@ -56,8 +65,7 @@ def make_rx_request(id: int, gref: int) -> bytes:
     return bytes(netif.netif_rx_request(id=id, gref=gref))
 
 
-@dataclass(frozen=True)
-class RxResponse:
+class RxResponse(NamedTuple):
     id: int
     offset: int
     flags: int
@@ -70,11 +78,9 @@ class RxResponse:
 
 def parse_rx_response(raw: bytes | bytearray | memoryview) -> RxResponse:
     """Decode an rx response (8 bytes, copied first)."""
-    data = bytes(raw)
-    if len(data) != _RSP_SIZE:
-        raise ValueError(f"an rx response is {_RSP_SIZE} bytes, not {len(data)}")
-    rsp = netif.netif_rx_response.from_buffer_copy(data)
-    return RxResponse(rsp.id, rsp.offset, rsp.flags, rsp.status)
+    if len(raw) != _RSP_SIZE:
+        raise ValueError(f"an rx response is {_RSP_SIZE} bytes, not {len(raw)}")
+    return RxResponse._make(_RESPONSE.unpack(bytes(raw)))
 
 
 @dataclass(frozen=True)
@@ -116,13 +122,27 @@ def _extra_problem(extra: Extra) -> str | None:
 
 @dataclass(frozen=True)
 class RxFrame:
-    """A received frame: its bytes, the first slot's NETRXF_* flags, its
-    extras by type, and the ring slots it took."""
+    """A received frame: its data (views of the pages it came in, in
+    order), the first slot's NETRXF_* flags, its extras by type, and the
+    ring slots it took."""
 
-    data: bytes
+    chunks: tuple[memoryview, ...]
     flags: int
     extras: dict[int, Extra]
     nr_slots: int
+    size: int
+
+    @property
+    def data(self) -> bytes:
+        """The frame's bytes (a copy)."""
+        return b"".join(self.chunks)
+
+    def head(self, n: int) -> bytes | memoryview:
+        """The frame's first `n` bytes (fewer if it is shorter)."""
+        first = self.chunks[0] if self.chunks else b""
+        if len(first) >= n or len(self.chunks) <= 1:
+            return first[:n]
+        return self.data[:n]
 
     @property
     def gso(self) -> tuple[int, int] | None:
@@ -164,7 +184,7 @@ class RxAssembler:
 
     def _reset(self) -> None:
         self._state = _FIRST
-        self._chunks: list[bytes] = []
+        self._chunks: list[memoryview] = []
         self._size = 0
         self._flags = 0
         self._first_more = False
@@ -176,6 +196,12 @@ class RxAssembler:
     @property
     def in_progress(self) -> bool:
         return self._state != _FIRST
+
+    @property
+    def partial_slots(self) -> int:
+        """Ring slots the frame under way has taken so far (its pages are
+        still to be read: not to be posted again yet)."""
+        return self._data_slots + self._extra_slots if self._state != _FIRST else 0
 
     def _refuse(self, reason: str) -> None:
         if self._problem is None:
@@ -193,6 +219,41 @@ class RxAssembler:
             return self._extra(parse_extra(raw))
         return self._data(parse_rx_response(raw), page, request_id)
 
+    def feed_block(self, entries: bytes, pages: list) -> list[RxFrame | RxError]:
+        """Feed whole 8-byte ring slots (as FrontRing.get_responses copies
+        them), `pages[i]` being the buffer posted in the slot of entry i:
+        the frames and errors that came out, in order."""
+        out = []
+        unpack = _RESPONSE.unpack_from
+        data = self._data
+        page_size, max_slots, sg = self.page_size, self.max_slots, self.sg
+        for index in range(len(entries) // ENTRY_SIZE):
+            offset = index * ENTRY_SIZE
+            state = self._state
+            if state == _EXTRAS:
+                result = self._extra(parse_extra(entries[offset:offset + ENTRY_SIZE]))
+            else:
+                rsp = unpack(entries, offset)
+                _id, start, flags, status = rsp
+                more = flags & NETRXF_more_data
+                size = self._size + status
+                if (state == _FRAGS and self._problem is None and 0 <= status
+                        and start + status <= page_size and size <= XEN_NETIF_MAX_TX_SIZE
+                        and self._data_slots < max_slots and (sg or not more)):
+                    # A good slot 2..N, the hot path: what _data would do when
+                    # no check fails.
+                    self._data_slots += 1
+                    self._size = size
+                    self._chunks.append(pages[index][start:start + status])
+                    if more:
+                        continue
+                    result = self._finish()
+                else:
+                    result = data(rsp, pages[index], None)
+            if result is not None:
+                out.append(result)
+        return out
+
     def abort(self, reason: str = "frame cut short") -> RxError | None:
         """Give up the frame under way (the backend went away)."""
         if not self.in_progress:
@@ -203,35 +264,38 @@ class RxAssembler:
 
     def _data(self, rsp: RxResponse, page, request_id: int | None
               ) -> RxFrame | RxError | None:
+        id, offset, flags, status = rsp
         first = self._state == _FIRST
+        more = flags & NETRXF_more_data
         self._data_slots += 1
-        if request_id is not None and rsp.id != request_id:
-            self._refuse(f"response id {rsp.id} in the slot of request {request_id}")
-        if rsp.status < 0:
-            self._refuse(f"backend status {rsp.status}")
-        elif rsp.offset + rsp.status > self.page_size:
-            self._refuse(f"{rsp.status} bytes at offset {rsp.offset} leave the page")
+        if request_id is not None and id != request_id:
+            self._refuse(f"response id {id} in the slot of request {request_id}")
+        if status < 0:
+            self._refuse(f"backend status {status}")
+        elif offset + status > self.page_size:
+            self._refuse(f"{status} bytes at offset {offset} leave the page")
         elif self._problem is None:
             if page is None:
                 raise ValueError("a data slot needs its page")
-            chunk = bytes(page[rsp.offset:rsp.offset + rsp.status])
-            if len(chunk) != rsp.status:
+            chunk = (page if type(page) is memoryview else memoryview(page))[
+                offset:offset + status]
+            if len(chunk) != status:
                 raise ValueError(f"page of {len(page)} bytes given")
-            self._size += rsp.status
+            self._size += status
             self._chunks.append(chunk)
         if self._size > XEN_NETIF_MAX_TX_SIZE:
             self._refuse(f"frame of more than {XEN_NETIF_MAX_TX_SIZE} bytes")
         if self._data_slots > self.max_slots:
             self._refuse(f"more than {self.max_slots} slots")
-        if rsp.more_data and not self.sg:
+        if more and not self.sg:
             self._refuse("multi-slot frame without feature-sg")
         if first:
-            self._flags = rsp.flags
-            self._first_more = rsp.more_data
-            if rsp.flags & NETRXF_extra_info:
+            self._flags = flags
+            self._first_more = more
+            if flags & NETRXF_extra_info:
                 self._state = _EXTRAS
                 return None
-        if rsp.more_data:
+        if more:
             self._state = _FRAGS
             return None
         return self._finish()
@@ -260,7 +324,7 @@ class RxAssembler:
         if self._problem is not None:
             result = RxError(nr_slots, self._problem)
         else:
-            result = RxFrame(b"".join(self._chunks), self._flags,
-                             dict(self._extras), nr_slots)
+            result = RxFrame(tuple(self._chunks), self._flags,
+                             dict(self._extras), nr_slots, self._size)
         self._reset()
         return result

@@ -30,8 +30,19 @@ CLONE_NEWNET = 0x40000000
 
 # <linux/if_tun.h>
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+# TUNSETOFFLOAD's flags: what the kernel may hand us (and so the offloads
+# the interface shows): blank checksums, TCP segmentation offload.
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+#: The virtio_net_hdr a TAP with IFF_VNET_HDR puts before each frame.
+VNET_HDR_LEN = 10
 
 # <linux/sockios.h>, <net/if.h>, <net/if_arp.h>
 SIOCGIFFLAGS = 0x8913
@@ -55,7 +66,9 @@ NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
+RTM_SETLINK = 19
 RTM_NEWADDR = 20
+IFLA_GSO_MAX_SIZE = 41
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFA_BROADCAST = 4
@@ -63,6 +76,10 @@ RT_SCOPE_UNIVERSE = 0
 
 TUN_PATH = "/dev/net/tun"
 MAX_FRAME = 65536 + 64  # larger than any frame the TAP hands out (64K GSO + header)
+#: The largest frame (GSO included) an offloading TAP hands out: netif's
+#: packet size is 16 bits (XEN_NETIF_MAX_TX_SIZE), and the kernel keeps a
+#: GSO frame below the device's gso_max_size.
+GSO_MAX_SIZE = 0xFFFF
 ROOT_REASON = "pyxen's guest networking needs root: network namespaces and TAP devices"
 
 
@@ -244,9 +261,14 @@ def _add_address(ifindex: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6In
         attrs += _rtattr(IFA_BROADCAST, iface.network.broadcast_address.packed)
     body = struct.pack("BBBBI", family, iface.network.prefixlen, 0, RT_SCOPE_UNIVERSE,
                        ifindex) + attrs
+    _netlink(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {iface}")
+
+
+def _netlink(kind: int, flags: int, body: bytes, what: str) -> None:
+    """One rtnetlink request, waiting for its acknowledgement."""
     seq = 1
-    msg = struct.pack("IHHII", 16 + len(body), RTM_NEWADDR,
-                      NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, seq, 0) + body
+    msg = struct.pack("IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK | flags,
+                      seq, 0) + body
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as sock:
         sock.bind((0, 0))
         sock.send(msg)
@@ -254,39 +276,55 @@ def _add_address(ifindex: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6In
             reply = sock.recv(65536)
             offset = 0
             while offset + 16 <= len(reply):
-                length, kind, _flags, rseq, _pid = struct.unpack_from("IHHII", reply, offset)
-                if kind == NLMSG_ERROR and rseq == seq:
+                length, rkind, _flags, rseq, _pid = struct.unpack_from("IHHII", reply, offset)
+                if rkind == NLMSG_ERROR and rseq == seq:
                     err = -struct.unpack_from("i", reply, offset + 16)[0]
                     if err:
                         hint = f" ({ROOT_REASON})" if err == errno.EPERM else ""
-                        raise NetnsError(err, f"add address {iface}: "
-                                              f"{os.strerror(err)}{hint}")
+                        raise NetnsError(err, f"{what}: {os.strerror(err)}{hint}")
                     return
                 offset += max(length + (-length % 4), 16)
+
+
+def _set_gso_max_size(ifindex: int, size: int) -> None:
+    """RTM_SETLINK IFLA_GSO_MAX_SIZE, what `ip link set DEV gso_max_size`
+    does: the kernel then keeps every GSO frame it hands out below it."""
+    body = struct.pack("BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0) \
+        + _rtattr(IFLA_GSO_MAX_SIZE, struct.pack("I", size))
+    _netlink(RTM_SETLINK, 0, body, f"set gso_max_size of interface {ifindex}")
 
 
 class Tap:
     """A TAP interface in the calling thread's network namespace.
 
-    Reads and writes are whole raw Ethernet frames (no packet-info header).
-    The interface exists as long as the file descriptor: `close()` (or the
-    process's exit) removes it.
+    Reads and writes are whole raw Ethernet frames (no packet-info header);
+    with `vnet_hdr` each one is preceded by a 10-byte virtio_net_hdr
+    (checksum and segmentation offload, see :mod:`.vnet`), and
+    :meth:`set_offload` says which offloads the kernel may use on frames it
+    hands us.  The interface exists as long as the file descriptor:
+    `close()` (or the process's exit) removes it.
     """
 
     def __init__(self, fd: int, name: str, mac: str, mtu: int,
-                 addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> None:
+                 addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+                 vnet_hdr: bool = False) -> None:
         self._fd = fd
         self.name = name
         self.mac = mac
         self.mtu = mtu
         self.addresses = addresses
+        self.vnet_hdr = vnet_hdr
+        self.offload = 0
 
     @classmethod
     def create(cls, name: str = "eth0", *, mac: str | None = None, mtu: int = 1500,
-               addresses: list[str] | tuple[str, ...] = ()) -> "Tap":
+               addresses: list[str] | tuple[str, ...] = (), vnet_hdr: bool = False
+               ) -> "Tap":
         """Create TAP `name` with this MAC (the kernel picks a random one when
         None), MTU and addresses (CIDR, e.g. "10.0.0.1/24"; a bare IPv4
-        address gets /24), and set its link up."""
+        address gets /24), and set its link up.  With `vnet_hdr` frames
+        carry a virtio_net_hdr (IFF_VNET_HDR), no offload enabled yet, and
+        GSO frames are kept within GSO_MAX_SIZE."""
         raw_mac = parse_mac(mac) if mac is not None else None
         ifaces = [parse_address(a) for a in addresses]
         if not 68 <= mtu <= 65535:
@@ -298,7 +336,8 @@ class Tap:
             raise NetnsError(exc.errno, f"{TUN_PATH}: {exc.strerror} ({ROOT_REASON})"
                              ) from None
         try:
-            req = _ifreq(name, struct.pack("H", IFF_TAP | IFF_NO_PI))
+            flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+            req = _ifreq(name, struct.pack("H", flags))
             try:
                 fcntl.ioctl(fd, TUNSETIFF, req)
             except OSError as exc:
@@ -314,14 +353,30 @@ class Tap:
             got = _ioctl(name, SIOCGIFHWADDR, what="get MAC of")
             actual_mac = format_mac(bytes(got[IFNAMSIZ + 2:IFNAMSIZ + 8]))
             _ioctl(name, SIOCSIFMTU, struct.pack("i", mtu), what="set MTU of")
-            _set_up(name)
             ifindex = socket.if_nametoindex(name)
+            if vnet_hdr:
+                fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+                _set_gso_max_size(ifindex, GSO_MAX_SIZE)
+            _set_up(name)
             for iface in ifaces:
                 _add_address(ifindex, iface)
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, name, actual_mac, mtu, ifaces)
+        return cls(fd, name, actual_mac, mtu, ifaces, vnet_hdr)
+
+    def set_offload(self, flags: int) -> None:
+        """TUNSETOFFLOAD: the TUN_F_* offloads the kernel may leave to us
+        (TUN_F_CSUM: blank checksums; TUN_F_TSO4 / TSO6: TCP frames of up to
+        GSO_MAX_SIZE, which need TUN_F_CSUM).  Only with vnet_hdr."""
+        if not self.vnet_hdr and flags:
+            raise ValueError(f"TAP {self.name}: offloads need a virtio_net_hdr")
+        try:
+            fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, flags)
+        except OSError as exc:
+            raise NetnsError(exc.errno, f"TAP {self.name}: set offload {flags:#x}: "
+                                        f"{exc.strerror}") from None
+        self.offload = flags
 
     def fileno(self) -> int:
         if self._fd < 0:
@@ -342,6 +397,20 @@ class Tap:
         if written != len(frame):
             raise NetnsError(errno.EIO, f"TAP {self.name}: short write "
                                         f"({written} of {len(frame)} bytes)")
+
+    def readv(self, buffers: list[memoryview]) -> int:
+        """The next frame, scattered over `buffers` (the virtio_net_hdr, if
+        any, first): its length.  Straight into the caller's pages, without
+        a copy of ours."""
+        return os.readv(self.fileno(), buffers)
+
+    def writev(self, buffers: list[bytes | memoryview]) -> None:
+        """Hand one frame, gathered from `buffers`, to the kernel."""
+        want = sum(len(b) for b in buffers)
+        written = os.writev(self.fileno(), buffers)
+        if written != want:
+            raise NetnsError(errno.EIO, f"TAP {self.name}: short write "
+                                        f"({written} of {want} bytes)")
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -24,8 +24,9 @@ Not thread-safe: the caller serialises access (one lock per ring).
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hypervisor.public import xen
@@ -55,6 +56,14 @@ PAGE_SIZE = xen.PAGE_SIZE
 CSUM_FLAGS = NETTXF_csum_blank | NETTXF_data_validated
 
 Segment = tuple[int, int, int]  # (gref, offset in the page, length)
+#: netif_tx_request and netif_tx_response as the ring holds them (checked
+#: against the ctypes layouts).
+_REQUEST = struct.Struct("<IHHHH")
+_RESPONSE = struct.Struct("<Hh")
+_RESPONSE_SLOT = struct.Struct("<Hh8x")  # a response in its 12-byte slot
+_GSO_EXTRA = struct.Struct("<BBHBxH4x")  # netif_extra_info.u.gso, in a tx slot
+assert _REQUEST.size == ctypes.sizeof(netif.netif_tx_request) == ENTRY_SIZE
+assert _RESPONSE.size == RESPONSE_SIZE
 
 
 def split_frame(frame: bytes | bytearray | memoryview, offset: int = 0,
@@ -80,11 +89,7 @@ def make_gso_extra(gso_type: int, size: int) -> bytes:
         raise ValueError(f"GSO type {gso_type}")
     if not 0 < size <= 0xFFFF:
         raise ValueError(f"GSO size {size}")
-    info = netif.netif_extra_info(type=XEN_NETIF_EXTRA_TYPE_GSO, flags=0)
-    info.u.gso.size = size
-    info.u.gso.type = gso_type
-    data = bytes(info)
-    return data + bytes(ENTRY_SIZE - len(data))
+    return _GSO_EXTRA.pack(XEN_NETIF_EXTRA_TYPE_GSO, 0, size, gso_type, 0)
 
 
 def tx_requests(segments: Sequence[Segment], ids: Sequence[int], *,
@@ -96,33 +101,36 @@ def tx_requests(segments: Sequence[Segment], ids: Sequence[int], *,
     (NETTXF_csum_blank, NETTXF_data_validated); `gso` = (gso_type, MSS)
     adds the GSO extra slot after slot 1.  Every backend takes up to
     XEN_NETIF_NR_SLOTS_MIN request slots."""
-    if not 1 <= len(segments) <= max_slots:
-        raise ValueError(f"{len(segments)} slots, not 1..{max_slots}")
-    if len(ids) != len(segments):
-        raise ValueError(f"{len(segments)} slots but {len(ids)} ids")
+    count = len(segments)
+    if not 1 <= count <= max_slots:
+        raise ValueError(f"{count} slots, not 1..{max_slots}")
+    if len(ids) != count:
+        raise ValueError(f"{count} slots but {len(ids)} ids")
     if flags & ~CSUM_FLAGS:
         raise ValueError(f"tx flags {flags:#x} are not checksum flags")
+    total = 0
     for gref, offset, length in segments:
         if not 0 <= gref < 1 << 32:
             raise ValueError(f"grant ref {gref} does not fit in 32 bits")
         if offset < 0 or length < 0 or offset + length > page_size:
             raise ValueError(f"{length} bytes at offset {offset} leave the page")
-    if any(not 0 <= id <= 0xFFFF for id in ids):
-        raise ValueError("tx id does not fit in 16 bits")
-    total = sum(length for _, _, length in segments)
+        total += length
     if not 0 < total <= XEN_NETIF_MAX_TX_SIZE:
         raise ValueError(f"frame of {total} bytes")
-    extra = make_gso_extra(*gso) if gso is not None else None
-    entries = []
-    last = len(segments) - 1
-    for index, ((gref, offset, length), id) in enumerate(zip(segments, ids)):
-        slot_flags = NETTXF_more_data if index < last else 0
-        if index == 0:
-            slot_flags |= flags | (NETTXF_extra_info if extra else 0)
-        size = total if index == 0 else length
-        entries.append(bytes(netif.netif_tx_request(gref, offset, slot_flags, id, size)))
-        if index == 0 and extra:
-            entries.append(extra)
+    if min(ids) < 0 or max(ids) > 0xFFFF:
+        raise ValueError("tx id does not fit in 16 bits")
+    pack = _REQUEST.pack
+    gref, offset, _ = segments[0]
+    first_flags = flags | (NETTXF_more_data if count > 1 else 0)
+    if gso is None:
+        entries = [pack(gref, offset, first_flags, ids[0], total)]
+    else:
+        entries = [pack(gref, offset, first_flags | NETTXF_extra_info, ids[0], total),
+                   make_gso_extra(*gso)]
+    last = count - 1
+    entries += [pack(gref, offset, NETTXF_more_data if index < last else 0, id, length)
+                for index, ((gref, offset, length), id)
+                in enumerate(zip(segments[1:], ids[1:]), 1)]
     return entries
 
 
@@ -137,8 +145,7 @@ def parse_tx_response(raw: bytes | bytearray | memoryview) -> TxResponse:
     data = bytes(raw[:RESPONSE_SIZE])
     if len(data) != RESPONSE_SIZE:
         raise ValueError(f"a tx response is {RESPONSE_SIZE} bytes, not {len(data)}")
-    rsp = netif.netif_tx_response.from_buffer_copy(data)
-    return TxResponse(rsp.id, rsp.status)
+    return TxResponse(*_RESPONSE.unpack(data))
 
 
 class NetfrontProtocolError(Exception):
@@ -149,29 +156,56 @@ class ShadowFull(Exception):
     """Not enough free ids: wait for responses."""
 
 
-@dataclass(eq=False)
 class TxSlot:
-    """One request slot in flight (or answered, with its `status`)."""
+    """One request slot in flight (or answered, with its `status`): a view
+    of its packet's record, made only when asked for."""
 
-    id: int
-    gref: int
-    offset: int
-    length: int
-    packet: TxShadowPacket = field(repr=False)
-    status: int | None = None
+    __slots__ = ("id", "gref", "offset", "length", "packet")
+
+    def __init__(self, id: int, gref: int, offset: int, length: int,
+                 packet: TxShadowPacket) -> None:
+        self.id, self.gref, self.offset, self.length = id, gref, offset, length
+        self.packet = packet
+
+    @property
+    def status(self) -> int | None:
+        """The backend's answer, None while there is none."""
+        return self.packet.statuses.get(self.id)
+
+    def __repr__(self) -> str:
+        return (f"TxSlot(id={self.id}, gref={self.gref}, offset={self.offset}, "
+                f"length={self.length}, status={self.status})")
 
 
-@dataclass(eq=False)
 class TxShadowPacket:
-    """A frame in flight: its request slots and its ring entries."""
+    """A frame in flight: the ids and segments of its request slots, its
+    ring entries, and the answers so far (`statuses`, by id)."""
 
-    slots: list[TxSlot]
-    requests: list[bytes]      # the ring entries, extras included, in order
-    flags: int = 0
-    gso: tuple[int, int] | None = None
-    buffers: Any = None        # the caller's, freed once done
-    seq: int = 0               # issue order
-    pending: int = 0           # slots without a response
+    __slots__ = ("ids", "segments", "requests", "flags", "gso", "buffers", "seq",
+                 "pending", "statuses", "_slots")
+
+    def __init__(self, ids: list[int], segments: Sequence[Segment], requests: list[bytes],
+                 flags: int = 0, gso: tuple[int, int] | None = None, buffers: Any = None,
+                 seq: int = 0) -> None:
+        self.ids, self.segments = ids, segments
+        self.requests = requests    # the ring entries, extras included, in order
+        self.flags, self.gso = flags, gso
+        self.buffers = buffers      # the caller's, freed once done
+        self.seq = seq              # issue order
+        self.pending = len(ids)     # slots without a response
+        self.statuses: dict[int, int] = {}
+        self._slots: list[TxSlot] | None = None
+
+    @property
+    def slots(self) -> list[TxSlot]:
+        """Its request slots, in ring order."""
+        if self._slots is None:
+            self._slots = [TxSlot(id, gref, offset, length, self)
+                           for id, (gref, offset, length) in zip(self.ids, self.segments)]
+        return self._slots
+
+    def slot(self, id: int) -> TxSlot:
+        return self.slots[self.ids.index(id)]
 
     @property
     def done(self) -> bool:
@@ -183,7 +217,8 @@ class TxShadowPacket:
         was, else the first slot's status that was not."""
         if self.pending:
             return None
-        return next((s.status for s in self.slots if s.status != NETIF_RSP_OKAY),
+        statuses = self.statuses
+        return next((statuses[id] for id in self.ids if statuses[id] != NETIF_RSP_OKAY),
                     NETIF_RSP_OKAY)
 
 
@@ -200,7 +235,7 @@ class TxShadow:
 
     def _clear(self, size: int) -> None:
         self.size = size
-        self._slots: list[TxSlot | None] = [None] * size
+        self._owner: list[TxShadowPacket | None] = [None] * size  # by id
         self._free = list(range(size - 1, -1, -1))  # pop() gives 0 first
         self._nulls_expected = 0
         self._seq = 0
@@ -220,23 +255,44 @@ class TxShadow:
         """Record a frame under free ids and build its ring entries
         (``packet.requests``, to put on the ring in order).  ShadowFull if
         too few ids are free; ValueError (nothing recorded) if malformed."""
-        if len(segments) > len(self._free):
-            raise ShadowFull(f"{len(segments)} slots wanted, {len(self._free)} free")
-        ids = self._free[::-1][:len(segments)]
+        count = len(segments)
+        free = self._free
+        if count > len(free):
+            raise ShadowFull(f"{count} slots wanted, {len(free)} free")
+        ids = free[len(free) - count:][::-1]
         requests = tx_requests(segments, ids, flags=flags, gso=gso,
                                max_slots=max_slots)
-        packet = TxShadowPacket([], requests, flags, gso, buffers, self._seq,
-                                len(segments))
-        for id, (gref, offset, length) in zip(ids, segments):
-            packet.slots.append(TxSlot(id, gref, offset, length, packet))
-            self._slots[id] = packet.slots[-1]
-        del self._free[len(self._free) - len(segments):]
+        packet = TxShadowPacket(ids, segments, requests, flags, gso, buffers, self._seq)
+        owner = self._owner
+        for id in ids:
+            owner[id] = packet
+        del free[len(free) - count:]
         self._seq += 1
-        self._nulls_expected += len(requests) - len(segments)
+        self._nulls_expected += len(requests) - count
         return packet
 
     def get(self, id: int) -> TxSlot | None:
-        return self._slots[id] if 0 <= id < self.size else None
+        packet = self._owner[id] if 0 <= id < self.size else None
+        return packet.slot(id) if packet is not None else None
+
+    def _answer(self, id: int, status: int) -> TxShadowPacket | None:
+        """Record one answer; its packet, or None for an extra's NULL."""
+        if status == NETIF_RSP_NULL:
+            if not self._nulls_expected:
+                raise NetfrontProtocolError("NETIF_RSP_NULL answers no extra slot")
+            self._nulls_expected -= 1
+            return None
+        if status not in _STATUSES:
+            raise NetfrontProtocolError(f"response for id {id} has status {status}")
+        packet = self._owner[id] if id < self.size else None
+        if packet is None:
+            raise NetfrontProtocolError(
+                f"response for id {id}: no such slot in flight (unknown or duplicate)")
+        packet.statuses[id] = status
+        packet.pending -= 1
+        self._owner[id] = None
+        self._free.append(id)
+        return packet
 
     def complete(self, response: TxResponse | bytes | bytearray | memoryview
                  ) -> TxSlot | None:
@@ -246,28 +302,25 @@ class TxShadow:
         NetfrontProtocolError if the response answers nothing in flight."""
         if not isinstance(response, TxResponse):
             response = parse_tx_response(response)
-        if response.status == NETIF_RSP_NULL:
-            if not self._nulls_expected:
-                raise NetfrontProtocolError("NETIF_RSP_NULL answers no extra slot")
-            self._nulls_expected -= 1
-            return None
-        if response.status not in _STATUSES:
-            raise NetfrontProtocolError(
-                f"response for id {response.id} has status {response.status}")
-        slot = self.get(response.id)
-        if slot is None:
-            raise NetfrontProtocolError(
-                f"response for id {response.id}: no such slot in flight "
-                f"(unknown or duplicate)")
-        slot.status = response.status
-        slot.packet.pending -= 1
-        self._slots[slot.id] = None
-        self._free.append(slot.id)
-        return slot
+        packet = self._answer(response.id, response.status)
+        return None if packet is None else packet.slot(response.id)
+
+    def complete_block(self, entries: bytes) -> list[TxShadowPacket]:
+        """:meth:`complete` for every response in `entries` (whole 12-byte
+        ring slots, as FrontRing.get_responses copies them), making no
+        slot objects: the frames they finished, in the order they
+        finished."""
+        done = []
+        answer = self._answer
+        for id, status in _RESPONSE_SLOT.iter_unpack(entries):
+            packet = answer(id, status)
+            if packet is not None and not packet.pending:
+                done.append(packet)
+        return done
 
     def inflight(self) -> list[TxShadowPacket]:
         """Every frame with a slot not answered yet, in issue order."""
-        packets = {id(s.packet): s.packet for s in self._slots if s is not None}
+        packets = {id(p): p for p in self._owner if p is not None}
         return sorted(packets.values(), key=lambda p: p.seq)
 
     def reset(self, size: int | None = None) -> list[TxShadowPacket]:

@@ -97,6 +97,16 @@ Module API (ring.h's macro in brackets):
 ``FrontRing.get_response() -> bytes``
     [RING_COPY_RESPONSE] a private copy of the ``rsp_size`` bytes at
     ``rsp_cons``; advances ``rsp_cons``. RingError if there is none.
+``FrontRing.put_requests(entries) -> None``
+    [RING_GET_REQUEST + copy, for a batch] ``entries`` is ``n`` whole
+    slots (``n * entry_size`` bytes, each request zero-padded to the
+    entry): written at ``req_prod_pvt`` in one or two copies (the ring may
+    wrap), which advances by ``n``. RingFull if fewer than ``n`` slots are
+    free.
+``FrontRing.get_responses(n) -> bytes``
+    [RING_COPY_RESPONSE, for a batch] a private copy of the next ``n``
+    slots (``n * entry_size`` bytes: each response at the start of its
+    slot); advances ``rsp_cons``. RingError if fewer than ``n`` are there.
 ``FrontRing.final_check_for_responses(ahead=1) -> bool``
     [RING_FINAL_CHECK_FOR_RESPONSES] before going idle: True if responses
     are pending; otherwise set ``rsp_event = rsp_cons + 1`` (notify me on
@@ -123,6 +133,14 @@ Module API (ring.h's macro in brackets):
     [RING_COPY_REQUEST] a private copy of the ``req_size`` bytes at
     ``req_cons`` (the frontend may rewrite shared memory under us: parse
     only the copy); advances ``req_cons``. RingError if there is none.
+``BackRing.get_requests(n) -> bytes``
+    [RING_COPY_REQUEST, for a batch] a private copy of the next ``n``
+    slots (``n * entry_size`` bytes); advances ``req_cons``. RingError if
+    fewer than ``n`` are unconsumed.
+``BackRing.put_responses(entries) -> None``
+    ``entries``, ``n`` whole slots, written at ``rsp_prod_pvt``, which
+    advances by ``n``. RingError if fewer than ``n`` consumed requests are
+    unanswered.
 ``BackRing.request_overflow() -> bool``
     [RING_REQUEST_CONS_OVERFLOW] ``req_cons - rsp_prod_pvt >= size``: every
     slot holds a consumed but unanswered request; respond before taking
@@ -200,14 +218,16 @@ Buffer = bytearray | memoryview | mmap.mmap
 # load-acquire on ARMv8 (which stay in order: RCsc). So acquire+release
 # twice orders every access before the call before every access after it.
 _fence = threading.Lock()
+_fence_acquire, _fence_release = _fence.acquire, _fence.release
 
 
 def _xen_mb() -> None:
-    """Full memory barrier (ring.h's xen_mb)."""
-    with _fence:
-        pass
-    with _fence:
-        pass
+    """Full memory barrier (ring.h's xen_mb).  The bound methods, not a
+    `with`: this runs several times per frame on the network data path."""
+    _fence_acquire()
+    _fence_release()
+    _fence_acquire()
+    _fence_release()
 
 
 _xen_wmb = _xen_mb
@@ -251,16 +271,17 @@ def shared_ring_init(buf: Buffer) -> None:
 
 
 class _Index:
-    """A private free-running index: assignments wrap at 2**32."""
+    """A private free-running index: assignments wrap at 2**32.
+
+    Only __set__ is defined: a read then finds the value in the instance's
+    __dict__ directly, without a Python-level call (the indexes are read
+    several times per slot on the data path)."""
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.attr = "_" + name
-
-    def __get__(self, ring: object, owner: type | None = None) -> int:
-        return getattr(ring, self.attr)
+        self.name = name
 
     def __set__(self, ring: object, value: int) -> None:
-        setattr(ring, self.attr, value & _idx_mask)
+        ring.__dict__[self.name] = value & _idx_mask
 
 
 class _Ring:
@@ -287,6 +308,34 @@ class _Ring:
     def _slot(self, idx: int, length: int) -> memoryview:
         start = SRING_HEADER_SIZE + (idx & (self.size - 1)) * self.entry_size
         return self._view[start:start + length]
+
+    def _copy_out(self, idx: int, n: int) -> bytes:
+        """The bytes of `n` slots from index `idx`, as one private copy."""
+        entry, size = self.entry_size, self.size
+        first = idx & (size - 1)
+        start = SRING_HEADER_SIZE + first * entry
+        if first + n <= size:
+            return bytes(self._view[start:start + n * entry])
+        head = size - first
+        return (bytes(self._view[start:SRING_HEADER_SIZE + size * entry])
+                + bytes(self._view[SRING_HEADER_SIZE:SRING_HEADER_SIZE
+                                   + (n - head) * entry]))
+
+    def _copy_in(self, idx: int, entries: bytes | bytearray | memoryview) -> int:
+        """Write whole slots from index `idx`; how many."""
+        entry, size = self.entry_size, self.size
+        n, rest = divmod(len(entries), entry)
+        if rest or n > size:
+            raise ValueError(f"{len(entries)} bytes are not whole {entry}-byte "
+                             f"slots of a {size}-slot ring")
+        first = idx & (size - 1)
+        start = SRING_HEADER_SIZE + first * entry
+        head = min(n, size - first) * entry
+        self._view[start:start + head] = entries[:head]
+        if head < len(entries):
+            self._view[SRING_HEADER_SIZE:SRING_HEADER_SIZE + len(entries) - head] = \
+                entries[head:]
+        return n
 
     @staticmethod
     def _fill(slot: memoryview, data: bytes, what: str) -> None:
@@ -353,6 +402,12 @@ class FrontRing(_Ring):
         self._req_prod_pvt = (idx + 1) & _idx_mask
         return idx
 
+    def put_requests(self, entries: bytes | bytearray | memoryview) -> None:
+        n = len(entries) // self.entry_size
+        if n > self.free_requests():
+            raise RingFull(f"{n} requests, {self.free_requests()} slots free")
+        self.req_prod_pvt = self.req_prod_pvt + self._copy_in(self.req_prod_pvt, entries)
+
     def push_requests(self) -> None:
         _xen_wmb()  # back sees requests /before/ updated producer index
         self._header[_req_prod] = self.req_prod_pvt
@@ -381,6 +436,14 @@ class FrontRing(_Ring):
         cons = self._rsp_cons
         data = bytes(self._slot(cons, self.rsp_size))
         self._rsp_cons = (cons + 1) & _idx_mask
+        return data
+
+    def get_responses(self, n: int) -> bytes:
+        if n < 0 or self.has_unconsumed_responses() < n:
+            raise RingError(f"{n} responses asked for, fewer are unconsumed")
+        _xen_rmb()  # read the responses only /after/ seeing rsp_prod cover them
+        data = self._copy_out(self.rsp_cons, n)
+        self.rsp_cons += n
         return data
 
     def final_check_for_responses(self, ahead: int = 1) -> bool:
@@ -438,6 +501,21 @@ class BackRing(_Ring):
         data = bytes(self._slot(cons, self.req_size))
         self._req_cons = (cons + 1) & _idx_mask
         return data
+
+    def get_requests(self, n: int) -> bytes:
+        if n < 0 or self.has_unconsumed_requests() < n:
+            raise RingError(f"{n} requests asked for, fewer are unconsumed")
+        _xen_rmb()  # read the requests only /after/ seeing req_prod cover them
+        data = self._copy_out(self.req_cons, n)
+        self.req_cons += n
+        return data
+
+    def put_responses(self, entries: bytes | bytearray | memoryview) -> None:
+        n = len(entries) // self.entry_size
+        if n > (self.req_cons - self.rsp_prod_pvt) & _idx_mask:
+            raise RingError(f"{n} responses for fewer unanswered requests: the "
+                            "slots still hold unconsumed requests")
+        self.rsp_prod_pvt = self.rsp_prod_pvt + self._copy_in(self.rsp_prod_pvt, entries)
 
     def request_overflow(self) -> bool:
         return (self.req_cons - self.rsp_prod_pvt) & _idx_mask >= self.size
