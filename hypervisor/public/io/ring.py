@@ -271,17 +271,18 @@ def shared_ring_init(buf: Buffer) -> None:
 
 
 class _Index:
-    """A private free-running index: assignments wrap at 2**32.
-
-    Only __set__ is defined: a read then finds the value in the instance's
-    __dict__ directly, without a Python-level call (the indexes are read
-    several times per slot on the data path)."""
+    """A private free-running index: assignments wrap at 2**32. The value
+    lives in "_" + name, which the hot paths below read and write directly
+    (wrapping by hand), without a Python-level call."""
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
+        self.attr = "_" + name
+
+    def __get__(self, ring: object, owner: type | None = None) -> int:
+        return getattr(ring, self.attr)
 
     def __set__(self, ring: object, value: int) -> None:
-        ring.__dict__[self.name] = value & _idx_mask
+        setattr(ring, self.attr, value & _idx_mask)
 
 
 class _Ring:
