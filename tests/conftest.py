@@ -20,10 +20,19 @@ def no_leaks():
     assert not shm_new, f"leaked shared memory: {shm_new}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if call.when == "call":
+        item.failed_call = outcome.get_result().failed
+
+
 @pytest.fixture
-def system():
+def system(request):
     sys_ = System()
     try:
         yield sys_
     finally:
+        if getattr(request.node, "failed_call", False):
+            sys_.keep_logs(request.node.name)
         sys_.close()

@@ -161,6 +161,15 @@ class System:
         self.booted = False
         reap_children()
 
+    def keep_logs(self, test: str) -> None:
+        """A failed test's logs, kept for the reader (the run dir goes)."""
+        self.halt()
+        dest = Path(tempfile.gettempdir()) / f"pyxen-failed-{test}"
+        shutil.rmtree(dest, ignore_errors=True)
+        if (self.run_dir / "logs").is_dir():
+            shutil.copytree(self.run_dir / "logs", dest)
+            print(f"\npyxen logs of the failed test kept in {dest}")
+
     def close(self) -> None:
         try:
             self.halt()
