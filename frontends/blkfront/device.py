@@ -435,6 +435,7 @@ class BlkfrontDevice:
         # Backend moves seen, and the one being connected to: a connect
         # waiting on a backend that has already been replaced gives up.
         self.moves = self.connecting = 0
+        self.target = self.backend_id  # the backend-id last moved to
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted driver domain comes back under a new domid: the
         # toolstack points our `backend-id` at it and we reconnect.
@@ -496,13 +497,16 @@ class BlkfrontDevice:
             req.fail(gone)
 
     def _reconnect(self) -> None:
+        backend_id = int(self.xs.read(f"{self.path}/backend-id"))
         with self.state_cond:
+            if backend_id == self.target:
+                return  # a watch seen twice: that move is being handled
+            self.target = backend_id
             self.moves += 1
-            self.state_cond.notify_all()
+            self.state_cond.notify_all()  # a connect to the one replaced gives up
         with self.reconnecting:
-            backend_id = int(self.xs.read(f"{self.path}/backend-id"))
-            if backend_id == self.backend_id or self.closed:
-                return
+            if self.closed or backend_id != self.target:
+                return  # a newer move came meanwhile: its thread connects
             with self.state_cond:
                 self.connecting = self.moves
             self.connected.clear()

@@ -102,6 +102,7 @@ class NetfrontDevice:
         # Backend moves seen, and the one being connected to: a connect
         # waiting on a backend that has already been replaced gives up.
         self.moves = self.connecting = 0
+        self.target = self.backend_id  # the backend-id last moved to
         self.window = None
         self.offload = bool(getattr(tap, "vnet_hdr", False))
         self.tap_fd = tap.fileno()  # the reader's: it closes the TAP only after it stops
@@ -131,13 +132,16 @@ class NetfrontDevice:
             threading.Thread(target=self.close, daemon=True).start()
 
     def _reconnect(self) -> None:
+        backend_id = int(self.xs.read(f"{self.path}/backend-id"))
         with self.cond:
+            if backend_id == self.target:
+                return  # a watch seen twice: that move is being handled
+            self.target = backend_id
             self.moves += 1
-            self.cond.notify_all()
+            self.cond.notify_all()  # a connect to the one replaced gives up
         with self.reconnecting:
-            backend_id = int(self.xs.read(f"{self.path}/backend-id"))
-            if backend_id == self.backend_id or self.closed:
-                return
+            if self.closed or backend_id != self.target:
+                return  # a newer move came meanwhile: its thread connects
             with self.cond:
                 self.connecting = self.moves
             self.link_up.clear()
