@@ -179,3 +179,21 @@ def test_features_and_gather(xs_env):
     with pytest.raises(XsError) as info:
         gather(client, path, "mode", "missing")
     assert info.value.name == "ENOENT"
+
+
+def test_backend_moves_are_followed_once_and_the_latest_wins():
+    import threading
+
+    from domains.kernel.xenbus.state import BackendMoves
+
+    cond = threading.Condition()
+    moves = BackendMoves(cond, 1)
+    assert not moves.arrived(1)  # where we are already
+    assert moves.arrived(3) and not moves.arrived(3)  # a watch seen twice counts once
+    assert moves.claim(3) and not moves.superseded  # this thread connects to 3
+    assert moves.arrived(4)
+    with cond:
+        assert moves.superseded  # the connect to 3 gives up
+    assert moves.arrived(5)
+    assert not moves.claim(4)  # 4's thread steps aside: 5 is newer
+    assert moves.claim(5) and not moves.superseded

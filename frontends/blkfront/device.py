@@ -30,6 +30,7 @@ from domains.kernel.xenbus.state import (
     FRONTEND,
     read_feature,
     switch_state,
+    BackendMoves,
     watch_backend_moves,
     watch_otherend,
     write_features,
@@ -432,10 +433,7 @@ class BlkfrontDevice:
         # issued again as soon as the next backend is connected.
         self.reissue: list[IORequest] = []
         self.reissue_lock = threading.Lock()
-        # Backend moves seen, and the one being connected to: a connect
-        # waiting on a backend that has already been replaced gives up.
-        self.moves = self.connecting = 0
-        self.target = self.backend_id  # the backend-id last moved to
+        self.moves = BackendMoves(self.state_cond, self.backend_id)
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted driver domain comes back under a new domid: the
         # toolstack points our `backend-id` at it and we reconnect.
@@ -498,17 +496,11 @@ class BlkfrontDevice:
 
     def _reconnect(self) -> None:
         backend_id = int(self.xs.read(f"{self.path}/backend-id"))
-        with self.state_cond:
-            if backend_id == self.target:
-                return  # a watch seen twice: that move is being handled
-            self.target = backend_id
-            self.moves += 1
-            self.state_cond.notify_all()  # a connect to the one replaced gives up
+        if not self.moves.arrived(backend_id):
+            return
         with self.reconnecting:
-            if self.closed or backend_id != self.target:
-                return  # a newer move came meanwhile: its thread connects
-            with self.state_cond:
-                self.connecting = self.moves
+            if self.closed or not self.moves.claim(backend_id):
+                return
             self.connected.clear()
             self._abandon()
             try:
@@ -541,10 +533,10 @@ class BlkfrontDevice:
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> XenbusState:
         with self.state_cond:
             if not self.state_cond.wait_for(lambda: self.backend_state in states or
-                                            self.moves != self.connecting, timeout):
+                                            self.moves.superseded, timeout):
                 raise DeviceGone(f"backend {self.backend} stayed in "
                                  f"{self.backend_state.name}")
-            if self.moves != self.connecting:
+            if self.moves.superseded:
                 raise DeviceGone(f"backend {self.backend} was replaced meanwhile")
             return self.backend_state
 

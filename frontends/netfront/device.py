@@ -41,6 +41,7 @@ from domains.kernel.xenbus.state import (
     FRONTEND,
     read_feature,
     switch_state,
+    BackendMoves,
     watch_backend_moves,
     watch_otherend,
 )
@@ -99,10 +100,7 @@ class NetfrontDevice:
         self.link_up = threading.Event()  # carrier: a backend is connected
         self.generation = 0  # bumped at each reconnect: old rings are gone
         self.reconnecting = threading.Lock()
-        # Backend moves seen, and the one being connected to: a connect
-        # waiting on a backend that has already been replaced gives up.
-        self.moves = self.connecting = 0
-        self.target = self.backend_id  # the backend-id last moved to
+        self.moves = BackendMoves(self.cond, self.backend_id)
         self.window = None
         self.offload = bool(getattr(tap, "vnet_hdr", False))
         self.tap_fd = tap.fileno()  # the reader's: it closes the TAP only after it stops
@@ -133,17 +131,11 @@ class NetfrontDevice:
 
     def _reconnect(self) -> None:
         backend_id = int(self.xs.read(f"{self.path}/backend-id"))
-        with self.cond:
-            if backend_id == self.target:
-                return  # a watch seen twice: that move is being handled
-            self.target = backend_id
-            self.moves += 1
-            self.cond.notify_all()  # a connect to the one replaced gives up
+        if not self.moves.arrived(backend_id):
+            return
         with self.reconnecting:
-            if self.closed or backend_id != self.target:
-                return  # a newer move came meanwhile: its thread connects
-            with self.cond:
-                self.connecting = self.moves
+            if self.closed or not self.moves.claim(backend_id):
+                return
             self.link_up.clear()
             with self.tx_lock, self.rx_lock:
                 self.generation += 1
@@ -178,10 +170,10 @@ class NetfrontDevice:
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
         with self.cond:
             if not self.cond.wait_for(lambda: self.backend_state in states or
-                                      self.moves != self.connecting, timeout):
+                                      self.moves.superseded, timeout):
                 raise NetfrontError(f"backend {self.backend} stayed in "
                                     f"{self.backend_state.name}")
-            if self.moves != self.connecting:
+            if self.moves.superseded:
                 raise NetfrontError(f"backend {self.backend} was replaced meanwhile")
 
     def connect(self) -> None:

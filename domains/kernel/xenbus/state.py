@@ -234,3 +234,40 @@ def watch_backend_moves(client: XenStoreClient, dev_path: str, token: str,
             threading.Thread(target=on_move, daemon=True).start()
 
     client.watch(_join(dev_path, "backend-id"), token, changed)
+
+
+class BackendMoves:
+    """Which backend a frontend follows when the toolstack moves its device
+    to a restarted driver domain (a new backend-id). `cond` is the
+    frontend's backend-state condition: a connect waiting on it gives up as
+    soon as a newer move arrives (`superseded`, read with `cond` held)."""
+
+    def __init__(self, cond: threading.Condition, backend_id: int) -> None:
+        self.cond = cond
+        self.target = backend_id  # the backend-id last moved to
+        self.seen = self.serving = 0
+
+    def arrived(self, backend_id: int) -> bool:
+        """A move to `backend_id`; False when it is known already (a watch
+        seen twice)."""
+        with self.cond:
+            if backend_id == self.target:
+                return False
+            self.target = backend_id
+            self.seen += 1
+            self.cond.notify_all()
+            return True
+
+    def claim(self, backend_id: int) -> bool:
+        """Under the frontend's reconnect lock: True when `backend_id` is
+        still the latest move, and the caller connects to it; False when a
+        newer one came meanwhile (its own thread connects)."""
+        with self.cond:
+            if backend_id != self.target:
+                return False
+            self.serving = self.seen
+            return True
+
+    @property
+    def superseded(self) -> bool:
+        return self.seen != self.serving
