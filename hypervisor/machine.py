@@ -174,9 +174,13 @@ class Machine:
         try:
             spare = None if extra else self.standby.take()
             if spare is not None:
-                spare.assign(start_info, fds, log_dir / f"{dom.name}.log")
-                dom.process = spare
-            else:
+                try:
+                    spare.assign(start_info, fds, log_dir / f"{dom.name}.log")
+                    dom.process = spare
+                except OSError:  # it died just now: start cold
+                    spare.retire()
+                    spare = None
+            if spare is None:
                 pass_fds = [fd for v in fds.values()
                             for fd in (v if isinstance(v, list) else [v])]
                 dom.process = DomainProcess(start_info, pass_fds,

@@ -27,8 +27,6 @@ import psutil
 from hypervisor.public.pyxen.start_info import STANDBY_ENV, START_INFO_ENV
 
 
-
-
 class DomainProcess:
     """One running domain process, watched through a pidfd."""
 
@@ -36,12 +34,12 @@ class DomainProcess:
         env = dict(os.environ)
         env[START_INFO_ENV] = json.dumps(start_info)
         with open(log_path, "ab") as log:
-            self._start([], pass_fds, log, env)
+            self._start(pass_fds, log, env)
         self.standby: socket.socket | None = None
 
-    def _start(self, args: list[str], pass_fds: list[int], out, env: dict) -> None:
+    def _start(self, pass_fds: list[int], out, env: dict) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "domains.kernel.boot", *args],
+            [sys.executable, "-m", "domains.kernel.boot"],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -65,7 +63,7 @@ class DomainProcess:
         try:
             env = dict(os.environ)
             env[STANDBY_ENV] = f"{theirs.fileno()}:{os.getpid()}"
-            proc._start([], [theirs.fileno()], subprocess.DEVNULL, env)
+            proc._start([theirs.fileno()], subprocess.DEVNULL, env)
         except BaseException:
             ours.close()
             raise

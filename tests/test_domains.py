@@ -103,3 +103,24 @@ def test_create_that_does_not_fit_gets_enomem_and_leaves_nothing(system):
     cfg = system.write_topology('name = "small"\nmemory = 64\n', "small.cfg")
     assert "Created small" in system.cli("create", str(cfg)).stdout
     assert system.list()["small"]["mem"] == 64
+
+
+def test_domains_start_from_a_standby_process_and_a_dead_one_is_replaced(system):
+    import os
+
+    from tests.harness import ours, title
+
+    def standbys() -> list:
+        return [p for p in ours() if title(p) == "pyxen: standby"]
+
+    system.boot(system.write_topology(SMALL))
+    [spare] = standbys()  # ready for the next domain
+    cfg = system.write_topology('name = "warm"\nmemory = 32\n', "warm.cfg")
+    system.cli("create", str(cfg))
+    assert system.pid_of("warm") == spare.pid  # the spare became the domain
+    [spare] = standbys()  # and a new one waits
+    os.kill(spare.pid, 9)  # a spare that died is not used: a cold start instead
+    cfg = system.write_topology('name = "cold"\nmemory = 32\n', "cold.cfg")
+    system.cli("create", str(cfg))
+    assert system.list()["cold"]["state"][3:5] == "--"
+    assert system.pid_of("cold") != spare.pid
