@@ -96,11 +96,18 @@ def _follow_boot(fd: int) -> tuple[bool, str]:
 
 
 def _foreground(run_dir: Path, hv: subprocess.Popen) -> int:
-    """Show live status until Ctrl-C (which halts) or the machine stops."""
+    """Show live status until Ctrl-C (which halts) or the machine stops.
+
+    The hypervisor's end is watched on a pidfd, not with Popen.wait: a
+    Ctrl-C landing inside Popen.wait can leave its internal lock taken, and
+    the wait after the halt would then never return."""
+    import select
+
     client = ControlClient(run_dir)
     last = None
+    exited = os.pidfd_open(hv.pid)
     try:
-        while hv.poll() is None:
+        while True:
             try:
                 rows = client.call("list")
             except NotRunning:
@@ -111,17 +118,19 @@ def _foreground(run_dir: Path, hv: subprocess.Popen) -> int:
                 print(time.strftime("%H:%M:%S"), "domains:", flush=True)
                 print(format_list(rows), end="", flush=True)
                 last = shown
-            try:
-                hv.wait(timeout=1.0)  # a display refresh, not a wait for an event
-            except subprocess.TimeoutExpired:
-                pass
+            if select.select([exited], [], [], 1.0)[0]:  # a display refresh
+                break
     except KeyboardInterrupt:
         print("\nHalting...", flush=True)
         try:
             client.call("halt")
         except NotRunning:
             pass
-        hv.wait()
+        select.select([exited], [], [])
+    finally:
+        os.close(exited)
+    _, status = os.waitpid(hv.pid, 0)
+    hv.returncode = os.waitstatus_to_exitcode(status)
     print("The machine has halted.")
     return 0
 
