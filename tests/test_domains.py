@@ -110,13 +110,12 @@ def test_domains_start_from_a_standby_process_and_a_dead_one_is_replaced(system)
 
     import psutil
 
-    from tests.harness import title
-
     def standbys() -> list:
         # The hypervisor's children that are no domain (yet): a spare just
         # started has not named itself "pyxen: standby" yet.
         children = psutil.Process(system.hypervisor_pid()).children()
-        return [p for p in children if not title(p).startswith("pyxen: dom")]
+        return [p for p in children
+                if not " ".join(p.cmdline()).startswith("pyxen: dom")]
 
     system.boot(system.write_topology(SMALL))
     [spare] = standbys()  # ready for the next domain
