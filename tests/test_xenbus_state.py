@@ -197,3 +197,19 @@ def test_backend_moves_are_followed_once_and_the_latest_wins():
     assert moves.arrived(5)
     assert not moves.claim(4)  # 4's thread steps aside: 5 is newer
     assert moves.claim(5) and not moves.superseded
+
+
+def test_waiting_on_a_backend_says_why_it_gave_up():
+    import threading
+
+    from domains.kernel.xenbus.state import BackendMoves
+
+    cond = threading.Condition()
+    moves = BackendMoves(cond, 1)
+    state = [S.InitWait]
+    assert moves.wait((S.InitWait,), lambda: state[0], 1) is None
+    assert moves.wait((S.Connected,), lambda: state[0], 0) == "stayed in InitWait"
+    assert moves.arrived(2) and moves.claim(2)
+    threading.Timer(0.05, lambda: moves.arrived(3)).start()  # a newer move, while waiting
+    assert moves.wait((S.Connected,), lambda: state[0], 30) == \
+        "was replaced meanwhile"

@@ -31,6 +31,7 @@ from domains.kernel.xenbus.state import (
     read_feature,
     switch_state,
     BackendMoves,
+    restart_handshake,
     watch_backend_moves,
     watch_otherend,
     write_features,
@@ -517,28 +518,22 @@ class BlkfrontDevice:
             # backend passing through Closed (it saw our Closed before our
             # Initialising) is part of the handshake, not a reason to close.
             self.conn = None
-            self.backend = self.xs.read(f"{self.path}/backend").decode()
             self.backend_id = backend_id
             with self.state_cond:
                 self.backend_state = S.Unknown
+            self.backend, self.watch = restart_handshake(self.xs, self.path,
+                                                         self._backend_changed)
             self.log.info("reconnecting to the new backend", backend=self.backend)
-            switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
-            switch_state(self.xs, self.path, S.Initialising, end=FRONTEND)
-            self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
             try:
                 self.connect()
             except (XsError, DeviceGone, OSError) as exc:
                 self.log.error("reconnect failed", error=str(exc))
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> XenbusState:
-        with self.state_cond:
-            if not self.state_cond.wait_for(lambda: self.backend_state in states or
-                                            self.moves.superseded, timeout):
-                raise DeviceGone(f"backend {self.backend} stayed in "
-                                 f"{self.backend_state.name}")
-            if self.moves.superseded:
-                raise DeviceGone(f"backend {self.backend} was replaced meanwhile")
-            return self.backend_state
+        why = self.moves.wait(states, lambda: self.backend_state, timeout)
+        if why is not None:
+            raise DeviceGone(f"backend {self.backend} {why}")
+        return self.backend_state
 
     # -- connect --------------------------------------------------------------------
 

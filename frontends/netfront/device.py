@@ -42,6 +42,7 @@ from domains.kernel.xenbus.state import (
     read_feature,
     switch_state,
     BackendMoves,
+    restart_handshake,
     watch_backend_moves,
     watch_otherend,
 )
@@ -153,28 +154,22 @@ class NetfrontDevice:
                 self.watch.cancel()
             except XsError:
                 pass
-            self.backend = self.xs.read(f"{self.path}/backend").decode()
             self.backend_id = backend_id
             with self.cond:
                 self.backend_state = S.Unknown
                 self.cond.notify_all()
+            self.backend, self.watch = restart_handshake(self.xs, self.path,
+                                                         self._backend_changed)
             self.log.info("reconnecting to the new backend", backend=self.backend)
-            switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
-            switch_state(self.xs, self.path, S.Initialising, end=FRONTEND)
-            self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
             try:
                 self.connect()
             except (XsError, NetfrontError, OSError) as exc:
                 self.log.error("reconnect failed", error=str(exc))
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
-        with self.cond:
-            if not self.cond.wait_for(lambda: self.backend_state in states or
-                                      self.moves.superseded, timeout):
-                raise NetfrontError(f"backend {self.backend} stayed in "
-                                    f"{self.backend_state.name}")
-            if self.moves.superseded:
-                raise NetfrontError(f"backend {self.backend} was replaced meanwhile")
+        why = self.moves.wait(states, lambda: self.backend_state, timeout)
+        if why is not None:
+            raise NetfrontError(f"backend {self.backend} {why}")
 
     def connect(self) -> None:
         self._wait_backend(S.InitWait, S.Connected)

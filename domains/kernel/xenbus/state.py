@@ -271,3 +271,25 @@ class BackendMoves:
     @property
     def superseded(self) -> bool:
         return self.seen != self.serving
+
+    def wait(self, states: tuple[XenbusState, ...], current: Callable[[], XenbusState],
+             timeout: float) -> str | None:
+        """Wait, with `cond`, for the backend to reach one of `states`; why
+        not, if it did not: it stayed elsewhere, or a newer move came."""
+        with self.cond:
+            reached = self.cond.wait_for(lambda: current() in states or self.superseded,
+                                         timeout)
+            if self.superseded:
+                return "was replaced meanwhile"
+            return None if reached else f"stayed in {current().name}"
+
+
+def restart_handshake(client: XenStoreClient, dev_path: str,
+                      on_change: Callable[[XenbusState], None]) -> tuple[str, OtherendWatch]:
+    """A frontend whose device moved to a new backend starts the handshake
+    over: Closed, then Initialising, watching the new backend's state.
+    Returns the new backend's path and that watch."""
+    backend = client.read(_join(dev_path, "backend")).decode()
+    switch_state(client, dev_path, XenbusState.Closed, end=FRONTEND)
+    switch_state(client, dev_path, XenbusState.Initialising, end=FRONTEND)
+    return backend, watch_otherend(client, backend, on_change)
