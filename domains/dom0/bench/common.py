@@ -46,15 +46,19 @@ def warmup_for(n: int) -> int:
 # -- statistics ---------------------------------------------------------------
 
 
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
 def summarize(samples_ns: list[int]) -> dict[str, float]:
     """median, p99 (nearest rank) and mean, in µs rounded to 0.001."""
     if not samples_ns:
         raise BenchError("no samples")
-    ordered = sorted(samples_ns)
-    p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
-    return {"median": round(statistics.median(ordered) / 1000, 3),
-            "p99": round(p99 / 1000, 3),
-            "mean": round(statistics.fmean(ordered) / 1000, 3)}
+    return {"median": round(statistics.median(samples_ns) / 1000, 3),
+            "p99": round(percentile(samples_ns, 99) / 1000, 3),
+            "mean": round(statistics.fmean(samples_ns) / 1000, 3)}
 
 
 def ops_per_s(samples_ns: list[int]) -> float:

@@ -15,17 +15,11 @@ Image check, per slot, against the last acknowledged write there:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from domains.dom0.bench.common import percentile
 from domains.guest import chaos_blocks as blocks
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def summary_ms(seconds: list[float]) -> dict[str, float] | None:

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import sys
 import tempfile
@@ -211,13 +212,7 @@ def run(topology_path: Path, targets: list[str] | None, kills: int, seed: int,
         if keep and (run_dir / "logs").is_dir():
             progress(f"logs kept in {run_dir / 'logs'}")
         else:
-            _remove(tmp)
-
-
-def _remove(tmp: Path) -> None:
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _domains(run_dir: Path) -> dict[str, dict]:
