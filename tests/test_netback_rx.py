@@ -13,8 +13,10 @@ from backends.netback.rx import (
     make_gso_extra,
     make_rx_response,
     make_tx_response,
+    page_runs,
     parse_rx_request,
     plan_rx,
+    rx_response_block,
     rx_response_slots,
     rx_slot_lengths,
     rx_slots_needed,
@@ -260,3 +262,30 @@ def test_scatter_lays_any_chunks_out_page_after_page(chunks) -> None:
     pages = [memoryview(bytearray(4096)) for _ in lengths]
     scatter(chunks, pages)
     assert b"".join(bytes(p[:n]) for p, n in zip(pages, lengths)) == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(14, 0xFFFF), st.sampled_from([None, (XEN_NETIF_GSO_TYPE_TCPV4, 1448),
+                                                 (XEN_NETIF_GSO_TYPE_TCPV6, 0xFFFF)]),
+       st.sampled_from([0, NETRXF_data_validated, NETRXF_csum_blank | NETRXF_data_validated]),
+       st.data())
+def test_response_block_is_the_per_slot_encoding(size, gso, flags, data) -> None:
+    """The switch's template-built responses are byte for byte those of
+    rx_response_slots, for every size (whole pages and not) and GSO."""
+    lengths = rx_slot_lengths(size)
+    count = len(lengths) + (gso is not None)
+    ids = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=count, max_size=count))
+    assert rx_response_block(ids, size, flags, gso) == rx_response_slots(ids, lengths, flags, gso)
+
+
+def test_page_runs_groups_consecutive_pages() -> None:
+    assert page_runs([4096]) == [(4096, 1)]
+    assert page_runs([0, 8192, 12288, 16384]) == [(0, 1), (8192, 3)]
+    assert page_runs([8192, 4096, 12288]) == [(8192, 1), (4096, 1), (12288, 1)]
+
+
+def test_scatter_fills_runs_of_pages_of_any_length() -> None:
+    data = bytes(range(256)) * 40
+    runs = [memoryview(bytearray(4096)), memoryview(bytearray(3 * 4096))]
+    scatter([data[:100], memoryview(data)[100:], b""], runs)
+    assert bytes(runs[0]) + bytes(runs[1][:len(data) - 4096]) == data

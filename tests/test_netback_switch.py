@@ -64,7 +64,8 @@ class Kernel:
 
     def map_grant_refs(self, fe: int, refs: list[int], readonly: bool = False) -> list[Mapping]:
         pages = self.front.pages
-        return [Mapping(1, fe, r, pages[r].toreadonly() if readonly else pages[r]) for r in refs]
+        return [Mapping(1, fe, r, pages[r].toreadonly() if readonly else pages[r], fe, r * PAGE)
+                for r in refs]
 
     def unmap_all(self, _mappings) -> None:
         pass

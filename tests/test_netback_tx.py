@@ -14,12 +14,16 @@ from backends.netback.tx import (
     ENTRY_SIZE,
     ExtraInfo,
     TxAssembler,
+    TxBlock,
     TxError,
     TxLimits,
     TxPacket,
     TxRequest,
+    answer_extra,
+    answer_status,
     parse_extra,
     parse_tx,
+    tx_response_block,
 )
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
@@ -448,3 +452,27 @@ def test_batch_fast_path_decides_as_slot_by_slot(stream, max_slots) -> None:
     limits = TxLimits(max_slots=max_slots)
     blob = b"".join(entries)
     assert TxAssembler(limits).feed_block(blob) == OneSlotAtATime(limits).feed_block(blob)
+
+
+def test_block_responses_are_the_packets_own() -> None:
+    """What the switch's fast path writes for a block (every slot's id and
+    OKAY, extras NULL, a refused chain's slots ERROR) is what the
+    assembler's packets answer slot by slot."""
+    entries = (chain(10, [1514])
+               + chain(20, [3000, 1000, 4096], extras=[gso()])
+               + chain(30, [60, 60]))
+    blob = b"".join(entries)
+    block = TxBlock(blob)
+    out = tx_response_block(block)
+    index, expected = 0, []
+    for n, packet in enumerate(TxAssembler().feed_block(blob)):
+        found = block.chain(index, TxLimits())
+        assert found is not None and block.packet(index, found) == packet
+        if found[3] is not None:
+            answer_extra(out, index + 1)
+        status = NETIF_RSP_ERROR if n == 2 else NETIF_RSP_OKAY
+        if status:
+            answer_status(out, index, found, status)
+        expected.append(packet.response_slots(status))
+        index = found[0]
+    assert out.tobytes() == b"".join(expected)

@@ -26,17 +26,18 @@ once (tx read-only, rx writable) and kept until the vif disconnects.
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from collections import deque
+from operator import add
 from typing import Any
 
 from backends.netback.bridge import Bridge
 from backends.netback.offload import Offload, needs_fallback, software_fallback, tx_offload
-from backends.netback.rx import (RxFeatures, max_frame, rx_response_slots,
-                                 rx_slot_lengths, scatter)
-from backends.netback.tx import TxAssembler, TxError, TxPacket
+from backends.netback.rx import (RxFeatures, max_frame, page_runs, rx_response_block,
+                                 rx_response_slots, scatter)
+from backends.netback.tx import (TxAssembler, TxBlock, TxError, TxPacket,
+                                 answer_extra, answer_status, tx_response_block)
 from domains.kernel import netpkt
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.xenbus.backend import backend_switch
@@ -53,6 +54,7 @@ from hypervisor.public.errno import XenError
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
+    NETIF_RSP_OKAY,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
@@ -71,7 +73,14 @@ RX_BACKLOG_BYTES = 8 << 20
 #: tx slots taken off a ring before the frames are pushed to their rx
 #: rings (and the tx responses to the sender): bounds latency and backlog.
 TX_BATCH = 128
-RX_ID = struct.Struct("<HxxI")
+#: A granted page's place, as the switch keeps it: the index of the
+#: peer's window (in Vif.windows) above this bit, the page's offset in the
+#: window below; pages next to each other in one window are next to each
+#: other here, so a frame in consecutive pages is copied in one slice.
+WINDOW_SHIFT = 40
+OFFSET_MASK = (1 << WINDOW_SHIFT) - 1
+#: Posted rx requests consumed before their lists are trimmed.
+RX_TRIM = 1024
 #: The GSO types and checksum offloads this netback takes from frontends.
 GSO_TYPES = frozenset({XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6})
 #: At most one log line per kind of trouble per vif in this many seconds:
@@ -224,7 +233,17 @@ class Vif:
         self.rings: list[tuple[BackRing, list[Mapping], memoryview]] = []
         self.tx_grants: dict[int, Mapping] = {}
         self.rx_grants: dict[int, Mapping] = {}
-        self.posted: deque[tuple[int, int]] = deque()  # (id, gref) of rx requests
+        # Where each mapped gref is (WINDOW_SHIFT), and the windows' views:
+        # read-only for tx, writable for rx.
+        self.tx_at: dict[int, int] = {}
+        self.rx_at: dict[int, int] = {}
+        self.windows: list[memoryview] = []
+        self._window_index: dict[tuple[int, bool], int] = {}
+        # The rx requests posted and not used yet: ids and grefs from
+        # `posted_next` on.
+        self.posted_ids: list[int] = []
+        self.posted_grefs: list[int] = []
+        self.posted_next = 0
         self.rx_out = bytearray()  # rx responses not on the ring yet
         self.backlog: deque[Frame] = deque()
         self.backlog_bytes = 0
@@ -326,16 +345,41 @@ class Vif:
         except XenError:
             pass
 
-    def _map(self, cache: dict[int, Mapping], grefs: list[int], readonly: bool) -> None:
-        for gref in grefs:  # the common case: every page mapped already
-            if gref not in cache:
-                break
-        else:
-            return
+    def _map(self, grefs: list[int], readonly: bool) -> None:
+        """Map the grefs not mapped yet (the frontend reuses its pages: each
+        is mapped once and kept until the vif disconnects)."""
+        cache, at = (self.tx_grants, self.tx_at) if readonly else (self.rx_grants, self.rx_at)
         missing = sorted({g for g in grefs if g not in cache})
-        if missing:
-            for m in self.kernel.gnttab.map_grant_refs(self.fe, missing, readonly):
-                cache[m.ref] = m
+        if not missing:
+            return
+        for m in self.kernel.gnttab.map_grant_refs(self.fe, missing, readonly):
+            cache[m.ref] = m
+            at[m.ref] = self._window_of(m, readonly) << WINDOW_SHIFT | m.offset
+
+    def _window_of(self, mapping: Mapping, readonly: bool) -> int:
+        """The index in self.windows of a view over the whole window
+        `mapping` lies in (its page's buffer)."""
+        buffer = mapping.page.obj
+        key = (id(buffer), readonly)
+        index = self._window_index.get(key)
+        if index is None:
+            view = memoryview(buffer).cast("B")
+            index = self._window_index[key] = len(self.windows)
+            self.windows.append(view.toreadonly() if readonly else view)
+        return index
+
+    def _places(self, grefs: list[int], readonly: bool) -> list[int]:
+        """Where the pages of `grefs` are (mapping those not mapped yet)."""
+        at = self.tx_at if readonly else self.rx_at
+        try:
+            return list(map(at.__getitem__, grefs))
+        except KeyError:
+            self._map(grefs, readonly)
+            return list(map(at.__getitem__, grefs))
+
+    def _view(self, place: int, size: int) -> memoryview:
+        start = place & OFFSET_MASK
+        return self.windows[place >> WINDOW_SHIFT][start:start + size]
 
     def _broken(self, what: str, exc: Exception) -> None:
         self.log.error(f"{what} ring corrupt, closing", error=str(exc))
@@ -353,16 +397,7 @@ class Vif:
         try:
             while True:
                 while (n := ring.has_unconsumed_requests()):
-                    entries = ring.get_requests(min(n, TX_BATCH))
-                    responses = []
-                    for result in self.assembler.feed_block(entries):
-                        if type(result) is TxPacket:
-                            responses.append(self._send_packet(result))
-                        else:
-                            assert isinstance(result, TxError)
-                            self.trouble("bad tx request", reason=result.reason)
-                            responses.append(result.response_slots())
-                    ring.put_responses(b"".join(responses))
+                    ring.put_responses(self._tx_block(ring.get_requests(min(n, TX_BATCH))))
                     if ring.push_responses_and_check_notify():
                         self._notify(rx=False)
                     self.switch.flush()  # the frames out to their receivers
@@ -373,28 +408,82 @@ class Vif:
         except RingError as exc:
             self._broken("tx", exc)
 
+    def _tx_block(self, entries: bytes) -> bytes:
+        """Forward the packets of a block of tx entries; the responses, as
+        ring slots, for the slots answered (a chain cut by the end of the
+        block is answered with a later block).  Whole chains that pass
+        every check go the fast way (TxBlock); the first that does not,
+        and everything after it in the block, go through the assembler's
+        state machine."""
+        if self.assembler.in_progress:
+            return self._tx_slow(entries)
+        block = TxBlock(entries)
+        out = tx_response_block(block)
+        limits = self.assembler.limits
+        index, count = 0, block.count
+        while index < count:
+            chain = block.chain(index, limits)
+            if chain is None:
+                return out[:6 * index].tobytes() + self._tx_slow(entries[index * TX_ENTRY:])
+            if chain[3] is not None:
+                answer_extra(out, index + 1)
+            status = self._send(*block.segments(index, chain), block.size[index],
+                                block.flags[index], chain[3])
+            if status:
+                answer_status(out, index, chain, status)
+            index = chain[0]
+        return out.tobytes()
+
+    def _tx_slow(self, entries: bytes) -> bytes:
+        responses = []
+        for result in self.assembler.feed_block(entries):
+            if type(result) is TxPacket:
+                responses.append(self._send_packet(result))
+            else:
+                assert isinstance(result, TxError)
+                self.trouble("bad tx request", reason=result.reason)
+                responses.append(result.response_slots())
+        return b"".join(responses)
+
     def _send_packet(self, packet: TxPacket) -> bytes:
-        """Forward one packet; its responses, as ring slots."""
+        """Forward one packet the state machine assembled; its responses,
+        as ring slots."""
         if packet.mcast is not None:
             return packet.response_slots()  # a filter update: every frame passes
-        segments = [s for s in packet.segments() if s[2]]
-        grants = self.tx_grants
+        gso = packet.gso
+        grefs, offsets, lengths = map(list, zip(*packet.segments()))
+        status = self._send(grefs, offsets, lengths, packet.size, packet.flags,
+                            None if gso is None else (gso.gso_type, gso.gso_size))
+        return packet.response_slots(status or NETIF_RSP_OKAY)
+
+    def _send(self, grefs: list[int], offsets: list[int], lengths: list[int],
+              size: int, flags: int, gso: tuple[int, int] | None) -> int:
+        """Forward the packet held in (gref, offset, length) pieces (each
+        checked to lie within its page); 0, or the status to answer it."""
+        if 0 in lengths:  # empty slots: nothing to map or copy
+            kept = [k for k, n in enumerate(lengths) if n]
+            grefs = [grefs[k] for k in kept]
+            offsets = [offsets[k] for k in kept]
+            lengths = [lengths[k] for k in kept]
         try:
-            self._map(grants, [g for g, _, _ in segments], readonly=True)
+            starts = list(map(add, self._places(grefs, True), offsets))
         except GrantStatusError as exc:
             self.trouble("bad tx grant", error=str(exc))
-            return packet.response_slots(NETIF_RSP_ERROR)
-        views = [grants[g].page[off:off + n] for g, off, n in segments]
-        head, rest = split_head(views, packet.size)
-        gso = packet.gso
-        offload = tx_offload(head, packet.size, packet.flags,
-                             None if gso is None else (gso.gso_type, gso.gso_size),
-                             gso_types=GSO_TYPES, ipv6_csum=True)
+            return NETIF_RSP_ERROR
+        ends = list(map(add, starts, lengths))
+        if ends[:-1] == starts[1:]:  # one run of memory: the common case
+            view = self._view(starts[0], size)
+            cut = min(size, netpkt.MAX_HEADER)
+            head, rest = bytes(view[:cut]), ([view[cut:]] if size > cut else [])
+        else:
+            head, rest = split_head([self._view(start, length) for start, length
+                                     in zip(starts, lengths) if length], size)
+        offload = tx_offload(head, size, flags, gso, gso_types=GSO_TYPES, ipv6_csum=True)
         if type(offload) is str:
             self.trouble("bad tx offload", reason=offload)
-            return packet.response_slots(NETIF_RSP_ERROR)
-        self.switch.forward(self, Frame(head, rest, packet.size, offload))
-        return packet.response_slots()
+            return NETIF_RSP_ERROR
+        self.switch.forward(self, Frame(head, rest, size, offload))
+        return 0
 
     # -- rx: frames for the frontend, on the switch thread ------------------------
 
@@ -446,32 +535,52 @@ class Vif:
         ring = self.rx_ring
         n = ring.has_unconsumed_requests()
         if n:
-            self.posted.extend(RX_ID.iter_unpack(ring.get_requests(n)))
+            entries = memoryview(ring.get_requests(n))
+            if self.posted_next >= RX_TRIM:
+                del self.posted_ids[:self.posted_next], self.posted_grefs[:self.posted_next]
+                self.posted_next = 0
+            self.posted_ids += entries.cast("H")[0::4].tolist()
+            self.posted_grefs += entries.cast("I")[1::2].tolist()
 
     def _place(self, frame: Frame) -> bool:
         """Copy a frame into posted rx buffers and queue its responses;
         False (nothing done) if too few buffers are posted."""
-        lengths = rx_slot_lengths(frame.size, PAGE_SIZE)
+        size = frame.size
         gso = frame.offload.gso
-        need = len(lengths) + (gso is not None)
-        posted = self.posted
-        if len(posted) < need:
+        data = -(-size // PAGE_SIZE)
+        need = data + (gso is not None)
+        first = self.posted_next
+        if len(self.posted_ids) - first < need:
             self._pull_requests()
-            if len(posted) < need:
+            first = self.posted_next
+            if len(self.posted_ids) - first < need:
                 return False
-        taken = [posted.popleft() for _ in range(need)]
-        ids = [id for id, _ in taken]
-        data = taken if gso is None else [taken[0], *taken[2:]]
-        grefs = [gref for _, gref in data]
-        grants = self.rx_grants
+        self.posted_next = first + need
+        ids = self.posted_ids[first:first + need]
+        grefs = self.posted_grefs[first:first + need]
+        if gso is not None:
+            del grefs[1]  # the extra's request: no buffer used
         try:
-            self._map(grants, grefs, readonly=False)
+            starts = self._places(grefs, False)
         except GrantStatusError as exc:
             self.trouble("bad rx grant", error=str(exc))
-            lengths = [NETIF_RSP_ERROR] * len(lengths)
+            self.rx_out += rx_response_slots(ids, [NETIF_RSP_ERROR] * data,
+                                             frame.offload.flags, gso)
         else:
-            scatter(frame.chunks(), [grants[g].page for g in grefs], PAGE_SIZE)
-        self.rx_out += rx_response_slots(ids, lengths, frame.offload.flags, gso)
+            base = starts[0]
+            if starts == list(range(base, base + data * PAGE_SIZE, PAGE_SIZE)):
+                targets = [self._view(base, size)]  # one run of pages
+            elif data > 2 and starts[1:] == list(range(starts[1], starts[1] + (data - 1)
+                                                       * PAGE_SIZE, PAGE_SIZE)):
+                # The frontend posted consecutive pages, and the GSO extra
+                # took the second request's.
+                targets = [self._view(base, PAGE_SIZE),
+                           self._view(starts[1], size - PAGE_SIZE)]
+            else:
+                targets = [self._view(first, pages * PAGE_SIZE)
+                           for first, pages in page_runs(starts)]
+            scatter(frame.chunks(), targets)
+            self.rx_out += rx_response_block(ids, size, frame.offload.flags, gso)
         self.switch.dirty[self] = None
         return True
 
@@ -532,6 +641,10 @@ class Vif:
                 gnttab.unmap_all(mappings)
             except Exception as exc:
                 self.log.info("disconnect", note=repr(exc))
+        for view in self.windows:
+            view.release()  # before the unmaps: the last one lets go of the window
+        self.windows, self._window_index = [], {}
+        self.tx_at, self.rx_at = {}, {}
         grants = list(self.tx_grants.values()) + list(self.rx_grants.values())
         if grants:
             try:
@@ -540,7 +653,7 @@ class Vif:
                 self.log.info("disconnect", note=repr(exc))
         self.rings, self.ports = [], []
         self.tx_grants, self.rx_grants = {}, {}
-        self.posted.clear()
+        self.posted_ids, self.posted_grefs, self.posted_next = [], [], 0
         self.rx_out = bytearray()
         self.backlog.clear()
         self.backlog_bytes = 0

@@ -407,7 +407,8 @@ class FrontRing(_Ring):
         n = len(entries) // self.entry_size
         if n > self.free_requests():
             raise RingFull(f"{n} requests, {self.free_requests()} slots free")
-        self.req_prod_pvt = self.req_prod_pvt + self._copy_in(self.req_prod_pvt, entries)
+        prod = self._req_prod_pvt
+        self._req_prod_pvt = (prod + self._copy_in(prod, entries)) & _idx_mask
 
     def push_requests(self) -> None:
         _xen_wmb()  # back sees requests /before/ updated producer index
@@ -443,8 +444,9 @@ class FrontRing(_Ring):
         if n < 0 or self.has_unconsumed_responses() < n:
             raise RingError(f"{n} responses asked for, fewer are unconsumed")
         _xen_rmb()  # read the responses only /after/ seeing rsp_prod cover them
-        data = self._copy_out(self.rsp_cons, n)
-        self.rsp_cons += n
+        cons = self._rsp_cons
+        data = self._copy_out(cons, n)
+        self._rsp_cons = (cons + n) & _idx_mask
         return data
 
     def final_check_for_responses(self, ahead: int = 1) -> bool:
@@ -507,16 +509,18 @@ class BackRing(_Ring):
         if n < 0 or self.has_unconsumed_requests() < n:
             raise RingError(f"{n} requests asked for, fewer are unconsumed")
         _xen_rmb()  # read the requests only /after/ seeing req_prod cover them
-        data = self._copy_out(self.req_cons, n)
-        self.req_cons += n
+        cons = self._req_cons
+        data = self._copy_out(cons, n)
+        self._req_cons = (cons + n) & _idx_mask
         return data
 
     def put_responses(self, entries: bytes | bytearray | memoryview) -> None:
         n = len(entries) // self.entry_size
-        if n > (self.req_cons - self.rsp_prod_pvt) & _idx_mask:
+        prod = self._rsp_prod_pvt
+        if n > (self._req_cons - prod) & _idx_mask:
             raise RingError(f"{n} responses for fewer unanswered requests: the "
                             "slots still hold unconsumed requests")
-        self.rsp_prod_pvt = self.rsp_prod_pvt + self._copy_in(self.rsp_prod_pvt, entries)
+        self._rsp_prod_pvt = (prod + self._copy_in(prod, entries)) & _idx_mask
 
     def request_overflow(self) -> bool:
         return (self.req_cons - self.rsp_prod_pvt) & _idx_mask >= self.size
