@@ -257,3 +257,31 @@ def test_a_corrupt_rx_ring_disconnects_its_vif_only(net) -> None:
     assert not vifs[2].connected and vifs[1].connected
     assert packet.status == NETIF_RSP_OKAY  # the sender is not to blame
     assert any(event == "rx ring corrupt, closing" for event, _ in log.lines)
+
+
+def test_a_chain_cut_by_the_batch_waits_for_the_next_batch(net) -> None:
+    """Nine 17-slot GSO frames queued at once are more than one batch
+    (TX_BATCH slots): the chain the batch would cut is left in the ring
+    and goes, whole, with the next batch; every frame arrives intact and
+    none needs the per-slot state machine."""
+    switch, fronts, vifs, _ = net
+    frames = [addressed(P.with_checksum(P.tcp4_frame(64000 - n), partial=True), 1, 2)
+              for n in range(9)]
+    packets = [fronts[1].send(f, CSUM, (XEN_NETIF_GSO_TYPE_TCPV4, 1448)) for f in frames]
+
+    def no_state_machine(_entries):
+        raise AssertionError("a whole chain went through the state machine")
+
+    vifs[1].assembler.feed_block = no_state_machine
+    fronts[2].post_rx(fronts[2].rx.free_requests())
+    got = []
+    while len(got) < len(frames):
+        switch.call(vifs[1].process_tx)
+        received = fronts[2].received()
+        assert received, "no progress"
+        got += received
+        fronts[2].post_rx(fronts[2].rx.free_requests())
+        switch.call(vifs[2].process_rx)
+    fronts[1].tx_done()
+    assert [g.data for g in got] == frames
+    assert all(p.done and p.status == NETIF_RSP_OKAY for p in packets)

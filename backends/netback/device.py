@@ -397,7 +397,10 @@ class Vif:
         try:
             while True:
                 while (n := ring.has_unconsumed_requests()):
-                    ring.put_responses(self._tx_block(ring.get_requests(min(n, TX_BATCH))))
+                    entries = ring.peek_requests(min(n, TX_BATCH))
+                    responses, used = self._tx_block(entries, capped=n > TX_BATCH)
+                    ring.consume_requests(used)
+                    ring.put_responses(responses)
                     if ring.push_responses_and_check_notify():
                         self._notify(rx=False)
                     self.switch.flush()  # the frames out to their receivers
@@ -408,15 +411,17 @@ class Vif:
         except RingError as exc:
             self._broken("tx", exc)
 
-    def _tx_block(self, entries: bytes) -> bytes:
-        """Forward the packets of a block of tx entries; the responses, as
-        ring slots, for the slots answered (a chain cut by the end of the
-        block is answered with a later block).  Whole chains that pass
-        every check go the fast way (TxBlock); the first that does not,
-        and everything after it in the block, go through the assembler's
-        state machine."""
+    def _tx_block(self, entries: bytes, capped: bool = False) -> tuple[bytes, int]:
+        """Forward the packets of a block of tx entries: the responses, as
+        ring slots, for the slots answered, and how many slots were used.
+        Whole chains that pass every check go the fast way (TxBlock); the
+        first that does not, and everything after it, go through the
+        assembler's state machine, which keeps a chain cut by the end of
+        the block for the next one.  But when the block was `capped` (more
+        requests wait in the ring), a chain it cuts is left in the ring
+        for the next block, to go the fast way."""
         if self.assembler.in_progress:
-            return self._tx_slow(entries)
+            return self._tx_slow(entries), len(entries) // TX_ENTRY
         block = TxBlock(entries)
         out = tx_response_block(block)
         limits = self.assembler.limits
@@ -424,7 +429,10 @@ class Vif:
         while index < count:
             chain = block.chain(index, limits)
             if chain is None:
-                return out[:6 * index].tobytes() + self._tx_slow(entries[index * TX_ENTRY:])
+                if capped and index and not block.ends_within(index):
+                    return out[:6 * index].tobytes(), index
+                return (out[:6 * index].tobytes() + self._tx_slow(entries[index * TX_ENTRY:]),
+                        count)
             if chain[3] is not None:
                 answer_extra(out, index + 1)
             status = self._send(*block.segments(index, chain), block.size[index],
@@ -432,7 +440,7 @@ class Vif:
             if status:
                 answer_status(out, index, chain, status)
             index = chain[0]
-        return out.tobytes()
+        return out.tobytes(), count
 
     def _tx_slow(self, entries: bytes) -> bytes:
         responses = []

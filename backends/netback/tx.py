@@ -406,6 +406,15 @@ class TxBlock:
             return None
         return end, frags, first_len, gso
 
+    def ends_within(self, start: int) -> bool:
+        """Whether the chain whose slot 1 is `start` (with at most one
+        extra) ends in this block."""
+        flags = self.flags[start]
+        frags = start + 1 + (1 if flags & NETTXF_extra_info else 0)
+        if frags > self.count:
+            return False
+        return not flags & NETTXF_more_data or self._more.find(0, frags) >= 0
+
     def segments(self, start: int, chain: Chain) -> tuple[list[int], list[int], list[int]]:
         """The chain's data: (grefs, offsets, lengths) of its request slots
         in order (slot 1's length is first_len)."""

@@ -506,13 +506,24 @@ class BackRing(_Ring):
         return data
 
     def get_requests(self, n: int) -> bytes:
+        data = self.peek_requests(n)
+        self._req_cons = (self._req_cons + n) & _idx_mask
+        return data
+
+    def peek_requests(self, n: int) -> bytes:
+        """A copy of the next `n` unconsumed requests, left unconsumed
+        (consume_requests takes them): a backend that finds the last
+        request of a batch starts something it cannot finish in it leaves
+        that for the next batch."""
         if n < 0 or self.has_unconsumed_requests() < n:
             raise RingError(f"{n} requests asked for, fewer are unconsumed")
         _xen_rmb()  # read the requests only /after/ seeing req_prod cover them
-        cons = self._req_cons
-        data = self._copy_out(cons, n)
-        self._req_cons = (cons + n) & _idx_mask
-        return data
+        return self._copy_out(self._req_cons, n)
+
+    def consume_requests(self, n: int) -> None:
+        if n < 0 or self.has_unconsumed_requests() < n:
+            raise RingError(f"{n} requests to consume, fewer are unconsumed")
+        self._req_cons = (self._req_cons + n) & _idx_mask
 
     def put_responses(self, entries: bytes | bytearray | memoryview) -> None:
         n = len(entries) // self.entry_size
