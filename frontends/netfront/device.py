@@ -64,7 +64,8 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
 )
-from hypervisor.public.io.ring import FrontRing, RingError, RingFull, shared_ring_init
+from hypervisor.public.io.ring import (FrontRing, RingError, RingFull, _xen_rmb,
+                                      shared_ring_init)
 from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.xen import PAGE_SIZE
 
@@ -94,6 +95,16 @@ def _put_requests(ring: FrontRing, entries: bytes) -> None:
         raise RingFull(f"{n} requests, {ring.free_requests()} slots free")
     ring._copy_in(idx, entries)
     ring._req_prod_pvt = (idx + n) & 0xFFFFFFFF
+
+
+def _take_responses(ring: FrontRing, n: int) -> bytes:
+    """FrontRing.get_responses for `n` responses has_unconsumed_responses
+    just counted, without its index descriptors."""
+    _xen_rmb()  # read the responses only /after/ seeing rsp_prod cover them
+    cons = ring._rsp_cons
+    data = ring._copy_out(cons, n)
+    ring._rsp_cons = (cons + n) & 0xFFFFFFFF
+    return data
 
 
 class NetfrontDevice:
@@ -326,7 +337,7 @@ class NetfrontDevice:
         if n:
             # A slot's id is its page's number (TxPageEncoder): the pages
             # answered are free again, in the order they went.
-            self.tx_pages += self.shadow.complete_ids(tx.get_responses(n))
+            self.tx_pages += self.shadow.complete_ids(_take_responses(tx, n))
 
     def _wait_tx(self) -> bool:
         """Under tx_lock, with too little free: collect responses, or wait
@@ -532,7 +543,7 @@ class NetfrontDevice:
                     # backend sooner.
                     n = min(n, RX_BATCH)
                     start = rx._rsp_cons & mask
-                    entries = rx.get_responses(n)
+                    entries = _take_responses(rx, n)
                     for result in assembler.feed_ring(entries, rx_pages, start, area):
                         if type(result) is RxFrame:
                             to_tap(result)

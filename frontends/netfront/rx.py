@@ -214,6 +214,7 @@ class RxAssembler:
         self.sg = sg
         self.max_slots = max_slots
         self.page_size = page_size
+        self._extra_cache: dict[bytes, tuple[Extra, tuple[int, int]] | bool] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -303,6 +304,7 @@ class RxAssembler:
                     continue
             index = self._slowly(entries, index, index + 1, pages, start, ring, out)
         extras: dict[int, Extra]
+        extra_cache = self._extra_cache
         while index < n:
             first_flags = flags[index]
             status, offset = statuses[index], offsets[index]
@@ -311,15 +313,14 @@ class RxAssembler:
             extras = {}
             if first_flags & NETRXF_extra_info:
                 at = frag * ENTRY_SIZE
-                if (frag >= n or entries[at] != XEN_NETIF_EXTRA_TYPE_GSO
-                        or entries[at + 1] & XEN_NETIF_EXTRA_FLAG_MORE
-                        or entries[at + 4] not in _GSO_TYPES
-                        or not entries[at + 2] | entries[at + 3]):
+                known = extra_cache.get(entries[at:at + ENTRY_SIZE])
+                if known is None:
+                    known = self._good_gso_extra(entries[at:at + ENTRY_SIZE])
+                if frag >= n or known is False:
                     index = self._slowly(entries, index, n, pages, start, ring, out)
                     continue
-                extra = Extra(XEN_NETIF_EXTRA_TYPE_GSO, entries[at + 1], entries[at + 2:at + 8])
+                extra, gso = known
                 extras[XEN_NETIF_EXTRA_TYPE_GSO] = extra
-                gso = (entries[at + 4], entries[at + 2] | entries[at + 3] << 8)
                 frag += 1
             if status < 0 or offset + status > page_size:
                 index = self._slowly(entries, index, n, pages, start, ring, out)
@@ -333,14 +334,31 @@ class RxAssembler:
             end = n if last < 0 else last + 1
             lengths = statuses[frag:end]
             starts = offsets[frag:end]
+            count = end - frag
             size = status + sum(lengths)
-            if (not sg or end - frag + 1 > max_slots or size > XEN_NETIF_MAX_TX_SIZE
-                    or (lengths and (min(lengths) < 0
-                                     or max(map(add, starts, lengths)) > page_size))):
+            if (not sg or count + 1 > max_slots or size > XEN_NETIF_MAX_TX_SIZE
+                    or (count and (min(lengths) < 0
+                                   or (max(map(add, starts, lengths)) if any(starts)
+                                       else max(lengths)) > page_size))):
                 index = self._slowly(entries, index, n, pages, start, ring, out)
                 continue
-            chunks = self._chain_views(index, frag, end, offset, status, starts, lengths,
-                                       pages, start, ring, area)
+            first = (start + index) % ring
+            pos = (start + frag) % ring
+            if (area is not None and count and offset == 0 and status == page_size
+                    and pos + count <= ring and not any(starts)
+                    and size - status - lengths[-1] == (count - 1) * page_size):
+                # The usual chain: whole pages from offset 0, the last one
+                # part full, no wrap: the first page and one run of the area
+                # (a single one if no extra is between them).
+                run_end = (pos + count - 1) * page_size + lengths[-1]
+                if pos == first + 1:
+                    chunks = (area[first * page_size:run_end],)
+                else:
+                    chunks = (area[first * page_size:(first + 1) * page_size],
+                              area[pos * page_size:run_end])
+            else:
+                chunks = self._chain_views(index, frag, end, offset, status, starts, lengths,
+                                           pages, start, ring, area)
             if last < 0:
                 # The chain goes on in the next block: under way, as the
                 # state machine would have it.
@@ -350,12 +368,26 @@ class RxAssembler:
                 self._flags = first_flags
                 self._first_more = True
                 self._extras = extras
-                self._data_slots = end - frag + 1
+                self._data_slots = count + 1
                 self._extra_slots = frag - index - 1
                 break
             out.append(RxFrame(chunks, first_flags, extras, end - index, size, gso))
             index = end
         return out
+
+    def _good_gso_extra(self, raw: bytes) -> tuple[Extra, tuple[int, int]] | bool:
+        """A lone GSO extra the fast path takes as it is: (the Extra, its
+        (type, size)); False for any other (the state machine decides),
+        remembered either way."""
+        known: tuple[Extra, tuple[int, int]] | bool = False
+        if (len(raw) == ENTRY_SIZE and raw[0] == XEN_NETIF_EXTRA_TYPE_GSO
+                and not raw[1] & XEN_NETIF_EXTRA_FLAG_MORE
+                and raw[4] in _GSO_TYPES and raw[2] | raw[3]):
+            known = (Extra(raw[0], raw[1], raw[2:8]), (raw[4], raw[2] | raw[3] << 8))
+        if len(self._extra_cache) >= 32:  # the backend picks them: keep a few
+            self._extra_cache.clear()
+        self._extra_cache[raw] = known
+        return known
 
     def _chain_views(self, index: int, frag: int, end: int, offset: int, status: int,
                      starts: list[int], lengths: list[int], pages: Sequence, start: int,
