@@ -462,7 +462,7 @@ class Log:
     warning = error = info
 
 
-def tx_device():
+def tx_device(window: bool = True):
     from frontends.netfront.device import NetfrontDevice
     from hypervisor.public.io.ring import BackRing, FrontRing, shared_ring_init
 
@@ -479,6 +479,8 @@ def tx_device():
     dev.offload, dev.hdr = True, memoryview(bytearray(10))
     dev.refs = [7000 + i for i in range(nr)]
     dev.pages = pages
+    if window:
+        dev.window_view, dev.page_numbers = memoryview(mem), list(range(nr))
     dev.tx = FrontRing(pages[0], 12, 4, entry_size=12)
     dev.tx_pages = list(range(2, nr))
     dev.shadow = TxShadow(dev.tx.size)
@@ -500,8 +502,9 @@ def tx_device():
     return dev, BackRing(pages[0], 12, 4, entry_size=12), ours, tap
 
 
-def test_device_sends_frames_in_consecutive_pages() -> None:
-    dev, back, ours, tap = tx_device()
+@pytest.mark.parametrize("window", [True, False])
+def test_device_sends_frames_in_consecutive_pages(window) -> None:
+    dev, back, ours, tap = tx_device(window)
     try:
         big = tcp_frame(False, 65226 - 66)
         gso_hdr = vnet.VNET_HDR.pack(1, 1, 66, 1448, 34, 16)

@@ -114,6 +114,8 @@ class NetfrontDevice:
     rx_area: memoryview | None = None
     staged_generation = -1  # no pages staged yet
     tx_encoder: TxPageEncoder | None = None
+    window_view: memoryview | None = None  # the grant window, set by connect()
+    page_numbers: list[int] = []
     #: Where the TAP puts what is beyond the largest frame (to drop it);
     #: never read, so every device may share it.
     spill = memoryview(bytearray(64))
@@ -258,6 +260,8 @@ class NetfrontDevice:
             self.rx_pages = pages[rx_first:rx_first + rx.size]
             self.rx_area = memoryview(window.map)[rx_first * PAGE_SIZE:
                                                   (rx_first + rx.size) * PAGE_SIZE]
+            self.window_view = memoryview(window.map)
+            self.page_numbers = list(range(len(pages)))
             self.rx_requests = rx_requests * 2
             self.shadow = TxShadow(tx.size)
             self.tx_encoder = TxPageEncoder(refs)
@@ -405,7 +409,12 @@ class NetfrontDevice:
         pages = self.pages
         offload = self.offload
         iov = [self.hdr] if offload else []
-        iov += map(pages.__getitem__, staged)
+        run = staged[0]
+        if self.window_view is not None and staged == self.page_numbers[run:run + READ_PAGES]:
+            # Consecutive pages (the usual): one buffer for the kernel.
+            iov.append(self.window_view[run * PAGE_SIZE:(run + READ_PAGES) * PAGE_SIZE])
+        else:
+            iov += map(pages.__getitem__, staged)
         iov.append(self.spill)
         try:
             n = os.readv(self.tap_fd, iov)
