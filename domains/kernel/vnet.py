@@ -26,6 +26,12 @@ mapping the other way round: the host's kernel is its "guest".
 
 The layout is the legacy (virtio 0.9) one tun uses by default: 10 bytes,
 native byte order.
+
+netfront calls these once per frame: :func:`tx_offload_fast` and the
+start of :func:`rx_vnet_header` recognise the usual frame (TCP over IPv4
+without options or over IPv6 without extension headers, no VLAN) by a few
+byte compares, and leave everything else to the general code, which
+decides alike.
 """
 
 from __future__ import annotations
@@ -133,6 +139,59 @@ def tx_offload(hdr: VnetHdr, head: bytes | bytearray | memoryview, size: int, *,
     return TxOffload()
 
 
+def _plain_tcp(head: bytes | bytearray | memoryview) -> int:
+    """Where the TCP header of a frame with no VLAN tag and TCP right
+    after a 20-byte IPv4 header (not a fragment) or a 40-byte IPv6 one
+    starts, when it fits in `head`: 34 (IPv4) or 54 (IPv6); else 0 (ask
+    netpkt)."""
+    n = len(head)
+    if n >= 54 and head[12] == 0x08 and head[13] == 0x00:
+        if head[14] == 0x45 and head[23] == netpkt.IPPROTO_TCP \
+                and not head[20] & 0x3F and not head[21]:
+            return 34
+    elif n >= 74 and head[12] == 0x86 and head[13] == 0xDD:
+        if head[14] >> 4 == 6 and head[20] == netpkt.IPPROTO_TCP:
+            return 54
+    return 0
+
+
+_TX_BLANK = NETTXF_csum_blank | NETTXF_data_validated
+_TX_GSO = {VIRTIO_NET_HDR_GSO_TCPV4: (34, XEN_NETIF_GSO_TYPE_TCPV4),
+           VIRTIO_NET_HDR_GSO_TCPV6: (54, XEN_NETIF_GSO_TYPE_TCPV6)}
+
+
+def tx_offload_fast(hdr: bytes | bytearray | memoryview,
+                    head: bytes | bytearray | memoryview, *,
+                    gso_types: frozenset[int] | set[int] = frozenset(),
+                    ipv6_csum: bool = False) -> tuple[int, tuple[int, int] | None] | None:
+    """(flags, gso) of :func:`tx_offload` for the raw 10-byte header `hdr`
+    and the frame's start `head`, when the frame goes as it is; None when
+    this cannot tell at a glance (call tx_offload)."""
+    flags, gso_type, _, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(hdr)
+    if gso_type:
+        kind = _TX_GSO.get(gso_type)
+        if kind is None or gso_size == 0 or kind[1] not in gso_types \
+                or _plain_tcp(head) != kind[0]:
+            return None
+        return _TX_BLANK, (kind[1], gso_size)
+    if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+        l4 = _plain_tcp(head)
+        if (l4 == 0 or csum_start != l4 or csum_offset != netpkt.TCP_CSUM_OFFSET
+                or (l4 == 54 and not ipv6_csum)):
+            return None
+        return _TX_BLANK, None
+    if flags & VIRTIO_NET_HDR_F_DATA_VALID:
+        return NETTXF_data_validated, None
+    return 0, None
+
+
+_RX_BLANK = {34: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 34, netpkt.TCP_CSUM_OFFSET),
+             54: VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 54, netpkt.TCP_CSUM_OFFSET)}
+_RX_VALID = VNET_HDR.pack(VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)
+_RX_GSO = {XEN_NETIF_GSO_TYPE_TCPV4: (34, VIRTIO_NET_HDR_GSO_TCPV4),
+           XEN_NETIF_GSO_TYPE_TCPV6: (54, VIRTIO_NET_HDR_GSO_TCPV6)}
+
+
 def rx_vnet_header(flags: int, gso: tuple[int, int] | None,
                    head: bytes | bytearray | memoryview) -> bytes | None:
     """The virtio_net_hdr for a frame received with NETRXF_* `flags` and
@@ -140,6 +199,27 @@ def rx_vnet_header(flags: int, gso: tuple[int, int] | None,
     are `head`; None if the frame must be dropped (a blank checksum or GSO
     whose headers do not say where the checksum is, as Linux's netfront
     refuses it)."""
+    if gso is not None:
+        kind = _RX_GSO.get(gso[0])
+        if kind is not None and gso[1] and _plain_tcp(head) == kind[0]:
+            end = kind[0] + (head[kind[0] + 12] >> 4) * 4
+            if end >= kind[0] + 20 and len(head) >= end:
+                return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, kind[1], end, gso[1],
+                                     kind[0], netpkt.TCP_CSUM_OFFSET)
+    elif flags & NETRXF_csum_blank:
+        l4 = _plain_tcp(head)
+        if l4:
+            return _RX_BLANK[l4]
+    elif flags & NETRXF_data_validated:
+        return _RX_VALID
+    else:
+        return NO_OFFLOAD
+    return _rx_vnet_header(flags, gso, head)
+
+
+def _rx_vnet_header(flags: int, gso: tuple[int, int] | None,
+                    head: bytes | bytearray | memoryview) -> bytes | None:
+    """:func:`rx_vnet_header` for any frame."""
     if gso is not None:
         setup = netpkt.checksum_setup(head)
         if setup is None or gso[0] not in _TO_VNET_GSO or gso[1] == 0:

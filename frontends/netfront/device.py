@@ -26,6 +26,11 @@ frame is written to the TAP straight from the rx pages (writev): the data
 crosses netfront in no Python copy.  The tx ring's responses are
 collected when the sender needs pages or ring slots, not on an event:
 netfront asks for a tx event (ring.h's rsp_event) only when it waits.
+
+Free tx pages are kept in the order they come back (first in, first
+out), and a read goes into the next ones: frames are sent, answered and
+freed in ring order, so a frame's pages are nearly always consecutive
+pages of the grant window, which the backend copies in one slice.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from domains.kernel import vnet
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
                                     VNET_HDR_LEN)
-from frontends.netfront.tx import NetfrontProtocolError, TxShadow
+from frontends.netfront.tx import NetfrontProtocolError, TxPageEncoder, TxShadow
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETRXF_csum_blank,
@@ -59,7 +64,8 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
 )
-from hypervisor.public.io.ring import FrontRing, RingError, shared_ring_init
+from hypervisor.public.io.ring import (FrontRing, RingError, RingFull, _xen_rmb,
+                                      shared_ring_init)
 from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.xen import PAGE_SIZE
 
@@ -67,9 +73,10 @@ S = XenbusState
 TX_ENTRY = netif.NETIF_TX_SRING_ENTRY_SIZE
 RX_ENTRY = netif.NETIF_RX_SRING_ENTRY_SIZE
 #: Pages a read from the TAP is given: enough for any frame it may hand
-#: out (at most XEN_NETIF_MAX_TX_SIZE, which 16 pages hold; one more so a
-#: larger frame shows up as one and is dropped rather than truncated).
-READ_PAGES = -(-XEN_NETIF_MAX_TX_SIZE // PAGE_SIZE) + 1
+#: out (at most XEN_NETIF_MAX_TX_SIZE, which 16 pages hold).  A buffer of
+#: our own follows them, so that a larger frame shows up as one and is
+#: dropped rather than truncated.
+READ_PAGES = -(-XEN_NETIF_MAX_TX_SIZE // PAGE_SIZE)
 assert READ_PAGES <= XEN_NETIF_NR_SLOTS_MIN
 #: rx slots taken before their buffers are posted again.
 RX_BATCH = 64
@@ -79,7 +86,40 @@ class NetfrontError(OSError):
     pass
 
 
+def _put_requests(ring: FrontRing, entries: bytes) -> None:
+    """FrontRing.put_requests without its index descriptors (a Python
+    call per access): a few times per frame on the data path."""
+    idx = ring._req_prod_pvt
+    n = len(entries) // ring.entry_size
+    if n > ring.size - ((idx - ring._rsp_cons) & 0xFFFFFFFF):
+        raise RingFull(f"{n} requests, {ring.free_requests()} slots free")
+    ring._copy_in(idx, entries)
+    ring._req_prod_pvt = (idx + n) & 0xFFFFFFFF
+
+
+def _take_responses(ring: FrontRing, n: int) -> bytes:
+    """FrontRing.get_responses for `n` responses has_unconsumed_responses
+    just counted, without its index descriptors."""
+    _xen_rmb()  # read the responses only /after/ seeing rsp_prod cover them
+    cons = ring._rsp_cons
+    data = ring._copy_out(cons, n)
+    ring._rsp_cons = (cons + n) & 0xFFFFFFFF
+    return data
+
+
 class NetfrontDevice:
+    # Until connect() sets them (tests drive parts of a device without it):
+    # the rx buffers by ring slot, and the same pages as one view.
+    rx_pages: list[memoryview] | None = None
+    rx_area: memoryview | None = None
+    staged_generation = -1  # no pages staged yet
+    tx_encoder: TxPageEncoder | None = None
+    window_view: memoryview | None = None  # the grant window, set by connect()
+    page_numbers: list[int] = []
+    #: Where the TAP puts what is beyond the largest frame (to drop it);
+    #: never read, so every device may share it.
+    spill = memoryview(bytearray(64))
+
     def __init__(self, kernel: Any, path: str, tap: Any) -> None:
         self.kernel = kernel
         self.xs = kernel.xenstore
@@ -217,8 +257,14 @@ class NetfrontDevice:
             self.tx, self.rx = tx, rx
             self.tx_pages = list(range(2, 2 + tx_size))
             self.rx_first = rx_first
+            self.rx_pages = pages[rx_first:rx_first + rx.size]
+            self.rx_area = memoryview(window.map)[rx_first * PAGE_SIZE:
+                                                  (rx_first + rx.size) * PAGE_SIZE]
+            self.window_view = memoryview(window.map)
+            self.page_numbers = list(range(len(pages)))
             self.rx_requests = rx_requests * 2
             self.shadow = TxShadow(tx.size)
+            self.tx_encoder = TxPageEncoder(refs)
             self.assembler = RxAssembler(sg=sg)
             self.gso_types = frozenset(gso_types)
             self.ipv6_csum = ipv6_csum
@@ -293,8 +339,9 @@ class NetfrontDevice:
         tx = self.tx
         n = tx.has_unconsumed_responses()
         if n:
-            for packet in self.shadow.complete_block(tx.get_responses(n)):
-                self.tx_pages += packet.buffers
+            # A slot's id is its page's number (TxPageEncoder): the pages
+            # answered are free again, in the order they went.
+            self.tx_pages += self.shadow.complete_ids(_take_responses(tx, n))
 
     def _wait_tx(self) -> bool:
         """Under tx_lock, with too little free: collect responses, or wait
@@ -302,14 +349,14 @@ class NetfrontDevice:
         carrier (or we are closing) or the backend broke the ring."""
         if self.closed or not self.link_up.is_set():
             return False
-        consumed = self.tx.rsp_cons
+        consumed = self.tx._rsp_cons
         try:
             self._reap()
         except (RingError, NetfrontProtocolError) as exc:
             self.log.error("tx ring broken by the backend", error=str(exc))
             self.link_up.clear()
             return False
-        if self.tx.rsp_cons != consumed:
+        if self.tx._rsp_cons != consumed:
             return True  # responses came: the caller looks again
         # Ask for an event at the next response, then look once more.
         self.tx_waiting = True
@@ -331,31 +378,49 @@ class NetfrontDevice:
                     return None
                 if self.staged_generation != self.generation:
                     return None
-            if need:
-                self.staged += self.tx_pages[-need:]
-                del self.tx_pages[-need:]
+            self._restage()
             return self.generation
+
+    def _restage(self) -> None:
+        """Under tx_lock: top the staged pages up from the free ones, if
+        there are enough (the oldest first: the next pages of the window)."""
+        staged, free = self.staged, self.tx_pages
+        need = READ_PAGES - len(staged)
+        if need and len(free) >= need:
+            staged += free[:need]
+            del free[:need]
 
     def _send_one(self) -> bool:
         """Move the next frame from the TAP to the tx ring; False once the
         TAP has none (or we stop)."""
-        generation = self._stage()
-        if generation is None:
-            if self.closed:
-                return False
-            try:  # no carrier: the frame is lost, as on an unplugged wire
-                os.read(self.tap_fd, MAX_FRAME)
-            except BlockingIOError:
-                return False
-            return True
         staged = self.staged
+        generation = self.staged_generation
+        if len(staged) < READ_PAGES or generation != self.generation:
+            generation = self._stage()
+            if generation is None:
+                if self.closed:
+                    return False
+                try:  # no carrier: the frame is lost, as on an unplugged wire
+                    os.read(self.tap_fd, MAX_FRAME)
+                except BlockingIOError:
+                    return False
+                return True
+            staged = self.staged
         pages = self.pages
-        views = [pages[p] for p in staged]
+        offload = self.offload
+        iov = [self.hdr] if offload else []
+        run = staged[0]
+        if self.window_view is not None and staged == self.page_numbers[run:run + READ_PAGES]:
+            # Consecutive pages (the usual): one buffer for the kernel.
+            iov.append(self.window_view[run * PAGE_SIZE:(run + READ_PAGES) * PAGE_SIZE])
+        else:
+            iov += map(pages.__getitem__, staged)
+        iov.append(self.spill)
         try:
-            n = os.readv(self.tap_fd, [self.hdr, *views] if self.offload else views)
+            n = os.readv(self.tap_fd, iov)
         except BlockingIOError:
             return False
-        size = n - VNET_HDR_LEN if self.offload else n
+        size = n - VNET_HDR_LEN if offload else n
         if not 0 < size <= XEN_NETIF_MAX_TX_SIZE:
             if size > 0:
                 self.log.info("tx frame dropped", size=size, reason="too large")
@@ -364,19 +429,24 @@ class NetfrontDevice:
         frame_pages = staged[:used]
         del staged[:used]
         flags, gso = 0, None
-        if self.offload:
-            hdr = vnet.parse_vnet_hdr(self.hdr)
-            head = views[0][:min(size, netpkt.MAX_HEADER)]
-            decision = vnet.tx_offload(hdr, head, size, gso_types=self.gso_types,
-                                       ipv6_csum=self.ipv6_csum)
-            if decision.drop or decision.fill_csum or decision.segment:
-                # The rare paths: the frame in bytes, fixed up, sent again.
-                frame = b"".join(v[:min(PAGE_SIZE, size - i * PAGE_SIZE)]
-                                 for i, v in enumerate(views[:used]))
-                self._release(frame_pages, generation)
-                self._send_fixed(frame, hdr, decision)
-                return True
-            flags, gso = decision.flags, decision.gso
+        if offload:
+            first = pages[frame_pages[0]]
+            head = first[:size] if size < netpkt.MAX_HEADER else first[:netpkt.MAX_HEADER]
+            fast = vnet.tx_offload_fast(self.hdr, head, gso_types=self.gso_types,
+                                        ipv6_csum=self.ipv6_csum)
+            if fast is None:
+                hdr = vnet.parse_vnet_hdr(self.hdr)
+                decision = vnet.tx_offload(hdr, head, size, gso_types=self.gso_types,
+                                           ipv6_csum=self.ipv6_csum)
+                if decision.drop or decision.fill_csum or decision.segment:
+                    # The rare paths: the frame in bytes, fixed up, sent again.
+                    frame = b"".join(pages[p][:min(PAGE_SIZE, size - i * PAGE_SIZE)]
+                                     for i, p in enumerate(frame_pages))
+                    self._release(frame_pages, generation)
+                    self._send_fixed(frame, hdr, decision)
+                    return True
+                fast = decision.flags, decision.gso
+            flags, gso = fast
         self._post(frame_pages, size, flags, gso, generation)
         return True
 
@@ -393,8 +463,8 @@ class NetfrontDevice:
             while len(self.tx_pages) < nr_pages:
                 if not self._wait_tx() or generation != self.generation:
                     return None
-            pages = self.tx_pages[-nr_pages:]
-            del self.tx_pages[-nr_pages:]
+            pages = self.tx_pages[:nr_pages]
+            del self.tx_pages[:nr_pages]
             return pages, generation
 
     def _send_fixed(self, frame: bytes, hdr: vnet.VnetHdr, decision: vnet.TxOffload) -> None:
@@ -426,26 +496,31 @@ class NetfrontDevice:
               gso: tuple[int, int] | None, generation: int) -> None:
         """Put a frame held in `pages` (from offset 0, page after page) on
         the tx ring, once there are ids and ring slots for it: the GSO
-        extra takes a slot too."""
-        refs = self.refs
-        segments = [(refs[p], 0, PAGE_SIZE) for p in pages]
-        segments[-1] = (segments[-1][0], 0, size - (len(pages) - 1) * PAGE_SIZE)
+        extra takes a slot too.  Then stage the next read's pages, under
+        the same lock."""
         nslots = len(pages) + (gso is not None)
         with self.tx_lock:
+            tx, shadow = self.tx, self.shadow
             while generation == self.generation and (
-                    self.shadow.free < len(pages) or self.tx.free_requests() < nslots):
+                    shadow.free < len(pages) or tx.free_requests() < nslots):
                 if not self._wait_tx():
                     break
             if generation != self.generation or not self.link_up.is_set():
                 return  # the rings were replaced, or no carrier: the frame is lost
+            encoder = self.tx_encoder
+            if encoder is None or encoder.grefs is not self.refs:
+                encoder = self.tx_encoder = TxPageEncoder(self.refs)
             try:
-                packet = self.shadow.add(segments, flags=flags, gso=gso, buffers=pages)
+                entries = encoder.entries(pages, size, flags=flags, gso=gso)
+                shadow.add_ids(pages, gso is not None)
             except ValueError as exc:
                 self.log.info("tx frame dropped", error=str(exc))
                 self.tx_pages += pages
                 return
-            self.tx.put_requests(b"".join(packet.requests))
-            notify = self.tx.push_requests_and_check_notify()
+            _put_requests(tx, entries)
+            notify = tx.push_requests_and_check_notify()
+            if self.staged_generation == generation:
+                self._restage()
         if notify:
             self.kernel.events.send(self.tx_port)
 
@@ -461,7 +536,11 @@ class NetfrontDevice:
         with self.rx_lock:
             rx = self.rx
             mask = rx.size - 1
-            pages, first = self.pages, self.rx_first
+            assembler = self.assembler
+            rx_pages, area = self.rx_pages, self.rx_area
+            if rx_pages is None:
+                rx_pages = self.pages[self.rx_first:self.rx_first + rx.size]
+            to_tap = self._to_tap
             try:
                 while True:
                     n = rx.has_unconsumed_responses()
@@ -472,29 +551,30 @@ class NetfrontDevice:
                     # A few frames at a time: their buffers go back to the
                     # backend sooner.
                     n = min(n, RX_BATCH)
-                    start = rx.rsp_cons & mask
-                    entries = rx.get_responses(n)
-                    slots = [pages[first + ((start + k) & mask)] for k in range(n)]
-                    for result in self.assembler.feed_block(entries, slots):
+                    start = rx._rsp_cons & mask
+                    entries = _take_responses(rx, n)
+                    for result in assembler.feed_ring(entries, rx_pages, start, area):
                         if type(result) is RxFrame:
-                            self._to_tap(result)
+                            to_tap(result)
                     # Post again the buffers of the frames written out, at
                     # the same ring positions (slot i always posts page i),
                     # but not those of a frame still under way: the backend
                     # could fill them before we read them.
-                    done = (rx.rsp_cons - self.assembler.partial_slots) & 0xFFFFFFFF
-                    count = (done - (rx.req_prod_pvt - rx.size)) & 0xFFFFFFFF
+                    done = (rx._rsp_cons - assembler.partial_slots) & 0xFFFFFFFF
+                    count = (done - (rx._req_prod_pvt - rx.size)) & 0xFFFFFFFF
                     if count:
-                        at = rx.req_prod_pvt & mask
-                        rx.put_requests(self.rx_requests[at * RX_ENTRY:(at + count) * RX_ENTRY])
+                        at = rx._req_prod_pvt & mask
+                        _put_requests(rx, self.rx_requests[at * RX_ENTRY:(at + count) * RX_ENTRY])
                         if rx.push_requests_and_check_notify():
                             self.kernel.events.send(self.rx_port)
             except RingError as exc:
                 self.log.error("rx ring broken by the backend", error=str(exc))
 
     def _to_tap(self, frame: RxFrame) -> None:
-        head = frame.head(netpkt.MAX_HEADER)
         if self.offload:
+            first = frame.chunks[0] if frame.chunks else b""
+            head = (first[:netpkt.MAX_HEADER] if len(first) >= netpkt.MAX_HEADER
+                    or len(frame.chunks) <= 1 else frame.head(netpkt.MAX_HEADER))
             hdr = vnet.rx_vnet_header(frame.flags, frame.gso, head)
             if hdr is None:
                 self.log.info("rx frame dropped", reason="offload flags on a frame "

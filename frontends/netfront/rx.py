@@ -23,13 +23,22 @@ negative status (the backend's NETIF_RSP_*), data leaving the page
 without feature-sg, a frame larger than XEN_NETIF_MAX_TX_SIZE, an extra
 of unknown type or a duplicate, a GSO extra with size 0 or an unknown
 type, more extras than there are types.
+
+:meth:`RxAssembler.feed_ring` is the receiver's hot path: it decodes a
+block of responses with casts and takes each well-formed frame whole
+(finding its chain's end with one bytes.find, checking its slots with
+min/max/sum over lists), and hands anything unusual to the slot-by-slot
+state machine of :meth:`RxAssembler.feed`, which decides alike.
 """
 
 from __future__ import annotations
 
 import ctypes
 import struct
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import add, getitem
 from typing import NamedTuple
 
 from hypervisor.public import xen
@@ -83,8 +92,7 @@ def parse_rx_response(raw: bytes | bytearray | memoryview) -> RxResponse:
     return RxResponse._make(_RESPONSE.unpack(bytes(raw)))
 
 
-@dataclass(frozen=True)
-class Extra:
+class Extra(NamedTuple):
     """A decoded netif_extra_info: type, flags, the union's 6 bytes."""
 
     type: int
@@ -120,17 +128,21 @@ def _extra_problem(extra: Extra) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
+_UNKNOWN: tuple = ()  # RxFrame.gso not looked up yet
+
+
 class RxFrame:
     """A received frame: its data (views of the pages it came in, in
-    order), the first slot's NETRXF_* flags, its extras by type, and the
-    ring slots it took."""
+    order; a run of whole pages may be one view), the first slot's
+    NETRXF_* flags, its extras by type, and the ring slots it took."""
 
-    chunks: tuple[memoryview, ...]
-    flags: int
-    extras: dict[int, Extra]
-    nr_slots: int
-    size: int
+    __slots__ = ("chunks", "flags", "extras", "nr_slots", "size", "_gso")
+
+    def __init__(self, chunks: tuple[memoryview, ...], flags: int, extras: dict[int, Extra],
+                 nr_slots: int, size: int, gso: tuple[int, int] | None = _UNKNOWN) -> None:
+        self.chunks, self.flags, self.extras = chunks, flags, extras
+        self.nr_slots, self.size = nr_slots, size
+        self._gso = gso
 
     @property
     def data(self) -> bytes:
@@ -147,8 +159,10 @@ class RxFrame:
     @property
     def gso(self) -> tuple[int, int] | None:
         """(XEN_NETIF_GSO_TYPE_*, MSS) of a GSO frame."""
-        extra = self.extras.get(XEN_NETIF_EXTRA_TYPE_GSO)
-        return extra.gso if extra else None
+        if self._gso is _UNKNOWN:
+            extra = self.extras.get(XEN_NETIF_EXTRA_TYPE_GSO)
+            self._gso = extra.gso if extra else None
+        return self._gso
 
     @property
     def csum_blank(self) -> bool:
@@ -157,6 +171,20 @@ class RxFrame:
     @property
     def data_validated(self) -> bool:
         return bool(self.flags & NETRXF_data_validated)
+
+    def _key(self) -> tuple:
+        return self.data, self.flags, self.extras, self.nr_slots, self.size
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not RxFrame:
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"RxFrame(size={self.size}, flags={self.flags:#x}, extras={self.extras}, "
+                f"nr_slots={self.nr_slots}, chunks={len(self.chunks)})")
 
 
 @dataclass(frozen=True)
@@ -169,6 +197,12 @@ class RxError:
 
 
 _FIRST, _EXTRAS, _FRAGS = "first", "extras", "frags"
+#: Byte 4 of a response slot is the low byte of its flags: 1 where
+#: NETRXF_more_data is set, 0 where the chain ends.
+_MORE_TABLE = bytes(1 if b & NETRXF_more_data else 0 for b in range(256))
+assert NETRXF_more_data < 0x100
+_NATIVE_LE = sys.byteorder == "little"
+_GSO_TYPES = (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6)
 
 
 class RxAssembler:
@@ -180,6 +214,7 @@ class RxAssembler:
         self.sg = sg
         self.max_slots = max_slots
         self.page_size = page_size
+        self._extra_cache: dict[bytes, tuple[Extra, tuple[int, int]] | bool] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -223,36 +258,192 @@ class RxAssembler:
         """Feed whole 8-byte ring slots (as FrontRing.get_responses copies
         them), `pages[i]` being the buffer posted in the slot of entry i:
         the frames and errors that came out, in order."""
-        out = []
-        unpack = _RESPONSE.unpack_from
-        data = self._data
+        return self.feed_ring(entries, pages, 0)
+
+    def feed_ring(self, entries: bytes, pages: Sequence, start: int,
+                  area: memoryview | None = None) -> list[RxFrame | RxError]:
+        """Feed whole 8-byte ring slots (as FrontRing.get_responses copies
+        them) taken from ring position `start` on: the buffer posted in
+        position p is ``pages[p % len(pages)]``; `area`, if given, is all
+        of `pages` back to back in one view (each `page_size` bytes), which
+        makes a run of whole pages one chunk.  The frames and errors that
+        came out, in order."""
+        out: list[RxFrame | RxError] = []
+        n = len(entries) // ENTRY_SIZE
+        ring = len(pages)
+        index = 0
+        if not _NATIVE_LE or len(entries) % ENTRY_SIZE or not isinstance(entries, bytes):
+            while index < n:
+                index = self._slowly(entries, index, n, pages, start, ring, out)
+            return out
+        view = memoryview(entries)
+        half = view.cast("H")
+        offsets = half[1::4].tolist()
+        flags = half[2::4].tolist()
+        statuses = view.cast("h")[3::4].tolist()
+        more = entries[4::ENTRY_SIZE].translate(_MORE_TABLE)
         page_size, max_slots, sg = self.page_size, self.max_slots, self.sg
-        for index in range(len(entries) // ENTRY_SIZE):
-            offset = index * ENTRY_SIZE
-            state = self._state
-            if state == _EXTRAS:
-                result = self._extra(parse_extra(entries[offset:offset + ENTRY_SIZE]))
-            else:
-                rsp = unpack(entries, offset)
-                _id, start, flags, status = rsp
-                more = flags & NETRXF_more_data
-                size = self._size + status
-                if (state == _FRAGS and self._problem is None and 0 <= status
-                        and start + status <= page_size and size <= XEN_NETIF_MAX_TX_SIZE
-                        and self._data_slots < max_slots and (sg or not more)):
-                    # A good slot 2..N, the hot path: what _data would do when
-                    # no check fails.
-                    self._data_slots += 1
+        # A chain the previous block left under way.
+        while index < n and self._state != _FIRST:
+            if self._state == _FRAGS and self._problem is None and sg:
+                last = more.find(0, index)
+                end = n if last < 0 else last + 1
+                lengths = statuses[index:end]
+                starts = offsets[index:end]
+                size = self._size + sum(lengths)
+                if (min(lengths) >= 0 and size <= XEN_NETIF_MAX_TX_SIZE
+                        and self._data_slots + end - index <= max_slots
+                        and max(map(add, starts, lengths)) <= page_size):
+                    self._chunks += self._run_views(index, end, starts, lengths, pages,
+                                                    start, ring, area)
                     self._size = size
-                    self._chunks.append(pages[index][start:start + status])
-                    if more:
-                        continue
-                    result = self._finish()
+                    self._data_slots += end - index
+                    index = end
+                    if last >= 0:
+                        out.append(self._finish())
+                    continue
+            index = self._slowly(entries, index, index + 1, pages, start, ring, out)
+        extras: dict[int, Extra]
+        extra_cache = self._extra_cache
+        while index < n:
+            first_flags = flags[index]
+            status, offset = statuses[index], offsets[index]
+            frag = index + 1  # the chain's next slot
+            gso = None
+            extras = {}
+            if first_flags & NETRXF_extra_info:
+                at = frag * ENTRY_SIZE
+                known = extra_cache.get(entries[at:at + ENTRY_SIZE])
+                if known is None:
+                    known = self._good_gso_extra(entries[at:at + ENTRY_SIZE])
+                if frag >= n or known is False:
+                    index = self._slowly(entries, index, n, pages, start, ring, out)
+                    continue
+                extra, gso = known
+                extras[XEN_NETIF_EXTRA_TYPE_GSO] = extra
+                frag += 1
+            if status < 0 or offset + status > page_size:
+                index = self._slowly(entries, index, n, pages, start, ring, out)
+                continue
+            if not first_flags & NETRXF_more_data:
+                out.append(RxFrame((pages[(start + index) % ring][offset:offset + status],),
+                                   first_flags, extras, frag - index, status, gso))
+                index = frag
+                continue
+            last = more.find(0, frag)
+            end = n if last < 0 else last + 1
+            lengths = statuses[frag:end]
+            starts = offsets[frag:end]
+            count = end - frag
+            size = status + sum(lengths)
+            if (not sg or count + 1 > max_slots or size > XEN_NETIF_MAX_TX_SIZE
+                    or (count and (min(lengths) < 0
+                                   or (max(map(add, starts, lengths)) if any(starts)
+                                       else max(lengths)) > page_size))):
+                index = self._slowly(entries, index, n, pages, start, ring, out)
+                continue
+            first = (start + index) % ring
+            pos = (start + frag) % ring
+            if (area is not None and count and offset == 0 and status == page_size
+                    and pos + count <= ring and not any(starts)
+                    and size - status - lengths[-1] == (count - 1) * page_size):
+                # The usual chain: whole pages from offset 0, the last one
+                # part full, no wrap: the first page and one run of the area
+                # (a single one if no extra is between them).
+                run_end = (pos + count - 1) * page_size + lengths[-1]
+                if pos == first + 1:
+                    chunks = (area[first * page_size:run_end],)
                 else:
-                    result = data(rsp, pages[index], None)
+                    chunks = (area[first * page_size:(first + 1) * page_size],
+                              area[pos * page_size:run_end])
+            else:
+                chunks = self._chain_views(index, frag, end, offset, status, starts, lengths,
+                                           pages, start, ring, area)
+            if last < 0:
+                # The chain goes on in the next block: under way, as the
+                # state machine would have it.
+                self._state = _FRAGS
+                self._chunks = list(chunks)
+                self._size = size
+                self._flags = first_flags
+                self._first_more = True
+                self._extras = extras
+                self._data_slots = count + 1
+                self._extra_slots = frag - index - 1
+                break
+            out.append(RxFrame(chunks, first_flags, extras, end - index, size, gso))
+            index = end
+        return out
+
+    def _good_gso_extra(self, raw: bytes) -> tuple[Extra, tuple[int, int]] | bool:
+        """A lone GSO extra the fast path takes as it is: (the Extra, its
+        (type, size)); False for any other (the state machine decides),
+        remembered either way."""
+        known: tuple[Extra, tuple[int, int]] | bool = False
+        if (len(raw) == ENTRY_SIZE and raw[0] == XEN_NETIF_EXTRA_TYPE_GSO
+                and not raw[1] & XEN_NETIF_EXTRA_FLAG_MORE
+                and raw[4] in _GSO_TYPES and raw[2] | raw[3]):
+            known = (Extra(raw[0], raw[1], raw[2:8]), (raw[4], raw[2] | raw[3] << 8))
+        if len(self._extra_cache) >= 32:  # the backend picks them: keep a few
+            self._extra_cache.clear()
+        self._extra_cache[raw] = known
+        return known
+
+    def _chain_views(self, index: int, frag: int, end: int, offset: int, status: int,
+                     starts: list[int], lengths: list[int], pages: Sequence, start: int,
+                     ring: int, area: memoryview | None) -> tuple:
+        """The views of a good chain: slot `index`, then slots frag..end-1."""
+        page_size = self.page_size
+        first = (start + index) % ring
+        if (area is not None and frag == index + 1 and offset == 0 and status == page_size
+                and first + 1 < ring):
+            # A whole first page right before the rest: one run with them.
+            return self._run_views(index, end, [0, *starts], [status, *lengths], pages,
+                                   start, ring, area)
+        return (pages[first][offset:offset + status],
+                *self._run_views(frag, end, starts, lengths, pages, start, ring, area))
+
+    def _run_views(self, begin: int, end: int, starts: list[int], lengths: list[int],
+                   pages: Sequence, start: int, ring: int, area: memoryview | None
+                   ) -> tuple | list:
+        """The views of the data slots begin..end-1 (good ones: `starts`
+        and `lengths` are theirs)."""
+        count = end - begin
+        if not count:
+            return ()
+        pos = (start + begin) % ring
+        page_size = self.page_size
+        if (area is not None and not any(starts)
+                and (count == 1 or min(lengths[:-1]) == page_size)):
+            # Whole pages from offset 0, the last one part full: one view of
+            # the area, two where the ring wraps.
+            tail = lengths[-1]
+            if pos + count <= ring:
+                return (area[pos * page_size:(pos + count - 1) * page_size + tail],)
+            wrap = ring - pos
+            return (area[pos * page_size:], area[:(count - wrap - 1) * page_size + tail])
+        if pos + count <= ring:
+            buffers = pages[pos:pos + count]
+        else:
+            buffers = [*pages[pos:], *pages[:pos + count - ring]]
+        return list(map(getitem, buffers, map(slice, starts, map(add, starts, lengths))))
+
+    def _slowly(self, entries: bytes, index: int, n: int, pages: Sequence, start: int,
+                ring: int, out: list) -> int:
+        """Feed slots from `index` one at a time until a frame (or error)
+        comes out or the block ends: the next slot's index."""
+        while index < n:
+            at = index * ENTRY_SIZE
+            raw = entries[at:at + ENTRY_SIZE]
+            if self._state == _EXTRAS:
+                result = self._extra(parse_extra(raw))
+            else:
+                result = self._data(_RESPONSE.unpack(raw), pages[(start + index) % ring], None)
+            index += 1
             if result is not None:
                 out.append(result)
-        return out
+                break
+        return index
 
     def abort(self, reason: str = "frame cut short") -> RxError | None:
         """Give up the frame under way (the backend went away)."""

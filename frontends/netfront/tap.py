@@ -406,7 +406,7 @@ class Tap:
 
     def writev(self, buffers: list[bytes | memoryview]) -> None:
         """Hand one frame, gathered from `buffers`, to the kernel."""
-        want = sum(len(b) for b in buffers)
+        want = sum(map(len, buffers))
         written = os.writev(self.fileno(), buffers)
         if written != want:
             raise NetnsError(errno.EIO, f"TAP {self.name}: short write "

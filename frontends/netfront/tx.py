@@ -18,6 +18,13 @@ response whose id is not in flight (unknown, or answered already), whose
 status is not a NETIF_RSP_* one, or a NETIF_RSP_NULL that answers no extra
 slot is a :class:`NetfrontProtocolError` (reconnect).
 
+The per-slot work of a frame (encoding its entries, taking its answers)
+is done by C-level builtins over whole lists (struct formats repeated per
+slot, list slice assignment, map, set and Counter), not by a Python loop
+per slot: at 17 slots a 64 KiB frame, netfront's sender spent most of its
+time there.  Unusual input (a bad response, a caller's bug) takes a
+slot-by-slot path that decides alike.
+
 Not thread-safe: the caller serialises access (one lock per ring).
 """
 
@@ -25,8 +32,12 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import add
 from typing import Any
 
 from hypervisor.public import xen
@@ -92,6 +103,73 @@ def make_gso_extra(gso_type: int, size: int) -> bytes:
     return _GSO_EXTRA.pack(XEN_NETIF_EXTRA_TYPE_GSO, 0, size, gso_type, 0)
 
 
+#: struct formats of n request slots, and each slot's flags but the first's
+#: (NETTXF_more_data but the last): built once, a frame is one pack call.
+_REQUESTS = [struct.Struct("<" + "IHHHH" * n) for n in range(XEN_NETIF_NR_SLOTS_MIN + 1)]
+_CHAIN_FLAGS = [(NETTXF_more_data,) * (n - 1) + (0,) for n in range(XEN_NETIF_NR_SLOTS_MIN + 1)]
+
+
+def _check_gso(gso: tuple[int, int] | None) -> bytes | None:
+    return None if gso is None else make_gso_extra(*gso)
+
+
+def tx_entries(segments: Sequence[Segment], ids: Sequence[int], *,
+               flags: int = 0, gso: tuple[int, int] | None = None,
+               max_slots: int = XEN_NETIF_NR_SLOTS_MIN,
+               page_size: int = PAGE_SIZE) -> bytes:
+    """:func:`tx_requests`, as the ring takes them: one bytes of whole
+    12-byte slots, in order."""
+    count = len(segments)
+    if not 1 <= count <= max_slots:
+        raise ValueError(f"{count} slots, not 1..{max_slots}")
+    if len(ids) != count:
+        raise ValueError(f"{count} slots but {len(ids)} ids")
+    if flags & ~CSUM_FLAGS:
+        raise ValueError(f"tx flags {flags:#x} are not checksum flags")
+    if sum(map(len, segments)) != 3 * count:
+        raise ValueError("a segment is not (gref, offset, length)")
+    grefs, offsets, lengths = zip(*segments)
+    if min(grefs) < 0 or max(grefs) >= 1 << 32:
+        bad = next(g for g in grefs if not 0 <= g < 1 << 32)
+        raise ValueError(f"grant ref {bad} does not fit in 32 bits")
+    if min(offsets) < 0 or min(lengths) < 0 or max(map(add, offsets, lengths)) > page_size:
+        _, offset, length = next(s for s in segments
+                                 if s[1] < 0 or s[2] < 0 or s[1] + s[2] > page_size)
+        raise ValueError(f"{length} bytes at offset {offset} leave the page")
+    total = sum(lengths)
+    if not 0 < total <= XEN_NETIF_MAX_TX_SIZE:
+        raise ValueError(f"frame of {total} bytes")
+    if min(ids) < 0 or max(ids) > 0xFFFF:
+        raise ValueError("tx id does not fit in 16 bits")
+    extra = _check_gso(gso)
+    if count > len(_REQUESTS) - 1:  # a caller's max_slots above the protocol's
+        return b"".join(_one_by_one(grefs, offsets, lengths, ids, flags, extra, total))
+    args = [0] * (5 * count)
+    args[0::5] = grefs
+    args[1::5] = offsets
+    args[2::5] = _CHAIN_FLAGS[count]
+    args[3::5] = ids
+    args[4::5] = lengths
+    args[2] = flags | (NETTXF_more_data if count > 1 else 0) \
+        | (NETTXF_extra_info if extra is not None else 0)
+    args[4] = total
+    entries = _REQUESTS[count].pack(*args)
+    return entries if extra is None else entries[:ENTRY_SIZE] + extra + entries[ENTRY_SIZE:]
+
+
+def _one_by_one(grefs, offsets, lengths, ids, flags, extra, total) -> list[bytes]:
+    pack = _REQUEST.pack
+    last = len(grefs) - 1
+    out = [pack(grefs[0], offsets[0], flags | (NETTXF_more_data if last else 0)
+                | (NETTXF_extra_info if extra is not None else 0), ids[0], total)]
+    if extra is not None:
+        out.append(extra)
+    for index in range(1, last + 1):
+        out.append(pack(grefs[index], offsets[index],
+                        NETTXF_more_data if index < last else 0, ids[index], lengths[index]))
+    return out
+
+
 def tx_requests(segments: Sequence[Segment], ids: Sequence[int], *,
                 flags: int = 0, gso: tuple[int, int] | None = None,
                 max_slots: int = XEN_NETIF_NR_SLOTS_MIN,
@@ -101,37 +179,82 @@ def tx_requests(segments: Sequence[Segment], ids: Sequence[int], *,
     (NETTXF_csum_blank, NETTXF_data_validated); `gso` = (gso_type, MSS)
     adds the GSO extra slot after slot 1.  Every backend takes up to
     XEN_NETIF_NR_SLOTS_MIN request slots."""
-    count = len(segments)
-    if not 1 <= count <= max_slots:
-        raise ValueError(f"{count} slots, not 1..{max_slots}")
-    if len(ids) != count:
-        raise ValueError(f"{count} slots but {len(ids)} ids")
-    if flags & ~CSUM_FLAGS:
-        raise ValueError(f"tx flags {flags:#x} are not checksum flags")
-    total = 0
-    for gref, offset, length in segments:
-        if not 0 <= gref < 1 << 32:
-            raise ValueError(f"grant ref {gref} does not fit in 32 bits")
-        if offset < 0 or length < 0 or offset + length > page_size:
-            raise ValueError(f"{length} bytes at offset {offset} leave the page")
-        total += length
-    if not 0 < total <= XEN_NETIF_MAX_TX_SIZE:
-        raise ValueError(f"frame of {total} bytes")
-    if min(ids) < 0 or max(ids) > 0xFFFF:
-        raise ValueError("tx id does not fit in 16 bits")
-    pack = _REQUEST.pack
-    gref, offset, _ = segments[0]
-    first_flags = flags | (NETTXF_more_data if count > 1 else 0)
-    if gso is None:
-        entries = [pack(gref, offset, first_flags, ids[0], total)]
-    else:
-        entries = [pack(gref, offset, first_flags | NETTXF_extra_info, ids[0], total),
-                   make_gso_extra(*gso)]
-    last = count - 1
-    entries += [pack(gref, offset, NETTXF_more_data if index < last else 0, id, length)
-                for index, ((gref, offset, length), id)
-                in enumerate(zip(segments[1:], ids[1:]), 1)]
-    return entries
+    entries = tx_entries(segments, ids, flags=flags, gso=gso, max_slots=max_slots,
+                         page_size=page_size)
+    return [entries[i:i + ENTRY_SIZE] for i in range(0, len(entries), ENTRY_SIZE)]
+
+
+_GSO_EXTRAS: dict[tuple[int, int], bytes] = {}
+
+
+def _gso_extra(gso: tuple[int, int]) -> bytes:
+    """make_gso_extra, remembered: a flow's frames all have the same."""
+    extra = _GSO_EXTRAS.get(gso)
+    if extra is None:
+        extra = make_gso_extra(*gso)
+        if len(_GSO_EXTRAS) >= 64:
+            _GSO_EXTRAS.clear()
+        _GSO_EXTRAS[gso] = extra
+    return extra
+
+
+class TxPageEncoder:
+    """The ring entries of frames laid out from offset 0 over whole pages
+    (the last one part full), the pages numbered as in `grefs` (page i is
+    granted as grefs[i]) and each slot's request id its page's number: a
+    page is in flight at most once, so its number is an id no other slot
+    in flight has.  Every whole page's entry is then the same each time:
+    built once, a frame's entries are a join of them with its first and
+    last slots (and GSO extra) made anew.  What :func:`tx_entries` makes
+    of the same frame, ids being the pages."""
+
+    def __init__(self, grefs: Sequence[int]) -> None:
+        if len(grefs) > 0x10000:
+            raise ValueError(f"{len(grefs)} pages: their numbers do not fit in 16 bits")
+        pack = _REQUEST.pack
+        try:
+            whole = [pack(gref, 0, NETTXF_more_data, page, PAGE_SIZE)
+                     for page, gref in enumerate(grefs)]
+        except struct.error:
+            raise ValueError("grant ref does not fit in 32 bits") from None
+        self._whole = whole
+        # The same back to back: the entries of consecutive pages are one
+        # slice of it.
+        self._run = b"".join(whole)
+        self._numbers = list(range(len(grefs)))
+        self.grefs = grefs  # not copied: the caller keeps it as it is
+
+    def entries(self, pages: Sequence[int], size: int, *, flags: int = 0,
+                gso: tuple[int, int] | None = None) -> bytes:
+        """The entries of a frame of `size` bytes in `pages` (numbers, in
+        order): ValueError if it is not what the protocol can carry or
+        does not fill exactly those pages."""
+        count = len(pages)
+        if not 0 < size <= XEN_NETIF_MAX_TX_SIZE or -(-size // PAGE_SIZE) != count:
+            raise ValueError(f"frame of {size} bytes in {count} pages")
+        if flags & ~CSUM_FLAGS:
+            raise ValueError(f"tx flags {flags:#x} are not checksum flags")
+        first = pages[0]
+        consecutive = first >= 0 and pages == self._numbers[first:first + count]
+        if not consecutive and (min(pages) < 0 or max(pages) >= len(self.grefs)):
+            raise ValueError(f"page numbers {min(pages)}..{max(pages)} outside "
+                             f"0..{len(self.grefs) - 1}")
+        pack, grefs = _REQUEST.pack, self.grefs
+        if gso is None:
+            if count == 1:
+                return pack(grefs[first], 0, flags, first, size)
+            head = pack(grefs[first], 0, flags | NETTXF_more_data, first, size)
+        else:
+            extra = _gso_extra(gso)
+            if count == 1:
+                return pack(grefs[first], 0, flags | NETTXF_extra_info, first, size) + extra
+            head = pack(grefs[first], 0, flags | NETTXF_more_data | NETTXF_extra_info,
+                        first, size) + extra
+        last = pages[-1]
+        tail = pack(grefs[last], 0, 0, last, size - (count - 1) * PAGE_SIZE)
+        if consecutive:
+            return b"".join((head, self._run[(first + 1) * ENTRY_SIZE:last * ENTRY_SIZE], tail))
+        return b"".join((head, *map(self._whole.__getitem__, pages[1:-1]), tail))
 
 
 @dataclass(frozen=True)
@@ -178,23 +301,70 @@ class TxSlot:
 
 
 class TxShadowPacket:
-    """A frame in flight: the ids and segments of its request slots, its
-    ring entries, and the answers so far (`statuses`, by id)."""
+    """A frame in flight: the ids of its request slots, its ring entries
+    (`entries`, extras included, in order; `requests` one by one), and the
+    answers so far (`statuses`, by id).  Its segments, flags and GSO are
+    read back from its entries when asked for."""
 
-    __slots__ = ("ids", "segments", "requests", "flags", "gso", "buffers", "seq",
-                 "pending", "statuses", "_slots")
+    __slots__ = ("ids", "entries", "buffers", "seq", "pending", "nr_extras",
+                 "_owner", "_bad", "_statuses", "_slots")
 
-    def __init__(self, ids: list[int], segments: Sequence[Segment], requests: list[bytes],
-                 flags: int = 0, gso: tuple[int, int] | None = None, buffers: Any = None,
-                 seq: int = 0) -> None:
-        self.ids, self.segments = ids, segments
-        self.requests = requests    # the ring entries, extras included, in order
-        self.flags, self.gso = flags, gso
+    def __init__(self, ids: list[int], entries: bytes, nr_extras: int = 0,
+                 buffers: Any = None, seq: int = 0,
+                 owner: dict[int, TxShadowPacket] | None = None) -> None:
+        self.ids = ids
+        self.entries = entries
+        self.nr_extras = nr_extras
         self.buffers = buffers      # the caller's, freed once done
         self.seq = seq              # issue order
         self.pending = len(ids)     # slots without a response
-        self.statuses: dict[int, int] = {}
+        # Which ids are answered is which no longer belong to this packet in
+        # the shadow's `owner`; only answers other than NETIF_RSP_OKAY are
+        # written down (`_bad`): the hot path records nothing per slot.
+        self._owner = owner if owner is not None else {}
+        self._bad: dict[int, int] = {}
+        self._statuses: dict[int, int] | None = None  # frozen by a reset
         self._slots: list[TxSlot] | None = None
+
+    @property
+    def requests(self) -> list[bytes]:
+        entries = self.entries
+        return [entries[i:i + ENTRY_SIZE] for i in range(0, len(entries), ENTRY_SIZE)]
+
+    @property
+    def segments(self) -> list[Segment]:
+        """(gref, offset, length) of its request slots, in ring order."""
+        entries = self.entries
+        data = entries[:ENTRY_SIZE] + entries[ENTRY_SIZE * (1 + self.nr_extras):]
+        reqs = list(_REQUEST.iter_unpack(data))
+        rest = [(gref, offset, size) for gref, offset, _, _, size in reqs[1:]]
+        gref, offset, _, _, total = reqs[0]
+        return [(gref, offset, total - sum(size for _, _, size in rest))] + rest
+
+    @property
+    def flags(self) -> int:
+        """The checksum flags it was sent with."""
+        return _REQUEST.unpack_from(self.entries)[2] & CSUM_FLAGS
+
+    @property
+    def gso(self) -> tuple[int, int] | None:
+        if not self.nr_extras:
+            return None
+        _, _, size, gso_type, _ = _GSO_EXTRA.unpack_from(self.entries, ENTRY_SIZE)
+        return gso_type, size
+
+    @property
+    def statuses(self) -> dict[int, int]:
+        """The answers so far, by id."""
+        if self._statuses is not None:
+            return self._statuses
+        owner, bad = self._owner, self._bad
+        return {id: bad.get(id, NETIF_RSP_OKAY) for id in self.ids
+                if owner.get(id) is not self}
+
+    def _freeze(self) -> None:
+        """Write the answers down for good: the shadow forgets us."""
+        self._statuses = self.statuses
 
     @property
     def slots(self) -> list[TxSlot]:
@@ -217,16 +387,48 @@ class TxShadowPacket:
         was, else the first slot's status that was not."""
         if self.pending:
             return None
-        statuses = self.statuses
-        return next((statuses[id] for id in self.ids if statuses[id] != NETIF_RSP_OKAY),
+        bad = self._bad if self._statuses is None else self._statuses
+        return next((bad[id] for id in self.ids if bad.get(id, NETIF_RSP_OKAY)),
                     NETIF_RSP_OKAY)
 
 
 _STATUSES = (NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_DROPPED)
 
 
+def _drop_nulls(ids: list[int], statuses: list[int], nulls: int) -> None:
+    """Take the `nulls` NETIF_RSP_NULL answers (to extra slots, whose ids
+    mean nothing) out of both lists, in place: a GSO frame has one, so
+    finding each costs less than filtering every answer."""
+    if nulls * 8 > len(statuses):
+        keep = list(map(NETIF_RSP_NULL.__ne__, statuses))
+        ids[:] = compress(ids, keep)
+        statuses[:] = compress(statuses, keep)
+        return
+    index = statuses.index
+    positions = []
+    start = 0
+    for _ in range(nulls):
+        at = index(NETIF_RSP_NULL, start)
+        positions.append(at)
+        start = at + 1
+    for at in reversed(positions):
+        del ids[at]
+        del statuses[at]
+
+_STATUS_SET = frozenset(_STATUSES)
+#: complete_block reads ids and statuses through native casts of the ring
+#: slots, which are little-endian.
+_NATIVE_LE = sys.byteorder == "little"
+
+
 class TxShadow:
-    """The tx slots in flight on one ring of `size` slots."""
+    """The tx slots in flight on one ring of `size` slots.
+
+    Either the shadow numbers the slots (:meth:`add`: ids from its free
+    list, a record per frame) or the caller does (:meth:`add_ids`, e.g.
+    with the numbers of the pages the slots send, and
+    :meth:`complete_ids`: no record, just which ids are in flight); one
+    shadow is used one way only."""
 
     def __init__(self, size: int = XEN_NETIF_TX_RING_SIZE) -> None:
         if not 1 <= size <= 0x10000:
@@ -235,44 +437,122 @@ class TxShadow:
 
     def _clear(self, size: int) -> None:
         self.size = size
-        self._owner: list[TxShadowPacket | None] = [None] * size  # by id
+        # By id; a new dict, not cleared: packets of the old one still ask
+        # it which of their ids are answered.
+        self._owner: dict[int, TxShadowPacket] = {}
         self._free = list(range(size - 1, -1, -1))  # pop() gives 0 first
+        self._numbered: set[int] = set()  # the caller's ids in flight
+        self._by_caller: bool | None = None  # which way the shadow is used
         self._nulls_expected = 0
         self._seq = 0
 
     def __len__(self) -> int:
         """Request slots in flight."""
-        return self.size - len(self._free)
+        return len(self._owner) + len(self._numbered)
 
     @property
     def free(self) -> int:
         """Ids free: request slots a new frame may use."""
-        return len(self._free)
+        return self.size - len(self._owner) - len(self._numbered)
+
+    def _used_by_caller(self, by_caller: bool) -> None:
+        if self._by_caller is None:
+            self._by_caller = by_caller
+        elif self._by_caller != by_caller:
+            raise ValueError("this shadow's ids are "
+                             + ("the caller's" if self._by_caller else "its own"))
+
+    def _record(self, ids: list[int], entries: bytes, nr_extras: int,
+                buffers: Any) -> TxShadowPacket:
+        owner = self._owner
+        packet = TxShadowPacket(ids, entries, nr_extras, buffers, self._seq, owner)
+        owner.update(dict.fromkeys(ids, packet))
+        del self._free[-len(ids):]
+        self._seq += 1
+        self._nulls_expected += nr_extras
+        return packet
 
     def add(self, segments: Sequence[Segment], *, flags: int = 0,
             gso: tuple[int, int] | None = None, buffers: Any = None,
             max_slots: int = XEN_NETIF_NR_SLOTS_MIN) -> TxShadowPacket:
         """Record a frame under free ids and build its ring entries
-        (``packet.requests``, to put on the ring in order).  ShadowFull if
-        too few ids are free; ValueError (nothing recorded) if malformed."""
+        (``packet.entries``, to put on the ring as they are).  ShadowFull
+        if too few ids are free; ValueError (nothing recorded) if
+        malformed."""
+        if self._by_caller is not False:
+            self._used_by_caller(False)
         count = len(segments)
         free = self._free
         if count > len(free):
             raise ShadowFull(f"{count} slots wanted, {len(free)} free")
         ids = free[len(free) - count:][::-1]
-        requests = tx_requests(segments, ids, flags=flags, gso=gso,
-                               max_slots=max_slots)
-        packet = TxShadowPacket(ids, segments, requests, flags, gso, buffers, self._seq)
-        owner = self._owner
-        for id in ids:
-            owner[id] = packet
-        del free[len(free) - count:]
-        self._seq += 1
-        self._nulls_expected += len(requests) - count
-        return packet
+        entries = tx_entries(segments, ids, flags=flags, gso=gso, max_slots=max_slots)
+        return self._record(ids, entries, len(entries) // ENTRY_SIZE - count, buffers)
+
+    def add_ids(self, ids: Sequence[int], nr_extras: int = 0) -> None:
+        """Put request slots the caller numbered `ids` in flight (a frame
+        whose `nr_extras` extra slots, answered NETIF_RSP_NULL, have none):
+        ShadowFull if the ring has not that many free, ValueError (nothing
+        recorded) if an id is in flight already, twice in `ids`, or does
+        not fit in 16 bits."""
+        if self._by_caller is not True:
+            self._used_by_caller(True)
+        count = len(ids)
+        numbered = self._numbered
+        if count > self.size - len(numbered):
+            raise ShadowFull(f"{count} slots wanted, {self.size - len(numbered)} free")
+        if not count or min(ids) < 0 or max(ids) > 0xFFFF:
+            raise ValueError("tx ids must be 1 or more 16-bit numbers")
+        if not numbered.isdisjoint(ids):
+            raise ValueError(f"ids {sorted(numbered.intersection(ids))} are in flight")
+        before = len(numbered)
+        numbered.update(ids)
+        if len(numbered) - before != count:
+            numbered.difference_update(ids)
+            raise ValueError(f"ids {list(ids)} name a slot twice")
+        self._nulls_expected += nr_extras
+
+    def complete_ids(self, entries: bytes) -> list[int]:
+        """Take the responses in `entries` (whole 12-byte ring slots, as
+        FrontRing.get_responses copies them) to slots of :meth:`add_ids`:
+        the ids they answer, in order (NETIF_RSP_NULLs answer none), free
+        again.  NetfrontProtocolError, as :meth:`complete`, for an answer
+        to nothing in flight; the answers before it are taken."""
+        if self._by_caller is not True:
+            self._used_by_caller(True)
+        if _NATIVE_LE and not len(entries) % ENTRY_SIZE:
+            view = memoryview(entries)
+            ids = view.cast("H")[0::ENTRY_SIZE // 2].tolist()
+            statuses = view.cast("h")[1::ENTRY_SIZE // 2].tolist()
+            nulls = statuses.count(NETIF_RSP_NULL)
+            if nulls:
+                _drop_nulls(ids, statuses, nulls)
+            unique = set(ids)
+            numbered = self._numbered
+            if (nulls <= self._nulls_expected and len(unique) == len(ids)
+                    and numbered.issuperset(unique) and _STATUS_SET.issuperset(statuses)):
+                self._nulls_expected -= nulls
+                numbered -= unique
+                return ids
+        # Something no request asked for: find it (and raise) in order.
+        answered = []
+        for id, status in _RESPONSE_SLOT.iter_unpack(entries):
+            if status == NETIF_RSP_NULL:
+                if not self._nulls_expected:
+                    raise NetfrontProtocolError("NETIF_RSP_NULL answers no extra slot")
+                self._nulls_expected -= 1
+                continue
+            if status not in _STATUSES:
+                raise NetfrontProtocolError(f"response for id {id} has status {status}")
+            if id not in self._numbered:
+                raise NetfrontProtocolError(
+                    f"response for id {id}: no such slot in flight (unknown or duplicate)")
+            self._numbered.discard(id)
+            answered.append(id)
+        return answered
 
     def get(self, id: int) -> TxSlot | None:
-        packet = self._owner[id] if 0 <= id < self.size else None
+        packet = self._owner.get(id)
         return packet.slot(id) if packet is not None else None
 
     def _answer(self, id: int, status: int) -> TxShadowPacket | None:
@@ -284,13 +564,13 @@ class TxShadow:
             return None
         if status not in _STATUSES:
             raise NetfrontProtocolError(f"response for id {id} has status {status}")
-        packet = self._owner[id] if id < self.size else None
+        packet = self._owner.pop(id, None)
         if packet is None:
             raise NetfrontProtocolError(
                 f"response for id {id}: no such slot in flight (unknown or duplicate)")
-        packet.statuses[id] = status
+        if status:
+            packet._bad[id] = status
         packet.pending -= 1
-        self._owner[id] = None
         self._free.append(id)
         return packet
 
@@ -300,6 +580,8 @@ class TxShadow:
         ``slot.packet.done`` says whether the frame is); its id is free
         again.  None for the NETIF_RSP_NULL answering an extra slot.
         NetfrontProtocolError if the response answers nothing in flight."""
+        if self._by_caller:
+            raise ValueError("this shadow's ids are the caller's: complete_ids")
         if not isinstance(response, TxResponse):
             response = parse_tx_response(response)
         packet = self._answer(response.id, response.status)
@@ -310,6 +592,40 @@ class TxShadow:
         ring slots, as FrontRing.get_responses copies them), making no
         slot objects: the frames they finished, in the order they
         finished."""
+        if self._by_caller:
+            raise ValueError("this shadow's ids are the caller's: complete_ids")
+        if not _NATIVE_LE or len(entries) % ENTRY_SIZE:
+            return self._complete_slowly(entries)
+        view = memoryview(entries)
+        ids = view.cast("H")[0::ENTRY_SIZE // 2].tolist()
+        statuses = view.cast("h")[1::ENTRY_SIZE // 2].tolist()
+        nulls = statuses.count(NETIF_RSP_NULL)
+        if nulls:
+            _drop_nulls(ids, statuses, nulls)
+        owner = self._owner
+        unique = set(ids)
+        if (nulls > self._nulls_expected or len(unique) != len(ids)
+                or not owner.keys() >= unique or not _STATUS_SET.issuperset(statuses)):
+            # Something no request asked for: find it (and raise) in order.
+            return self._complete_slowly(entries)
+        self._nulls_expected -= nulls
+        packets = list(map(owner.pop, ids))
+        self._free += ids
+        if any(statuses):
+            for id, status, packet in zip(ids, statuses, packets):
+                if status:
+                    packet._bad[id] = status
+        counts = Counter(packets)
+        for packet, n in counts.items():
+            packet.pending -= n
+        if len(counts) == len(packets):  # a slot each (small frames)
+            return [p for p in packets if not p.pending]
+        # Finished at its last answer: in the order of the last answers.
+        done = [p for p in dict.fromkeys(reversed(packets)) if not p.pending]
+        done.reverse()
+        return done
+
+    def _complete_slowly(self, entries: bytes) -> list[TxShadowPacket]:
         done = []
         answer = self._answer
         for id, status in _RESPONSE_SLOT.iter_unpack(entries):
@@ -320,7 +636,7 @@ class TxShadow:
 
     def inflight(self) -> list[TxShadowPacket]:
         """Every frame with a slot not answered yet, in issue order."""
-        packets = {id(p): p for p in self._owner if p is not None}
+        packets = {id(p): p for p in self._owner.values()}
         return sorted(packets.values(), key=lambda p: p.seq)
 
     def reset(self, size: int | None = None) -> list[TxShadowPacket]:
@@ -330,5 +646,7 @@ class TxShadow:
         if size is not None and not 1 <= size <= 0x10000:
             raise ValueError(f"ring size {size}")
         pending = self.inflight()
+        for packet in pending:
+            packet._freeze()
         self._clear(self.size if size is None else size)
         return pending
