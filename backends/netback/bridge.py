@@ -163,12 +163,13 @@ class Bridge:
         dst, src = header[:ETH_ALEN], header[ETH_ALEN:2 * ETH_ALEN]
         if not is_valid_source(src):
             return []
-        now = self._now(now)
+        now = self._clock() if now is None else now
         self._learn(src, in_port, now)
         if is_link_local(dst):
             return []
         if not is_multicast(dst):
-            port = self.lookup(dst, now)
-            if port is not None:
+            entry = self._fdb.get(dst)
+            if entry is not None and now - entry.seen <= self.ageing_time:
+                port = entry.port
                 return [] if port == in_port else [port]
         return [p for p in self._ports if p != in_port]

@@ -533,7 +533,8 @@ class Vif:
             return f"runt frame of {size} bytes"
         if size > XEN_NETIF_MAX_TX_SIZE:
             return f"frame of {size} bytes"
-        if frame.offload.gso is None and size > max_frame(frame.head, f.mtu):
+        if (size > f.mtu + netpkt.ETH_HLEN and frame.offload.gso is None
+                and size > max_frame(frame.head, f.mtu)):
             return f"frame of {size} bytes exceeds MTU {f.mtu}"
         if size > PAGE_SIZE and not f.sg:
             return f"frame of {size} bytes needs feature-sg"
