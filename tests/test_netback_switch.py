@@ -136,8 +136,7 @@ def plug(switch: Switch, front: Front, log: Log) -> Vif:
     kernel = Kernel(front, log)
     vif = Vif(kernel, switch, "backend/vif/x/0", front.domid, 0)
     vif.bridge_name, vif.mtu = "xenbr0", 1500
-    vif.features = front.features
-    vif.receiver = front.features.receiver
+    vif.use_features(front.features)
     vif.rings = [(BackRing(front.pages[0], TX_ENTRY, 4, entry_size=TX_ENTRY), [], memoryview(b"")),
                  (BackRing(front.pages[1], RX_ENTRY, RX_ENTRY, entry_size=RX_ENTRY), [],
                   memoryview(b""))]

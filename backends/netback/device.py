@@ -171,6 +171,7 @@ class Switch:
         bridge = self.bridges.setdefault(port.bridge_name, Bridge(port.bridge_name))
         bridge.add_port(port.port_id)
         self.ports[(port.bridge_name, port.port_id)] = port
+        port.bridge = bridge
 
     def unplug(self, port) -> None:
         bridge = self.bridges.get(port.bridge_name)
@@ -248,6 +249,8 @@ class Vif:
         self.backlog: deque[Frame] = deque()
         self.backlog_bytes = 0
         self.assembler = TxAssembler()
+        self._fallback: dict[tuple, bool] = {}
+        self.fits = 0
 
     def start(self) -> None:
         self.frontend = self.xs.read(f"{self.path}/frontend").decode()
@@ -290,11 +293,10 @@ class Vif:
         def flag(name: str, default: int = 0) -> bool:
             return read_feature(xs, fe, name, default) == 1
 
-        self.features = RxFeatures(sg=flag("feature-sg"), gso_tcpv4=flag("feature-gso-tcpv4"),
-                                   gso_tcpv6=flag("feature-gso-tcpv6"), mtu=self.mtu,
-                                   csum=not flag("feature-no-csum-offload"),
-                                   ipv6_csum=flag("feature-ipv6-csum-offload"))
-        self.receiver = self.features.receiver
+        self.use_features(RxFeatures(sg=flag("feature-sg"), gso_tcpv4=flag("feature-gso-tcpv4"),
+                                     gso_tcpv6=flag("feature-gso-tcpv6"), mtu=self.mtu,
+                                     csum=not flag("feature-no-csum-offload"),
+                                     ipv6_csum=flag("feature-ipv6-csum-offload")))
         gnttab = self.kernel.gnttab
         for name, size in (("tx-ring-ref", TX_ENTRY), ("rx-ring-ref", RX_ENTRY)):
             mappings = gnttab.map_grant_refs(self.fe, [int(xs.read(f"{fe}/{name}"))])
@@ -317,6 +319,15 @@ class Vif:
                       gso_tcpv4=f.gso_tcpv4, gso_tcpv6=f.gso_tcpv6, csum=f.csum,
                       split_channels=len(self.ports) == 2)
         self._kick_both()
+
+    def use_features(self, features: RxFeatures) -> None:
+        """What the frontend negotiated for the frames it receives."""
+        self.features = features
+        self.receiver = features.receiver
+        self._fallback = {}  # offload kind -> needs_fallback()
+        # Frames of ETH_HLEN..fits bytes pass every check of _unfit.
+        self.fits = min(features.mtu + netpkt.ETH_HLEN, XEN_NETIF_MAX_TX_SIZE,
+                        XEN_NETIF_MAX_TX_SIZE if features.sg else PAGE_SIZE)
 
     @property
     def tx_ring(self) -> BackRing:
@@ -490,7 +501,13 @@ class Vif:
         if type(offload) is str:
             self.trouble("bad tx offload", reason=offload)
             return NETIF_RSP_ERROR
-        self.switch.forward(self, Frame(head, rest, size, offload))
+        frame = Frame(head, rest, size, offload)
+        ports = self.switch.ports
+        bridge_name = self.bridge_name
+        for port in self.bridge.forward(self.port_id, head):
+            target = ports.get((bridge_name, port))
+            if target is not None:
+                target.deliver(frame)
         return 0
 
     # -- rx: frames for the frontend, on the switch thread ------------------------
@@ -501,7 +518,12 @@ class Vif:
         frontend first if it cannot take its offload."""
         if not self.connected:
             return
-        if needs_fallback(frame.offload, self.receiver):
+        offload = frame.offload
+        kind = (offload.flags, offload.gso is not None and offload.gso[0], offload.ipv6)
+        fallback = self._fallback.get(kind)
+        if fallback is None:
+            fallback = self._fallback[kind] = needs_fallback(offload, self.receiver)
+        if fallback:
             result = software_fallback(frame.materialize(), frame.offload, self.receiver)
             if isinstance(result, str):
                 self.trouble("rx frame dropped", reason=result)
@@ -509,7 +531,8 @@ class Vif:
             for data, offload in result:
                 self.deliver(Frame.of(data, offload))
             return
-        reason = self._unfit(frame)
+        size = frame.size
+        reason = "" if netpkt.ETH_HLEN <= size <= self.fits else self._unfit(frame)
         if reason:
             self.trouble("rx frame dropped", reason=reason)
             return
