@@ -611,7 +611,14 @@ class Vif:
             else:
                 targets = [self._view(first, pages * PAGE_SIZE)
                            for first, pages in page_runs(starts)]
-            scatter(frame.chunks(), targets)
+            if len(targets) == 1:  # the chunks one after the other
+                target, pos = targets[0], 0
+                for chunk in frame.chunks():
+                    end = pos + len(chunk)
+                    target[pos:end] = chunk
+                    pos = end
+            else:
+                scatter(frame.chunks(), targets)
             self.rx_out += rx_response_block(ids, size, frame.offload.flags, gso)
         self.switch.dirty[self] = None
         return True

@@ -38,6 +38,7 @@ import struct
 from array import array
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from hypervisor.public import xen
 from hypervisor.public.io import netif
@@ -320,6 +321,13 @@ def rx_response_slots(ids: Sequence[int], lengths: Sequence[int], csum_flags: in
     return b"".join(out)
 
 
+@lru_cache(maxsize=64)
+def _gso_extra_halves(gso: tuple[int, int]) -> array:
+    """make_gso_extra's slot as uint16s: a stream keeps its MSS, so the
+    same few are asked for again and again."""
+    return array("H", make_gso_extra(gso[1], gso[0]))
+
+
 #: (id, offset, flags, status) halves of a full middle data slot's response.
 _FULL_SLOT = array("H", [0, 0, NETRXF_more_data, xen.PAGE_SIZE])
 
@@ -330,6 +338,8 @@ def rx_response_block(ids: list[int], size: int, csum_flags: int = 0,
     page-sized slots, built from a template with C-level slice
     assignments instead of a pack per slot: the switch's hot path."""
     count = len(ids)
+    if count == 1:  # one slot: a small frame, no GSO
+        return _RESPONSE.pack(ids[0], 0, csum_flags, size)
     out = _FULL_SLOT * count
     out[0::4] = array("H", ids)
     data = count - (gso is not None)
@@ -341,7 +351,7 @@ def rx_response_block(ids: list[int], size: int, csum_flags: int = 0,
     if gso is not None:
         out[2] = first | NETRXF_extra_info
         out[3] = last if data == 1 else xen.PAGE_SIZE
-        out[4:8] = array("H", make_gso_extra(gso[1], gso[0]))
+        out[4:8] = _gso_extra_halves(gso)
     else:
         out[2] = first
         out[3] = last if data == 1 else xen.PAGE_SIZE

@@ -350,6 +350,12 @@ class TxBlock:
             raise ValueError(f"{len(entries)} bytes are not whole tx ring entries")
         self.entries = entries
         self.count = len(entries) // ENTRY_SIZE
+        if self.count == 1:  # a lone small frame, e.g. a TCP ACK
+            gref, offset, flags, id, size = _REQUEST.unpack(entries)
+            self.gref, self.offset, self.flags = [gref], [offset], [flags]
+            self.id, self.size = [id], [size]
+            self._more = _MORE[flags & 0xFF:(flags & 0xFF) + 1]
+            return
         halves = memoryview(entries).cast("H")
         self.gref = memoryview(entries).cast("I")[0::3].tolist()
         self.offset = halves[2::6].tolist()
