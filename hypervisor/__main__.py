@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--platform", required=True, help="JSON: name, pcpus, memory")
     parser.add_argument("--dom0", required=True,
-                        help="JSON: memory, vcpus, cpus, cmdline")
+                        help="JSON: memory, vcpus, cpus, weight, cmdline")
     parser.add_argument("--notify-fd", type=int, default=None,
                         help="pipe on which boot progress is reported (JSON lines)")
     parser.add_argument("--log-json", action="store_true")
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_vcpus": dom0.get("vcpus", 1),
             "max_memkb": dom0["memory"] * 1024,
             "cpus": dom0.get("cpus"),
+            "weight": dom0.get("weight"),
             "kernel": DOM0_KERNEL,
             "cmdline": cmdline,
             "extra_fds": [args.notify_fd] if args.notify_fd is not None else [],

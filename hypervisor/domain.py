@@ -6,6 +6,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
+from hypervisor.credit2 import DEFAULT_WEIGHT
 from hypervisor.event_channel import EventBitmap
 from hypervisor.grant_table import GrantDomain, GrantTable
 from hypervisor.memory import Physmap, PlatformMemory, Region, Segment
@@ -42,6 +43,7 @@ class Domain:
     dying: bool = False
     vcpu_tids: list[int] = field(default_factory=list)
     affinity: dict[int, tuple[int, ...] | None] = field(default_factory=dict)
+    weight: int = DEFAULT_WEIGHT  # credit2's; the host applies it as nice
     windows: dict[int, Region] = field(default_factory=dict)
     watchdogs: dict[int, int] = field(default_factory=dict)  # id -> timeout (s)
     # Windows whose fd this domain already holds (its own and its peers').

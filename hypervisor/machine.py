@@ -18,6 +18,13 @@ from typing import Any, Protocol
 
 import msgpack
 
+from hypervisor.credit2 import (
+    DEFAULT_WEIGHT,
+    MAX_WEIGHT,
+    MIN_WEIGHT,
+    renice_threads,
+    weight_to_nice,
+)
 from hypervisor.domain import SHARED_INFO_PAGES, Domain
 from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
@@ -99,6 +106,10 @@ class Machine:
         """
         name = str(config["name"])
         vcpus = int(config.get("max_vcpus", 1))
+        # Only the loader passes a weight here (Dom0's); the toolstack sets
+        # other domains' with XEN_DOMCTL_scheduler_op once they are built.
+        weight = int(config.get("weight") or DEFAULT_WEIGHT)
+        self._check_weight(weight)
         nr_pages = int(config["max_memkb"]) * 1024 // os.sysconf("SC_PAGE_SIZE")
         if not 1 <= vcpus <= 128:
             raise XenError(EINVAL, f"{name}: max_vcpus {vcpus} out of range")
@@ -125,7 +136,7 @@ class Machine:
         physmap.add(Region(0, ram))
         dom = Domain(domid=domid, name=name, privileged=privileged, max_vcpus=vcpus,
                      max_pages=nr_pages, ram=ram, shared_info=shinfo, gnttab=gnttab,
-                     physmap=physmap)
+                     physmap=physmap, weight=weight)
         cpus = config.get("cpus")
         for vcpu in range(vcpus):
             dom.affinity[vcpu] = tuple(cpus) if cpus is not None else None
@@ -204,6 +215,9 @@ class Machine:
         dom.vcpu_tids = [int(t) for t in vcpu_tids]
         for vcpu, cpus in dom.affinity.items():
             self.set_vcpu_affinity(dom, vcpu, cpus)
+        # Its process may be a standby started long before it was this
+        # domain's, at the hypervisor's nice: give its threads the domain's.
+        self._apply_weight(dom)
         dom.ready = True
         self.log(f"d{dom.domid} {dom.name}: kernel ready")
         if dom.pending_create is not None:
@@ -232,6 +246,44 @@ class Machine:
                 os.sched_setaffinity(dom.vcpu_tids[vcpu], self.host_cpus(cpus))
             except ProcessLookupError:
                 pass
+
+    # -- scheduling weight (credit2) ------------------------------------------
+
+    @staticmethod
+    def _check_weight(weight: int) -> None:
+        if not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+            raise XenError(EINVAL, f"credit2 weight {weight} is not between "
+                           f"{MIN_WEIGHT} and {MAX_WEIGHT}")
+
+    def set_weight(self, dom: Domain, weight: int) -> None:
+        """credit2's putinfo: record the weight and apply it to the domain's
+        threads as their nice value."""
+        self._check_weight(weight)
+        dom.weight = weight
+        if self._apply_weight(dom):
+            self.log(f"d{dom.domid} {dom.name}: credit2 weight {weight}: its threads "
+                     f"run at nice {weight_to_nice(weight)}")
+
+    def _apply_weight(self, dom: Domain) -> bool:
+        """Renice every thread of the domain's process (threads it starts
+        later inherit the value from their creator). False if it was not
+        applied: no process, or the host refused (said on the console)."""
+        proc = dom.process
+        if proc is None or not proc.alive:
+            return False
+        nice = weight_to_nice(dom.weight)
+        try:
+            renice_threads(proc.pid, nice)
+        except ProcessLookupError:
+            return False  # it died: process_exited deals with that
+        except PermissionError:
+            # The weight stays recorded (getinfo reports it); the threads
+            # keep the nice value they had.
+            self.log(f"d{dom.domid} {dom.name}: credit2 weight {dom.weight} recorded, "
+                     f"but the host did not allow nice {nice} for its threads "
+                     "(a lower nice needs root or CAP_SYS_NICE)")
+            return False
+        return True
 
     # -- lifecycle ----------------------------------------------------------
 

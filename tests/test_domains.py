@@ -34,7 +34,7 @@ def test_unprivileged_domain_gets_eperm_for_privileged_hypercalls(system):
     results = out.read_json()
     assert results.pop("xen_version") == "ok"
     assert results == {key: "EPERM" for key in results}
-    assert len(results) == 11
+    assert len(results) == 12
 
 
 def test_grants_and_events_between_two_domains(system):

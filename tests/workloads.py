@@ -49,6 +49,7 @@ def privileged_ops(kernel) -> None:
         "unpausedomain": _errno_name(lambda: xc.domain_unpause(0)),
         "getdomaininfo": _errno_name(lambda: xc.domain_getinfo(0)),
         "setvcpuaffinity": _errno_name(lambda: xc.vcpu_setaffinity(0, 0, (0,))),
+        "scheduler_op": _errno_name(lambda: xc.sched_credit2_domain_set(0, 65535)),
         "physinfo": _errno_name(xc.physinfo),
         "getdomaininfolist": _errno_name(xc.domain_getinfolist),
         "readconsole": _errno_name(xc.readconsole),

@@ -19,7 +19,12 @@ from domains.dom0.client import (
     hypervisor_pid,
 )
 from domains.dom0.topology import TopologyError, load_topology
-from domains.dom0.xlformat import format_info, format_list, format_vcpu_list
+from domains.dom0.xlformat import (
+    format_info,
+    format_list,
+    format_sched_credit2,
+    format_vcpu_list,
+)
 
 # A ZeroMQ ipc:// path must fit in sockaddr_un (108 bytes with the NUL).
 MAX_SOCKET_PATH = 100
@@ -56,6 +61,7 @@ def _boot_command(args) -> int:
                                      "memory": platform.memory}),
            "--dom0", json.dumps({"memory": dom0.memory, "vcpus": dom0.vcpus,
                                  "cpus": list(dom0.cpus) if dom0.cpus else None,
+                                 "weight": dom0.weight,
                                  "cmdline": f"{dom0.extra} topology="
                                             f"{quote(str(path.resolve()))}".strip()}),
            "--notify-fd", str(write_fd)]
@@ -254,6 +260,17 @@ def _vcpu_pin(args) -> int:
     return 0
 
 
+def _sched_credit2(args) -> int:
+    if args.weight is not None:
+        if args.domain is None:
+            raise UserError("sched-credit2: -w needs a domain (-d NAME)")
+        _client(args).call("sched-credit2", domain=args.domain, weight=args.weight)
+        return 0
+    result = _client(args).call("sched-credit2", domain=args.domain)
+    print(format_sched_credit2(result["rows"], pool=args.domain is None), end="")
+    return 0
+
+
 def _dmesg(args) -> int:
     print(_client(args).call("dmesg", clear=args.clear), end="")
     return 0
@@ -431,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("vcpu", help="vCPU number or 'all'")
     p.add_argument("cpus", help="pCPUs: 'all', '0-1', '0,1', '^1'")
     p.set_defaults(func=_vcpu_pin)
+
+    p = sub.add_parser("sched-credit2", help="show or set credit2 weights; a weight "
+                       "is the nice value of the domain's threads (xl sched-credit2)")
+    p.add_argument("-d", "--domain", help="the domain (name or id)")
+    p.add_argument("-w", "--weight", help="set its weight, 1 to 65535 (default 256)")
+    p.set_defaults(func=_sched_credit2)
 
     p = sub.add_parser("dmesg", help="the hypervisor's log (xl dmesg)")
     p.add_argument("-c", "--clear", action="store_true", help="clear after reading")

@@ -97,6 +97,31 @@ def _vcpu_pin(ts: Toolstack, args: dict):
         ts.xc.vcpu_setaffinity(dom.domid, vcpu, cpus)
 
 
+@command("sched-credit2")
+def _sched_credit2(ts: Toolstack, args: dict):
+    """xl sched-credit2: without a weight, the rows; with one, set it."""
+    weight = args.get("weight")
+    if weight is None:
+        return {"rows": ts.sched_rows(args.get("domain"))}
+    if args.get("domain") is None:
+        raise SpecError("a weight needs a domain (-d NAME)")
+    weight = _weight(weight)
+    dom = ts.find(args["domain"])
+    ts.xc.sched_credit2_domain_set(dom.domid, weight)
+    return {"rows": ts.sched_rows(dom.domid)}
+
+
+def _weight(value: Any) -> int:
+    # 0 would mean "leave it" to the hypercall: from a user it is a mistake.
+    try:
+        weight = int(str(value), 10)
+    except ValueError:
+        raise SpecError(f"weight {value!r} is not a number (1 to 65535)") from None
+    if not 1 <= weight <= 65535:
+        raise SpecError(f"weight {weight} is out of range (1 to 65535)")
+    return weight
+
+
 @command("block-attach")
 def _block_attach(ts: Toolstack, args: dict):
     dom = ts.find(args["domain"])

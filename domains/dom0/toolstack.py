@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from domains.dom0 import actions, devices, xsnodes
-from domains.dom0.topology import DomainConfig, Platform
+from domains.dom0.topology import DEFAULT_WEIGHT, DomainConfig, Platform
 from domains.dom0.xc import XenCtrl
 from domains.dom0.xlspec import DiskSpec, VifSpec
 from domains.kernel.xenbus.client import XenStoreClient, XsError
@@ -105,6 +105,15 @@ class Toolstack:
         created = self.xc.domain_create(config.name, config.memory, config.vcpus,
                                         kernel_for(config), cmdline, config.cpus)
         domid = created["domid"]
+        if config.weight != DEFAULT_WEIGHT:
+            # As libxl does once the domain is built: the weight is a
+            # scheduler parameter, not part of createdomain.
+            try:
+                self.xc.sched_credit2_domain_set(domid, config.weight)
+            except XenError as exc:
+                self.xc.domain_destroy(domid)
+                raise XenError(exc.errno, f"{config.name}: cannot set its weight "
+                               f"{config.weight}: {exc.message}") from exc
         try:
             self.introduce(domid, config, created.get("announce") or {})
         except (XenError, XsError) as exc:
@@ -488,6 +497,22 @@ class Toolstack:
                     "hard_affinity": _tuple(aff["cpumap_hard"]),
                     "soft_affinity": None,
                 })
+        return rows
+
+    def sched_rows(self, ident: str | int | None = None) -> list[dict]:
+        """xl sched-credit2's rows: name, domid, weight, cap."""
+        doms = [self.find(ident)] if ident is not None else sorted(
+            self.domains.values(), key=lambda d: d.domid)
+        rows = []
+        for dom in doms:
+            try:
+                params = self.xc.sched_credit2_domain_get(dom.domid)
+            except XenError as exc:
+                if exc.errno != ESRCH or ident is not None:
+                    raise
+                continue  # destroyed while we listed
+            rows.append({"name": dom.name, "domid": dom.domid,
+                         "weight": params["weight"], "cap": params["cap"]})
         return rows
 
     def halt(self) -> None:

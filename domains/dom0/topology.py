@@ -2,8 +2,8 @@
 
 A topology is TOML.  ``[platform]`` describes the machine, ``[dom0]`` sizes
 Domain-0, and each ``[domain.NAME]`` table is one more domain, taking the keys
-of xl.cfg(5) (``memory``, ``vcpus``, ``cpus``, ``on_crash``, ``disk``, ``vif``
-...) plus pyxen's ``workload`` and ``restart_limit``.  ``pyxen create CFG``
+of xl.cfg(5) (``memory``, ``vcpus``, ``cpus``, ``weight``, ``on_crash``, ``disk``,
+``vif`` ...) plus pyxen's ``workload`` and ``restart_limit``.  ``pyxen create CFG``
 reads the same keys at the top level of a file, plus ``name``.
 
 Nothing may start from a file that is wrong, and the user must be able to fix
@@ -41,6 +41,7 @@ from domains.dom0.xlspec import (
 )
 
 __all__ = [
+    "DEFAULT_WEIGHT",
     "DOM0_NAME",
     "DomainConfig",
     "Platform",
@@ -49,6 +50,11 @@ __all__ = [
     "load_domain_config",
     "load_topology",
 ]
+
+
+# credit2's default weight (CSCHED2_DEFAULT_WEIGHT): what a domain gets
+# without a `weight` key, and what the toolstack need not set.
+DEFAULT_WEIGHT = 256
 
 
 class TopologyError(Exception):
@@ -115,6 +121,7 @@ class DomainConfig:
     source: str
     line: int
     uplinks: tuple[UplinkSpec, ...] = ()  # a net driver domain's bridges to host TAPs
+    weight: int = DEFAULT_WEIGHT  # credit2 scheduling weight (xl.cfg `weight`)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, msgpack-able form (lists, dicts, scalars) for the toolstack's messages."""
@@ -146,7 +153,7 @@ class DomainConfig:
             d["restart_backoff"] = (float(first), float(cap))
         except (TypeError, ValueError) as e:
             raise ValueError(f"DomainConfig.from_dict: {e}") from None
-        for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line"):
+        for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line", "weight"):
             if type(d[key]) is not int:
                 raise ValueError(f"DomainConfig.from_dict: {key} must be an int")
         for key in ("name", "on_poweroff", "on_reboot", "on_crash", "on_watchdog", "workload", "extra", "source"):
@@ -469,10 +476,13 @@ _DOMAIN_KEYS: dict[str, _Key] = {
     "workload": _Key((str,), "idle", _workload),
     "restart_limit": _Key((list,), (5, 60.0), _restart_limit),
     "restart_backoff": _Key((list,), (0.25, 8.0), _restart_backoff),
+    # credit2's relative CPU share (xl.cfg(5) weight=WEIGHT); the hypercall
+    # carries it as a uint16_t, and 0 there means "unchanged", not a weight.
+    "weight": _Key((int,), DEFAULT_WEIGHT, _int_range(1, 65535)),
 }
 _DOM0_KEYS: dict[str, _Key] = {
     "memory": _Key((int,), 512, _int_range(16, unit=" MiB")),
-    **{k: _DOMAIN_KEYS[k] for k in ("vcpus", "cpus", "extra")},
+    **{k: _DOMAIN_KEYS[k] for k in ("vcpus", "cpus", "extra", "weight")},
 }
 _PLATFORM_KEYS: dict[str, _Key] = {
     "name": _Key((str,), "virt", _plain),

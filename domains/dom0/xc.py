@@ -71,6 +71,21 @@ class XenCtrl:
         self._domctl(D.XEN_DOMCTL_setvcpuaffinity, domid, vcpu=vcpu,
                      cpumap_hard=list(cpus) if cpus is not None else None)
 
+    def _scheduler_op(self, domid: int, cmd: int, **params: Any) -> Any:
+        # Not _domctl: struct xen_domctl_scheduler_op has a field named cmd.
+        args = {"domain": domid, "sched_id": D.XEN_SCHEDULER_CREDIT2, "cmd": cmd}
+        if params:
+            args["credit2"] = params
+        return self.hypercall(HYPERVISOR_domctl, D.XEN_DOMCTL_scheduler_op, args)
+
+    def sched_credit2_domain_get(self, domid: int) -> dict:
+        """xc_sched_credit2_domain_get: {"weight", "cap"}."""
+        return self._scheduler_op(domid, D.XEN_DOMCTL_SCHEDOP_getinfo)["credit2"]
+
+    def sched_credit2_domain_set(self, domid: int, weight: int, cap: int = 0) -> None:
+        """xc_sched_credit2_domain_set: weight 0 leaves it unchanged."""
+        self._scheduler_op(domid, D.XEN_DOMCTL_SCHEDOP_putinfo, weight=weight, cap=cap)
+
     def physinfo(self) -> dict:
         return self._sysctl(S.XEN_SYSCTL_physinfo)
 

@@ -1,4 +1,5 @@
-"""Text output of ``pyxen list``, ``vcpu-list`` and ``info``, byte-for-byte as xl prints it.
+"""Text output of ``pyxen list``, ``vcpu-list``, ``sched-credit2`` and ``info``,
+byte-for-byte as xl prints it.
 
 Scripts written against ``xl list`` / ``xl vcpu-list`` / ``xl info`` parse
 fixed columns, so the formats below reproduce xl's printf formats exactly
@@ -20,6 +21,7 @@ __all__ = [
     "format_cpumap",
     "format_info",
     "format_list",
+    "format_sched_credit2",
     "format_vcpu_list",
     "state_letters",
 ]
@@ -135,6 +137,22 @@ def format_vcpu_list(rows: Iterable[Mapping[str, Any]], nr_cpus: int | None = No
         line += format_cpumap(row.get("hard_affinity"), nr_cpus)
         line += " / " + format_cpumap(row.get("soft_affinity"), nr_cpus)
         out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def format_sched_credit2(rows: Iterable[Mapping[str, Any]], pool: bool = True) -> str:
+    """``xl sched-credit2`` (tools/xl/xl_sched.c ``sched_credit2_domain_output``).
+
+    Rows are dicts {name, domid, weight, cap}. Listing every domain, xl
+    first prints the cpupool's line; pyxen has one pool and no pool
+    parameters (no ratelimit), which xl prints as ``[sched params
+    unavailable]``. With ``-d`` (``pool`` False) there is no pool line.
+    """
+    out = ["Cpupool Pool-0: [sched params unavailable]"] if pool else []
+    out.append("%-33s %4s %6s %4s" % ("Name", "ID", "Weight", "Cap"))
+    for row in rows:
+        out.append("%-33s %4d %6d %4d" % (row["name"], row["domid"], row["weight"],
+                                          row["cap"]))
     return "\n".join(out) + "\n"
 
 

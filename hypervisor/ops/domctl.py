@@ -12,8 +12,12 @@ from hypervisor.public.domctl import (
     XEN_DOMCTL_getvcpuinfo,
     XEN_DOMCTL_max_mem,
     XEN_DOMCTL_pausedomain,
+    XEN_DOMCTL_scheduler_op,
+    XEN_DOMCTL_SCHEDOP_getinfo,
+    XEN_DOMCTL_SCHEDOP_putinfo,
     XEN_DOMCTL_setvcpuaffinity,
     XEN_DOMCTL_unpausedomain,
+    XEN_SCHEDULER_CREDIT2,
 )
 from hypervisor.public.errno import EINVAL, ENOMEM, XenError
 from hypervisor.public.xen import HYPERVISOR_domctl
@@ -109,3 +113,29 @@ def getvcpuinfo(call: Call, args: dict):
         "cpu_time": cpu_time,
         "cpu": host.index(cpu) if cpu in host else max(cpu, 0),
     }
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_scheduler_op, PRIV)
+def scheduler_op(call: Call, args: dict):
+    """struct xen_domctl_scheduler_op for credit2, pyxen's only scheduler:
+    {"sched_id", "cmd", "credit2": {"weight", "cap"}} (the union member
+    by its name). getinfo answers {"sched_id", "cmd", "credit2": {...}}."""
+    dom = _target(call, args)
+    sched_id = int(args.get("sched_id", -1))
+    if sched_id != XEN_SCHEDULER_CREDIT2:
+        raise XenError(EINVAL, f"scheduler {sched_id} is not this machine's "
+                       f"(credit2, {XEN_SCHEDULER_CREDIT2})")
+    cmd = int(args.get("cmd", -1))
+    if cmd == XEN_DOMCTL_SCHEDOP_getinfo:
+        return {"sched_id": sched_id, "cmd": cmd,
+                "credit2": {"weight": dom.weight, "cap": 0}}
+    if cmd != XEN_DOMCTL_SCHEDOP_putinfo:
+        raise XenError(EINVAL, f"credit2 has no scheduler_op command {cmd}")
+    params = args.get("credit2") or {}
+    weight, cap = int(params.get("weight", 0)), int(params.get("cap", 0))
+    if cap != 0:
+        # Refused rather than recorded: a cap nobody enforces would be a lie.
+        raise XenError(EINVAL, f"cap {cap}: pyxen does not cap vCPUs (they are host "
+                       "threads under Linux's scheduler); only cap 0, no cap, is supported")
+    if weight != 0:  # 0 leaves the weight as it is, as in Xen
+        call.machine.set_weight(dom, weight)
