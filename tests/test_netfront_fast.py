@@ -10,7 +10,6 @@ The device's tx path is driven end to end with a socketpair for its TAP.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import threading
@@ -46,7 +45,6 @@ from hypervisor.public.io.netif import (
     NETTXF_data_validated,
     NETTXF_extra_info,
     NETTXF_more_data,
-    XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
