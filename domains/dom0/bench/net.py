@@ -76,6 +76,7 @@ vcpus = 1
 driver_domain = true
 memory = 128
 vcpus = 1
+weight = 512
 
 [domain.guest1]
 memory = 256
