@@ -540,3 +540,25 @@ def test_device_sends_frames_in_consecutive_pages(window) -> None:
     finally:
         ours.close()
         tap.close()
+
+
+def test_a_lost_connection_stages_no_pages_of_the_old_one() -> None:
+    """Between a backend's death and the new connection, the reader must
+    not stage the old connection's free pages: the new connection's free
+    list holds the same page numbers, and a page staged from the old one
+    would go out twice (seen in `pyxen chaos` as "ids in flight")."""
+    dev, back, ours, tap = tx_device()
+    dev.rx_lock = threading.Lock()
+    try:
+        dev._lose_connection()
+        assert dev._stage() is None and dev.staged == []
+        # The new connection: all pages free again, each handed out once.
+        dev.tx_pages = list(range(2, 2 + 256))
+        dev.link_up.set()
+        tap.send(vnet.VNET_HDR.pack(1, 1, 66, 1448, 34, 16) + tcp_frame(False, 65226 - 66))
+        assert dev._send_one()
+        in_flight = [p for p in range(2, 2 + 256) if p not in dev.tx_pages + dev.staged]
+        assert len(in_flight) == 16 and not set(dev.tx_pages) & set(dev.staged)
+    finally:
+        ours.close()
+        tap.close()

@@ -177,10 +177,7 @@ class NetfrontDevice:
         with self.reconnecting:
             if self.closed or not self.moves.claim(backend_id):
                 return
-            self.link_up.clear()
-            with self.tx_lock, self.rx_lock:
-                self.generation += 1
-                self.txc.notify_all()
+            self._lose_connection()
             for port in {self.tx_port, self.rx_port}:
                 try:
                     self.kernel.events.close(port)
@@ -205,6 +202,19 @@ class NetfrontDevice:
                 self.connect()
             except (XsError, NetfrontError, OSError) as exc:
                 self.log.error("reconnect failed", error=str(exc))
+
+    def _lose_connection(self) -> None:
+        """No carrier, and the rings and pages in use are the old
+        connection's from now on (a sender still holding some sees the
+        generation change and drops its frame)."""
+        self.link_up.clear()
+        with self.tx_lock, self.rx_lock:
+            self.generation += 1
+            # The old ring's free pages are no one's: a reader staging from
+            # them now would hold pages that the new connection's free list
+            # hands out again (a page posted twice: "ids in flight").
+            self.tx_pages = []
+            self.txc.notify_all()
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
         why = self.moves.wait(states, lambda: self.backend_state, timeout)
