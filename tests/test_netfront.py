@@ -450,30 +450,23 @@ def test_shadow_complete_block_matches_complete() -> None:
 
 # -- the device's tx path: a GSO frame needs a ring slot for its extra ----------
 
-class BackendAnswersOnWait:
-    """Stands in for the device's tx Condition: when the sender waits, the
-    backend (netback's assembler) answers every request outstanding."""
-
-    def __init__(self, ring_buf: bytearray) -> None:
-        self.back = BackRing(ring_buf, 12, 4, entry_size=12)
-        self.assembler = TxAssembler()
-        self.waits = 0
-
-    def wait(self) -> None:
-        self.waits += 1
-        n = self.back.has_unconsumed_requests()
-        for result in self.assembler.feed_block(self.back.get_requests(n)):
-            self.back.put_responses(result.response_slots())
-        self.back.push_responses()
-
-    def notify_all(self) -> None:
-        pass
+def answer_all(ring_buf: bytearray) -> None:
+    """The backend (netback's assembler) answers every request outstanding."""
+    back = BackRing(ring_buf, 12, 4, entry_size=12)
+    assembler = TxAssembler()
+    n = back.has_unconsumed_requests()
+    for result in assembler.feed_block(back.get_requests(n)):
+        back.put_responses(result.response_slots())
+    back.push_responses()
 
 
-def test_a_gso_frame_waits_for_a_ring_slot_for_its_extra_not_only_for_ids() -> None:
+def test_a_gso_frame_needs_a_ring_slot_for_its_extra_not_only_ids() -> None:
+    """netfront reads from the TAP only with room for any frame: ids and
+    slots for READ_PAGES pages, and one slot more for a GSO extra."""
+    import collections
     import threading
 
-    from frontends.netfront.device import NetfrontDevice
+    from frontends.netfront.device import READ_PAGES, STALLED, NetfrontDevice
     from hypervisor.public.io.ring import FrontRing, shared_ring_init
 
     ring_buf = bytearray(4096)
@@ -483,31 +476,36 @@ def test_a_gso_frame_waits_for_a_ring_slot_for_its_extra_not_only_for_ids() -> N
     dev.tx = FrontRing(ring_buf, 12, 4, entry_size=12)
     dev.shadow = TxShadow(dev.tx.size)
     dev.refs = list(range(1000, 1600))
-    dev.tx_pages, dev.generation, dev.closed, dev.tx_waiting = [], 0, False, False
+    dev.tx_pages, dev.generation, dev.closed = list(range(600)), 0, False
     dev.link_up = threading.Event()
     dev.link_up.set()
-    sent = []
+    sent, watching = [], {5: None}
 
     class Kernel:
         class events:
             send = staticmethod(sent.append)
+            watch_fd = staticmethod(watching.__setitem__)
+            unwatch_fd = staticmethod(lambda fd: watching.pop(fd, None))
 
-    dev.kernel, dev.tx_port, dev.log = Kernel, 7, None
-    dev.staged = []
-    answers = dev.txc = BackendAnswersOnWait(ring_buf)
+    dev.kernel, dev.tx_port, dev.log, dev.tap_fd = Kernel, 7, None, 5
+    dev.staged, dev.staged_generation, dev.pending = [], 0, collections.deque()
+    dev._tap_ready = "handler"
     gso = (XEN_NETIF_GSO_TYPE_TCPV4, 1448)
+    assert READ_PAGES == 16
     # 15 GSO frames of 15 pages: 225 ids and 240 ring slots in flight.
     for n in range(15):
-        dev._post(list(range(n * 15, n * 15 + 15)), 15 * 4096, 0, gso, 0)
-    assert answers.waits == 0 and dev.shadow.free == 31 and dev.tx.free_requests() == 16
-    dev._post([300], 100, 0, None, 0)                          # one more slot and id
-    assert answers.waits == 0 and dev.tx.free_requests() == 15 and dev.shadow.free == 30
-    # Ids for 15 pages are free, and 15 ring slots: not the 16th its GSO
-    # extra takes.  The sender waits for the backend rather than overflow.
-    dev._post(list(range(400, 415)), 15 * 4096, 0, gso, 0)
-    assert answers.waits == 1
-    assert dev.tx.free_requests() == 256 - 16 and dev.shadow.free == 256 - 15
-    assert sent  # the backend was kicked along the way
+        assert dev._make_room() == 0
+        dev._post(dev.staged[:15], 15 * 4096, 0, gso, 0)
+        del dev.staged[:15]
+    assert dev.shadow.free == 31 and dev.tx.free_requests() == 16 and sent
+    # Ids for 16 pages are free, and 16 ring slots: not the 17th a GSO
+    # extra takes.  netfront stops reading rather than wait or overflow.
+    assert dev._make_room() == STALLED
+    assert dev.tx_stalled and 5 not in watching
+    answer_all(ring_buf)
+    assert dev._make_room() == 0
+    assert not dev.tx_stalled and watching[5] == "handler"
+    assert dev.tx.free_requests() == 256 and dev.shadow.free == 256
 
 
 def test_rx_buffers_of_a_frame_under_way_are_not_posted_again() -> None:

@@ -10,6 +10,7 @@ The device's tx path is driven end to end with a socketpair for its TAP.
 
 from __future__ import annotations
 
+import collections
 import socket
 import struct
 import threading
@@ -470,8 +471,7 @@ def tx_device(window: bool = True):
     shared_ring_init(pages[0])
     dev = object.__new__(NetfrontDevice)
     dev.tx_lock = threading.Lock()
-    dev.txc = threading.Condition(dev.tx_lock)
-    dev.closed, dev.tx_waiting, dev.generation = False, False, 0
+    dev.closed, dev.generation = False, 0
     dev.link_up = threading.Event()
     dev.link_up.set()
     dev.offload, dev.hdr = True, memoryview(bytearray(10))
@@ -484,12 +484,17 @@ def tx_device(window: bool = True):
     dev.shadow = TxShadow(dev.tx.size)
     dev.gso_types = frozenset({XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6})
     dev.ipv6_csum = True
-    dev.staged, dev.staged_generation = [], 0
+    dev.staged, dev.staged_generation, dev.pending = [], 0, collections.deque()
     dev.log, dev.tx_port = Log(), 3
+    watching = {}
 
     class Kernel:
         class events:
             send = staticmethod(lambda port: None)
+            watch_fd = staticmethod(watching.__setitem__)
+            unwatch_fd = staticmethod(lambda fd: watching.pop(fd, None))
+
+    Kernel.watching = watching
 
     dev.kernel = Kernel
     ours, tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -497,6 +502,7 @@ def tx_device(window: bool = True):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     ours.setblocking(False)
     dev.tap_fd = ours.fileno()
+    watching[dev.tap_fd] = dev._tap_ready
     return dev, BackRing(pages[0], 12, 4, entry_size=12), ours, tap
 
 
@@ -514,8 +520,7 @@ def test_device_sends_frames_in_consecutive_pages(window) -> None:
             batch = [(gso_hdr, big), (ack_hdr, ack)] if round % 3 else [(gso_hdr, big)] * 3
             for hdr, frame in batch:
                 tap.send(hdr + frame)
-            for _ in batch:
-                assert dev._send_one()
+            dev._tap_ready()  # what the upcall loop runs: until the TAP is empty
             assert not dev._send_one()  # the TAP is empty
             for packet in assembler.feed_block(back.get_requests(back.has_unconsumed_requests())):
                 assert isinstance(packet, TxPacket)
@@ -551,14 +556,73 @@ def test_a_lost_connection_stages_no_pages_of_the_old_one() -> None:
     dev.rx_lock = threading.Lock()
     try:
         dev._lose_connection()
-        assert dev._stage() is None and dev.staged == []
+        assert dev._make_room() is None and dev.staged == [] and dev.tx_pages == []
         # The new connection: all pages free again, each handed out once.
         dev.tx_pages = list(range(2, 2 + 256))
         dev.link_up.set()
         tap.send(vnet.VNET_HDR.pack(1, 1, 66, 1448, 34, 16) + tcp_frame(False, 65226 - 66))
-        assert dev._send_one()
+        dev._tap_ready()
         in_flight = [p for p in range(2, 2 + 256) if p not in dev.tx_pages + dev.staged]
         assert len(in_flight) == 16 and not set(dev.tx_pages) & set(dev.staged)
+    finally:
+        ours.close()
+        tap.close()
+
+
+def test_device_stops_watching_the_tap_when_the_tx_ring_is_full() -> None:
+    """Never waiting for room: short of it, netfront stops watching the TAP
+    (its poll is level-triggered) and asks for a tx event; the event's
+    handler collects the responses and takes the TAP up again."""
+    dev, back, ours, tap = tx_device()
+    watching = dev.kernel.watching
+    try:
+        small = tcp_frame(True, 0)
+        hdr = vnet.VNET_HDR.pack(1, 0, 0, 0, 54, 16)
+        for _ in range(300):  # more than the ring's 256 slots
+            tap.send(hdr + small)
+        dev._tap_ready()
+        # Stopped with room for less than a full frame (16 slots and the
+        # extra), the rest left on the TAP.
+        n = back.has_unconsumed_requests()
+        assert 256 - 17 < n <= 256 - 16
+        assert dev.tx_stalled and dev.tap_fd not in watching
+        assert ours.recv(4096, socket.MSG_PEEK)  # frames still there
+        # The backend asked for an event at the next response (rsp_event).
+        assert back._header[3] == dev.tx._rsp_cons + 1  # rsp_event
+        # A tx event with nothing answered changes nothing.
+        dev._tx_done()
+        assert dev.tx_stalled and dev.tap_fd not in watching
+        # The backend answers: the tx event takes the TAP up again.
+        assembler = TxAssembler()
+        for packet in assembler.feed_block(back.get_requests(n)):
+            back.put_responses(packet.response_slots())
+        assert back.push_responses_and_check_notify()
+        dev._tx_done()
+        assert not dev.tx_stalled and watching[dev.tap_fd] == dev._tap_ready
+        assert back.has_unconsumed_requests() == 300 - n
+        with pytest.raises(BlockingIOError):
+            ours.recv(4096)
+    finally:
+        ours.close()
+        tap.close()
+
+
+def test_fixed_up_frames_wait_in_a_bounded_list_not_for_room() -> None:
+    from frontends.netfront import device
+
+    dev, back, ours, tap = tx_device()
+    try:
+        dev.tx_pages = dev.tx_pages[:20]  # 16 staged, then room for 4 pages
+        assert dev._make_room() == 0
+        decision = vnet.TxOffload(flags=NETTXF_data_validated, fill_csum=True)
+        hdr = vnet.parse_vnet_hdr(vnet.VNET_HDR.pack(1, 0, 0, 0, 20, 16))
+        for i in range(device.PENDING_MAX + 3):
+            dev._send_fixed(bytes([i % 256]) * 6000, hdr, decision)
+        assert len(dev.pending) == device.PENDING_MAX
+        assert dev.pending[0][0][0] == 3  # the oldest were dropped
+        assert dev._make_room() == device.STALLED  # two frames sent: no room left
+        assert back.has_unconsumed_requests() == 4 and dev.tx_stalled
+        assert len(dev.pending) == device.PENDING_MAX - 2
     finally:
         ours.close()
         tap.close()

@@ -12,12 +12,18 @@ the hops of a notification, as a doorbell page would. The hypervisor still
 decides who is connected to whom (binding and closing go through it); a
 receiving kernel accepts a doorbell only for a port it has bound, and a
 doorbell that cannot be delivered falls back to the hypercall.
+
+A driver may also have a file descriptor polled by the upcall loop
+(watch_fd), level-triggered, its handler run on the upcall thread like an
+event handler: the driver then needs no thread of its own, and no wakeup
+of another thread each time that fd becomes readable.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
+from collections import deque
 from typing import Callable
 
 import zmq
@@ -45,6 +51,10 @@ MASK_OFFSET = PYXEN_SHINFO_MASK_OFFSET
 NR_PORTS = EVTCHN_2L_NR_CHANNELS
 
 Handler = Callable[[int], None]
+FdHandler = Callable[[int], None]  # given the fd
+#: Messages on the loop's inproc pair.
+_STOP = b""
+_CONTROL = b"c"  # watch_fd/unwatch_fd requests are queued
 #: Doorbells taken off the socket before their handlers run: bounds how
 #: long a burst can hold the hypervisor's upcalls back.
 NR_COALESCE = 64
@@ -106,6 +116,14 @@ class EventChannels:
         self._stop.bind(f"inproc://upcall-stop-{id(self)}")
         self._stop_peer = ctx.socket(zmq.PAIR)
         self._stop_peer.connect(f"inproc://upcall-stop-{id(self)}")
+        # The peer socket is used by any thread: one at a time.
+        self._peer_lock = threading.Lock()
+        # Changes to the polled fds asked by other threads: the poller is
+        # the upcall thread's alone.
+        self._control: deque = deque()
+        self._fd_handlers: dict[int, FdHandler] = {}
+        self._poller: zmq.Poller | None = None
+        self._stopped = False
         self.thread = threading.Thread(target=self._upcall_loop, name="upcall",
                                        daemon=True)
         self.thread.start()
@@ -177,14 +195,75 @@ class EventChannels:
 
     # -- upcalls ----------------------------------------------------------------
 
+    # -- fds polled by the upcall loop -----------------------------------------
+
+    def watch_fd(self, fd: int, handler: FdHandler) -> None:
+        """Poll `fd` for input (level-triggered) and run `handler(fd)` on
+        the upcall thread while it is readable; watching it again replaces
+        the handler."""
+        self._change(("watch", fd, handler))
+
+    def unwatch_fd(self, fd: int, timeout: float = 5.0) -> None:
+        """Stop polling `fd`.  From another thread, this returns once the
+        loop has let go of it: no handler of it runs any more, and the fd
+        may be closed."""
+        self._change(("unwatch", fd, None), timeout)
+
+    def _change(self, change: tuple, timeout: float = 5.0) -> None:
+        if threading.current_thread() is self.thread:
+            self._apply(change)  # a handler's own: the loop is not polling
+            return
+        done = threading.Event()
+        with self._peer_lock:
+            if self._stopped or not self.thread.is_alive():
+                self._apply(change)  # no loop: only the table is left
+                return
+            self._control.append((change, done))
+            self._stop_peer.send(_CONTROL)
+        if change[0] == "unwatch":
+            done.wait(timeout)
+
+    def _apply(self, change: tuple) -> None:
+        what, fd, handler = change
+        poller = self._poller
+        if what == "watch":
+            if fd not in self._fd_handlers and poller is not None:
+                poller.register(fd, zmq.POLLIN)
+            self._fd_handlers[fd] = handler
+        elif self._fd_handlers.pop(fd, None) is not None and poller is not None:
+            poller.unregister(fd)
+
+    def _take_control(self) -> bool:
+        """Apply the queued changes; False when told to stop."""
+        go_on = True
+        while True:
+            try:
+                message = self._stop.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if message == _STOP:
+                go_on = False
+        while self._control:
+            change, done = self._control.popleft()
+            try:
+                self._apply(change)
+            except Exception as exc:  # e.g. an fd already closed
+                self.log.error("fd watch change failed", change=change[:2],
+                               error=repr(exc))
+            done.set()
+        return go_on
+
     def _upcall_loop(self) -> None:
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         poller.register(self._pull, zmq.POLLIN)
         poller.register(self._doorbell, zmq.POLLIN)
         poller.register(self._stop, zmq.POLLIN)
+        for fd in self._fd_handlers:
+            poller.register(fd, zmq.POLLIN)
+        fd_handlers = self._fd_handlers
         while True:
             ready = dict(poller.poll())
-            if self._stop in ready:
+            if self._stop in ready and not self._take_control():
                 break
             if self._pull in ready:
                 self._dispatch(self._pull.recv(), from_hypervisor=True)
@@ -200,6 +279,23 @@ class EventChannels:
                         break
                 for message in rung:
                     self._dispatch(message, from_hypervisor=False)
+            if len(ready) > (self._stop in ready) + (self._pull in ready) \
+                    + (self._doorbell in ready):
+                for fd in ready:
+                    # A handler run before may have unwatched it.
+                    handler = fd_handlers.get(fd) if type(fd) is int else None
+                    if handler is None:
+                        continue
+                    try:
+                        handler(fd)
+                    except Exception as exc:  # a driver bug must not kill the loop
+                        self.log.error("fd handler failed", fd=fd, error=repr(exc))
+        with self._peer_lock:
+            self._stopped = True
+            self._poller = None
+            for _change, done in self._control:
+                done.set()  # nothing polls any more
+            self._control.clear()
         for sock in (self._pull, self._doorbell, self._stop):
             sock.close()
 
@@ -222,7 +318,11 @@ class EventChannels:
             self.log.error("event handler failed", port=port, error=repr(exc))
 
     def stop(self) -> None:
-        self._stop_peer.send(b"")
+        with self._peer_lock:
+            if self._stop_peer.closed:
+                return  # stopped already
+            self._stop_peer.send(_STOP)
         self.thread.join(timeout=5)
-        self._stop_peer.close()
+        with self._peer_lock:
+            self._stop_peer.close()
         self.doorbells.close()

@@ -25,7 +25,17 @@ the pages, the virtio_net_hdr into a buffer of its own) and a received
 frame is written to the TAP straight from the rx pages (writev): the data
 crosses netfront in no Python copy.  The tx ring's responses are
 collected when the sender needs pages or ring slots, not on an event:
-netfront asks for a tx event (ring.h's rsp_event) only when it waits.
+netfront asks for a tx event (ring.h's rsp_event) only when it is short.
+
+One thread, that never waits (as NAPI): the TAP is polled by the kernel's
+upcall loop, and its handler moves frames to the tx ring on the upcall
+thread, where the rx and tx events' handlers run too.  With a thread of
+its own for the TAP, each frame written to the TAP (whose reply, an ACK
+or more data, the guest's kernel queues at once on the TAP) woke the
+other thread: thousands of thread wakeups a second under load.  Before
+each read the handler makes sure a whole frame can go out at once; when
+it cannot, it stops watching the TAP (level-triggered, it would spin),
+asks for a tx event, and the tx event's handler takes it up again.
 
 Free tx pages are kept in the order they come back (first in, first
 out), and a read goes into the next ones: frames are sent, answered and
@@ -36,8 +46,8 @@ pages of the grant window, which the backend copies in one slice.
 from __future__ import annotations
 
 import os
-import select
 import threading
+from collections import deque
 from typing import Any
 
 from domains.kernel import netpkt
@@ -80,6 +90,11 @@ READ_PAGES = -(-XEN_NETIF_MAX_TX_SIZE // PAGE_SIZE)
 assert READ_PAGES <= XEN_NETIF_NR_SLOTS_MIN
 #: rx slots taken before their buffers are posted again.
 RX_BATCH = 64
+#: Frames netfront fixed up itself (segmented, checksummed) waiting for tx
+#: room: a 64 KiB GSO frame segments into ~45.
+PENDING_MAX = 128
+#: _make_room: no room for a frame now; a tx event will take it up.
+STALLED = -1
 
 
 class NetfrontError(OSError):
@@ -119,6 +134,8 @@ class NetfrontDevice:
     #: Where the TAP puts what is beyond the largest frame (to drop it);
     #: never read, so every device may share it.
     spill = memoryview(bytearray(64))
+    #: The TAP is not watched until tx room comes back (a tx event).
+    tx_stalled = False
 
     def __init__(self, kernel: Any, path: str, tap: Any) -> None:
         self.kernel = kernel
@@ -131,12 +148,15 @@ class NetfrontDevice:
         self.cond = threading.Condition()  # the backend's xenbus state
         self.backend_state = S.Unknown
         # The tx side (ring, shadow, free pages) and the rx side (ring,
-        # assembler) have a lock each: the TAP reader and the upcall run
-        # at once.  A reconnect takes both.
+        # assembler) have a lock each: both run on the upcall thread, but
+        # a reconnect (taking both) or a close runs on another.
         self.tx_lock = threading.Lock()
-        self.txc = threading.Condition(self.tx_lock)
         self.rx_lock = threading.Lock()
-        self.tx_waiting = False
+        # The pages the next read goes into, taken from the free ones ahead
+        # of time; they belong to one connection (generation).
+        self.staged: list[int] = []
+        self.pending: deque[tuple[bytes, int]] = deque()  # (frame, flags)
+        self.tap_watched = False
         self.closed = False
         self.link_up = threading.Event()  # carrier: a backend is connected
         self.generation = 0  # bumped at each reconnect: old rings are gone
@@ -144,8 +164,8 @@ class NetfrontDevice:
         self.moves = BackendMoves(self.cond, self.backend_id)
         self.window = None
         self.offload = bool(getattr(tap, "vnet_hdr", False))
-        self.tap_fd = tap.fileno()  # the reader's: it closes the TAP only after it stops
-        self.hdr = memoryview(bytearray(VNET_HDR_LEN))  # the reader's own
+        self.tap_fd = tap.fileno()  # closed only once the upcall loop lets go of it
+        self.hdr = memoryview(bytearray(VNET_HDR_LEN))  # the TAP handler's own
         self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
         # A restarted net driver domain comes back under a new domid: the
         # toolstack points our backend-id at it and we reconnect.
@@ -161,8 +181,6 @@ class NetfrontDevice:
             # as on an unplugged wire; the interface stays up.
             self.log.warning("backend gone: no carrier until it is back")
             self.link_up.clear()
-            with self.tx_lock:
-                self.txc.notify_all()  # a sender waiting for tx pages gives up
         elif state in (S.Closing, S.Closed) and self.link_up.is_set() and not self.closed:
             # Only a connected backend closes the vif: a new one (after a
             # driver domain restart) passes through Closed on its way up
@@ -205,16 +223,15 @@ class NetfrontDevice:
 
     def _lose_connection(self) -> None:
         """No carrier, and the rings and pages in use are the old
-        connection's from now on (a sender still holding some sees the
-        generation change and drops its frame)."""
+        connection's from now on (the TAP handler sees the generation
+        change and lets its staged pages go)."""
         self.link_up.clear()
         with self.tx_lock, self.rx_lock:
             self.generation += 1
-            # The old ring's free pages are no one's: a reader staging from
-            # them now would hold pages that the new connection's free list
-            # hands out again (a page posted twice: "ids in flight").
+            # The old ring's free pages are no one's: pages staged from them
+            # now would be pages the new connection's free list hands out
+            # again (a page posted twice: "ids in flight").
             self.tx_pages = []
-            self.txc.notify_all()
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
         why = self.moves.wait(states, lambda: self.backend_state, timeout)
@@ -278,7 +295,6 @@ class NetfrontDevice:
             self.assembler = RxAssembler(sg=sg)
             self.gso_types = frozenset(gso_types)
             self.ipv6_csum = ipv6_csum
-            self.tx_waiting = False
         events = self.kernel.events
         if split:
             self.tx_port = events.alloc_unbound(self.backend_id)
@@ -310,38 +326,36 @@ class NetfrontDevice:
         self.log.info("connected", sg=sg, split_channels=split, offload=self.offload,
                       gso=sorted(gso_types))
         self.link_up.set()
-        if not hasattr(self, "reader"):
-            self._stop_r, self._stop_w = os.pipe()
-            self.reader = threading.Thread(target=self._tap_reader, name="netfront-tx",
-                                           daemon=True)
-            self.reader.start()
+        self._watch_tap()
+
+    def _watch_tap(self) -> None:
+        # Again at a reconnect: the TAP may have been left unwatched, short
+        # of room on the old rings.
+        if not self.tap_watched:
+            try:
+                self.tap.set_blocking(False)
+            except (OSError, ValueError):
+                return  # closed meanwhile
+        with self.tx_lock:
+            if self.closed:
+                return
+            self.tx_stalled = False
+            self.tap_watched = True
+        self.kernel.events.watch_fd(self.tap_fd, self._tap_ready)
 
     # -- tx: TAP -> ring ----------------------------------------------------------
 
-    def _tap_reader(self) -> None:
-        # A thread blocked in read() would keep the TAP alive after close():
-        # wait on the TAP and on a stop pipe instead, and read without
-        # blocking until the TAP is empty.
+    def _tap_ready(self, _fd: int = 0) -> None:
+        """The TAP is readable (on the upcall thread): move its frames to
+        the tx ring until it is empty or the ring has no room."""
         try:
-            self.tap.set_blocking(False)
-        except (OSError, ValueError):
-            return
-        # The pages the next read goes into, taken from the free ones ahead
-        # of time; they belong to one connection (generation).
-        self.staged: list[int] = []
-        self.staged_generation = -1
-        watched = [self.tap_fd, self._stop_r]
-        while not self.closed:
-            readable, _, _ = select.select(watched, [], [])
-            if self._stop_r in readable:
-                return
-            try:
-                while self._send_one():
-                    pass
-            except OSError as exc:
-                if not self.closed:
-                    self.log.error("tap read failed", error=str(exc))
-                return
+            while self._send_one():
+                pass
+        except OSError as exc:
+            if not self.closed:
+                self.log.error("tap read failed", error=str(exc))
+                self.tx_stalled = False  # for good: not taken up again
+                self.kernel.events.unwatch_fd(self.tap_fd)
 
     def _reap(self) -> None:
         """Collect the tx responses (under tx_lock): free the pages and ids
@@ -353,43 +367,67 @@ class NetfrontDevice:
             # answered are free again, in the order they went.
             self.tx_pages += self.shadow.complete_ids(_take_responses(tx, n))
 
-    def _wait_tx(self) -> bool:
-        """Under tx_lock, with too little free: collect responses, or wait
-        for the next one (asking for its event).  False if there is no
-        carrier (or we are closing) or the backend broke the ring."""
-        if self.closed or not self.link_up.is_set():
-            return False
-        consumed = self.tx._rsp_cons
-        try:
-            self._reap()
-        except (RingError, NetfrontProtocolError) as exc:
-            self.log.error("tx ring broken by the backend", error=str(exc))
-            self.link_up.clear()
-            return False
-        if self.tx._rsp_cons != consumed:
-            return True  # responses came: the caller looks again
-        # Ask for an event at the next response, then look once more.
-        self.tx_waiting = True
-        if not self.tx.final_check_for_responses():
-            self.txc.wait()
-        self.tx_waiting = False
-        return not self.closed and self.link_up.is_set()
+    def _room(self, nr_pages: int, nslots: int, staged: int) -> bool:
+        """Under tx_lock: whether a frame of `nr_pages` pages and `nslots`
+        ring slots can go out now (collecting responses if need be)."""
+        for reaped in (False, True):
+            if (len(self.tx_pages) + staged >= nr_pages and self.shadow.free >= nr_pages
+                    and self.tx.free_requests() >= nslots):
+                return True
+            if not reaped:
+                self._reap()
+        return False
 
-    def _stage(self) -> int | None:
-        """Fill the staged pages up to READ_PAGES (waiting for free ones):
-        the connection's generation, or None without carrier."""
+    def _make_room(self) -> int | None:
+        """Before a read from the TAP: send the frames pending, and stage
+        pages for the read, if a whole frame can then go out without
+        waiting.  The connection's generation; None without carrier (or
+        closing); STALLED if there is no room: the TAP is no longer
+        watched, and a tx event is asked for."""
         with self.tx_lock:
-            if self.staged_generation != self.generation:
+            if self.closed or not self.link_up.is_set():
+                return None
+            generation = self.generation
+            if self.staged_generation != generation:
                 self.staged = []  # the old connection's pages are gone
-                self.staged_generation = self.generation
-            need = READ_PAGES - len(self.staged)
-            while len(self.tx_pages) < need:
-                if not self._wait_tx():
-                    return None
-                if self.staged_generation != self.generation:
-                    return None
-            self._restage()
-            return self.generation
+                self.pending.clear()
+                self.staged_generation = generation
+            try:
+                while True:
+                    notify = False
+                    while self.pending:
+                        data, flags = self.pending[0]
+                        nr_pages = -(-len(data) // PAGE_SIZE)
+                        if not self._room(nr_pages, nr_pages, 0):
+                            break
+                        self.pending.popleft()
+                        pages = self.tx_pages[:nr_pages]
+                        del self.tx_pages[:nr_pages]
+                        for i, page in enumerate(pages):
+                            piece = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
+                            self.pages[page][:len(piece)] = piece
+                        notify |= self._post_locked(pages, len(data), flags, None)
+                    if notify:
+                        self.kernel.events.send(self.tx_port)
+                    # A full frame: READ_PAGES slots, and a GSO extra.
+                    if not self.pending and self._room(READ_PAGES, READ_PAGES + 1,
+                                                       len(self.staged)):
+                        self._restage()
+                        if self.tx_stalled:
+                            self.tx_stalled = False
+                            self.kernel.events.watch_fd(self.tap_fd, self._tap_ready)
+                        return generation
+                    # No room: stop reading (the TAP's poll is level-
+                    # triggered) until the tx event says responses came.
+                    self.tx_stalled = True
+                    self.kernel.events.unwatch_fd(self.tap_fd)
+                    if not self.tx.final_check_for_responses():
+                        return STALLED
+                    # Some came meanwhile: look again.
+            except (RingError, NetfrontProtocolError) as exc:
+                self.log.error("tx ring broken by the backend", error=str(exc))
+                self.link_up.clear()
+                return None
 
     def _restage(self) -> None:
         """Under tx_lock: top the staged pages up from the free ones, if
@@ -401,21 +439,20 @@ class NetfrontDevice:
             del free[:need]
 
     def _send_one(self) -> bool:
-        """Move the next frame from the TAP to the tx ring; False once the
-        TAP has none (or we stop)."""
+        """Move the next frame from the TAP to the tx ring, never waiting;
+        False once the TAP has none, or the ring has no room (or we stop)."""
+        generation = self._make_room()
+        if generation is None:
+            if self.closed:
+                return False
+            try:  # no carrier: the frame is lost, as on an unplugged wire
+                os.read(self.tap_fd, MAX_FRAME)
+            except BlockingIOError:
+                return False
+            return True
+        if generation == STALLED:
+            return False
         staged = self.staged
-        generation = self.staged_generation
-        if len(staged) < READ_PAGES or generation != self.generation:
-            generation = self._stage()
-            if generation is None:
-                if self.closed:
-                    return False
-                try:  # no carrier: the frame is lost, as on an unplugged wire
-                    os.read(self.tap_fd, MAX_FRAME)
-                except BlockingIOError:
-                    return False
-                return True
-            staged = self.staged
         pages = self.pages
         offload = self.offload
         iov = [self.hdr] if offload else []
@@ -465,18 +502,6 @@ class NetfrontDevice:
             if generation == self.generation:
                 self.tx_pages += pages
 
-    def _reserve(self, nr_pages: int) -> tuple[list[int], int] | None:
-        """Take `nr_pages` free tx pages (for the rare paths): (pages,
-        generation); None if there is no carrier (or we are closing)."""
-        with self.tx_lock:
-            generation = self.generation
-            while len(self.tx_pages) < nr_pages:
-                if not self._wait_tx() or generation != self.generation:
-                    return None
-            pages = self.tx_pages[:nr_pages]
-            del self.tx_pages[:nr_pages]
-            return pages, generation
-
     def _send_fixed(self, frame: bytes, hdr: vnet.VnetHdr, decision: vnet.TxOffload) -> None:
         if decision.drop:
             self.log.info("tx frame dropped", reason=decision.drop)
@@ -491,54 +516,55 @@ class NetfrontDevice:
             filled = bytearray(frame)
             netpkt.complete_checksum(filled, hdr.csum_start, hdr.csum_offset)
             frames = [bytes(filled)]
+        # Sent by the next _make_room, first, as room allows: never waiting.
+        pending = self.pending
         for data in frames:
-            nr_pages = -(-len(data) // PAGE_SIZE)
-            reserved = self._reserve(nr_pages)
-            if reserved is None:
-                return
-            pages, generation = reserved
-            for i, page in enumerate(pages):
-                piece = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
-                self.pages[page][:len(piece)] = piece
-            self._post(pages, len(data), decision.flags, None, generation)
+            if len(pending) >= PENDING_MAX:
+                pending.popleft()
+                self.log.info("tx frame dropped", reason="too many frames pending")
+            pending.append((data, decision.flags))
 
     def _post(self, pages: list[int], size: int, flags: int,
               gso: tuple[int, int] | None, generation: int) -> None:
         """Put a frame held in `pages` (from offset 0, page after page) on
-        the tx ring, once there are ids and ring slots for it: the GSO
-        extra takes a slot too.  Then stage the next read's pages, under
+        the tx ring: _make_room saw ids and ring slots for it (the GSO
+        extra takes a slot too).  Then stage the next read's pages, under
         the same lock."""
-        nslots = len(pages) + (gso is not None)
         with self.tx_lock:
-            tx, shadow = self.tx, self.shadow
-            while generation == self.generation and (
-                    shadow.free < len(pages) or tx.free_requests() < nslots):
-                if not self._wait_tx():
-                    break
             if generation != self.generation or not self.link_up.is_set():
                 return  # the rings were replaced, or no carrier: the frame is lost
-            encoder = self.tx_encoder
-            if encoder is None or encoder.grefs is not self.refs:
-                encoder = self.tx_encoder = TxPageEncoder(self.refs)
-            try:
-                entries = encoder.entries(pages, size, flags=flags, gso=gso)
-                shadow.add_ids(pages, gso is not None)
-            except ValueError as exc:
-                self.log.info("tx frame dropped", error=str(exc))
-                self.tx_pages += pages
-                return
-            _put_requests(tx, entries)
-            notify = tx.push_requests_and_check_notify()
+            notify = self._post_locked(pages, size, flags, gso)
             if self.staged_generation == generation:
                 self._restage()
         if notify:
             self.kernel.events.send(self.tx_port)
 
+    def _post_locked(self, pages: list[int], size: int, flags: int,
+                     gso: tuple[int, int] | None) -> bool:
+        """_post's work, under tx_lock: whether to notify the backend."""
+        tx, shadow = self.tx, self.shadow
+        if shadow.free < len(pages) or tx.free_requests() < len(pages) + (gso is not None):
+            # Cannot happen (_make_room saw room): never wait, never overflow.
+            self.log.info("tx frame dropped", reason="no room on the tx ring")
+            self.tx_pages += pages
+            return False
+        encoder = self.tx_encoder
+        if encoder is None or encoder.grefs is not self.refs:
+            encoder = self.tx_encoder = TxPageEncoder(self.refs)
+        try:
+            entries = encoder.entries(pages, size, flags=flags, gso=gso)
+            shadow.add_ids(pages, gso is not None)
+        except ValueError as exc:
+            self.log.info("tx frame dropped", error=str(exc))
+            self.tx_pages += pages
+            return False
+        _put_requests(tx, entries)
+        return tx.push_requests_and_check_notify()
+
     def _tx_done(self, _port: int = 0) -> None:
-        # Only asked for when the sender waits for pages or slots.
-        with self.tx_lock:
-            if self.tx_waiting:
-                self.txc.notify_all()
+        # Asked for (rsp_event) only when the TAP handler stalled for room.
+        if self.tx_stalled and not self.closed:
+            self._tap_ready()
 
     # -- rx: ring -> TAP ----------------------------------------------------------
 
@@ -615,9 +641,8 @@ class NetfrontDevice:
         """Closing, wait for the backend to let go, Closed; the TAP goes away."""
         if self.closed:
             return
-        self.closed = True
         with self.tx_lock:
-            self.txc.notify_all()
+            self.closed = True
         try:
             switch_state(self.xs, self.path, S.Closing, end=FRONTEND)
             try:
@@ -635,9 +660,8 @@ class NetfrontDevice:
     def _close_tap(self) -> None:
         if self.tap.closed:
             return
-        if hasattr(self, "reader"):
-            os.write(self._stop_w, b"!")
-            self.reader.join(timeout=5)
-            os.close(self._stop_r)
-            os.close(self._stop_w)
+        if self.tap_watched:
+            # Returns once the upcall loop lets go of the fd: no handler
+            # reads it any more, and it may be closed.
+            self.kernel.events.unwatch_fd(self.tap_fd)
         self.tap.close()

@@ -1,0 +1,111 @@
+"""A driver's fd polled by the kernel's upcall loop (EventChannels.watch_fd):
+level-triggered, its handler on the upcall thread, changes from any thread."""
+
+import os
+import threading
+import time
+
+import pytest
+import zmq
+
+from domains.kernel.events import EventChannels
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Log:
+    def __init__(self) -> None:
+        self.errors = []
+
+    def error(self, *args, **kw) -> None:
+        self.errors.append((args, kw))
+
+
+@pytest.fixture
+def events():
+    ctx = zmq.Context()
+    n = id(ctx)
+    ev = EventChannels(None, ctx, {"upcall": f"inproc://up-{n}",
+                                   "doorbell": f"inproc://bell-{n}",
+                                   "doorbell_template": "inproc://bell-{domid}"},
+                       bytearray(8192), Log())
+    yield ev
+    ev.stop()
+    ctx.term()
+
+
+def until(predicate, timeout=5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+def test_watch_from_another_thread_then_unwatch_from_the_handler(events) -> None:
+    r, w = os.pipe()
+    try:
+        seen, threads = [], set()
+
+        def handler(fd):
+            threads.add(threading.current_thread())
+            seen.append(os.read(fd, 1))
+            if len(seen) == 3:
+                events.unwatch_fd(fd)  # on the upcall thread: at once
+
+        events.watch_fd(r, handler)
+        os.write(w, b"abcde")  # level-triggered: read a byte at a time
+        assert until(lambda: len(seen) == 3)
+        time.sleep(0.1)
+        assert seen == [b"a", b"b", b"c"] and threads == {events.thread}
+        # Watched again from here: what is left is read.
+        events.watch_fd(r, handler)
+        assert until(lambda: len(seen) == 5)
+        # From another thread, unwatch returns once the loop let go.
+        events.unwatch_fd(r)
+        os.write(w, b"f")
+        time.sleep(0.1)
+        assert len(seen) == 5 and r not in events._fd_handlers
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_failing_handler_does_not_stop_the_loop(events) -> None:
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    try:
+        calls = []
+
+        def bad(fd):
+            calls.append(fd)
+            os.read(fd, 1)
+            raise RuntimeError("driver bug")
+
+        events.watch_fd(r1, bad)
+        os.write(w1, b"x")
+        assert until(lambda: events.log.errors)
+        got = []
+        events.watch_fd(r2, lambda fd: got.append(os.read(fd, 10)))
+        os.write(w2, b"still")
+        assert until(lambda: got == [b"still"])
+        assert calls == [r1] and events.thread.is_alive()
+        events.unwatch_fd(r1)
+        events.unwatch_fd(r2)
+    finally:
+        for fd in (r1, w1, r2, w2):
+            os.close(fd)
+
+
+def test_stop_still_stops_and_unwatch_after_stop_returns(events) -> None:
+    r, w = os.pipe()
+    try:
+        events.watch_fd(r, lambda fd: None)
+        events.stop()
+        assert not events.thread.is_alive()
+        events.unwatch_fd(r)  # nothing polls: returns at once
+        assert r not in events._fd_handlers
+    finally:
+        os.close(r)
+        os.close(w)
