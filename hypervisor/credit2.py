@@ -7,14 +7,6 @@ both want more than they get), and the CFS knob with that meaning is the
 per-thread nice value: each nice step scales a thread's CFS load weight by
 about 1.25 (kernel/sched/core.c, sched_prio_to_weight), so weight w becomes
 nice -log(w / 256) / log(1.25).
-
-Every vCPU thread also runs as SCHED_BATCH, the host's counterpart of
-credit2's context-switch rate limit (sched_ratelimit_us): a vCPU woken by an
-event channel does not preempt the vCPU that is running, it waits for the
-host's next scheduling decision. Split drivers wake each other all the time
-(a frontend's notify wakes the backend, whose response wakes the frontend),
-and preempting on every one of them costs more than the latency it saves
-(measured: `pyxen bench net` carries ~5% more with it).
 """
 
 from __future__ import annotations
@@ -39,23 +31,16 @@ def weight_to_nice(weight: int) -> int:
 
 
 def renice_threads(pid: int, nice: int) -> int:
-    """Make every thread of process `pid` SCHED_BATCH at nice value `nice`;
-    returns how many threads were set.
+    """Give every thread of process `pid` the nice value `nice`; returns how
+    many threads were set.
 
-    Linux keeps the policy and nice per thread, so setting the pid alone
-    would leave the vCPU threads as they were. A thread started while this
-    runs inherits its creator's values, which may still be the old ones, so
-    the task list is read again until a pass finds no new thread.
+    Linux keeps nice per thread, so renicing the pid alone would leave the
+    vCPU threads as they were. A thread started while this runs inherits its
+    creator's value, which may still be the old one, so the task list is
+    read again until a pass finds no new thread.
     Raises ProcessLookupError if the process is gone, PermissionError if the
-    host refuses the nice value (a lower nice needs CAP_SYS_NICE or
-    RLIMIT_NICE); the policy, which needs no privilege, is set first.
+    host refuses (a lower nice needs CAP_SYS_NICE or RLIMIT_NICE).
     """
-    batch = os.sched_param(0)
-    _each_thread(pid, lambda tid: os.sched_setscheduler(tid, os.SCHED_BATCH, batch))
-    return _each_thread(pid, lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice))
-
-
-def _each_thread(pid: int, apply) -> int:
     done: set[int] = set()
     for _ in range(8):
         try:
@@ -67,7 +52,7 @@ def _each_thread(pid: int, apply) -> int:
             break
         for tid in sorted(new):
             try:
-                apply(tid)
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
             except ProcessLookupError:
                 pass  # the thread ended meanwhile
         done |= new

@@ -71,8 +71,6 @@ def test_renice_reaches_every_thread_of_a_process():
         assert proc.stdout.readline() == "up\n"
         assert renice_threads(proc.pid, 3) == 4
         assert set(thread_nices(proc.pid).values()) == {3}
-        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
-        assert {os.sched_getscheduler(t) for t in tids} == {os.SCHED_BATCH}
     finally:
         proc.kill()
         proc.wait()
@@ -261,8 +259,6 @@ on_crash = "restart"
 def _nices(pid: int) -> set[int]:
     nices = thread_nices(pid)
     assert len(nices) >= 2, nices  # the vCPU threads and more
-    # Every thread is SCHED_BATCH too (credit2's rate limit, see credit2.py).
-    assert {os.sched_getscheduler(tid) for tid in nices} == {os.SCHED_BATCH}
     return set(nices.values())
 
 
