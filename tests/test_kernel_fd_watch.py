@@ -3,7 +3,6 @@ level-triggered, its handler on the upcall thread, changes from any thread."""
 
 import os
 import threading
-import time
 
 import pytest
 import zmq
@@ -34,13 +33,40 @@ def events():
     ctx.term()
 
 
-def until(predicate, timeout=5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
+class Calls:
+    """What the handlers did, with a wait for it (they run on the upcall
+    thread)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+
+    def note(self, action) -> None:
+        with self.cond:
+            action()
+            self.cond.notify_all()
+
+    def wait(self, predicate, timeout: float = 5.0) -> bool:
+        with self.cond:
+            return self.cond.wait_for(predicate, timeout)
+
+
+def loop_turned(events) -> None:
+    """Return once the upcall loop has polled again: a pipe made readable
+    now is seen by that poll along with every other readable fd watched."""
+    r, w = os.pipe()
+    done = threading.Event()
+
+    def marker(fd):
+        events.unwatch_fd(fd)
+        done.set()
+
+    try:
+        events.watch_fd(r, marker)
+        os.write(w, b"!")
+        assert done.wait(5)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_watch_from_another_thread_then_unwatch_from_the_handler(events) -> None:
@@ -48,24 +74,26 @@ def test_watch_from_another_thread_then_unwatch_from_the_handler(events) -> None
     try:
         seen, threads = [], set()
 
+        calls = Calls()
+
         def handler(fd):
             threads.add(threading.current_thread())
-            seen.append(os.read(fd, 1))
+            calls.note(lambda: seen.append(os.read(fd, 1)))
             if len(seen) == 3:
                 events.unwatch_fd(fd)  # on the upcall thread: at once
 
         events.watch_fd(r, handler)
         os.write(w, b"abcde")  # level-triggered: read a byte at a time
-        assert until(lambda: len(seen) == 3)
-        time.sleep(0.1)
+        assert calls.wait(lambda: len(seen) == 3)
+        loop_turned(events)  # "de" still there, and not read
         assert seen == [b"a", b"b", b"c"] and threads == {events.thread}
         # Watched again from here: what is left is read.
         events.watch_fd(r, handler)
-        assert until(lambda: len(seen) == 5)
+        assert calls.wait(lambda: len(seen) == 5)
         # From another thread, unwatch returns once the loop let go.
         events.unwatch_fd(r)
         os.write(w, b"f")
-        time.sleep(0.1)
+        loop_turned(events)
         assert len(seen) == 5 and r not in events._fd_handlers
     finally:
         os.close(r)
@@ -76,7 +104,7 @@ def test_a_failing_handler_does_not_stop_the_loop(events) -> None:
     r1, w1 = os.pipe()
     r2, w2 = os.pipe()
     try:
-        calls = []
+        calls, waits = [], Calls()
 
         def bad(fd):
             calls.append(fd)
@@ -85,11 +113,12 @@ def test_a_failing_handler_does_not_stop_the_loop(events) -> None:
 
         events.watch_fd(r1, bad)
         os.write(w1, b"x")
-        assert until(lambda: events.log.errors)
+        loop_turned(events)  # polled after r1 was readable: its handler ran
+        assert events.log.errors
         got = []
-        events.watch_fd(r2, lambda fd: got.append(os.read(fd, 10)))
+        events.watch_fd(r2, lambda fd: waits.note(lambda: got.append(os.read(fd, 10))))
         os.write(w2, b"still")
-        assert until(lambda: got == [b"still"])
+        assert waits.wait(lambda: got == [b"still"])
         assert calls == [r1] and events.thread.is_alive()
         events.unwatch_fd(r1)
         events.unwatch_fd(r2)
