@@ -626,3 +626,27 @@ def test_fixed_up_frames_wait_in_a_bounded_list_not_for_room() -> None:
     finally:
         ours.close()
         tap.close()
+
+
+def test_frames_are_published_a_few_at_a_time_and_when_the_tap_is_empty() -> None:
+    """The tx ring's req_prod moves every PUSH_EVERY frames and when the TAP
+    runs dry, not once per frame: the backend takes several per wakeup, and
+    nothing read is left unpublished."""
+    from frontends.netfront import device
+
+    dev, back, ours, tap = tx_device()
+    try:
+        hdr, ack = vnet.VNET_HDR.pack(1, 0, 0, 0, 54, 16), tcp_frame(True, 0)
+        for _ in range(device.PUSH_EVERY + 1):
+            tap.send(hdr + ack)
+        for n in range(1, device.PUSH_EVERY):
+            assert dev._send_one()
+            assert back.has_unconsumed_requests() == 0, n
+        assert dev._send_one()
+        assert back.has_unconsumed_requests() == device.PUSH_EVERY
+        assert dev._send_one() and back.has_unconsumed_requests() == device.PUSH_EVERY
+        assert not dev._send_one()  # the TAP is empty: the last one goes out
+        assert back.has_unconsumed_requests() == device.PUSH_EVERY + 1
+    finally:
+        ours.close()
+        tap.close()

@@ -95,6 +95,11 @@ RX_BATCH = 64
 PENDING_MAX = 128
 #: _make_room: no room for a frame now; a tx event will take it up.
 STALLED = -1
+#: Frames read from the TAP in one go are published (the tx ring's
+#: req_prod moved, the backend notified if it asked) this many at a time,
+#: and when the TAP is empty or the ring full: fewer pushes and
+#: notifications, the backend takes several frames per wakeup.
+PUSH_EVERY = 4
 
 
 class NetfrontError(OSError):
@@ -136,6 +141,8 @@ class NetfrontDevice:
     spill = memoryview(bytearray(64))
     #: The TAP is not watched until tx room comes back (a tx event).
     tx_stalled = False
+    #: Frames put on the tx ring and not pushed yet (tx_lock).
+    tx_unpushed = 0
 
     def __init__(self, kernel: Any, path: str, tap: Any) -> None:
         self.kernel = kernel
@@ -291,6 +298,7 @@ class NetfrontDevice:
             self.page_numbers = list(range(len(pages)))
             self.rx_requests = rx_requests * 2
             self.shadow = TxShadow(tx.size)
+            self.tx_unpushed = 0
             self.tx_encoder = TxPageEncoder(refs)
             self.assembler = RxAssembler(sg=sg)
             self.gso_types = frozenset(gso_types)
@@ -394,7 +402,6 @@ class NetfrontDevice:
                 self.staged_generation = generation
             try:
                 while True:
-                    notify = False
                     while self.pending:
                         data, flags = self.pending[0]
                         nr_pages = -(-len(data) // PAGE_SIZE)
@@ -406,9 +413,7 @@ class NetfrontDevice:
                         for i, page in enumerate(pages):
                             piece = data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]
                             self.pages[page][:len(piece)] = piece
-                        notify |= self._post_locked(pages, len(data), flags, None)
-                    if notify:
-                        self.kernel.events.send(self.tx_port)
+                        self._post_locked(pages, len(data), flags, None)
                     # A full frame: READ_PAGES slots, and a GSO extra.
                     if not self.pending and self._room(READ_PAGES, READ_PAGES + 1,
                                                        len(self.staged)):
@@ -418,7 +423,10 @@ class NetfrontDevice:
                             self.kernel.events.watch_fd(self.tap_fd, self._tap_ready)
                         return generation
                     # No room: stop reading (the TAP's poll is level-
-                    # triggered) until the tx event says responses came.
+                    # triggered) until the tx event says responses came,
+                    # after publishing what is on the ring (or none would).
+                    if self._push_locked():
+                        self.kernel.events.send(self.tx_port)
                     self.tx_stalled = True
                     self.kernel.events.unwatch_fd(self.tap_fd)
                     if not self.tx.final_check_for_responses():
@@ -466,6 +474,7 @@ class NetfrontDevice:
         try:
             n = os.readv(self.tap_fd, iov)
         except BlockingIOError:
+            self._push()  # the TAP is empty: publish the batch
             return False
         size = n - VNET_HDR_LEN if offload else n
         if not 0 < size <= XEN_NETIF_MAX_TX_SIZE:
@@ -541,7 +550,9 @@ class NetfrontDevice:
 
     def _post_locked(self, pages: list[int], size: int, flags: int,
                      gso: tuple[int, int] | None) -> bool:
-        """_post's work, under tx_lock: whether to notify the backend."""
+        """_post's work, under tx_lock: the frame goes on the ring, published
+        with the next PUSH_EVERY (or by _push); whether to notify the
+        backend."""
         tx, shadow = self.tx, self.shadow
         if shadow.free < len(pages) or tx.free_requests() < len(pages) + (gso is not None):
             # Cannot happen (_make_room saw room): never wait, never overflow.
@@ -559,7 +570,24 @@ class NetfrontDevice:
             self.tx_pages += pages
             return False
         _put_requests(tx, entries)
-        return tx.push_requests_and_check_notify()
+        self.tx_unpushed += 1
+        if self.tx_unpushed >= PUSH_EVERY:
+            return self._push_locked()
+        return False
+
+    def _push_locked(self) -> bool:
+        """Under tx_lock: publish the frames put on the tx ring; whether to
+        notify the backend."""
+        if not self.tx_unpushed:
+            return False
+        self.tx_unpushed = 0
+        return self.tx.push_requests_and_check_notify()
+
+    def _push(self) -> None:
+        with self.tx_lock:
+            notify = self._push_locked()
+        if notify:
+            self.kernel.events.send(self.tx_port)
 
     def _tx_done(self, _port: int = 0) -> None:
         # Asked for (rsp_event) only when the TAP handler stalled for room.
