@@ -497,11 +497,13 @@ def test_a_gso_frame_needs_a_ring_slot_for_its_extra_not_only_ids() -> None:
         assert dev._make_room() == 0
         dev._post(dev.staged[:15], 15 * 4096, 0, gso, 0)
         del dev.staged[:15]
-    assert dev.shadow.free == 31 and dev.tx.free_requests() == 16 and sent
+    assert dev.shadow.free == 31 and dev.tx.free_requests() == 16
     # Ids for 16 pages are free, and 16 ring slots: not the 17th a GSO
-    # extra takes.  netfront stops reading rather than wait or overflow.
+    # extra takes.  netfront stops reading rather than wait or overflow,
+    # after publishing the frames on the ring (the backend is told).
     assert dev._make_room() == STALLED
     assert dev.tx_stalled and 5 not in watching
+    assert sent and dev.tx._header[0] == dev.tx._req_prod_pvt  # req_prod
     answer_all(ring_buf)
     assert dev._make_room() == 0
     assert not dev.tx_stalled and watching[5] == "handler"
