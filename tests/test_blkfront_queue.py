@@ -24,6 +24,7 @@ from frontends.blkfront.device import (
 )
 from frontends.blkfront.pool import Extents, Pool, PoolClosed
 from frontends.blkfront.requests import PageSegments, fill_indirect_pages
+from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.io.blkif import (
     BLKIF_OP_FLUSH_DISKCACHE,
     BLKIF_OP_INDIRECT,
@@ -406,3 +407,29 @@ def test_a_request_the_ring_refuses_gives_its_pages_back() -> None:
         device._issue(conn, req, requeue=False)
     assert conn.pool.extents.free == conn.pool.size
     assert len(conn.queues[0].shadow) == 0
+
+
+def test_a_backend_dying_between_issue_and_notify_leaves_the_request_to_reissue() -> None:
+    """The submitter put its request on the ring; before it notifies, the
+    backend is found dead (another thread abandons the ring and closes its
+    port), so the notification fails: that is no error for the caller, the
+    request is among those cut, to go out on the next connection. Seen in
+    tests/test_driver_restart.py as a guest crashing with EINVAL."""
+    conn, _ = connection()
+    queue = conn.queues[0]
+    cut = []
+
+    class ClosedMeanwhile(FakeEvents):
+        def send(self, port: int) -> None:
+            cut.extend(queue.abandon())  # the reconnect, on another thread
+            raise XenError(EINVAL, f"port {port} is not in use")
+
+    conn.device.kernel.events = queue.kernel.events = ClosedMeanwhile()
+    req = issue(conn, BLKIF_OP_WRITE, 0, 8, data=bytes(PAGE))
+    assert cut == [req] and not req.finished
+    # A port that fails while the ring is alive is still an error.
+    conn2, _ = connection()
+    conn2.queues[0].kernel.events.send = lambda port: (_ for _ in ()).throw(
+        XenError(EINVAL, "port 5 is not in use"))
+    with pytest.raises(XenError):
+        issue(conn2, BLKIF_OP_WRITE, 0, 8, data=bytes(PAGE))

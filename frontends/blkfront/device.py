@@ -39,6 +39,7 @@ from domains.kernel.xenbus.state import (
 from frontends.blkfront.pool import Pool, PoolClosed
 from frontends.blkfront.requests import PageSegments, fill_indirect_pages
 from frontends.blkfront.shadow import Shadow
+from hypervisor.public.errno import XenError
 from hypervisor.public.io import blkif
 from hypervisor.public.io.blkif import (
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
@@ -235,7 +236,14 @@ class Queue:
             self.ring.put_request(entry.request)
             notify = self.ring.push_requests_and_check_notify()
         if notify:  # only if the backend asked (req_event): few under load
-            self.kernel.events.send(self.port)
+            try:
+                self.kernel.events.send(self.port)
+            except XenError:
+                # abandon() ran meanwhile (the backend went away) and closed
+                # the port: the request was cut with the others, to go out
+                # again on the next connection.
+                if not self.dead:
+                    raise
         return True
 
     def abandon(self) -> list[IORequest]:
