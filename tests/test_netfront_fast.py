@@ -650,3 +650,20 @@ def test_frames_are_published_a_few_at_a_time_and_when_the_tap_is_empty() -> Non
     finally:
         ours.close()
         tap.close()
+
+
+def test_a_closed_device_stops_polling_its_tap() -> None:
+    """Closing (until _close_tap lets the TAP go, after the backend's
+    answer): nothing reads the TAP, so the level-triggered poll must not keep
+    waking the upcall loop for the frames left on it."""
+    dev, back, ours, tap = tx_device()
+    watching = dev.kernel.watching
+    try:
+        watching[dev.tap_fd] = dev._tap_ready
+        tap.send(vnet.VNET_HDR.pack(1, 0, 0, 0, 54, 16) + tcp_frame(True, 0))
+        dev.closed = True
+        dev._tap_ready()
+        assert dev.tap_fd not in watching and back.has_unconsumed_requests() == 0
+    finally:
+        ours.close()
+        tap.close()

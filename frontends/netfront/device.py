@@ -454,6 +454,9 @@ class NetfrontDevice:
         generation = self._make_room()
         if generation is None:
             if self.closed:
+                # Nothing reads it any more: stop polling it (level-
+                # triggered, it would wake the loop until _close_tap).
+                self.kernel.events.unwatch_fd(self.tap_fd)
                 return False
             try:  # no carrier: the frame is lost, as on an unplugged wire
                 os.read(self.tap_fd, MAX_FRAME)
