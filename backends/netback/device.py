@@ -313,8 +313,10 @@ class Vif:
         else:
             port = int(xs.read(f"{fe}/event-channel"))
             self.ports = [self.kernel.events.bind_interdomain(self.fe, port, self._kick_both)]
-        self.connected = True
+        # On its bridge before it is connected: a tx kick from now on finds
+        # self.bridge set.
         self.switch.call(lambda: self.switch.plug(self))
+        self.connected = True
         self._switch(S.Connected)
         f = self.features
         self.log.info("connected", bridge=self.bridge_name, sg=f.sg,
@@ -613,14 +615,7 @@ class Vif:
             else:
                 targets = [self._view(first, pages * PAGE_SIZE)
                            for first, pages in page_runs(starts)]
-            if len(targets) == 1:  # the chunks one after the other
-                target, pos = targets[0], 0
-                for chunk in frame.chunks():
-                    end = pos + len(chunk)
-                    target[pos:end] = chunk
-                    pos = end
-            else:
-                scatter(frame.chunks(), targets)
+            scatter(frame.chunks(), targets)
             self.rx_out += rx_response_block(ids, size, frame.offload.flags, gso)
         self.switch.dirty[self] = None
         return True

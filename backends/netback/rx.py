@@ -261,6 +261,15 @@ def scatter(chunks: Iterable[bytes | bytearray | memoryview],
     be a run of consecutive pages: each is filled to its length.  One
     slice copy per chunk and page it meets, nothing joined first;
     ValueError if the pages are too few."""
+    if len(pages) == 1:  # one run of pages (the usual): copies end to end
+        page, pos = pages[0], 0
+        for chunk in chunks:
+            end = pos + len(chunk)
+            if end > len(page):
+                raise ValueError("more data than pages")
+            page[pos:end] = chunk
+            pos = end
+        return
     index, pos, page, room = 0, 0, None, 0
     for chunk in chunks:
         n = len(chunk)

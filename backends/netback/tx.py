@@ -421,6 +421,11 @@ class TxBlock:
             return False
         return not flags & NETTXF_more_data or self._more.find(0, frags) >= 0
 
+    def request(self, index: int) -> TxRequest:
+        """Slot `index` as a request."""
+        return TxRequest(self.gref[index], self.offset[index], self.flags[index],
+                         self.id[index], self.size[index])
+
     def segments(self, start: int, chain: Chain) -> tuple[list[int], list[int], list[int]]:
         """The chain's data: (grefs, offsets, lengths) of its request slots
         in order (slot 1's length is first_len)."""
@@ -434,9 +439,7 @@ class TxBlock:
     def packet(self, start: int, chain: Chain) -> TxPacket:
         """The chain as the state machine's TxPacket."""
         end, frags, _, gso = chain
-        make = TxRequest._make
-        columns = (self.gref, self.offset, self.flags, self.id, self.size)
-        slots = [make([c[k] for c in columns]) for k in (start, *range(frags, end))]
+        slots = [self.request(k) for k in (start, *range(frags, end))]
         extras = {XEN_NETIF_EXTRA_TYPE_GSO: self.extra(start + 1)} if gso else {}
         return TxPacket(slots[0].id, slots, extras, slots[0].size)
 
@@ -517,7 +520,6 @@ class TxAssembler:
         compare the two)."""
         block = TxBlock(entries)
         out: list[TxPacket | TxError] = []
-        reqs = list(_REQUEST.iter_unpack(entries))
         count, limits = block.count, self.limits
         index = 0
         while index < count:
@@ -527,22 +529,20 @@ class TxAssembler:
                     out.append(block.packet(index, chain))
                     index = chain[0]
                     continue
-            result = self._feed_slot(entries, reqs, index)
+            result = self._feed_slot(block, index)
             if result is not None:
                 out.append(result)
             index += 1
         return out
 
-    def _feed_slot(self, entries: bytes, reqs: list, index: int
-                   ) -> TxPacket | TxError | None:
+    def _feed_slot(self, block: TxBlock, index: int) -> TxPacket | TxError | None:
         state = self._state
         if state == _EXTRAS:
-            offset = index * ENTRY_SIZE
-            return self._extra(ExtraInfo(entries[offset], entries[offset + 1],
-                                         entries[offset + 2:offset + 8]))
+            return self._extra(block.extra(index))
+        request = block.request(index)
         if state == _FIRST:
-            return self._start(TxRequest._make(reqs[index]))
-        return self._frag(TxRequest._make(reqs[index]))
+            return self._start(request)
+        return self._frag(request)
 
     def abort(self, reason: str = "packet cut short") -> TxError | None:
         """Give up the unfinished packet (the frontend went away, or left

@@ -232,15 +232,11 @@ class NetfrontDevice:
 
     def _lose_connection(self) -> None:
         """No carrier, and the rings and pages in use are the old
-        connection's from now on (the TAP handler sees the generation
-        change and lets its staged pages go)."""
+        connection's from now on: the TAP handler stages nothing without
+        carrier, and lets its staged pages go at the generation change."""
         self.link_up.clear()
         with self.tx_lock, self.rx_lock:
             self.generation += 1
-            # The old ring's free pages are no one's: pages staged from them
-            # now would be pages the new connection's free list hands out
-            # again (a page posted twice: "ids in flight").
-            self.tx_pages = []
 
     def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
         why = self.moves.wait(states, lambda: self.backend_state, timeout)
