@@ -44,12 +44,13 @@ class ZmqTransport:
         self.by_push: dict[zmq.Socket, int] = {}
 
     def endpoints(self, domid: int) -> dict[str, str]:
-        """The domain's channels. It binds its doorbell itself (peers ring it
-        directly, see domains/kernel/events.py); the rest are ours."""
+        """The domain's channels. It binds its doorbell itself, a Unix
+        datagram socket's path (peers ring it directly, see
+        domains/kernel/doorbell.py); the rest are ours."""
         return {"hypercall": f"ipc://{self.dir}/{domid}.hc",
                 "upcall": f"ipc://{self.dir}/{domid}.up",
-                "doorbell": f"ipc://{self.dir}/{domid}.db",
-                "doorbell_template": f"ipc://{self.dir}/{{domid}}.db"}
+                "doorbell": f"{self.dir}/{domid}.bell",
+                "doorbell_template": f"{self.dir}/{{domid}}.bell"}
 
     def attach(self, dom: Domain) -> None:
         ends = self.endpoints(dom.domid)
@@ -87,7 +88,7 @@ class ZmqTransport:
             push.close()
         ends = self.endpoints(dom.domid)
         for key in ("hypercall", "upcall", "doorbell"):
-            Path(ends[key][len("ipc://"):]).unlink(missing_ok=True)
+            Path(ends[key].removeprefix("ipc://")).unlink(missing_ok=True)
 
     def upcall(self, domid: int, port: int) -> None:
         push = self.pushes.get(domid)

@@ -21,12 +21,12 @@ class Log:
 
 
 @pytest.fixture
-def events():
+def events(tmp_path):
     ctx = zmq.Context()
     n = id(ctx)
     ev = EventChannels(None, ctx, {"upcall": f"inproc://up-{n}",
-                                   "doorbell": f"inproc://bell-{n}",
-                                   "doorbell_template": "inproc://bell-{domid}"},
+                                   "doorbell": f"{tmp_path}/1.bell",
+                                   "doorbell_template": f"{tmp_path}/{{domid}}.bell"},
                        bytearray(8192), Log())
     yield ev
     ev.stop()

@@ -6,12 +6,11 @@ the handler runs is never lost: it makes a fresh upcall.
 
 Sending has two paths. The hypervisor's (EVTCHNOP_send) always works. Once
 a port is connected, the kernel learns its peer (domid, port) from
-EVTCHNOP_status and rings the peer's doorbell directly: a ZeroMQ socket
-every domain binds at the endpoint the hypervisor named for it. That halves
-the hops of a notification, as a doorbell page would. The hypervisor still
-decides who is connected to whom (binding and closing go through it); a
-receiving kernel accepts a doorbell only for a port it has bound, and a
-doorbell that cannot be delivered falls back to the hypercall.
+EVTCHNOP_status and rings the peer's doorbell directly (doorbell.py), as a
+doorbell page would. The hypervisor still decides who is connected to whom
+(binding and closing go through it); a receiving kernel accepts a doorbell
+only for a port it has bound, and a doorbell that cannot be delivered falls
+back to the hypercall.
 
 A driver may also have a file descriptor polled by the upcall loop
 (watch_fd), level-triggered, its handler run on the upcall thread like an
@@ -21,13 +20,13 @@ of another thread each time that fd becomes readable.
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections import deque
 from typing import Callable
 
 import zmq
 
+from domains.kernel.doorbell import PORT, Doorbell, Doorbells
 from domains.kernel.hypercall import Hypercalls
 from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.event_channel import (
@@ -45,7 +44,6 @@ from hypervisor.public.event_channel import (
 )
 from hypervisor.public.xen import DOMID_SELF, HYPERVISOR_event_channel_op
 
-PORT = struct.Struct("<I")
 PENDING_OFFSET = PYXEN_SHINFO_PENDING_OFFSET
 MASK_OFFSET = PYXEN_SHINFO_MASK_OFFSET
 NR_PORTS = EVTCHN_2L_NR_CHANNELS
@@ -60,42 +58,6 @@ _CONTROL = b"c"  # watch_fd/unwatch_fd requests are queued
 NR_COALESCE = 64
 
 
-class Doorbells:
-    """Sockets to peers' doorbells, one per peer domain, shared by threads."""
-
-    def __init__(self, ctx: zmq.Context, template: str) -> None:
-        self.ctx = ctx
-        self.template = template
-        self.peers: dict[int, tuple[threading.Lock, zmq.Socket]] = {}
-        self.lock = threading.Lock()
-
-    def ring(self, domid: int, port: int) -> bool:
-        """Ring `port` of domain `domid`; False when it cannot be delivered now."""
-        with self.lock:
-            entry = self.peers.get(domid)
-            if entry is None:
-                sock = self.ctx.socket(zmq.PUSH)
-                sock.setsockopt(zmq.LINGER, 0)
-                # Queue only on a live connection: a dead peer fails at once.
-                sock.setsockopt(zmq.IMMEDIATE, 1)
-                sock.connect(self.template.format(domid=domid))
-                entry = self.peers[domid] = (threading.Lock(), sock)
-        lock, sock = entry
-        with lock:
-            try:
-                sock.send(PORT.pack(port), zmq.NOBLOCK)
-                return True
-            except zmq.Again:
-                return False
-
-    def close(self) -> None:
-        with self.lock:
-            for lock, sock in self.peers.values():
-                with lock:
-                    sock.close()
-            self.peers.clear()
-
-
 class EventChannels:
     def __init__(self, hypercall: Hypercalls, ctx: zmq.Context, endpoints: dict,
                  shared_info, log) -> None:
@@ -108,10 +70,8 @@ class EventChannels:
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.connect(endpoints["upcall"])
-        self._doorbell = ctx.socket(zmq.PULL)
-        self._doorbell.setsockopt(zmq.LINGER, 0)
-        self._doorbell.bind(endpoints["doorbell"])
-        self.doorbells = Doorbells(ctx, endpoints["doorbell_template"])
+        self._doorbell = Doorbell(endpoints["doorbell"])
+        self.doorbells = Doorbells(endpoints["doorbell_template"])
         self._stop = ctx.socket(zmq.PAIR)
         self._stop.bind(f"inproc://upcall-stop-{id(self)}")
         self._stop_peer = ctx.socket(zmq.PAIR)
@@ -256,7 +216,8 @@ class EventChannels:
     def _upcall_loop(self) -> None:
         poller = self._poller = zmq.Poller()
         poller.register(self._pull, zmq.POLLIN)
-        poller.register(self._doorbell, zmq.POLLIN)
+        bell = self._doorbell.fileno()
+        poller.register(bell, zmq.POLLIN)
         poller.register(self._stop, zmq.POLLIN)
         for fd in self._fd_handlers:
             poller.register(fd, zmq.POLLIN)
@@ -267,20 +228,13 @@ class EventChannels:
                 break
             if self._pull in ready:
                 self._dispatch(self._pull.recv(), from_hypervisor=True)
-            if self._doorbell in ready:
-                # Take every doorbell that is waiting, and run each port's
-                # handler once: like a pending bit, rings that came while
-                # we were busy coalesce into one event.
-                rung = {self._doorbell.recv(): None}
-                while len(rung) < NR_COALESCE:
-                    try:
-                        rung[self._doorbell.recv(zmq.NOBLOCK)] = None
-                    except zmq.Again:
-                        break
-                for message in rung:
-                    self._dispatch(message, from_hypervisor=False)
+            if bell in ready:
+                # Run each port rung once: like a pending bit, rings that
+                # came while we were busy coalesce into one event.
+                for port in self._doorbell.take(NR_COALESCE):
+                    self._dispatch_port(port, from_hypervisor=False)
             if len(ready) > (self._stop in ready) + (self._pull in ready) \
-                    + (self._doorbell in ready):
+                    + (bell in ready):
                 for fd in ready:
                     # A handler run before may have unwatched it.
                     handler = fd_handlers.get(fd) if type(fd) is int else None
@@ -300,9 +254,10 @@ class EventChannels:
             sock.close()
 
     def _dispatch(self, message: bytes, from_hypervisor: bool) -> None:
-        if len(message) != PORT.size:
-            return
-        port, = PORT.unpack(message)
+        if len(message) == PORT.size:
+            self._dispatch_port(PORT.unpack(message)[0], from_hypervisor)
+
+    def _dispatch_port(self, port: int, from_hypervisor: bool) -> None:
         handler = self.handlers.get(port)
         if not 0 < port < NR_PORTS or handler is None:
             return
