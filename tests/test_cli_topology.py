@@ -37,3 +37,13 @@ def test_toml_syntax_error_names_the_line(system):
     path = system.write_topology("[platform]\nmemory = \n", "bad.toml")
     proc = system.cli("boot", "--detach", str(path), check=False)
     assert proc.returncode == 1 and f"{path}:2:" in proc.stderr
+
+
+def test_a_run_dir_too_long_for_its_sockets_is_refused(system):
+    # Its longest socket, hv/65535.bell, would not fit in sockaddr_un.
+    long_dir = system.run_dir / ("d" * (100 - len(str(system.run_dir)) - len("/hv/65535.bell")
+                                        + 1))
+    proc = system.cli("--run-dir", str(long_dir), "boot", "--detach", check=False)
+    assert proc.returncode == 1
+    assert "too long for unix sockets" in proc.stderr and "Traceback" not in proc.stderr
+    assert not ours()
