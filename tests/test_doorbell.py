@@ -3,6 +3,7 @@ from one kernel's EventChannels to another's upcall loop, and every way a
 ring can fail to arrive, which sends the caller to the hypercall."""
 
 import os
+import socket
 import threading
 
 import pytest
@@ -51,7 +52,6 @@ def test_take_reads_at_most_its_limit(bells) -> None:
 def test_a_datagram_that_is_not_a_port_is_ignored(bells, tmp_path) -> None:
     make, _ = bells
     bell = make(3)
-    import socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         for junk in (b"", b"\x01", PORT.pack(6) + b"x"):
             s.sendto(junk, f"{tmp_path}/3.bell")
@@ -76,7 +76,6 @@ def test_a_gone_peer_fails_and_its_successor_is_reached(bells) -> None:
 
 
 def test_a_stale_socket_file_does_not_stop_a_bind(tmp_path) -> None:
-    import socket
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     stale.bind(f"{tmp_path}/3.bell")
     stale.close()  # the file stays, as after a crash
