@@ -135,3 +135,38 @@ def test_any_claim_on_any_frame_is_checked_without_raising(head, size, flags, gs
         assert result.flags == CSUM_PARTIAL
         out = software_fallback(head, result, PLAIN)
         assert isinstance(out, (list, str))
+
+
+def _mutated(base: bytes, at: int | None, value: int, length: int) -> bytes:
+    frame = bytearray(base[:256])
+    if at is not None:
+        frame[at] = value
+    return bytes(frame[:length])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.builds(_mutated, st.sampled_from([TCP4, TCP6, UDP4]),
+                 st.one_of(st.none(), st.integers(0, 90)), st.integers(0, 255),
+                 st.integers(0, 256)),
+       st.sampled_from([40, 54, 60, 74, 95, 60000]), st.integers(0, 3),
+       st.sampled_from([None, GSO4, GSO6, (XEN_NETIF_GSO_TYPE_TCPV4, 0), (9, 1448)]),
+       st.sets(st.sampled_from(sorted(BOTH))), st.booleans())
+def test_the_plain_tcp_shortcut_decides_as_the_general_path(head, size, flags, gso,
+                                                            gso_types, v6) -> None:
+    from unittest import mock
+
+    import backends.netback.offload as offload
+
+    args = (head, size, flags, gso)
+    kw = {"gso_types": frozenset(gso_types), "ipv6_csum": v6}
+    with mock.patch.object(offload, "_plain_tcp_end", lambda head: 0):
+        general = tx_offload(*args, **kw)
+    assert tx_offload(*args, **kw) == general
+
+
+def test_the_plain_tcp_shortcut_takes_the_usual_frames() -> None:
+    from backends.netback.offload import _plain_tcp_end
+
+    assert _plain_tcp_end(TCP4[:256]) == 54 and _plain_tcp_end(TCP6[:256]) == 74
+    assert _plain_tcp_end(UDP4[:256]) == 0
+    assert _plain_tcp_end(P.eth(0x0800, P.ipv4(6, P.tcp(b"x" * 40), frag=0x2000))) == 0

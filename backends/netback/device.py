@@ -252,7 +252,7 @@ class Vif:
         self.backlog_bytes = 0
         self.assembler = TxAssembler()
         self._fallback: dict[tuple, bool] = {}
-        self.fits = 0
+        self.fits = self.fits_gso = 0
 
     def start(self) -> None:
         self.frontend = self.xs.read(f"{self.path}/frontend").decode()
@@ -329,9 +329,10 @@ class Vif:
         self.features = features
         self.receiver = features.receiver
         self._fallback = {}  # offload kind -> needs_fallback()
-        # Frames of ETH_HLEN..fits bytes pass every check of _unfit.
-        self.fits = min(features.mtu + netpkt.ETH_HLEN, XEN_NETIF_MAX_TX_SIZE,
-                        XEN_NETIF_MAX_TX_SIZE if features.sg else PAGE_SIZE)
+        # Frames of ETH_HLEN..fits bytes pass every check of _unfit (GSO
+        # frames: ETH_HLEN..fits_gso, the MTU being their segments').
+        self.fits_gso = XEN_NETIF_MAX_TX_SIZE if features.sg else PAGE_SIZE
+        self.fits = min(features.mtu + netpkt.ETH_HLEN, self.fits_gso)
 
     @property
     def tx_ring(self) -> BackRing:
@@ -536,7 +537,8 @@ class Vif:
                 self.deliver(Frame.of(data, offload))
             return
         size = frame.size
-        reason = "" if netpkt.ETH_HLEN <= size <= self.fits else self._unfit(frame)
+        fits = self.fits if offload.gso is None else self.fits_gso
+        reason = "" if netpkt.ETH_HLEN <= size <= fits else self._unfit(frame)
         if reason:
             self.trouble("rx frame dropped", reason=reason)
             return
