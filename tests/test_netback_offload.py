@@ -155,18 +155,20 @@ def test_the_plain_tcp_shortcut_decides_as_the_general_path(head, size, flags, g
                                                             gso_types, v6) -> None:
     from unittest import mock
 
-    import backends.netback.offload as offload
+    from domains.kernel import netpkt
 
     args = (head, size, flags, gso)
     kw = {"gso_types": frozenset(gso_types), "ipv6_csum": v6}
-    with mock.patch.object(offload, "_plain_tcp_end", lambda head: 0):
+    with mock.patch.object(netpkt, "plain_tcp", lambda head: 0):
         general = tx_offload(*args, **kw)
     assert tx_offload(*args, **kw) == general
 
 
 def test_the_plain_tcp_shortcut_takes_the_usual_frames() -> None:
-    from backends.netback.offload import _plain_tcp_end
+    from domains.kernel.netpkt import plain_tcp, plain_tcp_end
 
-    assert _plain_tcp_end(TCP4[:256]) == 54 and _plain_tcp_end(TCP6[:256]) == 74
-    assert _plain_tcp_end(UDP4[:256]) == 0
-    assert _plain_tcp_end(P.eth(0x0800, P.ipv4(6, P.tcp(b"x" * 40), frag=0x2000))) == 0
+    assert plain_tcp(TCP4[:256]) == 34 and plain_tcp_end(TCP4[:256], 34) == 54
+    assert plain_tcp(TCP6[:256]) == 54 and plain_tcp_end(TCP6[:256], 54) == 74
+    assert plain_tcp(UDP4[:256]) == 0
+    assert plain_tcp(P.eth(0x0800, P.ipv4(6, P.tcp(b"x" * 40), frag=0x2000))) == 0
+    assert plain_tcp_end(TCP4[:53], 34) == 0  # the TCP header does not fit

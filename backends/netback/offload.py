@@ -72,33 +72,8 @@ NONE = Offload()
 _GSO_IPV6 = {XEN_NETIF_GSO_TYPE_TCPV4: False, XEN_NETIF_GSO_TYPE_TCPV6: True}
 
 
-# The frames nearly all traffic is: TCP right after an untagged IPv4
-# header without options (not a fragment) or an IPv6 header without
-# extension headers. tx_offload decides those from a few bytes, with the
-# same outcome as its general path (tests/test_netback_offload.py checks).
-_V4_L4, _V6_L4 = netpkt.ETH_HLEN + 20, netpkt.ETH_HLEN + 40
 _CSUM_PARTIAL = (Offload(CSUM_PARTIAL, None, False), Offload(CSUM_PARTIAL, None, True))
 _PLAIN_GSO = (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6)
-
-
-def _plain_tcp_end(head: bytes | bytearray | memoryview) -> int:
-    """Where the TCP payload starts in a plain TCP/IPv4 or TCP/IPv6 frame
-    (head[12] tells which) whose headers lie whole in `head`; 0 for any
-    other frame."""
-    n = len(head)
-    if n < _V4_L4 + 20:
-        return 0
-    if head[12] == 0x08 and head[13] == 0x00 and head[14] == 0x45:
-        if head[23] != netpkt.IPPROTO_TCP or head[20] & 0x3F or head[21]:
-            return 0  # not TCP, or a fragment (MF set or an offset)
-        l4 = _V4_L4
-    elif (head[12] == 0x86 and head[13] == 0xDD and head[14] >> 4 == 6
-          and head[20] == netpkt.IPPROTO_TCP and n >= _V6_L4 + 20):
-        l4 = _V6_L4
-    else:
-        return 0
-    end = l4 + (head[l4 + 12] >> 4) * 4
-    return end if end >= l4 + 20 and n >= end else 0
 
 
 def tx_offload(head: bytes | bytearray | memoryview, size: int, flags: int,
@@ -110,9 +85,12 @@ def tx_offload(head: bytes | bytearray | memoryview, size: int, flags: int,
     NETTXF_* `flags` and whose GSO extra says `gso` ((type, size) or
     None), given the GSO types and IPv6 blank checksums the backend
     offered; or why the packet is refused."""
-    end = _plain_tcp_end(head)
-    if end:  # the usual frame: every check below would pass
-        ipv6 = head[12] == 0x86
+    l4 = netpkt.plain_tcp(head)
+    end = l4 and netpkt.plain_tcp_end(head, l4)
+    if end:
+        # The usual frame (netpkt.plain_tcp): what the checks below decide
+        # for it, without their walk of its headers.
+        ipv6 = l4 == 54
         if gso is None:
             if flags & NETTXF_csum_blank and (ipv6_csum or not ipv6):
                 return _CSUM_PARTIAL[ipv6]

@@ -139,22 +139,6 @@ def tx_offload(hdr: VnetHdr, head: bytes | bytearray | memoryview, size: int, *,
     return TxOffload()
 
 
-def _plain_tcp(head: bytes | bytearray | memoryview) -> int:
-    """Where the TCP header of a frame with no VLAN tag and TCP right
-    after a 20-byte IPv4 header (not a fragment) or a 40-byte IPv6 one
-    starts, when it fits in `head`: 34 (IPv4) or 54 (IPv6); else 0 (ask
-    netpkt)."""
-    n = len(head)
-    if n >= 54 and head[12] == 0x08 and head[13] == 0x00:
-        if head[14] == 0x45 and head[23] == netpkt.IPPROTO_TCP \
-                and not head[20] & 0x3F and not head[21]:
-            return 34
-    elif n >= 74 and head[12] == 0x86 and head[13] == 0xDD:
-        if head[14] >> 4 == 6 and head[20] == netpkt.IPPROTO_TCP:
-            return 54
-    return 0
-
-
 _TX_BLANK = NETTXF_csum_blank | NETTXF_data_validated
 _TX_GSO = {VIRTIO_NET_HDR_GSO_TCPV4: (34, XEN_NETIF_GSO_TYPE_TCPV4),
            VIRTIO_NET_HDR_GSO_TCPV6: (54, XEN_NETIF_GSO_TYPE_TCPV6)}
@@ -171,11 +155,11 @@ def tx_offload_fast(hdr: bytes | bytearray | memoryview,
     if gso_type:
         kind = _TX_GSO.get(gso_type)
         if kind is None or gso_size == 0 or kind[1] not in gso_types \
-                or _plain_tcp(head) != kind[0]:
+                or netpkt.plain_tcp(head) != kind[0]:
             return None
         return _TX_BLANK, (kind[1], gso_size)
     if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-        l4 = _plain_tcp(head)
+        l4 = netpkt.plain_tcp(head)
         if (l4 == 0 or csum_start != l4 or csum_offset != netpkt.TCP_CSUM_OFFSET
                 or (l4 == 54 and not ipv6_csum)):
             return None
@@ -201,13 +185,13 @@ def rx_vnet_header(flags: int, gso: tuple[int, int] | None,
     refuses it)."""
     if gso is not None:
         kind = _RX_GSO.get(gso[0])
-        if kind is not None and gso[1] and _plain_tcp(head) == kind[0]:
-            end = kind[0] + (head[kind[0] + 12] >> 4) * 4
-            if end >= kind[0] + 20 and len(head) >= end:
+        if kind is not None and gso[1] and netpkt.plain_tcp(head) == kind[0]:
+            end = netpkt.plain_tcp_end(head, kind[0])
+            if end:
                 return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, kind[1], end, gso[1],
                                      kind[0], netpkt.TCP_CSUM_OFFSET)
     elif flags & NETRXF_csum_blank:
-        l4 = _plain_tcp(head)
+        l4 = netpkt.plain_tcp(head)
         if l4:
             return _RX_BLANK[l4]
     elif flags & NETRXF_data_validated:
