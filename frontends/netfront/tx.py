@@ -395,6 +395,18 @@ class TxShadowPacket:
 _STATUSES = (NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_DROPPED)
 
 
+def _answers(entries: bytes) -> tuple[list[int], list[int], int]:
+    """The ids and statuses of whole tx response slots (native little-
+    endian), without the NETIF_RSP_NULL ones, and how many those were."""
+    view = memoryview(entries)
+    ids = view.cast("H")[0::ENTRY_SIZE // 2].tolist()
+    statuses = view.cast("h")[1::ENTRY_SIZE // 2].tolist()
+    nulls = statuses.count(NETIF_RSP_NULL)
+    if nulls:
+        _drop_nulls(ids, statuses, nulls)
+    return ids, statuses, nulls
+
+
 def _drop_nulls(ids: list[int], statuses: list[int], nulls: int) -> None:
     """Take the `nulls` NETIF_RSP_NULL answers (to extra slots, whose ids
     mean nothing) out of both lists, in place: a GSO frame has one, so
@@ -521,12 +533,7 @@ class TxShadow:
         if self._by_caller is not True:
             self._used_by_caller(True)
         if _NATIVE_LE and not len(entries) % ENTRY_SIZE:
-            view = memoryview(entries)
-            ids = view.cast("H")[0::ENTRY_SIZE // 2].tolist()
-            statuses = view.cast("h")[1::ENTRY_SIZE // 2].tolist()
-            nulls = statuses.count(NETIF_RSP_NULL)
-            if nulls:
-                _drop_nulls(ids, statuses, nulls)
+            ids, statuses, nulls = _answers(entries)
             unique = set(ids)
             numbered = self._numbered
             if (nulls <= self._nulls_expected and len(unique) == len(ids)
@@ -596,12 +603,7 @@ class TxShadow:
             raise ValueError("this shadow's ids are the caller's: complete_ids")
         if not _NATIVE_LE or len(entries) % ENTRY_SIZE:
             return self._complete_slowly(entries)
-        view = memoryview(entries)
-        ids = view.cast("H")[0::ENTRY_SIZE // 2].tolist()
-        statuses = view.cast("h")[1::ENTRY_SIZE // 2].tolist()
-        nulls = statuses.count(NETIF_RSP_NULL)
-        if nulls:
-            _drop_nulls(ids, statuses, nulls)
+        ids, statuses, nulls = _answers(entries)
         owner = self._owner
         unique = set(ids)
         if (nulls > self._nulls_expected or len(unique) != len(ids)
