@@ -34,7 +34,11 @@ GOAL_RATIO = 1.5
 
 
 class _ZmqPair:
-    """One end of the ZeroMQ baseline: a PAIR socket over ipc://."""
+    """One end of the ZeroMQ baseline: a PAIR socket over ipc://. Made
+    after the fork: a context, with its I/O thread, must not cross one
+    (the echo's connect waits for the bind by itself)."""
+
+    before_fork = False
 
     def __init__(self, tmp: Path, server: bool) -> None:
         import zmq
@@ -55,8 +59,11 @@ class _ZmqPair:
 
 
 class _UnixPair:
-    """One end of the datagram baseline: a Unix datagram socket connected
-    to the other end's, as a doorbell is."""
+    """One end of the datagram baseline: a Unix datagram socket sending
+    to the other end's, as a doorbell does. The timed end is made before
+    the fork: the echo's first datagram needs it bound."""
+
+    before_fork = True
 
     def __init__(self, tmp: Path, server: bool) -> None:
         import socket
@@ -97,15 +104,15 @@ def raw_round_trips(kind: str, tmp: Path, n: int, warmup: int) -> list[int]:
     import multiprocess
 
     total = warmup + n
-    # The timed end first: the echo's first message needs it bound.
-    end = TRANSPORTS[kind](tmp, server=True)
-    # Forked before this process makes any ZeroMQ context (a context, with
-    # its I/O thread, must not cross a fork); the child makes its own.
-    # "fork" rather than "spawn" also starts no resource-tracker process.
+    transport = TRANSPORTS[kind]
+    end = transport(tmp, server=True) if transport.before_fork else None
+    # "fork" rather than "spawn" starts no resource-tracker process.
     child = multiprocess.get_context("fork").Process(
         target=_echo, args=(kind, tmp, total), name="pyxen-bench-echo", daemon=True)
     try:
         child.start()
+        if end is None:
+            end = transport(tmp, server=True)
         # Bounded, so a dead child cannot hang us; the round trips after
         # it are plain blocking ones, timed like the pyxen ones.
         if not end.poll(60):
@@ -120,7 +127,8 @@ def raw_round_trips(kind: str, tmp: Path, n: int, warmup: int) -> list[int]:
             recv()
             samples.append(clock() - t0)
     finally:
-        end.close()
+        if end is not None:
+            end.close()
         child.join(timeout=10)
         if child.is_alive():
             child.kill()
