@@ -59,6 +59,14 @@ def renice_threads(pid: int, nice: int) -> int:
     return len(done)
 
 
+def thread_ids(pid: int) -> list[int]:
+    """The tids of process `pid`'s threads now ([] if it is gone)."""
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []
+
+
 def thread_nices(pid: int) -> dict[int, int]:
     """tid -> nice of every thread of `pid`, from /proc/<pid>/task/*/stat."""
     out = {}

@@ -23,6 +23,7 @@ from hypervisor.credit2 import (
     MAX_WEIGHT,
     MIN_WEIGHT,
     renice_threads,
+    thread_ids,
     weight_to_nice,
 )
 from hypervisor.domain import SHARED_INFO_PAGES, Domain
@@ -241,11 +242,21 @@ class Machine:
             raise XenError(EINVAL, f"bad CPU set {list(cpus)} "
                            f"(platform has {self.platform.pcpus} pCPUs)")
         dom.affinity[vcpu] = tuple(cpus) if cpus is not None else None
-        if dom.vcpu_tids and dom.process is not None and dom.process.alive:
+        if not dom.vcpu_tids or dom.process is None or not dom.process.alive:
+            return
+        tids = [dom.vcpu_tids[vcpu]]
+        if vcpu == 0:
+            # Xen delivers event channels to vCPU 0 (unless EVTCHNOP_bind_vcpu
+            # says otherwise): the kernel's threads that run its event
+            # handlers, and its other service threads, are vCPU 0's work.
+            others = set(dom.vcpu_tids[1:])
+            tids += [t for t in thread_ids(dom.process.pid) if t not in others]
+        host = self.host_cpus(cpus)
+        for tid in tids:
             try:
-                os.sched_setaffinity(dom.vcpu_tids[vcpu], self.host_cpus(cpus))
+                os.sched_setaffinity(tid, host)
             except ProcessLookupError:
-                pass
+                pass  # the thread (or the whole domain) is gone
 
     # -- scheduling weight (credit2) ------------------------------------------
 

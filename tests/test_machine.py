@@ -64,15 +64,45 @@ def test_pause_really_stops_the_process(system):
     assert system.list()["guest1"]["state"][2] == "-"
 
 
+def host_cpu(pcpu: int) -> set[int]:
+    """The host CPU the machine maps platform pCPU `pcpu` to."""
+    host = sorted(os.sched_getaffinity(0))
+    return {host[pcpu % len(host)]}
+
+
+def thread_affinities(pid: int) -> list[set[int]]:
+    return [os.sched_getaffinity(t.id) for t in psutil.Process(pid).threads()]
+
+
 def test_vcpu_pin_sets_the_thread_affinity(system):
-    system.boot()
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 host CPUs to tell pCPU 0 from pCPU 1")
+    system.boot()  # the default topology: guest1 (2 vCPUs) on pCPU 0
+    pid = system.pid_of("guest1")
+    assert all(a == host_cpu(0) for a in thread_affinities(pid))
     system.cli("vcpu-pin", "guest1", "1", "1")
     out = system.cli("vcpu-list", "guest1").stdout.splitlines()
     assert out[0].split()[:6] == ["Name", "ID", "VCPU", "CPU", "State", "Time(s)"]
+    assert out[1].split()[-3:] == ["0", "/", "all"]
     assert out[2].split()[-3:] == ["1", "/", "all"]
+    # vCPU 1's thread alone moved.
+    assert sorted(map(sorted, thread_affinities(pid))).count(sorted(host_cpu(1))) == 1
+
+
+def test_vcpu0_takes_the_kernels_threads_along(system):
+    # Events are delivered to vCPU 0: the threads that run their handlers
+    # (the upcall loop) and the kernel's others follow its affinity; only
+    # the other vCPUs' threads keep their own.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 host CPUs to tell pCPU 0 from pCPU 1")
+    system.boot()
     pid = system.pid_of("guest1")
-    affinities = {len(os.sched_getaffinity(t.id)) for t in psutil.Process(pid).threads()}
-    assert 1 in affinities
+    system.cli("vcpu-pin", "guest1", "0", "1")
+    affinities = thread_affinities(pid)
+    assert len(affinities) > 2  # vCPU 0 (main), vCPU 1, the upcall loop, ...
+    assert sum(a == host_cpu(1) for a in affinities) == len(affinities) - 1
+    system.cli("vcpu-pin", "guest1", "0", "all")
+    assert sum(a == host_cpu(0) for a in thread_affinities(pid)) == 1  # vCPU 1
 
 
 def test_halt_leaves_nothing_behind(system):

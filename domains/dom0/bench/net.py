@@ -77,16 +77,19 @@ driver_domain = true
 memory = 128
 vcpus = 1
 weight = 512
+cpus = "1"
 
 [domain.guest1]
 memory = 256
 vcpus = 1
+cpus = "0"
 workload = "idle"
 vif = ["backend=net-dd, bridge=xenbr0, mac=00:16:3e:00:00:01, ip=10.0.0.1"]
 
 [domain.guest2]
 memory = 256
 vcpus = 1
+cpus = "0"
 workload = "idle"
 vif = ["backend=net-dd, bridge=xenbr0, mac=00:16:3e:00:00:02, ip=10.0.0.2"]
 """
