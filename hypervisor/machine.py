@@ -244,13 +244,14 @@ class Machine:
         dom.affinity[vcpu] = tuple(cpus) if cpus is not None else None
         if not dom.vcpu_tids or dom.process is None or not dom.process.alive:
             return
-        tids = [dom.vcpu_tids[vcpu]]
         if vcpu == 0:
             # Xen delivers event channels to vCPU 0 (unless EVTCHNOP_bind_vcpu
             # says otherwise): the kernel's threads that run its event
             # handlers, and its other service threads, are vCPU 0's work.
             others = set(dom.vcpu_tids[1:])
-            tids += [t for t in thread_ids(dom.process.pid) if t not in others]
+            tids = [t for t in thread_ids(dom.process.pid) if t not in others]
+        else:
+            tids = [dom.vcpu_tids[vcpu]]
         host = self.host_cpus(cpus)
         for tid in tids:
             try:
