@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 DEFAULT_WEIGHT = 256     # CSCHED2_DEFAULT_WEIGHT
 MIN_WEIGHT = 1
@@ -30,18 +31,19 @@ def weight_to_nice(weight: int) -> int:
     return max(NICE_MIN, min(NICE_MAX, nice))
 
 
-def renice_threads(pid: int, nice: int) -> int:
-    """Give every thread of process `pid` the nice value `nice`; returns how
-    many threads were set.
+def each_thread(pid: int, apply: Callable[[int], None],
+                skip: frozenset[int] = frozenset()) -> int:
+    """Call `apply(tid)` for every thread of process `pid` but those in
+    `skip`; returns how many threads it was called for.
 
-    Linux keeps nice per thread, so renicing the pid alone would leave the
-    vCPU threads as they were. A thread started while this runs inherits its
-    creator's value, which may still be the old one, so the task list is
-    read again until a pass finds no new thread.
-    Raises ProcessLookupError if the process is gone, PermissionError if the
-    host refuses (a lower nice needs CAP_SYS_NICE or RLIMIT_NICE).
+    Linux keeps nice and CPU affinity per thread, so setting the pid alone
+    would leave the other threads as they were. A thread started while this
+    runs inherits its creator's values, which may still be the old ones, so
+    the task list is read again until a pass finds no new thread.
+    Raises ProcessLookupError if the process is gone; a thread that ends
+    meanwhile is passed over.
     """
-    done: set[int] = set()
+    done: set[int] = set(skip)
     for _ in range(8):
         try:
             tids = {int(t) for t in os.listdir(f"/proc/{pid}/task")}
@@ -52,19 +54,18 @@ def renice_threads(pid: int, nice: int) -> int:
             break
         for tid in sorted(new):
             try:
-                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                apply(tid)
             except ProcessLookupError:
                 pass  # the thread ended meanwhile
         done |= new
-    return len(done)
+    return len(done - skip)
 
 
-def thread_ids(pid: int) -> list[int]:
-    """The tids of process `pid`'s threads now ([] if it is gone)."""
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except FileNotFoundError:
-        return []
+def renice_threads(pid: int, nice: int) -> int:
+    """Give every thread of process `pid` the nice value `nice` (each_thread);
+    returns how many threads were set. PermissionError if the host refuses
+    (a lower nice needs CAP_SYS_NICE or RLIMIT_NICE)."""
+    return each_thread(pid, lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice))
 
 
 def thread_nices(pid: int) -> dict[int, int]:

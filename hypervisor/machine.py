@@ -22,8 +22,8 @@ from hypervisor.credit2 import (
     DEFAULT_WEIGHT,
     MAX_WEIGHT,
     MIN_WEIGHT,
+    each_thread,
     renice_threads,
-    thread_ids,
     weight_to_nice,
 )
 from hypervisor.domain import SHARED_INFO_PAGES, Domain
@@ -244,20 +244,19 @@ class Machine:
         dom.affinity[vcpu] = tuple(cpus) if cpus is not None else None
         if not dom.vcpu_tids or dom.process is None or not dom.process.alive:
             return
-        if vcpu == 0:
-            # Xen delivers event channels to vCPU 0 (unless EVTCHNOP_bind_vcpu
-            # says otherwise): the kernel's threads that run its event
-            # handlers, and its other service threads, are vCPU 0's work.
-            others = set(dom.vcpu_tids[1:])
-            tids = [t for t in thread_ids(dom.process.pid) if t not in others]
-        else:
-            tids = [dom.vcpu_tids[vcpu]]
         host = self.host_cpus(cpus)
-        for tid in tids:
-            try:
-                os.sched_setaffinity(tid, host)
-            except ProcessLookupError:
-                pass  # the thread (or the whole domain) is gone
+        try:
+            if vcpu == 0:
+                # Xen delivers event channels to vCPU 0 (unless
+                # EVTCHNOP_bind_vcpu says otherwise): the kernel's threads
+                # that run its event handlers, and its other service
+                # threads, are vCPU 0's work.
+                each_thread(dom.process.pid, lambda tid: os.sched_setaffinity(tid, host),
+                            skip=frozenset(dom.vcpu_tids[1:]))
+            else:
+                os.sched_setaffinity(dom.vcpu_tids[vcpu], host)
+        except ProcessLookupError:
+            pass  # the domain is gone: process_exited deals with that
 
     # -- scheduling weight (credit2) ------------------------------------------
 
