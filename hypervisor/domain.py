@@ -45,6 +45,8 @@ class Domain:
     affinity: dict[int, tuple[int, ...] | None] = field(default_factory=dict)
     weight: int = DEFAULT_WEIGHT  # credit2's; the host applies it as nice
     windows: dict[int, Region] = field(default_factory=dict)
+    # The grant-window pages it may hold (charged to it, see Machine.add_window).
+    max_window_pages: int = 0
     watchdogs: dict[int, int] = field(default_factory=dict)  # id -> timeout (s)
     # Windows whose fd this domain already holds (its own and its peers').
     known_windows: set[int] = field(default_factory=set)
@@ -62,8 +64,8 @@ class Domain:
 
     @property
     def tot_pages(self) -> int:
-        """The domain's RAM. Grant windows are charged to the platform (they
-        are the hypervisor's shared pools), shown apart in `window_pages`."""
+        """The domain's RAM. Its grant windows are charged to it apart, in
+        `window_pages`, against their own cap (`max_window_pages`)."""
         return self.ram.nr_pages
 
     @property
@@ -95,6 +97,7 @@ class Domain:
             "flags": self.flags(),
             "tot_pages": self.tot_pages,
             "window_pages": self.window_pages,
+            "max_window_pages": self.max_window_pages,
             "max_pages": self.max_pages,
             "nr_online_vcpus": self.max_vcpus if proc and proc.alive else 0,
             "max_vcpu_id": self.max_vcpus - 1,

@@ -103,8 +103,10 @@ class GrantTable:
         # Pin words are read by the granter while we write them: whole words.
         self.status_words = Words(self.status.map, "H")
         self.pins: dict[int, Pin] = {}
-        # Handles this domain holds as a mapper.
+        # Handles this domain holds as a mapper, and how many of them are in
+        # each window (so that "still mapped?" is a lookup, not a scan).
         self.maptrack: dict[int, Mapping] = {}
+        self.window_maps: dict[int, int] = {}
         self._next_handle = 0
 
     @property
@@ -174,7 +176,9 @@ class Grants:
     """The grant operations, over a lookup of live domains."""
 
     lookup: Callable[[int], GrantDomain | None]
-    log: Callable[[str], None] = field(default=lambda msg: None)
+    # log(domid, message): a refusal, said on the console on behalf of the
+    # domain that caused it (which may be rate-limited for it).
+    log: Callable[[int, str], None] = field(default=lambda domid, msg: None)
 
     def _granter(self, domid: int) -> GrantDomain:
         dom = self.lookup(domid)
@@ -205,7 +209,7 @@ class Grants:
         try:
             return self._map(mapper, op)
         except GrantError as exc:
-            self.log(f"d{mapper} map: {exc}")
+            self.log(mapper, f"d{mapper} map: {exc}")
             return {"status": exc.status, "handle": -1}
 
     def _map(self, mapper: int, op: dict) -> dict:
@@ -232,6 +236,9 @@ class Grants:
             raise GrantError(GNTST_general_error, f"ref {ref} revoked while mapping")
         me.table.maptrack[handle] = Mapping(granter.table.domid, ref, readonly,
                                             region, offset)
+        windows = me.table.window_maps
+        windows[region.window_id] = windows.get(region.window_id, 0) + 1
+        region.mapped += 1
         return {"status": GNTST_okay, "handle": handle,
                 "window": region.window_id, "offset": offset}
 
@@ -251,6 +258,11 @@ class Grants:
         mapping = table.maptrack.pop(int(op["handle"]), None)
         if mapping is None:
             return {"status": GNTST_bad_handle}
+        window = mapping.region.window_id
+        table.window_maps[window] -= 1
+        if not table.window_maps[window]:
+            del table.window_maps[window]
+        mapping.region.mapped -= 1
         granter = self.lookup(mapping.granter)
         if granter is not None:
             granter.table.unpin(mapping.ref, mapping.readonly)
@@ -272,7 +284,7 @@ class Grants:
             dst = self._copy_side(caller, op["dest"], flags & GNTCOPY_dest_gref,
                                   False, length)
         except GrantError as exc:
-            self.log(f"d{caller} copy: {exc}")
+            self.log(caller, f"d{caller} copy: {exc}")
             return {"status": exc.status}
         (sseg, soff), (dseg, doff) = src, dst
         dseg.map[doff:doff + length] = sseg.map[soff:soff + length]
@@ -287,6 +299,9 @@ class Grants:
         if domid == DOMID_SELF:
             domid = caller
         owner = self._granter(domid)
+        if ("ref" if by_ref else "gmfn") not in side:
+            raise GrantError(GNTST_bad_copy_arg,
+                             f"copy side without its {'ref' if by_ref else 'gmfn'}")
         if by_ref:
             frame = self._check_entry(owner, int(side["ref"]), caller, readonly)
         elif domid != caller:

@@ -6,6 +6,13 @@ process exists so that both can be restricted to that process's pid
 (ROUTER here, one REQ per vCPU thread there) and the upcall channel (PUSH
 here, PULL there). The channel a request arrives on names the caller.
 A pidfd per domain process tells the loop at once when a domain dies.
+
+What arrives on a hypercall channel is the guest's: a message is at most
+MAX_HYPERCALL_BYTES (ZeroMQ drops the connection of a peer that sends more,
+before buffering it), decoded with msgpack's limits, its envelope checked
+(`hypervisor.args.check_envelope`), and whatever fails is an errno to that
+caller. Each poll round serves at most REQUESTS_PER_TURN requests of each
+domain, so a domain that floods its channel waits its turn like the others.
 """
 
 from __future__ import annotations
@@ -20,11 +27,30 @@ import msgpack
 import zmq
 
 from hypervisor import ops  # noqa: F401  (fills the dispatch table)
+from hypervisor.args import check_envelope
 from hypervisor.dispatch import DEFERRED, Call, dispatch
 from hypervisor.domain import Domain
 from hypervisor.machine import Machine
+from hypervisor.public.errno import EINVAL, XenError
+from hypervisor.public.grant_table import PYXEN_GNTTAB_MAX_BATCH
 
 PORT = struct.Struct("<I")
+
+# The largest legitimate hypercall is a full batch of grant copies
+# (PYXEN_GNTTAB_MAX_BATCH ops with every field at its widest: ~46 KiB);
+# tests/test_hypercall_limits.py checks it fits.
+MAX_HYPERCALL_BYTES = 64 * 1024
+UNPACK_LIMITS = {
+    "max_str_len": 16 * 1024,  # CONSOLEIO_write's buffer
+    "max_bin_len": 4 * 1024,
+    "max_array_len": PYXEN_GNTTAB_MAX_BATCH,
+    "max_map_len": 64,
+    "max_ext_len": 0,
+}
+# Messages queued per connection before ZeroMQ stops reading from it: a
+# kernel has one request in flight per thread.
+RCVHWM = 8
+REQUESTS_PER_TURN = 8
 
 
 class ZmqTransport:
@@ -56,6 +82,8 @@ class ZmqTransport:
         ends = self.endpoints(dom.domid)
         router = self.ctx.socket(zmq.ROUTER)
         push = self.ctx.socket(zmq.PUSH)
+        router.setsockopt(zmq.MAXMSGSIZE, MAX_HYPERCALL_BYTES)
+        router.setsockopt(zmq.RCVHWM, RCVHWM)
         for sock, end in ((router, ends["hypercall"]), (push, ends["upcall"])):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IPC_FILTER_PID, dom.process.pid)
@@ -123,7 +151,7 @@ class ZmqTransport:
         domid, identity = token
         router = self.routers.get(domid)
         if router is not None:
-            router.send_multipart([identity, b"", msgpack.packb([rc, result])])
+            router.send_multipart([identity, b"", pack_reply(rc, result)])
 
     def close(self) -> None:
         for sock in [*self.routers.values(), *self.pushes.values()]:
@@ -131,22 +159,53 @@ class ZmqTransport:
         self.ctx.term()
 
 
-def handle_requests(machine: Machine, transport: ZmqTransport, router: zmq.Socket) -> None:
+def pack_reply(rc: int, result: Any) -> bytes:
+    try:
+        return msgpack.packb([rc, result])
+    except (TypeError, ValueError, OverflowError) as exc:
+        # A handler answered something msgpack cannot carry: the caller
+        # still gets an answer.
+        return msgpack.packb([-EINVAL, f"unanswerable result: {exc}"[:200]])
+
+
+def serve(machine: Machine, domid: int, token: Any, payload: bytes
+          ) -> tuple[int, Any] | object:
+    """One hypercall from domain `domid`, its raw message as received:
+    (rc, result) for the caller, or DEFERRED. Never raises."""
+    dom = machine.domains.get(domid)
+    if dom is None:
+        return -EINVAL, "no such domain"
+    try:
+        if len(payload) > MAX_HYPERCALL_BYTES:
+            raise XenError(EINVAL, f"a hypercall of {len(payload)} bytes")
+        message = msgpack.unpackb(payload, **UNPACK_LIMITS)
+        nr, cmd, args, vcpu = check_envelope(message, dom.max_vcpus)
+    except XenError as exc:
+        machine.log_about(dom, f"d{domid} malformed hypercall: {exc}")
+        return exc.rc, str(exc)
+    except Exception as exc:  # noqa: BLE001  (msgpack's errors: not one family)
+        machine.log_about(dom, f"d{domid} malformed hypercall: {exc!r}"[:300])
+        return -EINVAL, f"malformed hypercall: {exc}"[:200]
+    return dispatch(Call(machine, dom, vcpu, token), nr, cmd, args)
+
+
+def handle_requests(machine: Machine, transport: ZmqTransport, router: zmq.Socket,
+                    budget: int = REQUESTS_PER_TURN) -> None:
+    """Serve up to `budget` requests waiting on one domain's channel; the
+    rest wait for the next round (the poll is level-triggered)."""
     domid = transport.by_socket[router]
-    while domid in transport.routers:
+    for _ in range(budget):
+        if domid not in transport.routers:
+            return  # the domain went away while we served it
         try:
-            identity, _, payload = router.recv_multipart(zmq.NOBLOCK)
+            frames = router.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
-        except ValueError:
-            continue  # not a REQ envelope: ignore the garbage
+        if len(frames) != 3 or frames[1] != b"":
+            continue  # not a REQ envelope: nobody to answer
+        identity, _, payload = frames
         token = (domid, identity)
-        try:
-            nr, cmd, args, vcpu = msgpack.unpackb(payload)
-            call = Call(machine, machine.domain(domid), int(vcpu), token)
-            outcome = dispatch(call, int(nr), int(cmd), args)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            outcome = (-22, f"malformed hypercall: {exc}")  # EINVAL
+        outcome = serve(machine, domid, token, payload)
         if outcome is not DEFERRED:
             transport.reply(token, *outcome)
 

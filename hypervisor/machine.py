@@ -7,7 +7,6 @@ deferred hypercall goes through the `Transport` the loop provides.
 
 from __future__ import annotations
 
-import heapq
 import os
 import socket
 import time
@@ -31,12 +30,33 @@ from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
 from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
 from hypervisor.process import DomainProcess, StandbyPool
-from hypervisor.public.errno import EBUSY, EINVAL, EIO, ESRCH, XenError
+from hypervisor.public.errno import (
+    EBUSY,
+    EINVAL,
+    EIO,
+    ENOMEM,
+    ENOSPC,
+    ESRCH,
+    ETIMEDOUT,
+    XenError,
+)
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash, SHUTDOWN_watchdog
 from hypervisor.public.xen import VIRQ_DOM_EXC, VIRQ_TIMER
+from hypervisor.tasks import thread_ids
+from hypervisor.timers import Timers
+from hypervisor.xenlog import TokenBucket, printable
 
 
 NR_WATCHDOGS = 2  # Xen's NR_DOMAIN_WATCHDOG_TIMERS
+# A kernel that has not reported ready this long after its process started
+# is destroyed and its creator told ETIMEDOUT (createdomain's boot_timeout).
+# Generous: a machine booting a hundred guests on two cores is slow, not hung.
+DEFAULT_BOOT_TIMEOUT = 30.0
+# Grant windows a domain may hold: at most this many (each is a memfd the
+# hypervisor keeps open), and at most max(this, its RAM) of memory unless its
+# creator says otherwise (createdomain's max_window_kb).
+MAX_WINDOWS = 128
+MIN_WINDOW_MIB = 64
 
 
 class Transport(Protocol):
@@ -64,14 +84,14 @@ class Machine:
         self.log_json = log_json
         self.memory = PlatformMemory(platform.memory)
         self.evtchn = EventChannels()
-        self.grants = Grants(lookup=self._grant_lookup, log=self.log)
+        self.grants = Grants(lookup=self._grant_lookup, log=self._grant_log)
         self.domains: dict[int, Domain] = {}
         self.next_domid = 1
         self.next_window = 1
-        self.timers: list[tuple[int, int, int, int]] = []  # deadline, seq, domid, vcpu
-        self.timer_deadlines: dict[tuple[int, int], int] = {}
-        self._timer_seq = 0
+        # Keys: ("virq", domid, vcpu), ("wd", domid, id), ("boot", domid, seconds).
+        self.timers = Timers()
         self.console: deque[str] = deque(maxlen=2000)
+        self.log_limits: dict[tuple[int, str], TokenBucket] = {}
         self.boot_time = time.time()
         self.halted = False
         self.standby = StandbyPool(standby)
@@ -79,11 +99,42 @@ class Machine:
     # -- logging ------------------------------------------------------------
 
     def log(self, message: str) -> None:
-        """The hypervisor console: what `pyxen dmesg` shows."""
+        """The hypervisor's own line on its console (what `pyxen dmesg`
+        shows) and in its log file."""
+        self._emit("(XEN)", printable(message))
+
+    def log_about(self, dom: Domain, message: str) -> None:
+        """A line a domain's own doing made the hypervisor write (a refused
+        grant, a bad hypercall): rate-limited per domain, as Xen's gdprintk."""
+        if self._admit(dom, "xen"):
+            self.log(message)
+
+    def guest_write(self, dom: Domain, text: str) -> None:
+        """CONSOLEIO_write: the domain's lines, each prefixed "(dN)", stripped
+        of control characters and rate-limited per domain (xenlog)."""
+        for line in text.split("\n"):
+            line = printable(line).rstrip()
+            if line and self._admit(dom, "guest"):
+                self._emit(f"(d{dom.domid})", line)
+
+    def _admit(self, dom: Domain, kind: str) -> bool:
+        if dom.privileged:
+            return True  # Dom0 is trusted, and its console unthrottled, as in Xen
+        bucket = self.log_limits.setdefault((dom.domid, kind), TokenBucket())
+        admitted, lost = bucket.admit(time.monotonic_ns() // 1_000_000)
+        if lost:
+            what = "console lines" if kind == "guest" else "messages about it"
+            self.log(f"d{dom.domid}: {lost} {what} suppressed")
+        return admitted
+
+    def _emit(self, prefix: str, text: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.console.append(f"(XEN) [{stamp}] {message}")
+        self.console.append(f"{prefix} [{stamp}] {text}")
         if self.logger is not None:
-            self.logger.info(message)
+            try:
+                self.logger.info(text if prefix == "(XEN)" else f"{prefix} {text}")
+            except OSError:
+                pass  # a full disk loses log lines, not the machine
 
     # -- lookups ------------------------------------------------------------
 
@@ -96,6 +147,11 @@ class Machine:
     def _grant_lookup(self, domid: int) -> GrantDomain | None:
         dom = self.domains.get(domid)
         return dom.grant_domain if dom is not None and not dom.dying else None
+
+    def _grant_log(self, domid: int, message: str) -> None:
+        dom = self.domains.get(domid)
+        if dom is not None:
+            self.log_about(dom, message)
 
     # -- creation -----------------------------------------------------------
 
@@ -116,6 +172,15 @@ class Machine:
             raise XenError(EINVAL, f"{name}: max_vcpus {vcpus} out of range")
         if nr_pages < 1:
             raise XenError(EINVAL, f"{name}: no memory")
+        cpus = config.get("cpus")
+        if cpus is not None and (not cpus or any(
+                not 0 <= c < self.platform.pcpus for c in cpus)):
+            raise XenError(EINVAL, f"{name}: bad CPU set {list(cpus)} "
+                           f"(platform has {self.platform.pcpus} pCPUs)")
+        max_window_kb = config.get("max_window_kb")
+        if max_window_kb is None:
+            max_window_kb = max(MIN_WINDOW_MIB * 1024, int(config["max_memkb"]))
+        max_window_pages = max_window_kb * 1024 // os.sysconf("SC_PAGE_SIZE")
         if any(d.name == name and not d.dying for d in self.domains.values()):
             raise XenError(EINVAL, f"a domain named {name} already exists")
         if domid is None:
@@ -137,8 +202,7 @@ class Machine:
         physmap.add(Region(0, ram))
         dom = Domain(domid=domid, name=name, privileged=privileged, max_vcpus=vcpus,
                      max_pages=nr_pages, ram=ram, shared_info=shinfo, gnttab=gnttab,
-                     physmap=physmap, weight=weight)
-        cpus = config.get("cpus")
+                     physmap=physmap, weight=weight, max_window_pages=max_window_pages)
         for vcpu in range(vcpus):
             dom.affinity[vcpu] = tuple(cpus) if cpus is not None else None
         self.domains[domid] = dom
@@ -207,23 +271,59 @@ class Machine:
 
     def domain_ready(self, dom: Domain, vcpu_tids: list[int], announce: Any = None) -> None:
         """The kernel booted. `announce` is opaque to the hypervisor: what the
-        kernel tells its creator (e.g. its xenstore ring), passed through."""
+        kernel tells its creator (e.g. its xenstore ring), passed through.
+
+        `vcpu_tids` are the kernel's vCPU threads as it sees them (in its own
+        pid namespace, if it has one); each must be a thread of the domain's
+        own process, and is kept as the hypervisor sees it: those are the
+        threads it pins and renices."""
         if dom.ready:
             raise XenError(EINVAL, f"d{dom.domid} already reported ready")
         if len(vcpu_tids) != dom.max_vcpus:
             raise XenError(EINVAL, f"d{dom.domid} reported {len(vcpu_tids)} vCPUs, "
                            f"has {dom.max_vcpus}")
-        dom.vcpu_tids = [int(t) for t in vcpu_tids]
+        if len(set(vcpu_tids)) != len(vcpu_tids):
+            raise XenError(EINVAL, f"d{dom.domid} reported a thread twice")
+        own = thread_ids(dom.process.pid) if dom.process is not None else {}
+        strangers = [t for t in vcpu_tids if t not in own]
+        if strangers:
+            raise XenError(EINVAL, f"d{dom.domid} reported threads {strangers[:4]} "
+                           "that are not its own")
+        dom.vcpu_tids = [own[t] for t in vcpu_tids]
         for vcpu, cpus in dom.affinity.items():
             self.set_vcpu_affinity(dom, vcpu, cpus)
         # Its process may be a standby started long before it was this
         # domain's, at the hypervisor's nice: give its threads the domain's.
         self._apply_weight(dom)
         dom.ready = True
+        self.timers.cancel_where(k for k in self.timers.live
+                                 if k[0] == "boot" and k[1] == dom.domid)
         self.log(f"d{dom.domid} {dom.name}: kernel ready")
         if dom.pending_create is not None:
             token, dom.pending_create = dom.pending_create, None
             self.transport.reply(token, 0, {"domid": dom.domid, "announce": announce})
+
+    def arm_boot_deadline(self, dom: Domain, seconds: float | None = None) -> None:
+        """Destroy `dom` unless it reports ready within `seconds` of now (its
+        process was just started): its creator then gets ETIMEDOUT."""
+        seconds = DEFAULT_BOOT_TIMEOUT if seconds is None else seconds
+        self.timers.set(("boot", dom.domid, seconds),
+                        time.monotonic_ns() + int(seconds * 1_000_000_000))
+
+    def _boot_expired(self, domid: int, seconds: float) -> None:
+        dom = self.domains.get(domid)
+        if dom is None or dom.ready or dom.dying:
+            return
+        self.log(f"d{domid} {dom.name}: did not report ready within {seconds:g} s: "
+                 "destroyed")
+        token, dom.pending_create = dom.pending_create, None
+        if dom.process is not None and dom.process.alive:
+            dom.process.kill()
+        self._release(dom)
+        if token is not None:
+            tail = self.log_tail(dom.name)
+            self.transport.reply(token, -ETIMEDOUT, f"{dom.name} did not boot within "
+                                 f"{seconds:g} s{': ' + tail if tail else ''}")
 
     # -- vCPUs --------------------------------------------------------------
 
@@ -257,6 +357,10 @@ class Machine:
                 os.sched_setaffinity(dom.vcpu_tids[vcpu], host)
         except ProcessLookupError:
             pass  # the domain is gone: process_exited deals with that
+        except OSError as exc:
+            # Recorded (getvcpuaffinity reports it); the host said no.
+            self.log(f"d{dom.domid} {dom.name}: vCPU {vcpu} affinity {sorted(host)} "
+                     f"recorded, but the host refused it: {exc.strerror}")
 
     # -- scheduling weight (credit2) ------------------------------------------
 
@@ -363,8 +467,8 @@ class Machine:
     def _release_runtime(self, dom: Domain) -> None:
         """Drop what only a live domain needs: its maps and its timers."""
         self.grants.release_mapper(dom.gnttab)
-        for key in [k for k in self.timer_deadlines if k[0] == dom.domid]:
-            del self.timer_deadlines[key]  # its timers and watchdogs
+        # its timers, watchdogs and boot deadline
+        self.timers.cancel_where(k for k in self.timers.live if k[1] == dom.domid)
 
     def destroy(self, dom: Domain) -> None:
         dom.dying = True
@@ -386,6 +490,8 @@ class Machine:
             dom.memchan.close()
         dom.free(self.memory)
         self.domains.pop(dom.domid, None)
+        for kind in ("xen", "guest"):
+            self.log_limits.pop((dom.domid, kind), None)
 
     def halt(self, reason: str) -> None:
         if self.halted:
@@ -419,9 +525,19 @@ class Machine:
     # -- grant windows --------------------------------------------------------
 
     def add_window(self, dom: Domain, peer: int, nr_frames: int) -> Region:
+        """A grant window is charged to the domain that opens it, as Xen
+        charges grant frames and maptrack to their domain: at most
+        MAX_WINDOWS of them, and `dom.max_window_pages` pages in all (ENOMEM
+        past it, for this domain only), then to the platform's memory."""
         self.domain(peer)
         if not 1 <= nr_frames <= 4096:
             raise XenError(EINVAL, f"grant window of {nr_frames} frames")
+        if len(dom.windows) >= MAX_WINDOWS:
+            raise XenError(ENOSPC, f"d{dom.domid} already has {MAX_WINDOWS} grant windows")
+        if dom.window_pages + nr_frames > dom.max_window_pages:
+            raise XenError(ENOMEM, f"d{dom.domid}: a window of {nr_frames} pages would "
+                           f"take its windows past {dom.max_window_pages} pages "
+                           f"({dom.window_pages} in use)")
         window_id = self.next_window
         segment = self.memory.allocate(f"pyxen-{dom.name}-window{window_id}", nr_frames)
         self.next_window += 1
@@ -429,8 +545,8 @@ class Machine:
                         window_id=window_id)
         dom.physmap.add(region)
         dom.windows[window_id] = region
-        self.log(f"d{dom.domid}: grant window {window_id} for d{peer}, "
-                 f"{nr_frames} frames at gfn {region.gfn:#x}")
+        self.log_about(dom, f"d{dom.domid}: grant window {window_id} for d{peer}, "
+                       f"{nr_frames} frames at gfn {region.gfn:#x}")
         return region
 
     def close_window(self, dom: Domain, window_id: int) -> None:
@@ -441,16 +557,15 @@ class Machine:
         region = dom.windows.get(window_id)
         if region is None:
             raise XenError(EINVAL, f"d{dom.domid} has no grant window {window_id}")
-        for other in self.domains.values():
-            if any(m.region is region for m in other.gnttab.maptrack.values()):
-                raise XenError(EBUSY, f"grant window {window_id} is still mapped by "
-                               f"d{other.domid}")
+        if region.mapped:
+            raise XenError(EBUSY, f"grant window {window_id} is still mapped "
+                           f"(d{region.peer})")
         del dom.windows[window_id]
         dom.physmap.remove(region)
         for other in self.domains.values():
             other.known_windows.discard(window_id)
         self.memory.free(region.segment)
-        self.log(f"d{dom.domid}: grant window {window_id} closed")
+        self.log_about(dom, f"d{dom.domid}: grant window {window_id} closed")
 
     def pass_window(self, dom: Domain, window_id: int) -> None:
         """Hand `dom` the fd of a window, before the hypercall that names it
@@ -465,18 +580,14 @@ class Machine:
     # -- timers -------------------------------------------------------------
 
     def set_timer(self, dom: Domain, vcpu: int, deadline_ns: int) -> None:
-        key = (dom.domid, vcpu)
+        """set_timer_op: VIRQ_TIMER to `vcpu` at `deadline_ns`; 0 cancels."""
         if deadline_ns == 0:
-            self.timer_deadlines.pop(key, None)
-            return
-        self.timer_deadlines[key] = deadline_ns
-        self._timer_seq += 1
-        heapq.heappush(self.timers, (deadline_ns, self._timer_seq, dom.domid, vcpu))
+            self.timers.cancel(("virq", dom.domid, vcpu))
+        else:
+            self.timers.set(("virq", dom.domid, vcpu), deadline_ns)
 
     def watchdog(self, dom: Domain, wd_id: int, timeout_s: int) -> int:
-        """SCHEDOP_watchdog: id 0 creates one, a timeout pokes it, 0 removes it.
-
-        Watchdogs share the timer heap under negative keys (-id)."""
+        """SCHEDOP_watchdog: id 0 creates one, a timeout pokes it, 0 removes it."""
         if wd_id == 0:
             if timeout_s <= 0:
                 raise XenError(EINVAL, "a new watchdog needs a timeout")
@@ -488,10 +599,11 @@ class Machine:
             raise XenError(EINVAL, f"d{dom.domid} has no watchdog {wd_id}")
         if timeout_s <= 0:
             del dom.watchdogs[wd_id]
-            self.timer_deadlines.pop((dom.domid, -wd_id), None)
+            self.timers.cancel(("wd", dom.domid, wd_id))
             return 0
         dom.watchdogs[wd_id] = timeout_s
-        self.set_timer(dom, -wd_id, time.monotonic_ns() + timeout_s * 1_000_000_000)
+        self.timers.set(("wd", dom.domid, wd_id),
+                        time.monotonic_ns() + timeout_s * 1_000_000_000)
         return wd_id
 
     def _watchdog_expired(self, domid: int, wd_id: int) -> None:
@@ -499,26 +611,23 @@ class Machine:
         if dom is None or dom.shutdown_code is not None or wd_id not in dom.watchdogs:
             return
         if dom.paused:  # a paused domain cannot poke: wait for it to run again
-            self.set_timer(dom, -wd_id, time.monotonic_ns()
-                           + dom.watchdogs[wd_id] * 1_000_000_000)
+            self.timers.set(("wd", domid, wd_id), time.monotonic_ns()
+                            + dom.watchdogs[wd_id] * 1_000_000_000)
             return
         self.log(f"d{domid} {dom.name}: watchdog {wd_id} expired: the domain hangs")
         self.shutdown(dom, SHUTDOWN_watchdog, remote=True)
 
     def fire_timers(self, now_ns: int) -> int | None:
-        """Deliver due VIRQ_TIMERs and watchdogs; returns the next deadline."""
-        while self.timers and self.timers[0][0] <= now_ns:
-            deadline, _, domid, vcpu = heapq.heappop(self.timers)
-            if self.timer_deadlines.get((domid, vcpu)) == deadline:
-                del self.timer_deadlines[(domid, vcpu)]
-                if vcpu < 0:
-                    self._watchdog_expired(domid, -vcpu)
-                else:
-                    self.send_virq(domid, VIRQ_TIMER, vcpu)
-        while self.timers and self.timer_deadlines.get(
-                (self.timers[0][2], self.timers[0][3])) != self.timers[0][0]:
-            heapq.heappop(self.timers)  # cancelled or superseded
-        return self.timers[0][0] if self.timers else None
+        """Deliver due VIRQ_TIMERs, watchdogs and boot deadlines; returns the
+        next deadline."""
+        for kind, domid, arg in self.timers.pop_due(now_ns):
+            if kind == "virq":
+                self.send_virq(domid, VIRQ_TIMER, arg)
+            elif kind == "wd":
+                self._watchdog_expired(domid, arg)
+            elif kind == "boot":
+                self._boot_expired(domid, arg)
+        return self.timers.next_deadline()
 
     # -- information ----------------------------------------------------------
 

@@ -70,6 +70,7 @@ class Region:
     # Grant windows are shared with exactly one peer domain; RAM with none.
     peer: int | None = None
     window_id: int | None = None
+    mapped: int = 0  # how many grant mappings point into it, all mappers
 
     @property
     def end(self) -> int:

@@ -62,7 +62,8 @@ class World:
         self.doms: dict[int, GrantDomain] = {}
         self.segments = []
         self.messages: list[str] = []
-        self.grants = Grants(lookup=self.doms.get, log=self.messages.append)
+        self.grants = Grants(lookup=self.doms.get,
+                             log=lambda domid, msg: self.messages.append(msg))
 
     def add_domain(self, domid: int) -> GrantDomain:
         table = GrantTable(self.memory, domid, f"test-d{domid}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hypervisor.args import U16, U32, U64, Int, List, Maybe, Num, Str, Struct
 from hypervisor.dispatch import DEFERRED, PRIV, Call, hypercall
 from hypervisor.process import thread_stat
 from hypervisor.public.domctl import (
@@ -25,23 +26,32 @@ from hypervisor.public.xen import HYPERVISOR_domctl
 
 # What a toolstack may ask of a new domain (and nothing else: the loader's
 # private keys, like Dom0's extra fds, are not for hypercalls).
-CREATE_KEYS = ("name", "max_vcpus", "max_memkb", "kernel", "cmdline", "cpus")
+# boot_timeout: seconds the kernel has to report ready (else the domain is
+# destroyed and the caller gets ETIMEDOUT); max_window_kb: the most grant-
+# window memory the domain may hold (Xen's max_grant_frames, in kB).
+CREATE = Struct({"name": Str(64), "max_memkb": U64},
+                {"max_vcpus": Int(1, 128), "kernel": Str(256), "cmdline": Str(4096),
+                 "cpus": Maybe(List(U32, 1024, 1)), "boot_timeout": Num(0.001, 86400),
+                 "max_window_kb": U64})
+DOMAIN = Struct({"domain": U16})
+DOMAIN_VCPU = Struct({"domain": U16, "vcpu": U32})
 
 
 def _target(call: Call, args: dict):
-    return call.machine.domain(int(args["domain"]))
+    return call.machine.domain(args["domain"])
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_createdomain, PRIV)
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_createdomain, PRIV, args=CREATE)
 def createdomain(call: Call, args: dict):
-    """Build a domain and start its kernel; answers when the kernel is ready."""
-    config = {k: args[k] for k in CREATE_KEYS if k in args}
-    dom = call.machine.create_domain(config)
+    """Build a domain and start its kernel; answers when the kernel is ready,
+    or with ETIMEDOUT (the domain destroyed) past its boot deadline."""
+    dom = call.machine.create_domain(args)
     dom.pending_create = call.reply_to
+    call.machine.arm_boot_deadline(dom, args.get("boot_timeout"))
     return DEFERRED
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_destroydomain, PRIV)
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_destroydomain, PRIV, args=DOMAIN)
 def destroydomain(call: Call, args: dict):
     dom = _target(call, args)
     if dom.domid == 0:
@@ -49,7 +59,7 @@ def destroydomain(call: Call, args: dict):
     call.machine.destroy(dom)
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_pausedomain, PRIV)
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_pausedomain, PRIV, args=DOMAIN)
 def pausedomain(call: Call, args: dict):
     dom = _target(call, args)
     if dom is call.caller:
@@ -57,47 +67,50 @@ def pausedomain(call: Call, args: dict):
     call.machine.pause(dom)
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_unpausedomain, PRIV)
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_unpausedomain, PRIV, args=DOMAIN)
 def unpausedomain(call: Call, args: dict):
     call.machine.unpause(_target(call, args))
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_getdomaininfo, PRIV)
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_getdomaininfo, PRIV, args=DOMAIN)
 def getdomaininfo(call: Call, args: dict):
     return _target(call, args).info()
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_max_mem, PRIV)
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_max_mem, PRIV,
+           args=Struct({"domain": U16, "max_memkb": U64}))
 def max_mem(call: Call, args: dict):
     dom = _target(call, args)
-    pages = int(args["max_memkb"]) // 4
+    pages = args["max_memkb"] // 4
     if pages < dom.tot_pages:
         raise XenError(ENOMEM, f"d{dom.domid} already uses {dom.tot_pages} pages")
     dom.max_pages = pages
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_setvcpuaffinity, PRIV)
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_setvcpuaffinity, PRIV,
+           args=Struct({"domain": U16, "vcpu": U32},
+                       {"cpumap_hard": Maybe(List(U32, 1024, 1))}))
 def setvcpuaffinity(call: Call, args: dict):
     cpus = args.get("cpumap_hard")
-    call.machine.set_vcpu_affinity(_target(call, args), int(args["vcpu"]),
-                                   None if cpus is None else tuple(int(c) for c in cpus))
+    call.machine.set_vcpu_affinity(_target(call, args), args["vcpu"],
+                                   None if cpus is None else tuple(cpus))
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_getvcpuaffinity, PRIV)
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_getvcpuaffinity, PRIV, args=DOMAIN_VCPU)
 def getvcpuaffinity(call: Call, args: dict):
     dom = _target(call, args)
-    vcpu = int(args["vcpu"])
+    vcpu = args["vcpu"]
     if vcpu not in dom.affinity:
         raise XenError(EINVAL, f"d{dom.domid} has no vCPU {vcpu}")
     cpus = dom.affinity[vcpu]
     return {"cpumap_hard": None if cpus is None else list(cpus), "cpumap_soft": None}
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_getvcpuinfo, PRIV)
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_getvcpuinfo, PRIV, args=DOMAIN_VCPU)
 def getvcpuinfo(call: Call, args: dict):
     """vCPUs are the domain's threads: their CPU time and last CPU are real."""
     dom = _target(call, args)
-    vcpu = int(args["vcpu"])
+    vcpu = args["vcpu"]
     if not 0 <= vcpu < dom.max_vcpus:
         raise XenError(EINVAL, f"d{dom.domid} has no vCPU {vcpu}")
     proc = dom.process
@@ -115,24 +128,32 @@ def getvcpuinfo(call: Call, args: dict):
     }
 
 
-@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_scheduler_op, PRIV)
+# credit2's weight and cap are checked by value below (with their own
+# messages); the schema only makes them integers.
+CREDIT2 = Struct(optional={"weight": Int(-(1 << 31), U32.hi), "cap": Int(-(1 << 31), U32.hi)})
+
+
+@hypercall(HYPERVISOR_domctl, XEN_DOMCTL_scheduler_op, PRIV,
+           args=Struct({"domain": U16},
+                       {"sched_id": Int(-1, U32.hi), "cmd": Int(-1, U32.hi),
+                        "credit2": Maybe(CREDIT2)}))
 def scheduler_op(call: Call, args: dict):
     """struct xen_domctl_scheduler_op for credit2, pyxen's only scheduler:
     {"sched_id", "cmd", "credit2": {"weight", "cap"}} (the union member
     by its name). getinfo answers {"sched_id", "cmd", "credit2": {...}}."""
     dom = _target(call, args)
-    sched_id = int(args.get("sched_id", -1))
+    sched_id = args.get("sched_id", -1)
     if sched_id != XEN_SCHEDULER_CREDIT2:
         raise XenError(EINVAL, f"scheduler {sched_id} is not this machine's "
                        f"(credit2, {XEN_SCHEDULER_CREDIT2})")
-    cmd = int(args.get("cmd", -1))
+    cmd = args.get("cmd", -1)
     if cmd == XEN_DOMCTL_SCHEDOP_getinfo:
         return {"sched_id": sched_id, "cmd": cmd,
                 "credit2": {"weight": dom.weight, "cap": 0}}
     if cmd != XEN_DOMCTL_SCHEDOP_putinfo:
         raise XenError(EINVAL, f"credit2 has no scheduler_op command {cmd}")
     params = args.get("credit2") or {}
-    weight, cap = int(params.get("weight", 0)), int(params.get("cap", 0))
+    weight, cap = params.get("weight", 0), params.get("cap", 0)
     if cap != 0:
         # Refused rather than recorded: a cap nobody enforces would be a lie.
         raise XenError(EINVAL, f"cap {cap}: pyxen does not cap vCPUs (they are host "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hypervisor.args import U16, U32, Struct
 from hypervisor.dispatch import Call, hypercall
 from hypervisor.event_channel import Delivery
 from hypervisor.public.errno import EPERM, XenError
@@ -17,12 +18,15 @@ from hypervisor.public.event_channel import (
 from hypervisor.public.xen import DOMID_SELF, HYPERVISOR_event_channel_op
 
 
-def _dom(call: Call, domid) -> int:
-    domid = int(domid)
+def _dom(call: Call, domid: int) -> int:
     return call.caller.domid if domid == DOMID_SELF else domid
 
 
-@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_alloc_unbound)
+PORT = Struct({"port": U32})
+
+
+@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_alloc_unbound,
+           args=Struct({"remote_dom": U16}, {"dom": U16}))
 def alloc_unbound(call: Call, args: dict):
     dom = _dom(call, args.get("dom", DOMID_SELF))
     if dom != call.caller.domid and not call.caller.privileged:
@@ -32,46 +36,49 @@ def alloc_unbound(call: Call, args: dict):
     return {"port": port}
 
 
-@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_bind_interdomain)
+@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_bind_interdomain,
+           args=Struct({"remote_dom": U16, "remote_port": U32}))
 def bind_interdomain(call: Call, args: dict):
     me = call.caller.domid
     port = call.machine.evtchn.bind_interdomain(
-        me, _dom(call, args["remote_dom"]), int(args["remote_port"]))
+        me, _dom(call, args["remote_dom"]), args["remote_port"])
     call.caller.bitmap.reset(port)
     return {"local_port": port}
 
 
-@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_bind_virq)
+@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_bind_virq,
+           args=Struct({"virq": U32}, {"vcpu": U32}))
 def bind_virq(call: Call, args: dict):
-    port = call.machine.evtchn.bind_virq(call.caller.domid, int(args["virq"]),
-                                         int(args.get("vcpu", 0)),
+    port = call.machine.evtchn.bind_virq(call.caller.domid, args["virq"],
+                                         args.get("vcpu", 0),
                                          call.caller.max_vcpus)
     call.caller.bitmap.reset(port)
     return {"port": port}
 
 
-@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_close)
+@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_close, args=PORT)
 def close(call: Call, args: dict):
-    call.machine.evtchn.close(call.caller.domid, int(args["port"]))
+    call.machine.evtchn.close(call.caller.domid, args["port"])
 
 
-@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_send)
+@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_send, args=PORT)
 def send(call: Call, args: dict):
-    call.machine.deliver(call.machine.evtchn.send(call.caller.domid, int(args["port"])))
+    call.machine.deliver(call.machine.evtchn.send(call.caller.domid, args["port"]))
 
 
-@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_status)
+@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_status,
+           args=Struct({"port": U32}, {"dom": U16}))
 def status(call: Call, args: dict):
     dom = _dom(call, args.get("dom", DOMID_SELF))
     if dom != call.caller.domid and not call.caller.privileged:
         raise XenError(EPERM, "only a privileged domain reads another's ports")
-    return call.machine.evtchn.status(dom, int(args["port"]))
+    return call.machine.evtchn.status(dom, args["port"])
 
 
-@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_unmask)
+@hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_unmask, args=PORT)
 def unmask(call: Call, args: dict):
     """Unmask, and raise the upcall that arrived while the port was masked."""
-    port = int(args["port"])
+    port = args["port"]
     call.machine.evtchn.table(call.caller.domid).get(port)
     bitmap = call.caller.bitmap
     if bitmap.unmask(port):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hypervisor.args import NOTHING, U16, U32, Struct
 from hypervisor.dispatch import PRIV, Call, hypercall
 from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.sched import (
@@ -15,30 +16,32 @@ from hypervisor.public.xen import HYPERVISOR_sched_op
 
 
 def _reason(args: dict) -> int:
-    reason = int(args["reason"])
+    reason = args["reason"]
     if reason not in SHUTDOWN_NAMES:
         raise XenError(EINVAL, f"unknown shutdown reason {reason}")
     return reason
 
 
-@hypercall(HYPERVISOR_sched_op, SCHEDOP_shutdown)
+@hypercall(HYPERVISOR_sched_op, SCHEDOP_shutdown, args=Struct({"reason": U32}))
 def shutdown(call: Call, args: dict):
     call.machine.shutdown(call.caller, _reason(args))
 
 
-@hypercall(HYPERVISOR_sched_op, SCHEDOP_remote_shutdown, PRIV)
+@hypercall(HYPERVISOR_sched_op, SCHEDOP_remote_shutdown, PRIV,
+           args=Struct({"domain_id": U16, "reason": U32}))
 def remote_shutdown(call: Call, args: dict):
-    dom = call.machine.domain(int(args["domain_id"]))
+    dom = call.machine.domain(args["domain_id"])
     call.machine.shutdown(dom, _reason(args), remote=True)
 
 
-@hypercall(HYPERVISOR_sched_op, SCHEDOP_watchdog)
+@hypercall(HYPERVISOR_sched_op, SCHEDOP_watchdog,
+           args=Struct({"id": U32, "timeout": U32}))
 def watchdog(call: Call, args: dict):
     """Create (id 0), poke (a timeout) or remove (timeout 0) a watchdog;
     if one is not poked in time the domain is shut down (SHUTDOWN_watchdog)."""
-    return call.machine.watchdog(call.caller, int(args["id"]), int(args["timeout"]))
+    return call.machine.watchdog(call.caller, args["id"], args["timeout"])
 
 
-@hypercall(HYPERVISOR_sched_op, SCHEDOP_yield)
+@hypercall(HYPERVISOR_sched_op, SCHEDOP_yield, args=NOTHING)
 def yield_(call: Call, args):
     return None
