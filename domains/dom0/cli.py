@@ -160,7 +160,7 @@ def _simple(cmd: str, done: str | None = None):
 
 def _list(args) -> int:
     rows = _client(args).call("list", domain=args.domain)
-    print(format_list(rows), end="")
+    print(format_list(rows, verbose=args.verbose), end="")
     notes = [r for r in rows if r.get("note")]
     for row in notes if args.verbose else []:
         print(f"  {row['name']}: {row['note']}")
@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list domains (xl list)")
     p.add_argument("domain", nargs="?")
-    p.add_argument("-v", "--verbose", action="store_true", help="say why domains stopped")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="grant-window memory used/cap; why domains stopped")
     p.set_defaults(func=_list)
 
     sub.add_parser("info", help="machine information (xl info)").set_defaults(func=_info)

@@ -103,7 +103,8 @@ class Toolstack:
             arg = ";".join(uplink.to_arg() for uplink in config.uplinks)
             cmdline = f"{cmdline} uplink={arg}".strip()
         created = self.xc.domain_create(config.name, config.memory, config.vcpus,
-                                        kernel_for(config), cmdline, config.cpus)
+                                        kernel_for(config), cmdline, config.cpus,
+                                        config.boot_timeout, config.max_grant_window_memory)
         domid = created["domid"]
         if config.weight != DEFAULT_WEIGHT:
             # As libxl does once the domain is built: the weight is a
@@ -466,6 +467,8 @@ class Toolstack:
                 "name": dom.name if dom else info["name"],
                 "domid": info["domain"],
                 "mem_mib": info["tot_pages"] * 4 // 1024,
+                "window_mib": info.get("window_pages", 0) * 4 // 1024,
+                "max_window_mib": info.get("max_window_pages", 0) * 4 // 1024,
                 "vcpus": info["nr_online_vcpus"] or info["max_vcpu_id"] + 1,
                 "running": bool(flags & XEN_DOMINF_running),
                 "blocked": bool(flags & XEN_DOMINF_blocked),

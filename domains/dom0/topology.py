@@ -122,6 +122,8 @@ class DomainConfig:
     line: int
     uplinks: tuple[UplinkSpec, ...] = ()  # a net driver domain's bridges to host TAPs
     weight: int = DEFAULT_WEIGHT  # credit2 scheduling weight (xl.cfg `weight`)
+    boot_timeout: float = 30.0  # seconds its kernel has to report ready
+    max_grant_window_memory: int = 64  # MiB of grant windows it may hold
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, msgpack-able form (lists, dicts, scalars) for the toolstack's messages."""
@@ -153,9 +155,13 @@ class DomainConfig:
             d["restart_backoff"] = (float(first), float(cap))
         except (TypeError, ValueError) as e:
             raise ValueError(f"DomainConfig.from_dict: {e}") from None
-        for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line", "weight"):
+        for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line", "weight",
+                    "max_grant_window_memory"):
             if type(d[key]) is not int:
                 raise ValueError(f"DomainConfig.from_dict: {key} must be an int")
+        if type(d["boot_timeout"]) not in (int, float):
+            raise ValueError("DomainConfig.from_dict: boot_timeout must be a number")
+        d["boot_timeout"] = float(d["boot_timeout"])
         for key in ("name", "on_poweroff", "on_reboot", "on_crash", "on_watchdog", "workload", "extra", "source"):
             if not isinstance(d[key], str):
                 raise ValueError(f"DomainConfig.from_dict: {key} must be a str")
@@ -447,6 +453,14 @@ def _restart_limit(v: list[Any], ctx: _Ctx) -> tuple[int, float]:
     return (v[0], float(v[1]))
 
 
+def _seconds(lo: float, hi: float) -> Callable[[Any, _Ctx], float]:
+    def check(v: int | float, ctx: _Ctx) -> float:
+        if not lo < v <= hi:
+            raise _Invalid(f"must be more than {lo:g} and at most {hi:g} seconds, got {v}")
+        return float(v)
+    return check
+
+
 def _restart_backoff(v: list[Any], ctx: _Ctx) -> tuple[float, float]:
     if len(v) != 2 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
         raise _Invalid(f"expected [first, cap] in seconds such as [0.25, 8], got {v!r}")
@@ -479,6 +493,15 @@ _DOMAIN_KEYS: dict[str, _Key] = {
     # credit2's relative CPU share (xl.cfg(5) weight=WEIGHT); the hypercall
     # carries it as a uint16_t, and 0 there means "unchanged", not a weight.
     "weight": _Key((int,), DEFAULT_WEIGHT, _int_range(1, 65535)),
+    # Seconds the domain's kernel has to report ready after its process
+    # starts; past it the hypervisor destroys the domain (createdomain fails
+    # with ETIMEDOUT).
+    "boot_timeout": _Key((int, float), 30.0, _seconds(0, 86400)),
+    # MiB of grant windows (the pages it shares with its backends) the domain
+    # may hold, charged to it as Xen charges grant frames; a backend restart
+    # holds two windows for a moment. Default: max(64, memory).
+    "max_grant_window_memory": _Key((int,), _Derived(lambda v: max(64, v["memory"])),
+                                    _int_range(1, unit=" MiB")),
 }
 _DOM0_KEYS: dict[str, _Key] = {
     "memory": _Key((int,), 512, _int_range(16, unit=" MiB")),

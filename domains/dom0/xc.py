@@ -30,15 +30,22 @@ class XenCtrl:
         return self.hypercall(HYPERVISOR_sysctl, cmd, args)
 
     def domain_create(self, name: str, memory_mib: int, vcpus: int, kernel: str,
-                      cmdline: str, cpus: tuple[int, ...] | None) -> dict:
+                      cmdline: str, cpus: tuple[int, ...] | None,
+                      boot_timeout: float | None = None,
+                      max_window_mib: int | None = None) -> dict:
         """Create and boot a domain; returns once its kernel reports ready,
-        with its domid and what the kernel announced (its xenstore ring)."""
-        result = self.hypercall(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, {
-            "name": name, "max_memkb": memory_mib * 1024, "max_vcpus": vcpus,
-            "kernel": kernel, "cmdline": cmdline,
-            "cpus": list(cpus) if cpus is not None else None,
-        })
-        return result
+        with its domid and what the kernel announced (its xenstore ring).
+        ETIMEDOUT (the domain destroyed) if it is not ready in boot_timeout
+        seconds; max_window_mib caps its grant windows (the hypervisor's
+        default: max(64, memory))."""
+        args = {"name": name, "max_memkb": memory_mib * 1024, "max_vcpus": vcpus,
+                "kernel": kernel, "cmdline": cmdline,
+                "cpus": list(cpus) if cpus is not None else None}
+        if boot_timeout is not None:
+            args["boot_timeout"] = boot_timeout
+        if max_window_mib is not None:
+            args["max_window_kb"] = max_window_mib * 1024
+        return self.hypercall(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, args)
 
     def domain_destroy(self, domid: int) -> None:
         self._domctl(D.XEN_DOMCTL_destroydomain, domid)

@@ -66,21 +66,25 @@ def state_letters(flags: Mapping[str, Any]) -> str:
     )
 
 
-def format_list(rows: Iterable[Mapping[str, Any]]) -> str:
-    """``xl list``: rows are dicts {name, domid, mem_mib, vcpus, <state flags>, cpu_time}."""
-    out = [LIST_HEADER]
+def format_list(rows: Iterable[Mapping[str, Any]], verbose: bool = False) -> str:
+    """``xl list``: rows are dicts {name, domid, mem_mib, vcpus, <state flags>, cpu_time}.
+
+    ``verbose`` (``list -v``) adds pyxen's column of grant-window memory each
+    domain holds against its cap (rows' ``window_mib`` / ``max_window_mib``).
+    """
+    out = [LIST_HEADER + ("\tWindows(MiB)" if verbose else "")]
     for row in rows:
-        out.append(
-            "%-40s %5d %5d %5d     %s  %8.1f"
-            % (
-                row["name"],
-                row["domid"],
-                row["mem_mib"],
-                row["vcpus"],
-                state_letters(row),
-                float(row.get("cpu_time", 0.0)),
-            )
+        line = "%-40s %5d %5d %5d     %s  %8.1f" % (
+            row["name"],
+            row["domid"],
+            row["mem_mib"],
+            row["vcpus"],
+            state_letters(row),
+            float(row.get("cpu_time", 0.0)),
         )
+        if verbose:
+            line += "  %12s" % f"{row.get('window_mib', 0)}/{row.get('max_window_mib', 0)}"
+        out.append(line)
     return "\n".join(out) + "\n"
 
 
