@@ -300,3 +300,186 @@ def disk_flush_on_cue(kernel) -> None:
     disk.flush()
     kernel.log.info("flush acked")
     threading.Event().wait()
+
+
+# -- hostile guests: the hypervisor's boundary ---------------------------------
+
+
+def _raw_hypercall(kernel, payload: bytes):
+    """Send bytes on our hypercall channel as they are; the decoded answer."""
+    import msgpack
+    import zmq
+
+    sock = kernel.ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(kernel.start_info["hypercall"])
+    try:
+        sock.send(payload)
+        return msgpack.unpackb(sock.recv())
+    finally:
+        sock.close()
+
+
+def _rc_name(fn) -> str:
+    try:
+        fn()
+    except XenError as exc:
+        return exc.name
+    except Exception as exc:  # noqa: BLE001  (reported, for the test to see)
+        return type(exc).__name__
+    return "ok"
+
+
+def malformed_hypercalls(kernel) -> None:
+    """A burst of hypercalls that each killed the hypervisor once, and then
+    some; it reports what each got. Run with vcpus = 2."""
+    import math
+    import random
+
+    import msgpack
+
+    from hypervisor.public.event_channel import EVTCHNOP_status
+    from hypervisor.public.grant_table import GNTTABOP_map_grant_ref
+    from hypervisor.public.xen import (
+        HYPERVISOR_event_channel_op,
+        HYPERVISOR_grant_table_op,
+        HYPERVISOR_xen_version,
+        PYXEN_op_ready,
+    )
+
+    hc = kernel.hypercall
+    me = threading.get_native_id()
+    # Before the real ready: one that would pin thread 2**40, one whose
+    # announce is a list (passed on to Dom0's toolstack).
+    report = {
+        "ready_tid_2_40": _rc_name(lambda: hc(HYPERVISOR_pyxen_op, PYXEN_op_ready,
+                                              {"vcpu_tids": [me, 2**40]})),
+        "ready_announce_list": _rc_name(lambda: hc(
+            HYPERVISOR_pyxen_op, PYXEN_op_ready,
+            {"vcpu_tids": [me, kernel.vcpus[0].native_id], "announce": [1, 2]})),
+    }
+    kernel.ready()
+    report.update({
+        "status_none": _rc_name(lambda: hc(HYPERVISOR_event_channel_op, EVTCHNOP_status,
+                                           None)),
+        "map_op_int": _rc_name(lambda: hc(HYPERVISOR_grant_table_op,
+                                          GNTTABOP_map_grant_ref, [5])),
+        "vcpu_inf": _rc_name(lambda: hc(HYPERVISOR_xen_version, 0, None, math.inf)),
+    })
+    rng = random.Random(12)
+    answered = refused = 0
+    for i in range(300):
+        choice = i % 4
+        if choice == 0:
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+        elif choice == 1:
+            payload = b"\xdd\xff\xff\xff\xff" + b"\x00" * rng.randrange(16)
+        elif choice == 2:
+            payload = msgpack.packb([rng.randrange(70), rng.randrange(40),
+                                     rng.choice([None, 1, "x", [1], {"port": -1}, 2.5]),
+                                     rng.choice([0, -1, 7, 1e300])])
+        else:
+            payload = b"\x91" * 4000 + b"\xc0"
+        rc, _ = _raw_hypercall(kernel, payload)
+        answered += 1
+        refused += rc < 0
+    report["garbage_answered"] = answered
+    report["garbage_refused"] = refused
+    report["still_served"] = hc(HYPERVISOR_xen_version, 0) >> 16
+    _send(kernel.args["out"], report)
+    threading.Event().wait()
+
+
+def timer_on_cue(kernel) -> None:
+    """Once cued: sleep on the virtual timer and report (the hypervisor serves it)."""
+    kernel.ready()
+    _recv(kernel.args["cue"])
+    start = time.monotonic()
+    kernel.sleep(0.05)
+    _send(kernel.args["out"], {"slept": time.monotonic() - start >= 0.05})
+    threading.Event().wait()
+
+
+def oversized_hypercall(kernel) -> None:
+    """One hypercall of 64 MiB: the hypervisor must drop it unread."""
+    import zmq
+    from zmq.utils.monitor import recv_monitor_message
+
+    from hypervisor.public.xen import HYPERVISOR_xen_version
+
+    kernel.ready()
+    _recv(kernel.args["cue"])  # the test has read the hypervisor's peak memory
+    sock = kernel.ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    sock.connect(kernel.start_info["hypercall"])
+    size = 64 << 20
+    payload = bytearray(size + 16)  # zero pages: costs us nothing until touched
+    header = b"\x94\x11\x00\xc6" + size.to_bytes(4, "big")  # [17, 0, bin32 ..., 0]
+    payload[:len(header)] = header  # then the bin's bytes, then vcpu 0: all zeros
+    sock.send(memoryview(payload)[:len(header) + size + 1], copy=False)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
+    outcome = "nothing"
+    for ready, _ in poller.poll(60_000):  # one of the two happens first
+        if ready is monitor and recv_monitor_message(monitor)["event"] == \
+                zmq.EVENT_DISCONNECTED:
+            outcome = "disconnected"
+        elif ready is sock:
+            outcome = "answered"
+    sock.disable_monitor()
+    monitor.close()
+    sock.close()
+    _send(kernel.args["out"], {"outcome": outcome,
+                               "after": _rc_name(lambda: kernel.hypercall(
+                                   HYPERVISOR_xen_version, 0))})
+    threading.Event().wait()
+
+
+def foreign_tids(kernel) -> None:
+    """Report another process's thread as our vCPU 1 (run with vcpus = 2)."""
+    from hypervisor.public.xen import PYXEN_op_ready
+
+    victim = int(kernel.args["victim"])
+    report = {"foreign": _rc_name(lambda: kernel.hypercall(
+        HYPERVISOR_pyxen_op, PYXEN_op_ready,
+        {"vcpu_tids": [threading.get_native_id(), victim]}))}
+    report["ready"] = _rc_name(kernel.ready)
+    _send(kernel.args["out"], report)
+    threading.Event().wait()
+
+
+def never_ready(kernel) -> None:
+    """A kernel that boots and never says so."""
+    threading.Event().wait()
+
+
+def window_hog(kernel) -> None:
+    """Open grant windows of `frames` pages until the hypervisor says no."""
+    kernel.ready()
+    frames = int(kernel.args.get("frames", "1024"))
+    opened = 0
+    error = "none"
+    while opened < 1000:
+        try:
+            kernel.gnttab.open_window(0, frames)
+        except XenError as exc:
+            error = exc.name
+            break
+        opened += 1
+    _send(kernel.args["out"], {"opened": opened, "error": error})
+    threading.Event().wait()
+
+
+def console_flood(kernel) -> None:
+    """Lines on the hypervisor's console that pretend to be the hypervisor's,
+    with terminal escapes, as fast as it takes them."""
+    from hypervisor.public.xen import CONSOLEIO_write, HYPERVISOR_console_io
+
+    kernel.ready()
+    forged = "\x1b[2J\x1b]0;pwned\x07(XEN) [2026-01-01 00:00:00] d0 Domain-0: FORGED\r\n"
+    for _ in range(500):
+        kernel.hypercall(HYPERVISOR_console_io, CONSOLEIO_write, {"buf": forged})
+    _send(kernel.args["out"], {"written": 500})
+    threading.Event().wait()
