@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -109,7 +109,7 @@ def make_logger(path: Path, json_lines: bool = False, max_bytes: int = LOG_MAX_B
     renderer = (structlog.processors.JSONRenderer() if json_lines
                 else structlog.dev.ConsoleRenderer(colors=False))
     return structlog.wrap_logger(
-        structlog.WriteLogger(RotatingFile(path, max_bytes, backups)),
+        structlog.WriteLogger(cast(TextIO, RotatingFile(path, max_bytes, backups))),
         processors=[structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso"), renderer],
     ).bind(component="xen")

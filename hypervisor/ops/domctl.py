@@ -29,7 +29,7 @@ from hypervisor.public.xen import HYPERVISOR_domctl
 # boot_timeout: seconds the kernel has to report ready (else the domain is
 # destroyed and the caller gets ETIMEDOUT); max_window_kb: the most grant-
 # window memory the domain may hold (Xen's max_grant_frames, in kB).
-CREATE = Struct({"name": Str(64), "max_memkb": U64},
+CREATE = Struct({"name": Str(128), "max_memkb": U64},
                 {"max_vcpus": Int(1, 128), "kernel": Str(256), "cmdline": Str(4096),
                  "cpus": Maybe(List(U32, 1024, 1)), "boot_timeout": Num(0.001, 86400),
                  "max_window_kb": U64})
