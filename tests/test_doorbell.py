@@ -336,3 +336,33 @@ def test_a_full_memory_channel_means_no_doorbell_not_a_lost_event(system) -> Non
     binder.events.send(local)
     assert binder.sends == 1  # the hypercall: the event is marked pending
     assert system.machine.domains[owner.domid].bitmap.is_pending(port)
+
+
+def test_rings_waiting_on_a_replaced_end_are_still_delivered(system) -> None:
+    owner, binder = system.add("owner"), system.add("binder")
+    seen = Seen()
+    p_owner, p_binder = connect(owner, binder, seen)
+    hold, release = threading.Event(), threading.Event()
+    blocker = owner.events.alloc_unbound(binder.domid)
+    owner.events.bind(blocker, lambda port: (hold.set(), release.wait(5)))
+    blocker_b = binder.events.bind_interdomain(owner.domid, blocker)
+    binder.events.send(blocker_b)
+    assert hold.wait(5)  # the owner's loop is held: rings wait on its end
+    old = owner.events.doorbells.ends[binder.domid]
+    try:
+        binder.events.send(p_binder)  # queued on the old end
+        # The hypervisor believes the binder lost its end: the next bind
+        # hands both a new pair, and the owner will retire the old one.
+        system.machine.doorbells.held[binder.domid].discard(owner.domid)
+        q_owner = owner.events.alloc_unbound(binder.domid)
+        owner.events.bind(q_owner, seen)
+        q_binder = binder.events.bind_interdomain(owner.domid, q_owner)
+        assert binder.events.doorbells.ends[owner.domid] is not None
+    finally:
+        release.set()
+    binder.events.send(q_binder)  # on the new pair
+    assert seen.wait(2)
+    assert sorted(seen.ports) == sorted([p_owner, q_owner])
+    assert owner.events.doorbells.ends[binder.domid] is not old
+    assert binder.sends == 0 and owner.events.drops.total == 0
+    _wait_closed(owner, old)

@@ -295,7 +295,9 @@ class EventChannels:
     def _close_retired(self) -> None:
         while self._retired:
             peer, end = self._retired.pop()
-            self._rings_from(peer, end, limit=NR_DRAIN)
+            # What a peer rang before it died or we moved on: delivered if
+            # still bound to it, dropped silently if not (not forged).
+            self._rings_from(peer, end, limit=NR_DRAIN, count_drops=False)
             end.close()
 
     def _take_control(self) -> bool:
@@ -364,10 +366,11 @@ class EventChannels:
         for sock in (self._pull, self._stop):
             sock.close()
 
-    def _rings_from(self, peer: int, end: socket.socket, limit: int = NR_COALESCE) -> None:
+    def _rings_from(self, peer: int, end: socket.socket, limit: int = NR_COALESCE,
+                    count_drops: bool = True) -> None:
         """Run the ports `peer` rang on its end (at most `limit` rings read),
         each once (like a pending bit, rings that came while we were busy
-        coalesce), and only those bound to it."""
+        coalesce), and only those bound to it; the others are dropped."""
         peers, channel = self.peers, self.memchan
         for port in take(end, limit):
             if not accepts(peers, peer, port):
@@ -377,7 +380,8 @@ class EventChannels:
                     channel.pump()
                     channel = None  # once per batch
                 if not accepts(peers, peer, port):
-                    self.drops(peer, port)
+                    if count_drops:
+                        self.drops(peer, port)
                     continue
             self._dispatch_port(port, from_hypervisor=False)
 
