@@ -102,6 +102,10 @@ class EventChannels:
         # the upcall thread's alone.
         self._control: deque = deque()
         self._fd_handlers: dict[int, FdHandler] = {}
+        # Doorbell ends polled: fd -> (peer, end). Read before the fds
+        # above in each turn, as a driver's handler of its fd may want
+        # what the peer rang (a tx ring with room again).
+        self._bells: dict[int, tuple[int, socket.socket]] = {}
         self._poller: zmq.Poller | None = None
         self._stopped = False
         self.thread = threading.Thread(target=self._upcall_loop, name="upcall",
@@ -258,17 +262,17 @@ class EventChannels:
 
     def _apply(self, change: tuple) -> None:
         what, fd, handler = change
+        poller = self._poller
         if what == "bell":  # (peer, its end): poll it for the peer's rings
             peer, end = fd, handler
-            fd = end.fileno()
-            handler = lambda _fd, peer=peer, end=end: self._rings_from(peer, end)  # noqa: E731
-            what = "watch"
+            if end.fileno() >= 0 and end.fileno() not in self._bells:
+                self._bells[end.fileno()] = (peer, end)
+                if poller is not None:
+                    poller.register(end.fileno(), zmq.POLLIN)
         elif what == "retire":  # (peer, its end): out of use
             peer, end = fd, handler
             self._retire(peer, end)
-            return
-        poller = self._poller
-        if what == "watch":
+        elif what == "watch":
             if fd not in self._fd_handlers and poller is not None:
                 poller.register(fd, zmq.POLLIN)
             self._fd_handlers[fd] = handler
@@ -281,7 +285,7 @@ class EventChannels:
         at the end of the loop's turn, and the end closed."""
         if end.fileno() < 0:
             return
-        if self._fd_handlers.pop(end.fileno(), None) is not None and self._poller is not None:
+        if self._bells.pop(end.fileno(), None) is not None and self._poller is not None:
             self._poller.unregister(end.fileno())
         try:
             end.shutdown(socket.SHUT_RD)
@@ -328,9 +332,9 @@ class EventChannels:
         memchan = channel.fileno() if channel is not None else None
         if memchan is not None:
             poller.register(memchan, zmq.POLLIN)
-        for fd in self._fd_handlers:
+        for fd in [*self._bells, *self._fd_handlers]:
             poller.register(fd, zmq.POLLIN)
-        fd_handlers = self._fd_handlers
+        fd_handlers, bells = self._fd_handlers, self._bells
         while True:
             ready = dict(poller.poll())
             if self._stop in ready and not self._take_control():
@@ -343,9 +347,18 @@ class EventChannels:
                     memchan = None
             if len(ready) > (self._stop in ready) + (self._pull in ready) \
                     + (memchan in ready):
+                others = []
                 for fd in ready:
+                    if type(fd) is not int:
+                        continue
+                    bell = bells.get(fd)
+                    if bell is not None:
+                        self._rings_from(*bell)
+                    else:
+                        others.append(fd)
+                for fd in others:
                     # A handler run before may have unwatched it.
-                    handler = fd_handlers.get(fd) if type(fd) is int else None
+                    handler = fd_handlers.get(fd)
                     if handler is None:
                         continue
                     try:
