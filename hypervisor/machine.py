@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-
 from hypervisor.credit2 import (
     DEFAULT_WEIGHT,
     MAX_WEIGHT,
