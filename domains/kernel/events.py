@@ -335,28 +335,35 @@ class EventChannels:
         for fd in [*self._bells, *self._fd_handlers]:
             poller.register(fd, zmq.POLLIN)
         fd_handlers, bells = self._fd_handlers, self._bells
+        stop, pull, rings_from = self._stop, self._pull, self._rings_from
         while True:
             ready = dict(poller.poll())
-            if self._stop in ready and not self._take_control():
-                break
-            if self._pull in ready:
-                self._dispatch(self._pull.recv(), from_hypervisor=True)
+            left = len(ready)
+            if stop in ready:
+                if not self._take_control():
+                    break
+                left -= 1
+            if pull in ready:
+                self._dispatch(pull.recv(), from_hypervisor=True)
+                left -= 1
             if memchan in ready and channel is not None:
+                left -= 1
                 if not channel.pump():
                     poller.unregister(memchan)  # the hypervisor is gone
                     memchan = None
-            if len(ready) > (self._stop in ready) + (self._pull in ready) \
-                    + (memchan in ready):
-                others = []
+            if left:
+                others = None
                 for fd in ready:
                     if type(fd) is not int:
                         continue
                     bell = bells.get(fd)
                     if bell is not None:
-                        self._rings_from(*bell)
+                        rings_from(bell[0], bell[1])
+                    elif others is None:
+                        others = [fd]
                     else:
                         others.append(fd)
-                for fd in others:
+                for fd in others or ():
                     # A handler run before may have unwatched it.
                     handler = fd_handlers.get(fd)
                     if handler is None:
@@ -386,7 +393,8 @@ class EventChannels:
         coalesce), and only those bound to it; the others are dropped."""
         peers, channel = self.peers, self.memchan
         for port in take(end, limit):
-            if not accepts(peers, peer, port):
+            bound = peers.get(port)  # accepts(), inline: this is the hot path
+            if bound is None or bound[0] != peer:
                 if channel is not None:
                     # Its binding may be on the memory channel still: the
                     # hypervisor told us before the peer could ring.
