@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from dataclasses import dataclass, field
 
 from hypervisor.credit2 import DEFAULT_WEIGHT
 from hypervisor.event_channel import EventBitmap
 from hypervisor.grant_table import GrantDomain, GrantTable
+from hypervisor.memchan import MemChannel
 from hypervisor.memory import Physmap, PlatformMemory, Region, Segment
 from hypervisor.process import DomainProcess
 from hypervisor.public.domctl import (
@@ -50,7 +50,7 @@ class Domain:
     watchdogs: dict[int, int] = field(default_factory=dict)  # id -> timeout (s)
     # Windows whose fd this domain already holds (its own and its peers').
     known_windows: set[int] = field(default_factory=set)
-    memchan: socket.socket | None = None  # passes segment fds to the domain
+    memchan: MemChannel | None = None  # passes fds to the domain (windows, doorbells)
     # (reply address of the createdomain caller) while the kernel boots
     pending_create: object | None = None
 

@@ -137,9 +137,11 @@ class EventChannels:
         table.virqs[(virq, vcpu)] = port
         return port
 
-    def close(self, dom: int, port: int) -> None:
+    def close(self, dom: int, port: int) -> tuple[int, int] | None:
+        """Close a port; returns the peer's (domid, port) it unbound, if any."""
         table = self.table(dom)
         chn = table.get(port)
+        unbound = None
         if chn.state == EVTCHNSTAT_interdomain:
             # The peer's end goes back to waiting for a connection from us.
             peer = self.tables.get(chn.remote_dom)
@@ -148,7 +150,9 @@ class EventChannels:
                 if pchn is not None and pchn.state == EVTCHNSTAT_interdomain:
                     pchn.state = EVTCHNSTAT_unbound
                     pchn.remote_dom, pchn.remote_port = dom, 0
+                    unbound = (chn.remote_dom, chn.remote_port)
         table.free(port)
+        return unbound
 
     def send(self, dom: int, port: int) -> Delivery | None:
         chn = self.table(dom).get(port)

@@ -70,13 +70,11 @@ class ZmqTransport:
         self.by_push: dict[zmq.Socket, int] = {}
 
     def endpoints(self, domid: int) -> dict[str, str]:
-        """The domain's channels. It binds its doorbell itself, a Unix
-        datagram socket's path (peers ring it directly, see
-        domains/kernel/doorbell.py); the rest are ours."""
+        """The domain's channels. Doorbells are not among them: they have no
+        name, the hypervisor hands their ends over at bind time
+        (hypervisor/doorbell.py)."""
         return {"hypercall": f"ipc://{self.dir}/{domid}.hc",
-                "upcall": f"ipc://{self.dir}/{domid}.up",
-                "doorbell": f"{self.dir}/{domid}.bell",
-                "doorbell_template": f"{self.dir}/{{domid}}.bell"}
+                "upcall": f"ipc://{self.dir}/{domid}.up"}
 
     def attach(self, dom: Domain) -> None:
         ends = self.endpoints(dom.domid)
@@ -115,8 +113,8 @@ class ZmqTransport:
             del self.by_push[push]
             push.close()
         ends = self.endpoints(dom.domid)
-        for key in ("hypercall", "upcall", "doorbell"):
-            Path(ends[key].removeprefix("ipc://")).unlink(missing_ok=True)
+        for end in ends.values():
+            Path(end.removeprefix("ipc://")).unlink(missing_ok=True)
 
     def upcall(self, domid: int, port: int) -> None:
         push = self.pushes.get(domid)

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import msgpack
-
 from hypervisor.credit2 import (
     DEFAULT_WEIGHT,
     MAX_WEIGHT,
@@ -26,8 +24,10 @@ from hypervisor.credit2 import (
     weight_to_nice,
 )
 from hypervisor.domain import SHARED_INFO_PAGES, Domain
+from hypervisor.doorbell import DoorbellBroker
 from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
+from hypervisor.memchan import MemChannel
 from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
 from hypervisor.process import DomainProcess, StandbyPool
 from hypervisor.public.errno import (
@@ -40,6 +40,7 @@ from hypervisor.public.errno import (
     ETIMEDOUT,
     XenError,
 )
+from hypervisor.public.grant_table import GNTST_eagain, GNTST_general_error
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash, SHUTDOWN_watchdog
 from hypervisor.public.xen import VIRQ_DOM_EXC, VIRQ_TIMER
 from hypervisor.tasks import thread_ids
@@ -85,6 +86,7 @@ class Machine:
         self.memory = PlatformMemory(platform.memory)
         self.evtchn = EventChannels()
         self.grants = Grants(lookup=self._grant_lookup, log=self._grant_log)
+        self.doorbells = DoorbellBroker(self._memchan_of)
         self.domains: dict[int, Domain] = {}
         self.next_domid = 1
         self.next_window = 1
@@ -143,6 +145,10 @@ class Machine:
         if dom is None:
             raise XenError(ESRCH, f"no domain {domid}")
         return dom
+
+    def _memchan_of(self, domid: int) -> MemChannel | None:
+        dom = self.domains.get(domid)
+        return dom.memchan if dom is not None and not dom.dying else None
 
     def _grant_lookup(self, domid: int) -> GrantDomain | None:
         dom = self.domains.get(domid)
@@ -218,7 +224,7 @@ class Machine:
 
     def _spawn(self, dom: Domain, config: dict) -> None:
         hv_end, dom_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        dom.memchan = hv_end
+        dom.memchan = MemChannel(hv_end)
         fds = {
             "ram": dom.ram.fd,
             "shared_info": dom.shared_info.fd,
@@ -484,6 +490,7 @@ class Machine:
         self.transport.detach(dom)
         self._release_runtime(dom)
         self.evtchn.remove_domain(dom.domid)
+        self.doorbells.forget(dom.domid)
         if dom.process is not None:
             dom.process.close()
         if dom.memchan is not None:
@@ -567,15 +574,40 @@ class Machine:
         self.memory.free(region.segment)
         self.log_about(dom, f"d{dom.domid}: grant window {window_id} closed")
 
+    def open_window(self, dom: Domain, peer: int, nr_frames: int) -> Region:
+        """PYXEN_op_grant_window: a new window, its fd handed to `dom`; when
+        that cannot be done (its memory channel is full or closed), the
+        window is given back and the errno is the caller's."""
+        region = self.add_window(dom, peer, nr_frames)
+        try:
+            self.pass_window(dom, region.window_id)
+        except XenError:
+            self.close_window(dom, region.window_id)
+            raise
+        return region
+
     def pass_window(self, dom: Domain, window_id: int) -> None:
         """Hand `dom` the fd of a window, before the hypercall that names it
-        is answered, so the kernel finds the fd waiting on its channel."""
+        is answered, so the kernel finds the fd waiting on its channel.
+        Never waits: XenError (EBUSY, ENOTCONN) when it cannot be queued."""
         owner = next(d for d in self.domains.values() if window_id in d.windows)
         region = owner.windows[window_id]
-        meta = msgpack.packb({"window": window_id, "owner": owner.domid,
-                              "gfn": region.gfn, "nr_frames": region.segment.nr_pages})
-        socket.send_fds(dom.memchan, [meta], [region.segment.fd])
+        dom.memchan.send({"tag": "window", "window": window_id, "owner": owner.domid,
+                          "gfn": region.gfn, "nr_frames": region.segment.nr_pages},
+                         [region.segment.fd])
         dom.known_windows.add(window_id)
+
+    def pass_mapped_window(self, dom: Domain, result: dict) -> dict:
+        """A map of a grant in a window `dom` has no fd of: hand it over, or
+        undo the map (GNTST_eagain while its memory channel is full,
+        GNTST_general_error once it is closed)."""
+        try:
+            self.pass_window(dom, result["window"])
+        except XenError as exc:
+            self.grants.unmap_grant_ref(dom.domid, {"handle": result["handle"]})
+            return {"status": GNTST_eagain if exc.errno == EBUSY else GNTST_general_error,
+                    "handle": -1}
+        return result
 
     # -- timers -------------------------------------------------------------
 

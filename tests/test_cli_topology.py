@@ -40,8 +40,8 @@ def test_toml_syntax_error_names_the_line(system):
 
 
 def test_a_run_dir_too_long_for_its_sockets_is_refused(system):
-    # Its longest socket, hv/65535.bell, would not fit in sockaddr_un.
-    long_dir = system.run_dir / ("d" * (100 - len(str(system.run_dir)) - len("/hv/65535.bell")
+    # Its longest socket, hv/65535.hc, would not fit in sockaddr_un.
+    long_dir = system.run_dir / ("d" * (100 - len(str(system.run_dir)) - len("/hv/65535.hc")
                                         + 1))
     proc = system.cli("--run-dir", str(long_dir), "boot", "--detach", check=False)
     assert proc.returncode == 1

@@ -24,10 +24,7 @@ class Log:
 def events(tmp_path):
     ctx = zmq.Context()
     n = id(ctx)
-    ev = EventChannels(None, ctx, {"upcall": f"inproc://up-{n}",
-                                   "doorbell": f"{tmp_path}/1.bell",
-                                   "doorbell_template": f"{tmp_path}/{{domid}}.bell"},
-                       bytearray(8192), Log())
+    ev = EventChannels(None, ctx, {"upcall": f"inproc://up-{n}"}, bytearray(8192), Log())
     yield ev
     ev.stop()
     ctx.term()

@@ -16,7 +16,8 @@ from domains.kernel.gnttab import GrantStatusError
 from domains.kernel.xenbus.client import XsError
 from hypervisor.public.errno import XenError
 from hypervisor.public.grant_table import GNTST_okay
-from hypervisor.public.xen import HYPERVISOR_pyxen_op, PAGE_SIZE, PYXEN_op_close_window
+from hypervisor.public.xen import (HYPERVISOR_pyxen_op, HYPERVISOR_xen_version, PAGE_SIZE,
+                                   PYXEN_op_close_window)
 
 
 def _send(path: str, obj) -> None:
@@ -386,6 +387,110 @@ def malformed_hypercalls(kernel) -> None:
     report["garbage_answered"] = answered
     report["garbage_refused"] = refused
     report["still_served"] = hc(HYPERVISOR_xen_version, 0) >> 16
+
+
+# -- hostile guests: doorbells and the memory channel --------------------------------
+
+
+def doorbell_victim(kernel) -> None:
+    """Offers the forger one port, and has others it must not be able to
+    raise: a port unbound (for Dom0) and a VIRQ. Counts what each handler
+    saw; the forger's ring on its own port, last, ends the count."""
+    from hypervisor.public.xen import VIRQ_DEBUG
+
+    kernel.ready()
+    forger = _recv(kernel.args["hello"])["domid"]
+    counts = {"mine": 0, "unbound": 0, "virq": 0}
+    done = threading.Event()
+
+    def count(what: str, last: bool = False):
+        def handler(port: int) -> None:
+            counts[what] += 1
+            if last:
+                done.set()
+        return handler
+
+    mine = kernel.events.alloc_unbound(forger)
+    kernel.events.bind(mine, count("mine", last=True))
+    unbound = kernel.events.alloc_unbound(0)
+    kernel.events.bind(unbound, count("unbound"))
+    kernel.events.bind_virq(VIRQ_DEBUG, count("virq"))
+    _send(kernel.args["offer"], {"domid": kernel.domid, "port": mine})
+    done.wait()
+    drops = getattr(kernel.events, "drops", None)
+    _send(kernel.args["out"], {**counts, "dropped": drops.total if drops else None})
+    threading.Event().wait()
+
+
+def _forge_by_path(run_dir: str, ports: range) -> list[str]:
+    """Every socket in the run directory that takes a datagram: ring each
+    port of it (a doorbell at a path anyone may open)."""
+    import os
+    import select
+    import socket
+    import stat
+    import struct
+
+    taken = []
+    for root, _dirs, files in os.walk(run_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                    continue
+            except OSError:
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.setblocking(False)
+                try:
+                    sock.connect(path)
+                    sock.send(struct.pack("<I", ports[0]))
+                except OSError:
+                    continue  # not a datagram socket, or nobody there
+                taken.append(path)
+                for port in ports[1:]:
+                    try:
+                        sock.send(struct.pack("<I", port))
+                    except BlockingIOError:
+                        if not select.select([], [sock], [], 1)[1]:
+                            break  # it does not read: enough
+                    except OSError:
+                        break
+    return taken
+
+
+def doorbell_forger(kernel) -> None:
+    """Tries to raise events it has no right to: at any doorbell path in the
+    run directory, then through the doorbell ends it legitimately holds
+    (to the victim, which offered it one port, and to Dom0, whose console
+    and xenstore channels are bound to it) on every port but its own."""
+    import select
+
+    kernel.ready()
+    # (Inside a sandbox the run directory may not even be there.)
+    run_dir = kernel.start_info.get("run_dir", "/nonexistent")
+    report = {"accepted_paths": _forge_by_path(run_dir, range(1, 4096))}
+    _send(kernel.args["hello"], {"domid": kernel.domid})
+    offer = _recv(kernel.args["offer"])
+    victim = offer["domid"]
+    local = kernel.events.bind_interdomain(victim, offer["port"])
+    bells = kernel.events.doorbells
+
+    def forge(domid: int, ports) -> int:
+        sent = 0
+        for port in ports:
+            while not bells.ring(domid, port):
+                end = getattr(bells, "ends", {}).get(domid)
+                if end is None:
+                    break  # no way to it at all
+                select.select([], [end], [], 1)  # its queue is full
+            else:
+                sent += 1
+        return sent
+
+    report["forged_dom0"] = forge(0, range(0, 4096))
+    report["forged_victim"] = forge(victim, [p for p in range(0, 4200) if p != offer["port"]])
+    kernel.events.send(local)  # the one ring it may make, after the others
     _send(kernel.args["out"], report)
     threading.Event().wait()
 
@@ -482,4 +587,42 @@ def console_flood(kernel) -> None:
     for _ in range(500):
         kernel.hypercall(HYPERVISOR_console_io, CONSOLEIO_write, {"buf": forged})
     _send(kernel.args["out"], {"written": 500})
+
+
+def _hog_windows(kernel) -> dict:
+    from hypervisor.public.xen import PYXEN_op_grant_window
+
+    opened = 0
+    while opened < 100_000:
+        try:
+            kernel.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_grant_window,
+                             {"peer": 0, "nr_frames": 1})
+        except XenError as exc:
+            return {"opened": opened, "error": exc.name}
+        opened += 1
+    return {"opened": opened, "error": None}
+
+
+def memchan_hog(kernel) -> None:
+    """Opens grant windows and never reads its memory channel (its upcall
+    loop, which would, is stopped): the hypervisor must not wait on it."""
+    kernel.ready()
+    kernel.events.stop()
+    report = _hog_windows(kernel)
+    report["then"] = _errno_name(lambda: kernel.hypercall(HYPERVISOR_xen_version, 0))
+    _send(kernel.args["out"], report)
+    threading.Event().wait()
+
+
+def memchan_closer(kernel) -> None:
+    """Closes its memory channel, then asks for a grant window."""
+    from hypervisor.public.xen import PYXEN_op_grant_window
+
+    kernel.ready()
+    kernel.events.stop()
+    kernel.memchan.close()
+    report = {"grant_window": _errno_name(lambda: kernel.hypercall(
+        HYPERVISOR_pyxen_op, PYXEN_op_grant_window, {"peer": 0, "nr_frames": 1})),
+        "then": _errno_name(lambda: kernel.hypercall(HYPERVISOR_xen_version, 0))}
+    _send(kernel.args["out"], report)
     threading.Event().wait()

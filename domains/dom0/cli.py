@@ -26,7 +26,7 @@ from domains.dom0.xlformat import (
     format_vcpu_list,
 )
 
-# A Unix socket's path (ZeroMQ's ipc:// ones, the doorbells) must fit in
+# A Unix socket's path (ZeroMQ's ipc:// ones) must fit in
 # sockaddr_un (108 bytes with the NUL).
 MAX_SOCKET_PATH = 100
 
@@ -49,7 +49,7 @@ def _boot_command(args) -> int:
         raise UserError(f"a pyxen system is already running in {run_dir} (hypervisor pid "
                         f"{pid}); `pyxen halt` it or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    longest = run_dir.resolve() / "hv" / "65535.bell"  # hypervisor/loop.py's longest
+    longest = run_dir.resolve() / "hv" / "65535.hc"  # hypervisor/loop.py's longest
     if len(str(longest)) > MAX_SOCKET_PATH:
         raise UserError(f"--run-dir {run_dir} is too long for unix sockets; "
                         "use a shorter path")

@@ -5,29 +5,35 @@ pending byte *before* running the port's handler, so an event raised while
 the handler runs is never lost: it makes a fresh upcall.
 
 Sending has two paths. The hypervisor's (EVTCHNOP_send) always works. Once
-a port is connected, the kernel learns its peer (domid, port) from
-EVTCHNOP_status and rings the peer's doorbell directly (doorbell.py), as a
-doorbell page would. The hypervisor still decides who is connected to whom
-(binding and closing go through it); a receiving kernel accepts a doorbell
-only for a port it has bound, and a doorbell that cannot be delivered falls
-back to the hypercall.
+a port is connected, the kernel rings the peer directly over the doorbell
+end the hypervisor handed it for that peer (doorbell.py), as a doorbell page
+would. The hypervisor still decides who is connected to whom: binding and
+closing go through it, and it tells both kernels of each binding over
+their memory channels (memchan.py) before the binder may ring. A receiving
+kernel accepts a ring only on a port bound interdomain to the domain at
+the other end of the doorbell it came in on; the rest are dropped and
+counted. A ring that cannot be delivered falls back to the hypercall.
 
 A driver may also have a file descriptor polled by the upcall loop
 (watch_fd), level-triggered, its handler run on the upcall thread like an
 event handler: the driver then needs no thread of its own, and no wakeup
-of another thread each time that fd becomes readable.
+of another thread each time that fd becomes readable. The loop also polls
+the memory channel, so that a doorbell end is polled as soon as it
+arrives, and every doorbell end.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections import deque
 from typing import Callable
 
 import zmq
 
-from domains.kernel.doorbell import PORT, Doorbell, Doorbells
+from domains.kernel.doorbell import PORT, Doorbells, Drops, accepts, take
 from domains.kernel.hypercall import Hypercalls
+from domains.kernel.memchan import MemChannel
 from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.event_channel import (
     EVTCHN_2L_NR_CHANNELS,
@@ -38,7 +44,6 @@ from hypervisor.public.event_channel import (
     EVTCHNOP_send,
     EVTCHNOP_status,
     EVTCHNOP_unmask,
-    EVTCHNSTAT_interdomain,
     PYXEN_SHINFO_MASK_OFFSET,
     PYXEN_SHINFO_PENDING_OFFSET,
 )
@@ -56,22 +61,37 @@ _CONTROL = b"c"  # watch_fd/unwatch_fd requests are queued
 #: Doorbells taken off the socket before their handlers run: bounds how
 #: long a burst can hold the hypervisor's upcalls back.
 NR_COALESCE = 64
+#: A retired doorbell end is read to the end: more than its queue can hold.
+NR_DRAIN = 1 << 16
 
 
 class EventChannels:
     def __init__(self, hypercall: Hypercalls, ctx: zmq.Context, endpoints: dict,
-                 shared_info, log) -> None:
+                 shared_info, log, memchan: MemChannel | None = None) -> None:
         self.hypercall = hypercall
         self.shared_info = shared_info
         self.log = log
         self.handlers: dict[int, Handler] = {}
         self.ports: set[int] = set()  # our own ports, whatever their state
-        self.peers: dict[int, tuple[int, int]] = {}  # port -> peer (domid, port)
+        # Our interdomain ports -> their peer (domid, port), as the
+        # hypervisor told us: whom we ring, and whose rings we take.
+        self.peers: dict[int, tuple[int, int]] = {}
+        # Interdomain ports we must not ring (the peer may not know the
+        # binding yet, or ever): EVTCHNOP_send only.
+        self.slow: set[int] = set()
+        self.drops = Drops(log)
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.connect(endpoints["upcall"])
-        self._doorbell = Doorbell(endpoints["doorbell"])
-        self.doorbells = Doorbells(endpoints["doorbell_template"])
+        self.doorbells = Doorbells(dead=self._end_dead)
+        # Doorbell ends taken out of use, read one last time and closed at
+        # the end of the loop's turn (never under a running handler).
+        self._retired: list[tuple[int, socket.socket]] = []
+        self.memchan = memchan
+        if memchan is not None:
+            memchan.on("bind", self._on_bind)
+            memchan.on("unbind", self._on_unbind)
+            memchan.on("unbell", self._on_unbell)
         self._stop = ctx.socket(zmq.PAIR)
         self._stop.bind(f"inproc://upcall-stop-{id(self)}")
         self._stop_peer = ctx.socket(zmq.PAIR)
@@ -82,6 +102,10 @@ class EventChannels:
         # the upcall thread's alone.
         self._control: deque = deque()
         self._fd_handlers: dict[int, FdHandler] = {}
+        # Doorbell ends polled: fd -> (peer, end). Read before the fds
+        # above in each turn, as a driver's handler of its fd may want
+        # what the peer rang (a tx ring with room again).
+        self._bells: dict[int, tuple[int, socket.socket]] = {}
         self._poller: zmq.Poller | None = None
         self._stopped = False
         self.thread = threading.Thread(target=self._upcall_loop, name="upcall",
@@ -101,12 +125,22 @@ class EventChannels:
 
     def bind_interdomain(self, remote_dom: int, remote_port: int,
                          handler: Handler | None = None) -> int:
-        port = self._op(EVTCHNOP_bind_interdomain,
-                        {"remote_dom": remote_dom, "remote_port": remote_port})["local_port"]
+        result = self._op(EVTCHNOP_bind_interdomain,
+                          {"remote_dom": remote_dom, "remote_port": remote_port})
+        port = result["local_port"]
         self.ports.add(port)
-        self.peers[port] = (remote_dom, remote_port)
         if handler is not None:
             self.handlers[port] = handler
+        # The hypervisor's message about this binding (and a new doorbell
+        # end) came before its answer: take it first, so that the answer
+        # has the last word on whether we may ring.
+        if self.memchan is not None:
+            self.memchan.pump()
+        self.peers[port] = (remote_dom, remote_port)
+        if result.get("doorbell") is True:
+            self.slow.discard(port)
+        else:
+            self.slow.add(port)
         return port
 
     def bind_virq(self, virq: int, handler: Handler, vcpu: int = 0) -> int:
@@ -123,23 +157,66 @@ class EventChannels:
         if port not in self.ports:
             raise XenError(EINVAL, f"port {port} is not in use")
         peer = self.peers.get(port)
-        if peer is not None and self.doorbells.ring(*peer):
+        if peer is not None and port not in self.slow and self.doorbells.ring(*peer):
             return
-        self.peers.pop(port, None)
         self._op(EVTCHNOP_send, {"port": port})
-        self._learn_peer(port)
-
-    def _learn_peer(self, port: int) -> None:
-        status = self._op(EVTCHNOP_status, {"dom": DOMID_SELF, "port": port})
-        if status["status"] == EVTCHNSTAT_interdomain:
-            remote = status["interdomain"]
-            self.peers[port] = (remote["dom"], remote["port"])
 
     def close(self, port: int) -> None:
         self.handlers.pop(port, None)
         self.peers.pop(port, None)
+        self.slow.discard(port)
         self.ports.discard(port)
         self._op(EVTCHNOP_close, {"port": port})
+
+    # -- what the hypervisor tells us on the memory channel ----------------------
+    #
+    # Called by whichever thread reads the channel, under its lock: tables
+    # are changed at once (a ring may be waiting on them), the poller only
+    # by the upcall thread (through _change).
+
+    def _on_bind(self, meta: dict, fds: list) -> None:
+        end = None
+        for fd in fds:  # at most one: the end to the peer
+            if end is None:
+                end = socket.socket(fileno=fd)
+            else:
+                socket.close(fd)
+        port, peer = int(meta["port"]), int(meta["peer"])
+        if end is not None:
+            self._new_end(peer, end)
+        self.peers[port] = (peer, int(meta["remote_port"]))
+        if meta.get("ring") is True:
+            self.slow.discard(port)
+        else:
+            self.slow.add(port)
+
+    def _on_unbind(self, meta: dict, fds: list) -> None:
+        port, peer = int(meta["port"]), int(meta["peer"])
+        current = self.peers.get(port)
+        if current is not None and current[0] == peer:
+            del self.peers[port]
+            self.slow.discard(port)
+
+    def _on_unbell(self, meta: dict, fds: list) -> None:
+        peer = int(meta["peer"])
+        for port in [p for p, (d, _) in list(self.peers.items()) if d == peer]:
+            self.peers.pop(port, None)
+        end = self.doorbells.remove(peer)
+        if end is not None:
+            self._change(("retire", peer, end))
+
+    def _new_end(self, peer: int, end: socket.socket) -> None:
+        old = self.doorbells.install(peer, end)
+        if old is end:  # stopped: nothing rings or polls any more
+            end.close()
+            return
+        self._change(("bell", peer, end))
+        if old is not None:
+            self._change(("retire", peer, old))
+
+    def _end_dead(self, peer: int, end: socket.socket) -> None:
+        """A ring found its peer's end closed: retire ours."""
+        self._change(("retire", peer, end))
 
     def status(self, port: int, dom: int = DOMID_SELF) -> dict:
         return self._op(EVTCHNOP_status, {"dom": dom, "port": port})
@@ -186,12 +263,46 @@ class EventChannels:
     def _apply(self, change: tuple) -> None:
         what, fd, handler = change
         poller = self._poller
-        if what == "watch":
+        if what == "bell":  # (peer, its end): poll it for the peer's rings
+            peer, end = fd, handler
+            if end.fileno() >= 0 and end.fileno() not in self._bells:
+                self._bells[end.fileno()] = (peer, end)
+                if poller is not None:
+                    poller.register(end.fileno(), zmq.POLLIN)
+        elif what == "retire":  # (peer, its end): out of use
+            peer, end = fd, handler
+            self._retire(peer, end)
+        elif what == "watch":
             if fd not in self._fd_handlers and poller is not None:
                 poller.register(fd, zmq.POLLIN)
             self._fd_handlers[fd] = handler
         elif self._fd_handlers.pop(fd, None) is not None and poller is not None:
             poller.unregister(fd)
+
+    def _retire(self, peer: int, end: socket.socket) -> None:
+        """Stop polling an end. Shut first, so that the peer's next ring
+        fails and takes the hypercall instead; what it rang before is read
+        at the end of the loop's turn, and the end closed."""
+        if end.fileno() < 0:
+            return
+        if self._bells.pop(end.fileno(), None) is not None and self._poller is not None:
+            self._poller.unregister(end.fileno())
+        try:
+            end.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        if self._poller is None:  # no loop: nobody reads it any more
+            end.close()
+        else:
+            self._retired.append((peer, end))
+
+    def _close_retired(self) -> None:
+        while self._retired:
+            peer, end = self._retired.pop()
+            # What a peer rang before it died or we moved on: delivered if
+            # still bound to it, dropped silently if not (not forged).
+            self._rings_from(peer, end, limit=NR_DRAIN, count_drops=False)
+            end.close()
 
     def _take_control(self) -> bool:
         """Apply the queued changes; False when told to stop."""
@@ -216,42 +327,84 @@ class EventChannels:
     def _upcall_loop(self) -> None:
         poller = self._poller = zmq.Poller()
         poller.register(self._pull, zmq.POLLIN)
-        bell = self._doorbell.fileno()
-        poller.register(bell, zmq.POLLIN)
         poller.register(self._stop, zmq.POLLIN)
-        for fd in self._fd_handlers:
+        channel = self.memchan
+        memchan = channel.fileno() if channel is not None else None
+        if memchan is not None:
+            poller.register(memchan, zmq.POLLIN)
+        for fd in [*self._bells, *self._fd_handlers]:
             poller.register(fd, zmq.POLLIN)
-        fd_handlers = self._fd_handlers
+        fd_handlers, bells = self._fd_handlers, self._bells
+        stop, pull, rings_from = self._stop, self._pull, self._rings_from
         while True:
             ready = dict(poller.poll())
-            if self._stop in ready and not self._take_control():
-                break
-            if self._pull in ready:
-                self._dispatch(self._pull.recv(), from_hypervisor=True)
-            if bell in ready:
-                # Run each port rung once: like a pending bit, rings that
-                # came while we were busy coalesce into one event.
-                for port in self._doorbell.take(NR_COALESCE):
-                    self._dispatch_port(port, from_hypervisor=False)
-            if len(ready) > (self._stop in ready) + (self._pull in ready) \
-                    + (bell in ready):
+            left = len(ready)
+            if stop in ready:
+                if not self._take_control():
+                    break
+                left -= 1
+            if pull in ready:
+                self._dispatch(pull.recv(), from_hypervisor=True)
+                left -= 1
+            if memchan in ready and channel is not None:
+                left -= 1
+                if not channel.pump():
+                    poller.unregister(memchan)  # the hypervisor is gone
+                    memchan = None
+            if left:
+                others = None
                 for fd in ready:
+                    if type(fd) is not int:
+                        continue
+                    bell = bells.get(fd)
+                    if bell is not None:
+                        rings_from(bell[0], bell[1])
+                    elif others is None:
+                        others = [fd]
+                    else:
+                        others.append(fd)
+                for fd in others or ():
                     # A handler run before may have unwatched it.
-                    handler = fd_handlers.get(fd) if type(fd) is int else None
+                    handler = fd_handlers.get(fd)
                     if handler is None:
                         continue
                     try:
                         handler(fd)
                     except Exception as exc:  # a driver bug must not kill the loop
                         self.log.error("fd handler failed", fd=fd, error=repr(exc))
+            if self._retired:
+                self._close_retired()
         with self._peer_lock:
             self._stopped = True
             self._poller = None
             for _change, done in self._control:
                 done.set()  # nothing polls any more
             self._control.clear()
-        for sock in (self._pull, self._doorbell, self._stop):
+        self._close_retired()
+        for end in self.doorbells.close():
+            end.close()
+        for sock in (self._pull, self._stop):
             sock.close()
+
+    def _rings_from(self, peer: int, end: socket.socket, limit: int = NR_COALESCE,
+                    count_drops: bool = True) -> None:
+        """Run the ports `peer` rang on its end (at most `limit` rings read),
+        each once (like a pending bit, rings that came while we were busy
+        coalesce), and only those bound to it; the others are dropped."""
+        peers, channel = self.peers, self.memchan
+        for port in take(end, limit):
+            bound = peers.get(port)  # accepts(), inline: this is the hot path
+            if bound is None or bound[0] != peer:
+                if channel is not None:
+                    # Its binding may be on the memory channel still: the
+                    # hypervisor told us before the peer could ring.
+                    channel.pump()
+                    channel = None  # once per batch
+                if not accepts(peers, peer, port):
+                    if count_drops:
+                        self.drops(peer, port)
+                    continue
+            self._dispatch_port(port, from_hypervisor=False)
 
     def _dispatch(self, message: bytes, from_hypervisor: bool) -> None:
         if len(message) == PORT.size:
@@ -280,4 +433,3 @@ class EventChannels:
         self.thread.join(timeout=5)
         with self._peer_lock:
             self._stop_peer.close()
-        self.doorbells.close()

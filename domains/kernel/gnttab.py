@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import mmap
 import os
-import socket
 import struct
 import threading
 from dataclasses import dataclass
 
-import msgpack
-
 from domains.kernel.hypercall import Hypercalls
-from hypervisor.public.errno import EBUSY, ENOSPC, XenError
+from domains.kernel.memchan import MemChannel
+from hypervisor.public.errno import EBUSY, EIO, ENOSPC, XenError
 from hypervisor.public.grant_table import (
     GNTMAP_host_map,
     GNTMAP_readonly,
@@ -81,13 +79,30 @@ class Mapping:
 
 
 class Windows:
-    """Window fds arrive on the memory channel, each before the reply naming it."""
+    """Grant windows' fds, which arrive on the memory channel (memchan.py),
+    each before the hypercall answer that names it: our own windows when
+    we open them, a peer's when we first map a grant in it."""
 
-    def __init__(self, memchan: socket.socket) -> None:
+    def __init__(self, memchan: MemChannel) -> None:
         self.memchan = memchan
         self.by_id: dict[int, Window] = {}
         self.users: dict[int, int] = {}  # foreign window -> live mappings in it
+        # Windows read off the channel and not asked for yet: id -> (meta, fd).
+        self._arrived: dict[int, tuple[dict, int]] = {}
         self._lock = threading.Lock()
+        memchan.on("window", self._arrive)
+
+    def _arrive(self, meta: dict, fds: list) -> None:
+        """The channel's sink: stash it (under the channel's lock, so never
+        take ours here: get() holds ours while it pumps)."""
+        for fd in fds[1:]:
+            os.close(fd)
+        if not fds:
+            return
+        stale = self._arrived.pop(int(meta["window"]), None)
+        self._arrived[int(meta["window"])] = (meta, fds[0])
+        if stale is not None:
+            os.close(stale[1])
 
     def hold(self, window_id: int) -> None:
         with self._lock:
@@ -114,21 +129,27 @@ class Windows:
                 pass  # a view is still held somewhere; the mapping goes with it
 
     def get(self, window_id: int) -> Window:
+        window = self.by_id.get(window_id)
+        if window is not None:
+            return window
+        if window_id not in self._arrived:
+            self.memchan.pump()  # it is there: the hypervisor sent it first
         with self._lock:
-            while window_id not in self.by_id:
-                data, fds, _, _ = socket.recv_fds(self.memchan, 4096, 1)
-                if not data:
-                    raise XenError(EBUSY, "memory channel closed")
-                meta = msgpack.unpackb(data)
-                size = meta["nr_frames"] * PAGE_SIZE
-                try:
-                    view = mmap.mmap(fds[0], size)
-                finally:
-                    for fd in fds:
-                        os.close(fd)
-                self.by_id[meta["window"]] = Window(meta["window"], meta["owner"],
-                                                    meta["gfn"], meta["nr_frames"], view)
-            return self.by_id[window_id]
+            window = self.by_id.get(window_id)
+            if window is not None:
+                return window
+            arrived = self._arrived.pop(window_id, None)
+            if arrived is None:
+                raise XenError(EIO, f"grant window {window_id}: its fd is not on "
+                                    "the memory channel")
+            meta, fd = arrived
+            try:
+                view = mmap.mmap(fd, meta["nr_frames"] * PAGE_SIZE)
+            finally:
+                os.close(fd)
+            window = Window(window_id, meta["owner"], meta["gfn"], meta["nr_frames"], view)
+            self.by_id[window_id] = window
+            return window
 
 
 class GrantTable:

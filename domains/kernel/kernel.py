@@ -23,6 +23,7 @@ from domains.kernel.events import EventChannels
 from domains.kernel.gnttab import GrantTable, Windows
 from domains.kernel.hypercall import Hypercalls
 from domains.kernel.log import make_logger
+from domains.kernel.memchan import MemChannel
 from domains.kernel.xenstore import connect_ring
 from hypervisor.public.sched import SCHEDOP_shutdown, SCHEDOP_watchdog, SHUTDOWN_poweroff
 from hypervisor.public.xen import (
@@ -77,13 +78,16 @@ class Kernel:
         status = mmap.mmap(fds["gntstatus"], 0, prot=mmap.PROT_READ)
         for key in ("ram", "shared_info", "gnttab", "gntstatus"):
             os.close(fds[key])
-        self.memchan = socket.socket(fileno=fds["memchan"])
+        # Read by the upcall loop and by whoever needs a window: the sinks
+        # (windows, doorbells) are in place before the loop starts.
+        self.memchan = MemChannel(socket.socket(fileno=fds["memchan"]), self.log)
+        windows = Windows(self.memchan)
         self.ctx = zmq.Context()
         self.hypercall = Hypercalls(self.ctx, start_info["hypercall"])
         self.events = EventChannels(self.hypercall, self.ctx, start_info,
-                                    self.shared_info, self.log)
+                                    self.shared_info, self.log, memchan=self.memchan)
         self.gnttab = GrantTable(self.hypercall, entries, status,
-                                 start_info["gnttab_frames"], Windows(self.memchan))
+                                 start_info["gnttab_frames"], windows)
         self.vcpus = [VCpu(i) for i in range(1, start_info["max_vcpus"])]
         for vcpu in self.vcpus:
             vcpu.start()

@@ -40,10 +40,13 @@ def alloc_unbound(call: Call, args: dict):
            args=Struct({"remote_dom": U16, "remote_port": U32}))
 def bind_interdomain(call: Call, args: dict):
     me = call.caller.domid
-    port = call.machine.evtchn.bind_interdomain(
-        me, _dom(call, args["remote_dom"]), args["remote_port"])
+    remote_dom, remote_port = _dom(call, args["remote_dom"]), args["remote_port"]
+    port = call.machine.evtchn.bind_interdomain(me, remote_dom, remote_port)
     call.caller.bitmap.reset(port)
-    return {"local_port": port}
+    # Both ends learn of the binding (and get doorbell ends) first; pyxen's
+    # "doorbell" says whether the caller may ring its peer directly.
+    return {"local_port": port,
+            "doorbell": call.machine.doorbells.bound(me, port, remote_dom, remote_port)}
 
 
 @hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_bind_virq,
@@ -58,7 +61,9 @@ def bind_virq(call: Call, args: dict):
 
 @hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_close, args=PORT)
 def close(call: Call, args: dict):
-    call.machine.evtchn.close(call.caller.domid, args["port"])
+    peer = call.machine.evtchn.close(call.caller.domid, args["port"])
+    if peer is not None:
+        call.machine.doorbells.unbound(*peer, closer=call.caller.domid)
 
 
 @hypercall(HYPERVISOR_event_channel_op, EVTCHNOP_send, args=PORT)

@@ -64,7 +64,7 @@ def map_grant_ref(call: Call, ops: list):
     for op in ops:
         result = machine.grants.map_grant_ref(me.domid, op)
         if result["status"] == GNTST_okay and result["window"] not in me.known_windows:
-            machine.pass_window(me, result["window"])
+            result = machine.pass_mapped_window(me, result)
         results.append(result)
     return results
 

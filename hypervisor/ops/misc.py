@@ -75,8 +75,7 @@ def grant_window(call: Call, args: dict):
     peer = args["peer"]
     if peer == call.caller.domid:
         raise XenError(EINVAL, "a grant window is shared with another domain")
-    region = call.machine.add_window(call.caller, peer, args["nr_frames"])
-    call.machine.pass_window(call.caller, region.window_id)
+    region = call.machine.open_window(call.caller, peer, args["nr_frames"])
     return {"window": region.window_id, "gfn": region.gfn,
             "nr_frames": region.segment.nr_pages}
 

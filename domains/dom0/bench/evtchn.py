@@ -4,14 +4,14 @@ The pyxen side boots a throw-away machine (its own short run directory under
 /tmp) with two domains running domains/guest/bench_workloads.py: ``ping``
 notifies ``pong`` over an interdomain event channel, pong notifies back, and
 ping times each round trip (domain -> other domain's upcall handler and
-back: the first send goes through the hypervisor, the rest ring the peer's
-doorbell, domains/kernel/doorbell.py).
+back: each send rings the peer's doorbell end, which the hypervisor handed
+both when pong bound the channel, domains/kernel/doorbell.py).
 
 The baseline is what the same hardware does without pyxen in the way: two
 processes (the second a ``multiprocess.Process``) bouncing a 4-byte message
 over a ZeroMQ ipc:// PAIR socket, the goal's reference. A second baseline
-bounces it over a pair of Unix datagram sockets, the transport of the
-doorbells, to show what pyxen adds to it. All sides use the same number of
+bounces it over a connected pair of Unix datagram sockets, what a doorbell
+is, to show what pyxen adds to it. All sides use the same number of
 round trips, the same warm-up and the same clock (time.perf_counter_ns), and
 their statistics are computed by the same code.
 """
@@ -59,29 +59,32 @@ class _ZmqPair:
 
 
 class _UnixPair:
-    """One end of the datagram baseline: a Unix datagram socket sending
-    to the other end's, as a doorbell does. The timed end is made before
-    the fork: the echo's first datagram needs it bound."""
+    """One end of the datagram baseline: a connected Unix datagram socket
+    pair, as a doorbell's two ends are. Both ends are made before the fork
+    (the echo inherits its own)."""
 
     before_fork = True
+    _theirs = None  # the echo's end, made with the timed one
 
     def __init__(self, tmp: Path, server: bool) -> None:
         import socket
 
-        mine, theirs = (tmp / "raw.a", tmp / "raw.b") if server else (tmp / "raw.b", tmp / "raw.a")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(mine))
-        self.theirs = str(theirs)
-        self.send, self.recv = self._send, lambda: self.sock.recv(64)
-
-    def _send(self, msg: bytes) -> None:
-        self.sock.sendto(msg, self.theirs)
+        self.server = server
+        if server:
+            self.sock, _UnixPair._theirs = socket.socketpair(socket.AF_UNIX,
+                                                             socket.SOCK_DGRAM)
+        else:
+            self.sock = _UnixPair._theirs
+        self.send, self.recv = self.sock.send, lambda: self.sock.recv(64)
 
     def poll(self, timeout_s: float) -> bool:
         return bool(select.select([self.sock], [], [], timeout_s)[0])
 
     def close(self) -> None:
         self.sock.close()
+        if self.server and _UnixPair._theirs is not None:
+            _UnixPair._theirs.close()
+            _UnixPair._theirs = None
 
 
 TRANSPORTS = {"zmq": _ZmqPair, "unix": _UnixPair}

@@ -1,0 +1,116 @@
+"""Doorbells: the connected endpoints the hypervisor hands to the two ends of
+interdomain event channels.
+
+Once a port is bound interdomain, its kernels may raise it without a
+hypercall, as a doorbell page would: each rings the other over a Unix
+datagram socket pair the hypervisor made for that pair of domains at their
+first bind (and reuses for later channels between them). Each domain gets
+its end over its memory channel, tagged with the peer's domid, and the
+hypervisor closes its own copies at once. An end is a capability, not a
+path: a domain can ring only a domain it is bound to, and the receiver
+knows who rang from the end the ring came in on. It accepts a ring only on
+a port bound interdomain to that peer (domains/kernel/events.py), so it
+must learn each binding before the first ring of it can arrive: the owner
+of the bound port is told before the binder's hypercall is answered.
+
+Messages (msgpack maps on the memory channel, domains/kernel/memchan.py):
+
+  bind    {port, peer, remote_port, ring} [+ the end to peer]: `port` is
+          bound interdomain to peer's `remote_port`; `ring`: whether the
+          peer knows it, so that we may ring it there
+  unbind  {port, peer}: peer closed its end; `port` is unbound again
+  unbell  {peer}: peer is gone; close the end to it
+
+Every send is best effort and never blocks (hypervisor/memchan.py): when
+the owner cannot be told, the binder is answered "doorbell": False and
+uses EVTCHNOP_send for that port, which always works.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Callable, Sequence
+
+from hypervisor.memchan import MemChannel
+from hypervisor.public.errno import XenError
+
+ChannelOf = Callable[[int], "MemChannel | None"]
+
+
+class DoorbellBroker:
+    def __init__(self, channel_of: ChannelOf) -> None:
+        self.channel_of = channel_of  # domid -> its memory channel, None if gone
+        # domid -> peers it holds an end to (as far as the hypervisor handed
+        # them over; a kernel drops an end only when its peer's is gone).
+        self.held: dict[int, set[int]] = {}
+
+    def _holds(self, domid: int, peer: int) -> bool:
+        return peer in self.held.get(domid, ())
+
+    def _send(self, domid: int, meta: dict, fds: Sequence[int] = ()) -> bool:
+        channel = self.channel_of(domid)
+        if channel is None:
+            return False
+        try:
+            channel.send(meta, fds)
+        except XenError:
+            return False
+        return True
+
+    def bound(self, binder: int, port: int, owner: int, owner_port: int) -> bool:
+        """`binder` bound its `port` to `owner`'s `owner_port`: tell both,
+        handing them a new pair of ends if either lacks one. True when both
+        were told, so that the binder may ring.
+
+        The order makes every ring arrive after the binding it needs: the
+        binder is told first (before the owner can ring it), the owner next
+        (before the binder's answer, after which it may ring); a kernel that
+        finds a ring on a port it does not know reads its memory channel
+        before refusing it. The binder's message says "ring": False, its
+        answer says whether it may; the owner's says it at once."""
+        if binder == owner:
+            return False  # a loopback channel: the hypercall does it
+        pair = None
+        if not (self._holds(owner, binder) and self._holds(binder, owner)):
+            # Whatever end one of them still has to the other is dead (its
+            # partner was never handed over, or is closed): a new pair.
+            self._drop(owner, binder)
+            self._drop(binder, owner)
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            told_binder = self._send(
+                binder, {"tag": "bind", "port": port, "peer": owner,
+                         "remote_port": owner_port, "ring": False},
+                [pair[1].fileno()] if pair else [])
+            told_owner = self._send(
+                owner, {"tag": "bind", "port": owner_port, "peer": binder,
+                        "remote_port": port, "ring": told_binder},
+                [pair[0].fileno()] if pair and told_binder else [])
+            if pair and told_binder and told_owner:
+                self.held.setdefault(binder, set()).add(owner)
+                self.held.setdefault(owner, set()).add(binder)
+            return told_binder and told_owner
+        finally:
+            if pair:
+                for end in pair:
+                    end.close()
+
+    def _drop(self, domid: int, peer: int) -> None:
+        peers = self.held.get(domid)
+        if peers is not None:
+            peers.discard(peer)
+
+    def unbound(self, owner: int, owner_port: int, closer: int) -> None:
+        """`closer` closed its end of the channel to `owner_port`, which is
+        unbound again: rings of it from `closer` are no longer accepted."""
+        if owner != closer and self._holds(owner, closer):
+            self._send(owner, {"tag": "unbind", "port": owner_port, "peer": closer})
+
+    def forget(self, domid: int) -> None:
+        """`domid` is gone: whoever holds an end to it closes that end (its
+        ports were unbound with the domain)."""
+        self.held.pop(domid, None)
+        for other, peers in self.held.items():
+            if domid in peers:
+                peers.discard(domid)
+                self._send(other, {"tag": "unbell", "peer": domid})
