@@ -84,7 +84,7 @@ class Booting:
 
 
 #: How many `pyxen create`s may wait for their kernels at once.
-MAX_BOOTING = 16
+MAX_BOOTING = 64
 
 
 @dataclass
