@@ -552,6 +552,24 @@ def foreign_tids(kernel) -> None:
         {"vcpu_tids": [threading.get_native_id(), victim]}))}
     report["ready"] = _rc_name(kernel.ready)
     _send(kernel.args["out"], report)
+
+
+# -- hostile guests against Dom0's boundary (issue 12) ---------------------------------
+
+
+def bad_announce(kernel) -> None:
+    """Reports ready with an announce Dom0 must not trust: args kind=list
+    (a list, not a map) or kind=bool (a bool where the port goes)."""
+    from hypervisor.public.xen import PYXEN_op_ready
+
+    kind = kernel.args.get("kind", "list")
+    if kind == "list":
+        announce = ["store", {"mfn": 1, "port": 1}]
+    else:
+        announce = {"store": {"ring-ref": 1, "port": True, "mfn": 0}}
+    tids = [threading.get_native_id()] + [v.native_id for v in kernel.vcpus]
+    kernel.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_ready,
+                     {"vcpu_tids": tids, "announce": announce})
     threading.Event().wait()
 
 
@@ -625,4 +643,47 @@ def memchan_closer(kernel) -> None:
         HYPERVISOR_pyxen_op, PYXEN_op_grant_window, {"peer": 0, "nr_frames": 1})),
         "then": _errno_name(lambda: kernel.hypercall(HYPERVISOR_xen_version, 0))}
     _send(kernel.args["out"], report)
+
+
+    """A kernel that never says it booted."""
+    threading.Event().wait()
+
+
+def xenstore_flood(kernel) -> None:
+    """Floods its xenstore ring with requests and never reads a reply."""
+    import struct
+
+    from hypervisor.public.io.xs_wire import XS_READ
+
+    kernel.ready()
+    transport = kernel.xenstore.transport
+    transport.close()  # the client's reader stops: nobody reads replies now
+    _send(kernel.args["out"], {"domid": kernel.domid})
+    frame = struct.pack("<IIII", XS_READ, 7, 0, 5) + b"name\0"
+    stream = memoryview(frame * 200)
+    offset = 0
+    while True:
+        with transport._cond:  # woken by xenstored's events (RingTransport.kick)
+            while transport.ring.request_space() == 0:
+                transport._cond.wait()
+            n = transport.ring.write_request(stream[offset:])
+        offset = (offset + n) % len(stream)
+        transport._notify()
+
+
+def pv_console_flood(kernel) -> None:
+    """Prints terminal escapes and a forged line, then floods its console
+    with `mib` MiB; reports how much it wrote."""
+    from hypervisor.public.xen import CONSOLEIO_write, HYPERVISOR_console_io
+
+    kernel.ready()
+    kernel.console.write(b"\x1b]0;pwned\x07\x1b[31mRED-ALERT\x1b[0m\r(XEN) forged line\r\n")
+    kernel.hypercall(HYPERVISOR_console_io, CONSOLEIO_write,
+                     {"buf": "\x1b[2J\x1b]0;pwned\x07dmesg-escape\rtest"})
+    line = b"flood " * 170 + b"\r\n"  # ~1 KiB
+    written = 0
+    while written < int(kernel.args.get("mib", "4")) << 20:
+        kernel.console.write(line)
+        written += len(line)
+    _send(kernel.args["out"], {"written": written})
     threading.Event().wait()

@@ -1,33 +1,191 @@
 """The control socket: how `pyxen` (xl) talks to Dom0's toolstack.
 
-ZeroMQ REP at <run-dir>/control.sock; requests and replies are msgpack maps:
+ZeroMQ ROUTER at <run-dir>/control.sock; requests and replies are msgpack maps:
   request {"cmd": "list", "args": {...}}
   reply   {"ok": true, "result": ...} | {"ok": false, "error": "..."}
-A user mistake (unknown domain, bad config) is an error reply, never a crash
-of the toolstack.
+
+Only processes of the uid that started pyxen may connect (ZMQ_IPC_FILTER_UID),
+a request is at most MAX_REQUEST bytes (ZMQ_MAXMSGSIZE), and each command's
+arguments are checked against its schema (SCHEMAS: the type of every
+argument, bool never taken for an int) before the toolstack sees them.
+Every request gets exactly one reply: a user mistake (unknown domain, bad
+config) and a failure of the toolstack alike are error replies, never a
+crash of the control loop. `create` and `wait` are answered later
+(`respond`), when the domain has booted or reached the state: the loop
+serves other requests meanwhile.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from domains.dom0.toolstack import Toolstack
+from domains.dom0.logtext import clean_text
+from domains.dom0.toolstack import Managed, Toolstack
 from domains.dom0.topology import TopologyError, load_domain_config
 from domains.dom0.xlspec import SpecError, parse_cpulist, parse_disk, parse_vif
 from hypervisor.public.errno import XenError
 
-COMMANDS: dict[str, Callable[[Toolstack, dict], Any]] = {}
+#: The largest request the control socket takes (ZMQ_MAXMSGSIZE): a path
+#: or a device spec, never more.
+MAX_REQUEST = 64 * 1024
+
+Reply = dict
+Respond = Callable[[Reply], None]
+
+
+class BadRequest(Exception):
+    """A request that does not fit its command's schema."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a command: the types it may have, and a check."""
+
+    kinds: tuple[type, ...]
+    required: bool = False
+    check: Callable[[Any], str | None] | None = None  # returns what is wrong
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _text(limit: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, str):
+            if not 0 < len(value) <= limit:
+                return f"must be 1 to {limit} characters"
+            if "\0" in value:
+                return "must not contain NUL"
+        return None
+    return check
+
+
+def _range(low: float, high: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, (int, float)):
+            if isinstance(value, float) and not math.isfinite(value):
+                return "must be a finite number"
+            if not low <= value <= high:
+                return f"must be {low:g} to {high:g}"
+        return None
+    return check
+
+
+def _both(*checks: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        for one in checks:
+            problem = one(value)
+            if problem:
+                return problem
+        return None
+    return check
+
+
+_DOMID_MAX = 0x7FEF  # DOMID_FIRST_RESERVED - 1
+_domain_check = _both(_text(128), _range(0, _DOMID_MAX))
+DOMAIN = Arg((str, int), True, _domain_check)
+OPT_DOMAIN = Arg((str, int), False, _domain_check)
+
+SCHEMAS: dict[str, dict[str, Arg]] = {
+    "list": {"domain": OPT_DOMAIN},
+    "info": {},
+    "create": {"path": Arg((str,), True, _text(4096))},
+    "destroy": {"domain": DOMAIN},
+    "shutdown": {"domain": DOMAIN},
+    "reboot": {"domain": DOMAIN},
+    "pause": {"domain": DOMAIN},
+    "unpause": {"domain": DOMAIN},
+    "vcpu-list": {"domain": OPT_DOMAIN},
+    "vcpu-pin": {"domain": DOMAIN,
+                 "vcpu": Arg((str, int), True, _both(_text(16), _range(0, 127))),
+                 "cpus": Arg((str, int), True, _both(_text(256), _range(0, 4095)))},
+    "sched-credit2": {"domain": OPT_DOMAIN,
+                      "weight": Arg((str, int), False,
+                                    _both(_text(16), _range(-(1 << 31), 1 << 31)))},
+    "block-attach": {"domain": DOMAIN, "spec": Arg((str,), True, _text(4096))},
+    "block-detach": {"domain": DOMAIN,
+                     "vdev": Arg((str, int), True, _both(_text(64), _range(0, 1 << 32)))},
+    "block-list": {"domain": DOMAIN},
+    "network-attach": {"domain": DOMAIN, "spec": Arg((str,), True, _text(4096))},
+    "network-detach": {"domain": DOMAIN,
+                       "devid": Arg((int,), True, _range(0, (1 << 31) - 1))},
+    "network-list": {"domain": DOMAIN},
+    "dmesg": {"clear": Arg((bool,))},
+    "halt": {},
+    "wait": {"domain": Arg((str,), True, _text(128)),
+             "until": Arg((str,), True, lambda v: None if v in WAIT_STATES else
+                          f"must be one of {', '.join(WAIT_STATES)}"),
+             "not_domid": Arg((int,), False, _range(0, _DOMID_MAX)),
+             "timeout": Arg((int, float), False, _range(0, 24 * 3600))},
+}
+
+WAIT_STATES = ("running", "shutdown", "crashed", "gone")
+
+
+def parse_request(request: Any) -> tuple[str, dict[str, Any]]:
+    """(command, arguments) of a request that fits its schema, else
+    BadRequest. Optional arguments left out come back as None."""
+    if not isinstance(request, dict):
+        raise BadRequest(f"a request is a map, not {type(request).__name__}")
+    extra = set(request) - {"cmd", "args"}
+    if extra:
+        raise BadRequest(f"unexpected request keys: {', '.join(_short(k) for k in extra)}")
+    cmd = request.get("cmd")
+    if not isinstance(cmd, str) or cmd not in SCHEMAS:
+        raise BadRequest(f"unknown command {_short(cmd)}")
+    args = request.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise BadRequest(f"{cmd}: args must be a map, not {type(args).__name__}")
+    schema = SCHEMAS[cmd]
+    unknown = [key for key in args if key not in schema]
+    if unknown:
+        raise BadRequest(f"{cmd}: unexpected argument {_short(unknown[0])}")
+    checked: dict[str, Any] = {}
+    for key, arg in schema.items():
+        value = args.get(key)
+        if value is None:
+            if arg.required:
+                raise BadRequest(f"{cmd}: missing argument {key}")
+            checked[key] = None
+            continue
+        if (isinstance(value, bool) and bool not in arg.kinds) or not isinstance(value, arg.kinds):
+            kinds = " or ".join(k.__name__ for k in arg.kinds)
+            raise BadRequest(f"{cmd}: {key} must be {kinds}, not {type(value).__name__}")
+        problem = arg.check(value) if arg.check else None
+        if problem:
+            raise BadRequest(f"{cmd}: {key} {_short(value)} {problem}")
+        checked[key] = value
+    return cmd, checked
+
+
+COMMANDS: dict[str, Callable[..., Any]] = {}
+DEFERRED: set[str] = set()  # commands that get `respond` and answer through it
 
 
 class Halt(Exception):
     """Raised after the reply to `halt` is sent: Dom0 powers the machine off."""
 
 
-def command(name: str):
+class Later:
+    """What a deferred command returns: its reply comes through `respond`."""
+
+
+LATER = Later()
+
+
+def command(name: str, deferred: bool = False):
     def register(fn):
         COMMANDS[name] = fn
+        if deferred:
+            DEFERRED.add(name)
         return fn
     return register
 
@@ -47,17 +205,29 @@ def _info(ts: Toolstack, args: dict):
     return {"physinfo": phys, "version": ts.xc.version()}
 
 
-@command("create")
-def _create(ts: Toolstack, args: dict):
+@command("create", deferred=True)
+def _create(ts: Toolstack, args: dict, respond: Respond):
+    """Answered once the domain's kernel is up (or failed to come up): its
+    boot runs on a worker of the toolstack, the control loop goes on."""
     drivers = {d.name for d in ts.domains.values()
                if d.domid == 0 or (d.config and d.config.driver_domain)}
     config = load_domain_config(Path(args["path"]), ts.platform, drivers)
-    dom = ts.create(config)
-    return {"name": dom.name, "domid": dom.domid}
+
+    def done(dom: Managed | None, error: XenError | None) -> None:
+        if error is not None:
+            respond({"ok": False, "error": str(error)})
+        else:
+            respond({"ok": True, "result": {"name": dom.name, "domid": dom.domid}})
+
+    ts.create_async(config, done)
+    return LATER
 
 
 @command("destroy")
 def _destroy(ts: Toolstack, args: dict):
+    if isinstance(args["domain"], str) and ts.is_booting(args["domain"]):
+        ts.destroy_booting(args["domain"])
+        return {"then": None}
     then = ts.destroy_requested(ts.find(args["domain"]))
     return {"then": then}
 
@@ -92,7 +262,14 @@ def _vcpu_pin(ts: Toolstack, args: dict):
     dom = ts.find(args["domain"])
     cpus = parse_cpulist(str(args["cpus"]), ts.platform.pcpus)
     nr = ts.xc.domain_getinfo(dom.domid)["max_vcpu_id"] + 1
-    vcpus = range(nr) if str(args["vcpu"]) == "all" else [int(args["vcpu"])]
+    vcpu = args["vcpu"]
+    if vcpu == "all":
+        vcpus: Any = range(nr)
+    else:
+        try:
+            vcpus = [int(str(vcpu), 10)]
+        except ValueError:
+            raise SpecError(f"vcpu {vcpu!r} is not a number or 'all'") from None
     for vcpu in vcpus:
         ts.xc.vcpu_setaffinity(dom.domid, vcpu, cpus)
 
@@ -162,15 +339,14 @@ def _network_list(ts: Toolstack, args: dict):
 
 @command("dmesg")
 def _dmesg(ts: Toolstack, args: dict):
-    return ts.xc.readconsole(clear=bool(args.get("clear")))
+    # Guests write into the hypervisor's console: no control character of
+    # theirs reaches the admin's terminal.
+    return clean_text(ts.xc.readconsole(clear=bool(args.get("clear"))))
 
 
 @command("halt")
 def _halt(ts: Toolstack, args: dict):
     raise Halt()
-
-
-WAIT_STATES = ("running", "shutdown", "crashed", "gone")
 
 
 def wait_state(ts: Toolstack, args: dict) -> dict | None:
@@ -184,7 +360,8 @@ def wait_state(ts: Toolstack, args: dict) -> dict | None:
     if until == "gone":
         return {} if not rows else None
     for row in rows:
-        if until == "running" and not row["shutdown"] and row["domid"] != args.get("not_domid"):
+        if until == "running" and not row["shutdown"] and row["domid"] != args.get("not_domid") \
+                and row["note"] != "booting":
             return {"domid": row["domid"]}
         if until == "shutdown" and row["shutdown"]:
             return {"domid": row["domid"]}
@@ -197,11 +374,11 @@ class Waiters:
     """`wait` requests in flight, each with its deadline."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[list[bytes], dict, float]] = []
+        self.pending: list[tuple[Respond, dict, float]] = []
 
-    def add(self, address: list[bytes], args: dict) -> None:
-        timeout = float(args.get("timeout", 30))
-        self.pending.append((address, args, time.monotonic() + timeout))
+    def add(self, respond: Respond, args: dict) -> None:
+        timeout = 30.0 if args.get("timeout") is None else float(args["timeout"])
+        self.pending.append((respond, args, time.monotonic() + timeout))
 
     def timeout_ms(self) -> int | None:
         if not self.pending:
@@ -209,39 +386,72 @@ class Waiters:
         nearest = min(deadline for _, _, deadline in self.pending)
         return max(0, int((nearest - time.monotonic()) * 1000) + 1)
 
-    def settle(self, ts: Toolstack) -> list[tuple[list[bytes], dict]]:
-        done, keep = [], []
+    def settle(self, ts: Toolstack) -> None:
+        """Answer the waits whose state came, or whose time ran out."""
+        keep = []
         now = time.monotonic()
-        for address, args, deadline in self.pending:
+        for respond, args, deadline in self.pending:
             try:
-                if args.get("until") not in WAIT_STATES:
-                    raise ValueError(f"until must be one of {', '.join(WAIT_STATES)}")
-                result = wait_state(ts, args)
-            except (KeyError, ValueError, XenError) as exc:
-                done.append((address, {"ok": False, "error": f"bad wait: {exc}"}))
+                with ts.lock:
+                    result = wait_state(ts, args)
+            except Exception as exc:
+                respond({"ok": False, "error": f"wait failed: {exc}"})
                 continue
             if result is not None:
-                done.append((address, {"ok": True, "result": result}))
+                respond({"ok": True, "result": result})
             elif now >= deadline:
-                done.append((address, {"ok": False, "error":
-                             f"timed out waiting for {args['domain']} to be {args['until']}"}))
+                respond({"ok": False, "error":
+                         f"timed out waiting for {args['domain']} to be {args['until']}"})
             else:
-                keep.append((address, args, deadline))
+                keep.append((respond, args, deadline))
         self.pending = keep
-        return done
+
+    def cancel(self, reason: str) -> None:
+        for respond, _, _ in self.pending:
+            respond({"ok": False, "error": reason})
+        self.pending = []
 
 
-def handle(ts: Toolstack, request: Any) -> tuple[dict, bool]:
-    """Answer one request; the flag says the machine must halt after it."""
-    if not isinstance(request, dict) or request.get("cmd") not in COMMANDS:
-        cmd = request.get("cmd") if isinstance(request, dict) else None
-        return {"ok": False, "error": f"unknown command {cmd!r}"}, False
-    args = request.get("args") or {}
-    try:
-        return {"ok": True, "result": COMMANDS[request["cmd"]](ts, args)}, False
-    except Halt:
-        return {"ok": True, "result": None}, True
-    except (XenError, TopologyError, SpecError) as exc:
-        return {"ok": False, "error": str(exc)}, False
-    except (KeyError, ValueError, TypeError) as exc:
-        return {"ok": False, "error": f"bad request: {exc!r}"}, False
+class Control:
+    """Requests in, replies out; never raises."""
+
+    def __init__(self, ts: Toolstack) -> None:
+        self.ts = ts
+        self.waiters = Waiters()
+
+    def handle(self, request: Any, respond: Respond) -> tuple[Reply | None, bool]:
+        """The reply to `request` (None when it comes later through
+        `respond`), and whether the machine must halt after it."""
+        try:
+            cmd, args = parse_request(request)
+        except BadRequest as exc:
+            return {"ok": False, "error": f"bad request: {exc}"}, False
+        if cmd == "wait":
+            self.waiters.add(respond, args)
+            return None, False
+        try:
+            with self.ts.lock:
+                if cmd in DEFERRED:
+                    result = COMMANDS[cmd](self.ts, args, respond)
+                else:
+                    result = COMMANDS[cmd](self.ts, args)
+        except Halt:
+            return {"ok": True, "result": None}, True
+        except (XenError, TopologyError, SpecError) as exc:
+            return {"ok": False, "error": str(exc)}, False
+        except (KeyError, ValueError, TypeError) as exc:
+            return {"ok": False, "error": f"bad request: {exc!r}"}, False
+        except Exception as exc:  # a bug of ours: the client and the log say so
+            self.ts.log.exception("control request failed", cmd=cmd)
+            return {"ok": False, "error": f"internal error in {cmd}: {exc!r}"}, False
+        if result is LATER:
+            return None, False
+        return {"ok": True, "result": result}, False
+
+
+def handle(ts: Toolstack, request: Any, respond: Respond | None = None
+           ) -> tuple[Reply | None, bool]:
+    """One request against a fresh Control (tests, and callers without waits)."""
+    replies: list[Reply] = []
+    reply, halt = Control(ts).handle(request, respond or replies.append)
+    return reply, halt

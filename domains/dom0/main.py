@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import unquote
 
 import msgpack
@@ -17,7 +19,9 @@ import zmq
 
 from backends.blkback.device import BlkbackDevice
 from domains.dom0.client import CONTROL_SOCKET
-from domains.dom0.control import Waiters, handle
+from domains.dom0.control import MAX_REQUEST, Control
+from domains.dom0.mailbox import Mailbox
+from domains.dom0.peercred import owner_uid
 from domains.dom0.toolstack import Toolstack
 from domains.dom0.topology import Platform, TopologyError, load_topology
 from domains.dom0.xc import XenCtrl
@@ -80,6 +84,10 @@ def main(kernel: Kernel) -> None:
     ctx = kernel.ctx
     control = ctx.socket(zmq.ROUTER)
     control.setsockopt(zmq.LINGER, 1000)
+    # Whoever reaches the control socket acts as Dom0: only our uid's
+    # processes may connect, and a request is small.
+    control.setsockopt(zmq.IPC_FILTER_UID, owner_uid())
+    control.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST)
     control.bind(f"ipc://{run_dir / CONTROL_SOCKET}")
     wake = ctx.socket(zmq.PULL)
     wake.bind("inproc://dom-exc")
@@ -119,43 +127,89 @@ def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else max(0, int(seconds * 1000) + 1)
 
 
+def unpack_request(payload: bytes) -> Any:
+    """A request's msgpack, within the size of a request; None if it is not."""
+    try:
+        return msgpack.unpackb(payload, raw=False, max_str_len=MAX_REQUEST,
+                               max_bin_len=MAX_REQUEST, max_array_len=1024,
+                               max_map_len=64, max_ext_len=MAX_REQUEST)
+    except Exception:  # any malformed, oversized or hostile encoding
+        return None
+
+
 def serve(toolstack: Toolstack, control: zmq.Socket, wake: zmq.Socket,
           kernel: Kernel) -> None:
-    """Answer the CLI; `wait` requests are answered when their state comes."""
-    waiters = Waiters()
+    """Answer the CLI. `create` and `wait` are answered when their domain
+    has booted or reached the state; other requests are served meanwhile."""
+    ctl = Control(toolstack)
+    later = Mailbox()  # replies from workers, and their "I am done"
+    toolstack.wake = lambda: later.post(None)
+    loop_thread = threading.get_ident()
     poller = zmq.Poller()
     poller.register(control, zmq.POLLIN)
     poller.register(wake, zmq.POLLIN)
+    poller.register(later.fileno(), zmq.POLLIN)
 
     def answer(address: list[bytes], reply: dict) -> None:
-        control.send_multipart([*address, msgpack.packb(reply)])
+        try:
+            packed = msgpack.packb(reply)
+        except Exception as exc:
+            packed = msgpack.packb({"ok": False, "error": f"unanswerable reply: {exc!r}"})
+        control.send_multipart([*address, packed])
 
-    while True:
-        restart_in = toolstack.run_due()  # restarts whose back-off is over run now
-        # Before sleeping: a restart just made, or a request just handled,
-        # may be what a `wait` waits for.
-        for address, reply in waiters.settle(toolstack):
-            answer(address, reply)
-        timeouts = [t for t in (waiters.timeout_ms(), _ms(restart_in)) if t is not None]
-        ready = dict(poller.poll(min(timeouts) if timeouts else None))
-        if wake in ready:
-            while wake.poll(0):
-                wake.recv()
-            toolstack.domain_exceptions()
-        if control in ready:
-            *address, _, payload = control.recv_multipart()
-            address.append(b"")
-            try:
-                request = msgpack.unpackb(payload)
-            except (ValueError, msgpack.UnpackException):
-                request = None
-            if isinstance(request, dict) and request.get("cmd") == "wait":
-                waiters.add(address, request.get("args") or {})
-            else:
-                reply, halt = handle(toolstack, request)
+    def responder(address: list[bytes]) -> Callable[[dict], None]:
+        def respond(reply: dict) -> None:
+            if threading.get_ident() == loop_thread:
                 answer(address, reply)
+            else:
+                later.post((address, reply))  # zmq sockets stay on this thread
+        return respond
+
+    def guarded(what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception:
+            kernel.log.exception("toolstack error", during=what)
+            return None
+
+    try:
+        while True:
+            with toolstack.lock:
+                restart_in = guarded("restarts", toolstack.run_due)
+            # Before sleeping: a restart just made, or a request just handled,
+            # may be what a `wait` waits for.
+            guarded("wait", lambda: ctl.waiters.settle(toolstack))
+            timeouts = [t for t in (ctl.waiters.timeout_ms(), _ms(restart_in))
+                        if t is not None]
+            ready = dict(poller.poll(min(timeouts) if timeouts else None))
+            exceptions = wake in ready
+            if wake in ready:
+                while wake.poll(0):
+                    wake.recv()
+            if later.fileno() in ready:
+                for item in later.take_all():
+                    if item is not None:
+                        answer(*item)
+                exceptions = True  # a domain built meanwhile may have stopped already
+            if exceptions:
+                with toolstack.lock:
+                    guarded("domain exceptions", toolstack.domain_exceptions)
+            if control in ready:
+                frames = control.recv_multipart()
+                if len(frames) < 3 or frames[-2] != b"":
+                    continue  # not a REQ envelope: nobody to answer
+                address = frames[:-1]
+                reply, halt = ctl.handle(unpack_request(frames[-1]), responder(address))
+                if reply is not None:
+                    answer(address, reply)
                 if halt:
                     kernel.log.info("halting the machine")
-                    toolstack.halt()
+                    guarded("halt", toolstack.halt)
+                    ctl.waiters.cancel("the machine is halting")
+                    for item in later.take_all():
+                        if item is not None:
+                            answer(*item)
                     control.close()
                     return
+    finally:
+        later.close()

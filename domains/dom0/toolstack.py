@@ -1,6 +1,14 @@
 """The toolstack (libxl's job): build domains from configs, publish them
 and their devices in XenStore, watch them, apply their on_* actions.
-Domains change only through hypercalls."""
+Domains change only through hypercalls.
+
+Threads: the control loop (main.py) calls in for every request and event;
+a domain's creation waits for its kernel to boot, which a guest can make
+last until the hypervisor's boot deadline, so creates run on worker
+threads the toolstack starts and joins (`create_async`). `lock` guards
+every bit of state here; it is never held across the createdomain wait,
+and the control loop holds it while it handles a request.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from domains.dom0 import actions, devices, xsnodes
+from domains.dom0.announce import parse_announce
 from domains.dom0.topology import DEFAULT_WEIGHT, DomainConfig, Platform
-from domains.dom0.xc import XenCtrl
+from domains.dom0.xc import Abandon, Abandoned, XenCtrl
 from domains.dom0.xlspec import DiskSpec, VifSpec
 from domains.kernel.xenbus.client import XenStoreClient, XsError
 from hypervisor.public.domctl import (
@@ -24,7 +33,16 @@ from hypervisor.public.domctl import (
     XEN_DOMINF_shutdownmask,
     XEN_DOMINF_shutdownshift,
 )
-from hypervisor.public.errno import EEXIST, EINVAL, EIO, ENOENT, ESRCH, XenError
+from hypervisor.public.errno import (
+    EBUSY,
+    EEXIST,
+    EINVAL,
+    EIO,
+    ENOENT,
+    ESRCH,
+    ETIMEDOUT,
+    XenError,
+)
 from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash
 
@@ -57,6 +75,19 @@ class Managed:
 
 
 @dataclass
+class Booting:
+    """A domain whose createdomain is still waiting for its kernel."""
+
+    name: str
+    abandon: Abandon = field(default_factory=Abandon)
+    destroyed: bool = False  # `pyxen destroy` or halt: do not keep it
+
+
+#: How many `pyxen create`s may wait for their kernels at once.
+MAX_BOOTING = 64
+
+
+@dataclass
 class Toolstack:
     xc: XenCtrl
     xs: XenStoreClient
@@ -64,8 +95,13 @@ class Toolstack:
     log: Any
     disk_dir: Path = Path(".")  # where relative disk targets live
     announce: Callable[..., None] = lambda **event: None
+    wake: Callable[[], None] = lambda: None  # a worker finished: the control loop looks
     domains: dict[int, Managed] = field(default_factory=dict)
     scheduled: list = field(default_factory=list)  # (when, old domain, config) restarts
+    booting: dict[str, Booting] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    workers: set[threading.Thread] = field(default_factory=set)
+    halting: bool = False
 
     def __post_init__(self) -> None:
         self.domains[0] = Managed(0, "Domain-0", None)
@@ -85,16 +121,76 @@ class Toolstack:
             domid = -1
         if domid in self.domains:
             return self.domains[domid]
+        if str(ident) in self.booting:
+            raise XenError(EBUSY, f"{ident} is still booting (only `destroy` acts on it now)")
         raise XenError(ESRCH, f"no domain named '{ident}'")
 
     def running_names(self) -> set[str]:
-        return {d.name for d in self.domains.values()}
+        return {d.name for d in self.domains.values()} | set(self.booting)
 
     # -- building -------------------------------------------------------------
 
     def create(self, config: DomainConfig, budget: actions.RestartBudget | None = None) -> Managed:
-        if config.name in self.running_names():
-            raise XenError(ESRCH, f"a domain named '{config.name}' already exists")
+        """Build a domain and wait for it here (the boot of the topology)."""
+        return self._build(config, budget, self._reserve(config))
+
+    def create_async(self, config: DomainConfig,
+                     done: Callable[[Managed | None, XenError | None], None],
+                     budget: actions.RestartBudget | None = None,
+                     limit: int | None = MAX_BOOTING) -> None:
+        """Build a domain on a worker; `done(domain, None)` or `done(None,
+        error)` is called on that worker once its kernel booted or failed
+        to. Errors found before the wait (a name in use) raise here."""
+        with self.lock:
+            if self.halting:
+                raise XenError(EBUSY, "the machine is halting")
+            if limit is not None and len(self.booting) >= limit:
+                raise XenError(EBUSY, f"{len(self.booting)} domains are booting already; "
+                               "try again when one is up")
+            booting = self._reserve(config)
+            worker = threading.Thread(target=self._worker, name=f"create {config.name}",
+                                      args=(config, budget, booting, done))
+            self.workers.add(worker)
+            worker.start()
+
+    def _worker(self, config: DomainConfig, budget: actions.RestartBudget | None,
+                booting: Booting, done: Callable) -> None:
+        try:
+            try:
+                dom = self._build(config, budget, booting)
+            except XenError as exc:
+                done(None, exc)
+            except Exception as exc:  # a bug: the caller still gets an answer
+                self.log.exception("create failed", name=config.name)
+                done(None, XenError(EIO, f"{config.name}: {exc!r}"))
+            else:
+                done(dom, None)
+        finally:
+            with self.lock:
+                self.workers.discard(threading.current_thread())
+            self.wake()
+
+    def _reserve(self, config: DomainConfig) -> Booting:
+        with self.lock:
+            if config.name in self.running_names():
+                raise XenError(EEXIST, f"a domain named '{config.name}' already exists")
+            booting = self.booting[config.name] = Booting(config.name)
+            return booting
+
+    def _build(self, config: DomainConfig, budget: actions.RestartBudget | None,
+               booting: Booting) -> Managed:
+        try:
+            created = self._boot(config, booting)
+            with self.lock:
+                return self._finish(config, budget, created, booting)
+        finally:
+            with self.lock:
+                if self.booting.get(config.name) is booting:
+                    del self.booting[config.name]
+                booting.abandon.close()
+
+    def _boot(self, config: DomainConfig, booting: Booting) -> dict:
+        """createdomain: the wait for the kernel, without the lock."""
         cmdline = config.extra
         if config.vifs and not config.driver_domain:
             cmdline = f"{cmdline} netns".strip()  # the guest gets its own network stack
@@ -102,23 +198,53 @@ class Toolstack:
             # The net driver domain creates its bridges' host TAPs itself.
             arg = ";".join(uplink.to_arg() for uplink in config.uplinks)
             cmdline = f"{cmdline} uplink={arg}".strip()
-        created = self.xc.domain_create(config.name, config.memory, config.vcpus,
-                                        kernel_for(config), cmdline, config.cpus,
-                                        config.boot_timeout, config.max_grant_window_memory)
+        try:
+            return self.xc.domain_create(config.name, config.memory, config.vcpus,
+                                         kernel_for(config), cmdline, config.cpus,
+                                         config.boot_timeout,
+                                         config.max_grant_window_memory,
+                                         abandon=booting.abandon)
+        except Abandoned:
+            raise XenError(ESRCH, f"{config.name} was destroyed while booting") from None
+        except XenError as exc:
+            if exc.errno == ETIMEDOUT:
+                # The hypervisor's boot deadline: it destroyed the domain
+                # (and if it did not, so do we).
+                self.log.error("domain never booted", name=config.name, error=str(exc))
+                self._destroy_by_name(config.name)
+                raise XenError(ETIMEDOUT, f"{config.name} did not finish booting in time "
+                               f"and was destroyed ({exc.message or exc.name})") from None
+            raise
+
+    def _finish(self, config: DomainConfig, budget: actions.RestartBudget | None,
+                created: Any, booting: Booting) -> Managed:
+        """The kernel is up: check what it handed us, publish it in XenStore."""
         domid = created["domid"]
+        if booting.destroyed:
+            self._discard(domid)
+            raise XenError(ESRCH, f"{config.name} was destroyed while booting")
+        try:
+            announce = parse_announce(created.get("announce"))
+        except XenError as exc:
+            self._discard(domid)
+            message = f"{config.name} (d{domid}): {exc.message}; destroyed"
+            self.log.error("bad domain destroyed", name=config.name, domid=domid,
+                           error=exc.message)
+            self._console(f"toolstack: {message}")
+            raise XenError(EINVAL, message) from None
         if config.weight != DEFAULT_WEIGHT:
             # As libxl does once the domain is built: the weight is a
             # scheduler parameter, not part of createdomain.
             try:
                 self.xc.sched_credit2_domain_set(domid, config.weight)
             except XenError as exc:
-                self.xc.domain_destroy(domid)
+                self._discard(domid)
                 raise XenError(exc.errno, f"{config.name}: cannot set its weight "
                                f"{config.weight}: {exc.message}") from exc
         try:
-            self.introduce(domid, config, created.get("announce") or {})
+            self.introduce(domid, config, announce)
         except (XenError, XsError) as exc:
-            self.xc.domain_destroy(domid)
+            self._discard(domid)
             raise XenError(EIO, f"{config.name}: cannot set up its xenstore: {exc}") from exc
         if budget is None:
             budget = actions.RestartBudget(*config.restart_limit, *config.restart_backoff)
@@ -127,6 +253,58 @@ class Toolstack:
         self.log.info("domain created", name=config.name, domid=domid)
         self.announce(event="created", name=config.name, domid=domid)
         return dom
+
+    def _discard(self, domid: int) -> None:
+        """Destroy a domain that never became ours, and whatever of it
+        reached XenStore."""
+        try:
+            self.xc.domain_destroy(domid)
+        except XenError as exc:
+            if exc.errno != ESRCH:
+                raise
+        self.forget(domid)
+
+    def _hv_domid(self, name: str) -> int | None:
+        """The domid the hypervisor gave a domain of that name, if it lives."""
+        return next((i["domain"] for i in self.xc.domain_getinfolist()
+                     if i["name"] == name and not i["flags"] & XEN_DOMINF_dying), None)
+
+    def _destroy_by_name(self, name: str) -> int | None:
+        domid = self._hv_domid(name)
+        if domid is not None:
+            try:
+                self.xc.domain_destroy(domid)
+            except XenError as exc:
+                if exc.errno != ESRCH:
+                    raise
+        return domid
+
+    def _console(self, line: str) -> None:
+        try:
+            self.xc.console_write(line)
+        except XenError:
+            pass
+
+    def is_booting(self, name: str) -> bool:
+        with self.lock:
+            return name in self.booting
+
+    def destroy_booting(self, name: str, halting: bool = False) -> None:
+        """`pyxen destroy` of a domain whose kernel has not reported ready:
+        destroy it in the hypervisor (which knows it) and stop its creator
+        waiting. If the hypervisor does not list it yet, its creator
+        destroys it as soon as createdomain answers (when halting, it stops
+        waiting anyway: the hypervisor halts with Dom0)."""
+        with self.lock:
+            booting = self.booting.get(name)
+            if booting is None:
+                raise XenError(ESRCH, f"no domain named '{name}' is booting")
+            booting.destroyed = True
+            domid = self._destroy_by_name(name)
+            if domid is None and not halting:
+                return
+            booting.abandon.set()
+            self.log.info("booting domain destroyed", name=name, domid=domid)
 
     def introduce(self, domid: int, config: DomainConfig, announce: dict) -> None:
         """Write the domain's nodes and devices, then hand its ring to xenstored."""
@@ -227,33 +405,33 @@ class Toolstack:
 
     def network_list(self, dom: Managed) -> list[dict]:
         rows = []
-        node = self._read_or
+        node, num = self._read_or, self._int_or
         for devid, front in self._device_dirs(dom, "vif"):
-            rows.append({"devid": int(devid), "backend_id": int(node(f"{front}/backend-id")),
+            rows.append({"devid": int(devid), "backend_id": num(f"{front}/backend-id"),
                          "mac": node(f"{front}/mac", "-"),
-                         "state": int(node(f"{front}/state")),
-                         "tx_evtchn": int(node(f"{front}/event-channel-tx",
-                                               node(f"{front}/event-channel"))),
-                         "rx_evtchn": int(node(f"{front}/event-channel-rx",
-                                               node(f"{front}/event-channel"))),
-                         "tx_ring_ref": int(node(f"{front}/tx-ring-ref")),
-                         "rx_ring_ref": int(node(f"{front}/rx-ring-ref")),
+                         "state": num(f"{front}/state"),
+                         "tx_evtchn": num(f"{front}/event-channel-tx",
+                                          num(f"{front}/event-channel")),
+                         "rx_evtchn": num(f"{front}/event-channel-rx",
+                                          num(f"{front}/event-channel")),
+                         "tx_ring_ref": num(f"{front}/tx-ring-ref"),
+                         "rx_ring_ref": num(f"{front}/rx-ring-ref"),
                          "backend_path": node(f"{front}/backend", "")})
         return rows
 
     def block_list(self, dom: Managed) -> list[dict]:
         rows = []
-        node = self._read_or
+        node, num = self._read_or, self._int_or
         for devid, front in self._device_dirs(dom, "vbd"):
             back = node(f"{front}/backend", "")
             rows.append({"devid": int(devid), "vdev": node(f"{back}/dev", devid),
-                         "backend_id": int(node(f"{front}/backend-id")),
-                         "state": int(node(f"{front}/state")),
-                         "event_channel": int(node(f"{front}/event-channel",
-                                                   node(f"{front}/queue-0/event-channel"))),
-                         "ring_ref": int(node(f"{front}/ring-ref",
-                                              node(f"{front}/ring-ref0",
-                                                   node(f"{front}/queue-0/ring-ref0")))),
+                         "backend_id": num(f"{front}/backend-id"),
+                         "state": num(f"{front}/state"),
+                         "event_channel": num(f"{front}/event-channel",
+                                              num(f"{front}/queue-0/event-channel")),
+                         "ring_ref": num(f"{front}/ring-ref",
+                                         num(f"{front}/ring-ref0",
+                                             num(f"{front}/queue-0/ring-ref0"))),
                          "backend_path": back})
         return rows
 
@@ -306,13 +484,24 @@ class Toolstack:
             devids = self.xs.directory(root)
         except XsError:
             return []
-        return [(devid, f"{root}/{devid}") for devid in sorted(devids, key=int)]
+        # The frontend's nodes are the guest's to write: only numbers count.
+        numbered = [d for d in devids if d.isascii() and d.isdigit() and len(d) < 10]
+        return [(devid, f"{root}/{devid}") for devid in sorted(numbered, key=int)]
 
     def _read_or(self, path: str, default: str = "-1") -> str:
         try:
-            return self.xs.read(path).decode()
+            return self.xs.read(path).decode(errors="replace")
         except XsError:
             return default
+
+    def _int_or(self, path: str, default: int = -1) -> int:
+        """A number a guest may have written: anything else is `default`."""
+        text = self._read_or(path, "")
+        try:
+            value = int(text, 10)
+        except ValueError:
+            return default
+        return value if -(1 << 31) <= value < 1 << 32 else default
 
     def write_nodes(self, nodes: list) -> None:
         def write_all(tx: int) -> None:
@@ -434,15 +623,21 @@ class Toolstack:
         return action
 
     def restart(self, old: Managed, config: DomainConfig) -> None:
+        """Start the domain again, on a worker: the control loop goes on."""
+        def done(new: Managed | None, error: XenError | None) -> None:
+            if error is not None:
+                self.log.error("restart failed", name=config.name, error=str(error))
+                return
+            with self.lock:
+                self.log.info("domain restarted", name=new.name, old_domid=old.domid,
+                              domid=new.domid)
+                if config.driver_domain and self.domains.get(new.domid) is new:
+                    self.republish(new)
+
         try:
-            new = self.create(config, old.budget)
+            self.create_async(config, done, old.budget, limit=None)
         except XenError as exc:
             self.log.error("restart failed", name=config.name, error=str(exc))
-            return
-        self.log.info("domain restarted", name=new.name, old_domid=old.domid,
-                      domid=new.domid)
-        if config.driver_domain:
-            self.republish(new)
 
     def run_due(self) -> float | None:
         """Run the restarts whose back-off is over; seconds to the next one."""
@@ -460,6 +655,7 @@ class Toolstack:
         rows = []
         for info in self.xc.domain_getinfolist():
             dom = self.domains.get(info["domain"])
+            note = dom.note if dom else ("booting" if info["name"] in self.booting else "")
             flags = info["flags"]
             reason = (flags >> XEN_DOMINF_shutdownshift) & XEN_DOMINF_shutdownmask
             shutdown = bool(flags & XEN_DOMINF_shutdown)
@@ -479,7 +675,7 @@ class Toolstack:
                 "dying": bool(flags & XEN_DOMINF_dying),
                 "cpu_time": info["cpu_time"] / 1e9,
                 "pid": info["pid"],
-                "note": dom.note if dom else "",
+                "note": note,
             })
         return rows
 
@@ -519,10 +715,28 @@ class Toolstack:
         return rows
 
     def halt(self) -> None:
-        """Destroy every domain, guests before the driver domains they use."""
-        for dom in sorted(self.domains.values(), key=_halt_order):
-            if dom.domid != 0:
-                self.destroy(dom)
+        """Destroy every domain, guests before the driver domains they use;
+        stop the creates in flight and wait for their workers. Called
+        without the lock held (it waits for workers that need it)."""
+        with self.lock:
+            self.halting = True
+            self.scheduled.clear()
+            for name in list(self.booting):
+                try:
+                    self.destroy_booting(name, halting=True)
+                except XenError as exc:
+                    self.log.warning("halt: booting domain", name=name, error=str(exc))
+        while True:
+            with self.lock:
+                workers = list(self.workers)
+            if not workers:
+                break
+            for worker in workers:
+                worker.join()
+        with self.lock:
+            for dom in sorted(self.domains.values(), key=_halt_order):
+                if dom.domid != 0:
+                    self.destroy(dom)
 
 
 def _halt_order(dom: Managed) -> tuple[int, int]:

@@ -22,6 +22,7 @@ import difflib
 import json
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time
@@ -305,12 +306,23 @@ class _Source:
         return TopologyError(self.path, line, dotted_key(parts), message)
 
 
+MAX_FILE = 1 << 20  # a topology is text a person wrote
+
+
 def _read(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], _Source]:
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        # Dom0 reads what `pyxen create` names: never block on a FIFO or
+        # read a device without end.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TopologyError(path, 0, "", "not a regular file")
+            raw = f.read(MAX_FILE + 1)
     except OSError as e:
         raise TopologyError(path, 0, "", f"cannot read file: {e.strerror or e}") from None
+    if len(raw) > MAX_FILE:
+        raise TopologyError(path, 0, "", f"file is larger than {MAX_FILE} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

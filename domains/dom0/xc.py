@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import msgpack
+import zmq
 
 from domains.kernel.hypercall import Hypercalls
 from hypervisor.public import domctl as D
 from hypervisor.public import sysctl as S
 from hypervisor.public import version as V
+from hypervisor.public.errno import XenError
 from hypervisor.public.sched import SCHEDOP_remote_shutdown, SHUTDOWN_NAMES
 from hypervisor.public.xen import (
     CONSOLEIO_write,
@@ -17,6 +22,31 @@ from hypervisor.public.xen import (
     HYPERVISOR_sysctl,
     HYPERVISOR_xen_version,
 )
+
+
+class Abandoned(Exception):
+    """A wait for the hypervisor was given up (see Abandon)."""
+
+
+class Abandon:
+    """Lets one thread give up another's wait for a hypercall: an eventfd
+    the waiting thread polls together with its socket."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.given_up = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def set(self) -> None:
+        self.given_up = True
+        os.eventfd_write(self.fd, 1)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class XenCtrl:
@@ -32,20 +62,55 @@ class XenCtrl:
     def domain_create(self, name: str, memory_mib: int, vcpus: int, kernel: str,
                       cmdline: str, cpus: tuple[int, ...] | None,
                       boot_timeout: float | None = None,
-                      max_window_mib: int | None = None) -> dict:
+                      max_window_mib: int | None = None,
+                      abandon: Abandon | None = None) -> dict:
         """Create and boot a domain; returns once its kernel reports ready,
         with its domid and what the kernel announced (its xenstore ring).
         ETIMEDOUT (the domain destroyed) if it is not ready in boot_timeout
         seconds; max_window_mib caps its grant windows (the hypervisor's
-        default: max(64, memory))."""
-        args = {"name": name, "max_memkb": memory_mib * 1024, "max_vcpus": vcpus,
-                "kernel": kernel, "cmdline": cmdline,
-                "cpus": list(cpus) if cpus is not None else None}
+        default: max(64, memory)).
+
+        With `abandon`, the wait can be given up from another thread (the
+        domain was destroyed while booting, the machine halts): Abandoned
+        is raised. The hypervisor answers createdomain only when the
+        kernel is ready, fails or runs out of time."""
+        args = {
+            "name": name, "max_memkb": memory_mib * 1024, "max_vcpus": vcpus,
+            "kernel": kernel, "cmdline": cmdline,
+            "cpus": list(cpus) if cpus is not None else None,
+        }
         if boot_timeout is not None:
             args["boot_timeout"] = boot_timeout
         if max_window_mib is not None:
             args["max_window_kb"] = max_window_mib * 1024
-        return self.hypercall(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, args)
+        if abandon is None or not hasattr(self.hypercall, "endpoint"):
+            return self.hypercall(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, args)
+        return self._abandonable(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, args, abandon)
+
+    def _abandonable(self, nr: int, cmd: int, args: Any, abandon: Abandon) -> Any:
+        """One hypercall on a socket of its own, waited for alongside
+        `abandon`: a REQ socket left waiting cannot be reused, so it is
+        closed if the wait is given up."""
+        sock = self.hypercall.ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.hypercall.endpoint)
+            sock.send(msgpack.packb([nr, cmd, args, 0]))
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(abandon.fileno(), zmq.POLLIN)
+            while True:
+                ready = dict(poller.poll())
+                if sock in ready:
+                    rc, result = msgpack.unpackb(sock.recv())
+                    break
+                if abandon.fileno() in ready:
+                    raise Abandoned()
+        finally:
+            sock.close()
+        if rc < 0:
+            raise XenError.from_rc(rc, result if isinstance(result, str) else "")
+        return result
 
     def domain_destroy(self, domid: int) -> None:
         self._domctl(D.XEN_DOMCTL_destroydomain, domid)

@@ -3,7 +3,8 @@
 Two transports feed the same message handler, as in Xen's xenstored:
 - a unix socket at <run-dir>/xenstored/socket for Dom0's tools (Debian's
   `XENSTORED_PATH=... xenstore-ls` works against it); its clients act as
-  Dom0, as a privileged local socket does in Xen;
+  Dom0, as a privileged local socket does in Xen, so only processes of the
+  uid that started pyxen may connect (SO_PEERCRED);
 - one xenstore ring page per introduced domain, mapped through the grant
   the domain made with GNTTAB_RESERVED_XENSTORE, kicked by an event channel.
   The connection's domid is the domid XS_INTRODUCE named (the toolstack's
@@ -11,6 +12,15 @@ Two transports feed the same message handler, as in Xen's xenstored:
 
 Only this thread touches the core. The upcall thread merely queues "ring N
 was kicked" and wakes the selector through a pipe.
+
+Nothing here waits for a client. A domain's ring is read only while its
+connection is within quota (`XenStore.wants_input`: Xen's domain_can_read)
+and written as far as the response ring has room; a socket is non-blocking,
+written when the selector says it can take more, no longer read while
+SOCKET_PAUSE bytes wait for its client, and dropped past SOCKET_BACKLOG
+(watch events can pile up for a client that stopped reading). Output is
+sent from views of the queued messages (`Outbox.chunks`), never by copying
+the backlog.
 """
 
 from __future__ import annotations
@@ -19,42 +29,80 @@ import os
 import selectors
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from domains.dom0.mailbox import Mailbox
+from domains.dom0.peercred import owner_uid, peer_allowed
 from domains.dom0.xc import XenCtrl
 from domains.dom0.xenstored.handler import Connection, XenStore
-from domains.dom0.xenstored.wire import encode
 from domains.kernel.gnttab import Mapping
 from domains.kernel.xenbus.ring import RingError, XenstoreRing
-from hypervisor.public.domctl import XEN_DOMINF_dying
+from hypervisor.public.domctl import XEN_DOMINF_dying, XEN_DOMINF_shutdown
 from hypervisor.public.errno import XenError
 from hypervisor.public.grant_table import GNTTAB_RESERVED_XENSTORE
+from hypervisor.public.io.xs_wire import XENSTORE_RING_SIZE
 
 SOCKET_NAME = "socket"
+SOCKET_PAUSE = 256 * 1024          # stop reading a socket client this far behind
+SOCKET_BACKLOG = 16 * 1024 * 1024  # drop it this far behind
+RING_ROUNDS = 16                   # ring-fulls served per domain per turn
 
 
-@dataclass
-class Peer:
-    """A connection and the bytes still to be sent to it."""
-
+@dataclass(eq=False)
+class RingPeer:
     conn: Connection
-    out: bytearray = field(default_factory=bytearray)
+    domid: int
+    ring: XenstoreRing
+    mapping: Mapping
+    port: int
+    kicked: bool = True
 
 
-@dataclass
-class RingPeer(Peer):
-    domid: int = 0
-    ring: XenstoreRing | None = None
-    mapping: Mapping | None = None
-    port: int = 0
+@dataclass(eq=False)
+class SocketPeer:
+    conn: Connection
+    sock: socket.socket
+    events: int = selectors.EVENT_READ  # 0: not registered
 
 
-@dataclass
-class SocketPeer(Peer):
-    sock: socket.socket | None = None
+def pump_ring(store: XenStore, conn: Connection, ring: XenstoreRing,
+              rounds: int = RING_ROUNDS) -> tuple[bool, bool]:
+    """Serve one domain's ring: write what it has room for, handle what
+    its quotas allow, read more only then. Returns (moved: notify the
+    domain, busy: it has more to do than `rounds` allowed).
+
+    A domain that never reads its replies fills its response ring, then
+    has `outstanding` replies queued: its requests are no longer read and
+    its ring stays full, costing xenstored nothing more."""
+    moved = False
+    for _ in range(rounds):
+        progressed = False
+        while conn.outbox.sending:
+            written = 0
+            for view in conn.outbox.chunks(XENSTORE_RING_SIZE):
+                n = ring.write_response(view)
+                written += n
+                if n < len(view):
+                    break
+            if not written:
+                break
+            conn.outbox.advance(written)
+            progressed = True
+        store.process(conn)
+        if store.wants_input(conn):
+            data = ring.read_request(XENSTORE_RING_SIZE)
+            if data:
+                progressed = True
+                store.receive(conn, data)
+                store.process(conn)
+        if conn.closed:
+            return moved or progressed, False
+        moved = moved or progressed
+        if not progressed:
+            return moved, False
+    return moved, True
 
 
 class Xenstored(threading.Thread):
@@ -67,7 +115,9 @@ class Xenstored(threading.Thread):
         self.path = self.dir / SOCKET_NAME
         self.path.unlink(missing_ok=True)
         self.store = XenStore(on_introduce=self._introduce, on_release=self._release,
-                              log=lambda msg: self.log.info(msg))
+                              log=lambda msg: self.log.info(msg),
+                              domain_exists=self._domain_exists)
+        self.uid = owner_uid()
         self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(self.path))
@@ -78,6 +128,8 @@ class Xenstored(threading.Thread):
         self.mailbox = Mailbox()
         self.selector.register(self.mailbox, selectors.EVENT_READ, "wake")
         self.rings: dict[int, RingPeer] = {}
+        self.sockets: set[SocketPeer] = set()
+        self.busy = False  # a ring has more to do: poll, do not sleep
         self.stopping = False
         self.ready = threading.Event()
 
@@ -102,52 +154,130 @@ class Xenstored(threading.Thread):
         self.xc = XenCtrl(self.kernel.hypercall)
         self.ready.set()
         while not self.stopping:
-            for key, _ in self.selector.select():
-                if key.data == "accept":
-                    self._accept()
-                elif key.data == "wake":
-                    self._drain_requests()
-                else:
-                    self._read_socket(key.data)
-            self._flush()
+            for key, mask in self.selector.select(0 if self.busy else None):
+                try:
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._drain_requests()
+                    else:
+                        self._socket_event(key.data, mask)
+                except Exception:  # never take xenstored down
+                    self.log.exception("xenstored error")
+            try:
+                self._pump()
+            except Exception:
+                self.log.exception("xenstored error")
         self._shutdown()
-
-    def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        sock.setblocking(False)
-        peer = SocketPeer(self.store.connect(0), sock=sock)
-        self.selector.register(sock, selectors.EVENT_READ, peer)
-
-    def _read_socket(self, peer: SocketPeer) -> None:
-        try:
-            data = peer.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close_socket(peer)
-            return
-        self.store.handle_bytes(peer.conn, data)
-
-    def _close_socket(self, peer: SocketPeer) -> None:
-        self.selector.unregister(peer.sock)
-        peer.sock.close()
-        self.store.disconnect(peer.conn)
 
     def _drain_requests(self) -> None:
         for item in self.mailbox.take_all():
             if item[0] == "ring":
-                self._read_ring(item[1])
+                peer = self.rings.get(item[1])
+                if peer is not None:
+                    peer.kicked = True
             elif item[0] == "dom_exc":
-                self._reap_domains()
+                self._check_domains()
             elif item[0] == "stop":
                 self.stopping = True
 
+    def _pump(self) -> None:
+        """Serve every connection that has something to do."""
+        self.busy = False
+        for peer in list(self.rings.values()):
+            if peer.kicked or peer.conn.outbox.sending or peer.conn.pending:
+                self._service_ring(peer)
+        for peer in list(self.sockets):
+            self._service_socket(peer)
+
+    # -- sockets ----------------------------------------------------------------
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if not peer_allowed(sock, self.uid):
+            # Its clients act as Dom0: nobody else's process may be one.
+            self.log.warning("xenstored client of another uid refused")
+            sock.close()
+            return
+        sock.setblocking(False)
+        peer = SocketPeer(self.store.connect(0), sock)
+        self.sockets.add(peer)
+        self.selector.register(sock, peer.events, peer)
+
+    def _socket_event(self, peer: SocketPeer, mask: int) -> None:
+        if peer not in self.sockets:
+            return
+        if mask & selectors.EVENT_READ:
+            try:
+                data = peer.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":
+                self._close_socket(peer)
+                return
+            if data:
+                self.store.receive(peer.conn, data)
+                self.store.process(peer.conn)
+
+    def _service_socket(self, peer: SocketPeer) -> None:
+        conn = peer.conn
+        self.store.process(conn)
+        while conn.outbox.sending:
+            views = conn.outbox.chunks()
+            try:
+                sent = peer.sock.sendmsg(views)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                conn.closed = True
+                break
+            conn.outbox.advance(sent)
+            if sent < sum(len(v) for v in views):
+                break
+        if conn.outbox.bytes > SOCKET_BACKLOG:
+            self.log.warning("dropping a xenstored client that does not read",
+                             backlog=conn.outbox.bytes)
+            conn.closed = True
+        if conn.closed:
+            self._close_socket(peer)
+            return
+        events = 0
+        if conn.outbox.bytes < SOCKET_PAUSE and self.store.wants_input(conn):
+            events |= selectors.EVENT_READ
+        if conn.outbox.sending:
+            events |= selectors.EVENT_WRITE
+        if events == peer.events:
+            return
+        if not peer.events:
+            self.selector.register(peer.sock, events, peer)
+        elif not events:
+            self.selector.unregister(peer.sock)
+        else:
+            self.selector.modify(peer.sock, events, peer)
+        peer.events = events
+
+    def _close_socket(self, peer: SocketPeer) -> None:
+        self.sockets.discard(peer)
+        try:
+            self.selector.unregister(peer.sock)
+        except (KeyError, ValueError):
+            pass
+        peer.sock.close()
+        self.store.disconnect(peer.conn)
+
     # -- rings ------------------------------------------------------------------
+
+    def _domain_exists(self, domid: int) -> bool:
+        try:
+            info = self.xc.domain_getinfo(domid)
+        except XenError:
+            return False
+        return info.get("domain") == domid and not info["flags"] & XEN_DOMINF_dying
 
     def _introduce(self, domid: int, mfn: int, port: int) -> None:
         """XS_INTRODUCE: map the domain's xenstore page and bind its channel."""
@@ -162,9 +292,8 @@ class Xenstored(threading.Thread):
             raise
         peer = RingPeer(self.store.connect(domid), domid=domid,
                         ring=XenstoreRing(mapping.page), mapping=mapping, port=local)
-        self.rings[domid] = peer
+        self.rings[domid] = peer  # kicked: requests may be waiting in the ring already
         self.log.info("domain introduced", domid=domid, port=port)
-        self.kick(domid)  # requests may be waiting in the ring already
 
     def _release(self, domid: int) -> None:
         peer = self.rings.pop(domid, None)
@@ -178,23 +307,22 @@ class Xenstored(threading.Thread):
             except (XenError, Exception) as exc:  # the domain may be gone already
                 self.log.info("release", domid=domid, note=str(exc))
 
-    def _read_ring(self, domid: int) -> None:
-        peer = self.rings.get(domid)
-        if peer is None:
-            return
-        consumed = False
+    def _service_ring(self, peer: RingPeer) -> None:
+        peer.kicked = False
         try:
-            while True:
-                data = peer.ring.read_request(4096)
-                if not data:
-                    break
-                consumed = True
-                self.store.handle_bytes(peer.conn, data)
+            moved, busy = pump_ring(self.store, peer.conn, peer.ring)
         except RingError as exc:
-            self.log.error("ring protocol violation", domid=domid, error=str(exc))
+            self.log.error("ring protocol violation", domid=peer.domid, error=str(exc))
             peer.conn.closed = True
-        if consumed:
-            self._notify(peer)  # room in the request ring for a waiting writer
+            moved, busy = False, False
+        if moved:
+            self._notify(peer)
+        if busy:
+            peer.kicked = True
+            self.busy = True
+        if peer.conn.closed:
+            self.log.error("dropping misbehaving domain connection", domid=peer.domid)
+            self._release(peer.domid)
 
     def _notify(self, peer: RingPeer) -> None:
         try:
@@ -202,61 +330,20 @@ class Xenstored(threading.Thread):
         except XenError:
             pass  # the domain died: VIRQ_DOM_EXC will clean up
 
-    def _reap_domains(self) -> None:
-        """VIRQ_DOM_EXC: a domain that is gone fires @releaseDomain."""
-        alive = {i["domain"] for i in self.xc.domain_getinfolist()
-                 if not i["flags"] & XEN_DOMINF_dying}
-        for domid in list(self.rings):
-            if domid not in alive:
-                self._release(domid)
-                self.store.domain_released(domid)
-
-    # -- output -----------------------------------------------------------------
-
-    def _flush(self) -> None:
-        for peer in list(self.rings.values()):
-            self._flush_ring(peer)
-        for key in list(self.selector.get_map().values()):
-            if isinstance(key.data, SocketPeer):
-                self._flush_socket(key.data)
-
-    @staticmethod
-    def _take_outbox(peer: Peer) -> None:
-        while peer.conn.outbox:
-            peer.out += encode(peer.conn.outbox.popleft())
-
-    def _flush_ring(self, peer: RingPeer) -> None:
-        self._take_outbox(peer)
-        if peer.out:
-            written = peer.ring.write_response(bytes(peer.out))
-            if written:
-                del peer.out[:written]
-                self._notify(peer)
-        if peer.conn.closed:
-            self.log.error("dropping misbehaving domain connection", domid=peer.domid)
-            self._release(peer.domid)
-
-    def _flush_socket(self, peer: SocketPeer) -> None:
-        self._take_outbox(peer)
-        if peer.out:
-            try:
-                peer.sock.setblocking(True)
-                peer.sock.sendall(peer.out)
-                peer.out.clear()
-            except OSError:
-                peer.conn.closed = True
-            finally:
-                if peer.sock.fileno() >= 0:
-                    peer.sock.setblocking(False)
-        if peer.conn.closed:
-            self._close_socket(peer)
+    def _check_domains(self) -> None:
+        """VIRQ_DOM_EXC: tell the core what became of the domains it knows."""
+        status = {i["domain"]: (bool(i["flags"] & XEN_DOMINF_shutdown),
+                                bool(i["flags"] & XEN_DOMINF_dying))
+                  for i in self.xc.domain_getinfolist()}
+        for domid in self.store.check_domains(status):
+            self._release(domid)
+            self.store.domain_released(domid)
 
     def _shutdown(self) -> None:
         for domid in list(self.rings):
             self._release(domid)
-        for key in list(self.selector.get_map().values()):
-            if isinstance(key.data, SocketPeer):
-                key.data.sock.close()
+        for peer in list(self.sockets):
+            peer.sock.close()
         self.listener.close()
         self.path.unlink(missing_ok=True)
         self.mailbox.close()

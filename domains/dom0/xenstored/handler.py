@@ -20,6 +20,22 @@ Watch events a request causes are queued before its reply (WATCH's own
 first event after it), as in Xen. Nothing here blocks, sleeps or raises:
 a framing violation closes the connection (`closed`), an internal error is
 logged and answered with EIO.
+
+Flow control is Xen 4.17's: :meth:`XenStore.receive` only decodes what a
+client sent into its `pending` requests; :meth:`XenStore.process` handles
+them while the connection is within its quotas (:meth:`XenStore.may_read`:
+fewer than `outstanding` replies not yet sent, its domain's memory below
+`memory`), and the I/O layer stops reading a connection that has requests
+pending, so an unprivileged domain that does not read its replies is
+simply no longer served, and costs nothing more.
+
+Domains, as xenstored_domain.c knows them: entries of permissions name
+domains, which must exist when the entries are set (SET_PERMS: ENOENT for
+an owner that does not exist, an absent domain's other entries are marked
+ignored), and :meth:`XenStore.check_domains` (VIRQ_DOM_EXC) forgets those
+that are gone, marking their entries ignored everywhere so that a later
+domain with the same id inherits nothing (XSA-322); an introduced domain
+that shuts down or crashes fires @releaseDomain once, until RESUME.
 """
 
 from __future__ import annotations
@@ -27,15 +43,18 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from domains.dom0.xenstored import control, quota
 from domains.dom0.xenstored.errors import XsError
 from domains.dom0.xenstored.nodes import Caller, NodeOps
+from domains.dom0.xenstored.outbox import Outbox
 from domains.dom0.xenstored.permissions import (
+    XS_PERM_IGNORE,
     XS_PERM_OWNER,
     XS_PERM_READ,
     XS_PERM_WRITE,
+    Perm,
     Perms,
     forget_domain,
     owner_only,
@@ -83,7 +102,8 @@ class Connection:
     def __init__(self, domid: int) -> None:
         self.id = next(_ids)
         self.domid = domid                      # who it acts as
-        self.outbox: deque[Message] = deque()   # replies and events, in order
+        self.outbox = Outbox()                  # replies and events, in order
+        self.pending: deque[Message] = deque()  # received, not handled yet
         self.closed = False                     # the server must drop it
         self.decoder = Decoder()
         self.watches = Watches()
@@ -102,8 +122,14 @@ class Connection:
 
     @property
     def outstanding(self) -> int:
-        """Replies queued but not yet taken by the I/O layer."""
-        return sum(1 for m in self.outbox if m.type != xs.XS_WATCH_EVENT)
+        """Replies not sent yet (queued, or being sent)."""
+        return self.outbox.replies
+
+    @property
+    def memory(self) -> int:
+        """What this connection makes xenstored hold, besides nodes."""
+        return (self.outbox.bytes + self.watches.bytes
+                + sum(tx.memory for tx in self.transactions.values()))
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
@@ -124,6 +150,7 @@ class _Op:
     func: Callable[[XenStore, _Request], bytes] | None
     priv: bool = False    # XS_FLAG_PRIV: privileged domain only
     notid: bool = False   # XS_FLAG_NOTID: tx_id is ignored
+    grows: bool = False   # may make the caller's nodes bigger (memory quota)
 
 
 class XenStore:
@@ -132,11 +159,20 @@ class XenStore:
     def __init__(self, quotas: Quotas | None = None,
                  on_introduce: Callable[[int, int, int], None] | None = None,
                  on_release: Callable[[int], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 domain_exists: Callable[[int], bool] | None = None) -> None:
         self.quotas = quotas if quotas is not None else Quotas()
         self.store = Store()
         self.connections: list[Connection] = []
+        self._by_domain: dict[int, list[Connection]] = {}
         self.introduced: set[int] = {0}       # Dom0 is from the start
+        # Domains permissions may name (xenstored_domain.c's struct domain):
+        # introduced ones, and those a SET_PERMS named while they existed.
+        self.known: set[int] = {0}
+        self.shut_down: set[int] = set()       # @releaseDomain fired, until RESUME
+        # Does the hypervisor know this domain (and is it not dying)? None:
+        # every domain exists (the pure core without a hypervisor).
+        self._domain_exists = domain_exists
         self.targets: dict[int, int] = {}      # SET_TARGET: domid -> target
         self.special_perms: dict[str, Perms] = {p: owner_only(0) for p in SPECIAL_PATHS}
         self.logging = True                    # CONTROL log on|off
@@ -150,6 +186,7 @@ class XenStore:
         conn = Connection(domid)
         conn.attached = True
         self.connections.append(conn)
+        self._by_domain.setdefault(domid, []).append(conn)
         return conn
 
     def disconnect(self, conn: Connection) -> None:
@@ -159,6 +196,11 @@ class XenStore:
         conn.attached = False
         if conn in self.connections:
             self.connections.remove(conn)
+            same = self._by_domain.get(conn.domid, [])
+            if conn in same:
+                same.remove(conn)
+            if not same:
+                self._by_domain.pop(conn.domid, None)
 
     def handle(self, conn: Connection, msg: Message) -> None:
         """Process one request; the reply goes to `conn.outbox`."""
@@ -176,22 +218,36 @@ class XenStore:
                 conn.outbox.append(error_reply(msg, "EIO"))
 
     def handle_bytes(self, conn: Connection, data: bytes) -> None:
-        """Feed what the client sent; handle every complete request."""
+        """Feed what the client sent; handle every complete request, quotas
+        or not (see :meth:`receive` and :meth:`process` for those)."""
+        self.receive(conn, data)
+        while conn.pending and not conn.closed and conn.attached:
+            self.handle(conn, conn.pending.popleft())
+
+    def receive(self, conn: Connection, data: bytes) -> None:
+        """Decode what the client sent into its pending requests. A framing
+        violation handles what came before it and closes the connection."""
         if conn.closed or not conn.attached:
             return
         try:
-            messages = conn.decoder.feed(data)
+            conn.pending.extend(conn.decoder.feed(data))
         except WireError as exc:
-            for msg in exc.messages:
-                self.handle(conn, msg)
+            conn.pending.extend(exc.messages)
+            while conn.pending and not conn.closed:
+                self.handle(conn, conn.pending.popleft())
             self.log(f"protocol violation on {conn}: {exc}; closing it")
             self._drop_state(conn)
             conn.closed = True
-            return
-        for msg in messages:
-            if conn.closed or not conn.attached:
-                break
-            self.handle(conn, msg)
+
+    def process(self, conn: Connection) -> None:
+        """Handle pending requests while the connection is within quota."""
+        while conn.pending and not conn.closed and conn.attached and self.may_read(conn):
+            self.handle(conn, conn.pending.popleft())
+
+    def wants_input(self, conn: Connection) -> bool:
+        """Should the I/O layer read more from this client now? Not while
+        requests wait for it to get under quota (Xen's domain_can_read())."""
+        return not conn.closed and not conn.pending and self.may_read(conn)
 
     def domain_released(self, domid: int) -> None:
         """A domain died: drop its connections' state, remove the nodes it
@@ -208,9 +264,63 @@ class XenStore:
         return domid in self.introduced
 
     def may_read(self, conn: Connection) -> bool:
-        """Should the I/O layer take more requests from `conn`? Xen stops
-        reading a domain with `outstanding` replies not yet sent."""
-        return conn.privileged or conn.outstanding < self.quotas.outstanding
+        """May `conn`'s requests be handled now? Xen stops reading a domain
+        with `outstanding` replies not yet sent, or whose memory reached
+        the `memory` quota; the privileged domain is exempt."""
+        if conn.privileged:
+            return True
+        return (sum(c.outstanding for c in self._domain_connections(conn.domid))
+                < self.quotas.outstanding
+                and self.domain_memory(conn.domid) < self.quotas.memory)
+
+    def domain_memory(self, domid: int) -> int:
+        """What a domain makes xenstored hold: the nodes it owns, and its
+        connections' queued output, watches and transactions."""
+        return self.store.memory[domid] + sum(
+            c.memory for c in self._domain_connections(domid))
+
+    # -- domains (xenstored_domain.c) -------------------------------------------------
+
+    def domain_exists(self, domid: int) -> bool:
+        """domain_alloc_permrefs(): a domain may be named in permissions if
+        xenstored knows it, or the hypervisor has it (then it is known)."""
+        if domid in self.known:
+            return True
+        if self._domain_exists is not None:
+            try:
+                if not self._domain_exists(domid):
+                    return False
+            except Exception as exc:
+                self.log(f"cannot ask about domain {domid}: {exc!r}")
+                return False
+        self.known.add(domid)
+        return True
+
+    def check_domains(self, status: dict[int, tuple[bool, bool]]) -> list[int]:
+        """VIRQ_DOM_EXC (check_domains()): `status` is every domain the
+        hypervisor has, domid -> (shut down or crashed, dying).
+
+        A known domain that is gone is forgotten: its entries in every
+        node's permissions are marked ignored. An introduced domain that
+        shut down or crashed fires @releaseDomain once (RESUME re-arms
+        it). Returns the introduced domains that are gone or dying: the
+        I/O layer releases their rings, then calls domain_released()."""
+        gone_introduced = []
+        fire = False
+        for domid in sorted(self.known - {0}):
+            state = status.get(domid)
+            alive = state is not None and not state[1]
+            if domid in self.introduced:
+                if not alive:
+                    gone_introduced.append(domid)
+                elif state[0] and domid not in self.shut_down:
+                    self.shut_down.add(domid)
+                    fire = True
+            elif not alive:
+                self._forget_domain(domid)
+        if fire:
+            self.fire_watches(RELEASE_DOMAIN, None, True, None)
+        return gone_introduced
 
     def log(self, message: str) -> None:
         if self._log_fn is not None and self.logging:
@@ -230,6 +340,10 @@ class XenStore:
                 req.tx = conn.transactions.get(msg.tx_id)
                 if req.tx is None:
                     raise XsError("ENOENT", f"no transaction {msg.tx_id}")
+            if op.grows and not conn.privileged and (
+                    self.domain_memory(conn.domid) + len(msg.payload) >= self.quotas.memory):
+                # write_node()'s domain_memory_add(): over the hard quota.
+                raise XsError("ENOMEM", "memory quota reached")
             payload = op.func(self, req)
             if quota.reply_too_big(self.quotas, len(payload)):
                 raise XsError("E2BIG", "reply too long")
@@ -297,10 +411,12 @@ class XenStore:
         payload = event_payload(path, token)
         if quota.reply_too_big(self.quotas, len(payload)):
             return  # Xen does not send over-long events
-        event = Message(xs.XS_WATCH_EVENT, 0, 0, payload)
-        if not path.startswith("@") and event in conn.outbox:
+        if not path.startswith("@") and conn.outbox.has_event(payload):
             return  # an identical event is still pending
-        conn.outbox.append(event)
+        if not conn.privileged and (self.domain_memory(conn.domid) + len(payload)
+                                    >= self.quotas.memory):
+            return  # over its memory quota: Xen drops the event
+        conn.outbox.append(Message(xs.XS_WATCH_EVENT, 0, 0, payload))
 
     def _drop_state(self, conn: Connection) -> None:
         conn.watches.clear()
@@ -309,7 +425,27 @@ class XenStore:
     # -- domains ----------------------------------------------------------------------
 
     def _domain_connections(self, domid: int) -> list[Connection]:
-        return [c for c in self.connections if c.domid == domid]
+        return list(self._by_domain.get(domid, ()))
+
+    def _forget_domain(self, domid: int) -> None:
+        """The domain is gone: no entry naming it may ever grant anything,
+        to it or to a later domain with its id (XSA-322). Open
+        transactions' copies included, or a commit would bring them back."""
+        self.known.discard(domid)
+        self.shut_down.discard(domid)
+        for node in list(self.store.nodes.values()):
+            perms = forget_domain(node.perms, domid)
+            if perms is not node.perms:
+                self.store.replace_perms(node.name, perms)
+        for conn in self.connections:
+            for tx in conn.transactions.values():
+                for name, node in tx.overlay.items():
+                    if node is not None:
+                        perms = forget_domain(node.perms, domid)
+                        if perms is not node.perms:
+                            tx.overlay[name] = replace(node, perms=perms)
+        for name, perms in self.special_perms.items():
+            self.special_perms[name] = forget_domain(perms, domid)
 
     def _destroy_domain(self, domid: int) -> None:
         was_introduced = domid in self.introduced
@@ -322,12 +458,7 @@ class XenStore:
             self._drop_state(conn)
             conn.closed = True
         self._privileged_nodes().remove_owned(domid)
-        for node in list(self.store.nodes.values()):
-            perms = forget_domain(node.perms, domid)
-            if perms is not node.perms:
-                self.store.replace_perms(node.name, perms)
-        for name, perms in self.special_perms.items():
-            self.special_perms[name] = forget_domain(perms, domid)
+        self._forget_domain(domid)
         if was_introduced:
             self.fire_watches(RELEASE_DOMAIN, None, True, None)
 
@@ -336,10 +467,7 @@ class XenStore:
         conns = self._domain_connections(domid)
         if not (domid in self.introduced or conns or self.store.owned[domid]):
             return None
-        memory = sum(n.size + len(n.name) for n in self.store.nodes.values()
-                     if n.owner == domid)
-        memory += sum(len(w.node) + len(w.token) for c in conns for w in c.watches)
-        memory += sum(16 + len(m.payload) for c in conns for m in c.outbox)
+        memory = self.domain_memory(domid)
         return {
             "nodes": self.store.owned[domid],
             "watches": sum(len(c.watches) for c in conns),
@@ -405,7 +533,9 @@ class XenStore:
             raise XsError("ENOSPC", "too many permissions")
         strings = get_strings(payload)
         path = decode(strings[0])
-        perms = parse_perms(strings[1:1 + num])
+        perms = self._alloc_permrefs(parse_perms(strings[1:1 + num]))
+        if perms[0].ignored:
+            raise XsError("ENOENT", f"no domain {perms[0].id} to own {path}")
         if path.startswith("@"):
             old = self.special_perms.get(path)
             if old is None:
@@ -417,6 +547,12 @@ class XenStore:
             return OK
         self._nodes(req).set_perms(path, perms)
         return OK
+
+    def _alloc_permrefs(self, perms: Perms) -> Perms:
+        """domain_alloc_permrefs(): entries naming a domain that does not
+        exist are marked ignored."""
+        return tuple(p if self.domain_exists(p.id) else Perm(p.id, p.perms | XS_PERM_IGNORE)
+                     for p in perms)
 
     def _do_watch(self, req: _Request) -> bytes:
         conn = req.conn
@@ -489,6 +625,7 @@ class XenStore:
                 self.log(f"introducing domain {domid} failed: {exc!r}")
                 raise XsError("EINVAL", str(exc)) from exc
         self.introduced.add(domid)
+        self.known.add(domid)
         if domid != 0:
             for conn in self._domain_connections(domid):  # domain_conn_reset()
                 self._drop_state(conn)
@@ -520,7 +657,8 @@ class XenStore:
         return OK
 
     def _do_resume(self, req: _Request) -> bytes:
-        self._onearg_domain(req)
+        # A domain that resumed may shut down again: that fires again.
+        self.shut_down.discard(self._onearg_domain(req))
         return OK
 
     def _do_get_domain_path(self, req: _Request) -> bytes:
@@ -560,17 +698,17 @@ OPS: dict[int, _Op] = {
     xs.XS_DIRECTORY: _Op("DIRECTORY", XenStore._do_directory),
     xs.XS_READ: _Op("READ", XenStore._do_read),
     xs.XS_GET_PERMS: _Op("GET_PERMS", XenStore._do_get_perms),
-    xs.XS_WATCH: _Op("WATCH", XenStore._do_watch, notid=True),
+    xs.XS_WATCH: _Op("WATCH", XenStore._do_watch, notid=True, grows=True),
     xs.XS_UNWATCH: _Op("UNWATCH", XenStore._do_unwatch, notid=True),
     xs.XS_TRANSACTION_START: _Op("TRANSACTION_START", XenStore._do_transaction_start),
     xs.XS_TRANSACTION_END: _Op("TRANSACTION_END", XenStore._do_transaction_end),
     xs.XS_INTRODUCE: _Op("INTRODUCE", XenStore._do_introduce, priv=True),
     xs.XS_RELEASE: _Op("RELEASE", XenStore._do_release, priv=True),
     xs.XS_GET_DOMAIN_PATH: _Op("GET_DOMAIN_PATH", XenStore._do_get_domain_path),
-    xs.XS_WRITE: _Op("WRITE", XenStore._do_write),
-    xs.XS_MKDIR: _Op("MKDIR", XenStore._do_mkdir),
+    xs.XS_WRITE: _Op("WRITE", XenStore._do_write, grows=True),
+    xs.XS_MKDIR: _Op("MKDIR", XenStore._do_mkdir, grows=True),
     xs.XS_RM: _Op("RM", XenStore._do_rm),
-    xs.XS_SET_PERMS: _Op("SET_PERMS", XenStore._do_set_perms),
+    xs.XS_SET_PERMS: _Op("SET_PERMS", XenStore._do_set_perms, grows=True),
     xs.XS_WATCH_EVENT: _Op("WATCH_EVENT", None),
     xs.XS_ERROR: _Op("ERROR", None),
     xs.XS_IS_DOMAIN_INTRODUCED: _Op("IS_DOMAIN_INTRODUCED",

@@ -30,19 +30,24 @@ path-max                  2048     a path whose part after             EINVAL
                                    to Dom0 too
 outstanding               20       replies not yet sent: xenstored     (stall)
                                    stops reading the domain's ring
-memory                    2.5 MiB  memory a domain makes xenstored     (stall)
-                                   use; soft quota 2 MiB only logs
+memory                    2.5 MiB  bytes a domain makes xenstored      (stall)
+                                   hold (its nodes, queued output,     ENOMEM
+                                   watches, transactions): its ring
+                                   is no longer read, a write that
+                                   would reach it gets ENOMEM, an
+                                   event for it is dropped (the soft
+                                   quota, 2 MiB, is only shown)
 ========================  =======  =================================  =======
 
 A request bigger than XENSTORE_PAYLOAD_MAX (4096) closes the connection; a
 reply that would be bigger is replaced by E2BIG; a watch event that would
 be bigger is dropped.
 
-`outstanding` and `memory` only make xenstored stop reading a domain's
-ring. This core does not stall anybody: :meth:`XenStore.may_read` tells
-the I/O layer whether a connection is within `outstanding`, and CONTROL
-"quota <domid>" reports (an estimate of) the memory; `memory` is not
-enforced.
+`outstanding` and `memory` make xenstored stop reading a domain's ring
+(:meth:`XenStore.may_read`, Xen's domain_can_read()): the core handles a
+connection's pending requests only while it is within both, and the I/O
+layer reads no more from a connection with requests pending. CONTROL
+"quota <domid>" reports what a domain uses.
 """
 
 from __future__ import annotations

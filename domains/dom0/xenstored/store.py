@@ -135,12 +135,20 @@ class Node:
         return replace(self, children=tuple(children))
 
 
+def node_memory(node: Node) -> int:
+    """What a node costs its owner against the memory quota: its record
+    and its name (Xen's data->dsize + key->dsize)."""
+    return node.size + len(node.name)
+
+
 class Store:
-    """All nodes by path, the generation counter, and who owns how many."""
+    """All nodes by path, the generation counter, and who owns how many
+    nodes and how many bytes of them."""
 
     def __init__(self, initial: tuple[str, ...] = INITIAL_TREE) -> None:
         self.nodes: dict[str, Node] = {}
         self.owned: Counter[int] = Counter()
+        self.memory: Counter[int] = Counter()
         self._generation = 0
         for name in initial:
             if name != ROOT:
@@ -166,24 +174,33 @@ class Store:
         node = replace(node, generation=self.next_generation())
         old = self.nodes.get(node.name)
         if old is not None:
-            self.owned[old.owner] -= 1
-        self.owned[node.owner] += 1
+            self._uncount(old)
+        self._count(node)
         self.nodes[node.name] = node
         return node
 
     def delete(self, name: str) -> Node | None:
         old = self.nodes.pop(name, None)
         if old is not None:
-            self.owned[old.owner] -= 1
+            self._uncount(old)
         return old
+
+    def _count(self, node: Node) -> None:
+        self.owned[node.owner] += 1
+        self.memory[node.owner] += node_memory(node)
+
+    def _uncount(self, node: Node) -> None:
+        self.owned[node.owner] -= 1
+        self.memory[node.owner] -= node_memory(node)
 
     def replace_perms(self, name: str, perms: Perms) -> None:
         """Change a node's permissions in place, keeping its generation
         (for entries of dead domains, which no client changed)."""
         old = self.nodes[name]
-        self.owned[old.owner] -= 1
-        self.owned[perms[0].id] += 1
-        self.nodes[name] = replace(old, perms=perms)
+        new = replace(old, perms=perms)
+        self._uncount(old)
+        self._count(new)
+        self.nodes[name] = new
 
     def walk(self, root: str = ROOT) -> Iterator[Node]:
         """The nodes at and below `root`, parents before children."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from domains.dom0.xenstored import quota
 from domains.dom0.xenstored.errors import XsError
 from domains.dom0.xenstored.permissions import Perms
-from domains.dom0.xenstored.store import Fire, Node, Store
+from domains.dom0.xenstored.store import Fire, Node, Store, node_memory
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Transaction:
     owned_delta: Counter[int] = field(default_factory=Counter)
     fail: bool = False          # a change failed half-way: commit fails
     node_created: bool = False  # commit checks the nodes quota
+    memory: int = 0             # bytes of the nodes it wrote (memory quota)
 
 
 class TxView:
@@ -88,15 +89,25 @@ class TxView:
         if old is not None:
             self.tx.owned_delta[old.owner] -= 1
         self.tx.owned_delta[node.owner] += 1
+        self._memory(acc, old, node)
         acc.modified = True
         self.tx.overlay[node.name] = node
         return node
+
+    def _memory(self, acc: Accessed, old: Node | None, new: Node | None) -> None:
+        """Private copies the transaction made count against the memory
+        quota (those it only read are the store's)."""
+        if acc.modified and old is not None:
+            self.tx.memory -= node_memory(old)
+        if new is not None:
+            self.tx.memory += node_memory(new)
 
     def delete(self, node: Node) -> None:
         acc = self._access(node.name, write=True)
         old = self.tx.overlay.get(node.name)
         if old is not None:
             self.tx.owned_delta[old.owner] -= 1
+        self._memory(acc, old, None)
         acc.modified = True
         self.tx.overlay[node.name] = None
 

@@ -72,6 +72,11 @@ class Watches:
 
     def __init__(self) -> None:
         self._list: list[Watch] = []
+        self.bytes = 0  # what they cost against the memory quota
+
+    @staticmethod
+    def _cost(watch: Watch) -> int:
+        return len(watch.node) + len(watch.token)
 
     def __len__(self) -> int:
         return len(self._list)
@@ -89,15 +94,18 @@ class Watches:
         if self.find(watch.node, watch.token) is not None:
             raise XsError("EEXIST", "duplicate watch")
         self._list.append(watch)
+        self.bytes += self._cost(watch)
 
     def remove(self, node: str, token: bytes) -> None:
         watch = self.find(node, token)
         if watch is None:
             raise XsError("ENOENT", "no such watch")
         self._list.remove(watch)
+        self.bytes -= self._cost(watch)
 
     def clear(self) -> None:
         self._list.clear()
+        self.bytes = 0
 
     def matching(self, name: str, exact: bool) -> list[Watch]:
         return [w for w in self._list if w.matches(name, exact)]
