@@ -341,7 +341,10 @@ def _network_list(ts: Toolstack, args: dict):
 def _dmesg(ts: Toolstack, args: dict):
     # Guests write into the hypervisor's console: no control character of
     # theirs reaches the admin's terminal.
-    return clean_text(ts.xc.readconsole(clear=bool(args.get("clear"))))
+    text = ts.xc.readconsole(clear=bool(args.get("clear")))
+    if isinstance(text, list):  # a console that keeps its entries apart
+        text = "".join(f"{entry}\n" for entry in text)
+    return clean_text(str(text))
 
 
 @command("halt")
