@@ -40,12 +40,12 @@ def test_clean_text_keeps_lines():
 
 def test_dmesg_marks_the_lines_a_guest_slipped_in():
     text = ("(XEN) [t] pyxen hypervisor\n"
-            "(XEN) [t] d3 hello\x1b[2J\n"
+            "(d3) [t] hello\x1b[2J\n"
             "second line of d3's write\n"
             "(XEN) [t] d0 toolstack: guest1 (d3) crashed\n")
     assert dmesg_lines(text).splitlines() == [
         "(XEN) [t] pyxen hypervisor",
-        "(XEN) [t] d3 hello",
+        "(d3) [t] hello",
         "(d3) | second line of d3's write",
         "(XEN) [t] d0 toolstack: guest1 (d3) crashed",
     ]

@@ -48,14 +48,16 @@ def clean_text(text: str) -> str:
 
 # -- `pyxen dmesg` ------------------------------------------------------------------
 
-# "(XEN) [2026-01-01 10:00:00] d5 ..." as the hypervisor's console writes.
-_HV_LINE = re.compile(r"^\(XEN\) \[[^\]]*\] (?:d(\d+) )?")
+# "(XEN) [2026-01-01 10:00:00] ..." for the hypervisor's own lines, "(d5) [...] ..."
+# for what a domain wrote with CONSOLEIO_write, as the hypervisor's console writes.
+_HV_LINE = re.compile(r"^\((?:XEN|d(\d+))\) \[[^\]]*\] ")
 
 
 def dmesg_lines(text: str) -> str:
     """The hypervisor console as the admin sees it: each line cleaned and
-    prefixed with where it came from. A hypervisor line says so already
-    ("(XEN) [time] ..."); a line that does not start that way continues
+    prefixed with where it came from. An entry says so already ("(XEN)
+    [time] ..." or a domain's "(d5) [time] ..."); a line that does not start
+    that way continues
     the entry before it (a guest's CONSOLEIO_write holding a newline) and
     is marked with that entry's domain, so it cannot pass for a line of
     its own."""
