@@ -481,7 +481,11 @@ class Machine:
         if dom.process is not None and dom.process.alive:
             dom.process.kill()
         self.log(f"d{dom.domid} {dom.name}: destroyed")
+        # Destroyed while it booted: its creator is still waiting for an answer.
+        token, dom.pending_create = dom.pending_create, None
         self._release(dom)
+        if token is not None:
+            self.transport.reply(token, -ESRCH, f"{dom.name} was destroyed while booting")
         if dom.domid != 0:
             self.send_global_virq(VIRQ_DOM_EXC)
 

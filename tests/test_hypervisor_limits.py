@@ -17,7 +17,7 @@ from hypervisor.loop import (
     handle_requests,
 )
 from hypervisor.ops.grant_table_op import COPY_OP, MAP_OP, UNMAP_OP, batch
-from hypervisor.public.errno import ENOSPC, XenError
+from hypervisor.public.errno import ENOSPC, ESRCH, XenError
 from hypervisor.public.event_channel import EVTCHNOP_send
 from hypervisor.public.grant_table import (
     GNTTABOP_copy,
@@ -169,5 +169,19 @@ def test_a_domain_s_timers_go_with_it(sleeper, tmp_path):
         assert len(m.timers.heap) <= 2 * 3 + SLACK + 1
         m.destroy(guest)
         assert m.timers.live == {} and m.fire_timers(10**16) is None
+    finally:
+        m.close()
+
+
+def test_a_domain_destroyed_while_booting_answers_its_creator(sleeper, tmp_path):
+    m = FakeMachine(sleeper, tmp_path)
+    try:
+        m.add("Domain-0", domid=0, privileged=True)
+        booting = m.add("guest", ready=False)
+        booting.pending_create = "creator"
+        m.destroy(booting)
+        assert [(t, rc) for t, rc, _ in m.transport.replies] == [("creator", -ESRCH)]
+        m.fire_timers(10**16)  # its boot deadline went with it: no second answer
+        assert len(m.transport.replies) == 1
     finally:
         m.close()
