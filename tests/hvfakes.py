@@ -133,9 +133,11 @@ def drain(sock: socket.socket) -> int:
     n = 0
     while True:
         try:
-            _, fds, _, _ = socket.recv_fds(sock, 4096, 16)
+            data, fds, _, _ = socket.recv_fds(sock, 4096, 16)
         except BlockingIOError:
             return n
         for fd in fds:
             os.close(fd)
+        if not data:
+            return n  # the hypervisor's end is closed: its domain is gone
         n += 1
