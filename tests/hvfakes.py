@@ -17,6 +17,7 @@ from typing import Any
 
 from hypervisor.domain import Domain
 from hypervisor.machine import Machine, Platform
+from hypervisor.memchan import MemChannel
 from hypervisor.tasks import thread_ids
 
 IDLE_THREADS = ("import threading, time\n"
@@ -108,7 +109,7 @@ class FakeMachine(Machine):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (ours, theirs):
             end.setblocking(False)  # a full channel is an error here, not a hang
-        dom.memchan = ours
+        dom.memchan = MemChannel(ours)
         self.peer_ends.append(theirs)
         dom.process = FakeProcess(self.sleeper.pid)
         self.transport.attach(dom)

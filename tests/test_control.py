@@ -84,7 +84,8 @@ class FakeXc:
                 "tot_pages": 8192, "nr_online_vcpus": 1, "max_vcpu_id": 0,
                 "cpu_time": 0, "pid": 100 + domid, "handle": f"uuid-{domid}"}
 
-    def domain_create(self, name, memory_mib, vcpus, kernel, cmdline, cpus, abandon=None):
+    def domain_create(self, name, memory_mib, vcpus, kernel, cmdline, cpus,
+                      boot_timeout=None, max_window_mib=None, abandon=None):
         domid = self.next_domid
         self.next_domid += 1
         self.doms[domid] = self._info(domid, name)

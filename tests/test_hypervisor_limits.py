@@ -27,7 +27,7 @@ from hypervisor.public.grant_table import (
 )
 from hypervisor.public.xen import DOMID_SELF, HYPERVISOR_event_channel_op
 from hypervisor.timers import SLACK, Timers
-from tests.hvfakes import FakeMachine, Sleeper
+from tests.hvfakes import FakeMachine, Sleeper, drain
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -183,5 +183,17 @@ def test_a_domain_destroyed_while_booting_answers_its_creator(sleeper, tmp_path)
         assert [(t, rc) for t, rc, _ in m.transport.replies] == [("creator", -ESRCH)]
         m.fire_timers(10**16)  # its boot deadline went with it: no second answer
         assert len(m.transport.replies) == 1
+    finally:
+        m.close()
+
+
+def test_a_window_fd_reaches_its_domain_over_the_memory_channel(sleeper, tmp_path):
+    m = FakeMachine(sleeper, tmp_path)
+    try:
+        m.add("Domain-0", domid=0, privileged=True)
+        guest = m.add("guest")
+        region = m.open_window(guest, 0, 4)
+        assert region.window_id in guest.windows and guest.window_pages == 4
+        assert drain(m.peer_ends[-1]) == 1  # the guest's end holds the window's fd
     finally:
         m.close()
