@@ -79,9 +79,9 @@ def dispatch(call: Call, nr: int, cmd: int, args: Any) -> tuple[int, Any] | obje
         result = entry.handler(call, args)
     except ArgError as exc:
         call.machine.log_about(call.caller, f"d{domid} bad arguments to {nr}/{cmd}: {exc}")
-        return exc.rc, str(exc)
+        return exc.rc, exc.message
     except XenError as exc:
-        return exc.rc, str(exc)
+        return exc.rc, exc.message
     except Exception as exc:  # noqa: BLE001  (the guest's call must not end the loop)
         # A handler failed in a way it did not foresee: the caller gets an
         # errno as Xen's would (EFAULT for what it could not read, EIO for the

@@ -180,7 +180,7 @@ def serve(machine: Machine, domid: int, token: Any, payload: bytes
         nr, cmd, args, vcpu = check_envelope(message, dom.max_vcpus)
     except XenError as exc:
         machine.log_about(dom, f"d{domid} malformed hypercall: {exc}")
-        return exc.rc, str(exc)
+        return exc.rc, exc.message
     except Exception as exc:  # noqa: BLE001  (msgpack's errors: not one family)
         machine.log_about(dom, f"d{domid} malformed hypercall: {exc!r}"[:300])
         return -EINVAL, f"malformed hypercall: {exc}"[:200]

@@ -197,3 +197,22 @@ def test_a_window_fd_reaches_its_domain_over_the_memory_channel(sleeper, tmp_pat
         assert drain(m.peer_ends[-1]) == 1  # the guest's end holds the window's fd
     finally:
         m.close()
+
+
+def test_an_errno_answer_names_its_errno_once(sleeper, tmp_path):
+    """The rc carries the errno; the text is the reason alone, or the
+    caller's XenError would read "EFAULT: EFAULT: ..."."""
+    from hypervisor.dispatch import Call, dispatch
+    from hypervisor.public.event_channel import EVTCHNOP_status
+
+    m = FakeMachine(sleeper, tmp_path)
+    try:
+        m.add("Domain-0", domid=0, privileged=True)
+        guest = m.add("guest")
+        for args in (None, {"port": 1 << 40}, {"port": 0}):
+            rc, text = dispatch(Call(m, guest, 0, None), HYPERVISOR_event_channel_op,
+                                EVTCHNOP_status, args)
+            error = str(XenError.from_rc(rc, text))
+            assert rc < 0 and error.count(XenError.from_rc(rc).name) == 1, error
+    finally:
+        m.close()
