@@ -24,6 +24,8 @@ from typing import Any, TextIO, cast
 
 import structlog
 
+from hypervisor.public.pyxen.text import clean_line
+
 # Xen's printk_ratelimit_ms and printk_ratelimit_burst.
 RATELIMIT_MS = 5000
 RATELIMIT_BURST = 10
@@ -33,11 +35,9 @@ LOG_BACKUPS = 3  # hypervisor.log.1 .. .3 kept beside it
 
 
 def printable(text: str) -> str:
-    """`text` without control characters (tabs kept, as spaces would be):
+    """`text` without control characters or escape sequences (tabs kept):
     what a domain's words may look like on an admin's terminal."""
-    if text.isprintable():
-        return text
-    return "".join(ch for ch in text if ch.isprintable() or ch == "\t")
+    return text if text.isprintable() else clean_line(text)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from domains.dom0.logtext import clean_text
+from hypervisor.public.pyxen.text import clean_text
 from domains.dom0.toolstack import Managed, Toolstack
 from domains.dom0.topology import TopologyError, load_domain_config
 from domains.dom0.xlspec import SpecError, parse_cpulist, parse_disk, parse_vif
