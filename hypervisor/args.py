@@ -32,6 +32,10 @@ class ArgError(XenError):
         self.path = path
 
 
+# msgpack's names for what a schema expects, as the other checks word them.
+_WIRE_NAMES = {dict: "a map", list: "an array", str: "a string"}
+
+
 def _type_name(value: Any) -> str:
     return "nil" if value is None else type(value).__name__
 
@@ -165,7 +169,7 @@ class Opaque(Schema):
 
     def check(self, value: Any, path: str = "") -> None:
         if type(value) is not self.top:
-            raise ArgError(EINVAL, path, f"expected a {self.top.__name__}, "
+            raise ArgError(EINVAL, path, f"expected {_WIRE_NAMES.get(self.top, self.top)}, "
                            f"got {_type_name(value)}")
         count = 0
         for item, depth in _walk(value, 0):

@@ -387,6 +387,8 @@ def malformed_hypercalls(kernel) -> None:
     report["garbage_answered"] = answered
     report["garbage_refused"] = refused
     report["still_served"] = hc(HYPERVISOR_xen_version, 0) >> 16
+    _send(kernel.args["out"], report)
+    threading.Event().wait()
 
 
 # -- hostile guests: doorbells and the memory channel --------------------------------
@@ -552,6 +554,7 @@ def foreign_tids(kernel) -> None:
         {"vcpu_tids": [threading.get_native_id(), victim]}))}
     report["ready"] = _rc_name(kernel.ready)
     _send(kernel.args["out"], report)
+    threading.Event().wait()
 
 
 # -- hostile guests against Dom0's boundary (issue 12) ---------------------------------
@@ -622,12 +625,31 @@ def _hog_windows(kernel) -> dict:
     return {"opened": opened, "error": None}
 
 
+def _cycle_windows(kernel) -> dict:
+    """Open a one-frame window and give it back, again and again: each
+    opening queues its fd on our memory channel, which we never read, while
+    we hold no more windows than the hypervisor's cap allows."""
+    from hypervisor.public.xen import PYXEN_op_grant_window
+
+    opened = 0
+    while opened < 100_000:
+        try:
+            window = kernel.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_grant_window,
+                                      {"peer": 0, "nr_frames": 1})["window"]
+            kernel.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_close_window,
+                             {"window": window})
+        except XenError as exc:
+            return {"opened": opened, "error": exc.name}
+        opened += 1
+    return {"opened": opened, "error": None}
+
+
 def memchan_hog(kernel) -> None:
-    """Opens grant windows and never reads its memory channel (its upcall
+    """Opens (and gives back) grant windows and never reads its memory channel (its upcall
     loop, which would, is stopped): the hypervisor must not wait on it."""
     kernel.ready()
     kernel.events.stop()
-    report = _hog_windows(kernel)
+    report = _cycle_windows(kernel)
     report["then"] = _errno_name(lambda: kernel.hypercall(HYPERVISOR_xen_version, 0))
     _send(kernel.args["out"], report)
     threading.Event().wait()
@@ -644,9 +666,6 @@ def memchan_closer(kernel) -> None:
         HYPERVISOR_pyxen_op, PYXEN_op_grant_window, {"peer": 0, "nr_frames": 1})),
         "then": _errno_name(lambda: kernel.hypercall(HYPERVISOR_xen_version, 0))}
     _send(kernel.args["out"], report)
-
-
-    """A kernel that never says it booted."""
     threading.Event().wait()
 
 
