@@ -30,13 +30,15 @@ from hypervisor.domain import SHARED_INFO_PAGES, Domain
 from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
 from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
-from hypervisor.process import DomainProcess, StandbyPool
+from hypervisor.jail.sandbox import Sandbox
+from hypervisor.process import DomainProcess, StandbyPool, host_tids
 from hypervisor.public.errno import EBUSY, EINVAL, EIO, ESRCH, XenError
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash, SHUTDOWN_watchdog
 from hypervisor.public.xen import VIRQ_DOM_EXC, VIRQ_TIMER
 
 
 NR_WATCHDOGS = 2  # Xen's NR_DOMAIN_WATCHDOG_TIMERS
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 class Transport(Protocol):
@@ -56,7 +58,8 @@ class Platform:
 
 class Machine:
     def __init__(self, platform: Platform, run_dir: Path, transport: Transport,
-                 logger: Any = None, log_json: bool = False, standby: bool = False) -> None:
+                 logger: Any = None, log_json: bool = False, standby: bool = False,
+                 sandbox: Sandbox | None = None) -> None:
         self.platform = platform
         self.run_dir = run_dir
         self.transport = transport
@@ -74,7 +77,8 @@ class Machine:
         self.console: deque[str] = deque(maxlen=2000)
         self.boot_time = time.time()
         self.halted = False
-        self.standby = StandbyPool(standby)
+        self.sandbox = sandbox
+        self.standby = StandbyPool(standby, sandbox)
 
     # -- logging ------------------------------------------------------------
 
@@ -183,27 +187,87 @@ class Machine:
         }
         log_dir = self.run_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{dom.name}.log"
+        box = self.sandbox
         try:
-            spare = None if extra else self.standby.take()
-            if spare is not None:
-                try:
-                    spare.assign(start_info, fds, log_dir / f"{dom.name}.log")
-                    dom.process = spare
-                except OSError:  # it died just now: start cold
-                    spare.retire()
-                    spare = None
-            if spare is None:
-                pass_fds = [fd for v in fds.values()
-                            for fd in (v if isinstance(v, list) else [v])]
-                dom.process = DomainProcess(start_info, pass_fds,
-                                            log_dir / f"{dom.name}.log")
+            if box is not None and box.jails and not dom.privileged and not extra:
+                self._spawn_jailed(dom, config, start_info, fds, log_path)
+            else:
+                self._spawn_plain(dom, config, start_info, fds, log_path, bool(extra))
         finally:
             dom_end.close()
         self.standby.refill()  # the next domain starts warm too
         for fd in (dom.ram.fd, dom.shared_info.fd, dom.gnttab.entries.fd,
                    dom.gnttab.status.fd):
             os.set_inheritable(fd, False)
+
+    def _spawn_plain(self, dom: Domain, config: dict, start_info: dict, fds: dict,
+                     log_path: Path, cold: bool) -> None:
+        """Dom0 (trusted, as in Xen: no namespaces), and every domain when
+        the sandbox is off or this host has no namespaces for it. What
+        layers there are still apply: its cgroup, and the process itself
+        sets no_new_privs, non-dumpable and its role's seccomp filter."""
+        box = self.sandbox
+        if box is not None and box.enabled:
+            start_info["sandbox"] = {
+                "role": self._role(dom, config),
+                "seccomp": box.seccomp, "learn": box.learn}
+        spare = None if cold else self.standby.take()
+        if spare is not None:
+            try:
+                spare.assign(start_info, fds, log_path)
+                dom.process = spare
+            except OSError:  # it died just now: start cold
+                self.standby.discard(spare)
+                spare = None
+        if spare is None:
+            pass_fds = [fd for v in fds.values()
+                        for fd in (v if isinstance(v, list) else [v])]
+            env = box.environment() if box is not None else None
+            dom.process = DomainProcess(start_info, pass_fds, log_path, env)
+        if box is not None and box.enabled:
+            try:
+                dom.process.jail = box.place_unjailed(
+                    dom.process.pid, dom.ram.nr_pages * PAGE_BYTES, dom.max_vcpus,
+                    limited=not dom.privileged)
+            except OSError as exc:
+                self.log(f"d{dom.domid} {dom.name}: no cgroup: {exc}")
         self.transport.attach(dom)
+
+    def _spawn_jailed(self, dom: Domain, config: dict, start_info: dict, fds: dict,
+                      log_path: Path) -> None:
+        """A driver domain or guest: the standby process (or a new one, for
+        a cold start: the same way, assigned at once) gets the domain and
+        its jail (see hypervisor/process.py)."""
+        box = self.sandbox
+        assert box is not None
+        proc = self.standby.take() or DomainProcess.on_standby(box)
+        try:
+            proc.wait_unshared()
+            config = {**config, "sandbox": {**(config.get("sandbox") or {}),
+                                            "role": self._role(dom, config)}}
+            jail, jail_fds = box.assign(proc.jail, proc.pid, dom.domid, config,
+                                        dom.ram.nr_pages * PAGE_BYTES, dom.max_vcpus)
+            dom.process = proc
+            self.transport.attach(dom)  # its channels exist before it looks
+            try:
+                proc.assign(start_info, fds, log_path, jail, jail_fds)
+            finally:
+                for fd in jail_fds:
+                    os.close(fd)
+        except OSError:
+            if dom.process is proc:
+                self.transport.detach(dom)
+                dom.process = None
+            self.standby.discard(proc)
+            raise
+
+    @staticmethod
+    def _role(dom: Domain, config: dict) -> str:
+        if dom.privileged:
+            return "dom0"
+        role = (config.get("sandbox") or {}).get("role")
+        return "driver" if role == "driver" else "guest"
 
     def domain_ready(self, dom: Domain, vcpu_tids: list[int], announce: Any = None) -> None:
         """The kernel booted. `announce` is opaque to the hypervisor: what the
@@ -213,7 +277,17 @@ class Machine:
         if len(vcpu_tids) != dom.max_vcpus:
             raise XenError(EINVAL, f"d{dom.domid} reported {len(vcpu_tids)} vCPUs, "
                            f"has {dom.max_vcpus}")
-        dom.vcpu_tids = [int(t) for t in vcpu_tids]
+        tids = [int(t) for t in vcpu_tids]
+        if dom.process is not None and dom.process.alive:
+            # A jailed kernel names its threads by its own PID namespace's
+            # ids; only the threads of its own process can be pinned.
+            try:
+                tids = host_tids(dom.process.pid, tids)
+            except ValueError as exc:
+                raise XenError(EINVAL, f"d{dom.domid}: {exc}") from None
+            except FileNotFoundError:
+                pass  # it died: process_exited deals with that
+        dom.vcpu_tids = tids
         for vcpu, cpus in dom.affinity.items():
             self.set_vcpu_affinity(dom, vcpu, cpus)
         # Its process may be a standby started long before it was this
@@ -382,6 +456,9 @@ class Machine:
         self.evtchn.remove_domain(dom.domid)
         if dom.process is not None:
             dom.process.close()
+            if self.sandbox is not None and not dom.process.alive:
+                self.sandbox.release(dom.process.jail)
+                dom.process.jail = None
         if dom.memchan is not None:
             dom.memchan.close()
         dom.free(self.memory)

@@ -49,7 +49,12 @@ def _boot_command(args) -> int:
         raise UserError(f"a pyxen system is already running in {run_dir} (hypervisor pid "
                         f"{pid}); `pyxen halt` it or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    longest = run_dir.resolve() / "hv" / "65535.bell"  # hypervisor/loop.py's longest
+    # Only its owner may enter it: its sockets, logs and images are the
+    # machine's, not every local user's.
+    os.chmod(run_dir, 0o700)
+    # hypervisor/loop.py's longest: a jailed domain's channel in its own
+    # directory hv/j<n>/ (up to 4 hex digits of spawns budgeted).
+    longest = run_dir.resolve() / "hv" / "jffff" / "65535.bell"
     if len(str(longest)) > MAX_SOCKET_PATH:
         raise UserError(f"--run-dir {run_dir} is too long for unix sockets; "
                         "use a shorter path")
@@ -68,6 +73,11 @@ def _boot_command(args) -> int:
            "--notify-fd", str(write_fd)]
     if args.log_json:
         cmd.append("--log-json")
+    if args.no_sandbox:
+        cmd.append("--no-sandbox")
+        print("WARNING: --no-sandbox: domains run as root with every capability, in the "
+              "host's namespaces, unconfined (for benchmark comparisons only)",
+              file=sys.stderr, flush=True)
     with open(run_dir / "logs" / "hypervisor.out", "ab") as out:
         hv = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                               pass_fds=[write_fd], start_new_session=True)
@@ -377,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topology", nargs="?", help="TOML topology (default: bundled default)")
     p.add_argument("--detach", action="store_true", help="return once every domain runs")
     p.add_argument("--log-json", action="store_true", help="JSON lines in the logs")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="FOR BENCHMARK COMPARISONS ONLY: run domains without their "
+                        "sandbox (no namespaces, uid, seccomp or cgroups); never the default")
     p.set_defaults(func=_boot_command)
 
     p = sub.add_parser("list", help="list domains (xl list)")

@@ -66,6 +66,9 @@ class Toolstack:
     announce: Callable[..., None] = lambda **event: None
     domains: dict[int, Managed] = field(default_factory=dict)
     scheduled: list = field(default_factory=list)  # (when, old domain, config) restarts
+    # Every domain configuration known (the topology's), for what a driver
+    # domain's sandbox must hold: the images it serves.
+    known: list[DomainConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.domains[0] = Managed(0, "Domain-0", None)
@@ -103,7 +106,8 @@ class Toolstack:
             arg = ";".join(uplink.to_arg() for uplink in config.uplinks)
             cmdline = f"{cmdline} uplink={arg}".strip()
         created = self.xc.domain_create(config.name, config.memory, config.vcpus,
-                                        kernel_for(config), cmdline, config.cpus)
+                                        kernel_for(config), cmdline, config.cpus,
+                                        self.sandbox_for(config))
         domid = created["domid"]
         if config.weight != DEFAULT_WEIGHT:
             # As libxl does once the domain is built: the weight is a
@@ -126,6 +130,36 @@ class Toolstack:
         self.log.info("domain created", name=config.name, domid=domid)
         self.announce(event="created", name=config.name, domid=domid)
         return dom
+
+    def sandbox_for(self, config: DomainConfig) -> dict:
+        """What the hypervisor must put in the domain's sandbox beyond the
+        default (hypervisor/jail/sandbox.py): its role, the host paths its
+        `bind` key names, its own network for a guest with vifs, and for a
+        driver domain the disk images it may serve: the run directory's
+        disks/ and the absolute targets of the disks that name it."""
+        sandbox: dict[str, Any] = {"role": "driver" if config.driver_domain else "guest"}
+        if config.vifs and not config.driver_domain:
+            sandbox["net"] = True
+        if config.uplinks:
+            # The hypervisor makes the host TAPs and hands them over.
+            sandbox["uplinks"] = [{"tap": u.tap, "ip": list(u.ip), "mtu": u.mtu,
+                                   "mac": u.mac} for u in config.uplinks]
+        if config.binds:
+            sandbox["binds"] = [[path, writable] for path, writable in config.binds]
+        if config.driver_domain:
+            self.disk_dir.mkdir(parents=True, exist_ok=True)
+            disks = [str(self.disk_dir)]
+            for other in [*self.known, *(d.config for d in self.domains.values()
+                                         if d.config is not None)]:
+                for disk in other.disks:
+                    if (disk.backend == config.name and disk.target
+                            and Path(disk.target).is_absolute()):
+                        try:  # it must exist before the sandbox can hold it
+                            disks.append(str(devices.prepare_image(disk, self.disk_dir)))
+                        except OSError:
+                            pass  # blkback says why when it is attached
+            sandbox["disks"] = sorted(set(disks))
+        return sandbox
 
     def introduce(self, domid: int, config: DomainConfig, announce: dict) -> None:
         """Write the domain's nodes and devices, then hand its ring to xenstored."""

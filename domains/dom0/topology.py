@@ -122,6 +122,9 @@ class DomainConfig:
     line: int
     uplinks: tuple[UplinkSpec, ...] = ()  # a net driver domain's bridges to host TAPs
     weight: int = DEFAULT_WEIGHT  # credit2 scheduling weight (xl.cfg `weight`)
+    # Host paths visible inside the domain's sandbox (pyxen's own `bind`
+    # key): (path, writable).
+    binds: tuple[tuple[str, bool], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, msgpack-able form (lists, dicts, scalars) for the toolstack's messages."""
@@ -132,6 +135,7 @@ class DomainConfig:
         d["uplinks"] = [uplink.to_dict() for uplink in self.uplinks]
         d["restart_limit"] = list(self.restart_limit)
         d["restart_backoff"] = list(self.restart_backoff)
+        d["binds"] = [[path, writable] for path, writable in self.binds]
         return d
 
     @classmethod
@@ -151,6 +155,7 @@ class DomainConfig:
             d["restart_limit"] = (int(n), float(t))
             first, cap = d["restart_backoff"]
             d["restart_backoff"] = (float(first), float(cap))
+            d["binds"] = tuple((str(path), bool(rw)) for path, rw in d["binds"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"DomainConfig.from_dict: {e}") from None
         for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line", "weight"):
@@ -455,6 +460,22 @@ def _restart_backoff(v: list[Any], ctx: _Ctx) -> tuple[float, float]:
     return (float(v[0]), float(v[1]))
 
 
+def _binds(v: list[Any], ctx: _Ctx) -> tuple[tuple[str, bool], ...]:
+    """`bind = ["/abs/path", "/other:rw"]`: read-only unless `:rw`."""
+    out = []
+    for item in v:
+        if not isinstance(item, str):
+            raise _Invalid(f"expected a path string, got {item!r}", element=item)
+        path, writable = item, False
+        for suffix, rw in ((":rw", True), (":ro", False)):
+            if item.endswith(suffix):
+                path, writable = item[: -len(suffix)], rw
+        if not path.startswith("/") or "\0" in path:
+            raise _Invalid(f"expected an absolute path, got {item!r}", element=item)
+        out.append((os.path.normpath(path), writable))
+    return tuple(out)
+
+
 MAX_VCPUS = 128  # Xen on ARM's per-domain limit (GICv3)
 
 _DOMAIN_KEYS: dict[str, _Key] = {
@@ -479,6 +500,9 @@ _DOMAIN_KEYS: dict[str, _Key] = {
     # credit2's relative CPU share (xl.cfg(5) weight=WEIGHT); the hypercall
     # carries it as a uint16_t, and 0 there means "unchanged", not a weight.
     "weight": _Key((int,), DEFAULT_WEIGHT, _int_range(1, 65535)),
+    # Host paths a sandboxed domain may see (development and tests: a
+    # workload's FIFOs and files), at the same path, read-only unless ":rw".
+    "bind": _Key((list,), (), _binds, field="binds"),
 }
 _DOM0_KEYS: dict[str, _Key] = {
     "memory": _Key((int,), 512, _int_range(16, unit=" MiB")),

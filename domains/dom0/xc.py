@@ -30,15 +30,20 @@ class XenCtrl:
         return self.hypercall(HYPERVISOR_sysctl, cmd, args)
 
     def domain_create(self, name: str, memory_mib: int, vcpus: int, kernel: str,
-                      cmdline: str, cpus: tuple[int, ...] | None) -> dict:
+                      cmdline: str, cpus: tuple[int, ...] | None,
+                      sandbox: dict | None = None) -> dict:
         """Create and boot a domain; returns once its kernel reports ready,
-        with its domid and what the kernel announced (its xenstore ring)."""
-        result = self.hypercall(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, {
+        with its domid and what the kernel announced (its xenstore ring).
+        `sandbox` is what its jail holds beyond the default (see
+        hypervisor/jail/sandbox.py: role, binds, disks, net)."""
+        args = {
             "name": name, "max_memkb": memory_mib * 1024, "max_vcpus": vcpus,
             "kernel": kernel, "cmdline": cmdline,
             "cpus": list(cpus) if cpus is not None else None,
-        })
-        return result
+        }
+        if sandbox:
+            args["sandbox"] = sandbox
+        return self.hypercall(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, args)
 
     def domain_destroy(self, domid: int) -> None:
         self._domctl(D.XEN_DOMCTL_destroydomain, domid)

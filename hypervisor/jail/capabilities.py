@@ -16,6 +16,7 @@ import ctypes
 
 from hypervisor.jail import libc
 
+CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12
 CAP_SETPCAP = 8
 
@@ -110,3 +111,7 @@ def drop_all(keep: frozenset[int] = frozenset()) -> None:
 
 def no_new_privs() -> None:
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+#: What a guest with its own network namespace keeps (see the module's doc).
+NET_CAPABILITIES = frozenset({CAP_NET_ADMIN, CAP_NET_BIND_SERVICE})

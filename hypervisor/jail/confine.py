@@ -43,7 +43,7 @@ def confine(jail: dict, fds: list[int], hv_sock: socket.socket) -> Confined:
     uplink TAPs), in the order `jail` names them."""
     binds = [mounts.Bind.from_json(b) for b in jail.get("binds", ())]
     trees = mounts.clone_binds(binds)
-    trees += [mounts.Tree(fds[i], dst, True) for i, dst in jail.get("trees", ())]
+    trees += [mounts.Tree(fds[i], dst, bool(is_dir)) for i, dst, is_dir in jail.get("trees", ())]
     # /dev/net/tun is root's (0600) on most hosts: open the TAP fds the
     # guest will use while this process still is the host's root to the
     # file system; it becomes the domain's uid next. They belong to the
@@ -57,11 +57,12 @@ def confine(jail: dict, fds: list[int], hv_sock: socket.socket) -> Confined:
     if nproc:
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    keep = frozenset({capabilities.CAP_NET_ADMIN}) if jail.get("net_admin") else frozenset()
+    keep = capabilities.NET_CAPABILITIES if jail.get("net_admin") else frozenset()
     capabilities.drop_all(keep)
     if jail.get("seccomp"):
-        seccomp_policy.install_role(jail["role"])
-    uplinks = [(fds[i], dict(config)) for i, config in jail.get("uplinks", ())]
+        seccomp_policy.install_role(jail["role"], bool(jail.get("learn")))
+    uplinks = [(fds[i] if i >= 0 else -1, dict(config))
+               for i, config in jail.get("uplinks", ())]
     return Confined(tun_fds, uplinks)
 
 

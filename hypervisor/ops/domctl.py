@@ -25,7 +25,7 @@ from hypervisor.public.xen import HYPERVISOR_domctl
 
 # What a toolstack may ask of a new domain (and nothing else: the loader's
 # private keys, like Dom0's extra fds, are not for hypercalls).
-CREATE_KEYS = ("name", "max_vcpus", "max_memkb", "kernel", "cmdline", "cpus")
+CREATE_KEYS = ("name", "max_vcpus", "max_memkb", "kernel", "cmdline", "cpus", "sandbox")
 
 
 def _target(call: Call, args: dict):
