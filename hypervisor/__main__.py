@@ -16,6 +16,7 @@ from pathlib import Path
 
 import setproctitle
 
+from hypervisor.jail import seccomp_policy
 from hypervisor.jail.sandbox import Sandbox, sandbox_report
 from hypervisor.loop import ZmqTransport, remove_dir, run
 from hypervisor.machine import Machine, Platform
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     logger = make_logger(run_dir / "logs" / "hypervisor.log", args.log_json)
     # Before any thread exists: the probe forks.
     sandbox = Sandbox.probe(run_dir, enabled=not args.no_sandbox)
+    if sandbox.enabled and sandbox.seccomp:
+        # Its own filter too, before any thread exists (domains inherit it
+        # and add their role's: the stricter of both applies).
+        seccomp_policy.install_role("hypervisor", sandbox.learn)
+        sandbox.note_role(os.getpid(), "hypervisor")
     transport = ZmqTransport(run_dir)
     machine = Machine(platform, run_dir, transport, logger, args.log_json, standby=True,
                       sandbox=sandbox)

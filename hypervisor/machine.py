@@ -30,6 +30,7 @@ from hypervisor.domain import SHARED_INFO_PAGES, Domain
 from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
 from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
+from hypervisor.jail.cgroups import weight_to_shares
 from hypervisor.jail.sandbox import Sandbox
 from hypervisor.process import DomainProcess, StandbyPool, host_tids
 from hypervisor.public.errno import EBUSY, EINVAL, EIO, ESRCH, XenError
@@ -226,6 +227,7 @@ class Machine:
             env = box.environment() if box is not None else None
             dom.process = DomainProcess(start_info, pass_fds, log_path, env)
         if box is not None and box.enabled:
+            box.note_role(dom.process.pid, start_info["sandbox"]["role"])
             try:
                 dom.process.jail = box.place_unjailed(
                     dom.process.pid, dom.ram.nr_pages * PAGE_BYTES, dom.max_vcpus,
@@ -340,22 +342,64 @@ class Machine:
             raise XenError(EINVAL, f"credit2 weight {weight} is not between "
                            f"{MIN_WEIGHT} and {MAX_WEIGHT}")
 
+    def set_sched(self, dom: Domain, weight: int, cap: int) -> None:
+        """credit2's putinfo: record the weight (0: unchanged) and the cap
+        (percent of one pCPU, 0: none) and apply them: the domain's cgroup's
+        CPU share and quota (hypervisor/jail/cgroups.py), or, where there is
+        no cpu cgroup, the weight as its threads' nice value and no cap."""
+        if weight:
+            self._check_weight(weight)
+        if not 0 <= cap <= 100 * dom.max_vcpus:
+            raise XenError(EINVAL, f"cap {cap} is not between 0 (none) and "
+                           f"{100 * dom.max_vcpus} (all of its {dom.max_vcpus} vCPUs)")
+        if cap and self._cpu_cgroup(dom) is None and dom.process is not None:
+            # Refused rather than recorded: a cap nobody enforces would be a lie.
+            raise XenError(EINVAL, f"cap {cap}: d{dom.domid} has no cpu cgroup to cap it "
+                           f"with ({self._no_cpu_cgroup_why()})")
+        old = (dom.weight, dom.cap)
+        dom.weight, dom.cap = weight or dom.weight, cap
+        if (dom.weight, dom.cap) != old and self._apply_weight(dom):
+            group = self._cpu_cgroup(dom)
+            how = (f"cgroup cpu share {weight_to_shares(dom.weight)}/1024"
+                   + (f", quota {cap}% of a pCPU" if cap else ", no cap")
+                   if group is not None else
+                   f"its threads run at nice {weight_to_nice(dom.weight)}")
+            self.log(f"d{dom.domid} {dom.name}: credit2 weight {dom.weight} cap {dom.cap}: "
+                     f"{how}")
+
     def set_weight(self, dom: Domain, weight: int) -> None:
-        """credit2's putinfo: record the weight and apply it to the domain's
-        threads as their nice value."""
-        self._check_weight(weight)
-        dom.weight = weight
-        if self._apply_weight(dom):
-            self.log(f"d{dom.domid} {dom.name}: credit2 weight {weight}: its threads "
-                     f"run at nice {weight_to_nice(weight)}")
+        self.set_sched(dom, weight, dom.cap)
+
+    @staticmethod
+    def _cpu_cgroup(dom: Domain):
+        jail = getattr(dom.process, "jail", None)
+        group = jail.cgroup if jail is not None else None
+        return group if group is not None and "cpu" in group.paths else None
+
+    def _no_cpu_cgroup_why(self) -> str:
+        box = self.sandbox
+        if box is None:
+            return "no sandbox"
+        return box.layers["cgroup-cpu"].why or "the sandbox is off"
 
     def _apply_weight(self, dom: Domain) -> bool:
-        """Renice every thread of the domain's process (threads it starts
-        later inherit the value from their creator). False if it was not
-        applied: no process, or the host refused (said on the console)."""
+        """Apply the weight and cap to the domain's cgroup; without one,
+        renice every thread of its process (threads it starts later inherit
+        the value from their creator). False if it was not applied: no
+        process, or the host refused (said on the console)."""
         proc = dom.process
         if proc is None or not proc.alive:
             return False
+        group = self._cpu_cgroup(dom)
+        if group is not None:
+            try:
+                group.set_weight(dom.weight)
+                group.set_cap(dom.cap)
+            except OSError as exc:
+                self.log(f"d{dom.domid} {dom.name}: credit2 weight {dom.weight} recorded, "
+                         f"but its cgroup refused it: {exc}")
+                return False
+            return True
         nice = weight_to_nice(dom.weight)
         try:
             renice_threads(proc.pid, nice)

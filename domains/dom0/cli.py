@@ -272,10 +272,12 @@ def _vcpu_pin(args) -> int:
 
 
 def _sched_credit2(args) -> int:
-    if args.weight is not None:
+    if args.weight is not None or args.cap is not None:
         if args.domain is None:
-            raise UserError("sched-credit2: -w needs a domain (-d NAME)")
-        _client(args).call("sched-credit2", domain=args.domain, weight=args.weight)
+            raise UserError(f"sched-credit2: {'-w' if args.weight is not None else '-c'} "
+                            "needs a domain (-d NAME)")
+        _client(args).call("sched-credit2", domain=args.domain, weight=args.weight,
+                           cap=args.cap)
         return 0
     result = _client(args).call("sched-credit2", domain=args.domain)
     print(format_sched_credit2(result["rows"], pool=args.domain is None), end="")
@@ -463,10 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cpus", help="pCPUs: 'all', '0-1', '0,1', '^1'")
     p.set_defaults(func=_vcpu_pin)
 
-    p = sub.add_parser("sched-credit2", help="show or set credit2 weights; a weight "
-                       "is the nice value of the domain's threads (xl sched-credit2)")
+    p = sub.add_parser("sched-credit2", help="show or set credit2 weights and caps: the "
+                       "CPU share and quota of the domain's cgroup (xl sched-credit2)")
     p.add_argument("-d", "--domain", help="the domain (name or id)")
     p.add_argument("-w", "--weight", help="set its weight, 1 to 65535 (default 256)")
+    p.add_argument("-c", "--cap", help="set its cap: percent of one pCPU (0: none)")
     p.set_defaults(func=_sched_credit2)
 
     p = sub.add_parser("dmesg", help="the hypervisor's log (xl dmesg)")

@@ -102,22 +102,23 @@ class Toolstack:
         if config.vifs and not config.driver_domain:
             cmdline = f"{cmdline} netns".strip()  # the guest gets its own network stack
         if config.uplinks:
-            # The net driver domain creates its bridges' host TAPs itself.
+            # The net driver domain learns its bridges' host TAPs (the
+            # hypervisor makes them: sandbox_for).
             arg = ";".join(uplink.to_arg() for uplink in config.uplinks)
             cmdline = f"{cmdline} uplink={arg}".strip()
         created = self.xc.domain_create(config.name, config.memory, config.vcpus,
                                         kernel_for(config), cmdline, config.cpus,
                                         self.sandbox_for(config))
         domid = created["domid"]
-        if config.weight != DEFAULT_WEIGHT:
-            # As libxl does once the domain is built: the weight is a
-            # scheduler parameter, not part of createdomain.
+        if config.weight != DEFAULT_WEIGHT or config.cap:
+            # As libxl does once the domain is built: weight and cap are
+            # scheduler parameters, not part of createdomain.
             try:
-                self.xc.sched_credit2_domain_set(domid, config.weight)
+                self.xc.sched_credit2_domain_set(domid, config.weight, config.cap)
             except XenError as exc:
                 self.xc.domain_destroy(domid)
                 raise XenError(exc.errno, f"{config.name}: cannot set its weight "
-                               f"{config.weight}: {exc.message}") from exc
+                               f"{config.weight} and cap {config.cap}: {exc.message}") from exc
         try:
             self.introduce(domid, config, created.get("announce") or {})
         except (XenError, XsError) as exc:

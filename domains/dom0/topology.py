@@ -122,6 +122,7 @@ class DomainConfig:
     line: int
     uplinks: tuple[UplinkSpec, ...] = ()  # a net driver domain's bridges to host TAPs
     weight: int = DEFAULT_WEIGHT  # credit2 scheduling weight (xl.cfg `weight`)
+    cap: int = 0  # credit2 cap, percent of one pCPU, 0 for none (xl.cfg `cap`)
     # Host paths visible inside the domain's sandbox (pyxen's own `bind`
     # key): (path, writable).
     binds: tuple[tuple[str, bool], ...] = ()
@@ -158,7 +159,7 @@ class DomainConfig:
             d["binds"] = tuple((str(path), bool(rw)) for path, rw in d["binds"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"DomainConfig.from_dict: {e}") from None
-        for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line", "weight"):
+        for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line", "weight", "cap"):
             if type(d[key]) is not int:
                 raise ValueError(f"DomainConfig.from_dict: {key} must be an int")
         for key in ("name", "on_poweroff", "on_reboot", "on_crash", "on_watchdog", "workload", "extra", "source"):
@@ -500,6 +501,9 @@ _DOMAIN_KEYS: dict[str, _Key] = {
     # credit2's relative CPU share (xl.cfg(5) weight=WEIGHT); the hypercall
     # carries it as a uint16_t, and 0 there means "unchanged", not a weight.
     "weight": _Key((int,), DEFAULT_WEIGHT, _int_range(1, 65535)),
+    # credit2's cap (xl.cfg(5) cap=N): at most N% of one pCPU for the whole
+    # domain (200: two pCPUs' worth), 0 for none; its cgroup's CPU quota.
+    "cap": _Key((int,), 0, _int_range(0, 100 * 128)),
     # Host paths a sandboxed domain may see (development and tests: a
     # workload's FIFOs and files), at the same path, read-only unless ":rw".
     "bind": _Key((list,), (), _binds, field="binds"),

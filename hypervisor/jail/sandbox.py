@@ -74,7 +74,7 @@ class Sandbox:
     def probe(cls, run_dir: Path, enabled: bool = True) -> "Sandbox":
         """What this machine gives (`enabled` False: --no-sandbox, nothing)."""
         box = cls(run_dir, enabled)
-        box.learn = os.environ.get(seccomp_policy.LEARN_ENV) == "1"
+        box.learn = bool(os.environ.get(seccomp_policy.LEARN_ENV))
         if not enabled:
             for name in LAYERS:
                 box.layers[name] = Layer(name, False, "off (pyxen boot --no-sandbox)")
@@ -120,6 +120,14 @@ class Sandbox:
         return domain_environment(os.environ, **extra)
 
     # -- a jailed process's life ---------------------------------------------------
+
+    def note_role(self, pid: int, role: str) -> None:
+        """Learning mode (PYXEN_SECCOMP_LEARN=<file>): which process has
+        which role, for reading the kernel's seccomp log afterwards."""
+        path = os.environ.get(seccomp_policy.LEARN_ENV, "")
+        if self.learn and path.startswith("/"):
+            with open(path, "a") as f:
+                f.write(f"{pid} {role}\n")
 
     def new_jail(self) -> Jail:
         """A channel directory for a process about to be spawned: its own,
@@ -170,8 +178,10 @@ class Sandbox:
                 os.close(fd)
             raise
         net = bool(sandbox.get("net"))
+        role = "driver" if sandbox.get("role") == "driver" else "guest"
+        self.note_role(pid, role)
         message = {
-            "role": "driver" if sandbox.get("role") == "driver" else "guest",
+            "role": role,
             "binds": [b.to_json() for b in plan],
             "symlinks": symlinks,
             "trees": trees,

@@ -37,16 +37,21 @@ KILLED = frozenset({
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog",
     "setdomainname", "sethostname", "vhangup", "personality",
 })
-#: Killed in the hypervisor too (it spawns, maps ids and mounts for domains,
-#: so it keeps setns, unshare, pidfd_open and the mount calls).
-KILLED_HYPERVISOR = KILLED - {"setns", "unshare", "pidfd_open", "open_tree",
-                               "mount_setattr", "pidfd_send_signal"}
+#: Killed in the hypervisor too. It spawns, maps ids and makes id-mapped
+#: mounts for domains, so it keeps setns, unshare, pidfd_open and the mount
+#: calls; and its children inherit its filter under their own, so it also
+#: allows what a new domain process does before its role's filter is on
+#: (building its root: mount, umount2, pivot_root, move_mount).
+SETUP_CALLS = frozenset({"mount", "umount2", "pivot_root", "open_tree", "move_mount",
+                         "mount_setattr"})
+KILLED_HYPERVISOR = KILLED - SETUP_CALLS - {"setns", "unshare", "pidfd_open",
+                                            "pidfd_send_signal"}
 
 # What every Python domain process calls: the interpreter, pyzmq's threads,
 # msgpack, memfd mappings, Unix sockets, the upcall loop.
 _COMMON = """
-    access arch_prctl bind brk clock_getres clock_gettime clock_nanosleep close close_range
-    connect dup dup2 dup3 epoll_create epoll_create1 epoll_ctl epoll_pwait epoll_pwait2
+    access arch_prctl bind brk chdir clock_getres clock_gettime clock_nanosleep close close_range
+    connect dup dup2 dup3 epoll_create epoll_create1 epoll_ctl epoll_pwait epoll_pwait2 fchdir
     epoll_wait eventfd eventfd2 exit exit_group faccessat faccessat2 fadvise64 fcntl fstat
     fstatfs futex futex_waitv get_robust_list getcwd getdents64 getegid geteuid getgid
     getgroups getitimer getpeername getpgid getpgrp getpid getppid getpriority getrandom
@@ -76,7 +81,8 @@ _DOM0 = """
 _HYPERVISOR = """
     accept accept4 listen chown fchown fchownat lchown kill tgkill clone clone3 fork vfork
     execve execveat setsid setpgid setresuid setresgid setgroups capget capset
-    pidfd_open setns unshare open_tree mount_setattr pidfd_send_signal
+    pidfd_open setns unshare pidfd_send_signal mount umount2 pivot_root open_tree
+    move_mount mount_setattr
     inotify_init inotify_init1 inotify_add_watch inotify_rm_watch
 """
 
@@ -159,7 +165,6 @@ def install_generic() -> None:
     import pyseccomp as sc
 
     flt = sc.SyscallFilter(sc.ALLOW)
-    setup = {"mount", "umount2", "pivot_root", "open_tree", "move_mount", "mount_setattr"}
-    for name in sorted(KILLED - setup):
+    for name in sorted(KILLED - SETUP_CALLS):
         _add(flt, sc.KILL_PROCESS, name)
     flt.load()

@@ -128,14 +128,10 @@ def scheduler_op(call: Call, args: dict):
     cmd = int(args.get("cmd", -1))
     if cmd == XEN_DOMCTL_SCHEDOP_getinfo:
         return {"sched_id": sched_id, "cmd": cmd,
-                "credit2": {"weight": dom.weight, "cap": 0}}
+                "credit2": {"weight": dom.weight, "cap": dom.cap}}
     if cmd != XEN_DOMCTL_SCHEDOP_putinfo:
         raise XenError(EINVAL, f"credit2 has no scheduler_op command {cmd}")
     params = args.get("credit2") or {}
     weight, cap = int(params.get("weight", 0)), int(params.get("cap", 0))
-    if cap != 0:
-        # Refused rather than recorded: a cap nobody enforces would be a lie.
-        raise XenError(EINVAL, f"cap {cap}: pyxen does not cap vCPUs (they are host "
-                       "threads under Linux's scheduler); only cap 0, no cap, is supported")
-    if weight != 0:  # 0 leaves the weight as it is, as in Xen
-        call.machine.set_weight(dom, weight)
+    # As Xen's credit2: weight 0 leaves the weight as it is; cap 0 is no cap.
+    call.machine.set_sched(dom, weight, cap)
