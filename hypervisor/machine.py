@@ -250,6 +250,8 @@ class Machine:
                                             "role": self._role(dom, config)}}
             jail, jail_fds = box.assign(proc.jail, proc.pid, dom.domid, config,
                                         dom.ram.nr_pages * PAGE_BYTES, dom.max_vcpus)
+            while box.warnings:
+                self.log(f"d{dom.domid} {dom.name}: sandbox: {box.warnings.pop(0)}")
             dom.process = proc
             self.transport.attach(dom)  # its channels exist before it looks
             try:
@@ -658,5 +660,15 @@ class Machine:
             "outstanding_pages": 0,
             "capabilities": 0,
             "platform": self.platform.name,
+            "sandbox": self._sandbox_info(),
         }
+
+    def _sandbox_info(self) -> dict:
+        """What `pyxen info` says of the domains' sandbox: its layers, and
+        for each missing one why."""
+        box = self.sandbox
+        if box is None:
+            return {"enabled": False, "active": [], "missing": []}
+        return {"enabled": box.enabled, "active": box.active(),
+                "missing": [[layer.name, layer.why] for layer in box.missing()]}
 

@@ -190,6 +190,12 @@ def _info(args) -> int:
     versions = {**ver, "xen_scheduler": "credit2", "xen_pagesize": 4096,
                 "platform": phys.get("platform")}
     print(format_info(physinfo, versions), end="")
+    sandbox = phys.get("sandbox") or {}
+    print("%-23s: %s" % ("sandbox", " ".join(sandbox.get("active", [])) or
+                         ("off (--no-sandbox)" if sandbox.get("enabled") is False else "none")))
+    missing = sandbox.get("missing", [])
+    print("%-23s: %s" % ("sandbox_missing", "; ".join(f"{name} ({why})" for name, why in missing)
+                         if missing else "none"))
     return 0
 
 
@@ -367,15 +373,24 @@ def _exec(args) -> int:
     return 127  # not reached
 
 
+def _no_sandbox(args) -> None:
+    if args.no_sandbox:
+        from domains.dom0.bench import common
+
+        common.BOOT_ARGS = ["--no-sandbox"]
+
+
 def _chaos(args) -> int:
     from domains.dom0.chaos.runner import command
 
+    _no_sandbox(args)
     return command(args)
 
 
 def _bench(args) -> int:
     from domains.dom0.bench import run_bench
 
+    _no_sandbox(args)
     return run_bench(args)
 
 
@@ -493,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--iterations", type=int, default=2000,
                    help="measured round trips per measurement (default 2000)")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="boot without the sandbox: only to measure what it costs")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("chaos", help="kill driver domains at random while guests verify "
@@ -507,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-gap", type=float, default=0.5,
                    help="... and at most (default 0.5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="boot without the sandbox: only to measure what it costs")
     p.set_defaults(func=_chaos)
     return parser
 

@@ -68,6 +68,7 @@ class Sandbox:
     layers: dict[str, Layer] = field(default_factory=dict)
     cgroups: Cgroups | None = None
     learn: bool = False
+    warnings: list[str] = field(default_factory=list)  # for the hypervisor's log
     _seq: int = 0
 
     @classmethod
@@ -153,22 +154,31 @@ class Sandbox:
         self._cgroup(jail, pid, ram_bytes, vcpus, limited=True)
         workload = str(config.get("kernel", ""))
         extra = [(str(p), bool(rw)) for p, rw in sandbox.get("binds", ())]
-        plan, symlinks = binds.plan(workload, str(jail.chan_dir), str(self.run_dir), extra)
         fds: list[int] = []
         trees = []
         made_uplinks: list[list] = []
         try:
             for path in map(str, sandbox.get("disks", ())):
-                if os.path.isdir(path) or os.path.isfile(path):
-                    fds.append(binds.idmapped_tree(path, pid))
-                    trees.append([len(fds) - 1, os.path.abspath(path), os.path.isdir(path)])
-            for config in sandbox.get("uplinks", ()):
+                if not (os.path.isdir(path) or os.path.isfile(path)):
+                    continue
                 try:
-                    tap, made = uplinks.create(dict(config))
+                    fds.append(binds.idmapped_tree(path, pid))
+                except OSError as exc:
+                    # No id-mapped mounts here (an old kernel, a file system
+                    # without them): a plain bind, which the domain's uid
+                    # may not be allowed to write.
+                    self.warnings.append(f"{path}: no id-mapped bind ({exc.strerror}); "
+                                         "bound as it is")
+                    extra.append((path, True))
+                    continue
+                trees.append([len(fds) - 1, os.path.abspath(path), os.path.isdir(path)])
+            for uplink in sandbox.get("uplinks", ()):
+                try:
+                    tap, made = uplinks.create(dict(uplink))
                 except (OSError, ValueError) as exc:
                     # As when a driver domain made its own: it says why in
                     # its log, and serves its vifs anyway.
-                    made_uplinks.append([-1, {"tap": config.get("tap"), "error": str(exc)}])
+                    made_uplinks.append([-1, {"tap": uplink.get("tap"), "error": str(exc)}])
                     continue
                 fds.append(os.dup(tap.fileno()))
                 tap.close()  # ours only: the TAP lives with the domain's copy
@@ -177,6 +187,7 @@ class Sandbox:
             for fd in fds:
                 os.close(fd)
             raise
+        plan, symlinks = binds.plan(workload, str(jail.chan_dir), str(self.run_dir), extra)
         net = bool(sandbox.get("net"))
         role = "driver" if sandbox.get("role") == "driver" else "guest"
         self.note_role(pid, role)
