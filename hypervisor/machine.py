@@ -197,7 +197,6 @@ class Machine:
                 self._spawn_plain(dom, config, start_info, fds, log_path, bool(extra))
         finally:
             dom_end.close()
-        self.standby.refill()  # the next domain starts warm too
         for fd in (dom.ram.fd, dom.shared_info.fd, dom.gnttab.entries.fd,
                    dom.gnttab.status.fd):
             os.set_inheritable(fd, False)
@@ -243,13 +242,24 @@ class Machine:
         its jail (see hypervisor/process.py)."""
         box = self.sandbox
         assert box is not None
-        proc = self.standby.take() or DomainProcess.on_standby(box)
+        proc = self.standby.take()
+        if proc is not None:
+            try:
+                proc.wait_unshared()
+            except OSError:  # it died waiting: start cold
+                self.standby.discard(proc)
+                proc = None
+        if proc is None:
+            proc = DomainProcess.on_standby(box)
         try:
             proc.wait_unshared()
             config = {**config, "sandbox": {**(config.get("sandbox") or {}),
                                             "role": self._role(dom, config)}}
-            jail, jail_fds = box.assign(proc.jail, proc.pid, dom.domid, config,
-                                        dom.ram.nr_pages * PAGE_BYTES, dom.max_vcpus)
+            try:
+                jail, jail_fds = box.assign(proc.jail, proc.pid, dom.domid, config,
+                                            dom.ram.nr_pages * PAGE_BYTES, dom.max_vcpus)
+            except ValueError as exc:  # a domid without a sandbox uid
+                raise OSError(22, str(exc)) from exc
             while box.warnings:
                 self.log(f"d{dom.domid} {dom.name}: sandbox: {box.warnings.pop(0)}")
             dom.process = proc
@@ -299,6 +309,10 @@ class Machine:
         self._apply_weight(dom)
         dom.ready = True
         self.log(f"d{dom.domid} {dom.name}: kernel ready")
+        # The next domain starts warm too; started only now, so that a new
+        # Python does not compete for the CPU with the one that is booting
+        # (a driver domain's restart is what the standby is for).
+        self.standby.refill()
         if dom.pending_create is not None:
             token, dom.pending_create = dom.pending_create, None
             self.transport.reply(token, 0, {"domid": dom.domid, "announce": announce})
