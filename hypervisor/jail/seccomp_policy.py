@@ -10,10 +10,12 @@ namespaces, mounting, loading BPF, kernel modules or keys. kill and tgkill
 are allowed toward the caller itself only (else it is killed), and clone
 only without namespace flags.
 
-The lists were taken from what the test suite and `pyxen bench` make each
-role call (run with PYXEN_SECCOMP_LEARN=1: unlisted calls are then allowed
-and logged by the kernel as "audit: type=1326 ... syscall=N", in dmesg),
-not guessed. Names this architecture does not have are skipped.
+The lists were taken from what a booted machine (strace -f) and then the
+whole test suite and the benchmarks make each role call, not guessed
+(tests/seccomp_learn.py says how to learn them again: with
+PYXEN_SECCOMP_LEARN=<file> unlisted calls are allowed and audited), plus
+the few any Python program needs whether observed or not (_PYTHON). Names
+this architecture does not have are skipped.
 """
 
 from __future__ import annotations
