@@ -279,3 +279,63 @@ def test_no_sandbox_is_every_layer_off(tmp_path):
     box = Sandbox.probe(tmp_path, enabled=False)
     assert box.active() == [] and [layer.name for layer in box.missing()] == list(LAYERS)
     assert "OFF" in sandbox_report(box)[0]
+
+
+# --- the topology's keys -------------------------------------------------------------
+
+
+def test_bind_and_cap_keys(tmp_path):
+    from domains.dom0.topology import DomainConfig, TopologyError, load_topology
+
+    path = tmp_path / "t.toml"
+    path.write_text('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n[domain.g]\n'
+                    'cap = 150\nbind = ["/tmp/x.fifo", "/tmp/out/:rw", "/srv/data:ro"]\n')
+    g = load_topology(path).domain("g")
+    assert g.cap == 150
+    assert g.binds == (("/tmp/x.fifo", False), ("/tmp/out", True), ("/srv/data", False))
+    assert DomainConfig.from_dict(g.to_dict()) == g
+    for bad, words in (('bind = ["relative/path"]', "absolute path"),
+                       ("bind = [3]", "path string"), ("cap = -1", "cap"),
+                       ('bind = "/tmp"', "expected array")):
+        path.write_text('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n[domain.g]\n'
+                        f"{bad}\n")
+        with pytest.raises(TopologyError) as e:
+            load_topology(path)
+        assert words in str(e.value), (bad, str(e.value))
+
+
+def test_the_toolstack_asks_for_what_each_sandbox_holds(tmp_path):
+    from types import SimpleNamespace
+
+    from domains.dom0.toolstack import Toolstack
+    from domains.dom0.topology import load_topology
+
+    image = tmp_path / "abs.img"
+    path = tmp_path / "t.toml"
+    path.write_text(f"""[platform]
+memory = 1024
+[dom0]
+memory = 256
+[domain.disk-dd]
+driver_domain = true
+[domain.net-dd]
+driver_domain = true
+uplink = ["bridge=xenbr0, tap=pyxq0, ip=10.9.0.254/24"]
+[domain.g]
+bind = ["/tmp/f"]
+disk = ["backend=disk-dd, vdev=xvda, size=1M, target=rel.img",
+        "backend=disk-dd, vdev=xvdb, size=1M, target={image}"]
+vif = ["backend=net-dd, bridge=xenbr0"]
+""")
+    topology = load_topology(path)
+    xs = SimpleNamespace(write=lambda *a: None)
+    ts = Toolstack(None, xs, topology.platform, None, disk_dir=tmp_path / "disks")
+    ts.known = list(topology.domains)
+    dd, nd, g = (topology.domain(n) for n in ("disk-dd", "net-dd", "g"))
+    assert ts.sandbox_for(dd) == {"role": "driver",
+                                  "disks": sorted([str(tmp_path / "disks"), str(image)])}
+    assert image.stat().st_size == 1 << 20  # made before its driver domain boots
+    assert ts.sandbox_for(nd) == {"role": "driver", "disks": [str(tmp_path / "disks")],
+                                  "uplinks": [{"tap": "pyxq0", "ip": ["10.9.0.254/24"],
+                                               "mtu": None, "mac": None}]}
+    assert ts.sandbox_for(g) == {"role": "guest", "net": True, "binds": [["/tmp/f", False]]}

@@ -466,7 +466,7 @@ def _binds(v: list[Any], ctx: _Ctx) -> tuple[tuple[str, bool], ...]:
     out = []
     for item in v:
         if not isinstance(item, str):
-            raise _Invalid(f"expected a path string, got {item!r}", element=item)
+            raise _Invalid(f"expected a path string, got {item!r}")
         path, writable = item, False
         for suffix, rw in ((":rw", True), (":ro", False)):
             if item.endswith(suffix):
