@@ -16,6 +16,8 @@ from pathlib import Path
 
 import setproctitle
 
+from hypervisor.jail import seccomp_policy
+from hypervisor.jail.sandbox import Sandbox, sandbox_report
 from hypervisor.loop import ZmqTransport, remove_dir, run
 from hypervisor.machine import Machine, Platform
 from hypervisor.public.errno import XenError
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notify-fd", type=int, default=None,
                         help="pipe on which boot progress is reported (JSON lines)")
     parser.add_argument("--log-json", action="store_true")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="domains without namespaces, seccomp or cgroups "
+                             "(for benchmark comparisons only)")
     args = parser.parse_args(argv)
 
     setproctitle.setproctitle("pyxen: hypervisor")
@@ -48,8 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     platform = Platform(**json.loads(args.platform))
     dom0 = json.loads(args.dom0)
     logger = make_logger(run_dir / "logs" / "hypervisor.log", args.log_json)
+    # Before any thread exists: the probe forks.
+    sandbox = Sandbox.probe(run_dir, enabled=not args.no_sandbox)
+    if sandbox.enabled and sandbox.seccomp:
+        # Its own filter too, before any thread exists (domains inherit it
+        # and add their role's: the stricter of both applies).
+        seccomp_policy.install_role("hypervisor", sandbox.learn)
+        sandbox.note_role(os.getpid(), "hypervisor")
     transport = ZmqTransport(run_dir)
-    machine = Machine(platform, run_dir, transport, logger, args.log_json, standby=True)
+    machine = Machine(platform, run_dir, transport, logger, args.log_json, standby=True,
+                      sandbox=sandbox)
     (run_dir / "hypervisor.pid").write_text(f"{os.getpid()}\n")
 
     def terminate(signum, frame):
@@ -59,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, terminate)
     machine.log(f"pyxen hypervisor on platform '{platform.name}': "
                 f"{platform.pcpus} pCPUs, {platform.memory} MiB")
+    for line in sandbox_report(sandbox):
+        machine.log(line)
     status = 0
     try:
         cmdline = dom0.get("cmdline", "")
@@ -86,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         machine.halt("hypervisor stopping: halting the machine")
         transport.close()
+        sandbox.close()
         remove_dir(run_dir / "hv")
         (run_dir / "hypervisor.pid").unlink(missing_ok=True)
     return status

@@ -43,7 +43,8 @@ class Domain:
     dying: bool = False
     vcpu_tids: list[int] = field(default_factory=list)
     affinity: dict[int, tuple[int, ...] | None] = field(default_factory=dict)
-    weight: int = DEFAULT_WEIGHT  # credit2's; the host applies it as nice
+    weight: int = DEFAULT_WEIGHT  # credit2's: its cgroup's CPU share (else its nice)
+    cap: int = 0  # credit2's: percent of one pCPU, 0 for none (its cgroup's quota)
     windows: dict[int, Region] = field(default_factory=dict)
     # The grant-window pages it may hold (charged to it, see Machine.add_window).
     max_window_pages: int = 0

@@ -76,16 +76,29 @@ class ZmqTransport:
         return {"hypercall": f"ipc://{self.dir}/{domid}.hc",
                 "upcall": f"ipc://{self.dir}/{domid}.up"}
 
+    def _host_dir(self, dom: Domain) -> tuple[Path, int | None]:
+        """Where the domain's channel sockets are on the host, and the uid
+        that must be able to connect to them: a jailed domain's own
+        directory (hv/j<n>/, which it sees as <run-dir>/hv), or hv/ itself."""
+        jail = getattr(dom.process, "jail", None)
+        if jail is not None and jail.chan_dir is not None:
+            return jail.chan_dir, jail.uid
+        return self.dir, None
+
     def attach(self, dom: Domain) -> None:
         ends = self.endpoints(dom.domid)
+        where, uid = self._host_dir(dom)
         router = self.ctx.socket(zmq.ROUTER)
         push = self.ctx.socket(zmq.PUSH)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_HYPERCALL_BYTES)
         router.setsockopt(zmq.RCVHWM, RCVHWM)
-        for sock, end in ((router, ends["hypercall"]), (push, ends["upcall"])):
+        for sock, key in ((router, "hypercall"), (push, "upcall")):
+            path = where / Path(ends[key].removeprefix("ipc://")).name
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IPC_FILTER_PID, dom.process.pid)
-            sock.bind(end)
+            sock.bind(f"ipc://{path}")
+            if uid is not None:
+                os.chown(path, uid, uid)
         # Pending bits coalesce upcalls to at most one per port in flight,
         # so an unbounded queue here is bounded in practice.
         push.setsockopt(zmq.SNDHWM, 0)
@@ -113,8 +126,10 @@ class ZmqTransport:
             del self.by_push[push]
             push.close()
         ends = self.endpoints(dom.domid)
+        where, _ = self._host_dir(dom)
         for end in ends.values():
-            Path(end.removeprefix("ipc://")).unlink(missing_ok=True)
+            path = Path(end.removeprefix("ipc://"))
+            (where / path.name).unlink(missing_ok=True)
 
     def upcall(self, domid: int, port: int) -> None:
         push = self.pushes.get(domid)
@@ -232,5 +247,8 @@ def run(machine: Machine, transport: ZmqTransport) -> None:
 def remove_dir(path: Path) -> None:
     if path.is_dir():
         for child in path.iterdir():
-            child.unlink(missing_ok=True)
+            if child.is_dir() and not child.is_symlink():
+                remove_dir(child)  # a jailed domain's channel directory
+            else:
+                child.unlink(missing_ok=True)
         os.rmdir(path)

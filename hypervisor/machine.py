@@ -29,6 +29,8 @@ from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
 from hypervisor.memchan import MemChannel
 from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
+from hypervisor.jail.cgroups import weight_to_shares
+from hypervisor.jail.sandbox import Sandbox
 from hypervisor.process import DomainProcess, StandbyPool
 from hypervisor.public.errno import (
     EBUSY,
@@ -58,6 +60,7 @@ DEFAULT_BOOT_TIMEOUT = 30.0
 # creator says otherwise (createdomain's max_window_kb).
 MAX_WINDOWS = 128
 MIN_WINDOW_MIB = 64
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 class Transport(Protocol):
@@ -77,7 +80,8 @@ class Platform:
 
 class Machine:
     def __init__(self, platform: Platform, run_dir: Path, transport: Transport,
-                 logger: Any = None, log_json: bool = False, standby: bool = False) -> None:
+                 logger: Any = None, log_json: bool = False, standby: bool = False,
+                 sandbox: Sandbox | None = None) -> None:
         self.platform = platform
         self.run_dir = run_dir
         self.transport = transport
@@ -96,7 +100,8 @@ class Machine:
         self.log_limits: dict[tuple[int, str], TokenBucket] = {}
         self.boot_time = time.time()
         self.halted = False
-        self.standby = StandbyPool(standby)
+        self.sandbox = sandbox
+        self.standby = StandbyPool(standby, sandbox)
 
     # -- logging ------------------------------------------------------------
 
@@ -253,27 +258,100 @@ class Machine:
         }
         log_dir = self.run_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{dom.name}.log"
+        box = self.sandbox
         try:
-            spare = None if extra else self.standby.take()
-            if spare is not None:
-                try:
-                    spare.assign(start_info, fds, log_dir / f"{dom.name}.log")
-                    dom.process = spare
-                except OSError:  # it died just now: start cold
-                    spare.retire()
-                    spare = None
-            if spare is None:
-                pass_fds = [fd for v in fds.values()
-                            for fd in (v if isinstance(v, list) else [v])]
-                dom.process = DomainProcess(start_info, pass_fds,
-                                            log_dir / f"{dom.name}.log")
+            if box is not None and box.jails and not dom.privileged and not extra:
+                self._spawn_jailed(dom, config, start_info, fds, log_path)
+            else:
+                self._spawn_plain(dom, config, start_info, fds, log_path, bool(extra))
         finally:
             dom_end.close()
-        self.standby.refill()  # the next domain starts warm too
         for fd in (dom.ram.fd, dom.shared_info.fd, dom.gnttab.entries.fd,
                    dom.gnttab.status.fd):
             os.set_inheritable(fd, False)
+
+    def _spawn_plain(self, dom: Domain, config: dict, start_info: dict, fds: dict,
+                     log_path: Path, cold: bool) -> None:
+        """Dom0 (trusted, as in Xen: no namespaces), and every domain when
+        the sandbox is off or this host has no namespaces for it. What
+        layers there are still apply: its cgroup, and the process itself
+        sets no_new_privs, non-dumpable and its role's seccomp filter."""
+        box = self.sandbox
+        if box is not None and box.enabled:
+            start_info["sandbox"] = {
+                "role": self._role(dom, config),
+                "seccomp": box.seccomp, "learn": box.learn}
+        spare = None if cold else self.standby.take()
+        if spare is not None:
+            try:
+                spare.assign(start_info, fds, log_path)
+                dom.process = spare
+            except OSError:  # it died just now: start cold
+                self.standby.discard(spare)
+                spare = None
+        if spare is None:
+            pass_fds = [fd for v in fds.values()
+                        for fd in (v if isinstance(v, list) else [v])]
+            env = box.environment() if box is not None else None
+            dom.process = DomainProcess(start_info, pass_fds, log_path, env)
+        if box is not None and box.enabled:
+            box.note_role(dom.process.pid, start_info["sandbox"]["role"])
+            try:
+                dom.process.jail = box.place_unjailed(
+                    dom.process.pid, dom.ram.nr_pages * PAGE_BYTES, dom.max_vcpus,
+                    limited=not dom.privileged)
+            except OSError as exc:
+                self.log(f"d{dom.domid} {dom.name}: no cgroup: {exc}")
         self.transport.attach(dom)
+
+    def _spawn_jailed(self, dom: Domain, config: dict, start_info: dict, fds: dict,
+                      log_path: Path) -> None:
+        """A driver domain or guest: the standby process (or a new one, for
+        a cold start: the same way, assigned at once) gets the domain and
+        its jail (see hypervisor/process.py)."""
+        box = self.sandbox
+        assert box is not None
+        proc = self.standby.take()
+        if proc is not None:
+            try:
+                proc.wait_unshared()
+            except OSError:  # it died waiting: start cold
+                self.standby.discard(proc)
+                proc = None
+        if proc is None:
+            proc = DomainProcess.on_standby(box)
+        try:
+            proc.wait_unshared()
+            config = {**config, "sandbox": {**(config.get("sandbox") or {}),
+                                            "role": self._role(dom, config)}}
+            try:
+                jail, jail_fds = box.assign(proc.jail, proc.pid, dom.domid, config,
+                                            dom.ram.nr_pages * PAGE_BYTES, dom.max_vcpus)
+            except ValueError as exc:  # a domid without a sandbox uid
+                raise OSError(22, str(exc)) from exc
+            while box.warnings:
+                self.log(f"d{dom.domid} {dom.name}: sandbox: {box.warnings.pop(0)}")
+            dom.process = proc
+            self.transport.attach(dom)  # its channels exist before it looks
+            try:
+                proc.assign(start_info, fds, log_path, jail, jail_fds)
+            finally:
+                for fd in jail_fds:
+                    os.close(fd)
+        except OSError:
+            if dom.process is proc:
+                self.transport.detach(dom)
+                dom.process = None
+            self.standby.discard(proc)
+            raise
+
+    @staticmethod
+    def _role(dom: Domain, config: dict) -> str:
+        if dom.privileged:
+            return "dom0"
+        role = (config.get("sandbox") or {}).get("role")
+        return "driver" if role == "driver" else "guest"
 
     def domain_ready(self, dom: Domain, vcpu_tids: list[int], announce: Any = None) -> None:
         """The kernel booted. `announce` is opaque to the hypervisor: what the
@@ -305,6 +383,10 @@ class Machine:
         self.timers.cancel_where(k for k in self.timers.live
                                  if k[0] == "boot" and k[1] == dom.domid)
         self.log(f"d{dom.domid} {dom.name}: kernel ready")
+        # The next domain starts warm too; started only now, so that a new
+        # Python does not compete for the CPU with the one that is booting
+        # (a driver domain's restart is what the standby is for).
+        self.standby.refill()
         if dom.pending_create is not None:
             token, dom.pending_create = dom.pending_create, None
             self.transport.reply(token, 0, {"domid": dom.domid, "announce": announce})
@@ -376,22 +458,64 @@ class Machine:
             raise XenError(EINVAL, f"credit2 weight {weight} is not between "
                            f"{MIN_WEIGHT} and {MAX_WEIGHT}")
 
+    def set_sched(self, dom: Domain, weight: int, cap: int) -> None:
+        """credit2's putinfo: record the weight (0: unchanged) and the cap
+        (percent of one pCPU, 0: none) and apply them: the domain's cgroup's
+        CPU share and quota (hypervisor/jail/cgroups.py), or, where there is
+        no cpu cgroup, the weight as its threads' nice value and no cap."""
+        if weight:
+            self._check_weight(weight)
+        if not 0 <= cap <= 100 * dom.max_vcpus:
+            raise XenError(EINVAL, f"cap {cap} is not between 0 (none) and "
+                           f"{100 * dom.max_vcpus} (all of its {dom.max_vcpus} vCPUs)")
+        if cap and self._cpu_cgroup(dom) is None and dom.process is not None:
+            # Refused rather than recorded: a cap nobody enforces would be a lie.
+            raise XenError(EINVAL, f"cap {cap}: d{dom.domid} has no cpu cgroup to cap it "
+                           f"with ({self._no_cpu_cgroup_why()})")
+        old = (dom.weight, dom.cap)
+        dom.weight, dom.cap = weight or dom.weight, cap
+        if (dom.weight, dom.cap) != old and self._apply_weight(dom):
+            group = self._cpu_cgroup(dom)
+            how = (f"cgroup cpu share {weight_to_shares(dom.weight)}/1024"
+                   + (f", quota {cap}% of a pCPU" if cap else ", no cap")
+                   if group is not None else
+                   f"its threads run at nice {weight_to_nice(dom.weight)}")
+            self.log(f"d{dom.domid} {dom.name}: credit2 weight {dom.weight} cap {dom.cap}: "
+                     f"{how}")
+
     def set_weight(self, dom: Domain, weight: int) -> None:
-        """credit2's putinfo: record the weight and apply it to the domain's
-        threads as their nice value."""
-        self._check_weight(weight)
-        dom.weight = weight
-        if self._apply_weight(dom):
-            self.log(f"d{dom.domid} {dom.name}: credit2 weight {weight}: its threads "
-                     f"run at nice {weight_to_nice(weight)}")
+        self.set_sched(dom, weight, dom.cap)
+
+    @staticmethod
+    def _cpu_cgroup(dom: Domain):
+        jail = getattr(dom.process, "jail", None)
+        group = jail.cgroup if jail is not None else None
+        return group if group is not None and "cpu" in group.paths else None
+
+    def _no_cpu_cgroup_why(self) -> str:
+        box = self.sandbox
+        if box is None:
+            return "no sandbox"
+        return box.layers["cgroup-cpu"].why or "the sandbox is off"
 
     def _apply_weight(self, dom: Domain) -> bool:
-        """Renice every thread of the domain's process (threads it starts
-        later inherit the value from their creator). False if it was not
-        applied: no process, or the host refused (said on the console)."""
+        """Apply the weight and cap to the domain's cgroup; without one,
+        renice every thread of its process (threads it starts later inherit
+        the value from their creator). False if it was not applied: no
+        process, or the host refused (said on the console)."""
         proc = dom.process
         if proc is None or not proc.alive:
             return False
+        group = self._cpu_cgroup(dom)
+        if group is not None:
+            try:
+                group.set_weight(dom.weight)
+                group.set_cap(dom.cap)
+            except OSError as exc:
+                self.log(f"d{dom.domid} {dom.name}: credit2 weight {dom.weight} recorded, "
+                         f"but its cgroup refused it: {exc}")
+                return False
+            return True
         nice = weight_to_nice(dom.weight)
         try:
             renice_threads(proc.pid, nice)
@@ -497,6 +621,9 @@ class Machine:
         self.doorbells.forget(dom.domid)
         if dom.process is not None:
             dom.process.close()
+            if self.sandbox is not None and not dom.process.alive:
+                self.sandbox.release(dom.process.jail)
+                dom.process.jail = None
         if dom.memchan is not None:
             dom.memchan.close()
         dom.free(self.memory)
@@ -682,5 +809,15 @@ class Machine:
             "outstanding_pages": 0,
             "capabilities": 0,
             "platform": self.platform.name,
+            "sandbox": self._sandbox_info(),
         }
+
+    def _sandbox_info(self) -> dict:
+        """What `pyxen info` says of the domains' sandbox: its layers, and
+        for each missing one why."""
+        box = self.sandbox
+        if box is None:
+            return {"enabled": False, "active": [], "missing": []}
+        return {"enabled": box.enabled, "active": box.active(),
+                "missing": [[layer.name, layer.why] for layer in box.missing()]}
 

@@ -4,18 +4,28 @@ A domain is an OS process. It is started with exactly the file descriptors
 that are its capabilities (its RAM, grant-table and shared-info segments, its
 memory channel) and nothing else, which is why this uses subprocess with an
 explicit `pass_fds` rather than a fork of the hypervisor: a fork would hand
-every domain every other domain's memory.
+every domain every other domain's memory. Its environment is an allow-list
+(hypervisor/jail/env.py).
 
 Starting Python and importing the kernel takes a few hundred milliseconds,
 most of a driver domain's restart. So the hypervisor keeps one process on
 standby (StandbyPool): started ahead, imports done, holding no capability
 until it is handed a domain's fds over its socket (SCM_RIGHTS).
+
+Sandboxed (hypervisor/jail/), every domain but Dom0 starts that way, the
+standby process and a cold start alike: the hypervisor spawns it as pid 1
+of a new PID namespace (still its direct child), it unshares its other
+namespaces at once and says so on its socket; when it is given a domain the
+hypervisor writes its uid map, makes its cgroup, and sends the domain with
+the jail's plan; the process builds its root, drops to its uid and
+capabilities, loads its role's seccomp filter and boots.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -24,18 +34,33 @@ from pathlib import Path
 
 import psutil
 
+from hypervisor.jail.confine import READY
+from hypervisor.jail.namespaces import children_in_new_pid_namespace
+from hypervisor.jail.sandbox import JAIL_ENV, Jail, Sandbox
 from hypervisor.public.pyxen.start_info import STANDBY_ENV, START_INFO_ENV
+
+#: How long a freshly started process may take to unshare its namespaces
+#: (it does so first thing; a Python start on a loaded 2-core host).
+UNSHARE_TIMEOUT_S = 20.0
+
+
+class SpawnError(OSError):
+    pass
 
 
 class DomainProcess:
     """One running domain process, watched through a pidfd."""
 
-    def __init__(self, start_info: dict, pass_fds: list[int], log_path: Path) -> None:
-        env = dict(os.environ)
+    def __init__(self, start_info: dict, pass_fds: list[int], log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        """A cold start outside any jail (Dom0, or --no-sandbox)."""
+        env = dict(os.environ if env is None else env)
         env[START_INFO_ENV] = json.dumps(start_info)
+        self.standby: socket.socket | None = None
+        self.jail: Jail | None = None
+        self.unshared = False
         with open(log_path, "ab") as log:
             self._start(pass_fds, log, env)
-        self.standby: socket.socket | None = None
 
     def _start(self, pass_fds: list[int], out, env: dict) -> None:
         self.popen = subprocess.Popen(
@@ -54,35 +79,75 @@ class DomainProcess:
         self._ps = psutil.Process(self.pid)
 
     @classmethod
-    def on_standby(cls) -> "DomainProcess":
+    def on_standby(cls, sandbox: Sandbox | None = None) -> "DomainProcess":
         """A domain process started ahead of need: it does the slow part of
         starting (the interpreter and the kernel's imports) and then waits,
-        holding no capability, until `assign` hands it a domain."""
+        holding no capability, until `assign` hands it a domain. With a
+        sandbox that jails, it starts in namespaces of its own."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         proc = cls.__new__(cls)
+        proc.standby = None
+        proc.jail = None
+        proc.unshared = False
+        jailed = sandbox is not None and sandbox.jails
         try:
-            env = dict(os.environ)
-            env[STANDBY_ENV] = f"{theirs.fileno()}:{os.getpid()}"
-            proc._start([theirs.fileno()], subprocess.DEVNULL, env)
+            extra = {STANDBY_ENV: f"{theirs.fileno()}:{os.getpid()}"}
+            if jailed:
+                extra[JAIL_ENV] = "1" if not sandbox.seccomp else "seccomp"
+            env = sandbox.environment(**extra) if sandbox is not None else \
+                {**os.environ, **extra}
+            if jailed:
+                proc.jail = sandbox.new_jail()
+                with children_in_new_pid_namespace():
+                    proc._start([theirs.fileno()], subprocess.DEVNULL, env)
+            else:
+                proc._start([theirs.fileno()], subprocess.DEVNULL, env)
         except BaseException:
             ours.close()
+            if proc.jail is not None and sandbox is not None:
+                sandbox.release(proc.jail)
             raise
         finally:
             theirs.close()
         proc.standby = ours
         return proc
 
-    def assign(self, start_info: dict, fds: dict[str, int], log_path: Path) -> None:
+    def wait_unshared(self, timeout: float = UNSHARE_TIMEOUT_S) -> None:
+        """Block until a jailed process has its own namespaces (its first
+        act), so that its maps can be written. SpawnError if it died first
+        or took longer than `timeout`."""
+        if self.unshared:
+            return
+        assert self.standby is not None
+        ready, _, _ = select.select([self.standby], [], [], timeout)
+        if not ready:
+            raise SpawnError(110, f"process {self.pid} did not set up its namespaces "
+                                  f"within {timeout:.0f} s")
+        word = self.standby.recv(64)
+        if word != READY:
+            raise SpawnError(5, f"process {self.pid} could not set up its namespaces"
+                                f" (said {word!r})")
+        self.unshared = True
+
+    def assign(self, start_info: dict, fds: dict[str, int], log_path: Path,
+               jail: dict | None = None, jail_fds: list[int] | tuple = ()) -> None:
         """Make this standby process the domain of `start_info`: it gets the
         domain's fds (and its log as stdout) now, as a cold start gets them
-        at exec."""
+        at exec, and, jailed, its jail's plan and fds."""
         names = list(fds)
+        message = {"start_info": start_info, "fds": names}
+        if jail is not None:
+            message["jail"] = jail
         with open(log_path, "ab") as log:
-            socket.send_fds(self.standby, [json.dumps({"start_info": start_info,
-                                                       "fds": names}).encode()],
-                            [log.fileno(), *(fds[n] for n in names)])
-        self.standby.close()
-        self.standby = None
+            socket.send_fds(self.standby, [json.dumps(message).encode()],
+                            [log.fileno(), *(fds[n] for n in names), *jail_fds])
+        if self.jail is None:
+            self.standby.close()
+            self.standby = None
+        # A jailed process keeps our end open for as long as it runs: its
+        # parent is outside its PID namespace (ppid 0), so a hang-up on
+        # this socket is how it knows we are gone after it re-arms
+        # PR_SET_PDEATHSIG (hypervisor/jail/confine.py).
 
     def retire(self) -> None:
         """A standby process no longer needed: end it."""
@@ -130,6 +195,9 @@ class DomainProcess:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+        if self.standby is not None:
+            self.standby.close()
+            self.standby = None
 
     def cpu_time(self) -> int:
         if not self.alive:
@@ -162,24 +230,50 @@ def thread_stat(pid: int, tid: int) -> tuple[int, int, str]:
     return cpu_ns, int(fields[36]), fields[0]
 
 
+def host_tids(pid: int, reported: list[int]) -> list[int]:
+    """The host tids of the threads process `pid` reported by their ids in
+    its own PID namespace (NSpid's last field), in the order reported. A
+    tid that is not one of its threads raises ValueError."""
+    inner: dict[int, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        inner[int(line.split()[-1])] = int(tid)
+                        break
+        except OSError:
+            continue
+    try:
+        return [inner[t] for t in reported]
+    except KeyError as exc:
+        raise ValueError(f"thread {exc.args[0]} is not one of process {pid}'s") from None
+
+
 class StandbyPool:
     """At most one standby domain process, replaced as soon as it is used."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, sandbox: Sandbox | None = None) -> None:
         self.enabled = enabled
+        self.sandbox = sandbox
         self.spare: DomainProcess | None = None
 
     def take(self) -> DomainProcess | None:
         spare, self.spare = self.spare, None
         if spare is not None and spare.reap() is not None:
-            spare.close()  # it died waiting: start cold
+            self.discard(spare)  # it died waiting: start cold
             return None
         return spare
+
+    def discard(self, proc: DomainProcess) -> None:
+        proc.retire()
+        if self.sandbox is not None:
+            self.sandbox.release(proc.jail)
 
     def refill(self) -> None:
         if self.enabled and self.spare is None:
             try:
-                self.spare = DomainProcess.on_standby()
+                self.spare = DomainProcess.on_standby(self.sandbox)
             except OSError:
                 self.spare = None  # cold starts still work
 
@@ -187,4 +281,4 @@ class StandbyPool:
         self.enabled = False
         spare, self.spare = self.spare, None
         if spare is not None:
-            spare.retire()
+            self.discard(spare)

@@ -178,11 +178,21 @@ class System:
 
 
 class Fifo:
-    """A named pipe a test workload writes its JSON results to."""
+    """A named pipe a test workload writes its JSON results to.
+
+    A sandboxed domain sees it only when its topology binds it
+    (`bind = [...]`, see `binds`), and runs as a uid of its own: the pipe is
+    open to every uid (the run directory around it is 0700)."""
 
     def __init__(self, directory: Path, name: str) -> None:
         self.path = directory / name
         os.mkfifo(self.path)
+        os.chmod(self.path, 0o666)
+
+    @staticmethod
+    def binds(*fifos: "Fifo") -> str:
+        """The topology line that lets a domain see these pipes."""
+        return "bind = [" + ", ".join(f'"{f.path}"' for f in fifos) + "]"
 
     def read_json(self) -> dict:
         # Opening blocks until the domain opens its end: the wait is an event.

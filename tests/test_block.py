@@ -70,6 +70,7 @@ def test_io_features_readonly_and_bad_requests(system):
         memory = 64
         workload = "tests.workloads:disk_probe"
         extra = "out={out.path}"
+        {Fifo.binds(out)}
         disk = ["backend=disk-dd, vdev=xvda, size=16M, target=probe.img",
                 "backend=disk-dd, vdev=xvdb, access=ro, target=ro.img"]
         """))

@@ -85,7 +85,7 @@ class FakeXc:
                 "cpu_time": 0, "pid": 100 + domid, "handle": f"uuid-{domid}"}
 
     def domain_create(self, name, memory_mib, vcpus, kernel, cmdline, cpus,
-                      boot_timeout=None, max_window_mib=None, abandon=None):
+                      boot_timeout=None, max_window_mib=None, abandon=None, sandbox=None):
         domid = self.next_domid
         self.next_domid += 1
         self.doms[domid] = self._info(domid, name)

@@ -106,6 +106,7 @@ def test_a_guest_flooding_its_xenstore_ring_is_stalled_not_served(system):
         memory = 32
         workload = "tests.workloads:xenstore_flood"
         extra = "out={out.path}"
+        {Fifo.binds(out)}
         """))
     domid = out.read_json()["domid"]
     client = xenstore(system)
@@ -166,6 +167,7 @@ def test_console_flood_is_rate_limited_capped_and_cleaned(system):
         memory = 32
         workload = "tests.workloads:pv_console_flood"
         extra = "out={out.path} mib=4"
+        {Fifo.binds(out)}
         """))
     written = out.read_json()["written"]
     logs = [system.run_dir / "console" / name for name in ("noisy.log", "noisy.log.1")]

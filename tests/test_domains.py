@@ -30,6 +30,7 @@ def test_unprivileged_domain_gets_eperm_for_privileged_hypercalls(system):
         memory = 32
         workload = "tests.workloads:privileged_ops"
         extra = "out={out.path}"
+        {Fifo.binds(out)}
         """))
     results = out.read_json()
     assert results.pop("xen_version") == "ok"
@@ -45,11 +46,13 @@ def test_grants_and_events_between_two_domains(system):
         memory = 32
         workload = "tests.workloads:granter"
         extra = "hello={paths['hello']} offer={paths['offer']} out={paths['g']}"
+        {Fifo.binds(*fifos.values())}
 
         [domain.mapper]
         memory = 32
         workload = "tests.workloads:mapper"
         extra = "hello={paths['hello']} offer={paths['offer']} out={paths['m']}"
+        {Fifo.binds(*fifos.values())}
         """))
     mapper = fifos["m"].read_json()
     granter = fifos["g"].read_json()
@@ -77,6 +80,7 @@ def test_virtual_timer_fires_virq_timer(system):
         memory = 32
         workload = "tests.workloads:timer"
         extra = "out={out.path}"
+        {Fifo.binds(out)}
         """))
     assert out.read_json()["elapsed"] >= 0.2
 

@@ -211,7 +211,8 @@ def test_killed_while_a_flush_is_in_flight(system):
     cue = Fifo(system.run_dir, "cue")
     topology = TOPOLOGY.replace("tests.workloads:disk_writer",
                                 "tests.workloads:disk_flush_on_cue")
-    system.boot(system.write_topology(topology + f'extra = "cue={cue.path}"\n'))
+    system.boot(system.write_topology(topology + f'extra = "cue={cue.path}"\n'
+                                                 + Fifo.binds(cue) + "\n"))
     log = system.run_dir / "logs" / "writer.log"
     follow_acks(log, 63)
     first = system.list()["disk-dd"]["domid"]

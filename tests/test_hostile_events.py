@@ -48,11 +48,13 @@ def test_a_guest_cannot_raise_another_domains_ports(system):
         memory = 32
         workload = "tests.workloads:doorbell_victim"
         extra = "hello={paths['hello']} offer={paths['offer']} out={paths['v']}"
+        {Fifo.binds(*fifos.values())}
 
         [domain.forger]
         memory = 32
         workload = "tests.workloads:doorbell_forger"
         extra = "hello={paths['hello']} offer={paths['offer']} out={paths['f']}"
+        {Fifo.binds(*fifos.values())}
         """))
     forger = fifos["f"].read_json()
     victim = fifos["v"].read_json()
@@ -92,6 +94,7 @@ disk = ["backend=disk-dd, vdev=xvda, size=16M, target=w.img"]
 memory = 32
 workload = "tests.workloads:memchan_hog"
 extra = "out={out}"
+bind = ["{out}"]
 """
 
 
@@ -117,6 +120,7 @@ def test_a_guest_that_closed_its_memory_channel_gets_an_errno(system):
         memory = 32
         workload = "tests.workloads:memchan_closer"
         extra = "out={out.path}"
+        {Fifo.binds(out)}
         """))
     assert out.read_json() == {"grant_window": "ENOTCONN", "then": "ok"}
     assert system.list()["closer"]["state"][3:5] == "--"

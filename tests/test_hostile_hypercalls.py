@@ -30,11 +30,13 @@ def test_a_burst_of_malformed_hypercalls_leaves_the_machine_serving(system):
         vcpus = 2
         workload = "tests.workloads:malformed_hypercalls"
         extra = "out={out.path}"
+        {Fifo.binds(out)}
 
         [domain.bystander]
         memory = 64
         workload = "tests.workloads:timer_on_cue"
         extra = "cue={cue.path} out={other.path}"
+        {Fifo.binds(cue, other)}
         """))
     report = out.read_json()
     assert report == {
@@ -66,6 +68,7 @@ def test_an_oversized_hypercall_is_dropped_unread(system):
         memory = 128
         workload = "tests.workloads:oversized_hypercall"
         extra = "out={out.path} cue={cue.path}"
+        {Fifo.binds(out, cue)}
         """))
     system.wait("big", "running")
     hv = system.hypervisor_pid()
@@ -92,6 +95,7 @@ def test_a_guest_cannot_have_another_process_s_thread_pinned(system):
             cpus = "1"
             workload = "tests.workloads:foreign_tids"
             extra = "out={out.path} victim={victim.pid}"
+            {Fifo.binds(out)}
             """))
         assert out.read_json() == {"foreign": "EINVAL", "ready": "ok"}
         assert os.sched_getaffinity(victim.pid) == before
@@ -120,12 +124,14 @@ def test_grant_windows_are_charged_to_the_domain_that_opens_them(system):
         memory = 64
         workload = "tests.workloads:window_hog"
         extra = "out={hog.path} frames=1024"
+        {Fifo.binds(hog)}
 
         [domain.capped]
         memory = 64
         max_grant_window_memory = 16
         workload = "tests.workloads:window_hog"
         extra = "out={small.path} frames=1024"
+        {Fifo.binds(small)}
         """))
     # Its console and xenstore windows take 2 pages of the 64 MiB default.
     assert hog.read_json() == {"opened": 15, "error": "ENOMEM"}
@@ -146,6 +152,7 @@ def test_a_guest_cannot_flood_or_forge_the_hypervisor_console(system):
         memory = 64
         workload = "tests.workloads:console_flood"
         extra = "out={out.path}"
+        {Fifo.binds(out)}
         """))
     assert out.read_json() == {"written": 500}
     domid = system.list()["noisy"]["domid"]

@@ -1,5 +1,7 @@
-"""credit2 weights: the weight -> nice mapping, the topology key, the
-scheduler_op hypercall, and a booted system whose weights are real nice values."""
+"""credit2 weights and caps: the weight -> nice mapping (where there is no
+cpu cgroup), the topology keys, the scheduler_op hypercall, and a booted
+system whose weights and caps are its domains' cgroups' CPU shares and
+quotas."""
 
 import os
 import subprocess
@@ -20,6 +22,7 @@ from domains.dom0.topology import (
 from domains.dom0.xlformat import format_sched_credit2
 from hypervisor import machine as machine_mod
 from hypervisor.credit2 import renice_threads, thread_nices, weight_to_nice
+from hypervisor.jail.cgroups import DomainCgroup
 from hypervisor.dispatch import Call, dispatch
 from hypervisor.domain import Domain
 from hypervisor.machine import Machine, Platform
@@ -192,8 +195,10 @@ def test_scheduler_op_put_and_get(tmp_path):
      "between 1 and 65535"),
     ({"cmd": XEN_DOMCTL_SCHEDOP_putinfo, "credit2": {"weight": -1, "cap": 0}},
      "between 1 and 65535"),
-    ({"cmd": XEN_DOMCTL_SCHEDOP_putinfo, "credit2": {"weight": 512, "cap": 50}},
-     "pyxen does not cap vCPUs"),
+    ({"cmd": XEN_DOMCTL_SCHEDOP_putinfo, "credit2": {"weight": 512, "cap": 101}},
+     "between 0 (none) and 100"),
+    ({"cmd": XEN_DOMCTL_SCHEDOP_putinfo, "credit2": {"weight": 512, "cap": -1}},
+     "between 0 (none) and 100"),
     ({"cmd": XEN_DOMCTL_SCHEDOP_putinfo, "credit2": {"weight": 512},
       "sched_id": XEN_SCHEDULER_CREDIT}, "not this machine's"),
     ({"cmd": 7}, "no scheduler_op command 7"),
@@ -234,7 +239,37 @@ def test_putinfo_renices_a_live_domain(tmp_path, monkeypatch):
     monkeypatch.setattr(machine_mod, "renice_threads", lambda pid, nice: calls.append((pid, nice)))
     _sched(m, dom0, 1, cmd=XEN_DOMCTL_SCHEDOP_putinfo, credit2={"weight": 128, "cap": 0})
     assert calls == [(4242, 3)]
-    assert "d1 d1: credit2 weight 128: its threads run at nice 3" in m.console[-1]
+    assert "d1 d1: credit2 weight 128 cap 0: its threads run at nice 3" in m.console[-1]
+
+
+def test_a_cap_without_a_cpu_cgroup_is_refused_not_recorded(tmp_path):
+    m, dom0, guest = _machine(tmp_path)
+    guest.process = SimpleNamespace(pid=4242, alive=True)  # no cgroup: no jail
+    rc, message = _sched(m, dom0, 1, cmd=XEN_DOMCTL_SCHEDOP_putinfo,
+                         credit2={"weight": 0, "cap": 50})
+    assert rc == -EINVAL and "no cpu cgroup" in message
+    assert (guest.weight, guest.cap) == (256, 0)
+
+
+def test_putinfo_sets_the_cgroups_share_and_quota(tmp_path):
+    m, dom0, guest = _machine(tmp_path)
+    cpu = tmp_path / "cg"
+    cpu.mkdir()
+    for name in ("cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us"):
+        (cpu / name).write_text("0")
+    guest.process = SimpleNamespace(pid=4242, alive=True,
+                                    jail=SimpleNamespace(cgroup=DomainCgroup({"cpu": cpu})))
+    assert _sched(m, dom0, 1, cmd=XEN_DOMCTL_SCHEDOP_putinfo,
+                  credit2={"weight": 512, "cap": 50}) == (0, None)
+    assert (cpu / "cpu.shares").read_text() == "2048"
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "50000"
+    assert (cpu / "cpu.cfs_period_us").read_text() == "100000"
+    assert "cgroup cpu share 2048/1024, quota 50% of a pCPU" in m.console[-1]
+    # Weight 0 keeps the weight; cap 0 lifts the cap (Xen's putinfo).
+    assert _sched(m, dom0, 1, cmd=XEN_DOMCTL_SCHEDOP_putinfo,
+                  credit2={"weight": 0, "cap": 0}) == (0, None)
+    assert (guest.weight, guest.cap) == (512, 0)
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "-1"
 
 
 # --- a booted system -------------------------------------------------------------------
@@ -252,14 +287,32 @@ weight = 384
 memory = 32
 vcpus = 2
 weight = 512
+cap = 150
 on_crash = "restart"
 """
 
 
-def _nices(pid: int) -> set[int]:
-    nices = thread_nices(pid)
-    assert len(nices) >= 2, nices  # the vCPU threads and more
-    return set(nices.values())
+def _cpu_cgroup(pid: int) -> Path:
+    """The cpu cgroup (v1 or v2) directory process `pid` is in."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        hid, names, path = line.split(":", 2)
+        if "cpu" in names.split(","):
+            return Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return Path("/sys/fs/cgroup/unified") / line[3:].lstrip("/")
+    raise AssertionError(f"process {pid} has no cpu cgroup")
+
+
+def _share(pid: int) -> tuple[int, int | None]:
+    """(cpu.shares, quota in us or None) of process `pid`'s cgroup."""
+    group = _cpu_cgroup(pid)
+    if (group / "cpu.shares").exists():
+        quota = int((group / "cpu.cfs_quota_us").read_text())
+        return int((group / "cpu.shares").read_text()), None if quota < 0 else quota
+    weight = int((group / "cpu.weight").read_text())
+    quota_text = (group / "cpu.max").read_text().split()[0]
+    return weight * 1024 // 100, None if quota_text == "max" else int(quota_text)
 
 
 def _table(system, *args: str) -> dict[str, tuple[int, int, int]]:
@@ -271,34 +324,60 @@ def _table(system, *args: str) -> dict[str, tuple[int, int, int]]:
             for name, domid, w, cap in (line.split() for line in lines[1:])}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a negative nice needs root")
-def test_weights_are_the_nice_values_of_the_domains_threads(system):
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups)")
+def test_weights_and_caps_are_the_domains_cgroups_shares_and_quotas(system):
     system.boot(system.write_topology(TOPOLOGY))
     worker = system.pid_of("worker")
     table = _table(system)
-    assert table["worker"][1:] == (512, 0) and table["Domain-0"] == (0, 384, 0)
-    assert _nices(worker) == {-3}
+    assert table["worker"][1:] == (512, 150) and table["Domain-0"] == (0, 384, 0)
+    assert _share(worker) == (2048, 150_000)
     # Dom0's weight comes from the loader and is applied when it is ready.
-    assert _nices(system.pid_of("Domain-0")) == {-2}
+    assert _share(system.pid_of("Domain-0")) == (1536, None)
+    # Each domain has a group of its own, under pyxen's, under ours.
+    assert _cpu_cgroup(worker) != _cpu_cgroup(system.pid_of("Domain-0"))
+    assert _cpu_cgroup(worker).parent.name == f"pyxen-{system.hypervisor_pid()}"
 
     system.cli("sched-credit2", "-d", "worker", "-w", "128")
-    assert _table(system, "-d", "worker") == {"worker": (table["worker"][0], 128, 0)}
-    assert _nices(worker) == {3}
-    assert "worker: credit2 weight 128: its threads run at nice 3" in system.cli("dmesg").stdout
+    assert _table(system, "-d", "worker") == {"worker": (table["worker"][0], 128, 150)}
+    assert _share(worker) == (512, 150_000)
+    assert "worker: credit2 weight 128 cap 150: cgroup cpu share 512/1024" in \
+        system.cli("dmesg").stdout
+    system.cli("sched-credit2", "-d", "worker", "-c", "0")
+    assert _share(worker) == (512, None)
 
     for args, words in ((["-d", "worker", "-w", "0"], "weight 0 is out of range (1 to 65535)"),
                         (["-d", "worker", "-w", "70000"], "out of range"),
                         (["-d", "worker", "-w", "lots"], "'lots' is not a number"),
+                        (["-d", "worker", "-c", "201"], "between 0 (none) and 200"),
+                        (["-d", "worker", "-c", "x"], "'x' is not a number"),
                         (["-d", "nosuch", "-w", "300"], "no domain named 'nosuch'"),
                         (["-d", "nosuch"], "no domain named 'nosuch'"),
                         (["-w", "300"], "-w needs a domain")):
         proc = system.cli("sched-credit2", *args, check=False)
         assert proc.returncode == 1 and words in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
-    assert _nices(worker) == {3}
+    assert _share(worker) == (512, None)
 
-    # A restarted domain gets its configured weight again, as libxl sets it.
+    # A restarted domain gets its configured weight and cap again, as libxl
+    # sets them; its old group is gone.
+    old_group = _cpu_cgroup(worker)
     os.kill(worker, 9)
     system.wait("worker", "running", not_domid=table["worker"][0])
-    assert _table(system, "-d", "worker")["worker"][1] == 512
-    assert _nices(system.pid_of("worker")) == {-3}
+    assert _table(system, "-d", "worker")["worker"][1:] == (512, 150)
+    assert _share(system.pid_of("worker")) == (2048, 150_000)
+    assert not old_group.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a negative nice needs root")
+def test_without_a_sandbox_weights_are_the_nice_values_of_the_domains_threads(system):
+    system.cli("boot", "--detach", "--no-sandbox",
+               str(system.write_topology(TOPOLOGY.replace("cap = 150\n", ""))))
+    system.booted = True
+    worker = system.pid_of("worker")
+    assert set(thread_nices(worker).values()) == {-3}
+    assert set(thread_nices(system.pid_of("Domain-0")).values()) == {-2}
+    system.cli("sched-credit2", "-d", "worker", "-w", "128")
+    assert set(thread_nices(worker).values()) == {3}
+    proc = system.cli("sched-credit2", "-d", "worker", "-c", "50", check=False)
+    assert proc.returncode == 1 and "no cpu cgroup" in proc.stderr

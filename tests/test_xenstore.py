@@ -83,6 +83,7 @@ def test_guest_rights_and_transactions(system):
         memory = 32
         workload = "tests.workloads:xenstore_rights"
         extra = "out={out.path} other=1"
+        {Fifo.binds(out)}
         """))
     report = out.read_json()
     assert report["own_name"] == "probe"

@@ -25,7 +25,6 @@ BLKIF_RSP_ERROR.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Sequence
@@ -55,7 +54,9 @@ _FALLBACK_ERRNOS = frozenset(
 
 def _load_fallocate():
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # libc is already in the process: find_library would run ldconfig,
+        # which a sandboxed driver domain has not (and may not exec).
+        libc = ctypes.CDLL(None, use_errno=True)
         function = libc.fallocate
     except (OSError, AttributeError):
         return None

@@ -42,6 +42,19 @@ from frontends.netfront.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR
                                     NetnsError, Tap)
 from hypervisor.public.io.netif import NETRXF_data_validated, XEN_NETIF_MAX_TX_SIZE
 
+#: A sandboxed driver domain cannot create TAPs on the host: the hypervisor
+#: creates them and hands their fds over (hypervisor/jail/uplinks.py).
+#: TAP name -> (fd, what the hypervisor says of it), or None when it does not.
+_given: dict[str, tuple[int, dict]] | None = None
+
+
+def give_taps(taps: list[tuple[int, dict]]) -> None:
+    """The uplink TAPs the hypervisor made for this driver domain (fd -1:
+    it could not, and `error` says why)."""
+    global _given
+    _given = {str(config["tap"]): (fd, config) for fd, config in taps}
+
+
 #: Frames read from the TAP per turn on the switch: others' rings get
 #: their turn in between.
 READ_BATCH = 32
@@ -73,6 +86,17 @@ def parse_uplink_arg(text: str) -> list[UplinkConfig]:
     return configs
 
 
+def _given_tap(config: UplinkConfig) -> Tap:
+    assert _given is not None
+    fd, made = _given.get(config.tap, (-1, {"error": "the hypervisor made no such TAP"}))
+    if fd < 0:
+        raise NetnsError(0, f"TAP {config.tap}: {made.get('error')}")
+    from frontends.netfront.tap import parse_address
+
+    return Tap(fd, config.tap, made["mac"], int(made["mtu"]),
+               [parse_address(a) for a in made.get("ip", ())], vnet_hdr=True)
+
+
 class Uplink:
     """A host TAP device as a port of a bridge."""
 
@@ -97,10 +121,14 @@ class Uplink:
         """Create the TAP on the host and plug it into its bridge.  NetnsError
         (the message says why) if the TAP cannot be made."""
         config = self.config
-        tap = Tap.create(config.tap, mac=config.mac, mtu=config.mtu,
-                         addresses=list(config.ips), vnet_hdr=True)
+        if _given is not None:
+            tap = _given_tap(config)
+        else:
+            tap = Tap.create(config.tap, mac=config.mac, mtu=config.mtu,
+                             addresses=list(config.ips), vnet_hdr=True)
         try:
-            tap.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            if _given is None:
+                tap.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
             tap.set_blocking(False)
         except (NetnsError, OSError):
             tap.close()

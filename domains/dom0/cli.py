@@ -49,7 +49,12 @@ def _boot_command(args) -> int:
         raise UserError(f"a pyxen system is already running in {run_dir} (hypervisor pid "
                         f"{pid}); `pyxen halt` it or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    longest = run_dir.resolve() / "hv" / "65535.hc"  # hypervisor/loop.py's longest
+    # Only its owner may enter it: its sockets, logs and images are the
+    # machine's, not every local user's.
+    os.chmod(run_dir, 0o700)
+    # hypervisor/loop.py's longest: a jailed domain's channel in its own
+    # directory hv/j<n>/ (up to 4 hex digits of spawns budgeted).
+    longest = run_dir.resolve() / "hv" / "jffff" / "65535.hc"
     if len(str(longest)) > MAX_SOCKET_PATH:
         raise UserError(f"--run-dir {run_dir} is too long for unix sockets; "
                         "use a shorter path")
@@ -68,6 +73,11 @@ def _boot_command(args) -> int:
            "--notify-fd", str(write_fd)]
     if args.log_json:
         cmd.append("--log-json")
+    if args.no_sandbox:
+        cmd.append("--no-sandbox")
+        print("WARNING: --no-sandbox: domains run as root with every capability, in the "
+              "host's namespaces, unconfined (for benchmark comparisons only)",
+              file=sys.stderr, flush=True)
     with open(run_dir / "logs" / "hypervisor.out", "ab") as out:
         hv = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                               pass_fds=[write_fd], start_new_session=True)
@@ -180,6 +190,12 @@ def _info(args) -> int:
     versions = {**ver, "xen_scheduler": "credit2", "xen_pagesize": 4096,
                 "platform": phys.get("platform")}
     print(format_info(physinfo, versions), end="")
+    sandbox = phys.get("sandbox") or {}
+    print("%-23s: %s" % ("sandbox", " ".join(sandbox.get("active", [])) or
+                         ("off (--no-sandbox)" if sandbox.get("enabled") is False else "none")))
+    missing = sandbox.get("missing", [])
+    print("%-23s: %s" % ("sandbox_missing", "; ".join(f"{name} ({why})" for name, why in missing)
+                         if missing else "none"))
     return 0
 
 
@@ -262,10 +278,12 @@ def _vcpu_pin(args) -> int:
 
 
 def _sched_credit2(args) -> int:
-    if args.weight is not None:
+    if args.weight is not None or args.cap is not None:
         if args.domain is None:
-            raise UserError("sched-credit2: -w needs a domain (-d NAME)")
-        _client(args).call("sched-credit2", domain=args.domain, weight=args.weight)
+            raise UserError(f"sched-credit2: {'-w' if args.weight is not None else '-c'} "
+                            "needs a domain (-d NAME)")
+        _client(args).call("sched-credit2", domain=args.domain, weight=args.weight,
+                           cap=args.cap)
         return 0
     result = _client(args).call("sched-credit2", domain=args.domain)
     print(format_sched_credit2(result["rows"], pool=args.domain is None), end="")
@@ -359,15 +377,24 @@ def _exec(args) -> int:
     return 127  # not reached
 
 
+def _no_sandbox(args) -> None:
+    if args.no_sandbox:
+        from domains.dom0.bench import common
+
+        common.BOOT_ARGS = ["--no-sandbox"]
+
+
 def _chaos(args) -> int:
     from domains.dom0.chaos.runner import command
 
+    _no_sandbox(args)
     return command(args)
 
 
 def _bench(args) -> int:
     from domains.dom0.bench import run_bench
 
+    _no_sandbox(args)
     return run_bench(args)
 
 
@@ -381,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topology", nargs="?", help="TOML topology (default: bundled default)")
     p.add_argument("--detach", action="store_true", help="return once every domain runs")
     p.add_argument("--log-json", action="store_true", help="JSON lines in the logs")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="FOR BENCHMARK COMPARISONS ONLY: run domains without their "
+                        "sandbox (no namespaces, uid, seccomp or cgroups); never the default")
     p.set_defaults(func=_boot_command)
 
     p = sub.add_parser("list", help="list domains (xl list)")
@@ -455,10 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cpus", help="pCPUs: 'all', '0-1', '0,1', '^1'")
     p.set_defaults(func=_vcpu_pin)
 
-    p = sub.add_parser("sched-credit2", help="show or set credit2 weights; a weight "
-                       "is the nice value of the domain's threads (xl sched-credit2)")
+    p = sub.add_parser("sched-credit2", help="show or set credit2 weights and caps: the "
+                       "CPU share and quota of the domain's cgroup (xl sched-credit2)")
     p.add_argument("-d", "--domain", help="the domain (name or id)")
     p.add_argument("-w", "--weight", help="set its weight, 1 to 65535 (default 256)")
+    p.add_argument("-c", "--cap", help="set its cap: percent of one pCPU (0: none)")
     p.set_defaults(func=_sched_credit2)
 
     p = sub.add_parser("dmesg", help="the hypervisor's log (xl dmesg)")
@@ -482,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--iterations", type=int, default=2000,
                    help="measured round trips per measurement (default 2000)")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="boot without the sandbox: only to measure what it costs")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("chaos", help="kill driver domains at random while guests verify "
@@ -496,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-gap", type=float, default=0.5,
                    help="... and at most (default 0.5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="boot without the sandbox: only to measure what it costs")
     p.set_defaults(func=_chaos)
     return parser
 

@@ -276,16 +276,29 @@ def _vcpu_pin(ts: Toolstack, args: dict):
 
 @command("sched-credit2")
 def _sched_credit2(ts: Toolstack, args: dict):
-    """xl sched-credit2: without a weight, the rows; with one, set it."""
-    weight = args.get("weight")
-    if weight is None:
+    """xl sched-credit2: without a weight or cap, the rows; with either, set
+    it (the other stays as it is)."""
+    weight, cap = args.get("weight"), args.get("cap")
+    if weight is None and cap is None:
         return {"rows": ts.sched_rows(args.get("domain"))}
     if args.get("domain") is None:
-        raise SpecError("a weight needs a domain (-d NAME)")
-    weight = _weight(weight)
+        raise SpecError("a weight or cap needs a domain (-d NAME)")
+    weight = 0 if weight is None else _weight(weight)  # 0: unchanged
     dom = ts.find(args["domain"])
-    ts.xc.sched_credit2_domain_set(dom.domid, weight)
+    cap = ts.xc.sched_credit2_domain_get(dom.domid)["cap"] if cap is None else _cap(cap)
+    ts.xc.sched_credit2_domain_set(dom.domid, weight, cap)
     return {"rows": ts.sched_rows(dom.domid)}
+
+
+def _cap(value: Any) -> int:
+    try:
+        cap = int(str(value), 10)
+    except ValueError:
+        raise SpecError(f"cap {value!r} is not a number (percent of a pCPU, 0 for none)"
+                        ) from None
+    if cap < 0:
+        raise SpecError(f"cap {cap} is out of range (0 for none, 100 for one pCPU)")
+    return cap
 
 
 def _weight(value: Any) -> int:

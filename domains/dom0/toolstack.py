@@ -102,6 +102,9 @@ class Toolstack:
     lock: threading.RLock = field(default_factory=threading.RLock)
     workers: set[threading.Thread] = field(default_factory=set)
     halting: bool = False
+    # Every domain configuration known (the topology's), for what a driver
+    # domain's sandbox must hold: the images it serves.
+    known: list[DomainConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.domains[0] = Managed(0, "Domain-0", None)
@@ -195,7 +198,8 @@ class Toolstack:
         if config.vifs and not config.driver_domain:
             cmdline = f"{cmdline} netns".strip()  # the guest gets its own network stack
         if config.uplinks:
-            # The net driver domain creates its bridges' host TAPs itself.
+            # The net driver domain learns its bridges' host TAPs (the
+            # hypervisor makes them: sandbox_for).
             arg = ";".join(uplink.to_arg() for uplink in config.uplinks)
             cmdline = f"{cmdline} uplink={arg}".strip()
         try:
@@ -203,7 +207,8 @@ class Toolstack:
                                          kernel_for(config), cmdline, config.cpus,
                                          config.boot_timeout,
                                          config.max_grant_window_memory,
-                                         abandon=booting.abandon)
+                                         abandon=booting.abandon,
+                                         sandbox=self.sandbox_for(config))
         except Abandoned:
             raise XenError(ESRCH, f"{config.name} was destroyed while booting") from None
         except XenError as exc:
@@ -232,15 +237,15 @@ class Toolstack:
                            error=exc.message)
             self._console(f"toolstack: {message}")
             raise XenError(EINVAL, message) from None
-        if config.weight != DEFAULT_WEIGHT:
-            # As libxl does once the domain is built: the weight is a
-            # scheduler parameter, not part of createdomain.
+        if config.weight != DEFAULT_WEIGHT or config.cap:
+            # As libxl does once the domain is built: weight and cap are
+            # scheduler parameters, not part of createdomain.
             try:
-                self.xc.sched_credit2_domain_set(domid, config.weight)
+                self.xc.sched_credit2_domain_set(domid, config.weight, config.cap)
             except XenError as exc:
                 self._discard(domid)
                 raise XenError(exc.errno, f"{config.name}: cannot set its weight "
-                               f"{config.weight}: {exc.message}") from exc
+                               f"{config.weight} and cap {config.cap}: {exc.message}") from exc
         try:
             self.introduce(domid, config, announce)
         except (XenError, XsError) as exc:
@@ -305,6 +310,36 @@ class Toolstack:
                 return
             booting.abandon.set()
             self.log.info("booting domain destroyed", name=name, domid=domid)
+
+    def sandbox_for(self, config: DomainConfig) -> dict:
+        """What the hypervisor must put in the domain's sandbox beyond the
+        default (hypervisor/jail/sandbox.py): its role, the host paths its
+        `bind` key names, its own network for a guest with vifs, and for a
+        driver domain the disk images it may serve: the run directory's
+        disks/ and the absolute targets of the disks that name it."""
+        sandbox: dict[str, Any] = {"role": "driver" if config.driver_domain else "guest"}
+        if config.vifs and not config.driver_domain:
+            sandbox["net"] = True
+        if config.uplinks:
+            # The hypervisor makes the host TAPs and hands them over.
+            sandbox["uplinks"] = [{"tap": u.tap, "ip": list(u.ip), "mtu": u.mtu,
+                                   "mac": u.mac} for u in config.uplinks]
+        if config.binds:
+            sandbox["binds"] = [[path, writable] for path, writable in config.binds]
+        if config.driver_domain:
+            self.disk_dir.mkdir(parents=True, exist_ok=True)
+            disks = [str(self.disk_dir)]
+            for other in [*self.known, *(d.config for d in self.domains.values()
+                                         if d.config is not None)]:
+                for disk in other.disks:
+                    if (disk.backend == config.name and disk.target
+                            and Path(disk.target).is_absolute()):
+                        try:  # it must exist before the sandbox can hold it
+                            disks.append(str(devices.prepare_image(disk, self.disk_dir)))
+                        except OSError:
+                            pass  # blkback says why when it is attached
+            sandbox["disks"] = sorted(set(disks))
+        return sandbox
 
     def introduce(self, domid: int, config: DomainConfig, announce: dict) -> None:
         """Write the domain's nodes and devices, then hand its ring to xenstored."""

@@ -125,6 +125,10 @@ class DomainConfig:
     weight: int = DEFAULT_WEIGHT  # credit2 scheduling weight (xl.cfg `weight`)
     boot_timeout: float = 30.0  # seconds its kernel has to report ready
     max_grant_window_memory: int = 64  # MiB of grant windows it may hold
+    cap: int = 0  # credit2 cap, percent of one pCPU, 0 for none (xl.cfg `cap`)
+    # Host paths visible inside the domain's sandbox (pyxen's own `bind`
+    # key): (path, writable).
+    binds: tuple[tuple[str, bool], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, msgpack-able form (lists, dicts, scalars) for the toolstack's messages."""
@@ -135,6 +139,7 @@ class DomainConfig:
         d["uplinks"] = [uplink.to_dict() for uplink in self.uplinks]
         d["restart_limit"] = list(self.restart_limit)
         d["restart_backoff"] = list(self.restart_backoff)
+        d["binds"] = [[path, writable] for path, writable in self.binds]
         return d
 
     @classmethod
@@ -154,9 +159,10 @@ class DomainConfig:
             d["restart_limit"] = (int(n), float(t))
             first, cap = d["restart_backoff"]
             d["restart_backoff"] = (float(first), float(cap))
+            d["binds"] = tuple((str(path), bool(rw)) for path, rw in d["binds"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"DomainConfig.from_dict: {e}") from None
-        for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line", "weight",
+        for key in ("memory", "maxmem", "vcpus", "maxvcpus", "line", "weight", "cap",
                     "max_grant_window_memory"):
             if type(d[key]) is not int:
                 raise ValueError(f"DomainConfig.from_dict: {key} must be an int")
@@ -481,6 +487,22 @@ def _restart_backoff(v: list[Any], ctx: _Ctx) -> tuple[float, float]:
     return (float(v[0]), float(v[1]))
 
 
+def _binds(v: list[Any], ctx: _Ctx) -> tuple[tuple[str, bool], ...]:
+    """`bind = ["/abs/path", "/other:rw"]`: read-only unless `:rw`."""
+    out = []
+    for item in v:
+        if not isinstance(item, str):
+            raise _Invalid(f"expected a path string, got {item!r}")
+        path, writable = item, False
+        for suffix, rw in ((":rw", True), (":ro", False)):
+            if item.endswith(suffix):
+                path, writable = item[: -len(suffix)], rw
+        if not path.startswith("/") or "\0" in path:
+            raise _Invalid(f"expected an absolute path, got {item!r}", element=item)
+        out.append((os.path.normpath(path), writable))
+    return tuple(out)
+
+
 MAX_VCPUS = 128  # Xen on ARM's per-domain limit (GICv3)
 
 _DOMAIN_KEYS: dict[str, _Key] = {
@@ -514,6 +536,12 @@ _DOMAIN_KEYS: dict[str, _Key] = {
     # holds two windows for a moment. Default: max(64, memory).
     "max_grant_window_memory": _Key((int,), _Derived(lambda v: max(64, v["memory"])),
                                     _int_range(1, unit=" MiB")),
+    # credit2's cap (xl.cfg(5) cap=N): at most N% of one pCPU for the whole
+    # domain (200: two pCPUs' worth), 0 for none; its cgroup's CPU quota.
+    "cap": _Key((int,), 0, _int_range(0, 100 * 128)),
+    # Host paths a sandboxed domain may see (development and tests: a
+    # workload's FIFOs and files), at the same path, read-only unless ":rw".
+    "bind": _Key((list,), (), _binds, field="binds"),
 }
 _DOM0_KEYS: dict[str, _Key] = {
     "memory": _Key((int,), 512, _int_range(16, unit=" MiB")),

@@ -63,7 +63,8 @@ class XenCtrl:
                       cmdline: str, cpus: tuple[int, ...] | None,
                       boot_timeout: float | None = None,
                       max_window_mib: int | None = None,
-                      abandon: Abandon | None = None) -> dict:
+                      abandon: Abandon | None = None,
+                      sandbox: dict | None = None) -> dict:
         """Create and boot a domain; returns once its kernel reports ready,
         with its domid and what the kernel announced (its xenstore ring).
         ETIMEDOUT (the domain destroyed) if it is not ready in boot_timeout
@@ -73,7 +74,9 @@ class XenCtrl:
         With `abandon`, the wait can be given up from another thread (the
         domain was destroyed while booting, the machine halts): Abandoned
         is raised. The hypervisor answers createdomain only when the
-        kernel is ready, fails or runs out of time."""
+        kernel is ready, fails or runs out of time. `sandbox` is what its
+        jail holds beyond the default (see hypervisor/jail/sandbox.py: role,
+        binds, disks, net)."""
         args = {
             "name": name, "max_memkb": memory_mib * 1024, "max_vcpus": vcpus,
             "kernel": kernel, "cmdline": cmdline,
@@ -83,6 +86,8 @@ class XenCtrl:
             args["boot_timeout"] = boot_timeout
         if max_window_mib is not None:
             args["max_window_kb"] = max_window_mib * 1024
+        if sandbox:
+            args["sandbox"] = sandbox
         if abandon is None or not hasattr(self.hypercall, "endpoint"):
             return self.hypercall(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, args)
         return self._abandonable(HYPERVISOR_domctl, D.XEN_DOMCTL_createdomain, args, abandon)

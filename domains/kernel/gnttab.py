@@ -78,6 +78,22 @@ class Mapping:
     offset: int = 0
 
 
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+
+def populate(view: mmap.mmap) -> None:
+    """Fault every page of a window we own in now, writing: the memory
+    cgroup charges a shared page to whoever touches it first, and that must
+    be the domain the window belongs to, not the backend that fills it."""
+    try:
+        view.madvise(MADV_POPULATE_WRITE)
+        return
+    except (OSError, AttributeError, ValueError):
+        pass  # an older kernel: touch each page
+    for offset in range(0, len(view), PAGE_SIZE):
+        view[offset] = view[offset]
+
+
 class Windows:
     """Grant windows' fds, which arrive on the memory channel (memchan.py),
     each before the hypercall answer that names it: our own windows when
@@ -211,7 +227,9 @@ class GrantTable:
     def open_window(self, peer: int, nr_frames: int) -> Window:
         result = self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_grant_window,
                                 {"peer": peer, "nr_frames": nr_frames})
-        return self.windows.get(result["window"])
+        window = self.windows.get(result["window"])
+        populate(window.map)
+        return window
 
     def close_window(self, window: Window, refs: list[int]) -> bool:
         """Give a window back once its peer is gone (a backend that died and

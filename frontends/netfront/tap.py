@@ -113,6 +113,20 @@ def _effective_caps() -> int:
     return 0
 
 
+# A sandboxed guest (hypervisor/jail/) is in a network namespace of its own
+# from its first instruction, keeps CAP_NET_ADMIN there only, and cannot
+# open /dev/net/tun (root's): it gets TAP fds opened for it ahead.
+_sandbox_tun_fds: list[int] | None = None
+
+
+def use_sandbox_netns(tun_fds: list[int]) -> None:
+    """This process is a sandboxed guest already in its own namespace:
+    bring `lo` up, and create TAPs from `tun_fds` (see Tap.create)."""
+    global _sandbox_tun_fds
+    _sandbox_tun_fds = list(tun_fds)
+    _set_up("lo")
+
+
 def can_use_netns() -> tuple[bool, str]:
     """Whether this process may create network namespaces and TAP devices.
 
@@ -121,6 +135,11 @@ def can_use_netns() -> tuple[bool, str]:
     CAP_NET_ADMIN (TAP devices, interface configuration), which root has,
     and a usable /dev/net/tun.
     """
+    if _sandbox_tun_fds is not None:
+        if _sandbox_tun_fds:
+            return True, ""
+        return False, ("a sandboxed guest gets its TAP devices at boot, and this "
+                       "one has used all it was given")
     caps = _effective_caps()
     missing = [name for bit, name in ((CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
                                       (CAP_NET_ADMIN, "CAP_NET_ADMIN"))
@@ -331,7 +350,13 @@ class Tap:
             raise ValueError(f"bad MTU {mtu} (68..65535)")
         _ifreq(name)  # validates the name before anything is created
         try:
-            fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
+            if _sandbox_tun_fds is not None:
+                if not _sandbox_tun_fds:
+                    raise OSError(errno.EMFILE, "no TAP fd left (a sandboxed guest "
+                                                "gets its TAP fds at boot)")
+                fd = _sandbox_tun_fds.pop(0)
+            else:
+                fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             raise NetnsError(exc.errno, f"{TUN_PATH}: {exc.strerror} ({ROOT_REASON})"
                              ) from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypervisor.args import U16, U32, U64, Int, List, Maybe, Num, Str, Struct
+from hypervisor.args import U16, U32, U64, Bool, Int, List, Maybe, Num, Opaque, Str, Struct
 from hypervisor.dispatch import DEFERRED, PRIV, Call, hypercall
 from hypervisor.process import thread_stat
 from hypervisor.public.domctl import (
@@ -24,6 +24,16 @@ from hypervisor.public.errno import EINVAL, ENOMEM, XenError
 from hypervisor.public.xen import HYPERVISOR_domctl
 
 
+# What the toolstack asks the sandbox of a new domain to hold beyond the
+# default (hypervisor/jail/sandbox.py): Dom0 is trusted, but its requests
+# are still read as the shapes they claim to be.
+SANDBOX = Struct(optional={
+    "role": Str(16), "net": Bool(), "tun": Int(0, 64),
+    "binds": List(Opaque(list, max_depth=1, max_items=2, max_str=4096), 256),
+    "disks": List(Str(4096), 1024),
+    "uplinks": List(Opaque(dict, max_depth=2, max_items=32, max_str=256), 16),
+})
+
 # What a toolstack may ask of a new domain (and nothing else: the loader's
 # private keys, like Dom0's extra fds, are not for hypercalls).
 # boot_timeout: seconds the kernel has to report ready (else the domain is
@@ -32,7 +42,7 @@ from hypervisor.public.xen import HYPERVISOR_domctl
 CREATE = Struct({"name": Str(128), "max_memkb": U64},
                 {"max_vcpus": Int(1, 128), "kernel": Str(256), "cmdline": Str(4096),
                  "cpus": Maybe(List(U32, 1024, 1)), "boot_timeout": Num(0.001, 86400),
-                 "max_window_kb": U64})
+                 "max_window_kb": U64, "sandbox": SANDBOX})
 DOMAIN = Struct({"domain": U16})
 DOMAIN_VCPU = Struct({"domain": U16, "vcpu": U32})
 
@@ -149,14 +159,10 @@ def scheduler_op(call: Call, args: dict):
     cmd = args.get("cmd", -1)
     if cmd == XEN_DOMCTL_SCHEDOP_getinfo:
         return {"sched_id": sched_id, "cmd": cmd,
-                "credit2": {"weight": dom.weight, "cap": 0}}
+                "credit2": {"weight": dom.weight, "cap": dom.cap}}
     if cmd != XEN_DOMCTL_SCHEDOP_putinfo:
         raise XenError(EINVAL, f"credit2 has no scheduler_op command {cmd}")
     params = args.get("credit2") or {}
     weight, cap = params.get("weight", 0), params.get("cap", 0)
-    if cap != 0:
-        # Refused rather than recorded: a cap nobody enforces would be a lie.
-        raise XenError(EINVAL, f"cap {cap}: pyxen does not cap vCPUs (they are host "
-                       "threads under Linux's scheduler); only cap 0, no cap, is supported")
-    if weight != 0:  # 0 leaves the weight as it is, as in Xen
-        call.machine.set_weight(dom, weight)
+    # As Xen's credit2: weight 0 leaves the weight as it is; cap 0 is no cap.
+    call.machine.set_sched(dom, weight, cap)

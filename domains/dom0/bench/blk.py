@@ -110,6 +110,7 @@ memory = 128
 vcpus = 1
 workload = "domains.guest.bench_workloads:blk"
 extra = "{extra}"
+bind = {binds}
 disk = ["backend=disk-dd, vdev=xvda, target={image}"]
 """
 
@@ -256,10 +257,12 @@ def measure_all(tmp: Path, n: int, progress: Progress) -> dict[str, dict[str, in
 
     fifos = {name: tmp / f"{name}.fifo" for name in ("go", "result")}
     for path in fifos.values():
-        os.mkfifo(path, 0o600)
+        os.mkfifo(path)
+        os.chmod(path, 0o666)  # the domain's own uid uses them (tmp is 0700)
     extra = f"result={fifos['result']} go={fifos['go']} seed={SEED} qd={QUEUE_DEPTH}"
     topology = tmp / "bench.toml"
-    topology.write_text(TOPOLOGY.format(extra=extra, image=image))
+    binds = "[" + ", ".join(f'"{p}"' for p in fifos.values()) + "]"
+    topology.write_text(TOPOLOGY.format(extra=extra, image=image, binds=binds))
 
     # The result FIFO is opened non-blocking (the guest opens it first thing,
     # so its death shows up as EOF), the go FIFO read-write so that commands

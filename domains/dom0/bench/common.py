@@ -80,11 +80,17 @@ def cli(run_dir: Path, *argv: str, timeout: float) -> subprocess.CompletedProces
                           timeout=timeout)
 
 
+#: Extra `pyxen boot` arguments for every machine a benchmark boots: the
+#: `--no-sandbox` of `pyxen bench/chaos --no-sandbox`, for comparing.
+BOOT_ARGS: list[str] = []
+
+
 def boot(run_dir: Path, topology: Path, progress: Progress) -> None:
     """`pyxen boot TOPOLOGY --detach`: returns once every domain runs."""
     progress(f"booting a pyxen machine in {run_dir} ...")
     try:
-        proc = cli(run_dir, "boot", str(topology), "--detach", timeout=BOOT_TIMEOUT)
+        proc = cli(run_dir, "boot", str(topology), "--detach", *BOOT_ARGS,
+                   timeout=BOOT_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise BenchError(f"boot did not complete within {BOOT_TIMEOUT}s") from None
     if proc.returncode != 0:

@@ -158,12 +158,14 @@ memory = 64
 vcpus = 1
 workload = "domains.guest.bench_workloads:ping"
 extra = "{ping_extra}"
+bind = {binds}
 
 [domain.bench-pong]
 memory = 64
 vcpus = 1
 workload = "domains.guest.bench_workloads:pong"
 extra = "{pong_extra}"
+bind = {binds}
 """
 
 
@@ -187,12 +189,15 @@ def pyxen_evtchn(tmp: Path, n: int, warmup: int, progress: Progress) -> list[int
     run_dir = tmp / "run"
     fifos = {name: tmp / f"{name}.fifo" for name in ("peer", "port", "go", "result")}
     for path in fifos.values():
-        os.mkfifo(path, 0o600)
+        os.mkfifo(path)
+        os.chmod(path, 0o666)  # the domains' own uids use them (tmp is 0700)
     ping_extra = (f"n={n} warmup={warmup} peer={fifos['peer']} port={fifos['port']} "
                   f"go={fifos['go']} result={fifos['result']}")
     pong_extra = f"peer={fifos['peer']} port={fifos['port']}"
     topology = tmp / "bench.toml"
-    topology.write_text(TOPOLOGY.format(ping_extra=ping_extra, pong_extra=pong_extra))
+    binds = "[" + ", ".join(f'"{p}"' for p in fifos.values()) + "]"
+    topology.write_text(TOPOLOGY.format(ping_extra=ping_extra, pong_extra=pong_extra,
+                                        binds=binds))
 
     # Both FIFO ends the runner owns are opened without blocking: the result
     # FIFO for reading (ping opens it for writing first thing, so its death

@@ -133,6 +133,8 @@ def derive(raw: dict, targets: list[str], guests: list[Guest], kills: int) -> di
         table["extra"] = " ".join(filter(None, [
             table.get("extra", ""), f"report={guest.report}", f"control={guest.control}",
             f"slots={SLOTS}", "disks=" + "+".join(guest.disks)]))
+        # Its sandbox shows it its two pipes and nothing else of ours.
+        table["bind"] = [*table.get("bind", []), str(guest.report), str(guest.control)]
     return raw
 
 
@@ -176,8 +178,9 @@ def run(topology_path: Path, targets: list[str] | None, kills: int, seed: int,
     run_dir = tmp / "run"
     for guest in guests:
         guest.report, guest.control = tmp / f"{guest.name}.report", tmp / f"{guest.name}.ctl"
-        os.mkfifo(guest.report)
-        os.mkfifo(guest.control)
+        for fifo in (guest.report, guest.control):
+            os.mkfifo(fifo)
+            os.chmod(fifo, 0o666)  # the guest's own uid uses them (tmp is 0700)
     derived = tmp / "topology.toml"
     derived.write_text(toml_out.dumps(derive(raw, targets, guests, kills)))
     events = Events()
