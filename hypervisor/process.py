@@ -230,26 +230,6 @@ def thread_stat(pid: int, tid: int) -> tuple[int, int, str]:
     return cpu_ns, int(fields[36]), fields[0]
 
 
-def host_tids(pid: int, reported: list[int]) -> list[int]:
-    """The host tids of the threads process `pid` reported by their ids in
-    its own PID namespace (NSpid's last field), in the order reported. A
-    tid that is not one of its threads raises ValueError."""
-    inner: dict[int, int] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("NSpid:"):
-                        inner[int(line.split()[-1])] = int(tid)
-                        break
-        except OSError:
-            continue
-    try:
-        return [inner[t] for t in reported]
-    except KeyError as exc:
-        raise ValueError(f"thread {exc.args[0]} is not one of process {pid}'s") from None
-
-
 class StandbyPool:
     """At most one standby domain process, replaced as soon as it is used."""
 

@@ -66,7 +66,8 @@ _COMMON = """
     ioctl lseek madvise mmap mprotect mremap munmap newfstatat openat pipe2 poll prctl
     pread64 prlimit64 pselect6 read readlink recvfrom recvmsg restart_syscall rseq
     rt_sigaction rt_sigprocmask sched_getaffinity sched_getparam sched_getscheduler
-    sched_setscheduler sendto set_robust_list set_tid_address socket sysinfo uname write
+    sched_setscheduler sendmsg sendto set_robust_list set_tid_address shutdown socket sysinfo
+    uname write
 """ + _PYTHON
 _GUEST = """
     readv writev wait4 capget
@@ -75,7 +76,7 @@ _DRIVER = """
     fdatasync fallocate preadv2 pwritev2 readv writev
 """
 _DOM0 = """
-    accept4 chmod ftruncate listen mkdir shutdown unlink
+    accept4 chmod ftruncate listen mkdir unlink
 """
 # The hypervisor's own, and what a domain process does under the
 # hypervisor's filter (inherited) before its role's is on: start Python,

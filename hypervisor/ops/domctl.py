@@ -29,7 +29,7 @@ from hypervisor.public.xen import HYPERVISOR_domctl
 # are still read as the shapes they claim to be.
 SANDBOX = Struct(optional={
     "role": Str(16), "net": Bool(), "tun": Int(0, 64),
-    "binds": List(Opaque(list, max_depth=1, max_items=2, max_str=4096), 256),
+    "binds": List(Opaque(list, max_depth=1, max_items=3, max_str=4096), 256),  # [path, rw]
     "disks": List(Str(4096), 1024),
     "uplinks": List(Opaque(dict, max_depth=2, max_items=32, max_str=256), 16),
 })
