@@ -89,15 +89,15 @@ class DomainProcess:
         proc.standby = None
         proc.jail = None
         proc.unshared = False
-        jailed = sandbox is not None and sandbox.jails
+        box = sandbox if sandbox is not None and sandbox.jails else None
         try:
             extra = {STANDBY_ENV: f"{theirs.fileno()}:{os.getpid()}"}
-            if jailed:
-                extra[JAIL_ENV] = "1" if not sandbox.seccomp else "seccomp"
+            if box is not None:
+                extra[JAIL_ENV] = "seccomp" if box.seccomp else "1"
             env = sandbox.environment(**extra) if sandbox is not None else \
                 {**os.environ, **extra}
-            if jailed:
-                proc.jail = sandbox.new_jail()
+            if box is not None:
+                proc.jail = box.new_jail()
                 with children_in_new_pid_namespace():
                     proc._start([theirs.fileno()], subprocess.DEVNULL, env)
             else:
@@ -134,6 +134,7 @@ class DomainProcess:
         """Make this standby process the domain of `start_info`: it gets the
         domain's fds (and its log as stdout) now, as a cold start gets them
         at exec, and, jailed, its jail's plan and fds."""
+        assert self.standby is not None, "only a standby process is assigned a domain"
         names = list(fds)
         message = {"start_info": start_info, "fds": names}
         if jail is not None:
