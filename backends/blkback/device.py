@@ -39,6 +39,7 @@ from domains.kernel.xenbus.state import (
     write_features,
 )
 from hypervisor.public.errno import XenError
+from hypervisor.public.grant_table import GNTST_general_error
 from hypervisor.public.io import blkif
 from hypervisor.public.io.blkif import (
     BLKIF_OP_INDIRECT,
@@ -183,7 +184,20 @@ class BlkbackDevice:
         if state in (S.Initialised, S.Connected) and not self.connected:
             try:
                 self.connect()
-            except (XsError, XenError, GrantStatusError, RingError, ValueError) as exc:
+            except GrantStatusError as exc:
+                if exc.status != GNTST_general_error:
+                    self.protocol_error(f"cannot connect: {exc}")
+                    return
+                # Rings granted to another domain: a frontend that has not
+                # yet seen its backend move to us (a restart, or a second
+                # kill during the handshake) still shows the previous
+                # connection's state and refs. It starts over once it sees
+                # us; wait for that in InitWait, holding nothing. Closing
+                # here would be a dead end: Closing -> InitWait is illegal.
+                self.log.info("frontend's rings are not granted to us (yet): "
+                              "waiting for it to start over", reason=str(exc))
+                self._undo_connect()
+            except (XsError, XenError, RingError, ValueError) as exc:
                 self.protocol_error(f"cannot connect: {exc}")
         elif state == S.Closing:
             self.disconnect()
@@ -312,8 +326,16 @@ class BlkbackDevice:
 
     def protocol_error(self, reason: str) -> None:
         self.log.error("frontend misbehaved, closing", reason=reason)
+        self._undo_connect()
         self.disconnect()
         self._switch(S.Closing)
+
+    def _undo_connect(self) -> None:
+        """Release the queues of a connect that failed part way (a later
+        queue's refs refused after earlier ones were mapped and bound)."""
+        if not self.connected and self.queues:
+            self.connected = True  # what disconnect() tears down
+            self.disconnect()
 
     def disconnect(self) -> None:
         if not self.connected:
