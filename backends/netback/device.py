@@ -51,6 +51,7 @@ from domains.kernel.xenbus.state import (
     write_features,
 )
 from hypervisor.public.errno import XenError
+from hypervisor.public.grant_table import GNTST_general_error
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
@@ -271,7 +272,20 @@ class Vif:
         if state == S.Connected and not self.connected:
             try:
                 self.connect()
-            except (XsError, XenError, GrantStatusError, RingError, ValueError) as exc:
+            except GrantStatusError as exc:
+                self._drop_rings()
+                if exc.status != GNTST_general_error:
+                    self.log.error("cannot connect", error=str(exc))
+                    self._switch(S.Closing)
+                    return
+                # Rings granted to another domain: a frontend that has not yet
+                # seen its backend move to us (a restart) still shows the
+                # previous connection's state and refs. It starts over once it
+                # sees us; wait for that in InitWait (as blkback does): Closing
+                # would be a dead end, Closing -> InitWait is illegal.
+                self.log.info("frontend's rings are not granted to us (yet): "
+                              "waiting for it to start over", reason=str(exc))
+            except (XsError, XenError, RingError, ValueError) as exc:
                 self.log.error("cannot connect", error=str(exc))
                 self._switch(S.Closing)
         elif state in (S.Closing, S.Closed, S.Unknown):
@@ -660,6 +674,17 @@ class Vif:
                     self._notify(rx=True)
         except RingError as exc:
             self._broken("rx", exc)
+
+    def _drop_rings(self) -> None:
+        """Unmap the rings of a connect that failed before it was plugged."""
+        for ring, mappings, view in self.rings:
+            ring.close()
+            view.release()
+            try:
+                self.kernel.gnttab.unmap_all(mappings)
+            except Exception as exc:  # the frontend may be gone already
+                self.log.info("disconnect", note=repr(exc))
+        self.rings = []
 
     def disconnect(self) -> None:
         if not self.connected:
