@@ -164,11 +164,13 @@ def test_a_socket_client_that_never_reads_blocks_nobody(daemon):
     hog.setblocking(False)
     sent = 0
     burst = read_request(1, b"/local/domain") * 1000
-    while True:  # until xenstored stops reading it
+    while True:  # until xenstored stops reading it, or drops it
         try:
             sent += hog.send(burst)
         except BlockingIOError:
             break
+        except (BrokenPipeError, ConnectionResetError):
+            break  # too far behind on its replies: dropped, as it may be
     client = XenStoreClient(UnixTransport(str(daemon.path)))
     try:
         for i in range(20):
