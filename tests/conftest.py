@@ -3,6 +3,7 @@ import os
 import pytest
 
 from tests.harness import System, become_subreaper, ours, reap_children, title
+from tests.hvfakes import Sleeper
 
 become_subreaper()
 
@@ -36,3 +37,12 @@ def system(request):
         if getattr(request.node, "failed_call", False):
             sys_.keep_logs(request.node.name)
         sys_.close()
+
+
+@pytest.fixture(scope="module")
+def sleeper():
+    """An idle two-thread process whose threads the hypervisor's pure tests
+    hand out as a fake domain's vCPUs (tests/hvfakes.py)."""
+    s = Sleeper()
+    yield s
+    s.close()

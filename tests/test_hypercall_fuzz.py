@@ -37,16 +37,9 @@ from hypervisor.public.xen import (
     HYPERVISOR_xen_version,
     PYXEN_op_ready,
 )
-from tests.hvfakes import FakeMachine, Sleeper, drain
+from tests.hvfakes import FakeMachine, drain
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def sleeper():
-    s = Sleeper()
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from hypervisor.public.grant_table import (
 )
 from hypervisor.public.xen import DOMID_SELF, HYPERVISOR_event_channel_op
 from hypervisor.timers import SLACK, Timers
-from tests.hvfakes import FakeMachine, Sleeper, drain
+from tests.hvfakes import FakeMachine, drain
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -69,13 +69,6 @@ class FakeLoopTransport:
 
     def reply(self, token, rc, result):
         self.answered.append(token[0])
-
-
-@pytest.fixture(scope="module")
-def sleeper():
-    s = Sleeper()
-    yield s
-    s.close()
 
 
 def test_a_flooding_domain_is_served_a_bounded_turn_like_the_others(sleeper, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from hypervisor.public.xen import CONSOLEIO_write, HYPERVISOR_console_io
 from hypervisor.tasks import parse_nspid, thread_ids
 from hypervisor.xenlog import RATELIMIT_BURST, RotatingFile, TokenBucket, make_logger, printable
-from tests.hvfakes import FakeMachine, Sleeper
+from tests.hvfakes import FakeMachine
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,13 +27,6 @@ def test_the_bucket_lets_a_burst_through_then_one_per_interval():
     assert bucket.admit(1000) == (True, 3)  # and says how many it held back
     assert bucket.admit(1001) == (False, 0)
     assert [bucket.admit(100_000)[0] for _ in range(4)] == [True, True, True, False]
-
-
-@pytest.fixture(scope="module")
-def sleeper():
-    s = Sleeper()
-    yield s
-    s.close()
 
 
 @pytest.fixture
