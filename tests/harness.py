@@ -80,10 +80,11 @@ class System:
                         PYTHONPATH=os.pathsep.join(
                             p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
         self.booted = False
+        self.prefix: list[str] = []  # what runs the CLI (tests/asuser.py: as another uid)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 90
             ) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-m", "domains.dom0.cli", *args],
+        proc = subprocess.run([*self.prefix, sys.executable, "-m", "domains.dom0.cli", *args],
                               env=self.env, capture_output=True, text=True,
                               timeout=timeout, cwd=REPO)
         if check and proc.returncode != 0:
