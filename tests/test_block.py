@@ -52,6 +52,12 @@ def test_block_attach_list_detach(system):
     assert "51728" not in listing
     proc = system.cli("block-detach", "guest1", "xvdz", check=False)
     assert proc.returncode == 1 and "has no disk xvdz" in proc.stderr
+    # guest1's disk is writable: nobody else may have it, even read-only.
+    for access in ("rw", "ro"):
+        proc = system.cli("block-attach", "guest2", "backend=disk-dd", "vdev=xvdc",
+                          f"access={access}", "target=guest1.img", check=False)
+        assert proc.returncode == 1 and "already used by guest1 (xvda)" in proc.stderr
+    assert "51744" not in system.cli("block-list", "guest2").stdout
 
 
 def test_io_features_readonly_and_bad_requests(system):

@@ -1,5 +1,7 @@
 """Bad topology files: one clear error naming file, line and key; nothing starts."""
 
+import os
+
 import pytest
 
 from tests.harness import ours
@@ -17,6 +19,29 @@ CASES = {
                         7, "domain.g.disk"),
     "memory over the platform": ('[platform]\nmemory = 512\n[dom0]\nmemory = 256\n'
                                  '[domain.g]\nmemory = 300\n', 6, "domain.g.memory"),
+    # Each of these used to start several domains before failing.
+    "missing image without size=": (
+        '[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+        '[domain.dd]\ndriver_domain = true\nmemory = 64\n'
+        '[domain.g]\nmemory = 64\n'
+        'disk = ["backend=dd, vdev=xvda, target=absent.img"]\n', 10, "domain.g.disk"),
+    "workload module that does not exist": (
+        '[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+        '[domain.dd]\ndriver_domain = true\nmemory = 64\n'
+        '[domain.g]\nmemory = 64\nworkload = "no_such_pkg.mod:main"\n', 10,
+        "domain.g.workload"),
+    "disk in a directory that does not exist": (
+        '[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+        '[domain.dd]\ndriver_domain = true\nmemory = 64\n'
+        '[domain.g]\nmemory = 64\n'
+        'disk = ["backend=dd, vdev=xvda, size=1M, target=/nonexistent/dir/g.img"]\n', 10,
+        "domain.g.disk"),
+    "one image writable twice": (
+        '[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+        '[domain.dd]\ndriver_domain = true\nmemory = 64\n'
+        '[domain.a]\nmemory = 64\ndisk = ["backend=dd, vdev=xvda, size=1M, target=s.img"]\n'
+        '[domain.b]\nmemory = 64\ndisk = ["backend=dd, vdev=xvda, size=1M, target=s.img"]\n',
+        13, "domain.b.disk"),
 }
 
 
@@ -31,6 +56,7 @@ def test_bad_topology_is_one_clear_error(system, case):
     assert "Traceback" not in proc.stderr
     assert not ours()
     assert not (system.run_dir / "hypervisor.pid").exists()
+    assert not os.path.exists("/nonexistent/dir")  # nothing made outside the run dir
 
 
 def test_toml_syntax_error_names_the_line(system):

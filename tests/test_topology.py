@@ -288,7 +288,11 @@ def test_bad_workload(tmp_path, value):
     check(err, 8, "domain.g.workload", "package.module:function")
 
 
-def test_good_workloads(tmp_path):
+def test_good_workloads(tmp_path, monkeypatch):
+    (tmp_path / "my_pkg").mkdir()
+    (tmp_path / "my_pkg" / "__init__.py").write_text("")
+    (tmp_path / "my_pkg" / "sub.py").write_text("def main(kernel):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     t = load_topology(write(tmp_path, '[domain.a]\nworkload = "demo"\n[domain.b]\nworkload = "my_pkg.sub:main"\n'))
     assert [d.workload for d in t.domains] == ["demo", "my_pkg.sub:main"]
 
@@ -341,7 +345,8 @@ vif = ['mac=00:16:3e:00:00:07']
 def test_domain_config_loads(tmp_path):
     d = load_domain_config(write(tmp_path, CFG, "web.cfg"), Platform(pcpus=2), {"Domain-0", "disk-dd"})
     assert (d.name, d.memory, d.vcpus, d.cpus) == ("web", 64, 2, (1,))
-    assert d.disks[0].backend == "disk-dd" and d.vifs[0].backend == "Domain-0"
+    # A vif without backend= goes to the one driver domain (Dom0 runs no netback).
+    assert d.disks[0].backend == "disk-dd" and d.vifs[0].backend == "disk-dd"
 
 
 def test_domain_config_unknown_backend(tmp_path):
@@ -426,3 +431,84 @@ def test_uplink_errors(tmp_path):
     check(err, 12, "domain.e.uplink", "[domain.d]")
     err = error_of(tmp_path, HEAD.replace("memory = 512", 'memory = 512\nuplink = ["tap=t0"]'))
     check(err, 7, "dom0.uplink", "not allowed in [dom0]")
+
+
+# --- checks across devices (topocheck.py): refused before anything starts ----
+
+DD = HEAD + "[domain.dd]\ndriver_domain = true\nmemory = 64\n"
+
+
+def test_two_disks_at_one_vdev_are_refused(tmp_path):
+    err = error_of(tmp_path, DD + '[domain.g]\ndisk = ["backend=dd, vdev=xvda, size=1M, target=a.img",\n'
+                   '        "backend=dd, vdev=xvda, size=1M, target=b.img"]\n')
+    check(err, 12, "domain.g.disk", "disk[1]", "xvda", "one disk per vdev")
+
+
+def test_one_image_is_shared_only_read_only(tmp_path):
+    both_ro = DD + ''.join(
+        f'[domain.g{i}]\ndisk = ["backend=dd, vdev=xvda, access=ro, size=1M, target=s.img"]\n'
+        for i in range(2))
+    assert len(load_topology(write(tmp_path, both_ro)).domains) == 3
+    err = error_of(tmp_path, DD + '[domain.a]\ndisk = ["backend=dd, vdev=xvda, access=ro, target=/dev/null"]\n'
+                   '[domain.b]\ndisk = ["backend=dd, vdev=xvdb, target=/dev/null"]\n')
+    check(err, 13, "domain.b.disk", "already used by a", "read-only")
+    # The same image under two spellings is still one image.
+    image = tmp_path / "img"
+    image.write_bytes(b"\0" * 512)
+    err = error_of(tmp_path, DD + f'[domain.a]\ndisk = ["backend=dd, vdev=xvda, target={image}"]\n'
+                   f'[domain.b]\ndisk = ["backend=dd, vdev=xvda, target={tmp_path}/./img"]\n')
+    check(err, 13, "domain.b.disk", "already used by a")
+
+
+def test_images_that_cannot_exist_are_refused(tmp_path):
+    err = error_of(tmp_path, DD + f'[domain.g]\ndisk = ["backend=dd, vdev=xvda, target={tmp_path}/no.img"]\n')
+    check(err, 11, "domain.g.disk", "does not exist", "size=")
+    err = error_of(tmp_path, DD + '[domain.g]\ndisk = ["backend=dd, vdev=xvda, size=1M, '
+                   'target=/nonexistent/dir/g.img"]\n')
+    check(err, 11, "domain.g.disk", "directory /nonexistent/dir does not exist")
+    err = error_of(tmp_path, DD + '[domain.g]\ndisk = ["backend=dd, vdev=xvda, size=1M, target=../../x.img"]\n')
+    check(err, 11, "domain.g.disk", "leaves the run directory")
+    # A relative image is looked for in the run directory's disks/ when it is known.
+    disks = tmp_path / "disks"
+    disks.mkdir()
+    text = DD + '[domain.g]\ndisk = ["backend=dd, vdev=xvda, target=g.img"]\n'
+    err = error_of(tmp_path, text, disk_dir=disks)
+    check(err, 11, "domain.g.disk", f"{disks}/g.img does not exist")
+    (disks / "g.img").write_bytes(b"\0" * 512)
+    assert load_topology(write(tmp_path, text), disk_dir=disks).domains[1].disks[0].target == "g.img"
+
+
+def test_one_mac_anywhere_and_one_ip_per_bridge(tmp_path):
+    vif = 'vif = ["backend=dd, mac=00:16:3e:00:00:01, ip=10.0.0.{ip}, bridge={br}"]\n'
+    err = error_of(tmp_path, DD + '[domain.a]\n' + vif.format(ip=1, br="xenbr0") +
+                   '[domain.b]\n' + vif.format(ip=2, br="xenbr1"))
+    check(err, 13, "domain.b.vif", "mac 00:16:3e:00:00:01", "a vif[0]")
+    ip = 'vif = ["backend=dd, ip=10.0.0.9/24, bridge={br}"]\n'
+    err = error_of(tmp_path, DD + '[domain.a]\n' + ip.format(br="xenbr0") +
+                   '[domain.b]\n' + ip.format(br="xenbr0"))
+    check(err, 13, "domain.b.vif", "ip 10.0.0.9", "bridge xenbr0")
+    fine = DD + '[domain.a]\n' + ip.format(br="xenbr0") + '[domain.b]\n' + ip.format(br="xenbr1")
+    assert len(load_topology(write(tmp_path, fine)).domains) == 3
+
+
+def test_a_vif_without_backend_goes_to_the_one_net_driver_domain(tmp_path):
+    t = load_topology(write(tmp_path, DD + '[domain.g]\nvif = ["mac=00:16:3e:00:00:05"]\n'))
+    assert t.domain("g").vifs[0].backend == "dd"
+    # Two driver domains, one of them serving vifs: that one.
+    two = DD + "[domain.dd2]\ndriver_domain = true\nmemory = 64\n"
+    t = load_topology(write(tmp_path, two + '[domain.a]\nvif = ["backend=dd2"]\n[domain.g]\nvif = [""]\n'))
+    assert t.domain("g").vifs[0].backend == "dd2"
+    err = error_of(tmp_path, two + '[domain.g]\nvif = ["mac=00:16:3e:00:00:05"]\n')
+    check(err, 14, "domain.g.vif", "more than one driver domain", "dd, dd2", "backend=")
+    err = error_of(tmp_path, HEAD + '[domain.g]\nvif = ["mac=00:16:3e:00:00:05"]\n')
+    check(err, 8, "domain.g.vif", "Domain-0 runs no netback")
+    err = error_of(tmp_path, DD + '[domain.g]\nvif = ["backend=Domain-0"]\n')
+    check(err, 11, "domain.g.vif", "runs no netback")
+
+
+def test_a_workload_must_exist_before_anything_starts(tmp_path):
+    err = error_of(tmp_path, HEAD + '[domain.g]\nworkload = "no_such_pkg.mod:main"\n')
+    check(err, 8, "domain.g.workload", "no module no_such_pkg.mod")
+    err = error_of(tmp_path, HEAD + '[domain.g]\nworkload = "tests.workloads:no_such_function"\n')
+    check(err, 8, "domain.g.workload", "defines no function no_such_function")
+    assert load_topology(write(tmp_path, HEAD + '[domain.g]\nworkload = "tests.workloads:timer"\n'))

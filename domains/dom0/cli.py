@@ -41,7 +41,7 @@ def _boot_command(args) -> int:
     run_dir: Path = args.run_dir
     path = Path(args.topology) if args.topology else DEFAULT_TOPOLOGY
     try:
-        topology = load_topology(path)
+        topology = load_topology(path, disk_dir=run_dir / "disks")
     except TopologyError as exc:
         raise UserError(str(exc)) from None
     pid = hypervisor_pid(run_dir)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from hypervisor.public.pyxen.text import clean_text
+from domains.dom0 import topocheck
 from domains.dom0.toolstack import Managed, Toolstack
 from domains.dom0.topology import TopologyError, load_domain_config
 from domains.dom0.xlspec import SpecError, parse_cpulist, parse_disk, parse_vif
@@ -336,7 +337,19 @@ def _block_list(ts: Toolstack, args: dict):
 @command("network-attach")
 def _network_attach(ts: Toolstack, args: dict):
     dom = ts.find(args["domain"])
-    vif = parse_vif(str(args["spec"]))
+    spec = str(args["spec"])
+    vif = parse_vif(spec)
+    if not topocheck.names_backend(spec):
+        # As a topology's vif without backend=: the one net driver domain.
+        configs = [d.config for d in ts.domains.values() if d.config is not None]
+        candidates = [n for n in topocheck.net_backends(configs) if n != dom.name]
+        try:
+            vif = replace(vif, backend=topocheck.default_vif_backend(candidates))
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+    problem = topocheck.dom0_vif_problem(vif)
+    if problem:
+        raise SpecError(problem)
     if vif.backend not in {d.name for d in ts.domains.values()}:
         raise SpecError(f"unknown backend domain '{vif.backend}'")
     return {"devid": ts.network_attach(dom, vif)}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from domains.dom0 import actions, devices, xsnodes
+from domains.dom0 import actions, devices, topocheck, xsnodes
 from domains.dom0.announce import parse_announce
 from domains.dom0.topology import DEFAULT_WEIGHT, DomainConfig, Platform
 from domains.dom0.xc import Abandon, Abandoned, XenCtrl
@@ -394,6 +394,11 @@ class Toolstack:
         front = devices.vbd_frontend_path(dom.domid, devid)
         if self.xs.exists(front):
             raise XenError(EEXIST, f"{dom.name} already has a disk {disk.vdev}")
+        in_use = [(d.name, other) for d in self.domains.values() if d.config is not None
+                  for other in [*d.config.disks, *d.attached]]
+        shared = topocheck.shared_image_problem(disk, in_use, self.disk_dir)
+        if shared:
+            raise XenError(EBUSY, shared)
         self.write_nodes(self.disk_nodes(dom.domid, disk))
         dom.attached.append(disk)
         self.log.info("disk attached", domain=dom.name, vdev=disk.vdev, devid=devid)

@@ -24,11 +24,12 @@ import os
 import re
 import stat
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from domains.dom0 import topocheck
 from domains.dom0.xlspec import (
     DOM0_NAME,
     DiskSpec,
@@ -644,11 +645,13 @@ def _table(src: _Source, parts: tuple[str, ...], value: Any) -> Mapping[str, Any
 # --------------------------------------------------------------------------
 
 
-def load_topology(path: str | os.PathLike[str]) -> Topology:
+def load_topology(path: str | os.PathLike[str], disk_dir: Path | None = None) -> Topology:
     """Load and validate a topology file; domains come back in boot order.
 
     Boot order is driver domains first, then the rest, each group in file
     order, so a guest's backends exist before its devices are connected.
+    With ``disk_dir`` (the run directory's disks/), images with relative
+    targets are checked too (that they exist or can be created).
     """
     path, data, src = _read(path)
     sections = ("platform", "dom0", "domain")
@@ -671,11 +674,48 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
         in_file.append(_build_domain(src, parts, name, _table(src, parts, table), _DOMAIN_KEYS, ctx,
                                      f"[{dotted_key(parts)}]"))
 
+    in_file = _default_vif_backends(src, in_file, tables)
     _check_backends(src, in_file, tables)
     _check_uplinks(src, in_file)
+    _check_devices(src, in_file, tables, disk_dir)
     _check_memory(src, platform, dom0, in_file)
     boot = [d for d in in_file if d.driver_domain] + [d for d in in_file if not d.driver_domain]
     return Topology(path=path, platform=platform, dom0=dom0, domains=tuple(boot))
+
+
+def _default_vif_backends(src: _Source, in_file: list[DomainConfig],
+                          tables: Mapping[str, Any]) -> list[DomainConfig]:
+    """A vif that names no backend goes to the one net driver domain."""
+    candidates = topocheck.net_backends(in_file)
+    out = []
+    for dom in in_file:
+        vifs = list(dom.vifs)
+        for i, vif in enumerate(vifs):
+            element = tables[dom.name]["vif"][i]
+            if topocheck.names_backend(element):
+                continue
+            try:
+                vifs[i] = replace(vif, backend=topocheck.default_vif_backend(
+                    [c for c in candidates if c != dom.name]))
+            except ValueError as exc:
+                raise src.error(("domain", dom.name, "vif"), f"vif[{i}]: {exc}", element) from None
+        out.append(replace(dom, vifs=tuple(vifs)) if vifs != list(dom.vifs) else dom)
+    return out
+
+
+def _check_devices(src: _Source, in_file: list[DomainConfig], tables: Mapping[str, Any],
+                   disk_dir: Path | None) -> None:
+    """What Xen's tools refuse across devices, and what would fail only once
+    domains run (topocheck.py): the first problem, at its entry."""
+    problems = [*topocheck.disk_problems(in_file, disk_dir), *topocheck.vif_problems(in_file)]
+    for dom in in_file:
+        problem = topocheck.workload_problem(dom.workload)
+        if problem:
+            problems.append(topocheck.Problem(dom.name, "workload", None, problem))
+    if problems:
+        first = problems[0]
+        element = None if first.index is None else tables[first.domain][first.key][first.index]
+        raise src.error(("domain", first.domain, first.key), first.message, element)
 
 
 def _check_uplinks(src: _Source, in_file: list[DomainConfig]) -> None:
@@ -700,6 +740,8 @@ def _check_backends(src: _Source, in_file: list[DomainConfig], tables: Mapping[s
             key = ("domain", dom.name, kind)
             element = tables[dom.name][kind][i]  # as written, to find its line
             if b == DOM0_NAME:
+                if kind == "vif":
+                    raise src.error(key, f"vif[{i}]: {topocheck.dom0_vif_problem(dev)}", element)
                 continue
             if b == dom.name:
                 raise src.error(key, f"{kind}[{i}]: a domain cannot be its own backend", element)
@@ -747,12 +789,29 @@ def load_domain_config(
     _check_name(src, ("name",), name)
     dom = _build_domain(src, (), name, data, _DOMAIN_KEYS, ctx, "the file", skip=("name",))
     backends = set(known_backends)
+    vifs = list(dom.vifs)
     for kind, dev, i in _devices(dom):
         element = data[kind][i]
+        if kind == "vif" and not topocheck.names_backend(element):
+            try:  # the one driver domain running, as load_topology does
+                dev = vifs[i] = replace(dev, backend=topocheck.default_vif_backend(
+                    sorted(backends - {DOM0_NAME, name})))
+            except ValueError as exc:
+                raise src.error((kind,), f"vif[{i}]: {exc}", element) from None
+        if kind == "vif" and dev.backend == DOM0_NAME:
+            raise src.error((kind,), f"vif[{i}]: {topocheck.dom0_vif_problem(dev)}", element)
         if dev.backend == name:
             raise src.error((kind,), f"{kind}[{i}]: a domain cannot be its own backend", element)
         if dev.backend not in backends:
             raise src.error((kind,), f"{kind}[{i}]: unknown backend domain {dev.backend!r}", element)
+    dom = replace(dom, vifs=tuple(vifs))
+    problems = [*topocheck.disk_problems([dom], None), *topocheck.vif_problems([dom])]
+    if problems:
+        first = problems[0]
+        raise src.error((first.key,), first.message, data[first.key][first.index])
+    problem = topocheck.workload_problem(dom.workload)
+    if problem:
+        raise src.error(("workload",), problem)
     if platform is not None and dom.memory > platform.memory:
         raise src.error(("memory",), f"{dom.memory} MiB exceeds the platform's {platform.memory} MiB")
     return dom
