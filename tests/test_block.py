@@ -1,5 +1,6 @@
 """PV block end to end: blkfront in a guest, blkback in a driver domain."""
 
+import os
 import shutil
 import subprocess
 
@@ -58,6 +59,10 @@ def test_block_attach_list_detach(system):
                           f"access={access}", "target=guest1.img", check=False)
         assert proc.returncode == 1 and "already used by guest1 (xvda)" in proc.stderr
     assert "51744" not in system.cli("block-list", "guest2").stdout
+    proc = system.cli("block-attach", "guest2", "backend=disk-dd", "vdev=xvdd", "size=1M",
+                      "target=/nonexistent/dir/x.img", check=False)
+    assert proc.returncode == 1 and "/nonexistent/dir/x.img" in proc.stderr
+    assert not os.path.exists("/nonexistent")  # Dom0 makes no directory outside the run dir
 
 
 def test_io_features_readonly_and_bad_requests(system):

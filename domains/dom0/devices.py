@@ -71,7 +71,10 @@ def prepare_image(disk: DiskSpec, base: Path) -> Path:
     if disk.size is None:
         raise FileNotFoundError(f"disk {disk.vdev}: {path} does not exist and the "
                                 "spec gives no size= to create it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not target.is_absolute():
+        # Inside the run directory: its own. Elsewhere the user's
+        # directories are the user's to make (open fails, ENOENT).
+        path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "xb") as f:
         f.truncate(disk.size)
     return path
