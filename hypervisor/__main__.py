@@ -21,6 +21,7 @@ from hypervisor.jail.sandbox import Sandbox, sandbox_report
 from hypervisor.loop import ZmqTransport, remove_dir, run
 from hypervisor.machine import Machine, Platform
 from hypervisor.public.errno import XenError
+from hypervisor.public.pyxen.title import MACHINE_ENV, process_title
 from hypervisor.xenlog import make_logger
 
 DOM0_KERNEL = "domains.dom0.main:main"
@@ -43,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notify-fd", type=int, default=None,
                         help="pipe on which boot progress is reported (JSON lines)")
     parser.add_argument("--log-json", action="store_true")
+    parser.add_argument("--machine", default=None,
+                        help="the machine's name, shown in every process title")
     parser.add_argument("--no-sandbox", action="store_true",
                         help="domains without namespaces, seccomp or cgroups "
                              "(for benchmark comparisons only)")
     args = parser.parse_args(argv)
 
-    setproctitle.setproctitle("pyxen: hypervisor")
+    if args.machine:
+        os.environ[MACHINE_ENV] = args.machine  # every domain process inherits it
+    setproctitle.setproctitle(process_title("hypervisor"))
     run_dir: Path = args.run_dir
     platform = Platform(**json.loads(args.platform))
     dom0 = json.loads(args.dom0)

@@ -199,9 +199,10 @@ class Machine:
             self.next_domid += 1
         allocated = []
         try:
-            ram = self.memory.allocate(f"pyxen-{name}-ram", nr_pages)
+            ram = self.memory.allocate(f"pyxen-{name}-ram", nr_pages, f"{name}'s RAM")
             allocated.append(ram)
-            shinfo = self.memory.allocate(f"pyxen-{name}-shinfo", SHARED_INFO_PAGES)
+            shinfo = self.memory.allocate(f"pyxen-{name}-shinfo", SHARED_INFO_PAGES,
+                                          f"{name}'s shared info")
             allocated.append(shinfo)
             gnttab = GrantTable(self.memory, domid, name)
         except XenError as exc:
@@ -677,7 +678,8 @@ class Machine:
                            f"take its windows past {dom.max_window_pages} pages "
                            f"({dom.window_pages} in use)")
         window_id = self.next_window
-        segment = self.memory.allocate(f"pyxen-{dom.name}-window{window_id}", nr_frames)
+        segment = self.memory.allocate(f"pyxen-{dom.name}-window{window_id}", nr_frames,
+                                      f"{dom.name}'s grant window")
         self.next_window += 1
         region = Region(dom.physmap.next_free_gfn(), segment, peer=peer,
                         window_id=window_id)

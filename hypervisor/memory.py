@@ -124,14 +124,16 @@ class PlatformMemory:
         self.used_pages -= nr_pages
         assert self.used_pages >= 0, "memory released twice"
 
-    def allocate(self, name: str, nr_pages: int) -> Segment:
-        """Claim and create a segment; on any failure nothing stays claimed."""
-        self.claim(nr_pages, name)
+    def allocate(self, name: str, nr_pages: int, what: str | None = None) -> Segment:
+        """Claim and create a segment; on any failure nothing stays claimed.
+        `what` names it in errors, for the user (the segment's name is ours)."""
+        what = what or name
+        self.claim(nr_pages, what)
         try:
             return Segment(name, nr_pages)
         except OSError as exc:
             self.release(nr_pages)
-            raise XenError(ENOMEM, f"{name}: {exc.strerror}") from exc
+            raise XenError(ENOMEM, f"{what}: {exc.strerror}") from exc
         except BaseException:
             # ValueError (no pages), OverflowError (size beyond off_t), ...
             self.release(nr_pages)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,10 +46,18 @@ def title(proc: psutil.Process) -> str:
     return " ".join(" ".join(proc.info["cmdline"] or []).split())
 
 
+TITLE_RE = re.compile(r"^pyxen(\[[^\]]+\])?: ")
+
+
+def what(title_: str) -> str:
+    """A process title without its machine: `dom1 disk-dd`, `hypervisor`."""
+    return TITLE_RE.sub("", title_)
+
+
 def pyxen_processes() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
-        if title(proc).startswith("pyxen:") and proc.info["status"] != psutil.STATUS_ZOMBIE:
+        if TITLE_RE.match(title(proc)) and proc.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(proc)
     return found
 
@@ -100,7 +109,10 @@ class System:
     def boot(self, topology: Path | None = None) -> subprocess.CompletedProcess:
         args = ["boot", "--detach"] + ([str(topology)] if topology else [])
         self.booted = True
-        return self.cli(*args)
+        proc = self.cli(*args)
+        match = re.search(r"as machine '([^']+)'", proc.stdout)
+        self.machine = match.group(1) if match else None
+        return proc
 
     def hypervisor_pid(self) -> int:
         return int((self.run_dir / "hypervisor.pid").read_text())

@@ -7,6 +7,7 @@ and tools/xl/xl_vcpu.c (run through the shell's printf).
 import pytest
 
 from domains.dom0.xlformat import (
+    format_top,
     LIST_HEADER,
     format_cpumap,
     format_info,
@@ -156,3 +157,23 @@ def test_info_single_key_is_a_prefix_match():
     assert format_info(physinfo, {}, name="total_memory") == "4096\n"
     assert format_info(physinfo, {}, name="nr_") == "2\n1\n"
     assert format_info(physinfo, {}, name="nosuch") == ""
+
+
+def test_top_shows_cpu_percent_since_the_previous_screen():
+    rows = [{"name": "Domain-0", "domid": 0, "mem_mib": 512, "vcpus": 1, "running": True,
+             "cpu_time": 12.5, "window_mib": 0, "max_window_mib": 512, "note": ""},
+            {"name": "disk-dd", "domid": 1, "mem_mib": 128, "vcpus": 1, "crashed": True,
+             "shutdown": True, "cpu_time": 3.0, "note": "gave up"}]
+    text = format_top(rows, {"Domain-0": 12.0, "disk-dd": 3.0}, 2.0, 1024, "10:00:00", "lab")
+    lines = text.splitlines()
+    assert lines[0] == "pyxen top - 10:00:00   machine lab"
+    assert lines[1] == ("2 domains: 1 running, 0 blocked, 0 paused, 1 crashed, 0 dying, "
+                        "1 shutdown")
+    assert lines[2].split() == ["NAME", "STATE", "CPU(sec)", "CPU(%)", "MEM(k)", "MEM(%)",
+                                "VCPUS", "WIN(MiB)", "NOTE"]
+    assert lines[3].split() == ["Domain-0", "r-----", "12", "25.0", "524288", "50.0", "1",
+                                "0/512"]
+    assert lines[4].split() == ["disk-dd", "---sc-", "3", "0.0", "131072", "12.5", "1",
+                                "0/0", "gave", "up"]
+    # The first screen has no previous one: 0 %.
+    assert format_top(rows, None, 0.0, 1024, "t").splitlines()[3].split()[3] == "0.0"

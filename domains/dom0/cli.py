@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,6 +25,7 @@ from domains.dom0.topology import TopologyError, load_topology
 from domains.dom0.xlformat import (
     format_info,
     format_list,
+    format_top,
     format_sched_credit2,
     format_vcpu_list,
 )
@@ -48,6 +52,7 @@ def _boot_command(args) -> int:
     if pid is not None:
         raise UserError(f"a pyxen system is already running in {run_dir} (hypervisor pid "
                         f"{pid}); `pyxen halt` it or choose another --run-dir")
+    machine = _machine_name(args.name, path)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Only its owner may enter it: its sockets, logs and images are the
     # machine's, not every local user's.
@@ -70,7 +75,7 @@ def _boot_command(args) -> int:
                                  "weight": dom0.weight,
                                  "cmdline": f"{dom0.extra} topology="
                                             f"{quote(str(path.resolve()))}".strip()}),
-           "--notify-fd", str(write_fd)]
+           "--notify-fd", str(write_fd), "--machine", machine]
     if args.log_json:
         cmd.append("--log-json")
     if args.no_sandbox:
@@ -82,8 +87,15 @@ def _boot_command(args) -> int:
         hv = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                               pass_fds=[write_fd], start_new_session=True)
     os.close(write_fd)
-    print(f"Booting {path.name} in {run_dir} (hypervisor pid {hv.pid})", flush=True)
-    ok, error = _follow_boot(read_fd)
+    print(f"Booting {path.name} as machine '{machine}' in {run_dir} (hypervisor pid "
+          f"{hv.pid})", flush=True)
+    try:
+        ok, error = _follow_boot(read_fd)
+    except KeyboardInterrupt:
+        # The user gave up on this boot: nothing may stay behind.
+        hv.terminate()
+        hv.wait()
+        raise UserError("boot interrupted (Ctrl-C); the machine was halted") from None
     if not ok:
         hv.wait()
         log = run_dir / "logs" / "hypervisor.log"
@@ -92,7 +104,42 @@ def _boot_command(args) -> int:
     if args.detach:
         print("All domains running. `pyxen list` shows them; `pyxen halt` stops them.")
         return 0
-    return _foreground(run_dir, hv)
+    return _foreground(run_dir, hv, machine)
+
+
+MACHINE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+HYPERVISOR_TITLE_RE = re.compile(r"^pyxen\[([^\]]+)\]: hypervisor\b")
+
+
+def running_machines() -> set[str]:
+    """The names of the machines whose hypervisors run on this host."""
+    import psutil
+
+    names = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        match = HYPERVISOR_TITLE_RE.match(" ".join(proc.info["cmdline"] or []))
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def _machine_name(given: str | None, topology: Path) -> str:
+    """The machine's name for process titles: unique on this host, so that
+    `pgrep -f 'pyxen\\[NAME\\]: ...'` finds one machine's processes."""
+    taken = running_machines()
+    if given is not None:
+        if not MACHINE_NAME_RE.match(given):
+            raise UserError(f"--name {given!r}: use 1 to 64 letters, digits, '_', '.' and '-'")
+        if given in taken:
+            raise UserError(f"a machine named {given!r} is already running on this host; "
+                            "choose another --name")
+        return given
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", topology.stem)[:60] or "pyxen"
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    return name
 
 
 def _follow_boot(fd: int) -> tuple[bool, str]:
@@ -112,8 +159,11 @@ def _follow_boot(fd: int) -> tuple[bool, str]:
     return False, ""
 
 
-def _foreground(run_dir: Path, hv: subprocess.Popen) -> int:
-    """Show live status until Ctrl-C (which halts) or the machine stops.
+def _foreground(run_dir: Path, hv: subprocess.Popen, machine: str) -> int:
+    """Show the machine until Ctrl-C, or the reader of our output going
+    away (`pyxen boot | tee log`, then Ctrl-C or `q` in a pager), halts it,
+    or it stops by itself. On a terminal the screen is xl top's, redrawn
+    every second; elsewhere a line per change.
 
     The hypervisor's end is watched on a pidfd, not with Popen.wait: a
     Ctrl-C landing inside Popen.wait can leave its internal lock taken, and
@@ -121,35 +171,99 @@ def _foreground(run_dir: Path, hv: subprocess.Popen) -> int:
     import select
 
     client = ControlClient(run_dir)
-    last = None
+    live = sys.stdout.isatty()
     exited = os.pidfd_open(hv.pid)
+    watch = select.poll()
+    watch.register(exited, select.POLLIN)
+    if stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode):
+        # A pipe's writer gets POLLERR once its reader is gone.
+        watch.register(sys.stdout.fileno(), 0)
+    screen = _LiveScreen(client, machine) if live else _ChangeLog()
+    why = None
     try:
-        while True:
+        while why is None:
             try:
                 rows = client.call("list")
             except NotRunning:
                 break
-            shown = [(r["name"], r["domid"], r["shutdown"], r["paused"], r["note"])
-                     for r in rows]
-            if shown != last:
-                print(time.strftime("%H:%M:%S"), "domains:", flush=True)
-                print(format_list(rows), end="", flush=True)
-                last = shown
-            if select.select([exited], [], [], 1.0)[0]:  # a display refresh
+            try:
+                screen.show(rows)
+            except BrokenPipeError:
+                why = "its output was closed"
                 break
+            for fd, _ in watch.poll(1000):  # a refresh a second
+                if fd == exited:
+                    why = "stopped"
+                else:
+                    why = "its output was closed"
     except KeyboardInterrupt:
-        print("\nHalting...", flush=True)
-        try:
-            client.call("halt")
-        except NotRunning:
-            pass
-        select.select([exited], [], [])
-    finally:
-        os.close(exited)
+        why = "Ctrl-C"
+    if why not in (None, "stopped"):
+        _halt_from_foreground(client, exited, why)
+    os.close(exited)
     _, status = os.waitpid(hv.pid, 0)
     hv.returncode = os.waitstatus_to_exitcode(status)
-    print("The machine has halted.")
+    _say("The machine has halted.")
     return 0
+
+
+def _say(text: str) -> None:
+    """Print unless the reader of our output is gone (then: not at all)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would complain again flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _halt_from_foreground(client: ControlClient, exited: int, why: str) -> None:
+    """Halt first, then say so: the reader may be gone, and a failed print
+    must never leave the machine running, orphaned."""
+    import select
+
+    # A second Ctrl-C (tee's and ours arrive together) must not cut the
+    # wait short: the halt is under way either way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        client.call("halt")
+    except NotRunning:
+        pass
+    _say(f"\nHalting ({why})...")
+    select.select([exited], [], [])
+
+
+class _ChangeLog:
+    """A pipe or a file: the list, printed again when a domain changes."""
+
+    def __init__(self) -> None:
+        self.last: list | None = None
+
+    def show(self, rows: list[dict]) -> None:
+        shown = [(r["name"], r["domid"], r["shutdown"], r["paused"], r["note"]) for r in rows]
+        if shown != self.last:
+            print(time.strftime("%H:%M:%S"), "domains:", flush=True)
+            print(format_list(rows), end="", flush=True)
+            self.last = shown
+
+
+class _LiveScreen:
+    """A terminal: xl top's screen, redrawn in place."""
+
+    CLEAR = "\x1b[H\x1b[2J"
+
+    def __init__(self, client: ControlClient, machine: str) -> None:
+        self.machine = machine
+        self.total_mib = client.call("info")["physinfo"]["total_pages"] * 4 // 1024
+        self.previous: dict[str, float] | None = None
+        self.at = time.monotonic()
+
+    def show(self, rows: list[dict]) -> None:
+        now = time.monotonic()
+        text = format_top(rows, self.previous, now - self.at, self.total_mib,
+                          time.strftime("%H:%M:%S"), self.machine)
+        print(self.CLEAR + text + "Ctrl-C halts the machine.", end="", flush=True)
+        self.previous = {r["name"]: float(r.get("cpu_time", 0.0)) for r in rows}
+        self.at = now
 
 
 def _client(args) -> ControlClient:
@@ -398,14 +512,78 @@ def _bench(args) -> int:
     return run_bench(args)
 
 
+RUN_DIR_HELP = ("the machine's run directory: its sockets, logs, consoles and disk "
+                "images (default: $PYXEN_RUN_DIR, else /run/pyxen as root, else "
+                "$XDG_RUNTIME_DIR/pyxen or /tmp/pyxen-<uid>)")
+
+BOOT_HELP = """Boot a machine from a topology file (TOML; see deploy/topologies/default.toml,
+which explains every key): the hypervisor, Domain-0 with the toolstack, then
+the driver domains in file order, then the other domains.
+
+A bad file is reported as one `file:line: key: message` error and nothing
+starts. In the foreground, a terminal shows the domains live (as xl top,
+redrawn every second) and a pipe gets a line per change; Ctrl-C, or the
+reader of the pipe going away, halts the machine. With --detach it returns
+once every domain runs; `pyxen halt` stops it.
+
+Driver domains (driver_domain = true) serve the guests' disks and networks;
+when one dies the toolstack restarts it under a new domid (restart_limit,
+restart_backoff) and the guests' devices reconnect to it, nothing lost.
+"""
+
+CREATE_HELP = """Create one domain from an xl.cfg-style TOML file: the keys of a topology's
+[domain.NAME] table at top level, plus `name`, e.g.
+
+    name = "web"
+    memory = 128
+    vcpus = 1
+    disk = ["backend=disk-dd, vdev=xvda, size=64M, target=web.img"]
+    vif = ["backend=net-dd, bridge=xenbr0, ip=10.0.0.5"]
+    workload = "demo"
+
+Relative disk targets are images in the run directory's disks/ (created
+sparse with size=). Devices' backends must be running driver domains.
+"""
+
+DESTROY_HELP = """\
+Destroy a domain at once (xl destroy): its process is killed and its
+memory freed, with no shutdown. A driver domain is destroyed as if it had
+crashed: the guests it serves keep their devices, and its on_crash action
+applies (restart, by default, within its restart_limit); the guests'
+devices reconnect to the successor.
+"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"pyxen {version('pyxen')} (Xen 4.17 ABI)"
+    except PackageNotFoundError:
+        return "pyxen (not installed; Xen 4.17 ABI)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyxen", description=__doc__)
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="the system's run directory (env PYXEN_RUN_DIR)")
+    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--run-dir", type=Path, default=None, help=RUN_DIR_HELP)
+    # Every command takes --run-dir after its name too; SUPPRESS keeps a
+    # value given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--run-dir", type=Path, default=argparse.SUPPRESS, help=RUN_DIR_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("boot", help="boot a machine from a topology file")
-    p.add_argument("topology", nargs="?", help="TOML topology (default: bundled default)")
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common],
+                              description=description or help[:1].upper() + help[1:] + ".",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("boot", "boot a machine from a topology file", BOOT_HELP)
+    p.add_argument("topology", nargs="?", help="TOML topology (default: the bundled "
+                   "deploy/topologies/default.toml)")
+    p.add_argument("--name", help="the machine's name in process titles, "
+                   "pyxen[NAME]: dom1 disk-dd (default: the topology file's name; "
+                   "NAME-2 ... if a machine of that name runs)")
     p.add_argument("--detach", action="store_true", help="return once every domain runs")
     p.add_argument("--log-json", action="store_true", help="JSON lines in the logs")
     p.add_argument("--no-sandbox", action="store_true",
@@ -413,90 +591,91 @@ def build_parser() -> argparse.ArgumentParser:
                         "sandbox (no namespaces, uid, seccomp or cgroups); never the default")
     p.set_defaults(func=_boot_command)
 
-    p = sub.add_parser("list", help="list domains (xl list)")
+    p = command("list", "list domains (xl list)")
     p.add_argument("domain", nargs="?")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="grant-window memory used/cap; why domains stopped")
     p.set_defaults(func=_list)
 
-    sub.add_parser("info", help="machine information (xl info)").set_defaults(func=_info)
+    command("info", "machine information (xl info)").set_defaults(func=_info)
 
-    p = sub.add_parser("create", help="create a domain from an xl.cfg-style TOML file")
-    p.add_argument("config")
+    p = command("create", "create a domain from an xl.cfg-style TOML file",
+                       CREATE_HELP)
+    p.add_argument("config", help="the domain's TOML file")
     p.set_defaults(func=_create)
 
-    for name, done, text in (
-            ("destroy", "Destroyed {domain}", "destroy a domain at once"),
-            ("shutdown", "Shutting down {domain}", "shut a domain down"),
-            ("reboot", "Rebooting {domain}", "reboot a domain"),
-            ("pause", None, "pause a domain (its process stops)"),
-            ("unpause", None, "unpause a domain")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("domain")
+    for name, done, text, description in (
+            ("destroy", "Destroyed {domain}", "destroy a domain at once", DESTROY_HELP),
+            ("shutdown", "Shutting down {domain}", "shut a domain down", None),
+            ("reboot", "Rebooting {domain}", "reboot a domain", None),
+            ("pause", None, "pause a domain (its process stops)", None),
+            ("unpause", None, "unpause a domain", None)):
+        p = command(name, text, description)
+        p.add_argument("domain", help="its name or domid")
         p.set_defaults(func=_simple(name, done))
 
-    p = sub.add_parser("console", help="attach to a domain's console (Ctrl-] detaches)")
+    p = command("console", "attach to a domain's console (Ctrl-] detaches)")
     p.add_argument("domain")
     p.set_defaults(func=_console)
 
-    p = sub.add_parser("exec", help="run a command in a domain's network namespace "
+    p = command("exec", "run a command in a domain's network namespace "
                        "(pyxen exec guest1 -- ping 10.0.0.2)")
     p.add_argument("domain")
     p.add_argument("argv", metavar="command", nargs=argparse.REMAINDER,
                    help="the command and its arguments, after --")
     p.set_defaults(func=_exec)
 
-    p = sub.add_parser("block-attach", help="attach a disk (xl disk spec) to a domain")
+    p = command("block-attach", "attach a disk (xl disk spec) to a domain")
     p.add_argument("domain")
     p.add_argument("spec", nargs="+", help="e.g. backend=disk-dd vdev=xvdb target=x.img "
                    "size=16M, or one comma-separated spec")
     p.set_defaults(func=_block_attach)
 
-    p = sub.add_parser("block-detach", help="detach a disk from a domain")
+    p = command("block-detach", "detach a disk from a domain")
     p.add_argument("domain")
     p.add_argument("vdev", help="xvdb, or the device number")
     p.set_defaults(func=_block_detach)
 
-    p = sub.add_parser("block-list", help="list a domain's disks (xl block-list)")
+    p = command("block-list", "list a domain's disks (xl block-list)")
     p.add_argument("domain")
     p.set_defaults(func=_block_list)
 
-    p = sub.add_parser("network-attach", help="attach a vif (xl vif spec) to a domain")
+    p = command("network-attach", "attach a vif (xl vif spec) to a domain")
     p.add_argument("domain")
     p.add_argument("spec", nargs="+", help="e.g. backend=net-dd bridge=xenbr0 ip=10.0.0.5")
     p.set_defaults(func=_network_attach)
 
-    p = sub.add_parser("network-detach", help="detach a vif from a domain")
+    p = command("network-detach", "detach a vif from a domain")
     p.add_argument("domain")
     p.add_argument("devid", type=int, help="the vif's index (see network-list)")
     p.set_defaults(func=_network_detach)
 
-    p = sub.add_parser("network-list", help="list a domain's vifs (xl network-list)")
+    p = command("network-list", "list a domain's vifs (xl network-list)")
     p.add_argument("domain")
     p.set_defaults(func=_network_list)
 
-    p = sub.add_parser("vcpu-list", help="list vCPUs (xl vcpu-list)")
+    p = command("vcpu-list", "list vCPUs (xl vcpu-list)")
     p.add_argument("domain", nargs="?")
     p.set_defaults(func=_vcpu_list)
 
-    p = sub.add_parser("vcpu-pin", help="set a vCPU's hard affinity")
+    p = command("vcpu-pin", "set a vCPU's hard affinity")
     p.add_argument("domain")
     p.add_argument("vcpu", help="vCPU number or 'all'")
     p.add_argument("cpus", help="pCPUs: 'all', '0-1', '0,1', '^1'")
     p.set_defaults(func=_vcpu_pin)
 
-    p = sub.add_parser("sched-credit2", help="show or set credit2 weights and caps: the "
+    p = command("sched-credit2", "show or set credit2 weights and caps: the "
                        "CPU share and quota of the domain's cgroup (xl sched-credit2)")
     p.add_argument("-d", "--domain", help="the domain (name or id)")
     p.add_argument("-w", "--weight", help="set its weight, 1 to 65535 (default 256)")
     p.add_argument("-c", "--cap", help="set its cap: percent of one pCPU (0: none)")
     p.set_defaults(func=_sched_credit2)
 
-    p = sub.add_parser("dmesg", help="the hypervisor's log (xl dmesg)")
+    p = command("dmesg", "the hypervisor's log (xl dmesg)")
     p.add_argument("-c", "--clear", action="store_true", help="clear after reading")
     p.set_defaults(func=_dmesg)
 
-    p = sub.add_parser("wait", help="wait until a domain reaches a state (pyxen's own)")
+    p = command("wait", "wait until a domain reaches a state (pyxen's own)")
     p.add_argument("domain")
     p.add_argument("--until", default="running",
                    choices=["running", "shutdown", "crashed", "gone"])
@@ -505,10 +684,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
     p.set_defaults(func=_wait)
 
-    sub.add_parser("halt", help="stop every domain and the hypervisor").set_defaults(
+    command("halt", "stop every domain and the hypervisor").set_defaults(
         func=_halt)
 
-    p = sub.add_parser("bench", help="benchmarks against a raw baseline")
+    p = command("bench", "benchmarks against a raw baseline")
     p.add_argument("what", choices=["evtchn", "xenstore", "blk", "net"])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--iterations", type=int, default=2000,
@@ -517,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="boot without the sandbox: only to measure what it costs")
     p.set_defaults(func=_bench)
 
-    p = sub.add_parser("chaos", help="kill driver domains at random while guests verify "
+    p = command("chaos", "kill driver domains at random while guests verify "
                        "their I/O; report recovery times and lost blocks")
     p.add_argument("topology", nargs="?", help="TOML topology (default: bundled default)")
     p.add_argument("--target", help="driver domains to kill, comma-separated "

@@ -261,3 +261,32 @@ def format_info(
                 picked.append(line[colon + 2 :])
         lines = picked
     return "".join(line + "\n" for line in lines)
+
+
+TOP_HEADER = ("      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  VCPUS  "
+              "WIN(MiB)  NOTE")
+
+
+def format_top(rows: Sequence[Mapping[str, Any]], previous: Mapping[str, float] | None,
+               interval: float, total_mib: int, when: str, machine: str = "") -> str:
+    """xentop's screen (``xl top``): a summary line of domain states, then a
+    row per domain. CPU(%) is the CPU time a domain used since the previous
+    screen (``previous``: name -> cpu_time) over ``interval`` seconds."""
+    counts = {k: 0 for k in ("running", "blocked", "paused", "crashed", "dying", "shutdown")}
+    for row in rows:
+        for key in counts:
+            counts[key] += bool(row.get(key))
+    title = f"pyxen top - {when}" + (f"   machine {machine}" if machine else "")
+    lines = [title,
+             f"{len(rows)} domains: " + ", ".join(f"{n} {k}" for k, n in counts.items()),
+             TOP_HEADER]
+    for row in rows:
+        cpu = float(row.get("cpu_time", 0.0))
+        before = (previous or {}).get(row["name"])
+        percent = (cpu - before) * 100 / interval if before is not None and interval > 0 else 0.0
+        mem_k = int(row["mem_mib"]) * 1024
+        lines.append("%10s %6s %10d %6.1f %10d %6.1f %6d %9s  %s" % (
+            str(row["name"])[-10:], state_letters(row), int(cpu), max(percent, 0.0), mem_k,
+            mem_k * 100 / (total_mib * 1024) if total_mib else 0.0, row["vcpus"],
+            f"{row.get('window_mib', 0)}/{row.get('max_window_mib', 0)}", row.get("note") or ""))
+    return "\n".join(lines) + "\n"

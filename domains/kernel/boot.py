@@ -26,6 +26,7 @@ import traceback
 import setproctitle
 
 from hypervisor.public.pyxen.start_info import STANDBY_ENV, START_INFO_ENV
+from hypervisor.public.pyxen.title import process_title
 from hypervisor.public.sched import SHUTDOWN_crash
 
 PR_SET_PDEATHSIG = 1
@@ -69,7 +70,7 @@ class Standby:
             from hypervisor.jail import confine
 
             confine.enter(self.sock, seccomp="seccomp" in jail_mode)
-        setproctitle.setproctitle("pyxen: standby")
+        setproctitle.setproctitle(process_title("standby"))
         for module in STANDBY_IMPORTS + (JAIL_IMPORTS if jail_mode else ()):
             importlib.import_module(module)
 
@@ -148,7 +149,7 @@ def main() -> None:
                 enter_new_netns()
         if start_info.get("sandbox"):
             confine_plain(start_info["sandbox"])
-    setproctitle.setproctitle(f"pyxen: dom{start_info['domid']} {start_info['name']}")
+    setproctitle.setproctitle(process_title(f"dom{start_info['domid']} {start_info['name']}"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the toolstack
 
     kernel = Kernel(start_info)
