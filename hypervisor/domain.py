@@ -54,6 +54,7 @@ class Domain:
     memchan: MemChannel | None = None  # passes fds to the domain (windows, doorbells)
     # (reply address of the createdomain caller) while the kernel boots
     pending_create: object | None = None
+    log_start: int = 0  # where this instance's lines begin in logs/<name>.log
 
     @property
     def bitmap(self) -> EventBitmap:

@@ -260,6 +260,10 @@ class Machine:
         log_dir = self.run_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{dom.name}.log"
+        try:  # an earlier instance's lines are not this one's
+            dom.log_start = log_path.stat().st_size
+        except OSError:
+            dom.log_start = 0
         box = self.sandbox
         try:
             if box is not None and box.jails and not dom.privileged and not extra:
@@ -410,7 +414,7 @@ class Machine:
             dom.process.kill()
         self._release(dom)
         if token is not None:
-            tail = self.log_tail(dom.name)
+            tail = self.log_tail(dom)
             self.transport.reply(token, -ETIMEDOUT, f"{dom.name} did not boot within "
                                  f"{seconds:g} s{': ' + tail if tail else ''}")
 
@@ -573,7 +577,7 @@ class Machine:
             token, dom.pending_create = dom.pending_create, None
             self._release(dom)
             if token is not None:
-                tail = self.log_tail(dom.name)
+                tail = self.log_tail(dom)
                 self.transport.reply(token, -EIO, f"{dom.name} failed to boot "
                                      f"(exit status {status}){': ' + tail if tail else ''}")
             if dom.domid == 0:
@@ -588,9 +592,13 @@ class Machine:
             dom.shutdown_code = SHUTDOWN_crash
             self.send_global_virq(VIRQ_DOM_EXC)
 
-    def log_tail(self, name: str) -> str:
+    def log_tail(self, dom: Domain) -> str:
+        """The last line this instance of the domain logged (a restarted
+        domain appends to its predecessor's log: never quote that one)."""
         try:
-            lines = (self.run_dir / "logs" / f"{name}.log").read_text().splitlines()
+            with open(self.run_dir / "logs" / f"{dom.name}.log", "rb") as f:
+                f.seek(dom.log_start)
+                lines = f.read()[-65536:].decode(errors="replace").splitlines()
         except OSError:
             return ""
         return lines[-1].strip()[:300] if lines else ""

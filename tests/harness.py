@@ -162,6 +162,21 @@ class System:
             proc.kill()
             proc.wait()
 
+    def wait_device_state(self, path: str, state: int, timeout: float = 30.0) -> None:
+        """Block until a device's `<path>/state` is `state`: a XenStore
+        watch, the way the toolstack waits."""
+        from domains.dom0.toolstack import wait_for_state
+        from domains.kernel.xenbus.client import XenStoreClient
+        from domains.kernel.xenbus.transport import UnixTransport
+
+        xs = XenStoreClient(UnixTransport(str(self.run_dir / "xenstored" / "socket")))
+        try:
+            reached = wait_for_state(xs, path, {state}, timeout)
+            now = xs.read(f"{path}/state").decode() if xs.exists(path) else "gone"
+        finally:
+            xs.close()
+        assert reached and now == str(state), f"{path}: state {now}, not {state}"
+
     def wait_console(self, name: str, text: str) -> None:
         self._wait_text(self.run_dir / "console" / f"{name}.log", text)
 

@@ -245,3 +245,43 @@ def test_two_kills_in_a_row(system):
     assert system.list()["writer"]["state"][3:5] == "--"
     system.halt()
     check_image(system, log)
+
+
+def test_a_successor_that_dies_booting_counts_as_a_crash_and_restart_brings_it_back(system):
+    """Issue 14: a driver domain killed while it restarted was gone for good
+    (absent from `pyxen list`) and its guest hung on a dead backend."""
+    flag = system.run_dir / "flag"
+    flag.write_text("live")
+    flag.chmod(0o644)
+    topology = TOPOLOGY.replace('on_crash = "restart"',
+                                'on_crash = "restart"\nrestart_limit = [2, 60]\n'
+                                'workload = "tests.workloads:driver_dies_booting"\n'
+                                f'bind = ["{flag}"]')
+    topology = topology.replace('extra = "watchdog=3"', f'extra = "watchdog=3 flag={flag}"')
+    topology = topology.replace("tests.workloads:disk_writer",
+                                "tests.workloads:disk_writer_reporting")
+    system.boot(system.write_topology(topology))
+    log = system.run_dir / "logs" / "writer.log"
+    follow_acks(log, 10)
+    flag.write_text("die")  # every successor now dies before it is up
+    os.kill(system.pid_of("disk-dd"), 9)
+    # Two restarts (its budget) die booting; then the toolstack says so.
+    system.wait_log("hypervisor", "disk-dd crashed while restarting")
+    assert system.list()["disk-dd"]["state"][3:5] == "sc"  # still listed, crashed
+    listing = system.cli("list", "-v").stdout
+    assert "disk-dd: crashed while restarting" in listing
+    assert "failed to boot (exit status 3)" in listing
+    assert "restart_limit" in listing
+    # Past the budget its devices go: the guest fails its I/O clearly.
+    system.wait_log("writer", "disk lost")
+    assert system.cli("block-list", "writer").stdout.splitlines()[1:] == []
+    # A command brings it back, and the guest's disk with it.
+    flag.write_text("live")
+    out = system.cli("restart", "disk-dd").stdout
+    assert out.startswith("Restarted disk-dd (domid ")
+    assert system.list()["disk-dd"]["state"][4] != "c"
+    rows = system.cli("block-list", "writer").stdout.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ["51712"]
+    writer = system.list()["writer"]["domid"]
+    # The guest takes the device again (its frontend's old watches are gone).
+    system.wait_device_state(f"/local/domain/{writer}/device/vbd/51712", int(S.Connected))

@@ -707,3 +707,16 @@ def pv_console_flood(kernel) -> None:
         written += len(line)
     _send(kernel.args["out"], {"written": written})
     threading.Event().wait()
+
+
+def driver_dies_booting(kernel) -> None:
+    """A disk/net driver domain that dies before it is up (a crash during
+    boot) while the file named by `flag=` says "die"."""
+    import os
+
+    with open(kernel.args["flag"]) as f:
+        if f.read().strip() == "die":
+            os._exit(3)
+    from domains.driver.main import main
+
+    main(kernel)

@@ -554,6 +554,37 @@ devices reconnect to the successor.
 """
 
 
+SHUTDOWN_HELP = """\
+Ask a domain to shut down (xl shutdown, through its control/shutdown node);
+its on_poweroff action applies. A driver domain that serves devices is not
+shut down unless --force is given: then those devices are removed and
+their guests' frontends fail what is pending.
+"""
+
+REBOOT_HELP = """\
+A running domain is asked to reboot (its on_reboot applies). A domain that
+is stopped (crashed and preserved, or a driver domain the toolstack stopped
+restarting: `pyxen list -v` says why) is started again, with a fresh
+restart budget; a driver domain gets back the devices it served, and its
+guests see them again. `restart` does the latter only.
+"""
+
+
+def _shutdown(args) -> int:
+    _client(args).call("shutdown", domain=args.domain, force=args.force)
+    print(f"Shutting down {args.domain}")
+    return 0
+
+
+def _reboot(args) -> int:
+    result = _client(args).call(args.command, domain=args.domain)
+    if isinstance(result, dict) and "domid" in result:
+        print(f"Restarted {result['name']} (domid {result['domid']})")
+    else:
+        print(f"Rebooting {args.domain}")
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -606,13 +637,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, done, text, description in (
             ("destroy", "Destroyed {domain}", "destroy a domain at once", DESTROY_HELP),
-            ("shutdown", "Shutting down {domain}", "shut a domain down", None),
-            ("reboot", "Rebooting {domain}", "reboot a domain", None),
             ("pause", None, "pause a domain (its process stops)", None),
             ("unpause", None, "unpause a domain", None)):
         p = command(name, text, description)
         p.add_argument("domain", help="its name or domid")
         p.set_defaults(func=_simple(name, done))
+
+    p = command("shutdown", "shut a domain down", SHUTDOWN_HELP)
+    p.add_argument("domain", help="its name or domid")
+    p.add_argument("--force", action="store_true",
+                   help="a driver domain that serves devices too: they are removed")
+    p.set_defaults(func=_shutdown)
+
+    p = command("reboot", "reboot a domain; restart one that is stopped", REBOOT_HELP)
+    p.add_argument("domain", help="its name or domid")
+    p.set_defaults(func=_reboot)
+
+    p = command("restart", "start a stopped domain again (crashed, or given up on)",
+                REBOOT_HELP)
+    p.add_argument("domain", help="its name or domid")
+    p.set_defaults(func=_reboot)
 
     p = command("console", "attach to a domain's console (Ctrl-] detaches)")
     p.add_argument("domain")

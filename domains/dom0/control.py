@@ -28,7 +28,7 @@ from domains.dom0 import topocheck
 from domains.dom0.toolstack import Managed, Toolstack
 from domains.dom0.topology import TopologyError, load_domain_config
 from domains.dom0.xlspec import SpecError, parse_cpulist, parse_disk, parse_vif
-from hypervisor.public.errno import XenError
+from hypervisor.public.errno import EBUSY, XenError
 
 #: The largest request the control socket takes (ZMQ_MAXMSGSIZE): a path
 #: or a device spec, never more.
@@ -98,8 +98,9 @@ SCHEMAS: dict[str, dict[str, Arg]] = {
     "info": {},
     "create": {"path": Arg((str,), True, _text(4096))},
     "destroy": {"domain": DOMAIN},
-    "shutdown": {"domain": DOMAIN},
+    "shutdown": {"domain": DOMAIN, "force": Arg((bool,))},
     "reboot": {"domain": DOMAIN},
+    "restart": {"domain": DOMAIN},
     "pause": {"domain": DOMAIN},
     "unpause": {"domain": DOMAIN},
     "vcpu-list": {"domain": OPT_DOMAIN},
@@ -235,14 +236,47 @@ def _destroy(ts: Toolstack, args: dict):
     return {"then": then}
 
 
-def _shutdown(request: str):
-    def run(ts: Toolstack, args: dict):
-        ts.request_shutdown(ts.find(args["domain"]), request)
-    return run
+@command("shutdown")
+def _shutdown(ts: Toolstack, args: dict):
+    """xl shutdown. A driver domain that serves devices is not shut down
+    without `force`: its guests would lose them (with it, they do, and
+    their frontends fail what is pending)."""
+    dom = ts.find(args["domain"])
+    served = ts.serves(dom) if dom.config is not None and dom.config.driver_domain else []
+    if served and not args.get("force"):
+        raise XenError(EBUSY, f"{dom.name} serves {', '.join(served)}; its guests would lose "
+                       "them (--force removes them and shuts it down; `pyxen destroy` "
+                       "restarts it instead)")
+    if served:
+        ts.orphan(dom)
+    ts.request_shutdown(dom, "poweroff")
 
 
-COMMANDS["shutdown"] = _shutdown("poweroff")
-COMMANDS["reboot"] = _shutdown("reboot")
+@command("reboot", deferred=True)
+def _reboot(ts: Toolstack, args: dict, respond: Respond):
+    """xl reboot: asks a running domain; restarts one that is stopped (a
+    crashed driver domain the toolstack gave up on, a preserved crash)."""
+    dom = ts.find(args["domain"])
+    if not dom.handled:
+        ts.request_shutdown(dom, "reboot")
+        return None
+    return _revive(ts, dom, respond)
+
+
+@command("restart", deferred=True)
+def _restart(ts: Toolstack, args: dict, respond: Respond):
+    return _revive(ts, ts.find(args["domain"]), respond)
+
+
+def _revive(ts: Toolstack, dom: Managed, respond: Respond):
+    def done(new: Managed | None, error: XenError | None) -> None:
+        if error is not None:
+            respond({"ok": False, "error": str(error)})
+        else:
+            respond({"ok": True, "result": {"name": new.name, "domid": new.domid}})
+
+    ts.revive(dom, done)
+    return LATER
 
 
 @command("pause")

@@ -70,8 +70,25 @@ class Managed:
     config: DomainConfig | None  # None for Domain-0
     budget: actions.RestartBudget | None = None
     handled: bool = False  # its shutdown has been acted on
-    attached: list = field(default_factory=list)  # disks added by block-attach
+    # The devices it has now, by devid: its config's, plus those attached,
+    # minus those detached at run time (libxl keeps them in the domain's
+    # stored config): what a reboot gives it back and a backend's restart
+    # republishes.
+    disks: dict[int, DiskSpec] = field(default_factory=dict)
+    vifs: dict[int, VifSpec] = field(default_factory=dict)
     note: str = ""  # why it is in the state it is, for `list` and `dmesg`
+    # No domain is left in the hypervisor (it died restarting, and the
+    # toolstack gave up): shown crashed, until `pyxen restart` or destroy.
+    down: bool = False
+
+    def start_devices(self, carried: Managed | None = None) -> None:
+        """Its devices at creation: its config's, or those of the instance
+        it replaces (a reboot keeps what was hot-plugged)."""
+        if carried is not None:
+            self.disks, self.vifs = dict(carried.disks), dict(carried.vifs)
+        elif self.config is not None:
+            self.disks = {d.virtual_device: d for d in self.config.disks}
+            self.vifs = dict(enumerate(self.config.vifs))
 
 
 @dataclass
@@ -81,6 +98,7 @@ class Booting:
     name: str
     abandon: Abandon = field(default_factory=Abandon)
     destroyed: bool = False  # `pyxen destroy` or halt: do not keep it
+    carried: Managed | None = None  # the instance it replaces: its devices carry over
 
 
 #: How many `pyxen create`s may wait for their kernels at once.
@@ -140,7 +158,7 @@ class Toolstack:
     def create_async(self, config: DomainConfig,
                      done: Callable[[Managed | None, XenError | None], None],
                      budget: actions.RestartBudget | None = None,
-                     limit: int | None = MAX_BOOTING) -> None:
+                     limit: int | None = MAX_BOOTING, carried: Managed | None = None) -> None:
         """Build a domain on a worker; `done(domain, None)` or `done(None,
         error)` is called on that worker once its kernel booted or failed
         to. Errors found before the wait (a name in use) raise here."""
@@ -151,6 +169,7 @@ class Toolstack:
                 raise XenError(EBUSY, f"{len(self.booting)} domains are booting already; "
                                "try again when one is up")
             booting = self._reserve(config)
+            booting.carried = carried
             worker = threading.Thread(target=self._worker, name=f"create {config.name}",
                                       args=(config, budget, booting, done))
             self.workers.add(worker)
@@ -247,13 +266,14 @@ class Toolstack:
                 raise XenError(exc.errno, f"{config.name}: cannot set its weight "
                                f"{config.weight} and cap {config.cap}: {exc.message}") from exc
         try:
-            self.introduce(domid, config, announce)
+            self.introduce(domid, config, announce, booting.carried)
         except (XenError, XsError) as exc:
             self._discard(domid)
             raise XenError(EIO, f"{config.name}: cannot set up its xenstore: {exc}") from exc
         if budget is None:
             budget = actions.RestartBudget(*config.restart_limit, *config.restart_backoff)
         dom = Managed(domid, config.name, config, budget)
+        dom.start_devices(booting.carried)
         self.domains[domid] = dom
         self.log.info("domain created", name=config.name, domid=domid)
         self.announce(event="created", name=config.name, domid=domid)
@@ -341,15 +361,19 @@ class Toolstack:
             sandbox["disks"] = sorted(set(disks))
         return sandbox
 
-    def introduce(self, domid: int, config: DomainConfig, announce: dict) -> None:
-        """Write the domain's nodes and devices, then hand its ring to xenstored."""
+    def introduce(self, domid: int, config: DomainConfig, announce: dict,
+                  carried: Managed | None = None) -> None:
+        """Write the domain's nodes and devices (its config's, or those of
+        the instance it replaces), then hand its ring to xenstored."""
         uuid = self.xc.domain_getinfo(domid)["handle"]
         store = announce.get("store")
         nodes = xsnodes.domain_nodes(domid, config.name, uuid, config.memory * 1024,
                                      config.vcpus, store, announce.get("console"))
-        for disk in config.disks:
+        devices_of = Managed(domid, config.name, config)
+        devices_of.start_devices(carried)
+        for disk in devices_of.disks.values():
             nodes += self.disk_nodes(domid, disk)
-        for devid, vif in enumerate(config.vifs):
+        for devid, vif in devices_of.vifs.items():
             nodes += self.vif_nodes(domid, config.name, devid, vif)
         self.write_nodes(nodes)
         if store is not None:
@@ -370,22 +394,31 @@ class Toolstack:
         for dom in list(self.domains.values()):
             if dom.config is None or dom.domid == driver.domid:
                 continue
-            for disk in [*dom.config.disks, *dom.attached]:
+            for disk in list(dom.disks.values()):
                 if disk.backend != driver.name:
                     continue
                 nodes = self.disk_nodes(dom.domid, disk)
                 front = devices.vbd_frontend_path(dom.domid, disk.virtual_device)
-                self._move_frontend(nodes, front, dom.domid, driver.domid)
+                self._publish(nodes, front, dom.domid, driver.domid)
                 self.log.info("disk republished", domain=dom.name, vdev=disk.vdev,
                               backend=driver.name, backend_id=driver.domid)
-            for devid, vif in enumerate(dom.config.vifs):
+            for devid, vif in list(dom.vifs.items()):
                 if vif.backend != driver.name:
                     continue
                 nodes = self.vif_nodes(dom.domid, dom.name, devid, vif)
                 front = devices.vif_frontend_path(dom.domid, devid)
-                self._move_frontend(nodes, front, dom.domid, driver.domid)
+                self._publish(nodes, front, dom.domid, driver.domid)
                 self.log.info("vif republished", domain=dom.name, devid=devid,
                               backend=driver.name, backend_id=driver.domid)
+
+    def _publish(self, nodes: list, front: str, fe: int, be: int) -> None:
+        """A device of a restarted backend: its frontend moves over, or, if
+        the device was removed when its backend was given up on, it is
+        added back whole (the guest sees a new device)."""
+        if self.xs.exists(front):
+            self._move_frontend(nodes, front, fe, be)
+        else:
+            self.write_nodes(nodes)
 
     # -- block devices (xl block-attach / -detach / -list) -----------------------
 
@@ -394,13 +427,12 @@ class Toolstack:
         front = devices.vbd_frontend_path(dom.domid, devid)
         if self.xs.exists(front):
             raise XenError(EEXIST, f"{dom.name} already has a disk {disk.vdev}")
-        in_use = [(d.name, other) for d in self.domains.values() if d.config is not None
-                  for other in [*d.config.disks, *d.attached]]
+        in_use = [(d.name, other) for d in self.domains.values() for other in d.disks.values()]
         shared = topocheck.shared_image_problem(disk, in_use, self.disk_dir)
         if shared:
             raise XenError(EBUSY, shared)
         self.write_nodes(self.disk_nodes(dom.domid, disk))
-        dom.attached.append(disk)
+        dom.disks[devid] = disk
         self.log.info("disk attached", domain=dom.name, vdev=disk.vdev, devid=devid)
         return devid
 
@@ -412,7 +444,7 @@ class Toolstack:
         else:
             raise XenError(ENOENT, f"{dom.name} has no disk {vdev}")
         self._detach(devices.vbd_frontend_path(dom.domid, row["devid"]), row["backend_path"])
-        dom.attached = [d for d in dom.attached if d.virtual_device != row["devid"]]
+        dom.disks.pop(row["devid"], None)
         self.log.info("disk detached", domain=dom.name, vdev=row["vdev"])
 
     def _detach(self, front: str, back: str) -> None:
@@ -428,9 +460,10 @@ class Toolstack:
     # -- network devices (xl network-attach / -detach / -list) --------------------
 
     def network_attach(self, dom: Managed, vif: VifSpec) -> int:
-        existing = [r["devid"] for r in self.network_list(dom)]
+        existing = [r["devid"] for r in self.network_list(dom)] + list(dom.vifs)
         devid = max(existing, default=-1) + 1
         self.write_nodes(self.vif_nodes(dom.domid, dom.name, devid, vif))
+        dom.vifs[devid] = vif
         self.log.info("vif attached", domain=dom.name, devid=devid)
         return devid
 
@@ -441,6 +474,7 @@ class Toolstack:
         else:
             raise XenError(ENOENT, f"{dom.name} has no vif {devid}")
         self._detach(devices.vif_frontend_path(dom.domid, devid), row["backend_path"])
+        dom.vifs.pop(devid, None)
         self.log.info("vif detached", domain=dom.name, devid=devid)
 
     def network_list(self, dom: Managed) -> list[dict]:
@@ -486,10 +520,10 @@ class Toolstack:
         for dom in list(self.domains.values()):
             if dom.config is None or dom.domid == driver.domid:
                 continue
-            fronts = [devices.vbd_frontend_path(dom.domid, d.virtual_device)
-                      for d in [*dom.config.disks, *dom.attached] if d.backend == driver.name]
-            fronts += [devices.vif_frontend_path(dom.domid, i)
-                       for i, v in enumerate(dom.config.vifs) if v.backend == driver.name]
+            fronts = [devices.vbd_frontend_path(dom.domid, devid)
+                      for devid, d in dom.disks.items() if d.backend == driver.name]
+            fronts += [devices.vif_frontend_path(dom.domid, devid)
+                       for devid, v in dom.vifs.items() if v.backend == driver.name]
             for front in fronts:
                 try:
                     self.xs.rm(front)
@@ -662,22 +696,89 @@ class Toolstack:
             self.orphan(dom)  # on_*=destroy: its devices have no backend any more
         return action
 
-    def restart(self, old: Managed, config: DomainConfig) -> None:
-        """Start the domain again, on a worker: the control loop goes on."""
+    def restart(self, old: Managed, config: DomainConfig,
+                then: Callable[[Managed | None, XenError | None], None] | None = None) -> None:
+        """Start the domain again, on a worker: the control loop goes on. Its
+        devices carry over (those hot-plugged too); a driver domain's are
+        given back to it. A successor that dies before it is up counts as a
+        crash (on_crash, the budget, the back-off apply)."""
         def done(new: Managed | None, error: XenError | None) -> None:
-            if error is not None:
-                self.log.error("restart failed", name=config.name, error=str(error))
-                return
             with self.lock:
-                self.log.info("domain restarted", name=new.name, old_domid=old.domid,
-                              domid=new.domid)
-                if config.driver_domain and self.domains.get(new.domid) is new:
-                    self.republish(new)
+                if error is not None:
+                    self._restart_failed(old, config, error)
+                else:
+                    self.log.info("domain restarted", name=new.name, old_domid=old.domid,
+                                  domid=new.domid)
+                    if config.driver_domain and self.domains.get(new.domid) is new:
+                        self.republish(new)
+            if then is not None:
+                then(new, error)
 
         try:
-            self.create_async(config, done, old.budget, limit=None)
+            self.create_async(config, done, old.budget, limit=None, carried=old)
         except XenError as exc:
-            self.log.error("restart failed", name=config.name, error=str(exc))
+            with self.lock:
+                self._restart_failed(old, config, exc)
+            if then is not None:
+                then(None, exc)
+
+    def _restart_failed(self, old: Managed, config: DomainConfig, error: XenError) -> None:
+        """The successor died booting (or could not be made): a crash like
+        any other. Restart again within the budget; past it, the domain is
+        kept as crashed in `pyxen list` with the reason, and a driver
+        domain's devices are removed, so that their frontends fail clearly."""
+        self.log.error("restart failed", name=config.name, error=str(error))
+        if self.halting or error.errno == ESRCH:
+            return  # destroyed while it booted: the user wants it gone
+        action = actions.decide(config, SHUTDOWN_crash, old.budget, time.monotonic())
+        if action in (actions.RESTART, actions.RENAME_RESTART):
+            delay = old.budget.backoff()
+            self.log.info("restarting again", name=config.name, seconds=delay)
+            self.scheduled.append((time.monotonic() + delay, old, config))
+            return
+        limit, period = config.restart_limit
+        why = ("not restarted, "
+               f"{limit} restarts in {period:g}s already (restart_limit)"
+               if action == actions.GIVE_UP else f"not restarted (on_crash={config.on_crash})")
+        down = Managed(old.domid, config.name, config, old.budget, handled=True,
+                       disks=old.disks, vifs=old.vifs, down=True,
+                       note=f"crashed while restarting ({error.message}); {why}")
+        self.domains[old.domid] = down
+        self._console(f"toolstack: {config.name} {down.note}")
+        if config.driver_domain:
+            self.orphan(down)
+
+    def revive(self, dom: Managed,
+               done: Callable[[Managed | None, XenError | None], None]) -> None:
+        """`pyxen restart NAME`, or `pyxen reboot` of a stopped domain: start
+        a domain the toolstack stopped acting on (crashed and preserved, or
+        given up on) again, with a fresh restart budget; a driver domain
+        gets back the devices it served, and their guests see them again."""
+        if dom.config is None:
+            raise XenError(EINVAL, "Domain-0 cannot be restarted; use `pyxen halt`")
+        if not dom.handled:
+            raise XenError(EBUSY, f"{dom.name} is running; `pyxen reboot` asks it to restart")
+        if any(d is dom for _, d, _ in self.scheduled) or self.is_booting(dom.name):
+            raise XenError(EBUSY, f"{dom.name} is being restarted already")
+        self.domains.pop(dom.domid, None)
+        if not dom.down:
+            try:
+                self.xc.domain_destroy(dom.domid)
+            except XenError as exc:
+                if exc.errno != ESRCH:
+                    raise
+            self.forget(dom.domid)
+        dom.budget = actions.RestartBudget(*dom.config.restart_limit,
+                                           *dom.config.restart_backoff)
+        self.log.info("restarting by request", name=dom.name, old_domid=dom.domid)
+        self.restart(dom, dom.config, then=done)
+
+    def serves(self, driver: Managed) -> list[str]:
+        """The devices a driver domain serves, as `guest:vdev` / `guest:vif<N>`."""
+        return ([f"{d.name}:{disk.vdev}" for d in self.domains.values() if d is not driver
+                 for disk in d.disks.values() if disk.backend == driver.name] +
+                [f"{d.name}:vif{devid}" for d in self.domains.values() if d is not driver
+                 for devid, vif in d.vifs.items() if vif.backend == driver.name])
 
     def run_due(self) -> float | None:
         """Run the restarts whose back-off is over; seconds to the next one."""
@@ -717,6 +818,16 @@ class Toolstack:
                 "pid": info["pid"],
                 "note": note,
             })
+        for dom in self.domains.values():
+            if dom.down:  # no domain in the hypervisor: the toolstack's memory of it
+                rows.append({
+                    "name": dom.name, "domid": dom.domid, "mem_mib": 0, "window_mib": 0,
+                    "max_window_mib": 0, "vcpus": dom.config.vcpus if dom.config else 0,
+                    "running": False, "blocked": False, "paused": False, "shutdown": True,
+                    "crashed": True, "shutdown_reason": "crash", "dying": False,
+                    "cpu_time": 0.0, "pid": None, "note": dom.note,
+                })
+        rows.sort(key=lambda r: r["domid"])
         return rows
 
     def vcpu_rows(self, ident: str | None = None) -> list[dict]:

@@ -708,6 +708,12 @@ class BlkfrontDevice:
             self.watch.cancel()
         except XsError:
             pass
+        # The device may come back at the same path (attached again, or its
+        # backend restarted by request): its next instance watches this too.
+        try:
+            self.xs.unwatch(f"{self.path}/backend-id", f"blkfront-{self.path}")
+        except XsError:
+            pass
 
 
 def _runs(pages: list[int], length: int):

@@ -685,6 +685,12 @@ class NetfrontDevice:
             pass
         finally:
             self._close_tap()
+            # The vif may come back at the same path (attached again): its
+            # next instance watches this too.
+            try:
+                self.xs.unwatch(f"{self.path}/backend-id", f"netfront-{self.path}")
+            except XsError:
+                pass
 
     def _close_tap(self) -> None:
         if self.tap.closed:
