@@ -745,7 +745,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topology", nargs="?", help="TOML topology (default: bundled default)")
     p.add_argument("--target", help="driver domains to kill, comma-separated "
                    "(default: all of the topology's)")
-    p.add_argument("--kills", type=int, default=20, help="how many kills (default 20)")
+    p.add_argument("--kills", type=int, default=20,
+                   help="how many steps, each one to three kills (default 20)")
+    p.add_argument("--timing", default="spaced",
+                   help="when steps strike, comma-separated, drawn at random: spaced (one "
+                   "kill), boot (then the successor while it boots), handshake (then the "
+                   "successor once up), double, triple (kills in a row), reattach (detach and "
+                   "attach a disk and a vif again under I/O); or all (default: spaced)")
     p.add_argument("--seed", type=int, default=1, help="of the random schedule (default 1)")
     p.add_argument("--min-gap", type=float, default=0.05,
                    help="seconds of normal running before a kill, at least (default 0.05)")

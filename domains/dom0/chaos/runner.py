@@ -13,11 +13,14 @@ in the topology, and why:
 - disks must be images inside the run directory (relative targets): chaos
   writes over every block of them.
 
-Kill i: the target is drawn from --target with the seeded generator, then
-a pause drawn from [--min-gap, --max-gap] s of normal running, then SIGKILL
-to the target's process. The next kill waits until this one is recovered
-(every device the target served completed a request through its successor,
-see analysis.py), or for RECOVERY_TIMEOUT.
+Step i: its timing (--timing, see steps.py: spaced, boot, handshake,
+double, triple, reattach) and its target are drawn from the seeded
+generator, then a pause drawn from [--min-gap, --max-gap] s of normal
+running, then the step's kills (SIGKILL to the target, and to successors
+at the step's moments). The next step waits until this one is recovered
+(every device the target served completed a request through the last
+successor, see analysis.py; timed from the step's first kill), or for
+RECOVERY_TIMEOUT; then every guest device must be Connected.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import os
 import random
 import select
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -39,7 +41,7 @@ from pathlib import Path
 from deploy import DEFAULT_TOPOLOGY
 from domains.dom0.bench.common import (BenchError, Progress, become_subreaper, boot, halt,
                                        reap_children)
-from domains.dom0.chaos import analysis, toml_out
+from domains.dom0.chaos import analysis, steps, toml_out
 from domains.dom0.chaos.analysis import Device
 from domains.dom0.client import CommandFailed, ControlClient, NotRunning
 from domains.dom0.topology import Topology, TopologyError, load_topology
@@ -170,7 +172,8 @@ def read_reports(guest: Guest, fd: int, events: Events) -> None:
 
 
 def run(topology_path: Path, targets: list[str] | None, kills: int, seed: int,
-        gaps: tuple[float, float], progress: Progress) -> dict:
+        gaps: tuple[float, float], progress: Progress,
+        kinds: list[str] | None = None) -> dict:
     topology = load_topology(topology_path)
     targets, guests, raw = plan(topology, targets)
     network = os.geteuid() == 0  # guests get a network only as root
@@ -182,7 +185,10 @@ def run(topology_path: Path, targets: list[str] | None, kills: int, seed: int,
             os.mkfifo(fifo)
             os.chmod(fifo, 0o666)  # the guest's own uid uses them (tmp is 0700)
     derived = tmp / "topology.toml"
-    derived.write_text(toml_out.dumps(derive(raw, targets, guests, kills)))
+    kinds = kinds or ["spaced"]
+    # A step kills up to three times: the budget must hold them all.
+    budget = kills * max(steps.KILLS_OF[k] for k in kinds)
+    derived.write_text(toml_out.dumps(derive(raw, targets, guests, budget)))
     events = Events()
     fds = []
     keep = True  # the logs stay unless the run comes out clean
@@ -199,7 +205,7 @@ def run(topology_path: Path, targets: list[str] | None, kills: int, seed: int,
         except BenchError as exc:
             raise ChaosError(str(exc)) from None
         report = _run_kills(run_dir, topology, targets, guests, kills, seed, gaps, network,
-                            events, progress, fds[1::2])
+                            events, progress, fds[1::2], kinds)
         halt(run_dir)
         report["blocks"] = _check_images(run_dir, guests, report.pop("tops"))
         report["goal"] = _goal(report)
@@ -224,7 +230,8 @@ def _domains(run_dir: Path) -> dict[str, dict]:
 
 def _run_kills(run_dir: Path, topology: Topology, targets: list[str], guests: list[Guest],
                kills: int, seed: int, gaps: tuple[float, float], network: bool,
-               events: Events, progress: Progress, controls: list[int]) -> dict:
+               events: Events, progress: Progress, controls: list[int],
+               kinds: list[str]) -> dict:
     rng = random.Random(seed)
     expected = {(g.name, d) for g in guests for d in g.disks}
     progress(f"waiting for {len(guests)} guest(s) to write through their disks ...")
@@ -236,21 +243,51 @@ def _run_kills(run_dir: Path, topology: Topology, targets: list[str], guests: li
     for guest in guests:
         guest.domid = rows[guest.name]["domid"]
     results = []
+    striker = steps.Striker(run_dir)
+    names = [g.name for g in guests]
     for i in range(kills):
+        kind = rng.choice(kinds)
         target = rng.choice(targets)
         pause = rng.uniform(*gaps)
         threading.Event().wait(pause)  # a stretch of normal running, by design
-        row = _domains(run_dir)[target]
-        devices = devices_of(target, topology, network)
-        killed_at = time.monotonic()
-        os.kill(row["pid"], signal.SIGKILL)
-        recovered = _recovery(run_dir, target, row["domid"], devices, killed_at, events)
-        results.append({"kill": i + 1, "target": target, "domid": row["domid"],
-                        "after_s": round(pause, 3), **recovered})
-        shown = (f"{recovered['recovery_ms']:.0f} ms" if recovered["recovery_ms"] is not None
-                 else "NOT recovered")
-        progress(f"kill {i + 1}/{kills}: {target} (d{row['domid']}) -> {shown}"
-                 + ("" if devices else " (driver domain back; no device to time)"))
+        if kind == "reattach":
+            result = _reattach(run_dir, topology, guests, rng, network)
+            results.append({"kill": i + 1, "timing": kind, "target": result["guest"],
+                            "domid": None, "after_s": round(pause, 3), "kills": [],
+                            "recovery_ms": None, "measured": "attach", **result})
+            progress(f"step {i + 1}/{kills}: reattach on {result['guest']} -> "
+                     f"{result['error'] or 'connected each time'}")
+        else:
+            devices = devices_of(target, topology, network)
+
+            def resumed(kill: steps.Kill, devices=devices) -> bool:
+                return _recovery(run_dir, target, kill.domid, devices, kill.at,
+                                 events)["recovery_ms"] is not None
+
+            step = striker.strike(kind, target, resumed)
+            if not step.kills:
+                raise ChaosError(f"step {i + 1}: {step.note}")
+            first, last = step.kills[0], step.kills[-1]
+            recovered = _recovery(run_dir, target, last.domid, devices, last.at, events)
+            if recovered["recovery_ms"] is not None:  # timed from the step's first kill
+                recovered["recovery_ms"] = round(recovered["recovery_ms"]
+                                                 + (last.at - first.at) * 1000, 1)
+            results.append({"kill": i + 1, "timing": kind, "target": target,
+                            "domid": first.domid, "after_s": round(pause, 3),
+                            "kills": [{"domid": k.domid, "landed": k.landed}
+                                      for k in step.kills],
+                            "note": step.note, **recovered})
+            shown = (f"{recovered['recovery_ms']:.0f} ms"
+                     if recovered["recovery_ms"] is not None else "NOT recovered")
+            landed = ", ".join(f"d{k.domid} {k.landed}" for k in step.kills)
+            progress(f"step {i + 1}/{kills}: {kind} {target} ({landed}) -> {shown}"
+                     + (f" [{step.note}]" if step.note else "")
+                     + ("" if devices else " (driver domain back; no device to time)"))
+        stuck = steps.not_connected(run_dir, names)
+        results[-1]["not_connected"] = stuck
+        if stuck:
+            progress(f"  not Connected after step {i + 1}: "
+                     + ", ".join(f"{d} (state {s})" for d, s in stuck.items()))
     rows = _domains(run_dir)
     guest_state = {g.name: _guest_state(g, rows.get(g.name)) for g in guests}
     progress("stopping the workloads and checking every block ...")
@@ -271,6 +308,17 @@ def _run_kills(run_dir: Path, topology: Topology, targets: list[str], guests: li
             "reads": {"verified": sum(e.get("reads", 0) for e in finished.values()),
                       "bad": bad_reads},
             "tops": {key: e.get("top", -1) for key, e in finished.items()}}
+
+
+def _reattach(run_dir: Path, topology: Topology, guests: list[Guest], rng: random.Random,
+              network: bool) -> dict:
+    """A detach/attach cycle on a guest, at the same vdev and vif index."""
+    guest = rng.choice(guests)
+    config = next(d for d in topology.domains if d.name == guest.name)
+    disk_backend = next((d.backend for d in config.disks), None)
+    vif = next(((v.backend, v.bridge) for v in config.vifs), None) if network else None
+    error = steps.reattach(run_dir, guest.name, disk_backend, vif)
+    return {"guest": guest.name, "error": error}
 
 
 def _recovery(run_dir: Path, target: str, old: int, devices: list[Device],
@@ -330,7 +378,7 @@ def _check_images(run_dir: Path, guests: list[Guest], tops: dict) -> dict:
 
 
 def _goal(report: dict) -> dict:
-    times = [k["recovery_ms"] for k in report["kills"]]
+    times = [k["recovery_ms"] for k in report["kills"] if k.get("timing") != "reattach"]
     measured = [t for t in times if t is not None]
     median = analysis.percentile(measured, 50) if measured else None
     worst = max(measured) if measured else None
@@ -342,21 +390,28 @@ def _goal(report: dict) -> dict:
 
 def clean(report: dict) -> bool:
     """Nothing lost, duplicated or corrupted, no I/O error, every guest up,
-    every kill recovered."""
+    every kill recovered, every re-attach connected, and after every step
+    every guest device Connected."""
     blocks_ = report["blocks"]
+    kills = [k for k in report["kills"] if k.get("timing") != "reattach"]
     return (not (blocks_["lost"] or blocks_["duplicated"] or blocks_["corrupted"])
             and not report["io_errors"] and not report["reads"]["bad"]
             and all(s == "running" for s in report["guests"].values())
-            and all(k["recovery_ms"] is not None for k in report["kills"]))
+            and all(k["recovery_ms"] is not None for k in kills)
+            and not any(k.get("error") for k in report["kills"])
+            and not any(k.get("not_connected") for k in report["kills"]))
 
 
 def format_report(report: dict) -> str:
-    lines = [f"pyxen chaos: {len(report['kills'])} kills of {', '.join(report['targets'])} "
-             f"(seed {report['seed']})", ""]
+    lines = [f"pyxen chaos: {len(report['kills'])} steps against "
+             f"{', '.join(report['targets'])} (seed {report['seed']})", ""]
     lines.append(f"  {'target':<12}{'kills':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
                  f"{'max ms':>9}  timed by")
-    for target in [*report["targets"], "all"]:
-        kills = [k for k in report["kills"] if target in ("all", k["target"])]
+    timings = sorted({k.get("timing", "spaced") for k in report["kills"]} - {"reattach"})
+    rows = [*report["targets"], *(timings if len(timings) > 1 else []), "all"]
+    for target in rows:
+        kills = [k for k in report["kills"] if k.get("timing") != "reattach" and
+                 target in ("all", k["target"], k.get("timing"))]
         times = [k["recovery_ms"] / 1000 for k in kills if k["recovery_ms"] is not None]
         stats = analysis.summary_ms(times)
         how = ", ".join(sorted({k["measured"] for k in kills})) or "-"
@@ -372,6 +427,15 @@ def format_report(report: dict) -> str:
               f"{report['reads']['bad']} wrong"]
     for error in report["io_errors"]:
         lines.append(f"I/O error seen by a guest: {error}")
+    reattach = [k for k in report["kills"] if k.get("timing") == "reattach"]
+    if reattach:
+        failed = [k for k in reattach if k.get("error")]
+        lines.append(f"re-attach cycles: {len(reattach)}, {len(failed)} failed"
+                     + "".join(f"; {k['error']}" for k in failed))
+    for k in report["kills"]:
+        if k.get("not_connected"):
+            lines.append(f"after step {k['kill']} ({k.get('timing')}): not Connected: "
+                         + ", ".join(f"{d} (state {s})" for d, s in k["not_connected"].items()))
     lines.append("guests: " + ", ".join(f"{g} {s}" for g, s in report["guests"].items()))
     goal = report["goal"]
     if goal["median_ms"] is not None:
@@ -397,11 +461,16 @@ def command(args) -> int:
         print("pyxen: chaos: need 0 <= --min-gap <= --max-gap", file=sys.stderr)
         return 1
     targets = [t for t in (args.target or "").split(",") if t] or None
+    try:
+        kinds = list(steps.KINDS) if args.timing == "all" else steps.parse_kinds(args.timing)
+    except ValueError as exc:
+        print(f"pyxen: chaos: {exc}", file=sys.stderr)
+        return 1
     topology = Path(args.topology) if args.topology else DEFAULT_TOPOLOGY
     try:
         become_subreaper()
         report = run(topology, targets, args.kills, args.seed, (args.min_gap, args.max_gap),
-                     progress)
+                     progress, kinds)
     except (ChaosError, TopologyError) as exc:
         print(f"pyxen: chaos: {exc}", file=sys.stderr)
         return 1
