@@ -125,7 +125,9 @@ def test_bad_targets_and_real_disks_are_refused(tmp_path):
     with pytest.raises(ChaosError, match="guest1: not a driver domain"):
         plan(topology, ["guest1"])
     path = tmp_path / "t.toml"
+    real = tmp_path / "real.img"  # a user's own image, outside any run dir
+    real.write_bytes(b"\0" * 512)
     path.write_text('[domain.dd]\ndriver_domain = true\n[domain.g]\n'
-                    'disk = ["backend=dd, vdev=xvda, target=/var/lib/real.img"]\n')
+                    f'disk = ["backend=dd, vdev=xvda, target={real}"]\n')
     with pytest.raises(ChaosError, match="only takes images inside its own run directory"):
         plan(load_topology(path), None)
