@@ -401,3 +401,4 @@ class BlkbackDevice:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            self.log.info("removed, image fd closed")

@@ -708,6 +708,11 @@ class BlkfrontDevice:
             self.watch.cancel()
         except XsError:
             pass
+        # A device attached again under the same vdev watches the same node.
+        try:
+            self.xs.unwatch(f"{self.path}/backend-id", f"blkfront-{self.path}")
+        except XsError:
+            pass
 
 
 def _runs(pages: list[int], length: int):
