@@ -402,7 +402,7 @@ def test_image_and_tap_fds_are_handed_over_before_the_device_nodes(rig):
     xc.pass_image, xc.pass_tun = pass_image, pass_tun
     outside = tmp / "elsewhere" / "hot.img"
     topo = tmp / "t.toml"
-    topo.write_text(f"""[platform]
+    topo.write_text("""[platform]
 memory = 1024
 [dom0]
 memory = 256
