@@ -89,10 +89,14 @@ def test_a_driver_domain_and_a_guest_find_no_image_and_hot_plug_works(system, tm
         assert set(report["images"].values()) == {"ENOENT"}, report
         assert report["pass_fd"] == "EPERM", report
     # The driver domain's root has no image, yet it serves user's disk
-    # (and holds it open: the fd it was handed).
+    # (and holds it open: the fd it was handed). Dom0 serves other's the
+    # same way.
+    system.wait_log("disk-dd", "waiting for the frontend")  # it took its fd
+    system.wait_log("Domain-0", "waiting for the frontend")
     dd = system.pid_of("disk-dd")
     assert _fds_to(dd, system.run_dir / "disks" / "user.img") == 1
-    assert _fds_to(dd, system.run_dir / "disks" / "other.img") == 0  # Dom0 serves that
+    assert _fds_to(dd, system.run_dir / "disks" / "other.img") == 0
+    assert _fds_to(system.pid_of("Domain-0"), system.run_dir / "disks" / "other.img") == 1
     # An absolute image outside the run directory, hot-plugged after the
     # driver domain booted, goes to it as an fd too: the guest reads what
     # is there and writes through it.

@@ -15,9 +15,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from domains.kernel.fdtable import TAKE_TIMEOUT, vif_key
 from domains.kernel.xenbus.client import XsError
 from frontends.netfront.device import NetfrontDevice, NetfrontError
-from domains.kernel.fdtable import TAKE_TIMEOUT, vif_key
 from frontends.netfront.tap import Tap, can_use_netns, sandboxed
 
 
