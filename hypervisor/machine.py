@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from hypervisor import devfds
 from hypervisor.credit2 import (
     DEFAULT_WEIGHT,
     MAX_WEIGHT,
@@ -749,6 +750,37 @@ class Machine:
             return {"status": GNTST_eagain if exc.errno == EBUSY else GNTST_general_error,
                     "handle": -1}
         return result
+
+    # -- devices' fds ----------------------------------------------------------
+
+    def pass_fd(self, dom: Domain, key: str, kind: str, path: str | None = None,
+                writable: bool = False) -> dict:
+        """PYXEN_op_pass_fd (Dom0's): open what one of `dom`'s devices needs
+        (kind "image": the file or block device at `path`; "tun": a
+        /dev/net/tun fd of its own network namespace) and queue it on its
+        memory channel under `key`; our copy is closed once queued. Returns
+        what the toolstack writes about it (the image's type and size)."""
+        if dom.dying or dom.process is None or not dom.process.alive:
+            raise XenError(ESRCH, f"d{dom.domid} has no running process")
+        if kind == "image":
+            if path is None:
+                raise XenError(EINVAL, "an image needs a path")
+            fd, typ, size = devfds.open_image(path, writable)
+            meta = {"tag": "fd", "key": key, "kind": kind, "type": typ, "size": size,
+                    "writable": writable}
+        elif kind == "tun":
+            fd, typ, size = devfds.open_tun_in(dom.process.pid), "tun", 0
+            meta = {"tag": "fd", "key": key, "kind": kind}
+        else:
+            raise XenError(EINVAL, f"no fd of kind {kind!r} (image, tun)")
+        try:
+            assert dom.memchan is not None
+            dom.memchan.send(meta, [fd])
+        finally:
+            os.close(fd)
+        self.log_about(dom, f"d{dom.domid}: {kind} fd {key!r} handed over"
+                       + (f" ({path}, {'rw' if writable else 'ro'})" if path else ""))
+        return {"type": typ, "size": size}
 
     # -- timers -------------------------------------------------------------
 

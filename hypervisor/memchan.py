@@ -2,7 +2,7 @@
 
 A SEQPACKET socket pair made at spawn: the hypervisor's only way to hand a
 running domain a file descriptor (a grant window's memfd, one end of a
-doorbell). Each message is a msgpack map with a "tag" saying what it
+doorbell, a device's image or TAP). Each message is a msgpack map with a "tag" saying what it
 carries (domains/kernel/memchan.py demultiplexes them), and at most a few
 fds.
 

@@ -373,3 +373,65 @@ def test_fuzz_every_request_gets_one_reply_and_the_toolstack_stays_up(rig, reque
     for dom in list(ts.domains.values()):
         if dom.domid:
             ts.destroy(dom)
+
+
+# -- devices' fds come before the nodes that make a driver look for them ---------------
+
+
+def test_image_and_tap_fds_are_handed_over_before_the_device_nodes(rig):
+    """Boot disks and vifs, block-attach, network-attach and a driver
+    domain's restart: the hypervisor is asked for the fd (PYXEN_op_pass_fd)
+    before the nodes that make blkback or netfront look for it exist, and
+    the new driver domain gets its own."""
+    from domains.dom0.topology import load_topology
+    from domains.dom0.xlspec import parse_disk, parse_vif
+
+    ts, xc, xsd, tmp = rig
+    handed: list[tuple] = []
+
+    def pass_image(domid, key, path, writable):
+        _, fe, devid = key.split("/")
+        back = f"/local/domain/{domid}/backend/vbd/{fe}/{devid}"
+        handed.append(("image", domid, key, path, writable, ts.xs.exists(back)))
+        return {"type": "file", "size": 1 << 20}
+
+    def pass_tun(domid, key):
+        front = f"/local/domain/{domid}/device/vif/{key.split('/')[1]}"
+        handed.append(("tun", domid, key, ts.xs.exists(front)))
+
+    xc.pass_image, xc.pass_tun = pass_image, pass_tun
+    outside = tmp / "elsewhere" / "hot.img"
+    topo = tmp / "t.toml"
+    topo.write_text("""[platform]
+memory = 1024
+[dom0]
+memory = 256
+[domain.dd]
+driver_domain = true
+[domain.g]
+disk = ["backend=dd, vdev=xvda, size=1M, target=g.img",
+        "backend=dd, vdev=xvdc, access=ro, size=1M, target=ro.img"]
+vif = ["backend=dd, bridge=xenbr0"]
+""")
+    topology = load_topology(topo)
+    dd = ts.create(topology.domain("dd"))
+    g = ts.create(topology.domain("g"))
+    assert handed == [
+        ("image", dd.domid, f"vbd/{g.domid}/51712", str(tmp / "g.img"), True, False),
+        ("image", dd.domid, f"vbd/{g.domid}/51744", str(tmp / "ro.img"), False, False),
+        ("tun", g.domid, "vif/0", False)]
+    assert ts.xs.exists(f"/local/domain/{dd.domid}/backend/vbd/{g.domid}/51712")
+    handed.clear()
+    ts.block_attach(g, parse_disk(f"backend=dd, vdev=xvdb, size=1M, target={outside}"))
+    ts.network_attach(g, parse_vif("backend=dd, bridge=xenbr0"))
+    assert handed == [("image", dd.domid, f"vbd/{g.domid}/51728", str(outside), True, False),
+                      ("tun", g.domid, "vif/1", False)]
+    handed.clear()
+    ts.destroy(dd)
+    new = ts.create(topology.domain("dd"))
+    ts.republish(new)
+    assert sorted(handed) == sorted(
+        ("image", new.domid, f"vbd/{g.domid}/{devid}", path, rw, False)
+        for devid, path, rw in ((51712, str(tmp / "g.img"), True),
+                                (51744, str(tmp / "ro.img"), False),
+                                (51728, str(outside), True)))

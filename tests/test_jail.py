@@ -330,12 +330,12 @@ vif = ["backend=net-dd, bridge=xenbr0"]
     topology = load_topology(path)
     xs = SimpleNamespace(write=lambda *a: None)
     ts = Toolstack(None, xs, topology.platform, None, disk_dir=tmp_path / "disks")
-    ts.known = list(topology.domains)
     dd, nd, g = (topology.domain(n) for n in ("disk-dd", "net-dd", "g"))
-    assert ts.sandbox_for(dd) == {"role": "driver",
-                                  "disks": sorted([str(tmp_path / "disks"), str(image)])}
-    assert image.stat().st_size == 1 << 20  # made before its driver domain boots
-    assert ts.sandbox_for(nd) == {"role": "driver", "disks": [str(tmp_path / "disks")],
+    # No image in any sandbox: the disk driver domain gets each one as an
+    # fd when the disk is published (PYXEN_op_pass_fd), a guest its TAPs.
+    assert ts.sandbox_for(dd) == {"role": "driver"}
+    assert not image.exists() and not (tmp_path / "disks").exists()
+    assert ts.sandbox_for(nd) == {"role": "driver",
                                   "uplinks": [{"tap": "pyxq0", "ip": ["10.9.0.254/24"],
                                                "mtu": None, "mac": None}]}
-    assert ts.sandbox_for(g) == {"role": "guest", "net": True, "binds": [["/tmp/f", False]]}
+    assert ts.sandbox_for(g) == {"role": "guest", "binds": [["/tmp/f", False]]}

@@ -60,8 +60,20 @@ def test_a_domain_runs_unprivileged_in_namespaces_of_its_own(system):
     assert status["Uid"].split() == [str(0x50000 + domid)] * 4
     assert status["Gid"].split() == [str(0x50000 + domid)] * 4
     assert status["Groups"].strip() == ""
-    for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+    # A guest keeps only what configuring a TAP in its own (empty) network
+    # namespace takes; nothing it could gain again, nothing in the bounding set.
+    net = (1 << 10) | (1 << 12)  # CAP_NET_BIND_SERVICE, CAP_NET_ADMIN
+    for key in ("CapInh", "CapBnd", "CapAmb"):
         assert int(status[key], 16) == 0, key
+    assert int(status["CapPrm"], 16) == int(status["CapEff"], 16) == net
+    # A driver domain keeps nothing at all, and no image is in its root.
+    dd = system.pid_of("disk-dd")
+    dd_status = _status(dd)
+    for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(dd_status[key], 16) == 0, key
+    dd_mounts = {m.split()[1] for m in Path(f"/proc/{dd}/mounts").read_text().splitlines()}
+    assert {m for m in dd_mounts if m.startswith(str(system.run_dir))} \
+        == {f"{system.run_dir}/hv"}, dd_mounts
     assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
     assert status["NSpid"].split() == [str(pid), "1"]  # pid 1 of its own namespace
     for ns in ("user", "pid", "mnt", "net", "ipc", "uts"):
@@ -144,9 +156,10 @@ def test_os_attacks_from_a_guest_fail_and_the_machine_carries_on(system):
     # comes first; a new file meets the read-only mount).
     assert report["source_write"] in ("EACCES", "EROFS")
     assert report["source_create"] == "EROFS"
-    # Root of nothing: no capabilities, no new privileges, not dumpable, filtered.
+    # Root of nothing: no capabilities but those over its own empty network
+    # namespace, no new privileges, not dumpable, filtered.
     assert (report["caps"], report["no_new_privs"], report["dumpable"],
-            report["seccomp"]) == (0, 1, 0, 2)
+            report["seccomp"]) == ((1 << 10) | (1 << 12), 1, 0, 2)
     assert report["pid"] == 1
     # The launcher's environment stayed outside (the test's own has HOME,
     # PYXEN_RUN_DIR ... and a token would be there too).

@@ -720,3 +720,78 @@ def driver_dies_booting(kernel) -> None:
     from domains.driver.main import main
 
     main(kernel)
+
+
+# -- images and TAPs are fds, never paths (issue 12: who keeps privilege) --------
+
+
+def _os_outcome(fn) -> str:
+    """"ok" or the OSError's errno name (ENOENT ...)."""
+    import errno
+    try:
+        fn()
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return "ok"
+
+
+def _pass_fd_outcome(kernel, path: str) -> str:
+    """What PYXEN_op_pass_fd (Dom0's) gives an unprivileged caller asking
+    for an image of its own choosing."""
+    from hypervisor.public.xen import PYXEN_op_pass_fd
+
+    return _errno_name(lambda: kernel.hypercall(
+        HYPERVISOR_pyxen_op, PYXEN_op_pass_fd,
+        {"domain": kernel.domid, "key": "vbd/1/51712", "kind": "image", "path": path,
+         "writable": True}))
+
+
+def _image_probes(kernel) -> dict:
+    """Look for images by path: the run directory's disks/, the images
+    named on the command line (`images=a.img+/abs/b.img`), and ask the
+    hypervisor for one."""
+    import os
+
+    run_dir = kernel.start_info["run_dir"]
+    paths = [p if p.startswith("/") else f"{run_dir}/disks/{p}"
+             for p in kernel.args.get("images", "").split("+") if p]
+    return {
+        "list_disks": _os_outcome(lambda: os.listdir(f"{run_dir}/disks")),
+        "images": {p: _os_outcome(lambda p=p: open(p, "rb").close()) for p in paths},
+        "pass_fd": _pass_fd_outcome(kernel, paths[0] if paths else "/"),
+    }
+
+
+def probing_driver(kernel) -> None:
+    """A disk driver domain gone bad: before it serves its disks as any
+    driver domain does, it looks for images by path (the one it serves,
+    other guests', an absolute one) and asks the hypervisor for an fd of
+    its own choosing. It reports on a thread (the test reads once the
+    machine is up), and serves."""
+    from domains.driver.main import main as driver_main
+
+    report = _image_probes(kernel)
+    threading.Thread(target=_send, args=(kernel.args["out"], report), daemon=True).start()
+    driver_main(kernel)
+
+
+def hotplug_disk(kernel) -> None:
+    """A guest that tries the images by path too, then, on each cue line
+    (the test hot-plugged a disk), reads the start of that disk, writes
+    its mark at sector 8, flushes, and reports what it read."""
+    from frontends.blkfront.bus import BlockBus
+
+    kernel.ready()
+    bus = BlockBus(kernel)
+    report = _image_probes(kernel)
+    _send(kernel.args["out"], report)
+    with open(kernel.args["cue"]) as cue:
+        for line in cue:
+            vdev = line.strip()
+            disk = bus.get(vdev)
+            head = disk.read(0, 8)
+            disk.write(8, f"written by {kernel.name} through {vdev}".encode().ljust(4096, b"."))
+            disk.flush()
+            _send(kernel.args["out"], {"vdev": vdev, "sectors": disk.sectors,
+                                       "head": head[:64].decode(errors="replace")})
+    threading.Event().wait()

@@ -12,6 +12,7 @@ same data pages, so each gref is mapped once and kept until disconnect.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -27,6 +28,7 @@ from backends.blkback.validate import (
     parse_request,
     with_indirect_segments,
 )
+from domains.kernel.fdtable import vbd_key
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.xenbus.backend import backend_switch
 from domains.kernel.xenbus.client import XsError
@@ -151,7 +153,28 @@ class BlkbackDevice:
         self.frontend = xs.read(f"{path}/frontend").decode()
         readonly = xs.read(f"{path}/mode").decode() != "w"
         discard = read_feature(xs, path, "discard-enable", 1) == 1
-        self.fd = os.open(params, os.O_RDONLY if readonly else os.O_RDWR)
+        # The image is never ours to open: Dom0 had the hypervisor open it
+        # (as the disk's mode says) and hand us the fd before it wrote
+        # these nodes, as Xen's hotplug script sets up the backing device.
+        try:
+            self.fd, meta = self.kernel.fds.take(vbd_key(self.fe, self.devid))
+        except TimeoutError:
+            raise OSError(errno.ENOENT, f"{params}: no image fd was handed over "
+                                        "for this disk") from None
+        if not readonly and not meta.get("writable"):
+            os.close(self.fd)
+            self.fd = -1
+            raise OSError(errno.EACCES, f"{params}: handed over read-only, the disk is "
+                                        "read-write")
+        try:
+            self._start(params, readonly, discard)
+        except BaseException:
+            os.close(self.fd)  # the bus keeps no device that failed to start
+            self.fd = -1
+            raise
+
+    def _start(self, params: str, readonly: bool, discard: bool) -> None:
+        xs, path = self.xs, self.path
         st = os.fstat(self.fd)
         size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(self.fd, 0, os.SEEK_END)
         self.disk = DiskInfo(sectors=size // 512, readonly=readonly, discard=discard,
@@ -378,3 +401,4 @@ class BlkbackDevice:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            self.log.info("removed, image fd closed")

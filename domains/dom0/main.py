@@ -76,8 +76,6 @@ def main(kernel: Kernel) -> None:
     xenconsoled.start()
     toolstack = Toolstack(xc, kernel.xenstore, platform, kernel.log, announce=progress,
                           disk_dir=run_dir / "disks")
-    if topology is not None:
-        toolstack.known = list(topology.domains)
 
     # Dom0 can serve disks too (backend=Domain-0, xl's default).
     BackendBus(kernel.xenstore, 0, "vbd",

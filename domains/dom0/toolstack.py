@@ -23,6 +23,7 @@ from domains.dom0.announce import parse_announce
 from domains.dom0.topology import DEFAULT_WEIGHT, DomainConfig, Platform
 from domains.dom0.xc import Abandon, Abandoned, XenCtrl
 from domains.dom0.xlspec import DiskSpec, VifSpec
+from domains.kernel import fdtable
 from domains.kernel.xenbus.client import XenStoreClient, XsError
 from hypervisor.public.domctl import (
     XEN_DOMINF_blocked,
@@ -120,9 +121,6 @@ class Toolstack:
     lock: threading.RLock = field(default_factory=threading.RLock)
     workers: set[threading.Thread] = field(default_factory=set)
     halting: bool = False
-    # Every domain configuration known (the topology's), for what a driver
-    # domain's sandbox must hold: the images it serves.
-    known: list[DomainConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.domains[0] = Managed(0, "Domain-0", None)
@@ -214,8 +212,10 @@ class Toolstack:
     def _boot(self, config: DomainConfig, booting: Booting) -> dict:
         """createdomain: the wait for the kernel, without the lock."""
         cmdline = config.extra
-        if config.vifs and not config.driver_domain:
-            cmdline = f"{cmdline} netns".strip()  # the guest gets its own network stack
+        if not config.driver_domain:
+            # Every guest gets its own network stack, empty until a vif
+            # (at boot or by network-attach) puts a TAP in it.
+            cmdline = f"{cmdline} netns".strip()
         if config.uplinks:
             # The net driver domain learns its bridges' host TAPs (the
             # hypervisor makes them: sandbox_for).
@@ -334,31 +334,16 @@ class Toolstack:
     def sandbox_for(self, config: DomainConfig) -> dict:
         """What the hypervisor must put in the domain's sandbox beyond the
         default (hypervisor/jail/sandbox.py): its role, the host paths its
-        `bind` key names, its own network for a guest with vifs, and for a
-        driver domain the disk images it may serve: the run directory's
-        disks/ and the absolute targets of the disks that name it."""
+        `bind` key names, a net driver domain's uplink TAPs. No disk image
+        is ever in a sandbox: the hypervisor opens each one and hands the
+        fd over (disk_nodes), and a guest's TAP fds come the same way."""
         sandbox: dict[str, Any] = {"role": "driver" if config.driver_domain else "guest"}
-        if config.vifs and not config.driver_domain:
-            sandbox["net"] = True
         if config.uplinks:
             # The hypervisor makes the host TAPs and hands them over.
             sandbox["uplinks"] = [{"tap": u.tap, "ip": list(u.ip), "mtu": u.mtu,
                                    "mac": u.mac} for u in config.uplinks]
         if config.binds:
             sandbox["binds"] = [[path, writable] for path, writable in config.binds]
-        if config.driver_domain:
-            self.disk_dir.mkdir(parents=True, exist_ok=True)
-            disks = [str(self.disk_dir)]
-            for other in [*self.known, *(d.config for d in self.domains.values()
-                                         if d.config is not None)]:
-                for disk in other.disks:
-                    if (disk.backend == config.name and disk.target
-                            and Path(disk.target).is_absolute()):
-                        try:  # it must exist before the sandbox can hold it
-                            disks.append(str(devices.prepare_image(disk, self.disk_dir)))
-                        except OSError:
-                            pass  # blkback says why when it is attached
-            sandbox["disks"] = sorted(set(disks))
         return sandbox
 
     def introduce(self, domid: int, config: DomainConfig, announce: dict,
@@ -374,18 +359,40 @@ class Toolstack:
         for disk in devices_of.disks.values():
             nodes += self.disk_nodes(domid, disk)
         for devid, vif in devices_of.vifs.items():
+            self._hand_tap(domid, devid, config.name)
             nodes += self.vif_nodes(domid, config.name, devid, vif)
         self.write_nodes(nodes)
         if store is not None:
             self.xs.introduce(domid, store["mfn"], store["port"])
 
     def disk_nodes(self, domid: int, disk: DiskSpec) -> list:
+        """A disk's nodes, once its backend holds the image: the hypervisor
+        opens it (as the disk's mode says) and hands the fd to the backend
+        domain under the device's key before any node exists, as Xen's
+        hotplug script sets up the backing device before blkback looks.
+        Every path that writes a vbd's backend (boot, block-attach, a
+        driver domain's restart) comes here, so a backend is never asked
+        to open a path, and a new backend gets a fresh fd."""
         backend = self.find(disk.backend).domid
         try:
             params = devices.prepare_image(disk, self.disk_dir)
         except OSError as exc:
             raise XenError(ENOENT, str(exc)) from None
+        key = fdtable.vbd_key(domid, disk.virtual_device)
+        try:
+            self.xc.pass_image(backend, key, str(params.absolute()), not disk.readonly)
+        except XenError as exc:
+            raise XenError(exc.errno, f"disk {disk.vdev}: {exc.message}") from None
         return devices.vbd_nodes(domid, backend, disk, params)
+
+    def _hand_tap(self, domid: int, devid: int, name: str) -> None:
+        """A boot vif's TAP fd for the guest (see network_attach). One that
+        cannot be had (no root, no tun module) costs the guest that vif,
+        not its boot, as before (its netfront says why too)."""
+        try:
+            self.xc.pass_tun(domid, fdtable.vif_key(devid))
+        except XenError as exc:
+            self.log.error("no TAP for a vif", domain=name, devid=devid, error=str(exc))
 
     def republish(self, driver: Managed) -> None:
         """A driver domain came back under a new domid: give it back its
@@ -397,7 +404,12 @@ class Toolstack:
             for disk in list(dom.disks.values()):
                 if disk.backend != driver.name:
                     continue
-                nodes = self.disk_nodes(dom.domid, disk)
+                try:  # the new backend's own fd of the image
+                    nodes = self.disk_nodes(dom.domid, disk)
+                except XenError as exc:
+                    self.log.error("disk not republished", domain=dom.name, vdev=disk.vdev,
+                                   error=str(exc))
+                    continue
                 front = devices.vbd_frontend_path(dom.domid, disk.virtual_device)
                 self._publish(nodes, front, dom.domid, driver.domid)
                 self.log.info("disk republished", domain=dom.name, vdev=disk.vdev,
@@ -407,6 +419,8 @@ class Toolstack:
                     continue
                 nodes = self.vif_nodes(dom.domid, dom.name, devid, vif)
                 front = devices.vif_frontend_path(dom.domid, devid)
+                if not self.xs.exists(front):  # removed: the guest makes it anew
+                    self._hand_tap(dom.domid, devid, dom.name)
                 self._publish(nodes, front, dom.domid, driver.domid)
                 self.log.info("vif republished", domain=dom.name, devid=devid,
                               backend=driver.name, backend_id=driver.domid)
@@ -462,6 +476,9 @@ class Toolstack:
     def network_attach(self, dom: Managed, vif: VifSpec) -> int:
         existing = [r["devid"] for r in self.network_list(dom)] + list(dom.vifs)
         devid = max(existing, default=-1) + 1
+        # Its TAP fd first: the guest makes eth<devid> on it in its own
+        # network namespace (it cannot open /dev/net/tun itself).
+        self.xc.pass_tun(dom.domid, fdtable.vif_key(devid))
         self.write_nodes(self.vif_nodes(dom.domid, dom.name, devid, vif))
         dom.vifs[devid] = vif
         self.log.info("vif attached", domain=dom.name, devid=devid)

@@ -20,7 +20,9 @@ from hypervisor.public.xen import (
     HYPERVISOR_domctl,
     HYPERVISOR_sched_op,
     HYPERVISOR_sysctl,
+    HYPERVISOR_pyxen_op,
     HYPERVISOR_xen_version,
+    PYXEN_op_pass_fd,
 )
 
 
@@ -162,6 +164,22 @@ class XenCtrl:
     def sched_credit2_domain_set(self, domid: int, weight: int, cap: int = 0) -> None:
         """xc_sched_credit2_domain_set: weight 0 leaves it unchanged."""
         self._scheduler_op(domid, D.XEN_DOMCTL_SCHEDOP_putinfo, weight=weight, cap=cap)
+
+    def pass_image(self, domid: int, key: str, path: str, writable: bool) -> dict:
+        """Have the hypervisor open the image at `path` (read-write only if
+        `writable`) and hand the fd to domain `domid` under `key`, as Xen's
+        hotplug script sets up a disk before blkback opens it. Returns
+        {"type": "file" | "phy", "size": bytes}; ENOENT, EACCES, EINVAL (not
+        a file or block device) as XenError."""
+        return self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_pass_fd,
+                              {"domain": domid, "key": key, "kind": "image",
+                               "path": path, "writable": writable})
+
+    def pass_tun(self, domid: int, key: str) -> None:
+        """Have the hypervisor hand domain `domid` a /dev/net/tun fd of its
+        own network namespace under `key` (for a vif's TAP)."""
+        self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_pass_fd,
+                       {"domain": domid, "key": key, "kind": "tun"})
 
     def physinfo(self) -> dict:
         return self._sysctl(S.XEN_SYSCTL_physinfo)

@@ -132,12 +132,12 @@ def main() -> None:
             from backends.netback.uplink import give_taps
 
             give_taps(confined.uplinks)
-        if own_net:
-            # Its network namespace is the jail's; the TAP fds were opened
-            # while it still could.
+        if confined.guest:
+            # Its network namespace is the jail's own, empty until a vif's
+            # TAP is made there on an fd the hypervisor hands over.
             from frontends.netfront.tap import use_sandbox_netns
 
-            use_sandbox_netns(confined.tun_fds)
+            use_sandbox_netns()
     else:
         die_with_hypervisor(start_info["hv_pid"])
         if own_net:

@@ -20,6 +20,7 @@ import zmq
 from domains.kernel.console import Console, ConsoleTee
 from domains.kernel.control import watch_shutdown
 from domains.kernel.events import EventChannels
+from domains.kernel.fdtable import FdTable
 from domains.kernel.gnttab import GrantTable, Windows
 from domains.kernel.hypercall import Hypercalls
 from domains.kernel.log import make_logger
@@ -82,6 +83,8 @@ class Kernel:
         # (windows, doorbells) are in place before the loop starts.
         self.memchan = MemChannel(socket.socket(fileno=fds["memchan"]), self.log)
         windows = Windows(self.memchan)
+        # Devices' fds (images, TAPs) the hypervisor opened for us, by key.
+        self.fds = FdTable(self.memchan)
         self.ctx = zmq.Context()
         self.hypercall = Hypercalls(self.ctx, start_info["hypercall"])
         self.events = EventChannels(self.hypercall, self.ctx, start_info,

@@ -2,9 +2,10 @@
 
 One SEQPACKET socket, hypervisor -> domain, made at spawn. Each message is a
 msgpack map whose "tag" says what it carries, with its fds: a grant window
-("window", read by gnttab.Windows) or a doorbell end and the bindings it
+("window", read by gnttab.Windows), a doorbell end and the bindings it
 serves ("bind", "unbind", "unbell", read by events.EventChannels; see
-hypervisor/doorbell.py).
+hypervisor/doorbell.py), or a device's image or TAP fd Dom0 had the
+hypervisor open for us ("fd", read by fdtable.FdTable).
 
 Several threads need messages from it: the upcall loop polls it (a peer's
 doorbell end must be polled before the peer's rings pile up), and a thread

@@ -15,9 +15,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from domains.kernel.fdtable import TAKE_TIMEOUT, vif_key
 from domains.kernel.xenbus.client import XsError
 from frontends.netfront.device import NetfrontDevice, NetfrontError
-from frontends.netfront.tap import Tap, can_use_netns
+from frontends.netfront.tap import Tap, can_use_netns, sandboxed
 
 
 class NetBus:
@@ -69,7 +70,7 @@ class NetBus:
             except (XsError, ValueError):
                 mtu = 1500
             tap = Tap.create(f"eth{devid}", mac=mac, mtu=mtu, addresses=ips,
-                             vnet_hdr=self.offload)
+                             vnet_hdr=self.offload, fd=self._tun_fd(devid))
             device = NetfrontDevice(self.kernel, path, tap)
             device.connect()
         except (XsError, NetfrontError, OSError, ValueError) as exc:
@@ -82,6 +83,22 @@ class NetBus:
             self.devices[devid] = device
             self.changed.notify_all()
         self.kernel.log.info("network interface up", interface=f"eth{devid}", mac=mac, ip=ips)
+
+    def _tun_fd(self, devid: int) -> int | None:
+        """The /dev/net/tun fd Dom0 had the hypervisor open in our network
+        namespace for this vif (before it wrote the vif's nodes). A
+        sandboxed guest has no other way to a TAP; an unsandboxed one opens
+        its own if none came (None)."""
+        fds = getattr(self.kernel, "fds", None)
+        if fds is None:
+            return None
+        try:
+            fd, _ = fds.take(vif_key(devid), timeout=TAKE_TIMEOUT if sandboxed() else 0)
+        except TimeoutError:
+            if sandboxed():
+                raise NetfrontError(f"vif {devid}: no TAP fd was handed over") from None
+            return None
+        return fd
 
     def wait_up(self, devid: int = 0, timeout: float = 30.0) -> bool:
         """Block until eth<devid> is connected (False on timeout or failure)."""

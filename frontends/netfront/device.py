@@ -679,10 +679,11 @@ class NetfrontDevice:
             except NetfrontError:
                 pass
             self._close_tap()  # the interface is gone before we say Closed
+            self._unwatch_moves()  # before Closed: the toolstack may attach again
             switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
             self.watch.cancel()
         except XsError:
-            pass
+            self._unwatch_moves()
         finally:
             self._close_tap()
             # The vif may come back at the same path (attached again): its
@@ -691,6 +692,17 @@ class NetfrontDevice:
                 self.xs.unwatch(f"{self.path}/backend-id", f"netfront-{self.path}")
             except XsError:
                 pass
+
+    def _unwatch_moves(self) -> None:
+        """Stop following backend moves, once: a vif attached again under
+        the same devid watches the same node with the same token."""
+        if getattr(self, "moves_unwatched", False):
+            return
+        self.moves_unwatched = True
+        try:
+            self.xs.unwatch(f"{self.path}/backend-id", f"netfront-{self.path}")
+        except XsError:
+            pass
 
     def _close_tap(self) -> None:
         if self.tap.closed:

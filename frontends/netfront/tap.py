@@ -115,16 +115,22 @@ def _effective_caps() -> int:
 
 # A sandboxed guest (hypervisor/jail/) is in a network namespace of its own
 # from its first instruction, keeps CAP_NET_ADMIN there only, and cannot
-# open /dev/net/tun (root's): it gets TAP fds opened for it ahead.
-_sandbox_tun_fds: list[int] | None = None
+# open /dev/net/tun (root's): the hypervisor hands it a TAP fd per vif,
+# opened in its namespace (Tap.create's `fd`).
+_sandboxed = False
 
 
-def use_sandbox_netns(tun_fds: list[int]) -> None:
+def use_sandbox_netns() -> None:
     """This process is a sandboxed guest already in its own namespace:
-    bring `lo` up, and create TAPs from `tun_fds` (see Tap.create)."""
-    global _sandbox_tun_fds
-    _sandbox_tun_fds = list(tun_fds)
+    bring `lo` up; its TAPs are made on fds handed to it."""
+    global _sandboxed
+    _sandboxed = True
     _set_up("lo")
+
+
+def sandboxed() -> bool:
+    """Whether this is a sandboxed guest (its TAP fds are handed to it)."""
+    return _sandboxed
 
 
 def can_use_netns() -> tuple[bool, str]:
@@ -135,11 +141,8 @@ def can_use_netns() -> tuple[bool, str]:
     CAP_NET_ADMIN (TAP devices, interface configuration), which root has,
     and a usable /dev/net/tun.
     """
-    if _sandbox_tun_fds is not None:
-        if _sandbox_tun_fds:
-            return True, ""
-        return False, ("a sandboxed guest gets its TAP devices at boot, and this "
-                       "one has used all it was given")
+    if _sandboxed:
+        return True, ""
     caps = _effective_caps()
     missing = [name for bit, name in ((CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
                                       (CAP_NET_ADMIN, "CAP_NET_ADMIN"))
@@ -337,29 +340,34 @@ class Tap:
 
     @classmethod
     def create(cls, name: str = "eth0", *, mac: str | None = None, mtu: int = 1500,
-               addresses: list[str] | tuple[str, ...] = (), vnet_hdr: bool = False
-               ) -> "Tap":
+               addresses: list[str] | tuple[str, ...] = (), vnet_hdr: bool = False,
+               fd: int | None = None) -> "Tap":
         """Create TAP `name` with this MAC (the kernel picks a random one when
         None), MTU and addresses (CIDR, e.g. "10.0.0.1/24"; a bare IPv4
         address gets /24), and set its link up.  With `vnet_hdr` frames
         carry a virtio_net_hdr (IFF_VNET_HDR), no offload enabled yet, and
-        GSO frames are kept within GSO_MAX_SIZE."""
-        raw_mac = parse_mac(mac) if mac is not None else None
-        ifaces = [parse_address(a) for a in addresses]
-        if not 68 <= mtu <= 65535:
-            raise ValueError(f"bad MTU {mtu} (68..65535)")
-        _ifreq(name)  # validates the name before anything is created
+        GSO frames are kept within GSO_MAX_SIZE.  `fd`: a /dev/net/tun fd
+        opened for us (a sandboxed guest's, handed over by the hypervisor;
+        the TAP takes it, failed or not), else we open one."""
         try:
-            if _sandbox_tun_fds is not None:
-                if not _sandbox_tun_fds:
-                    raise OSError(errno.EMFILE, "no TAP fd left (a sandboxed guest "
-                                                "gets its TAP fds at boot)")
-                fd = _sandbox_tun_fds.pop(0)
-            else:
+            raw_mac = parse_mac(mac) if mac is not None else None
+            ifaces = [parse_address(a) for a in addresses]
+            if not 68 <= mtu <= 65535:
+                raise ValueError(f"bad MTU {mtu} (68..65535)")
+            _ifreq(name)  # validates the name before anything is created
+        except ValueError:
+            if fd is not None:
+                os.close(fd)
+            raise
+        if fd is None:
+            if _sandboxed:
+                raise NetnsError(errno.EPERM, f"TAP {name}: a sandboxed guest makes "
+                                              "its TAPs on fds handed to it")
+            try:
                 fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise NetnsError(exc.errno, f"{TUN_PATH}: {exc.strerror} ({ROOT_REASON})"
-                             ) from None
+            except OSError as exc:
+                raise NetnsError(exc.errno, f"{TUN_PATH}: {exc.strerror} ({ROOT_REASON})"
+                                 ) from None
         try:
             flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
             req = _ifreq(name, struct.pack("H", flags))

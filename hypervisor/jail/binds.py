@@ -7,9 +7,8 @@ directories and /etc/ld.so.cache, pyxen's own packages, the top-level
 package of the domain's workload as the hypervisor finds it on its
 sys.path (the launcher's PYTHONPATH), a few harmless devices, and the host
 paths the topology's `bind` key names. Read-write: the domain's own
-channel directory (hv/<key>/ seen as <run-dir>/hv), and, id-mapped so that
-the images there are the domain's to write, the disk images a driver
-domain serves.
+channel directory (hv/<key>/ seen as <run-dir>/hv). No disk image: a
+driver domain gets each one it serves as an fd (hypervisor/devfds.py).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from hypervisor.jail.mounts import MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, Bind, open_tree, set_attrs
+from hypervisor.jail.mounts import Bind
 
 PYXEN_PACKAGES = ("hypervisor", "domains", "backends", "frontends")
 LIBRARY_DIRS = ("/lib", "/lib64", "/lib32", "/usr/lib", "/usr/lib64", "/usr/lib32",
@@ -101,27 +100,3 @@ def plan(workload: str, chan_dir: str, run_dir: str,
         add(path, writable)
     add(chan_dir, True, dst=os.path.join(run_dir, "hv"))
     return binds, symlinks
-
-
-# -- id-mapped binds -------------------------------------------------------------
-
-MOUNT_ATTR_IDMAP = 0x00100000
-
-
-def idmapped_tree(path: str, pid: int) -> int:
-    """A detached bind of `path` through which the host root's files are
-    owned by the root of `pid`'s user namespace (and what it creates there
-    belongs to the host's root): the way to let a domain write exactly
-    these files. Needs CAP_SYS_ADMIN; the domain attaches it
-    (mounts.build_root)."""
-    tree = open_tree(path)
-    userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        set_attrs(tree, MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, userns,
-                  what=f"{path}, id-mapped")
-    except OSError:
-        os.close(tree)
-        raise
-    finally:
-        os.close(userns)
-    return tree

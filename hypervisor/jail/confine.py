@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 from hypervisor.jail import capabilities, mounts, namespaces, seccomp_policy
 
-TUN_PATH = "/dev/net/tun"
 READY = b"unshared"
 
 
 @dataclass
 class Confined:
-    """What confinement handed the kernel: TAP fds opened ahead (a guest
-    with its own network opens /dev/net/tun while it still may)."""
-    tun_fds: list[int]
+    """What confinement handed the kernel: whether it is a guest (which
+    keeps its network capabilities over its own namespace), and a net
+    driver domain's uplink TAPs."""
+    guest: bool
     uplinks: list[tuple[int, dict]]
 
 
@@ -39,17 +39,10 @@ def enter(sock: socket.socket, seccomp: bool) -> None:
 
 def confine(jail: dict, fds: list[int], hv_sock: socket.socket) -> Confined:
     """Build the domain's root, become its uid, drop everything, filter.
-    `fds` are the ones the hypervisor sent for the jail (id-mapped trees,
-    uplink TAPs), in the order `jail` names them."""
+    `fds` are the ones the hypervisor sent for the jail (uplink TAPs), in
+    the order `jail` names them."""
     binds = [mounts.Bind.from_json(b) for b in jail.get("binds", ())]
     trees = mounts.clone_binds(binds)
-    trees += [mounts.Tree(fds[i], dst, bool(is_dir)) for i, dst, is_dir in jail.get("trees", ())]
-    # /dev/net/tun is root's (0600) on most hosts: open the TAP fds the
-    # guest will use while this process still is the host's root to the
-    # file system; it becomes the domain's uid next. They belong to the
-    # namespace it is in now, its own.
-    tun_fds = [os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
-               for _ in range(int(jail.get("tun", 0)))]
     namespaces.become_namespace_root()
     mounts.build_root(trees, dict(jail.get("symlinks", {})))
     _die_with_hypervisor(hv_sock)
@@ -57,13 +50,16 @@ def confine(jail: dict, fds: list[int], hv_sock: socket.socket) -> Confined:
     if nproc:
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    keep = capabilities.NET_CAPABILITIES if jail.get("net_admin") else frozenset()
+    # A guest keeps what configuring a TAP takes, over its own (empty)
+    # network namespace only: that namespace belongs to its user namespace.
+    guest = jail.get("role") == "guest"
+    keep = capabilities.NET_CAPABILITIES if guest else frozenset()
     capabilities.drop_all(keep)
     if jail.get("seccomp"):
         seccomp_policy.install_role(jail["role"], bool(jail.get("learn")))
     uplinks = [(fds[i] if i >= 0 else -1, dict(config))
                for i, config in jail.get("uplinks", ())]
-    return Confined(tun_fds, uplinks)
+    return Confined(guest, uplinks)
 
 
 def _die_with_hypervisor(hv_sock: socket.socket) -> None:

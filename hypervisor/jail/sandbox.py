@@ -1,13 +1,14 @@
 """The privileged spawner's side of the sandbox: which layers this machine
 can give, and what the hypervisor does for a domain's jail when it hands a
-process its domain (uid maps, channel directory, cgroup, id-mapped disks,
-uplink TAPs), and undoes when the domain goes.
+process its domain (uid maps, channel directory, cgroup, uplink TAPs), and
+undoes when the domain goes. Disk images and guests' TAPs are not part of a
+jail: they are handed over as fds when a device needs them (devfds.py).
 
 Layers (`pyxen info` lists them, the boot log says which are missing and
 why): namespaces (user, pid, mount, ipc, uts, net: needs root here), uid
 (an unprivileged host uid per domain, needs root), root (a pivot_root'd
 tmpfs of read-only binds), caps (none left; CAP_NET_ADMIN in its own net
-namespace for a guest with vifs), nnp, nodump, seccomp (role allow-lists),
+namespace for a guest), nnp, nodump, seccomp (role allow-lists),
 cgroup-memory, cgroup-pids, cgroup-cpu, env (allow-listed environment).
 """
 
@@ -141,7 +142,8 @@ class Sandbox:
     def assign(self, jail: Jail, pid: int, domid: int, config: dict[str, Any],
                ram_bytes: int, vcpus: int) -> tuple[dict, list[int]]:
         """Give process `pid` (it has unshared its namespaces) domain `domid`:
-        its uid, channel directory, cgroup, id-mapped disks and uplinks.
+        its uid, channel directory, cgroup and uplinks (no disk image: those
+        come as fds, PYXEN_op_pass_fd).
         Returns the jail part of its assignment and the fds that go with it
         (the caller sends, then closes them)."""
         sandbox = dict(config.get("sandbox") or {})
@@ -155,23 +157,8 @@ class Sandbox:
         workload = str(config.get("kernel", ""))
         extra = [(str(p), bool(rw)) for p, rw in sandbox.get("binds", ())]
         fds: list[int] = []
-        trees = []
         made_uplinks: list[list] = []
         try:
-            for path in map(str, sandbox.get("disks", ())):
-                if not (os.path.isdir(path) or os.path.isfile(path)):
-                    continue
-                try:
-                    fds.append(binds.idmapped_tree(path, pid))
-                except OSError as exc:
-                    # No id-mapped mounts here (an old kernel, a file system
-                    # without them): a plain bind, which the domain's uid
-                    # may not be allowed to write.
-                    self.warnings.append(f"{path}: no id-mapped bind ({exc.strerror}); "
-                                         "bound as it is")
-                    extra.append((path, True))
-                    continue
-                trees.append([len(fds) - 1, os.path.abspath(path), os.path.isdir(path)])
             for uplink in sandbox.get("uplinks", ()):
                 try:
                     tap, made = uplinks.create(dict(uplink))
@@ -188,16 +175,12 @@ class Sandbox:
                 os.close(fd)
             raise
         plan, symlinks = binds.plan(workload, str(jail.chan_dir), str(self.run_dir), extra)
-        net = bool(sandbox.get("net"))
         role = "driver" if sandbox.get("role") == "driver" else "guest"
         self.note_role(pid, role)
         message = {
             "role": role,
             "binds": [b.to_json() for b in plan],
             "symlinks": symlinks,
-            "trees": trees,
-            "net_admin": net,
-            "tun": int(sandbox.get("tun", 4 if net else 0)),
             "nproc": task_limit(vcpus),
             "seccomp": self.seccomp,
             "learn": self.learn,

@@ -39,9 +39,9 @@ KILLED = frozenset({
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog",
     "setdomainname", "sethostname", "vhangup", "personality",
 })
-#: Killed in the hypervisor too. It spawns, maps ids and makes id-mapped
-#: mounts for domains, so it keeps setns, unshare, pidfd_open and the mount
-#: calls; and its children inherit its filter under their own, so it also
+#: Killed in the hypervisor too. It spawns, maps ids and opens a guest's
+#: TAP fds in its network namespace (setns, on a thread of its own), so it
+#: keeps setns, unshare, pidfd_open and the mount calls; and its children inherit its filter under their own, so it also
 #: allows what a new domain process does before its role's filter is on
 #: (building its root: mount, umount2, pivot_root, move_mount).
 SETUP_CALLS = frozenset({"mount", "umount2", "pivot_root", "open_tree", "move_mount",

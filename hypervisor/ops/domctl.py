@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypervisor.args import U16, U32, U64, Bool, Int, List, Maybe, Num, Opaque, Str, Struct
+from hypervisor.args import U16, U32, U64, Int, List, Maybe, Num, Opaque, Str, Struct
 from hypervisor.dispatch import DEFERRED, PRIV, Call, hypercall
 from hypervisor.process import thread_stat
 from hypervisor.public.domctl import (
@@ -27,10 +27,11 @@ from hypervisor.public.xen import HYPERVISOR_domctl
 # What the toolstack asks the sandbox of a new domain to hold beyond the
 # default (hypervisor/jail/sandbox.py): Dom0 is trusted, but its requests
 # are still read as the shapes they claim to be.
+# Disk images and guests' TAPs are not part of it: they come as fds when a
+# device needs them (PYXEN_op_pass_fd).
 SANDBOX = Struct(optional={
-    "role": Str(16), "net": Bool(), "tun": Int(0, 64),
+    "role": Str(16),
     "binds": List(Opaque(list, max_depth=1, max_items=3, max_str=4096), 256),  # [path, rw]
-    "disks": List(Str(4096), 1024),
     "uplinks": List(Opaque(dict, max_depth=2, max_items=32, max_str=256), 16),
 })
 

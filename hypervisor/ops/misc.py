@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hypervisor.args import NOTHING, U16, U32, U64, Int, List, Opaque, Str, Struct
-from hypervisor.dispatch import Call, hypercall
+from hypervisor.args import NOTHING, U16, U32, U64, Bool, Int, List, Opaque, Str, Struct
+from hypervisor.dispatch import PRIV, Call, hypercall
 from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.version import (
     XENVER_capabilities,
@@ -18,6 +18,7 @@ from hypervisor.public.xen import (
     HYPERVISOR_xen_version,
     PYXEN_op_close_window,
     PYXEN_op_grant_window,
+    PYXEN_op_pass_fd,
     PYXEN_op_ready,
 )
 
@@ -85,3 +86,20 @@ def close_window(call: Call, args: dict):
     """Give back one of the caller's grant windows, e.g. after its peer
     died: EBUSY while anything in it is still mapped."""
     call.machine.close_window(call.caller, args["window"])
+
+
+# Dom0's request for a device's fd: the domain to hand it to, the key its
+# driver takes it by, what to open (an image at `path`, read-write only if
+# `writable`; or a TAP fd of the domain's own network namespace).
+PASS_FD = Struct({"domain": U16, "key": Str(128), "kind": Str(8)},
+                 {"path": Str(4096), "writable": Bool()})
+
+
+@hypercall(HYPERVISOR_pyxen_op, PYXEN_op_pass_fd, PRIV, args=PASS_FD)
+def pass_fd(call: Call, args: dict):
+    """Open a device's backing image or TAP for a domain and queue the fd
+    on its memory channel (hypervisor/devfds.py), before Dom0 writes the
+    device's nodes: {"type": "file" | "phy" | "tun", "size": bytes}."""
+    dom = call.machine.domain(args["domain"])
+    return call.machine.pass_fd(dom, args["key"], args["kind"], args.get("path"),
+                                args.get("writable", False))

@@ -79,6 +79,7 @@ HYPERVISOR_pyxen_op = 64
 PYXEN_op_ready = 1          # A new domain's kernel reports it has booted.
 PYXEN_op_grant_window = 2   # Allocate a grant window shared with one peer.
 PYXEN_op_close_window = 3   # Give a grant window back (nothing in it mapped).
+PYXEN_op_pass_fd = 4        # (Dom0) Open a device's image or TAP fd for a domain.
 
 # VIRTUAL INTERRUPTS: 'V.' is a per-VCPU VIRQ, 'G.' a global one (bound once
 # per guest, initially to VCPU0).
