@@ -401,6 +401,7 @@ def test_image_and_tap_fds_are_handed_over_before_the_device_nodes(rig):
 
     xc.pass_image, xc.pass_tun = pass_image, pass_tun
     outside = tmp / "elsewhere" / "hot.img"
+    outside.parent.mkdir()  # the user's directory: pyxen makes images, not directories
     topo = tmp / "t.toml"
     topo.write_text("""[platform]
 memory = 1024

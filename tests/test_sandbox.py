@@ -164,7 +164,8 @@ def test_os_attacks_from_a_guest_fail_and_the_machine_carries_on(system):
     # The launcher's environment stayed outside (the test's own has HOME,
     # PYXEN_RUN_DIR ... and a token would be there too).
     assert set(report["environ"]) <= {"PATH", "LANG", "PYTHONPATH", "PYTHONHASHSEED",
-                                      "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"} \
+                                      "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
+                                      "PYXEN_MACHINE"} \
         | {k for k in report["environ"] if k.startswith("LC_")}, report["environ"]
     # The fork bomb stops at its task limit, far below 200.
     assert report["fork_bomb"]["forked"] < 150 and report["fork_bomb"]["error"] == "EAGAIN"
