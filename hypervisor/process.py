@@ -119,8 +119,11 @@ class DomainProcess:
         if self.unshared:
             return
         assert self.standby is not None
-        ready, _, _ = select.select([self.standby], [], [], timeout)
-        if not ready:
+        # poll, not select: the hypervisor holds far more than 1024 fds
+        # with a few dozen domains.
+        waiter = select.poll()
+        waiter.register(self.standby, select.POLLIN)
+        if not waiter.poll(timeout * 1000):
             raise SpawnError(110, f"process {self.pid} did not set up its namespaces "
                                   f"within {timeout:.0f} s")
         word = self.standby.recv(64)

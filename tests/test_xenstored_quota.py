@@ -165,3 +165,37 @@ def test_may_read_after_outstanding_replies() -> None:
     guest.conn.outbox.popleft()
     assert xsd.may_read(guest.conn)
     assert xsd.may_read(dom0.conn)
+
+
+def test_a_domain_may_have_quotas_of_its_own() -> None:
+    """A driver domain's backend nodes are its own: the toolstack raises its
+    quotas for what it serves, nobody else's (CONTROL quota set <domid>)."""
+    xsd, dom0, guest = setup(Quotas(nodes=4, watches=1))
+    dom0.call(xs.XS_INTRODUCE, "1", "0", "1")
+    guest_dir(dom0, 2, "n2")
+    other = Client(xsd, 2)
+    assert guest.error(xs.XS_WRITE, "a/b/c/d", "") == "ENOSPC"
+    assert dom0.call(xs.XS_CONTROL, "quota", "set", "1", "nodes", "10") == b"OK\0"
+    assert dom0.call(xs.XS_CONTROL, "quota", "set", "1", "watches", "3") == b"OK\0"
+    guest.write("a/b/c/d", "")                       # its own quota now
+    assert other.error(xs.XS_WRITE, "a/b/c/d", "") == "ENOSPC"   # not the others'
+    for n in range(4):                               # Xen's off-by-one: watches + 1
+        guest.call(xs.XS_WATCH, f"w{n}", f"t{n}")
+    assert guest.error(xs.XS_WATCH, "w9", "t9") == "E2BIG"
+    for n in range(2):                               # the others keep the global 1 (+1)
+        other.call(xs.XS_WATCH, f"w{n}", f"t{n}")
+    assert other.error(xs.XS_WATCH, "w9", "t9") == "E2BIG"
+    text = dom0.call(xs.XS_CONTROL, "quota", "1").decode()
+    assert "nodes           :        5" in text
+    assert "Quota settings of the domain:" in text and "nodes            :       10" in text
+    assert "Quota settings" not in dom0.call(xs.XS_CONTROL, "quota", "2").decode()
+    assert dom0.error(xs.XS_CONTROL, "quota", "set", "7", "nodes", "10") == "ENOENT"
+    assert dom0.error(xs.XS_CONTROL, "quota", "set", "1", "bogus", "10") == "EINVAL"
+    assert dom0.error(xs.XS_CONTROL, "quota", "set", "1", "nodes", "0") == "EINVAL"
+    assert guest.error(xs.XS_CONTROL, "quota", "set", "1", "nodes", "99") == "EACCES"
+    # Transactions commit against the quotas of the domains they change.
+    tx = int(guest.call(xs.XS_TRANSACTION_START, "").rstrip(b"\0"))
+    guest.write("e/f", "", tx=tx)
+    assert guest.commit(tx) is None
+    dom0.call(xs.XS_RELEASE, "1")                    # gone: a later domain 1 starts over
+    assert 1 not in xsd.domain_quotas

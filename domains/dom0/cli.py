@@ -413,6 +413,25 @@ def _dmesg(args) -> int:
     return 0
 
 
+def _xenstore_control(args) -> int:
+    """xenstore-control: XS_CONTROL to the machine's xenstored, as Xen's
+    tool sends it (quota, quota-soft, help ...)."""
+    from domains.kernel.xenbus.client import XenStoreClient, XsError
+    from domains.kernel.xenbus.transport import UnixTransport
+
+    if hypervisor_pid(args.run_dir) is None:
+        raise NotRunning(f"no pyxen system is running in {args.run_dir}")
+    xs = XenStoreClient(UnixTransport(str(args.run_dir / "xenstored" / "socket")))
+    try:
+        reply = xs.control(*args.words)
+    except XsError as exc:
+        raise UserError(f"xenstore-control {' '.join(args.words)}: {exc}") from None
+    finally:
+        xs.close()
+    print(reply.decode(errors="replace"), end="" if reply.endswith(b"\n") else "\n")
+    return 0
+
+
 def _wait(args) -> int:
     timeout = args.timeout
     client = ControlClient(args.run_dir, timeout_ms=int(timeout * 1000) + 5000)
@@ -718,6 +737,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("dmesg", "the hypervisor's log (xl dmesg)")
     p.add_argument("-c", "--clear", action="store_true", help="clear after reading")
     p.set_defaults(func=_dmesg)
+
+    p = command("xenstore-control", "XS_CONTROL to xenstored (xenstore-control)",
+                "Send xenstored a control command, as Xen's xenstore-control does:\n"
+                "  quota                         the quotas\n"
+                "  quota <domid>                 what a domain uses (and its own quotas)\n"
+                "  quota set <name> <value>      change a quota for every domain\n"
+                "  quota set <domid> <name> <v>  change it for one domain (the toolstack\n"
+                "                                sizes a driver domain's for its devices)\n"
+                "  help                          every command")
+    p.add_argument("words", nargs="+", metavar="word", help="the command and its arguments")
+    p.set_defaults(func=_xenstore_control)
 
     p = command("wait", "wait until a domain reaches a state (pyxen's own)")
     p.add_argument("domain")

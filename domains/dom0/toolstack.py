@@ -361,6 +361,9 @@ class Toolstack:
         for devid, vif in devices_of.vifs.items():
             self._hand_tap(domid, devid, config.name)
             nodes += self.vif_nodes(domid, config.name, devid, vif)
+        for backend in {d.backend for d in devices_of.disks.values()} | {
+                v.backend for v in devices_of.vifs.values()}:
+            self.size_backend_quotas(backend, extra=devices_of)
         self.write_nodes(nodes)
         if store is not None:
             self.xs.introduce(domid, store["mfn"], store["port"])
@@ -394,10 +397,33 @@ class Toolstack:
         except XenError as exc:
             self.log.error("no TAP for a vif", domain=name, devid=devid, error=str(exc))
 
+    def size_backend_quotas(self, backend: str, extra: Managed | None = None) -> None:
+        """A backend's nodes are its own (as in Xen, where users raise the
+        quotas of driver domains): size its XenStore quotas for the devices
+        it serves (and those of `extra`, about to be added), before it
+        writes their nodes. Never below the defaults."""
+        try:
+            driver = self.find(backend)
+        except XenError:
+            return
+        if driver.domid == 0:
+            return  # Dom0 is exempt from quotas
+        served = len(self.serves(driver))
+        if extra is not None:
+            served += sum(d.backend == backend for d in extra.disks.values())
+            served += sum(v.backend == backend for v in extra.vifs.values())
+        for name, value in xsnodes.backend_quotas(served).items():
+            try:
+                self.xs.control("quota", "set", str(driver.domid), name, str(value))
+            except XsError as exc:
+                self.log.warning("backend quota not set", backend=backend, quota=name,
+                                 error=str(exc))
+
     def republish(self, driver: Managed) -> None:
         """A driver domain came back under a new domid: give it back its
         devices and point their frontends at it (they reconnect and reissue
         what had no response)."""
+        self.size_backend_quotas(driver.name)
         for dom in list(self.domains.values()):
             if dom.config is None or dom.domid == driver.domid:
                 continue
@@ -445,7 +471,10 @@ class Toolstack:
         shared = topocheck.shared_image_problem(disk, in_use, self.disk_dir)
         if shared:
             raise XenError(EBUSY, shared)
-        self.write_nodes(self.disk_nodes(dom.domid, disk))
+        nodes = self.disk_nodes(dom.domid, disk)
+        self.size_backend_quotas(disk.backend, extra=Managed(dom.domid, dom.name, None,
+                                                             disks={devid: disk}))
+        self.write_nodes(nodes)
         dom.disks[devid] = disk
         self.log.info("disk attached", domain=dom.name, vdev=disk.vdev, devid=devid)
         return devid
@@ -479,6 +508,8 @@ class Toolstack:
         # Its TAP fd first: the guest makes eth<devid> on it in its own
         # network namespace (it cannot open /dev/net/tun itself).
         self.xc.pass_tun(dom.domid, fdtable.vif_key(devid))
+        self.size_backend_quotas(vif.backend, extra=Managed(dom.domid, dom.name, None,
+                                                            vifs={devid: vif}))
         self.write_nodes(self.vif_nodes(dom.domid, dom.name, devid, vif))
         dom.vifs[devid] = vif
         self.log.info("vif attached", domain=dom.name, devid=devid)

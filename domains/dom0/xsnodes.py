@@ -64,3 +64,23 @@ def domain_nodes(domid: int, name: str, uuid: str, memory_kib: int, vcpus: int,
         (f"{vm}/start_time", f"{time.time() if now is None else now:.2f}", ["n0"]),
     ]
     return nodes
+
+
+#: What one device costs its backend in XenStore, measured on a default
+#: boot (a vbd's backend directory and blkback's nodes: ~30 nodes, ~3 KiB;
+#: a vif's a little less), with room to spare; and the watches it holds.
+NODES_PER_DEVICE = 40
+WATCHES_PER_DEVICE = 2
+MEMORY_PER_DEVICE = 8 * 1024
+OUTSTANDING_PER_DEVICE = 1
+
+
+def backend_quotas(devices: int) -> dict[str, int]:
+    """A driver domain's XenStore quotas (CONTROL names) for `devices`
+    devices served: Xen 4.17's defaults plus each device's share."""
+    return {
+        "nodes": 1000 + NODES_PER_DEVICE * devices,
+        "watches": 128 + WATCHES_PER_DEVICE * devices,
+        "memory": 2560 * 1024 + MEMORY_PER_DEVICE * devices,
+        "outstanding": 20 + OUTSTANDING_PER_DEVICE * devices,
+    }

@@ -9,7 +9,10 @@ dispatcher); an unknown command or wrong arguments give EINVAL, as Xen.
   print <string>                 log "control: <string>"
   quota                          the hard quotas, one per line
   quota set <name> <value>       change a hard quota (value >= 1)
-  quota <domid>                  what the domain uses (ENOENT if unknown)
+  quota set <domid> <name> <val> change it for one domain only (pyxen's, as
+                                 oxenstored's per-domain overrides)
+  quota <domid>                  what the domain uses, and its own quotas
+                                 where they differ (ENOENT if unknown)
   quota-soft [set <name> <val>]  the same for the soft quota (memory)
   help                           the commands, "<cmd>\\t<args>\\n" each
 
@@ -77,6 +80,8 @@ def _set(xs: XenStore, args: list[str], table: tuple[tuple[str, str, str], ...])
 def _quota(xs: XenStore, conn: Connection, args: list[str]) -> bytes:
     if not args:
         return _show(xs, HARD_QUOTAS)
+    if args[0] == "set" and len(args) == 4:
+        return _set_domain(xs, args[1:])
     if args[0] == "set":
         return _set(xs, args[1:], HARD_QUOTAS)
     if len(args) != 1:
@@ -87,7 +92,27 @@ def _quota(xs: XenStore, conn: Connection, args: list[str]) -> bytes:
         raise XsError("ENOENT", f"no domain {domid}")
     text = f"Domain {domid}:\n" + "".join(
         f"{name:<16}: {value:8d}\n" for name, value in usage.items())
+    own = xs.domain_quotas.get(domid)
+    if own is not None:
+        text += "Quota settings of the domain:\n" + "".join(
+            f"{name:<17}: {getattr(own, attr):8d} {descr}\n"
+            for name, attr, descr in HARD_QUOTAS if getattr(own, attr) != getattr(xs.quotas, attr))
     return text.encode() + b"\0"
+
+
+def _set_domain(xs: XenStore, args: list[str]) -> bytes:
+    """quota set <domid> <name> <value>"""
+    domid = atoi(args[0]) & 0xFFFFFFFF
+    if xs.domain_quota(domid) is None:
+        raise XsError("ENOENT", f"no domain {domid}")
+    value = atoi(args[2])
+    if value < 1:
+        raise XsError("EINVAL", "quota values are >= 1")
+    for name, attr, _ in HARD_QUOTAS:
+        if name == args[1]:
+            xs.set_domain_quota(domid, attr, value)
+            return OK
+    raise XsError("EINVAL", f"no quota {args[1]!r}")
 
 
 def _quota_soft(xs: XenStore, conn: Connection, args: list[str]) -> bytes:
@@ -109,7 +134,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "check": (_check, ""),
     "log": (_log, "on|off"),
     "print": (_print, "<string>"),
-    "quota": (_quota, "[set <name> <val>|<domid>]"),
+    "quota": (_quota, "[set [<domid>] <name> <val>|<domid>]"),
     "quota-soft": (_quota_soft, "[set <name> <val>]"),
     "help": (_help, ""),
 }

@@ -162,6 +162,10 @@ class XenStore:
                  log: Callable[[str], None] | None = None,
                  domain_exists: Callable[[int], bool] | None = None) -> None:
         self.quotas = quotas if quotas is not None else Quotas()
+        # Per-domain quotas (CONTROL "quota set <domid> ..."), as oxenstored's
+        # overrides: a driver domain's backend nodes are its own, so the
+        # toolstack sizes its quotas for the devices it serves.
+        self.domain_quotas: dict[int, Quotas] = {}
         self.store = Store()
         self.connections: list[Connection] = []
         self._by_domain: dict[int, list[Connection]] = {}
@@ -263,15 +267,26 @@ class XenStore:
     def is_introduced(self, domid: int) -> bool:
         return domid in self.introduced
 
+    def quotas_of(self, domid: int) -> Quotas:
+        """The quotas that apply to a domain: its own, else the global ones."""
+        return self.domain_quotas.get(domid, self.quotas)
+
+    def set_domain_quota(self, domid: int, attr: str, value: int) -> None:
+        own = self.domain_quotas.get(domid)
+        if own is None:
+            own = self.domain_quotas[domid] = self.quotas.copy()
+        setattr(own, attr, value)
+
     def may_read(self, conn: Connection) -> bool:
         """May `conn`'s requests be handled now? Xen stops reading a domain
         with `outstanding` replies not yet sent, or whose memory reached
         the `memory` quota; the privileged domain is exempt."""
         if conn.privileged:
             return True
+        q = self.quotas_of(conn.domid)
         return (sum(c.outstanding for c in self._domain_connections(conn.domid))
-                < self.quotas.outstanding
-                and self.domain_memory(conn.domid) < self.quotas.memory)
+                < q.outstanding
+                and self.domain_memory(conn.domid) < q.memory)
 
     def domain_memory(self, domid: int) -> int:
         """What a domain makes xenstored hold: the nodes it owns, and its
@@ -341,7 +356,8 @@ class XenStore:
                 if req.tx is None:
                     raise XsError("ENOENT", f"no transaction {msg.tx_id}")
             if op.grows and not conn.privileged and (
-                    self.domain_memory(conn.domid) + len(msg.payload) >= self.quotas.memory):
+                    self.domain_memory(conn.domid) + len(msg.payload)
+                    >= self.quotas_of(conn.domid).memory):
                 # write_node()'s domain_memory_add(): over the hard quota.
                 raise XsError("ENOMEM", "memory quota reached")
             payload = op.func(self, req)
@@ -360,10 +376,10 @@ class XenStore:
     def _nodes(self, req: _Request) -> NodeOps:
         conn = req.conn
         if req.tx is not None:
-            view = TxView(self.store, req.tx, self.quotas, not conn.privileged)
+            view = TxView(self.store, req.tx, self.quotas_of(conn.domid), not conn.privileged)
         else:
             view = GlobalView(self.store, self.fire_watches)
-        return NodeOps(view, self.caller(conn), self.quotas)
+        return NodeOps(view, self.caller(conn), self.quotas_of(conn.domid))
 
     def _privileged_nodes(self) -> NodeOps:
         return NodeOps(GlobalView(self.store, self.fire_watches), Caller(0, True),
@@ -414,7 +430,7 @@ class XenStore:
         if not path.startswith("@") and conn.outbox.has_event(payload):
             return  # an identical event is still pending
         if not conn.privileged and (self.domain_memory(conn.domid) + len(payload)
-                                    >= self.quotas.memory):
+                                    >= self.quotas_of(conn.domid).memory):
             return  # over its memory quota: Xen drops the event
         conn.outbox.append(Message(xs.XS_WATCH_EVENT, 0, 0, payload))
 
@@ -450,6 +466,7 @@ class XenStore:
     def _destroy_domain(self, domid: int) -> None:
         was_introduced = domid in self.introduced
         self.introduced.discard(domid)
+        self.domain_quotas.pop(domid, None)  # a later domain gets the defaults
         self.targets.pop(domid, None)
         for dm, target in list(self.targets.items()):
             if target == domid:
@@ -468,7 +485,7 @@ class XenStore:
         if not (domid in self.introduced or conns or self.store.owned[domid]):
             return None
         memory = self.domain_memory(domid)
-        return {
+        return {  # what it uses; quota_limits() what it may
             "nodes": self.store.owned[domid],
             "watches": sum(len(c.watches) for c in conns),
             "transactions": sum(len(c.transactions) for c in conns),
@@ -529,7 +546,8 @@ class XenStore:
         if num < 2:
             raise XsError("EINVAL", "SET_PERMS needs a path and permissions")
         num -= 1
-        if not req.conn.privileged and quota.permissions_exceeded(self.quotas, num):
+        if not req.conn.privileged and quota.permissions_exceeded(
+                self.quotas_of(req.conn.domid), num):
             raise XsError("ENOSPC", "too many permissions")
         strings = get_strings(payload)
         path = decode(strings[0])
@@ -565,7 +583,8 @@ class XenStore:
         if conn.watches.find(node, token) is not None:
             raise XsError("EEXIST", "duplicate watch")
         if not conn.privileged and quota.watches_exceeded(
-                self.quotas, sum(len(c.watches) for c in self._domain_connections(conn.domid))):
+                self.quotas_of(conn.domid),
+                sum(len(c.watches) for c in self._domain_connections(conn.domid))):
             raise XsError("E2BIG", "too many watches")
         watch = Watch(node, token, conn.implicit_path if relative else None)
         conn.watches.add(watch)
@@ -587,7 +606,7 @@ class XenStore:
         if req.tx is not None:
             raise XsError("EBUSY", "no nested transactions")
         if not conn.privileged and quota.transactions_exceeded(
-                self.quotas, len(conn.transactions)):
+                self.quotas_of(conn.domid), len(conn.transactions)):
             raise XsError("ENOSPC", "too many transactions")
         while True:
             tx_id = conn.next_transaction_id
@@ -607,7 +626,7 @@ class XenStore:
             raise XsError("ENOENT", "not in a transaction")
         del conn.transactions[tx.id]
         if arg == b"T":
-            commit(self.store, tx, self.quotas, not conn.privileged, self.fire_watches)
+            commit(self.store, tx, self.quotas_of, not conn.privileged, self.fire_watches)
         return OK
 
     def _do_introduce(self, req: _Request) -> bytes:

@@ -19,6 +19,7 @@ when the commit fails.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from domains.dom0.xenstored import quota
@@ -135,18 +136,19 @@ class TxView:
         self.tx.node_created = True
 
 
-def commit(store: Store, tx: Transaction, quotas: quota.Quotas,
+def commit(store: Store, tx: Transaction, quotas_of: Callable[[int], quota.Quotas],
            check_nodes_quota: bool, fire: Fire) -> None:
     """TRANSACTION_END "T": apply `tx` to `store` or raise XsError.
 
     `check_nodes_quota`: the committer is unprivileged (the nodes quota is
-    checked only if the transaction created nodes)."""
+    checked only if the transaction created nodes), against the quotas of
+    each domain whose nodes it changes (`quotas_of`)."""
     if tx.fail:
         raise XsError("ENOMEM", "a change in the transaction failed")
     if check_nodes_quota and tx.node_created:
         for domid, delta in tx.owned_delta.items():
             if domid != 0 and quota.commit_nodes_exceeded(
-                    quotas, store.owned[domid] + delta):
+                    quotas_of(domid), store.owned[domid] + delta):
                 raise XsError("ENOSPC", f"domain {domid} would own too many nodes")
     for name, acc in tx.accessed.items():
         if acc.check_gen:
