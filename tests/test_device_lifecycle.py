@@ -33,7 +33,8 @@ def test_the_same_vdev_attaches_again_and_hot_plugged_disks_survive_a_reboot(sys
         system.cli("reboot", guest)
         system.wait(guest, "running", not_domid=old[guest])
     devids = [line.split()[0] for line in
-              system.cli("block-list", "guest1").stdout.splitlines()[1:]]
+              system.cli("block-list", "guest1").stdout.splitlines()[1:]
+              if not line.startswith(" ")]  # not a "why not connected" line
     assert sorted(devids) == ["51712", "51728"]  # libxl keeps hot-plugged devices
     system.wait_device_state(vbd(system, "guest1", 51728), CONNECTED)
     assert system.cli("block-list", "guest2").stdout.splitlines()[1:] == []
@@ -79,3 +80,47 @@ def test_reboot_restarts_a_crashed_preserved_driver_domain(system):
     system.wait_device_state(front, CONNECTED)  # the guest's disk moved to it
     proc = system.cli("restart", "disk-dd", check=False)
     assert proc.returncode == 1 and "is running" in proc.stderr
+
+
+def test_a_device_that_cannot_connect_says_why(system):
+    """Never silent: a paused guest, and a driver domain out of XenStore
+    quota (28 of 64 vbds used to stay Initialising with nothing said)."""
+    system.boot()
+    system.cli("pause", "guest2")
+    system.cli("block-attach", "guest2", "backend=disk-dd", "vdev=xvdb", "size=1M",
+               "target=p.img")
+    assert "  xvdb: the guest is paused" in system.cli("block-list", "guest2").stdout
+    system.cli("unpause", "guest2")
+    system.wait_device_state(vbd(system, "guest2", 51728), CONNECTED)
+    assert "xvdb:" not in system.cli("block-list", "guest2").stdout
+    # guest1's node quota, squeezed to what it holds: its frontend cannot
+    # write the next device's nodes.
+    guest = system.list()["guest1"]["domid"]
+    used = system.cli("xenstore-control", "quota", str(guest)).stdout
+    nodes = int(used.split("nodes           :")[1].split()[0])
+    system.cli("xenstore-control", "quota", "set", str(guest), "nodes", str(nodes))
+    system.cli("block-attach", "guest1", "backend=disk-dd", "vdev=xvdc", "size=1M",
+               "target=q.img")
+    system.wait_log("Domain-0", "xenstore quota reached")
+    listing = system.cli("block-list", "guest1").stdout
+    assert "  xvdc: the guest hit its XenStore quota: ENOSPC" in listing, listing
+    assert "guest1: XenStore quota: ENOSPC" in system.cli("list", "-v").stdout
+    assert "xenstored: guest1" in system.cli("dmesg").stdout
+
+
+@pytest.mark.parametrize("states, facts, words", [
+    ((4, 4), {}, ""),
+    ((1, 2), {"guest_paused": True}, "the guest is paused"),
+    ((1, 2), {"backend_down": "crashed"}, "backend dd is down (crashed)"),
+    ((1, 1), {"backend_quota": "ENOSPC (x) on WRITE /p"}, "backend dd hit its XenStore quota"),
+    ((3, 2), {"frontend_quota": "E2BIG (x) on WATCH /p"}, "the guest hit its XenStore quota"),
+    ((1, None), {}, "no backend directory in dd"),
+    ((1, 1), {}, "backend dd has not picked the device up"),
+    ((1, 2), {}, "the guest has not started its frontend"),
+    ((3, 2), {}, "handshake: frontend Initialised, backend InitWait"),
+])
+def test_why_a_device_is_not_connected(states, facts, words):
+    from domains.dom0.devices import device_cause
+
+    cause = device_cause(*states, backend_name="dd", **facts)
+    assert cause.startswith(words) if words else cause == ""

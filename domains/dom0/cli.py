@@ -353,6 +353,7 @@ def _block_list(args) -> int:
         print("%-5d %-3d %-6d %-5d %-6d %-8d %-30s" % (
             r["devid"], r["backend_id"], r["devid"], r["state"], r["event_channel"],
             r["ring_ref"], r["backend_path"]))
+    _causes(rows, lambda r: r["vdev"])
     return 0
 
 
@@ -377,7 +378,15 @@ def _network_list(args) -> int:
             r["devid"], r["backend_id"], r["mac"], r["state"],
             f"{r['tx_evtchn']}/{r['rx_evtchn']}",
             f"{r['tx_ring_ref']}/{r['rx_ring_ref']}", r["backend_path"]))
+    _causes(rows, lambda r: f"vif {r['devid']}")
     return 0
+
+
+def _causes(rows: list[dict], name) -> None:
+    """Below xl's table: why each device that is not Connected is not."""
+    for r in rows:
+        if r.get("cause"):
+            print(f"  {name(r)}: {r['cause']}")
 
 
 def _vcpu_list(args) -> int:

@@ -118,3 +118,31 @@ def vif_nodes(fe: int, be: int, devid: int, vif: VifSpec, mac: str) -> list[Node
         ("backend", back), ("backend-id", str(be)), ("state", initialising),
         ("handle", str(devid)), ("mac", mac))]
     return nodes
+
+
+def device_cause(front_state: int, back_state: int | None, *, guest_paused: bool = False,
+                 backend_name: str = "", backend_down: str = "",
+                 backend_quota: str = "", frontend_quota: str = "") -> str:
+    """Why a device is not Connected, in words for `block-list`,
+    `network-list` and an attach that timed out ("" when it is).
+    `back_state` None: the backend directory is gone."""
+    connected = int(XenbusState.Connected)
+    if front_state == connected and back_state == connected:
+        return ""
+    if guest_paused:
+        return "the guest is paused"
+    if backend_down:
+        return f"backend {backend_name} is down ({backend_down})"
+    if backend_quota:
+        return f"backend {backend_name} hit its XenStore quota: {backend_quota}"
+    if frontend_quota:
+        return f"the guest hit its XenStore quota: {frontend_quota}"
+    if back_state is None:
+        return f"no backend directory in {backend_name or 'its backend'}"
+    if back_state == int(XenbusState.Initialising):
+        return f"backend {backend_name} has not picked the device up (no backend of that type?)"
+    if front_state == int(XenbusState.Initialising):
+        return "the guest has not started its frontend"
+    names = {int(s): s.name for s in XenbusState}
+    return (f"handshake: frontend {names.get(front_state, front_state)}, backend "
+            f"{names.get(back_state, back_state)}")

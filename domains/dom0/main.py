@@ -76,6 +76,7 @@ def main(kernel: Kernel) -> None:
     xenconsoled.start()
     toolstack = Toolstack(xc, kernel.xenstore, platform, kernel.log, announce=progress,
                           disk_dir=run_dir / "disks")
+    xenstored.store.on_quota_error = toolstack.quota_error
 
     # Dom0 can serve disks too (backend=Domain-0, xl's default).
     BackendBus(kernel.xenstore, 0, "vbd",

@@ -121,6 +121,8 @@ class Toolstack:
     lock: threading.RLock = field(default_factory=threading.RLock)
     workers: set[threading.Thread] = field(default_factory=set)
     halting: bool = False
+    # Domains a XenStore quota refused, and what (xenstored's thread sets it).
+    quota_errors: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.domains[0] = Managed(0, "Domain-0", None)
@@ -538,8 +540,37 @@ class Toolstack:
                                           num(f"{front}/event-channel")),
                          "tx_ring_ref": num(f"{front}/tx-ring-ref"),
                          "rx_ring_ref": num(f"{front}/rx-ring-ref"),
-                         "backend_path": node(f"{front}/backend", "")})
+                         "backend_path": node(f"{front}/backend", ""),
+                         "cause": self.device_cause(dom, front, node(f"{front}/backend", ""))})
         return rows
+
+    def quota_error(self, domid: int, text: str) -> None:
+        """xenstored refused a request of `domid` on a quota. Called on
+        xenstored's thread, which the toolstack may be waiting on: no lock,
+        nothing that talks to xenstored."""
+        self.quota_errors[domid] = text
+        dom = self.domains.get(domid)
+        name = dom.name if dom is not None else f"d{domid}"
+        self.log.error("xenstore quota reached", domain=name, domid=domid, error=text)
+        self._console(f"xenstored: {name} (d{domid}) {text}")
+
+    def device_cause(self, dom: Managed, front: str, back: str) -> str:
+        """Why the device at `front` is not Connected ("" if it is)."""
+        front_state = self._int_or(f"{front}/state")
+        back_state = self._int_or(f"{back}/state", -1) if back else -1
+        backend_id = self._int_or(f"{front}/backend-id")
+        backend = self.domains.get(backend_id)
+        try:
+            paused = bool(self.xc.domain_getinfo(dom.domid)["flags"] & XEN_DOMINF_paused)
+        except XenError:
+            paused = False
+        return devices.device_cause(
+            front_state, None if back_state < 0 else back_state, guest_paused=paused,
+            backend_name=backend.name if backend is not None else f"d{backend_id}",
+            backend_down=(backend.note or "stopped") if backend is not None and (
+                backend.handled or backend.down) else "",
+            backend_quota=self.quota_errors.get(backend_id, ""),
+            frontend_quota=self.quota_errors.get(dom.domid, ""))
 
     def block_list(self, dom: Managed) -> list[dict]:
         rows = []
@@ -554,7 +585,8 @@ class Toolstack:
                          "ring_ref": num(f"{front}/ring-ref",
                                          num(f"{front}/ring-ref0",
                                              num(f"{front}/queue-0/ring-ref0"))),
-                         "backend_path": back})
+                         "backend_path": back,
+                         "cause": self.device_cause(dom, front, back)})
         return rows
 
     def vif_nodes(self, domid: int, name: str, devid: int, vif: VifSpec) -> list:
@@ -845,6 +877,8 @@ class Toolstack:
         for info in self.xc.domain_getinfolist():
             dom = self.domains.get(info["domain"])
             note = dom.note if dom else ("booting" if info["name"] in self.booting else "")
+            if not note and info["domain"] in self.quota_errors:
+                note = f"XenStore quota: {self.quota_errors[info['domain']]}"
             flags = info["flags"]
             reason = (flags >> XEN_DOMINF_shutdownshift) & XEN_DOMINF_shutdownmask
             shutdown = bool(flags & XEN_DOMINF_shutdown)

@@ -92,6 +92,8 @@ def _quota(xs: XenStore, conn: Connection, args: list[str]) -> bytes:
         raise XsError("ENOENT", f"no domain {domid}")
     text = f"Domain {domid}:\n" + "".join(
         f"{name:<16}: {value:8d}\n" for name, value in usage.items())
+    if domid in xs.quota_errors:
+        text += f"last quota error: {xs.quota_errors[domid]}\n"
     own = xs.domain_quotas.get(domid)
     if own is not None:
         text += "Quota settings of the domain:\n" + "".join(

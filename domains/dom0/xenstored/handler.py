@@ -92,6 +92,9 @@ from hypervisor.public.io import xs_wire as xs
 from hypervisor.public.xen import DOMID_SELF
 
 OK = b"OK\0"
+#: The errors Xen's quotas answer with (ENOSPC: nodes, transactions ...;
+#: E2BIG: watches; ENOMEM: memory).
+QUOTA_ERRORS = frozenset({"ENOSPC", "E2BIG", "ENOMEM"})
 
 _ids = itertools.count(1)
 
@@ -166,6 +169,11 @@ class XenStore:
         # overrides: a driver domain's backend nodes are its own, so the
         # toolstack sizes its quotas for the devices it serves.
         self.domain_quotas: dict[int, Quotas] = {}
+        # The last request of each domain a quota refused: a device whose
+        # backend cannot write its nodes must not fail silently (CONTROL
+        # "quota <domid>" and the toolstack's device views say why).
+        self.quota_errors: dict[int, str] = {}
+        self.on_quota_error: Callable[[int, str], None] | None = None
         self.store = Store()
         self.connections: list[Connection] = []
         self._by_domain: dict[int, list[Connection]] = {}
@@ -366,9 +374,21 @@ class XenStore:
         except XsError as exc:
             req.after.clear()
             conn.outbox.append(error_reply(msg, exc.name))
+            if exc.name in QUOTA_ERRORS and not conn.privileged:
+                self._quota_error(conn.domid, op, msg, exc)
         else:
             conn.outbox.append(reply_to(msg, payload))
         return req
+
+    def _quota_error(self, domid: int, op: _Op | None, msg: Message, exc: XsError) -> None:
+        first = get_strings(msg.payload)[:1]
+        path = decode(first[0])[:120] if first else ""
+        what = op.name if op is not None else str(msg.type)
+        text = f"{exc.name} ({exc.detail or 'quota'}) on {what} {path}".strip()
+        changed = self.quota_errors.get(domid) != text
+        self.quota_errors[domid] = text
+        if changed and self.on_quota_error is not None:
+            self.on_quota_error(domid, text)
 
     def caller(self, conn: Connection) -> Caller:
         return Caller(conn.domid, conn.privileged, self.targets.get(conn.domid))
@@ -467,6 +487,7 @@ class XenStore:
         was_introduced = domid in self.introduced
         self.introduced.discard(domid)
         self.domain_quotas.pop(domid, None)  # a later domain gets the defaults
+        self.quota_errors.pop(domid, None)
         self.targets.pop(domid, None)
         for dm, target in list(self.targets.items()):
             if target == domid:
