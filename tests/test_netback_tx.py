@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.netback import offload
-from backends.netback.rx import make_tx_response
+from hypervisor.public.io.netif import make_tx_response
 from domains.kernel import netpkt
 from backends.netback.tx import (
     ENTRY_SIZE,

@@ -317,7 +317,7 @@ class Vif:
         for name, size in (("tx-ring-ref", TX_ENTRY), ("rx-ring-ref", RX_ENTRY)):
             mappings = gnttab.map_grant_refs(self.fe, [int(xs.read(f"{fe}/{name}"))])
             view = gnttab.contiguous(mappings)
-            rsp = 4 if name == "tx-ring-ref" else RX_ENTRY
+            rsp = netif.TX_RESPONSE.size if name == "tx-ring-ref" else netif.RX_RESPONSE.size
             self.rings.append((BackRing(view, size, rsp, entry_size=size), mappings, view))
         if xs.exists(f"{fe}/event-channel-tx"):
             tx = int(xs.read(f"{fe}/event-channel-tx"))

@@ -44,17 +44,17 @@ is not checked against ETH_HLEN.
 Responses: every slot consumed gets exactly one.  A request slot's carries
 its id; an extra slot's has status NETIF_RSP_NULL and id 0, and comes right
 after slot 1's (:meth:`TxPacket.responses`, :meth:`TxError.responses`: the
-(id, status) pairs in ring order; :func:`.rx.make_tx_response` encodes one).
+(id, status) pairs in ring order; :func:`netif.make_tx_response` encodes one).
 """
 
 from __future__ import annotations
 
-import ctypes
-import struct
 from array import array
 from dataclasses import dataclass
 from operator import add
 from typing import NamedTuple
+
+from domains.kernel.netpkt import ETH_HLEN
 
 from hypervisor.public import xen
 from hypervisor.public.io import netif
@@ -75,17 +75,19 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
+    ExtraInfo,
+    extra_problem,
+    make_tx_response,
+    parse_extra,
 )
 
-from .rx import make_tx_response
+__all__ = ["ExtraInfo", "TxAssembler", "TxBlock", "TxError", "TxPacket", "TxRequest",
+           "check_extra", "parse_extra", "parse_tx"]
 
 #: Bytes of one tx ring entry: 12.
 ENTRY_SIZE = netif.NETIF_TX_SRING_ENTRY_SIZE
-#: Bytes of an Ethernet header: the smallest packet accepted.
-ETH_HLEN = 14
 #: Most extra info slots a packet can carry (one of each type).
 MAX_EXTRAS = XEN_NETIF_EXTRA_TYPE_MAX - 1
-_EXTRA_SIZE = ctypes.sizeof(netif.netif_extra_info)
 
 #: (id, status) of one tx response.
 TxResponse = tuple[int, int]
@@ -113,13 +115,10 @@ class TxRequest(NamedTuple):
         return _REQUEST.pack(*self)
 
 
-#: netif_tx_request, as the ring holds it (checked against the ctypes
-#: layout below).
-_REQUEST = struct.Struct("<IHHHH")
-assert _REQUEST.size == ctypes.sizeof(netif.netif_tx_request)
+_REQUEST = netif.TX_REQUEST
 #: A tx response in its 12-byte slot (netif_tx_response, then the rest of
 #: the slot, which keeps the request's bytes in C; zero here).
-_RESPONSE_SLOT = struct.Struct("<Hh8x")
+_RESPONSE_SLOT = netif.TX_RESPONSE_SLOT
 
 
 def _copy(raw: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
@@ -135,69 +134,8 @@ def parse_tx(raw: bytes | bytearray | memoryview) -> TxRequest:
     return TxRequest._make(_REQUEST.unpack(_copy(raw, ENTRY_SIZE, "tx ring entry")))
 
 
-@dataclass(frozen=True)
-class ExtraInfo:
-    """A decoded netif_extra_info: `type`, `flags` and the 6 bytes of its
-    union `u`, read through the properties of the type's member."""
-
-    type: int
-    flags: int
-    u: bytes = bytes(6)
-
-    @property
-    def more(self) -> bool:
-        return bool(self.flags & XEN_NETIF_EXTRA_FLAG_MORE)
-
-    @property
-    def gso_size(self) -> int:
-        return int.from_bytes(self.u[0:2], "little")
-
-    @property
-    def gso_type(self) -> int:
-        return self.u[2]
-
-    @property
-    def gso_features(self) -> int:
-        return int.from_bytes(self.u[4:6], "little")
-
-    @property
-    def addr(self) -> bytes:
-        """u.mcast.addr: the MAC address of MCAST_ADD / MCAST_DEL."""
-        return self.u
-
-    @property
-    def hash_type(self) -> int:
-        return self.u[0]
-
-    @property
-    def hash_algorithm(self) -> int:
-        return self.u[1]
-
-    @property
-    def hash_value(self) -> int:
-        return int.from_bytes(self.u[2:6], "little")
-
-
-def parse_extra(raw: bytes | bytearray | memoryview) -> ExtraInfo:
-    """Decode an extra info from a tx ring entry (12 bytes) or an rx one
-    (8 bytes).  Never fails on those sizes; ValueError on others."""
-    data = bytes(raw)
-    if len(data) not in (ENTRY_SIZE, _EXTRA_SIZE):
-        raise ValueError(f"an extra info slot is {ENTRY_SIZE} or "
-                         f"{_EXTRA_SIZE} bytes, not {len(data)}")
-    return ExtraInfo(data[0], data[1], data[2:8])
-
-
-def check_extra(extra: ExtraInfo) -> str | None:
-    """Why `extra` is malformed, or None."""
-    if not 0 < extra.type < XEN_NETIF_EXTRA_TYPE_MAX:
-        return f"extra info of unknown type {extra.type}"
-    if extra.type == XEN_NETIF_EXTRA_TYPE_GSO:
-        if extra.gso_size == 0:
-            return "GSO extra with size 0"
-        if extra.gso_type not in (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6):
-            return f"GSO extra of unknown type {extra.gso_type}"
-    return None
+#: Why an extra is malformed on its own, or None (netif.extra_problem).
+check_extra = extra_problem
 
 
 def _responses(ids: list[int], status: int, extra_count: int) -> list[TxResponse]:
@@ -328,6 +266,9 @@ DEFAULT_LIMITS = TxLimits()
 #: A slot's low flags byte -> 1 if it has NETTXF_more_data, else 0: the
 #: last slot of a chain is the first 0 after its first slot (and extra).
 _MORE = bytes(1 if b & NETTXF_more_data else 0 for b in range(256))
+#: The low byte of a request's flags (little-endian).
+_FLAGS_LOW = netif.netif_tx_request.flags.offset
+_GSO_EXTRA = netif.GSO_EXTRA
 _GSO_TYPES = (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6)
 
 #: A chain that passed every check: (end, frags, first_len, gso): its slots
@@ -356,19 +297,17 @@ class TxBlock:
             self.id, self.size = [id], [size]
             self._more = _MORE[flags & 0xFF:(flags & 0xFF) + 1]
             return
-        halves = memoryview(entries).cast("H")
-        self.gref = memoryview(entries).cast("I")[0::3].tolist()
-        self.offset = halves[2::6].tolist()
-        self.flags = halves[3::6].tolist()
-        self.id = halves[4::6].tolist()
-        self.size = halves[5::6].tolist()
-        self._more = entries[6::ENTRY_SIZE].translate(_MORE)
+        self.gref = netif.TX_REQUEST_GREF.read(entries)
+        self.offset = netif.TX_REQUEST_OFFSET.read(entries)
+        self.flags = netif.TX_REQUEST_FLAGS.read(entries)
+        self.id = netif.TX_REQUEST_ID.read(entries)
+        self.size = netif.TX_REQUEST_SIZE.read(entries)
+        self._more = entries[_FLAGS_LOW::ENTRY_SIZE].translate(_MORE)
 
     def extra(self, index: int) -> ExtraInfo:
         """Slot `index` read as an extra info."""
         at = index * ENTRY_SIZE
-        entries = self.entries
-        return ExtraInfo(entries[at], entries[at + 1], entries[at + 2:at + 8])
+        return parse_extra(self.entries[at:at + ENTRY_SIZE])
 
     def chain(self, start: int, limits: TxLimits = DEFAULT_LIMITS) -> Chain | None:
         """The chain whose slot 1 is `start`, if it lies whole in the block,
@@ -380,11 +319,10 @@ class TxBlock:
         if flags & NETTXF_extra_info:
             if frags >= self.count:
                 return None
-            entries, at = self.entries, frags * ENTRY_SIZE
-            if entries[at] != XEN_NETIF_EXTRA_TYPE_GSO or entries[at + 1] & XEN_NETIF_EXTRA_FLAG_MORE:
+            type_, extra_flags, gso_size, gso_type, _ = _GSO_EXTRA.unpack_from(
+                self.entries, frags * ENTRY_SIZE)
+            if type_ != XEN_NETIF_EXTRA_TYPE_GSO or extra_flags & XEN_NETIF_EXTRA_FLAG_MORE:
                 return None
-            gso_size = entries[at + 2] | entries[at + 3] << 8
-            gso_type = entries[at + 4]
             if gso_size == 0 or gso_type not in _GSO_TYPES:
                 return None
             gso = (gso_type, gso_size)
