@@ -60,18 +60,20 @@ def _code(kind: type) -> str:
 
 
 def layout(ctype: type, names: Sequence[str] | None = None, *,
-           size: int | None = None) -> struct.Struct:
+           size: int | None = None, base: int = 0) -> struct.Struct:
     """A struct reading and writing the fields `names` of the ctypes class
     `ctype` (every scalar field, nested structures included, if None) at
     the offsets ctypes gives them, the bytes between them padding; an
     array of integers is that many integers.  It is `size` bytes long,
     padding after the last field (a ring entry in its slot); by default
-    sizeof(ctype) when every field is read, else up to the last field."""
+    sizeof(ctype) when every field is read, else up to the last field.
+    With `base`, the struct starts at that offset of `ctype` (to write some
+    fields without touching the bytes before them)."""
     if names is None:
         names = _leaves(ctype)
         if size is None:
             size = ctypes.sizeof(ctype)
-    fmt, at = "=", 0
+    fmt, at = "=", base
     for name in names:
         offset, kind = field(ctype, name)
         if offset < at:
@@ -81,7 +83,7 @@ def layout(ctype: type, names: Sequence[str] | None = None, *,
     if size is not None:
         if size < at:
             raise ValueError(f"{ctype.__name__}: {size} bytes hold no field past {size}")
-        fmt += "x" * (size - at)
+        fmt += "x" * (size - at)  # size counts from the start of ctype
     return struct.Struct(fmt)
 
 
