@@ -52,7 +52,6 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass
 from operator import add
-from typing import NamedTuple
 
 from domains.kernel.netpkt import ETH_HLEN
 
@@ -76,6 +75,7 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
     ExtraInfo,
+    TxRequest,
     extra_problem,
     make_tx_response,
     parse_extra,
@@ -93,28 +93,6 @@ MAX_EXTRAS = XEN_NETIF_EXTRA_TYPE_MAX - 1
 TxResponse = tuple[int, int]
 
 
-class TxRequest(NamedTuple):
-    """A decoded netif_tx_request."""
-
-    gref: int
-    offset: int
-    flags: int
-    id: int
-    size: int
-
-    @property
-    def more_data(self) -> bool:
-        return bool(self.flags & NETTXF_more_data)
-
-    @property
-    def extra_info(self) -> bool:
-        return bool(self.flags & NETTXF_extra_info)
-
-    def encode(self) -> bytes:
-        """The 12-byte ring entry."""
-        return _REQUEST.pack(*self)
-
-
 _REQUEST = netif.TX_REQUEST
 #: A tx response in its 12-byte slot (netif_tx_response, then the rest of
 #: the slot, which keeps the request's bytes in C; zero here).
@@ -128,10 +106,8 @@ def _copy(raw: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
     return data
 
 
-def parse_tx(raw: bytes | bytearray | memoryview) -> TxRequest:
-    """Decode one 12-byte tx ring entry as a request.  Never fails on 12
-    bytes; ValueError if `raw` is not one ring entry (a caller's bug)."""
-    return TxRequest._make(_REQUEST.unpack(_copy(raw, ENTRY_SIZE, "tx ring entry")))
+#: Decode one 12-byte tx ring entry as a request (netif.parse_tx_request).
+parse_tx = netif.parse_tx_request
 
 
 #: Why an extra is malformed on its own, or None (netif.extra_problem).

@@ -406,6 +406,38 @@ def _check(name: str, value: int, low: int, high: int) -> None:
         raise ValueError(f"{name} {value} outside {low}..{high}")
 
 
+class TxRequest(NamedTuple):
+    """A decoded netif_tx_request."""
+
+    gref: int
+    offset: int
+    flags: int
+    id: int
+    size: int
+
+    @property
+    def more_data(self) -> bool:
+        return bool(self.flags & NETTXF_more_data)
+
+    @property
+    def extra_info(self) -> bool:
+        return bool(self.flags & NETTXF_extra_info)
+
+    def encode(self) -> bytes:
+        """The 12-byte ring entry."""
+        return TX_REQUEST.pack(*self)
+
+
+def parse_tx_request(raw: bytes | bytearray | memoryview) -> TxRequest:
+    """Decode one 12-byte tx ring entry as a request (from a private copy:
+    the other end may rewrite it meanwhile).  Never fails on 12 bytes;
+    ValueError if `raw` is not one ring entry."""
+    data = bytes(raw)
+    if len(data) != TX_REQUEST.size:
+        raise ValueError(f"a tx ring entry is {TX_REQUEST.size} bytes, not {len(data)}")
+    return TxRequest._make(TX_REQUEST.unpack(data))
+
+
 class TxResponse(NamedTuple):
     """A decoded netif_tx_response."""
 
