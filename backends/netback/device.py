@@ -33,7 +33,7 @@ from operator import add
 from typing import Any
 
 from backends.netback.bridge import Bridge
-from backends.netback.offload import Offload, needs_fallback, software_fallback, tx_offload
+from backends.netback.offload import Drop, Offload, needs_fallback, software_fallback, tx_offload
 from backends.netback.rx import (RxFeatures, max_frame, page_runs, rx_response_block,
                                  rx_response_slots, scatter)
 from backends.netback.tx import (TxAssembler, TxBlock, TxError, TxPacket,
@@ -517,8 +517,8 @@ class Vif:
             head, rest = split_head([self._view(start, length) for start, length
                                      in zip(starts, lengths) if length], size)
         offload = tx_offload(head, size, flags, gso, gso_types=GSO_TYPES, ipv6_csum=True)
-        if type(offload) is str:
-            self.trouble("bad tx offload", reason=offload)
+        if type(offload) is Drop:
+            self.trouble("bad tx offload", reason=offload.reason)
             return NETIF_RSP_ERROR
         frame = Frame(head, rest, size, offload)
         ports = self.switch.ports
@@ -544,8 +544,8 @@ class Vif:
             fallback = self._fallback[kind] = needs_fallback(offload, self.receiver)
         if fallback:
             result = software_fallback(frame.materialize(), frame.offload, self.receiver)
-            if isinstance(result, str):
-                self.trouble("rx frame dropped", reason=result)
+            if type(result) is Drop:
+                self.trouble("rx frame dropped", reason=result.reason)
                 return
             for data, offload in result:
                 self.deliver(Frame.of(data, offload))
