@@ -45,6 +45,7 @@ from hypervisor.public.io.netif import (
 )
 
 from tests import packets as P
+from tests.packets import feed_all, response_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,14 +79,14 @@ def chain(first_id, sizes, offset=0, flags=0, extras=()) -> list[bytes]:
 
 
 def run(entries, limits=TxLimits()):
-    return TxAssembler(limits).feed_all(entries)
+    return feed_all(TxAssembler(limits), entries)
 
 
 GOOD = chain(50, [60])  # a 60-byte frame in one slot
 
 
 def assert_good_follows(assembler: TxAssembler) -> None:
-    [packet] = assembler.feed_all(GOOD)
+    [packet] = feed_all(assembler, GOOD)
     assert isinstance(packet, TxPacket)
     assert packet.responses() == [(50, NETIF_RSP_OKAY)]
 
@@ -121,7 +122,7 @@ def test_single_slot_packet() -> None:
     assert packet.segments() == [(103, 100, 1514)]
     assert packet.flags == NETTXF_csum_blank | NETTXF_data_validated
     assert packet.responses() == [(3, NETIF_RSP_OKAY)]
-    assert packet.response_bytes() == [make_tx_response(3, 0)]
+    assert response_bytes(packet) == [make_tx_response(3, 0)]
     assert packet.nr_slots == 1 and packet.gso is None
 
 
@@ -218,7 +219,7 @@ BAD = {
 def test_bad_packet_gets_its_status_and_the_next_is_fine(name) -> None:
     entries, status = BAD[name]
     assembler = TxAssembler()
-    results = assembler.feed_all(entries)
+    results = feed_all(assembler, entries)
     assert results and all(isinstance(r, TxError) for r in results)
     assert {r.status for r in results} == {status}
     responses = [rsp for r in results for rsp in r.responses()]
@@ -233,7 +234,7 @@ def test_error_ids_and_extra_responses_in_ring_order() -> None:
     [error] = run(entries)
     assert error.ids == [7, 8] and error.extra_count == 1
     assert error.responses() == [(7, -1), (0, NETIF_RSP_NULL), (8, -1)]
-    assert error.response_bytes()[0] == make_tx_response(7, -1)
+    assert response_bytes(error)[0] == make_tx_response(7, -1)
     assert "type 0" in error.reason
 
 
@@ -254,7 +255,7 @@ def test_endless_extra_chain_is_answered_early() -> None:
     entries = [req(0, 100, flags=NETTXF_extra_info)] + [
         extra(XEN_NETIF_EXTRA_TYPE_HASH, more=True)] * 10 + [extra(4)]
     assembler = TxAssembler()
-    results = assembler.feed_all(entries)
+    results = feed_all(assembler, entries)
     assert sum(r.nr_slots for r in results) == len(entries)
     assert all(r.status == NETIF_RSP_ERROR for r in results)
     assert Counter(s for r in results for _, s in r.responses()) == {
@@ -276,7 +277,7 @@ def test_abort_answers_the_unfinished_packet() -> None:
 
 def test_abort_while_dropping_answers_nothing_twice() -> None:
     assembler = TxAssembler()
-    answered = sum(r.nr_slots for r in assembler.feed_all(
+    answered = sum(r.nr_slots for r in feed_all(assembler, 
         chain(0, [10] * 25)[:-1]))  # the chain never ends
     assert answered == 24
     assert assembler.in_progress and assembler.abort() is None
@@ -290,7 +291,7 @@ def test_interleaved_good_and_bad_packets() -> None:
         expected.append(("ok", 60 + n + 40))
         stream += entries
         expected.append(("error", status))
-    results = TxAssembler().feed_all(stream)
+    results = feed_all(TxAssembler(), stream)
     summary = [("ok", r.size) if isinstance(r, TxPacket) else ("error", r.status)
                for r in results]
     # The overlong chain yields several errors: collapse repeats.
@@ -311,7 +312,7 @@ def test_feed_rejects_a_wrong_entry_size() -> None:
 @given(st.lists(st.binary(min_size=12, max_size=12), max_size=60))
 def test_random_entries_never_raise_and_every_slot_is_answered(entries) -> None:
     assembler = TxAssembler()
-    results = assembler.feed_all(entries)
+    results = feed_all(assembler, entries)
     tail = assembler.abort()
     if tail is not None:
         results.append(tail)
@@ -358,7 +359,7 @@ def test_structured_fuzz_answers_exactly_the_slots_sent(stream) -> None:
                     u = gso_size.to_bytes(2, "little") + bytes([gso_type, 0, 0, 0])
                     entries.append(extra(type, n < len(extras) - 1, u))
                     nr_extras += 1
-    results = TxAssembler().feed_all(entries)
+    results = feed_all(TxAssembler(), entries)
     responses = [rsp for r in results for rsp in r.responses()]
     assert sorted(id for id, s in responses if s != NETIF_RSP_NULL) == request_ids
     assert sum(1 for _, s in responses if s == NETIF_RSP_NULL) == nr_extras
@@ -395,7 +396,7 @@ def test_gso_extras_are_checked_as_untrusted_input(stream) -> None:
         extras = [extra(XEN_NETIF_EXTRA_TYPE_GSO, u=u)] if with_extra else []
         sizes = [min(len(frame), 4096)] + ([len(frame) - 4096] if len(frame) > 4096 else [])
         entries = chain(100 * n, sizes, flags=flags, extras=extras)
-        [result] = assembler.feed_all(entries)
+        [result] = feed_all(assembler, entries)
         if with_extra and (gso_size == 0 or gso_type not in (1, 2)):
             assert isinstance(result, TxError)
             continue

@@ -47,6 +47,7 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_NR_SLOTS_MIN,
 )
+from tests.packets import feed_all, response_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,14 +140,14 @@ def test_tx_round_trip(size, offset, gso) -> None:
     packet = shadow.add(transmit(frame, grants, offset), gso=gso,
                         flags=NETTXF_csum_blank | NETTXF_data_validated,
                         buffers="skb")
-    [got] = TxAssembler().feed_all(packet.requests)
+    [got] = feed_all(TxAssembler(), packet.requests)
     assert isinstance(got, TxPacket)
     assert backend_copy(got, grants) == frame and got.size == size
     assert got.flags & (NETTXF_csum_blank | NETTXF_data_validated)
     if gso:
         assert (got.gso.gso_type, got.gso.gso_size) == gso
     assert len(shadow) == len(packet.slots)
-    answered = [shadow.complete(r) for r in got.response_bytes()]
+    answered = [shadow.complete(r) for r in response_bytes(got)]
     assert [s.id for s in answered if s] == [s.id for s in packet.slots]
     assert packet.done and packet.status == NETIF_RSP_OKAY and packet.buffers == "skb"
     assert len(shadow) == 0 and shadow.inflight() == []
@@ -157,10 +158,10 @@ def test_many_frames_through_one_ring() -> None:
     frames = [bytes([n]) * (60 + 997 * n) for n in range(12)]
     for frame in frames:
         packet = shadow.add(transmit(frame, grants))
-        [got] = assembler.feed_all(packet.requests)
+        [got] = feed_all(assembler, packet.requests)
         assert backend_copy(got, grants) == frame
         # Answer in reverse order: ids are matched, not positions.
-        for rsp in reversed(got.response_bytes()):
+        for rsp in reversed(response_bytes(got)):
             shadow.complete(rsp)
         assert packet.done
     assert len(shadow) == 0
@@ -216,8 +217,8 @@ def test_shadow_ids_are_reused_lifo_and_reset_returns_inflight() -> None:
 def test_backend_error_fails_the_whole_frame() -> None:
     grants, shadow = Grants(), TxShadow()
     packet = shadow.add(transmit(bytes(5000), grants))
-    [got] = TxAssembler().feed_all(packet.requests)
-    for rsp in got.response_bytes(NETIF_RSP_ERROR):  # e.g. a grant copy failed
+    [got] = feed_all(TxAssembler(), packet.requests)
+    for rsp in response_bytes(got, NETIF_RSP_ERROR):  # e.g. a grant copy failed
         shadow.complete(rsp)
     assert packet.status == NETIF_RSP_ERROR
 
@@ -227,9 +228,9 @@ def test_backend_refusal_answers_every_slot() -> None:
     # takes every answer.
     shadow = TxShadow()
     packet = shadow.add([(5, 0, 10)], gso=(XEN_NETIF_GSO_TYPE_TCPV4, 1448))
-    [error] = TxAssembler().feed_all(packet.requests)
+    [error] = feed_all(TxAssembler(), packet.requests)
     assert isinstance(error, TxError)
-    results = [shadow.complete(r) for r in error.response_bytes()]
+    results = [shadow.complete(r) for r in response_bytes(error)]
     assert results[1] is None and packet.done and packet.status == NETIF_RSP_ERROR
 
 
@@ -387,7 +388,7 @@ def test_any_frame_round_trips_both_ways(frame, offset) -> None:
     packet = TxShadow().add(transmit(frame, grants, offset)) \
         if len(split_frame(frame, offset)) <= XEN_NETIF_NR_SLOTS_MIN else None
     if packet is not None:
-        [got] = TxAssembler().feed_all(packet.requests)
+        [got] = feed_all(TxAssembler(), packet.requests)
         assert backend_copy(got, grants) == frame
     ring = RxRing(10)
     _, [received] = ring.deliver(frame, back_rx.RxFeatures(sg=True, mtu=30000),

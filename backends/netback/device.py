@@ -575,7 +575,7 @@ class Vif:
         if size < netpkt.ETH_HLEN:
             return f"runt frame of {size} bytes"
         if size > XEN_NETIF_MAX_TX_SIZE:
-            return f"frame of {size} bytes"
+            return f"frame of {size} bytes, more than {XEN_NETIF_MAX_TX_SIZE}"
         if (size > f.mtu + netpkt.ETH_HLEN and frame.offload.gso is None
                 and size > max_frame(frame.head, f.mtu)):
             return f"frame of {size} bytes exceeds MTU {f.mtu}"

@@ -26,15 +26,17 @@ frontend that takes none).  A plan that needs more requests than are
 posted is None: wait for the frontend to post more (it kicks if
 feature-rx-notify).
 
-The switch's fast path does the same without building a plan:
-:func:`rx_slot_lengths` and :func:`rx_response_slots` are the pieces
-plan_rx is made of.
+The switch (device.py's Vif.deliver) decides the same without building a
+plan, with :func:`rx_response_block` and :func:`scatter`: plan_rx is the
+oracle a property test holds it to (tests/test_netback_switch.py), drops,
+waits, responses and page contents alike.  The ring entries' byte layouts
+are hypervisor.public.io.netif's.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -81,19 +83,6 @@ class RxFeatures:
         them (GSO needs feature-sg: a GSO frame takes several pages)."""
         return Receiver(self.csum, self.ipv6_csum, self.gso_tcpv4 and self.sg,
                         self.gso_tcpv6 and self.sg)
-
-    @classmethod
-    def from_frontend(cls, nodes: Mapping[str, str]) -> RxFeatures:
-        """From the frontend directory's nodes (absent: the defaults)."""
-        def flag(name: str) -> bool:
-            return nodes.get(name, "0").strip() == "1"
-
-        mtu = nodes.get("mtu", "").strip()
-        return cls(sg=flag("feature-sg"), gso_tcpv4=flag("feature-gso-tcpv4"),
-                   gso_tcpv6=flag("feature-gso-tcpv6"),
-                   mtu=int(mtu) if mtu.isdigit() and 68 <= int(mtu) <= 65535 else 1500,
-                   csum=not flag("feature-no-csum-offload"),
-                   ipv6_csum=flag("feature-ipv6-csum-offload"))
 
     def accepts_gso(self, gso_type: int) -> bool:
         return ((gso_type == XEN_NETIF_GSO_TYPE_TCPV4 and self.gso_tcpv4)

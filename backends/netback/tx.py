@@ -77,7 +77,6 @@ from hypervisor.public.io.netif import (
     ExtraInfo,
     TxRequest,
     extra_problem,
-    make_tx_response,
     parse_extra,
 )
 
@@ -175,9 +174,6 @@ class TxPacket:
         """(id, status) for every slot the packet took, in ring order."""
         return _responses([s.id for s in self.slots], status, self.extra_count)
 
-    def response_bytes(self, status: int = NETIF_RSP_OKAY) -> list[bytes]:
-        return [make_tx_response(id, st) for id, st in self.responses(status)]
-
     def response_slots(self, status: int = NETIF_RSP_OKAY) -> bytes:
         """Every response as a whole 12-byte ring slot, in ring order: for
         BackRing.put_responses."""
@@ -209,9 +205,6 @@ class TxError:
 
     def responses(self) -> list[TxResponse]:
         return _responses(self.ids, self.status, self.extra_count)
-
-    def response_bytes(self) -> list[bytes]:
-        return [make_tx_response(id, st) for id, st in self.responses()]
 
     def response_slots(self) -> bytes:
         """Every response as a whole 12-byte ring slot, in ring order."""
@@ -417,10 +410,6 @@ class TxAssembler:
         raw = entry.encode() if isinstance(entry, TxRequest) else entry
         results = self.feed_block(_copy(raw, ENTRY_SIZE, "tx ring entry"))
         return results[0] if results else None
-
-    def feed_all(self, entries) -> list[TxPacket | TxError]:
-        """Feed every entry; the packets and errors that came out."""
-        return [r for r in map(self.feed, entries) if r is not None]
 
     def feed_block(self, entries: bytes) -> list[TxPacket | TxError]:
         """Feed whole 12-byte ring entries, as BackRing.get_requests copies
