@@ -332,3 +332,20 @@ def test_console_ring_domain_writes_daemon_reads(chunks) -> None:
     assert received == sent
     ctype = console_ring.xencons_interface.from_buffer(page)
     assert ctype.out_prod == ctype.out_cons == len(sent)
+
+
+# -- event ports ---------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(u32)
+def test_event_port_message_hypervisor_and_doorbell_share_one_codec(port) -> None:
+    from domains.kernel import doorbell
+    from hypervisor import loop
+    from hypervisor.public import event_channel
+
+    assert loop.PORT is doorbell.PORT is event_channel.PYXEN_EVTCHN_PORT
+    raw = loop.PORT.pack(port)
+    assert len(raw) == ctypes.sizeof(event_channel.evtchn_port_t)
+    assert doorbell.PORT.unpack(raw) == (port,)
+    assert event_channel.evtchn_port_t.from_buffer_copy(raw).value == port

@@ -591,8 +591,8 @@ class Vif:
             if self.posted_next >= RX_TRIM:
                 del self.posted_ids[:self.posted_next], self.posted_grefs[:self.posted_next]
                 self.posted_next = 0
-            self.posted_ids += entries.cast("H")[0::4].tolist()
-            self.posted_grefs += entries.cast("I")[1::2].tolist()
+            self.posted_ids += netif.RX_REQUEST_ID.read(entries)
+            self.posted_grefs += netif.RX_REQUEST_GREF.read(entries)
 
     def _place(self, frame: Frame) -> bool:
         """Copy a frame into posted rx buffers and queue its responses;

@@ -18,10 +18,9 @@ field; ``GNTTABOP_error_msgs[-status]`` describes them.
 """
 
 import ctypes
-import struct
 
 from . import xen
-from .pyxen.layout import layout
+from .pyxen.layout import layout, scalar
 from .xen import XEN_GUEST_HANDLE, domid_t, xen_pfn_t
 
 # Reference to a grant entry in a specified domain's grant table.
@@ -390,5 +389,4 @@ GRANT_ENTRY_V1_TARGET = layout(grant_entry_v1, ("domid", "frame"),
 #: The flags word alone (at the entry's start).
 GRANT_ENTRY_V1_FLAGS = layout(grant_entry_v1, ("flags",))
 #: pyxen's status word per ref (v2's grant_status_t), beside the v1 table.
-PYXEN_GRANT_STATUS = struct.Struct("=H")
-assert PYXEN_GRANT_STATUS.size == ctypes.sizeof(grant_status_t)
+PYXEN_GRANT_STATUS = scalar(grant_status_t)

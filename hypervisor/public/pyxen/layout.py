@@ -87,6 +87,12 @@ def layout(ctype: type, names: Sequence[str] | None = None, *,
     return struct.Struct(fmt)
 
 
+def scalar(kind: type) -> struct.Struct:
+    """A struct of one integer of the ctypes type `kind` (a typedef such
+    as evtchn_port_t): a message that is one number."""
+    return struct.Struct("=" + _code(kind))
+
+
 def repeated(codec: struct.Struct, count: int) -> struct.Struct:
     """`count` of `codec`'s records back to back: one call for a run of
     ring entries."""
