@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.netback import offload
-from hypervisor.public.io.netif import make_tx_response
+from hypervisor.public.io.netif import make_tx_response, parse_tx_request
 from domains.kernel import netpkt
 from backends.netback.tx import (
     ENTRY_SIZE,
@@ -22,7 +22,6 @@ from backends.netback.tx import (
     answer_extra,
     answer_status,
     parse_extra,
-    parse_tx,
     tx_response_block,
 )
 from hypervisor.public.io import netif
@@ -95,13 +94,13 @@ def assert_good_follows(assembler: TxAssembler) -> None:
 
 def test_parse_tx() -> None:
     raw = req(7, 1514, gref=0xDEADBEEF, offset=66, flags=NETTXF_csum_blank)
-    r = parse_tx(bytearray(raw))
+    r = parse_tx_request(bytearray(raw))
     assert (r.gref, r.offset, r.flags, r.id, r.size) == (0xDEADBEEF, 66, 1, 7, 1514)
     assert r.encode() == raw
     assert not r.more_data and not r.extra_info
     assert TxRequest(0xDEADBEEF, 66, 1, 7, 1514).encode() == raw
     with pytest.raises(ValueError):
-        parse_tx(raw[:11])
+        parse_tx_request(raw[:11])
 
 
 def test_parse_extra() -> None:
@@ -319,7 +318,7 @@ def test_random_entries_never_raise_and_every_slot_is_answered(entries) -> None:
     responses = [rsp for r in results for rsp in r.responses()]
     assert len(responses) == len(entries)
     assert all(isinstance(r, (TxPacket, TxError)) for r in results)
-    fed_ids = Counter(parse_tx(e).id for e in entries)
+    fed_ids = Counter(parse_tx_request(e).id for e in entries)
     answered = Counter(id for id, status in responses if status != NETIF_RSP_NULL)
     assert not answered - fed_ids  # only ids the frontend sent
     for r in results:
@@ -426,9 +425,9 @@ class OneSlotAtATime(TxAssembler):
             if self._state == "extras":
                 result = self._extra(parse_extra(raw))
             elif self._state == "first":
-                result = self._start(parse_tx(raw))
+                result = self._start(parse_tx_request(raw))
             else:
-                result = self._frag(parse_tx(raw))
+                result = self._frag(parse_tx_request(raw))
             if result is not None:
                 out.append(result)
         return out

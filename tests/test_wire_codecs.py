@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from backends.blkback.response import response_for
 from backends.blkback.validate import parse_request, with_indirect_segments
 from backends.netback import rx as back_rx
-from backends.netback.tx import TxAssembler, TxBlock, parse_tx
+from backends.netback.tx import TxAssembler, TxBlock
 from domains.dom0.xenstored import wire as xenstored_wire
 from domains.kernel import console_ring
 from domains.kernel import gnttab as kernel_gnttab
@@ -25,6 +25,7 @@ from frontends.netfront.tx import TxPageEncoder, TxShadow, gso_extra_slot, tx_en
 from hypervisor import grant_table as hv_grant_table
 from hypervisor.public import grant_table
 from hypervisor.public.io import blkif, netif, xs_wire
+from hypervisor.public.io.netif import parse_tx_request
 from hypervisor.public.io.netif import (
     NETTXF_csum_blank,
     NETTXF_data_validated,
@@ -78,7 +79,7 @@ def test_tx_requests_netfront_encodes_netback_decodes(segments, flags, gso, data
     ids = data.draw(st.lists(u16, min_size=len(segments), max_size=len(segments), unique=True))
     entries = tx_entries(segments, ids, flags=flags, gso=gso)
     block = TxBlock(entries)
-    slots = [parse_tx(entries[i:i + 12]) for i in range(0, len(entries), 12)]
+    slots = [parse_tx_request(entries[i:i + 12]) for i in range(0, len(entries), 12)]
     requests = [slots[0]] + slots[1 + (gso is not None):]
     total = sum(length for _, _, length in segments)
     assert [(r.gref, r.offset, r.id) for r in requests] == [

@@ -40,6 +40,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from domains.kernel.netpkt import ETH_HLEN, ETH_P_8021Q, VLAN_HLEN
 from hypervisor.public import xen
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
@@ -55,7 +56,6 @@ from hypervisor.public.io.netif import (
     make_gso_extra,
     make_rx_response,
 )
-from domains.kernel.netpkt import ETH_HLEN, ETH_P_8021Q, VLAN_HLEN
 
 from .offload import Receiver
 

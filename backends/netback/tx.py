@@ -2,7 +2,8 @@
 
 Every tx request netback reads is untrusted: the frontend may put any 12
 bytes in a slot, and may keep changing them while the backend looks.
-:func:`parse_tx` decodes a private copy and never fails on 12 bytes.
+:func:`netif.parse_tx_request` decodes a private copy and never fails on
+12 bytes.
 
 A packet is a chain of slots (io/netif.h): slot 1 (its ``size`` is the
 whole packet's), the extra info slots if slot 1 has NETTXF_extra_info
@@ -54,7 +55,6 @@ from dataclasses import dataclass
 from operator import add
 
 from domains.kernel.netpkt import ETH_HLEN
-
 from hypervisor.public import xen
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
@@ -81,7 +81,7 @@ from hypervisor.public.io.netif import (
 )
 
 __all__ = ["ExtraInfo", "TxAssembler", "TxBlock", "TxError", "TxPacket", "TxRequest",
-           "check_extra", "parse_extra", "parse_tx"]
+           "parse_extra"]
 
 #: Bytes of one tx ring entry: 12.
 ENTRY_SIZE = netif.NETIF_TX_SRING_ENTRY_SIZE
@@ -103,14 +103,6 @@ def _copy(raw: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
     if len(data) != size:
         raise ValueError(f"a {what} is {size} bytes, not {len(data)}")
     return data
-
-
-#: Decode one 12-byte tx ring entry as a request (netif.parse_tx_request).
-parse_tx = netif.parse_tx_request
-
-
-#: Why an extra is malformed on its own, or None (netif.extra_problem).
-check_extra = extra_problem
 
 
 def _responses(ids: list[int], status: int, extra_count: int) -> list[TxResponse]:
@@ -516,7 +508,7 @@ class TxAssembler:
                     self._reset()
             return result
         self._extra_count += 1
-        problem = check_extra(extra)
+        problem = extra_problem(extra)
         if problem is None and extra.type in self._extras:
             problem = f"two extra infos of type {extra.type}"
         if problem is not None:
