@@ -106,8 +106,9 @@ def json_output(name: str, domid: int) -> None:
     the module's docstring).  Call it first thing: streams and hooks in
     place before anything can write or raise."""
     fields = {"domain": name, "domid": domid}
-    stderr = sys.__stderr__
-    sys.stdout = JsonLines(sys.__stdout__, {**fields, "stream": "stdout"}, "info")  # type: ignore[assignment]
+    stdout, stderr = sys.__stdout__, sys.__stderr__
+    assert stdout is not None and stderr is not None  # a domain has both: its log
+    sys.stdout = JsonLines(stdout, {**fields, "stream": "stdout"}, "info")  # type: ignore[assignment]
     sys.stderr = JsonLines(stderr, {**fields, "stream": "stderr"}, "error")  # type: ignore[assignment]
 
     def excepthook(exc_type: type[BaseException], exc: BaseException,

@@ -17,12 +17,16 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Sequence
+from typing import Any
+
+#: A ctypes Structure or Union class (or one of its field types).
+CType = Any
 
 _CODES = {(1, False): "B", (2, False): "H", (4, False): "I", (8, False): "Q",
           (1, True): "b", (2, True): "h", (4, True): "i", (8, True): "q"}
 
 
-def field(ctype: type, path: str) -> tuple[int, type]:
+def field(ctype: CType, path: str) -> tuple[int, CType]:
     """(offset, ctypes type) of the field `path` of `ctype`: a member name,
     or names joined by dots into nested structures and unions
     ("u.gso.size")."""
@@ -36,7 +40,7 @@ def field(ctype: type, path: str) -> tuple[int, type]:
     return offset, ctype
 
 
-def _leaves(ctype: type, prefix: str = "") -> list[str]:
+def _leaves(ctype: CType, prefix: str = "") -> list[str]:
     """Every scalar (or array of scalars) field of `ctype`, in order."""
     out = []
     for name, kind in ctype._fields_:
@@ -49,7 +53,7 @@ def _leaves(ctype: type, prefix: str = "") -> list[str]:
     return out
 
 
-def _code(kind: type) -> str:
+def _code(kind: CType) -> str:
     count = 1
     if issubclass(kind, ctypes.Array):
         count, kind = kind._length_, kind._type_
@@ -59,7 +63,7 @@ def _code(kind: type) -> str:
     return f"{count}{code}" if count > 1 else code
 
 
-def layout(ctype: type, names: Sequence[str] | None = None, *,
+def layout(ctype: CType, names: Sequence[str] | None = None, *,
            size: int | None = None, base: int = 0) -> struct.Struct:
     """A struct reading and writing the fields `names` of the ctypes class
     `ctype` (every scalar field, nested structures included, if None) at
@@ -87,7 +91,7 @@ def layout(ctype: type, names: Sequence[str] | None = None, *,
     return struct.Struct(fmt)
 
 
-def scalar(kind: type) -> struct.Struct:
+def scalar(kind: CType) -> struct.Struct:
     """A struct of one integer of the ctypes type `kind` (a typedef such
     as evtchn_port_t): a message that is one number."""
     return struct.Struct("=" + _code(kind))
@@ -108,12 +112,12 @@ class Column:
 
     __slots__ = ("code", "start", "step")
 
-    def __init__(self, ctype: type, name: str, stride: int) -> None:
+    def __init__(self, ctype: CType, name: str, stride: int) -> None:
         offset, kind = field(ctype, name)
         width = ctypes.sizeof(kind)
         if offset % width or stride % width:
             raise ValueError(f"{ctype.__name__}.{name} is not aligned in a {stride}-byte entry")
-        self.code = _CODES[width, kind(-1).value == -1]
+        self.code: Any = _CODES[width, kind(-1).value == -1]  # a cast's format
         self.start = offset // width
         self.step = stride // width
 
