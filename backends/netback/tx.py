@@ -76,6 +76,7 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_NR_SLOTS_MIN,
     ExtraInfo,
     TxRequest,
+    TxResponse,
     extra_problem,
     parse_extra,
 )
@@ -87,10 +88,6 @@ __all__ = ["ExtraInfo", "TxAssembler", "TxBlock", "TxError", "TxPacket", "TxRequ
 ENTRY_SIZE = netif.NETIF_TX_SRING_ENTRY_SIZE
 #: Most extra info slots a packet can carry (one of each type).
 MAX_EXTRAS = XEN_NETIF_EXTRA_TYPE_MAX - 1
-
-#: (id, status) of one tx response.
-TxResponse = tuple[int, int]
-
 
 _REQUEST = netif.TX_REQUEST
 #: A tx response in its 12-byte slot (netif_tx_response, then the rest of
@@ -107,9 +104,9 @@ def _copy(raw: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
 
 def _responses(ids: list[int], status: int, extra_count: int) -> list[TxResponse]:
     """Ring order: slot 1, its extras (NULL), slots 2..N."""
-    out: list[TxResponse] = [(ids[0], status)] if ids else []
-    out += [(0, NETIF_RSP_NULL)] * extra_count
-    out += [(id, status) for id in ids[1:]]
+    out = [TxResponse(ids[0], status)] if ids else []
+    out += [TxResponse(0, NETIF_RSP_NULL)] * extra_count
+    out += [TxResponse(id, status) for id in ids[1:]]
     return out
 
 
