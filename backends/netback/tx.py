@@ -226,6 +226,10 @@ DEFAULT_LIMITS = TxLimits()
 _MORE = bytes(1 if b & NETTXF_more_data else 0 for b in range(256))
 #: The low byte of a request's flags (little-endian).
 _FLAGS_LOW = netif.netif_tx_request.flags.offset
+_GREF, _OFFSET, _FLAGS, _ID, _SIZE = (netif.TX_REQUEST_GREF, netif.TX_REQUEST_OFFSET,
+                                     netif.TX_REQUEST_FLAGS, netif.TX_REQUEST_ID,
+                                     netif.TX_REQUEST_SIZE)
+assert (_GREF.code, _OFFSET.code, _FLAGS.code, _ID.code, _SIZE.code) == ("I", "H", "H", "H", "H")
 _GSO_EXTRA = netif.GSO_EXTRA
 _GSO_TYPES = (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6)
 
@@ -255,11 +259,13 @@ class TxBlock:
             self.id, self.size = [id], [size]
             self._more = _MORE[flags & 0xFF:(flags & 0xFF) + 1]
             return
-        self.gref = netif.TX_REQUEST_GREF.read(entries)
-        self.offset = netif.TX_REQUEST_OFFSET.read(entries)
-        self.flags = netif.TX_REQUEST_FLAGS.read(entries)
-        self.id = netif.TX_REQUEST_ID.read(entries)
-        self.size = netif.TX_REQUEST_SIZE.read(entries)
+        # One cast per width, sliced at netif's columns.
+        halves = memoryview(entries).cast("H")
+        self.gref = memoryview(entries).cast("I")[_GREF.start::_GREF.step].tolist()
+        self.offset = halves[_OFFSET.start::_OFFSET.step].tolist()
+        self.flags = halves[_FLAGS.start::_FLAGS.step].tolist()
+        self.id = halves[_ID.start::_ID.step].tolist()
+        self.size = halves[_SIZE.start::_SIZE.step].tolist()
         self._more = entries[_FLAGS_LOW::ENTRY_SIZE].translate(_MORE)
 
     def extra(self, index: int) -> ExtraInfo:

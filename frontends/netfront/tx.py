@@ -373,13 +373,15 @@ class TxShadowPacket:
 
 _STATUSES = (NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_DROPPED)
 _IDS, _STATUSES_READ = netif.TX_RESPONSE_ID, netif.TX_RESPONSE_STATUS
+assert (_IDS.code, _STATUSES_READ.code) == ("H", "h")
 
 
 def _answers(entries: bytes) -> tuple[list[int], list[int], int]:
     """The ids and statuses of whole tx response slots (native little-
     endian), without the NETIF_RSP_NULL ones, and how many those were."""
-    ids = _IDS.read(entries)
-    statuses = _STATUSES_READ.read(entries)
+    view = memoryview(entries)  # one cast per width, sliced at netif's columns
+    ids = view.cast("H")[_IDS.start::_IDS.step].tolist()
+    statuses = view.cast("h")[_STATUSES_READ.start::_STATUSES_READ.step].tolist()
     nulls = statuses.count(NETIF_RSP_NULL)
     if nulls:
         _drop_nulls(ids, statuses, nulls)
