@@ -25,12 +25,13 @@ the hypervisor performs itself.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
 from hypervisor.memory import PlatformMemory, Region, Physmap, Segment
 from hypervisor.public.grant_table import (
+    GRANT_ENTRY_V1,
+    PYXEN_GRANT_STATUS,
     GNTCOPY_dest_gref,
     GNTCOPY_source_gref,
     GNTMAP_device_map,
@@ -54,8 +55,8 @@ from hypervisor.public.grant_table import (
 from hypervisor.public.pyxen.words import Words
 from hypervisor.public.xen import DOMID_SELF, PAGE_SIZE
 
-ENTRY = struct.Struct("<HHI")  # grant_entry_v1: flags, domid, frame
-STATUS = struct.Struct("<H")  # pyxen's status word per ref (v2's grant_status_t)
+ENTRY = GRANT_ENTRY_V1  # flags, domid, frame
+STATUS = PYXEN_GRANT_STATUS  # pyxen's status word per ref (v2's grant_status_t)
 MAX_GRANT_FRAMES = 32  # Xen's gnttab_max_frames default is 64; 16k refs is plenty
 MAX_MAPTRACK = 65536
 

@@ -18,7 +18,6 @@ domain, so a domain that floods its channel waits its turn like the others.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,10 @@ from hypervisor.dispatch import DEFERRED, Call, dispatch
 from hypervisor.domain import Domain
 from hypervisor.machine import Machine
 from hypervisor.public.errno import EINVAL, XenError
+from hypervisor.public.event_channel import PYXEN_EVTCHN_PORT
 from hypervisor.public.grant_table import PYXEN_GNTTAB_MAX_BATCH
 
-PORT = struct.Struct("<I")
+PORT = PYXEN_EVTCHN_PORT
 
 # The largest legitimate hypercall is a full batch of grant copies
 # (PYXEN_GNTTAB_MAX_BATCH ops with every field at its widest: ~46 KiB);

@@ -120,3 +120,20 @@ def tcp6_frame(payload_len: int, **kw) -> bytes:
 def udp4_frame(payload_len: int) -> bytes:
     return with_checksum(eth(0x0800, ipv4(17, udp(bytes(range(256)) * (payload_len // 256)
                                                  + bytes(payload_len % 256)))), proto=17)
+
+
+# -- netback's tx assembler, slot by slot (what tests compare with) ------------
+
+
+def feed_all(assembler, entries) -> list:
+    """Feed every tx ring entry to a netback TxAssembler, one at a time:
+    the packets and errors that came out."""
+    return [r for r in map(assembler.feed, entries) if r is not None]
+
+
+def response_bytes(result, status: int | None = None) -> list[bytes]:
+    """A TxPacket's (answered `status`) or TxError's responses, each a
+    4-byte netif_tx_response."""
+    from hypervisor.public.io.netif import make_tx_response
+    pairs = result.responses() if status is None else result.responses(status)
+    return [make_tx_response(id, st) for id, st in pairs]

@@ -26,7 +26,7 @@ from domains.dom0.xenstored import XenStore, encode
 from domains.kernel.xenbus.client import XenStoreClient
 from domains.kernel.xenbus.transport import UnixTransport
 from hypervisor.public.domctl import XEN_DOMINF_blocked
-from hypervisor.public.errno import EINVAL, ESRCH, ETIMEDOUT, XenError
+from hypervisor.public.errno import EINVAL, EPERM, ESRCH, ETIMEDOUT, XenError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -436,3 +436,19 @@ vif = ["backend=dd, bridge=xenbr0"]
         for devid, path, rw in ((51712, str(tmp / "g.img"), True),
                                 (51744, str(tmp / "ro.img"), False),
                                 (51728, str(outside), True)))
+
+
+def test_errors_name_what_went_wrong(rig):
+    """A second domain of a name is EEXIST (not ESRCH: the name is found,
+    not missing); destroying Domain-0 is EPERM (it exists, and may not)."""
+    ts, xc, xsd, tmp = rig
+    ctl = Control(ts)
+    assert create(ctl, cfg(tmp, "twin"))["ok"]
+    again = create(ctl, cfg(tmp, "twin"))
+    assert not again["ok"] and again["error"].startswith("EEXIST:")
+    with pytest.raises(XenError) as caught:
+        ts.destroy_requested(ts.find(0))
+    assert caught.value.errno == EPERM
+    reply, _ = ctl.handle({"cmd": "destroy", "args": {"domain": 0}}, lambda r: None)
+    assert not reply["ok"] and reply["error"].startswith("EPERM:")
+    assert ts.find(0).domid == 0

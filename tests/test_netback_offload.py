@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from backends.netback.offload import (
     CSUM_PARTIAL,
     MAX_SEGMENTS,
+    Drop,
     NONE,
     Offload,
     Receiver,
@@ -69,7 +70,7 @@ def test_good_claims() -> None:
 ], ids=lambda v: None if isinstance(v, (bytes, dict, tuple)) else str(v))
 def test_bad_claims_are_refused(frame, flags, gso, kw, why) -> None:
     result = check(frame, flags, gso, **kw)
-    assert isinstance(result, str) and why in result
+    assert isinstance(result, Drop) and why in result.reason
 
 
 def test_only_the_private_header_copy_is_looked_at() -> None:
@@ -77,7 +78,7 @@ def test_only_the_private_header_copy_is_looked_at() -> None:
     # is judged by them, whatever the (shared) rest holds.
     head = TCP4[:54]  # Ethernet, IPv4, TCP: no payload in the copy
     assert tx_offload(head, 60054, 0, GSO4, gso_types=BOTH) == Offload(CSUM_PARTIAL, GSO4)
-    assert isinstance(tx_offload(head, 54, 0, GSO4, gso_types=BOTH), str)  # none at all
+    assert isinstance(tx_offload(head, 54, 0, GSO4, gso_types=BOTH), Drop)  # none at all
 
 
 # -- toward receivers -------------------------------------------------------------
@@ -119,8 +120,8 @@ def test_blank_checksums_toward_a_receiver_without_them_are_filled() -> None:
 
 def test_fallbacks_that_fail_drop_the_frame() -> None:
     tiny = Offload(CSUM_PARTIAL, (XEN_NETIF_GSO_TYPE_TCPV4, 60000 // (MAX_SEGMENTS + 1)))
-    assert "more than" in software_fallback(TCP4, tiny, PLAIN)
-    assert isinstance(software_fallback(b"junk" * 20, Offload(CSUM_PARTIAL), PLAIN), str)
+    assert "more than" in software_fallback(TCP4, tiny, PLAIN).reason
+    assert isinstance(software_fallback(b"junk" * 20, Offload(CSUM_PARTIAL), PLAIN), Drop)
 
 
 @settings(max_examples=400, deadline=None)
@@ -129,12 +130,12 @@ def test_fallbacks_that_fail_drop_the_frame() -> None:
        st.booleans())
 def test_any_claim_on_any_frame_is_checked_without_raising(head, size, flags, gso, v6) -> None:
     result = tx_offload(head, size, flags, gso, gso_types=BOTH, ipv6_csum=v6)
-    assert isinstance(result, (Offload, str))
+    assert isinstance(result, (Offload, Drop))
     if isinstance(result, Offload) and result.gso is not None:
         assert result.gso == gso and gso[0] in BOTH and gso[1] > 0
         assert result.flags == CSUM_PARTIAL
         out = software_fallback(head, result, PLAIN)
-        assert isinstance(out, (list, str))
+        assert isinstance(out, (list, Drop))
 
 
 def _mutated(base: bytes, at: int | None, value: int, length: int) -> bytes:

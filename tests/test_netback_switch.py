@@ -284,3 +284,65 @@ def test_a_chain_cut_by_the_batch_waits_for_the_next_batch(net) -> None:
     fronts[1].tx_done()
     assert [g.data for g in got] == frames
     assert all(p.done and p.status == NETIF_RSP_OKAY for p in packets)
+
+
+# -- the rx planner as the oracle of what runs ----------------------------------------
+
+from hypothesis import assume, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from backends.netback.device import Frame  # noqa: E402
+from backends.netback.offload import CSUM_PARTIAL, Offload, needs_fallback  # noqa: E402
+from backends.netback.rx import RxDrop, RxPlan, plan_rx  # noqa: E402
+from hypervisor.public.io.netif import XEN_NETIF_GSO_TYPE_TCPV6  # noqa: E402
+
+PATTERN = bytes(range(251)) * 262  # 65762 bytes, no period of a page
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.one_of(st.integers(0, 80), st.integers(1400, 1600), st.integers(4000, 9100),
+                      st.integers(60000, 65600)),
+       vlan=st.booleans(),
+       flags=st.sampled_from([0, NETRXF_data_validated, CSUM_PARTIAL]),
+       gso=st.none() | st.tuples(st.sampled_from([XEN_NETIF_GSO_TYPE_TCPV4,
+                                                  XEN_NETIF_GSO_TYPE_TCPV6]),
+                                 st.integers(1, 0xFFFF)),
+       ipv6=st.booleans(),
+       features=st.builds(RxFeatures, sg=st.booleans(), gso_tcpv4=st.booleans(),
+                          gso_tcpv6=st.booleans(), mtu=st.sampled_from([68, 1500, 9000]),
+                          csum=st.booleans(), ipv6_csum=st.booleans()),
+       posted=st.integers(0, 20))
+def test_what_deliver_puts_on_the_rx_ring_is_what_plan_rx_plans(
+        size, vlan, flags, gso, ipv6, features, posted) -> None:
+    """Vif.deliver (the switch's rx path: _unfit, _place, the response
+    block) against plan_rx, the pure planner: the same drops, the same
+    waits for buffers, the same responses in the same slots, the same
+    bytes in the same pages.  Frames that need netback's software
+    fallback first (segmenting, filling a checksum) are offload.py's."""
+    offload = Offload(CSUM_PARTIAL if gso else flags, gso, ipv6)
+    assume(not needs_fallback(offload, features.receiver))
+    ethertype = b"\x81\x00" if vlan else b"\x08\x00"
+    frame = (MACS[1] + MACS[2] + ethertype + PATTERN)[:size]
+    log = Log()
+    front = Front(1)
+    front.features = features
+    vif = plug(Switch(log), front, log)
+    if posted:
+        front.post_rx(posted)
+    vif.switch.call(lambda: vif.deliver(Frame.of(frame, offload)))
+    n = front.rx.has_unconsumed_responses()
+    responses = front.rx.get_responses(n) if n else b""
+    requests = [(i, front.rx_first + i) for i in range(posted)]
+    plan = plan_rx(frame, requests, features, csum_flags=offload.flags, gso=gso)
+    event(f"plan_rx: {type(plan).__name__}")
+    if isinstance(plan, RxDrop):
+        assert not responses and not vif.backlog
+        assert [kw["reason"] for event, kw in log.lines if event == "rx frame dropped"] \
+            == [plan.reason]
+    elif plan is None:
+        assert not responses and [f.materialize() for f in vif.backlog] == [frame]
+    else:
+        assert isinstance(plan, RxPlan) and not vif.backlog
+        assert responses == b"".join(plan.responses())
+        for _, gref, offset, data in plan.copies():
+            assert bytes(front.pages[gref][offset:offset + len(data)]) == data

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.netback import offload
-from backends.netback.rx import make_tx_response
+from hypervisor.public.io.netif import make_tx_response, parse_tx_request
 from domains.kernel import netpkt
 from backends.netback.tx import (
     ENTRY_SIZE,
@@ -22,7 +22,6 @@ from backends.netback.tx import (
     answer_extra,
     answer_status,
     parse_extra,
-    parse_tx,
     tx_response_block,
 )
 from hypervisor.public.io import netif
@@ -45,6 +44,7 @@ from hypervisor.public.io.netif import (
 )
 
 from tests import packets as P
+from tests.packets import feed_all, response_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,14 +78,14 @@ def chain(first_id, sizes, offset=0, flags=0, extras=()) -> list[bytes]:
 
 
 def run(entries, limits=TxLimits()):
-    return TxAssembler(limits).feed_all(entries)
+    return feed_all(TxAssembler(limits), entries)
 
 
 GOOD = chain(50, [60])  # a 60-byte frame in one slot
 
 
 def assert_good_follows(assembler: TxAssembler) -> None:
-    [packet] = assembler.feed_all(GOOD)
+    [packet] = feed_all(assembler, GOOD)
     assert isinstance(packet, TxPacket)
     assert packet.responses() == [(50, NETIF_RSP_OKAY)]
 
@@ -94,13 +94,13 @@ def assert_good_follows(assembler: TxAssembler) -> None:
 
 def test_parse_tx() -> None:
     raw = req(7, 1514, gref=0xDEADBEEF, offset=66, flags=NETTXF_csum_blank)
-    r = parse_tx(bytearray(raw))
+    r = parse_tx_request(bytearray(raw))
     assert (r.gref, r.offset, r.flags, r.id, r.size) == (0xDEADBEEF, 66, 1, 7, 1514)
     assert r.encode() == raw
     assert not r.more_data and not r.extra_info
     assert TxRequest(0xDEADBEEF, 66, 1, 7, 1514).encode() == raw
     with pytest.raises(ValueError):
-        parse_tx(raw[:11])
+        parse_tx_request(raw[:11])
 
 
 def test_parse_extra() -> None:
@@ -121,7 +121,7 @@ def test_single_slot_packet() -> None:
     assert packet.segments() == [(103, 100, 1514)]
     assert packet.flags == NETTXF_csum_blank | NETTXF_data_validated
     assert packet.responses() == [(3, NETIF_RSP_OKAY)]
-    assert packet.response_bytes() == [make_tx_response(3, 0)]
+    assert response_bytes(packet) == [make_tx_response(3, 0)]
     assert packet.nr_slots == 1 and packet.gso is None
 
 
@@ -218,7 +218,7 @@ BAD = {
 def test_bad_packet_gets_its_status_and_the_next_is_fine(name) -> None:
     entries, status = BAD[name]
     assembler = TxAssembler()
-    results = assembler.feed_all(entries)
+    results = feed_all(assembler, entries)
     assert results and all(isinstance(r, TxError) for r in results)
     assert {r.status for r in results} == {status}
     responses = [rsp for r in results for rsp in r.responses()]
@@ -233,7 +233,7 @@ def test_error_ids_and_extra_responses_in_ring_order() -> None:
     [error] = run(entries)
     assert error.ids == [7, 8] and error.extra_count == 1
     assert error.responses() == [(7, -1), (0, NETIF_RSP_NULL), (8, -1)]
-    assert error.response_bytes()[0] == make_tx_response(7, -1)
+    assert response_bytes(error)[0] == make_tx_response(7, -1)
     assert "type 0" in error.reason
 
 
@@ -254,7 +254,7 @@ def test_endless_extra_chain_is_answered_early() -> None:
     entries = [req(0, 100, flags=NETTXF_extra_info)] + [
         extra(XEN_NETIF_EXTRA_TYPE_HASH, more=True)] * 10 + [extra(4)]
     assembler = TxAssembler()
-    results = assembler.feed_all(entries)
+    results = feed_all(assembler, entries)
     assert sum(r.nr_slots for r in results) == len(entries)
     assert all(r.status == NETIF_RSP_ERROR for r in results)
     assert Counter(s for r in results for _, s in r.responses()) == {
@@ -276,7 +276,7 @@ def test_abort_answers_the_unfinished_packet() -> None:
 
 def test_abort_while_dropping_answers_nothing_twice() -> None:
     assembler = TxAssembler()
-    answered = sum(r.nr_slots for r in assembler.feed_all(
+    answered = sum(r.nr_slots for r in feed_all(assembler, 
         chain(0, [10] * 25)[:-1]))  # the chain never ends
     assert answered == 24
     assert assembler.in_progress and assembler.abort() is None
@@ -290,7 +290,7 @@ def test_interleaved_good_and_bad_packets() -> None:
         expected.append(("ok", 60 + n + 40))
         stream += entries
         expected.append(("error", status))
-    results = TxAssembler().feed_all(stream)
+    results = feed_all(TxAssembler(), stream)
     summary = [("ok", r.size) if isinstance(r, TxPacket) else ("error", r.status)
                for r in results]
     # The overlong chain yields several errors: collapse repeats.
@@ -311,14 +311,14 @@ def test_feed_rejects_a_wrong_entry_size() -> None:
 @given(st.lists(st.binary(min_size=12, max_size=12), max_size=60))
 def test_random_entries_never_raise_and_every_slot_is_answered(entries) -> None:
     assembler = TxAssembler()
-    results = assembler.feed_all(entries)
+    results = feed_all(assembler, entries)
     tail = assembler.abort()
     if tail is not None:
         results.append(tail)
     responses = [rsp for r in results for rsp in r.responses()]
     assert len(responses) == len(entries)
     assert all(isinstance(r, (TxPacket, TxError)) for r in results)
-    fed_ids = Counter(parse_tx(e).id for e in entries)
+    fed_ids = Counter(parse_tx_request(e).id for e in entries)
     answered = Counter(id for id, status in responses if status != NETIF_RSP_NULL)
     assert not answered - fed_ids  # only ids the frontend sent
     for r in results:
@@ -358,7 +358,7 @@ def test_structured_fuzz_answers_exactly_the_slots_sent(stream) -> None:
                     u = gso_size.to_bytes(2, "little") + bytes([gso_type, 0, 0, 0])
                     entries.append(extra(type, n < len(extras) - 1, u))
                     nr_extras += 1
-    results = TxAssembler().feed_all(entries)
+    results = feed_all(TxAssembler(), entries)
     responses = [rsp for r in results for rsp in r.responses()]
     assert sorted(id for id, s in responses if s != NETIF_RSP_NULL) == request_ids
     assert sum(1 for _, s in responses if s == NETIF_RSP_NULL) == nr_extras
@@ -395,7 +395,7 @@ def test_gso_extras_are_checked_as_untrusted_input(stream) -> None:
         extras = [extra(XEN_NETIF_EXTRA_TYPE_GSO, u=u)] if with_extra else []
         sizes = [min(len(frame), 4096)] + ([len(frame) - 4096] if len(frame) > 4096 else [])
         entries = chain(100 * n, sizes, flags=flags, extras=extras)
-        [result] = assembler.feed_all(entries)
+        [result] = feed_all(assembler, entries)
         if with_extra and (gso_size == 0 or gso_type not in (1, 2)):
             assert isinstance(result, TxError)
             continue
@@ -404,7 +404,7 @@ def test_gso_extras_are_checked_as_untrusted_input(stream) -> None:
         claimed = None if gso_info is None else (gso_info.gso_type, gso_info.gso_size)
         verdict = offload.tx_offload(frame[:256], result.size, result.flags, claimed,
                                      gso_types=both, ipv6_csum=True)
-        if isinstance(verdict, str):
+        if isinstance(verdict, offload.Drop):
             continue
         if claimed is not None:
             hdrs = netpkt.parse_headers(frame)
@@ -425,9 +425,9 @@ class OneSlotAtATime(TxAssembler):
             if self._state == "extras":
                 result = self._extra(parse_extra(raw))
             elif self._state == "first":
-                result = self._start(parse_tx(raw))
+                result = self._start(parse_tx_request(raw))
             else:
-                result = self._frag(parse_tx(raw))
+                result = self._frag(parse_tx_request(raw))
             if result is not None:
                 out.append(result)
         return out

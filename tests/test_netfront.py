@@ -23,7 +23,7 @@ from frontends.netfront.tx import (
     ShadowFull,
     TxResponse,
     TxShadow,
-    make_gso_extra,
+    gso_extra_slot,
     parse_tx_response,
     split_frame,
     tx_requests,
@@ -47,6 +47,7 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_NR_SLOTS_MIN,
 )
+from tests.packets import feed_all, response_bytes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,7 +102,7 @@ def test_tx_requests_layout() -> None:
     first = netif.netif_tx_request.from_buffer_copy(entries[0])
     assert (first.gref, first.offset, first.id, first.size) == (7, 100, 3, 1500)
     assert first.flags == NETTXF_csum_blank | NETTXF_more_data | NETTXF_extra_info
-    assert entries[1] == make_gso_extra(XEN_NETIF_GSO_TYPE_TCPV4, 1448)
+    assert entries[1] == gso_extra_slot((XEN_NETIF_GSO_TYPE_TCPV4, 1448))
     extra = netif.netif_extra_info.from_buffer_copy(entries[1])
     assert (extra.type, extra.flags, extra.u.gso.size) == (XEN_NETIF_EXTRA_TYPE_GSO, 0, 1448)
     last = netif.netif_tx_request.from_buffer_copy(entries[2])
@@ -139,14 +140,14 @@ def test_tx_round_trip(size, offset, gso) -> None:
     packet = shadow.add(transmit(frame, grants, offset), gso=gso,
                         flags=NETTXF_csum_blank | NETTXF_data_validated,
                         buffers="skb")
-    [got] = TxAssembler().feed_all(packet.requests)
+    [got] = feed_all(TxAssembler(), packet.requests)
     assert isinstance(got, TxPacket)
     assert backend_copy(got, grants) == frame and got.size == size
     assert got.flags & (NETTXF_csum_blank | NETTXF_data_validated)
     if gso:
         assert (got.gso.gso_type, got.gso.gso_size) == gso
     assert len(shadow) == len(packet.slots)
-    answered = [shadow.complete(r) for r in got.response_bytes()]
+    answered = [shadow.complete(r) for r in response_bytes(got)]
     assert [s.id for s in answered if s] == [s.id for s in packet.slots]
     assert packet.done and packet.status == NETIF_RSP_OKAY and packet.buffers == "skb"
     assert len(shadow) == 0 and shadow.inflight() == []
@@ -157,10 +158,10 @@ def test_many_frames_through_one_ring() -> None:
     frames = [bytes([n]) * (60 + 997 * n) for n in range(12)]
     for frame in frames:
         packet = shadow.add(transmit(frame, grants))
-        [got] = assembler.feed_all(packet.requests)
+        [got] = feed_all(assembler, packet.requests)
         assert backend_copy(got, grants) == frame
         # Answer in reverse order: ids are matched, not positions.
-        for rsp in reversed(got.response_bytes()):
+        for rsp in reversed(response_bytes(got)):
             shadow.complete(rsp)
         assert packet.done
     assert len(shadow) == 0
@@ -216,8 +217,8 @@ def test_shadow_ids_are_reused_lifo_and_reset_returns_inflight() -> None:
 def test_backend_error_fails_the_whole_frame() -> None:
     grants, shadow = Grants(), TxShadow()
     packet = shadow.add(transmit(bytes(5000), grants))
-    [got] = TxAssembler().feed_all(packet.requests)
-    for rsp in got.response_bytes(NETIF_RSP_ERROR):  # e.g. a grant copy failed
+    [got] = feed_all(TxAssembler(), packet.requests)
+    for rsp in response_bytes(got, NETIF_RSP_ERROR):  # e.g. a grant copy failed
         shadow.complete(rsp)
     assert packet.status == NETIF_RSP_ERROR
 
@@ -227,14 +228,14 @@ def test_backend_refusal_answers_every_slot() -> None:
     # takes every answer.
     shadow = TxShadow()
     packet = shadow.add([(5, 0, 10)], gso=(XEN_NETIF_GSO_TYPE_TCPV4, 1448))
-    [error] = TxAssembler().feed_all(packet.requests)
+    [error] = feed_all(TxAssembler(), packet.requests)
     assert isinstance(error, TxError)
-    results = [shadow.complete(r) for r in error.response_bytes()]
+    results = [shadow.complete(r) for r in response_bytes(error)]
     assert results[1] is None and packet.done and packet.status == NETIF_RSP_ERROR
 
 
 def test_parse_tx_response() -> None:
-    assert parse_tx_response(back_rx.make_tx_response(9, -2) + bytes(8)) == TxResponse(9, -2)
+    assert parse_tx_response(netif.make_tx_response(9, -2) + bytes(8)) == TxResponse(9, -2)
     with pytest.raises(ValueError):
         parse_tx_response(b"\0\0")
 
@@ -250,7 +251,7 @@ class RxRing:
 
     def deliver(self, frame: bytes, features: back_rx.RxFeatures, assembler: RxAssembler,
                 csum_flags: int = 0, gso=None):
-        requests = [back_rx.parse_rx_request(make_rx_request(*p)) for p in self.posted]
+        requests = [netif.parse_rx_request(make_rx_request(*p)) for p in self.posted]
         plan = back_rx.plan_rx(frame, requests, features, csum_flags=csum_flags, gso=gso)
         assert isinstance(plan, back_rx.RxPlan)
         for _, gref, offset, data in plan.copies():
@@ -306,7 +307,7 @@ def rsp(id=0, offset=0, flags=0, status=0) -> bytes:
 
 
 def gso_extra(size=1448, type=XEN_NETIF_GSO_TYPE_TCPV4, more=False) -> bytes:
-    return back_rx.make_gso_extra(size, type, more) if size else bytes(
+    return netif.make_gso_extra(gso_type=type, size=size, more=more) if size else bytes(
         [XEN_NETIF_EXTRA_TYPE_GSO, 0, 0, 0, type, 0, 0, 0])
 
 
@@ -318,9 +319,9 @@ BAD_RX = {
     "leaves the page": [rsp(0, 100, 0, 4000)],
     "later slot leaves the page": [rsp(0, 0, NETRXF_more_data, 10), rsp(1, 4095, 0, 2)],
     "id mismatch": [rsp(1, 0, 0, 60)],
-    "unknown extra": [rsp(0, 0, NETRXF_extra_info, 60), back_rx.make_extra(9)],
+    "unknown extra": [rsp(0, 0, NETRXF_extra_info, 60), netif.make_extra(9)],
     "extra type 0": [rsp(0, 0, NETRXF_extra_info | NETRXF_more_data, 60),
-                     back_rx.make_extra(0), rsp(2, 0, 0, 10)],
+                     netif.make_extra(0), rsp(2, 0, 0, 10)],
     "GSO size 0": [rsp(0, 0, NETRXF_extra_info, 60), gso_extra(size=0)],
     "duplicate GSO": [rsp(0, 0, NETRXF_extra_info, 60), gso_extra(more=True), gso_extra()],
     "too many slots": [rsp(i, 0, NETRXF_more_data if i < 18 else 0, 10)
@@ -387,7 +388,7 @@ def test_any_frame_round_trips_both_ways(frame, offset) -> None:
     packet = TxShadow().add(transmit(frame, grants, offset)) \
         if len(split_frame(frame, offset)) <= XEN_NETIF_NR_SLOTS_MIN else None
     if packet is not None:
-        [got] = TxAssembler().feed_all(packet.requests)
+        [got] = feed_all(TxAssembler(), packet.requests)
         assert backend_copy(got, grants) == frame
     ring = RxRing(10)
     _, [received] = ring.deliver(frame, back_rx.RxFeatures(sg=True, mtu=30000),
@@ -397,7 +398,7 @@ def test_any_frame_round_trips_both_ways(frame, offset) -> None:
 
 def test_gso_types_round_trip_in_tx_extra() -> None:
     for gso_type in (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6):
-        extra = make_gso_extra(gso_type, 9000)
+        extra = gso_extra_slot((gso_type, 9000))
         decoded = netif.netif_extra_info.from_buffer_copy(extra[:8])
         assert (decoded.u.gso.type, decoded.u.gso.size) == (gso_type, 9000)
     assert NETIF_RSP_OKAY == 0
@@ -555,7 +556,7 @@ def test_rx_buffers_of_a_frame_under_way_are_not_posted_again() -> None:
 
     dev.kernel, dev.rx_port, dev.log = Kernel, 9, None
     for frame in frames:
-        requests = [back_rx.parse_rx_request(r) for r in
+        requests = [netif.parse_rx_request(r) for r in
                     struct_chunks(back.get_requests(-(-len(frame) // 4096)))]
         plan = back_rx.plan_rx(frame, requests, back_rx.RxFeatures(sg=True, mtu=70000))
         for _, gref, offset, data in plan.copies():

@@ -28,7 +28,7 @@ from frontends.netfront.tx import (
     ShadowFull,
     TxPageEncoder,
     TxShadow,
-    make_gso_extra,
+    gso_extra_slot,
     tx_entries,
     tx_requests,
 )
@@ -86,7 +86,7 @@ def reference_tx_requests(segments, ids, *, flags=0, gso=None,
         entries = [pack(gref, offset, first_flags, ids[0], total)]
     else:
         entries = [pack(gref, offset, first_flags | NETTXF_extra_info, ids[0], total),
-                   make_gso_extra(*gso)]
+                   gso_extra_slot(gso)]
     last = count - 1
     entries += [pack(gref, offset, NETTXF_more_data if index < last else 0, id, length)
                 for index, ((gref, offset, length), id)
@@ -300,9 +300,9 @@ SLOT = st.one_of(
                                                    status),
               st.sampled_from([0, 0, 0, 1, 4000, 4096]), st.booleans(), st.booleans(),
               st.sampled_from([0, 10, 4095, 4096, 4096, 4097, -1, 30000])),
-    st.just(back_rx.make_gso_extra(1448, XEN_NETIF_GSO_TYPE_TCPV4)),
-    st.just(back_rx.make_gso_extra(1448, XEN_NETIF_GSO_TYPE_TCPV6, more=True)),
-    st.just(back_rx.make_gso_extra(0 or 1, 9)),
+    st.just(netif.make_gso_extra(gso_type=XEN_NETIF_GSO_TYPE_TCPV4, size=1448)),
+    st.just(netif.make_gso_extra(gso_type=XEN_NETIF_GSO_TYPE_TCPV6, size=1448, more=True)),
+    st.just(netif.make_gso_extra(gso_type=9, size=1)),
 )
 def corrupted(entries: bytes, slot: int, field: int, value: int) -> bytes:
     """A frame's responses with one 16-bit field of one slot changed."""

@@ -660,3 +660,28 @@ def test_final_check_for_responses_ahead_coalesces_events() -> None:
         front.get_response()
     assert not front.final_check_for_responses(ahead=5)    # none outstanding: next
     assert header(buf)[3] == 7
+
+
+def test_front_fast_path_takes_counted_responses_and_reposts_what_is_done() -> None:
+    """The data path's methods (netfront's): take_responses for what
+    has_unconsumed_responses counted, free_requests_upto for reposting the
+    slots of the responses it is done with, put_requests refusing more than
+    is free; the indexes stay the ring's own."""
+    buf = bytearray(ring.SRING_HEADER_SIZE + 8 * 8)
+    ring.shared_ring_init(buf)
+    front, back = FrontRing(buf, 8, 8), BackRing(buf, 8, 8)
+    front.put_requests(b"".join(struct.pack("<Q", i) for i in range(8)))
+    with pytest.raises(RingFull):
+        front.put_requests(bytes(8))
+    front.push_requests()
+    back.put_responses(back.get_requests(8)[:5 * 8])
+    back.push_responses()
+    n = front.has_unconsumed_responses()
+    assert n == 5
+    assert front.take_responses(n) == b"".join(struct.pack("<Q", i) for i in range(5))
+    assert front.rsp_cons == 5 and front.free_requests() == 5
+    # Done with the first three only (the last two still being read).
+    assert front.free_requests_upto(front.rsp_cons - 2) == 3
+    front.put_requests(bytes(3 * 8))
+    assert front.free_requests_upto(front.rsp_cons - 2) == 0
+    assert front.req_prod_pvt == 11

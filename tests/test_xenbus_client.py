@@ -7,8 +7,6 @@ import threading
 import pytest
 
 from domains.kernel.xenbus.client import (
-    HEADER,
-    FrameDecoder,
     XenStoreClient,
     XsClosed,
     XsError,
@@ -17,6 +15,7 @@ from domains.kernel.xenbus.ring import XenstoreRing, init_ring
 from domains.kernel.xenbus.transport import RingTransport, TransportClosed, UnixTransport
 from hypervisor.public import errno as xen_errno
 from hypervisor.public.io import xs_wire as xs
+from hypervisor.public.io.xs_wire import XSD_SOCKMSG as HEADER, Decoder, Message, WireError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -191,7 +190,7 @@ class SocketServer:
         self.thread.start()
 
     def run(self):
-        decoder = FrameDecoder()
+        decoder = Decoder()
         while True:
             try:
                 data = self.sock.recv(65536)
@@ -200,7 +199,7 @@ class SocketServer:
             if not data:
                 return
             for msg in decoder.feed(data):
-                out = b"".join(self.store.handle(*msg))
+                out = b"".join(self.store.handle(msg.type, msg.req_id, msg.tx_id, msg.payload))
                 if out:
                     self.sock.sendall(out)
 
@@ -237,7 +236,7 @@ class RingServer:
             self.cond.notify_all()
 
     def run(self):
-        decoder = FrameDecoder()
+        decoder = Decoder()
         out = bytearray()
         while True:
             with self.cond:
@@ -250,7 +249,7 @@ class RingServer:
             if data:
                 self.transport.kick()
             for msg in decoder.feed(data):
-                out += b"".join(self.store.handle(*msg))
+                out += b"".join(self.store.handle(msg.type, msg.req_id, msg.tx_id, msg.payload))
             if out:
                 n = self.ring.write_response(bytes(out))
                 del out[:n]
@@ -288,14 +287,14 @@ def wait_request(store, mtype):
 def test_frame_decoder_is_incremental():
     stream = frame(xs.XS_READ, 1, 0, b"abc") + frame(xs.XS_WATCH_EVENT, 0, 0, b"p\0t\0") \
         + frame(xs.XS_RM, 3, 9)
-    decoder = FrameDecoder()
+    decoder = Decoder()
     got = []
     for i in range(len(stream)):
         got += list(decoder.feed(stream[i:i + 1]))
-    assert got == [(xs.XS_READ, 1, 0, b"abc"), (xs.XS_WATCH_EVENT, 0, 0, b"p\0t\0"),
-                   (xs.XS_RM, 3, 9, b"")]
-    with pytest.raises(XsError):
-        list(FrameDecoder().feed(HEADER.pack(xs.XS_READ, 1, 0, xs.XENSTORE_PAYLOAD_MAX + 1)))
+    assert got == [Message(xs.XS_READ, 1, 0, b"abc"), Message(xs.XS_WATCH_EVENT, 0, 0, b"p\0t\0"),
+                   Message(xs.XS_RM, 3, 9, b"")]
+    with pytest.raises(WireError):
+        list(Decoder().feed(HEADER.pack(xs.XS_READ, 1, 0, xs.XENSTORE_PAYLOAD_MAX + 1)))
 
 
 def test_nodes(env):

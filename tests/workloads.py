@@ -795,3 +795,31 @@ def hotplug_disk(kernel) -> None:
             _send(kernel.args["out"], {"vdev": vdev, "sectors": disk.sectors,
                                        "head": head[:64].decode(errors="replace")})
     threading.Event().wait()
+
+
+def noisy_crash(kernel) -> None:
+    """Writes to its log every way a domain can (a print, a warning, a stdlib
+    logging record, a logged exception, an exception no thread catches) and
+    then panics: with --log-json each must still be a JSON line."""
+    import logging
+    import sys
+    import warnings
+
+    kernel.ready()
+    print("a plain print\nof two lines")
+    print("a print to stderr", file=sys.stderr)
+    warnings.warn("a warning")
+    logging.getLogger("some.library").warning("a stdlib logging record")
+    try:
+        raise ValueError("caught and logged")
+    except ValueError:
+        kernel.log.exception("a logged exception")
+
+    def boom() -> None:
+        raise RuntimeError("nobody catches this in its thread")
+
+    thread = threading.Thread(target=boom, name="boom")
+    thread.start()
+    thread.join()
+    _send(kernel.args["out"], {"raising": True})
+    raise RuntimeError("the kernel panics")

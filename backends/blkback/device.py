@@ -55,7 +55,6 @@ MAX_RING_PAGE_ORDER = 4
 MAX_QUEUES = 4
 MAX_INDIRECT_SEGMENTS = 256
 REQUEST_SIZE = blkif.BLKIF_SRING_ENTRY_SIZE
-RESPONSE_SIZE = 16
 LIMITS = Limits()
 _OFFSET_MASK = (1 << 32) - 1
 IOV_CACHE_SIZE = 256  # I/O vectors kept per device (see BlkbackDevice.iov_cache)
@@ -252,7 +251,7 @@ class BlkbackDevice:
             port = int(xs.read(f"{base}/event-channel"))
             mappings = self.kernel.gnttab.map_grant_refs(self.fe, refs)
             view = self.kernel.gnttab.contiguous(mappings)
-            queue = Queue(self, index, BackRing(view, REQUEST_SIZE, RESPONSE_SIZE),
+            queue = Queue(self, index, BackRing(view, REQUEST_SIZE, blkif.RESPONSE.size),
                           mappings, view)
             self.queues.append(queue)
             queue.port = self.kernel.events.bind_interdomain(self.fe, port, queue.kick)

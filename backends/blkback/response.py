@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
-
-from hypervisor.public.io import blkif
+from hypervisor.public.io.blkif import make_response
 
 from .validate import Request
 
-RESPONSE_SIZE = ctypes.sizeof(blkif.blkif_response)
-
-
-def make_response(id: int, operation: int, status: int) -> bytes:
-    """A `blkif_response` (16 bytes, padding zeroed), to be written at the
-    start of the ring slot: `id` and `operation` echo the request."""
-    return bytes(blkif.blkif_response(id=id, operation=operation, status=status))
+__all__ = ["make_response", "response_for"]
 
 
 def response_for(request: Request, status: int) -> bytes:

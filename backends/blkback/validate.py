@@ -24,7 +24,6 @@ requests aligned to it.
 from __future__ import annotations
 
 import ctypes
-import struct
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
@@ -307,38 +306,9 @@ class Problem:
 
 
 _SEG_OFFSET = blkif.blkif_request.seg.offset
-_CODES = {(1, False): "B", (2, False): "H", (4, False): "I", (8, False): "Q"}
-
-
-def _header(ctype: type, names: tuple[str, ...]) -> struct.Struct:
-    """A struct reading fields `names` of the ctypes ABI class `ctype` at
-    the very offsets ctypes gives them (native order, as ctypes reads), so
-    that decoding a slot is one unpack instead of one ctypes field access
-    per field; arrays of integers are read as that many integers."""
-    fmt, at = "=", 0
-    for name in names:
-        field = getattr(ctype, name)
-        kind = dict(ctype._fields_)[name]
-        count = 1
-        if issubclass(kind, ctypes.Array):
-            count, kind = kind._length_, kind._type_
-        size = ctypes.sizeof(kind)
-        signed = kind(-1).value == -1
-        if field.offset < at:
-            raise ValueError(f"{ctype.__name__}.{name}: fields out of order")
-        fmt += "x" * (field.offset - at) + (f"{count}" if count > 1 else "") \
-            + _CODES[(size, signed)]
-        at = field.offset + field.size
-    return struct.Struct(fmt)
-
-
-_RW = _header(blkif.blkif_request,
-              ("operation", "nr_segments", "handle", "id", "sector_number"))
-_DISCARD = _header(blkif.blkif_request_discard,
-                   ("operation", "flag", "handle", "id", "sector_number", "nr_sectors"))
-_INDIRECT = _header(blkif.blkif_request_indirect,
-                    ("operation", "indirect_op", "nr_segments", "id", "sector_number",
-                     "handle", "indirect_grefs"))
+_RW = blkif.REQUEST_RW
+_DISCARD = blkif.REQUEST_DISCARD
+_INDIRECT = blkif.REQUEST_INDIRECT
 
 
 def parse_request(raw: bytes | bytearray | memoryview) -> Request:

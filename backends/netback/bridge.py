@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from domains.kernel.netpkt import ETH_HLEN
+
 ETH_ALEN = 6
-ETH_HLEN = 14
 #: Linux's default bridge ageing time (seconds).
 DEFAULT_AGEING_TIME = 300.0
 DEFAULT_MAX_ENTRIES = 4096

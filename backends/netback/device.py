@@ -33,7 +33,7 @@ from operator import add
 from typing import Any
 
 from backends.netback.bridge import Bridge
-from backends.netback.offload import Offload, needs_fallback, software_fallback, tx_offload
+from backends.netback.offload import Drop, Offload, needs_fallback, software_fallback, tx_offload
 from backends.netback.rx import (RxFeatures, max_frame, page_runs, rx_response_block,
                                  rx_response_slots, scatter)
 from backends.netback.tx import (TxAssembler, TxBlock, TxError, TxPacket,
@@ -317,7 +317,7 @@ class Vif:
         for name, size in (("tx-ring-ref", TX_ENTRY), ("rx-ring-ref", RX_ENTRY)):
             mappings = gnttab.map_grant_refs(self.fe, [int(xs.read(f"{fe}/{name}"))])
             view = gnttab.contiguous(mappings)
-            rsp = 4 if name == "tx-ring-ref" else RX_ENTRY
+            rsp = netif.TX_RESPONSE.size if name == "tx-ring-ref" else netif.RX_RESPONSE.size
             self.rings.append((BackRing(view, size, rsp, entry_size=size), mappings, view))
         if xs.exists(f"{fe}/event-channel-tx"):
             tx = int(xs.read(f"{fe}/event-channel-tx"))
@@ -517,8 +517,8 @@ class Vif:
             head, rest = split_head([self._view(start, length) for start, length
                                      in zip(starts, lengths) if length], size)
         offload = tx_offload(head, size, flags, gso, gso_types=GSO_TYPES, ipv6_csum=True)
-        if type(offload) is str:
-            self.trouble("bad tx offload", reason=offload)
+        if type(offload) is Drop:
+            self.trouble("bad tx offload", reason=offload.reason)
             return NETIF_RSP_ERROR
         frame = Frame(head, rest, size, offload)
         ports = self.switch.ports
@@ -544,8 +544,8 @@ class Vif:
             fallback = self._fallback[kind] = needs_fallback(offload, self.receiver)
         if fallback:
             result = software_fallback(frame.materialize(), frame.offload, self.receiver)
-            if isinstance(result, str):
-                self.trouble("rx frame dropped", reason=result)
+            if type(result) is Drop:
+                self.trouble("rx frame dropped", reason=result.reason)
                 return
             for data, offload in result:
                 self.deliver(Frame.of(data, offload))
@@ -575,7 +575,7 @@ class Vif:
         if size < netpkt.ETH_HLEN:
             return f"runt frame of {size} bytes"
         if size > XEN_NETIF_MAX_TX_SIZE:
-            return f"frame of {size} bytes"
+            return f"frame of {size} bytes, more than {XEN_NETIF_MAX_TX_SIZE}"
         if (size > f.mtu + netpkt.ETH_HLEN and frame.offload.gso is None
                 and size > max_frame(frame.head, f.mtu)):
             return f"frame of {size} bytes exceeds MTU {f.mtu}"
@@ -591,8 +591,8 @@ class Vif:
             if self.posted_next >= RX_TRIM:
                 del self.posted_ids[:self.posted_next], self.posted_grefs[:self.posted_next]
                 self.posted_next = 0
-            self.posted_ids += entries.cast("H")[0::4].tolist()
-            self.posted_grefs += entries.cast("I")[1::2].tolist()
+            self.posted_ids += netif.RX_REQUEST_ID.read(entries)
+            self.posted_grefs += netif.RX_REQUEST_GREF.read(entries)
 
     def _place(self, frame: Frame) -> bool:
         """Copy a frame into posted rx buffers and queue its responses;

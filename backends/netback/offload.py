@@ -55,6 +55,15 @@ MAX_SEGMENTS = 256
 CSUM_PARTIAL = NETRXF_csum_blank | NETRXF_data_validated
 
 
+class Drop(NamedTuple):
+    """A frame refused (tx) or dropped (toward a receiver), and why: what
+    :func:`tx_offload` and :func:`software_fallback` return instead of
+    their result (a type of its own, so that callers test for it instead
+    of telling a str from a result)."""
+
+    reason: str
+
+
 class Offload(NamedTuple):
     """A frame's offload state through the bridge: the NETRXF_* checksum
     flags a receiver gets (NETRXF_csum_blank | NETRXF_data_validated: the
@@ -79,12 +88,12 @@ _PLAIN_GSO = (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6)
 def tx_offload(head: bytes | bytearray | memoryview, size: int, flags: int,
                gso: tuple[int, int] | None, *,
                gso_types: frozenset[int] | set[int] = frozenset(),
-               ipv6_csum: bool = False) -> Offload | str:
+               ipv6_csum: bool = False) -> Offload | Drop:
     """The Offload of a tx packet of `size` bytes whose first bytes are
     `head` (a private copy, up to netpkt.MAX_HEADER), whose slot 1 has
     NETTXF_* `flags` and whose GSO extra says `gso` ((type, size) or
     None), given the GSO types and IPv6 blank checksums the backend
-    offered; or why the packet is refused."""
+    offered; or a Drop saying why the packet is refused."""
     l4 = netpkt.plain_tcp(head)
     end = l4 and netpkt.plain_tcp_end(head, l4)
     if end:
@@ -99,27 +108,27 @@ def tx_offload(head: bytes | bytearray | memoryview, size: int, flags: int,
     if gso is not None:
         gso_type, gso_size = gso
         if gso_type not in _GSO_IPV6:
-            return f"GSO type {gso_type}"
+            return Drop(f"GSO type {gso_type}")
         if gso_type not in gso_types:
-            return f"GSO type {gso_type} that the backend did not offer"
+            return Drop(f"GSO type {gso_type} that the backend did not offer")
         if gso_size == 0:
-            return "GSO size 0"
+            return Drop("GSO size 0")
         setup = netpkt.checksum_setup(head)
         if setup is None or setup[0].proto != netpkt.IPPROTO_TCP:
-            return "GSO frame that is no TCP segment over IP"
+            return Drop("GSO frame that is no TCP segment over IP")
         hdrs = setup[0]
         if hdrs.ipv6 != _GSO_IPV6[gso_type]:
-            return f"GSO type {gso_type} on a frame of the other IP version"
+            return Drop(f"GSO type {gso_type} on a frame of the other IP version")
         end = netpkt.tcp_header_end(head, hdrs)
         if end is None or end >= size:
-            return "GSO frame without TCP payload"
+            return Drop("GSO frame without TCP payload")
         return Offload(CSUM_PARTIAL, (gso_type, gso_size), hdrs.ipv6)
     if flags & NETTXF_csum_blank:
         setup = netpkt.checksum_setup(head)
         if setup is None:
-            return "blank checksum in a frame that is no TCP or UDP over IP"
+            return Drop("blank checksum in a frame that is no TCP or UDP over IP")
         if setup[0].ipv6 and not ipv6_csum:
-            return "blank IPv6 checksum without feature-ipv6-csum-offload"
+            return Drop("blank IPv6 checksum without feature-ipv6-csum-offload")
         return Offload(CSUM_PARTIAL, None, setup[0].ipv6)
     if flags & NETTXF_data_validated:
         return Offload(NETRXF_data_validated)
@@ -152,9 +161,9 @@ def needs_fallback(offload: Offload, receiver: Receiver) -> bool:
 
 
 def software_fallback(frame: bytes | bytearray | memoryview, offload: Offload,
-                      receiver: Receiver) -> list[tuple[bytes, Offload]] | str:
+                      receiver: Receiver) -> list[tuple[bytes, Offload]] | Drop:
     """`frame` made fit for `receiver`: (frame, offload) pairs to deliver
-    instead, or why it is dropped."""
+    instead, or a Drop saying why it is dropped."""
     if not needs_fallback(offload, receiver):
         return [(bytes(frame), offload)]
     validated = Offload(NETRXF_data_validated, None, offload.ipv6)
@@ -162,9 +171,9 @@ def software_fallback(frame: bytes | bytearray | memoryview, offload: Offload,
         try:
             segments = netpkt.segment_tcp(frame, offload.gso[1], MAX_SEGMENTS)
         except ValueError as exc:
-            return f"cannot segment a GSO frame: {exc}"
+            return Drop(f"cannot segment a GSO frame: {exc}")
         return [(segment, validated) for segment in segments]
     filled = netpkt.fill_checksum(frame)
     if filled is None:
-        return "blank checksum that cannot be filled in"
+        return Drop("blank checksum that cannot be filled in")
     return [(filled, validated)]

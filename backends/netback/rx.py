@@ -26,20 +26,21 @@ frontend that takes none).  A plan that needs more requests than are
 posted is None: wait for the frontend to post more (it kicks if
 feature-rx-notify).
 
-The switch's fast path does the same without building a plan:
-:func:`rx_slot_lengths` and :func:`rx_response_slots` are the pieces
-plan_rx is made of.
+The switch (device.py's Vif.deliver) decides the same without building a
+plan, with :func:`rx_response_block` and :func:`scatter`: plan_rx is the
+oracle a property test holds it to (tests/test_netback_switch.py), drops,
+waits, responses and page contents alike.  The ring entries' byte layouts
+are hypervisor.public.io.netif's.
 """
 
 from __future__ import annotations
 
-import ctypes
-import struct
 from array import array
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from domains.kernel.netpkt import ETH_HLEN, ETH_P_8021Q, VLAN_HLEN
 from hypervisor.public import xen
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
@@ -48,85 +49,18 @@ from hypervisor.public.io.netif import (
     NETRXF_data_validated,
     NETRXF_extra_info,
     NETRXF_more_data,
-    XEN_NETIF_EXTRA_FLAG_MORE,
-    XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
+    RxRequest,
+    make_gso_extra,
+    make_rx_response,
 )
 
 from .offload import Receiver
 
-ETH_HLEN = 14
-VLAN_HLEN = 4
-ETH_P_8021Q = 0x8100
-
-#: Bytes of an rx ring entry (request or response): 8.
-RX_ENTRY_SIZE = netif.NETIF_RX_SRING_ENTRY_SIZE
-#: Bytes of a tx response (written at the start of a 12-byte tx slot): 4.
-TX_RESPONSE_SIZE = ctypes.sizeof(netif.netif_tx_response)
 #: Flags the caller may ask for on a frame's first slot.
 CSUM_FLAGS = NETRXF_data_validated | NETRXF_csum_blank
-
-
-def _check(name: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise ValueError(f"{name} {value} outside {low}..{high}")
-
-
-def make_tx_response(id: int, status: int) -> bytes:
-    """A netif_tx_response (4 bytes) for a tx slot."""
-    _check("id", id, 0, 0xFFFF)
-    _check("status", status, -0x8000, 0x7FFF)
-    return bytes(netif.netif_tx_response(id, status))
-
-
-def make_rx_response(id: int, offset: int, flags: int, status: int) -> bytes:
-    """A netif_rx_response (8 bytes): status is the slot's data length, or
-    a negative NETIF_RSP_*."""
-    _check("id", id, 0, 0xFFFF)
-    _check("offset", offset, 0, 0xFFFF)
-    _check("flags", flags, 0, 0xFFFF)
-    _check("status", status, -0x8000, 0x7FFF)
-    return bytes(netif.netif_rx_response(id, offset, flags, status))
-
-
-def make_extra(type: int, u: bytes = bytes(6), more: bool = False) -> bytes:
-    """A netif_extra_info (8 bytes: an rx slot; pad it to 12 for tx)."""
-    _check("extra type", type, 0, 0xFF)
-    if len(u) > 6:
-        raise ValueError(f"extra info data of {len(u)} bytes")
-    flags = XEN_NETIF_EXTRA_FLAG_MORE if more else 0
-    return bytes([type, flags]) + bytes(u) + bytes(6 - len(u))
-
-
-def make_gso_extra(size: int, gso_type: int, more: bool = False) -> bytes:
-    """The XEN_NETIF_EXTRA_TYPE_GSO extra info: MSS `size`, `gso_type`."""
-    _check("GSO size", size, 1, 0xFFFF)
-    _check("GSO type", gso_type, 0, 0xFF)
-    info = netif.netif_extra_info(type=XEN_NETIF_EXTRA_TYPE_GSO,
-                                  flags=XEN_NETIF_EXTRA_FLAG_MORE if more else 0)
-    info.u.gso.size = size
-    info.u.gso.type = gso_type
-    return bytes(info)
-
-
-@dataclass(frozen=True)
-class RxRequest:
-    """A posted rx buffer: echo `id`, copy into the page granted as `gref`."""
-
-    id: int
-    gref: int
-
-
-def parse_rx_request(raw: bytes | bytearray | memoryview) -> RxRequest:
-    """Decode an 8-byte rx ring entry (a private copy); never fails on 8
-    bytes, ValueError on others."""
-    data = bytes(raw)
-    if len(data) != RX_ENTRY_SIZE:
-        raise ValueError(f"an rx ring entry is {RX_ENTRY_SIZE} bytes, not {len(data)}")
-    req = netif.netif_rx_request.from_buffer_copy(data)
-    return RxRequest(req.id, req.gref)
 
 
 @dataclass(frozen=True)
@@ -149,19 +83,6 @@ class RxFeatures:
         them (GSO needs feature-sg: a GSO frame takes several pages)."""
         return Receiver(self.csum, self.ipv6_csum, self.gso_tcpv4 and self.sg,
                         self.gso_tcpv6 and self.sg)
-
-    @classmethod
-    def from_frontend(cls, nodes: Mapping[str, str]) -> RxFeatures:
-        """From the frontend directory's nodes (absent: the defaults)."""
-        def flag(name: str) -> bool:
-            return nodes.get(name, "0").strip() == "1"
-
-        mtu = nodes.get("mtu", "").strip()
-        return cls(sg=flag("feature-sg"), gso_tcpv4=flag("feature-gso-tcpv4"),
-                   gso_tcpv6=flag("feature-gso-tcpv6"),
-                   mtu=int(mtu) if mtu.isdigit() and 68 <= int(mtu) <= 65535 else 1500,
-                   csum=not flag("feature-no-csum-offload"),
-                   ipv6_csum=flag("feature-ipv6-csum-offload"))
 
     def accepts_gso(self, gso_type: int) -> bool:
         return ((gso_type == XEN_NETIF_GSO_TYPE_TCPV4 and self.gso_tcpv4)
@@ -305,8 +226,7 @@ def page_runs(places: list[int], page_size: int = xen.PAGE_SIZE) -> list[tuple[i
     return runs
 
 
-_RESPONSE = struct.Struct("<HHHh")
-assert _RESPONSE.size == RX_ENTRY_SIZE
+_RESPONSE = netif.RX_RESPONSE
 
 
 def rx_response_slots(ids: Sequence[int], lengths: Sequence[int], csum_flags: int = 0,
@@ -323,7 +243,7 @@ def rx_response_slots(ids: Sequence[int], lengths: Sequence[int], csum_flags: in
         data_ids = ids[1:]
     else:
         out = [pack(ids[0], 0, first_flags | NETRXF_extra_info, lengths[0]),
-               make_gso_extra(gso[1], gso[0])]
+               make_gso_extra(gso_type=gso[0], size=gso[1])]
         data_ids = ids[2:]
     out += [pack(id, 0, NETRXF_more_data if n < last else 0, length)
             for n, (id, length) in enumerate(zip(data_ids, lengths[1:]), 1)]
@@ -334,7 +254,7 @@ def rx_response_slots(ids: Sequence[int], lengths: Sequence[int], csum_flags: in
 def _gso_extra_halves(gso: tuple[int, int]) -> array:
     """make_gso_extra's slot as uint16s: a stream keeps its MSS, so the
     same few are asked for again and again."""
-    return array("H", make_gso_extra(gso[1], gso[0]))
+    return array("H", make_gso_extra(gso_type=gso[0], size=gso[1]))
 
 
 #: (id, offset, flags, status) halves of a full middle data slot's response.
@@ -413,5 +333,5 @@ def plan_rx(frame: bytes | bytearray | memoryview,
         if index == 0 and gso is not None:
             extra = posted[len(slots)]
             slots.append(RxSlot(extra.id, extra.gref,
-                                extra=make_gso_extra(gso[1], gso[0])))
+                                extra=make_gso_extra(gso_type=gso[0], size=gso[1])))
     return RxPlan(slots, size, gso, data)

@@ -2,7 +2,8 @@
 
 Every tx request netback reads is untrusted: the frontend may put any 12
 bytes in a slot, and may keep changing them while the backend looks.
-:func:`parse_tx` decodes a private copy and never fails on 12 bytes.
+:func:`netif.parse_tx_request` decodes a private copy and never fails on
+12 bytes.
 
 A packet is a chain of slots (io/netif.h): slot 1 (its ``size`` is the
 whole packet's), the extra info slots if slot 1 has NETTXF_extra_info
@@ -44,18 +45,16 @@ is not checked against ETH_HLEN.
 Responses: every slot consumed gets exactly one.  A request slot's carries
 its id; an extra slot's has status NETIF_RSP_NULL and id 0, and comes right
 after slot 1's (:meth:`TxPacket.responses`, :meth:`TxError.responses`: the
-(id, status) pairs in ring order; :func:`.rx.make_tx_response` encodes one).
+(id, status) pairs in ring order; :func:`netif.make_tx_response` encodes one).
 """
 
 from __future__ import annotations
 
-import ctypes
-import struct
 from array import array
 from dataclasses import dataclass
 from operator import add
-from typing import NamedTuple
 
+from domains.kernel.netpkt import ETH_HLEN
 from hypervisor.public import xen
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
@@ -75,51 +74,25 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
+    ExtraInfo,
+    TxRequest,
+    TxResponse,
+    extra_problem,
+    parse_extra,
 )
 
-from .rx import make_tx_response
+__all__ = ["ExtraInfo", "TxAssembler", "TxBlock", "TxError", "TxPacket", "TxRequest",
+           "parse_extra"]
 
 #: Bytes of one tx ring entry: 12.
 ENTRY_SIZE = netif.NETIF_TX_SRING_ENTRY_SIZE
-#: Bytes of an Ethernet header: the smallest packet accepted.
-ETH_HLEN = 14
 #: Most extra info slots a packet can carry (one of each type).
 MAX_EXTRAS = XEN_NETIF_EXTRA_TYPE_MAX - 1
-_EXTRA_SIZE = ctypes.sizeof(netif.netif_extra_info)
 
-#: (id, status) of one tx response.
-TxResponse = tuple[int, int]
-
-
-class TxRequest(NamedTuple):
-    """A decoded netif_tx_request."""
-
-    gref: int
-    offset: int
-    flags: int
-    id: int
-    size: int
-
-    @property
-    def more_data(self) -> bool:
-        return bool(self.flags & NETTXF_more_data)
-
-    @property
-    def extra_info(self) -> bool:
-        return bool(self.flags & NETTXF_extra_info)
-
-    def encode(self) -> bytes:
-        """The 12-byte ring entry."""
-        return _REQUEST.pack(*self)
-
-
-#: netif_tx_request, as the ring holds it (checked against the ctypes
-#: layout below).
-_REQUEST = struct.Struct("<IHHHH")
-assert _REQUEST.size == ctypes.sizeof(netif.netif_tx_request)
+_REQUEST = netif.TX_REQUEST
 #: A tx response in its 12-byte slot (netif_tx_response, then the rest of
 #: the slot, which keeps the request's bytes in C; zero here).
-_RESPONSE_SLOT = struct.Struct("<Hh8x")
+_RESPONSE_SLOT = netif.TX_RESPONSE_SLOT
 
 
 def _copy(raw: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
@@ -129,82 +102,11 @@ def _copy(raw: bytes | bytearray | memoryview, size: int, what: str) -> bytes:
     return data
 
 
-def parse_tx(raw: bytes | bytearray | memoryview) -> TxRequest:
-    """Decode one 12-byte tx ring entry as a request.  Never fails on 12
-    bytes; ValueError if `raw` is not one ring entry (a caller's bug)."""
-    return TxRequest._make(_REQUEST.unpack(_copy(raw, ENTRY_SIZE, "tx ring entry")))
-
-
-@dataclass(frozen=True)
-class ExtraInfo:
-    """A decoded netif_extra_info: `type`, `flags` and the 6 bytes of its
-    union `u`, read through the properties of the type's member."""
-
-    type: int
-    flags: int
-    u: bytes = bytes(6)
-
-    @property
-    def more(self) -> bool:
-        return bool(self.flags & XEN_NETIF_EXTRA_FLAG_MORE)
-
-    @property
-    def gso_size(self) -> int:
-        return int.from_bytes(self.u[0:2], "little")
-
-    @property
-    def gso_type(self) -> int:
-        return self.u[2]
-
-    @property
-    def gso_features(self) -> int:
-        return int.from_bytes(self.u[4:6], "little")
-
-    @property
-    def addr(self) -> bytes:
-        """u.mcast.addr: the MAC address of MCAST_ADD / MCAST_DEL."""
-        return self.u
-
-    @property
-    def hash_type(self) -> int:
-        return self.u[0]
-
-    @property
-    def hash_algorithm(self) -> int:
-        return self.u[1]
-
-    @property
-    def hash_value(self) -> int:
-        return int.from_bytes(self.u[2:6], "little")
-
-
-def parse_extra(raw: bytes | bytearray | memoryview) -> ExtraInfo:
-    """Decode an extra info from a tx ring entry (12 bytes) or an rx one
-    (8 bytes).  Never fails on those sizes; ValueError on others."""
-    data = bytes(raw)
-    if len(data) not in (ENTRY_SIZE, _EXTRA_SIZE):
-        raise ValueError(f"an extra info slot is {ENTRY_SIZE} or "
-                         f"{_EXTRA_SIZE} bytes, not {len(data)}")
-    return ExtraInfo(data[0], data[1], data[2:8])
-
-
-def check_extra(extra: ExtraInfo) -> str | None:
-    """Why `extra` is malformed, or None."""
-    if not 0 < extra.type < XEN_NETIF_EXTRA_TYPE_MAX:
-        return f"extra info of unknown type {extra.type}"
-    if extra.type == XEN_NETIF_EXTRA_TYPE_GSO:
-        if extra.gso_size == 0:
-            return "GSO extra with size 0"
-        if extra.gso_type not in (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6):
-            return f"GSO extra of unknown type {extra.gso_type}"
-    return None
-
-
 def _responses(ids: list[int], status: int, extra_count: int) -> list[TxResponse]:
     """Ring order: slot 1, its extras (NULL), slots 2..N."""
-    out: list[TxResponse] = [(ids[0], status)] if ids else []
-    out += [(0, NETIF_RSP_NULL)] * extra_count
-    out += [(id, status) for id in ids[1:]]
+    out = [TxResponse(ids[0], status)] if ids else []
+    out += [TxResponse(0, NETIF_RSP_NULL)] * extra_count
+    out += [TxResponse(id, status) for id in ids[1:]]
     return out
 
 
@@ -261,9 +163,6 @@ class TxPacket:
         """(id, status) for every slot the packet took, in ring order."""
         return _responses([s.id for s in self.slots], status, self.extra_count)
 
-    def response_bytes(self, status: int = NETIF_RSP_OKAY) -> list[bytes]:
-        return [make_tx_response(id, st) for id, st in self.responses(status)]
-
     def response_slots(self, status: int = NETIF_RSP_OKAY) -> bytes:
         """Every response as a whole 12-byte ring slot, in ring order: for
         BackRing.put_responses."""
@@ -296,9 +195,6 @@ class TxError:
     def responses(self) -> list[TxResponse]:
         return _responses(self.ids, self.status, self.extra_count)
 
-    def response_bytes(self) -> list[bytes]:
-        return [make_tx_response(id, st) for id, st in self.responses()]
-
     def response_slots(self) -> bytes:
         """Every response as a whole 12-byte ring slot, in ring order."""
         return _response_slots(self.ids, self.status, self.extra_count)
@@ -328,6 +224,13 @@ DEFAULT_LIMITS = TxLimits()
 #: A slot's low flags byte -> 1 if it has NETTXF_more_data, else 0: the
 #: last slot of a chain is the first 0 after its first slot (and extra).
 _MORE = bytes(1 if b & NETTXF_more_data else 0 for b in range(256))
+#: The low byte of a request's flags (little-endian).
+_FLAGS_LOW = netif.netif_tx_request.flags.offset
+_GREF, _OFFSET, _FLAGS, _ID, _SIZE = (netif.TX_REQUEST_GREF, netif.TX_REQUEST_OFFSET,
+                                     netif.TX_REQUEST_FLAGS, netif.TX_REQUEST_ID,
+                                     netif.TX_REQUEST_SIZE)
+assert (_GREF.code, _OFFSET.code, _FLAGS.code, _ID.code, _SIZE.code) == ("I", "H", "H", "H", "H")
+_GSO_EXTRA = netif.GSO_EXTRA
 _GSO_TYPES = (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6)
 
 #: A chain that passed every check: (end, frags, first_len, gso): its slots
@@ -356,19 +259,19 @@ class TxBlock:
             self.id, self.size = [id], [size]
             self._more = _MORE[flags & 0xFF:(flags & 0xFF) + 1]
             return
+        # One cast per width, sliced at netif's columns.
         halves = memoryview(entries).cast("H")
-        self.gref = memoryview(entries).cast("I")[0::3].tolist()
-        self.offset = halves[2::6].tolist()
-        self.flags = halves[3::6].tolist()
-        self.id = halves[4::6].tolist()
-        self.size = halves[5::6].tolist()
-        self._more = entries[6::ENTRY_SIZE].translate(_MORE)
+        self.gref = memoryview(entries).cast("I")[_GREF.start::_GREF.step].tolist()
+        self.offset = halves[_OFFSET.start::_OFFSET.step].tolist()
+        self.flags = halves[_FLAGS.start::_FLAGS.step].tolist()
+        self.id = halves[_ID.start::_ID.step].tolist()
+        self.size = halves[_SIZE.start::_SIZE.step].tolist()
+        self._more = entries[_FLAGS_LOW::ENTRY_SIZE].translate(_MORE)
 
     def extra(self, index: int) -> ExtraInfo:
         """Slot `index` read as an extra info."""
         at = index * ENTRY_SIZE
-        entries = self.entries
-        return ExtraInfo(entries[at], entries[at + 1], entries[at + 2:at + 8])
+        return parse_extra(self.entries[at:at + ENTRY_SIZE])
 
     def chain(self, start: int, limits: TxLimits = DEFAULT_LIMITS) -> Chain | None:
         """The chain whose slot 1 is `start`, if it lies whole in the block,
@@ -380,11 +283,10 @@ class TxBlock:
         if flags & NETTXF_extra_info:
             if frags >= self.count:
                 return None
-            entries, at = self.entries, frags * ENTRY_SIZE
-            if entries[at] != XEN_NETIF_EXTRA_TYPE_GSO or entries[at + 1] & XEN_NETIF_EXTRA_FLAG_MORE:
+            type_, extra_flags, gso_size, gso_type, _ = _GSO_EXTRA.unpack_from(
+                self.entries, frags * ENTRY_SIZE)
+            if type_ != XEN_NETIF_EXTRA_TYPE_GSO or extra_flags & XEN_NETIF_EXTRA_FLAG_MORE:
                 return None
-            gso_size = entries[at + 2] | entries[at + 3] << 8
-            gso_type = entries[at + 4]
             if gso_size == 0 or gso_type not in _GSO_TYPES:
                 return None
             gso = (gso_type, gso_size)
@@ -504,10 +406,6 @@ class TxAssembler:
         results = self.feed_block(_copy(raw, ENTRY_SIZE, "tx ring entry"))
         return results[0] if results else None
 
-    def feed_all(self, entries) -> list[TxPacket | TxError]:
-        """Feed every entry; the packets and errors that came out."""
-        return [r for r in map(self.feed, entries) if r is not None]
-
     def feed_block(self, entries: bytes) -> list[TxPacket | TxError]:
         """Feed whole 12-byte ring entries, as BackRing.get_requests copies
         them; the packets and errors that came out, in order.
@@ -613,7 +511,7 @@ class TxAssembler:
                     self._reset()
             return result
         self._extra_count += 1
-        problem = check_extra(extra)
+        problem = extra_problem(extra)
         if problem is None and extra.type in self._extras:
             problem = f"two extra infos of type {extra.type}"
         if problem is not None:

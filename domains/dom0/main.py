@@ -71,7 +71,7 @@ def main(kernel: Kernel) -> None:
     xenstored = Xenstored(kernel, run_dir)
     xenstored.start()
     xenstored.ready.wait()
-    kernel.xenstore = XenStoreClient(UnixTransport(str(xenstored.path)))
+    kernel.xenstore = XenStoreClient(UnixTransport(str(xenstored.path)), log=kernel.log)
     xenconsoled = Xenconsoled(kernel, run_dir, kernel.xenstore)
     xenconsoled.start()
     toolstack = Toolstack(xc, kernel.xenstore, platform, kernel.log, announce=progress,

@@ -40,6 +40,7 @@ from hypervisor.public.errno import (
     EINVAL,
     EIO,
     ENOENT,
+    EPERM,
     ESRCH,
     ETIMEDOUT,
     XenError,
@@ -667,7 +668,7 @@ class Toolstack:
 
     def destroy(self, dom: Managed) -> None:
         if dom.domid == 0:
-            raise XenError(ESRCH, "Domain-0 cannot be destroyed; use `pyxen halt`")
+            raise XenError(EPERM, "Domain-0 cannot be destroyed; use `pyxen halt`")
         self.domains.pop(dom.domid, None)
         try:
             self.xc.domain_destroy(dom.domid)

@@ -21,7 +21,6 @@ import select
 import signal
 import socket
 import sys
-import traceback
 
 import setproctitle
 
@@ -120,6 +119,11 @@ def main() -> None:
         start_info = standby.wait()
     else:
         start_info = json.loads(os.environ.pop(START_INFO_ENV))
+    if start_info.get("log_json"):
+        # Before anything can print or raise: every line of the log is JSON.
+        from domains.kernel.log import json_output
+
+        json_output(start_info["name"], start_info["domid"])
     from domains.kernel.kernel import Kernel, parse_cmdline
 
     own_net = "netns" in parse_cmdline(start_info.get("cmdline", ""))
@@ -159,7 +163,7 @@ def main() -> None:
         raise
     except BaseException:
         # A kernel panic: say why, and crash the domain as Xen guests do.
-        traceback.print_exc()
+        sys.excepthook(*sys.exc_info())  # JSON with --log-json (see log.py)
         sys.stdout.flush()
         if kernel.is_ready:
             kernel.shutdown(SHUTDOWN_crash)

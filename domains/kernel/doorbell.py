@@ -26,12 +26,13 @@ benchmarks").
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from typing import Callable
 
-PORT = struct.Struct("<I")
+from hypervisor.public.event_channel import PYXEN_EVTCHN_PORT
+
+PORT = PYXEN_EVTCHN_PORT
 
 
 def accepts(peers: dict[int, tuple[int, int]], sender: int, port: int) -> bool:

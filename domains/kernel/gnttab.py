@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import mmap
 import os
-import struct
 import threading
 from dataclasses import dataclass
 
 from domains.kernel.hypercall import Hypercalls
 from domains.kernel.memchan import MemChannel
 from hypervisor.public.errno import EBUSY, EIO, ENOSPC, XenError
+from hypervisor.public import grant_table
 from hypervisor.public.grant_table import (
     GNTMAP_host_map,
     GNTMAP_readonly,
@@ -43,10 +43,10 @@ from hypervisor.public.xen import (
     PYXEN_op_grant_window,
 )
 
-ENTRY = struct.Struct("<HHI")
-DOMID_FRAME = struct.Struct("<HI")
-FLAGS = struct.Struct("<H")
-STATUS = struct.Struct("<H")
+ENTRY = grant_table.GRANT_ENTRY_V1
+DOMID_FRAME = grant_table.GRANT_ENTRY_V1_TARGET
+FLAGS = grant_table.GRANT_ENTRY_V1_FLAGS
+STATUS = grant_table.PYXEN_GRANT_STATUS
 NR_RESERVED_ENTRIES = 8  # GNTTAB_NR_RESERVED_ENTRIES: console, xenstore, ...
 
 

@@ -108,7 +108,7 @@ class Kernel:
             self.console = Console(self)
             self.announce["console"] = self.console.announce
             # Prints and logs go to the console too (and to the domain log).
-            sys.stdout = ConsoleTee(sys.__stdout__, self.console)
+            sys.stdout = ConsoleTee(sys.stdout, self.console)  # JSON lines or not
             self.log = make_logger(self.name, self.domid,
                                    start_info.get("log_json", False), sys.stdout)
 

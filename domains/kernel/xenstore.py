@@ -29,4 +29,4 @@ def connect_ring(kernel) -> tuple[XenStoreClient, dict]:
     port = kernel.events.alloc_unbound(XENSTORE_DOMID)
     transport = RingTransport(XenstoreRing(page), notify=lambda: kernel.events.send(port))
     kernel.events.bind(port, lambda _port: transport.kick())
-    return XenStoreClient(transport), {"ring-ref": ref, "port": port, "mfn": window.gfn}
+    return XenStoreClient(transport, log=kernel.log), {"ring-ref": ref, "port": port, "mfn": window.gfn}

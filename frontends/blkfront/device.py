@@ -61,7 +61,6 @@ SECTORS_PER_PAGE = PAGE_SIZE // SECTOR
 RING_PAGE_ORDER = 2  # four pages: 128 requests in flight per queue
 POOL_PAGES = 1024  # 4 MiB of bounce pages shared with the backend
 DMA_PAGES = 2048   # 8 MiB for callers' DMA buffers (BlkfrontDevice.buffer)
-RESPONSE_SIZE = 16
 PROTOCOL = "arm-abi"  # XEN_IO_PROTO_ABI_ARM
 RECONNECT_TIMEOUT = 120.0
 LAYOUT_CACHE_SIZE = 512  # request layouts kept per connection (Connection.layout)
@@ -188,7 +187,7 @@ class Queue:
         self.kernel = conn.device.kernel
         self.view = conn.map[first_page * PAGE_SIZE:(first_page + nr_pages) * PAGE_SIZE]
         shared_ring_init(self.view)
-        self.ring = FrontRing(self.view, blkif.BLKIF_SRING_ENTRY_SIZE, RESPONSE_SIZE)
+        self.ring = FrontRing(self.view, blkif.BLKIF_SRING_ENTRY_SIZE, blkif.RESPONSE.size)
         self.refs = [conn.grant(first_page + i) for i in range(nr_pages)]
         self.shadow = Shadow(self.ring.size)
         self.pending: dict[int, IORequest] = {}

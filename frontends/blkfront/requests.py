@@ -11,30 +11,21 @@ raise ValueError.
 from __future__ import annotations
 
 import ctypes
-import struct
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from hypervisor.public import xen
 from hypervisor.public.io import blkif
-from hypervisor.public.io.blkif import (
-    BLKIF_DISCARD_SECURE,
-    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
-    BLKIF_MAX_SEGMENTS_PER_REQUEST,
-    BLKIF_OP_DISCARD,
-    BLKIF_OP_FLUSH_DISKCACHE,
-    BLKIF_OP_INDIRECT,
-    BLKIF_OP_READ,
-    BLKIF_OP_WRITE,
-    SEGS_PER_INDIRECT_FRAME,
-)
+from hypervisor.public.io.blkif import (BLKIF_DISCARD_SECURE,
+                                        BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
+                                        BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
+                                        BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
+                                        BLKIF_OP_READ, BLKIF_OP_WRITE, SEGS_PER_INDIRECT_FRAME)
 
 SegmentSpec = tuple[int, int, int]  # (gref, first_sect, last_sect)
 
 ENTRY_SIZE = blkif.BLKIF_SRING_ENTRY_SIZE
-RESPONSE_SIZE = ctypes.sizeof(blkif.blkif_response)
 SECTORS_PER_PAGE = xen.PAGE_SIZE // blkif.PYXEN_SECTOR_SIZE
 _U64 = 1 << 64
 _U32 = 1 << 32
@@ -141,31 +132,7 @@ def indirect(id: int, indirect_op: int, sector: int, nr_segments: int,
                                handle, *grefs)
 
 
-def _slot_struct(ctype: type, names: tuple[str, ...]) -> struct.Struct:
-    """A struct writing fields `names` of the ctypes ABI class `ctype` at
-    the offsets ctypes gives them, padding zeroed, to a whole ring slot."""
-    fmt, at = "=", 0
-    for name in names:
-        field, kind = getattr(ctype, name), dict(ctype._fields_)[name]
-        count = 1
-        if issubclass(kind, ctypes.Array):
-            count, kind = kind._length_, kind._type_
-        code = {1: "B", 2: "H", 4: "I", 8: "Q"}[ctypes.sizeof(kind)]
-        fmt += "x" * (field.offset - at) + (str(count) if count > 1 else "") + code
-        at = field.offset + field.size
-    return struct.Struct(fmt + "x" * (ENTRY_SIZE - at))
-
-
-_INDIRECT_SLOT = _slot_struct(blkif.blkif_request_indirect,
-                              ("operation", "indirect_op", "nr_segments", "id",
-                               "sector_number", "handle", "indirect_grefs"))
-_sample = blkif.blkif_request_indirect(operation=BLKIF_OP_INDIRECT, indirect_op=1,
-                                       nr_segments=300, id=2**64 - 3, sector_number=77,
-                                       handle=0xBEEF)
-_sample.indirect_grefs[1] = 2**32 - 5
-assert _INDIRECT_SLOT.pack(BLKIF_OP_INDIRECT, 1, 300, 2**64 - 3, 77, 0xBEEF,
-                           0, 2**32 - 5, *[0] * 6) == _slot(_sample)
-del _sample
+_INDIRECT_SLOT = blkif.REQUEST_INDIRECT
 
 
 def indirect_pages(segments: Sequence[SegmentSpec]) -> list[bytes]:
@@ -275,24 +242,6 @@ def fill_indirect_pages(buf: memoryview, offsets: Sequence[int],
         buf[start + used:start + xen.PAGE_SIZE] = bytes(xen.PAGE_SIZE - used)
 
 
-@dataclass(frozen=True)
-class Response:
-    id: int
-    operation: int
-    status: int
-
-
-# blkif_response with native alignment, as the ctypes ABI class lays it:
-# id at 0, operation at 8, status at 10, 16 bytes (checked below).
-_RESPONSE = struct.Struct("@QBxh4x")
-assert _RESPONSE.size == RESPONSE_SIZE
-assert _RESPONSE.unpack(bytes(blkif.blkif_response(id=2**64 - 2, operation=7,
-                                                   status=-2))) == (2**64 - 2, 7, -2)
-
-
-def parse_response(raw: bytes | bytearray | memoryview) -> Response:
-    """Decode a blkif_response (the first 16 bytes of `raw`, copied)."""
-    data = bytes(raw[:RESPONSE_SIZE])
-    if len(data) != RESPONSE_SIZE:
-        raise ValueError(f"a response is {RESPONSE_SIZE} bytes, not {len(data)}")
-    return Response(*_RESPONSE.unpack(data))
+#: A decoded blkif_response, and its decoder (hypervisor.public.io.blkif).
+Response = blkif.BlkifResponse
+parse_response = blkif.parse_response

@@ -74,8 +74,7 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
 )
-from hypervisor.public.io.ring import (FrontRing, RingError, RingFull, _xen_rmb,
-                                      shared_ring_init)
+from hypervisor.public.io.ring import (FrontRing, RingError, shared_ring_init)
 from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.xen import PAGE_SIZE
 
@@ -106,27 +105,6 @@ PUSH_EVERY = 16
 
 class NetfrontError(OSError):
     pass
-
-
-def _put_requests(ring: FrontRing, entries: bytes) -> None:
-    """FrontRing.put_requests without its index descriptors (a Python
-    call per access): a few times per frame on the data path."""
-    idx = ring._req_prod_pvt
-    n = len(entries) // ring.entry_size
-    if n > ring.size - ((idx - ring._rsp_cons) & 0xFFFFFFFF):
-        raise RingFull(f"{n} requests, {ring.free_requests()} slots free")
-    ring._copy_in(idx, entries)
-    ring._req_prod_pvt = (idx + n) & 0xFFFFFFFF
-
-
-def _take_responses(ring: FrontRing, n: int) -> bytes:
-    """FrontRing.get_responses for `n` responses has_unconsumed_responses
-    just counted, without its index descriptors."""
-    _xen_rmb()  # read the responses only /after/ seeing rsp_prod cover them
-    cons = ring._rsp_cons
-    data = ring._copy_out(cons, n)
-    ring._rsp_cons = (cons + n) & 0xFFFFFFFF
-    return data
 
 
 class NetfrontDevice:
@@ -371,7 +349,7 @@ class NetfrontDevice:
         if n:
             # A slot's id is its page's number (TxPageEncoder): the pages
             # answered are free again, in the order they went.
-            self.tx_pages += self.shadow.complete_ids(_take_responses(tx, n))
+            self.tx_pages += self.shadow.complete_ids(tx.take_responses(n))
 
     def _room(self, nr_pages: int, nslots: int, staged: int) -> bool:
         """Under tx_lock: whether a frame of `nr_pages` pages and `nslots`
@@ -570,7 +548,7 @@ class NetfrontDevice:
             self.log.info("tx frame dropped", error=str(exc))
             self.tx_pages += pages
             return False
-        _put_requests(tx, entries)
+        tx.put_requests(entries)
         self.tx_unpushed += 1
         if self.tx_unpushed >= PUSH_EVERY:
             return self._push_locked()
@@ -616,8 +594,8 @@ class NetfrontDevice:
                     # A few frames at a time: their buffers go back to the
                     # backend sooner.
                     n = min(n, RX_BATCH)
-                    start = rx._rsp_cons & mask
-                    entries = _take_responses(rx, n)
+                    start = rx.rsp_cons & mask
+                    entries = rx.take_responses(n)
                     for result in assembler.feed_ring(entries, rx_pages, start, area):
                         if type(result) is RxFrame:
                             to_tap(result)
@@ -625,11 +603,11 @@ class NetfrontDevice:
                     # the same ring positions (slot i always posts page i),
                     # but not those of a frame still under way: the backend
                     # could fill them before we read them.
-                    done = (rx._rsp_cons - assembler.partial_slots) & 0xFFFFFFFF
-                    count = (done - (rx._req_prod_pvt - rx.size)) & 0xFFFFFFFF
+                    count = rx.free_requests_upto(
+                        (rx.rsp_cons - assembler.partial_slots) & 0xFFFFFFFF)
                     if count:
-                        at = rx._req_prod_pvt & mask
-                        _put_requests(rx, self.rx_requests[at * RX_ENTRY:(at + count) * RX_ENTRY])
+                        at = rx.req_prod_pvt & mask
+                        rx.put_requests(self.rx_requests[at * RX_ENTRY:(at + count) * RX_ENTRY])
                         if rx.push_requests_and_check_notify():
                             self.kernel.events.send(self.rx_port)
             except RingError as exc:

@@ -33,13 +33,10 @@ state machine of :meth:`RxAssembler.feed`, which decides alike.
 
 from __future__ import annotations
 
-import ctypes
-import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import add, getitem
-from typing import NamedTuple
 
 from hypervisor.public import xen
 from hypervisor.public.io import netif
@@ -55,77 +52,21 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
+    ExtraInfo,
+    RxResponse,
+    extra_problem,
+    make_rx_request,
+    parse_extra,
+    parse_rx_response,
 )
+
+__all__ = ["ExtraInfo", "RxAssembler", "RxError", "RxFrame", "RxResponse",
+           "make_rx_request", "parse_extra", "parse_rx_response"]
 
 ENTRY_SIZE = netif.NETIF_RX_SRING_ENTRY_SIZE  # 8: request, response, extra
 PAGE_SIZE = xen.PAGE_SIZE
 MAX_EXTRAS = XEN_NETIF_EXTRA_TYPE_MAX - 1
-_RSP_SIZE = ctypes.sizeof(netif.netif_rx_response)
-_RESPONSE = struct.Struct("<HHHh")
-assert _RESPONSE.size == _RSP_SIZE
-
-
-def make_rx_request(id: int, gref: int) -> bytes:
-    """An rx request (8 bytes) posting the page granted as `gref`."""
-    if not 0 <= id <= 0xFFFF:
-        raise ValueError(f"rx id {id} does not fit in 16 bits")
-    if not 0 <= gref < 1 << 32:
-        raise ValueError(f"grant ref {gref} does not fit in 32 bits")
-    return bytes(netif.netif_rx_request(id=id, gref=gref))
-
-
-class RxResponse(NamedTuple):
-    id: int
-    offset: int
-    flags: int
-    status: int
-
-    @property
-    def more_data(self) -> bool:
-        return bool(self.flags & NETRXF_more_data)
-
-
-def parse_rx_response(raw: bytes | bytearray | memoryview) -> RxResponse:
-    """Decode an rx response (8 bytes, copied first)."""
-    if len(raw) != _RSP_SIZE:
-        raise ValueError(f"an rx response is {_RSP_SIZE} bytes, not {len(raw)}")
-    return RxResponse._make(_RESPONSE.unpack(bytes(raw)))
-
-
-class Extra(NamedTuple):
-    """A decoded netif_extra_info: type, flags, the union's 6 bytes."""
-
-    type: int
-    flags: int
-    u: bytes
-
-    @property
-    def more(self) -> bool:
-        return bool(self.flags & XEN_NETIF_EXTRA_FLAG_MORE)
-
-    @property
-    def gso(self) -> tuple[int, int]:
-        """(u.gso.type, u.gso.size)."""
-        return self.u[2], int.from_bytes(self.u[0:2], "little")
-
-
-def parse_extra(raw: bytes | bytearray | memoryview) -> Extra:
-    data = bytes(raw)
-    if len(data) < ctypes.sizeof(netif.netif_extra_info):
-        raise ValueError(f"an extra info is 8 bytes, not {len(data)}")
-    return Extra(data[0], data[1], data[2:8])
-
-
-def _extra_problem(extra: Extra) -> str | None:
-    if not 0 < extra.type < XEN_NETIF_EXTRA_TYPE_MAX:
-        return f"extra info of unknown type {extra.type}"
-    if extra.type == XEN_NETIF_EXTRA_TYPE_GSO:
-        gso_type, size = extra.gso
-        if size == 0:
-            return "GSO extra with size 0"
-        if gso_type not in (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6):
-            return f"GSO extra of unknown type {gso_type}"
-    return None
+_RESPONSE = netif.RX_RESPONSE
 
 
 _UNKNOWN: tuple = ()  # RxFrame.gso not looked up yet
@@ -138,7 +79,7 @@ class RxFrame:
 
     __slots__ = ("chunks", "flags", "extras", "nr_slots", "size", "_gso")
 
-    def __init__(self, chunks: tuple[memoryview, ...], flags: int, extras: dict[int, Extra],
+    def __init__(self, chunks: tuple[memoryview, ...], flags: int, extras: dict[int, ExtraInfo],
                  nr_slots: int, size: int, gso: tuple[int, int] | None = _UNKNOWN) -> None:
         self.chunks, self.flags, self.extras = chunks, flags, extras
         self.nr_slots, self.size = nr_slots, size
@@ -197,8 +138,12 @@ class RxError:
 
 
 _FIRST, _EXTRAS, _FRAGS = "first", "extras", "frags"
-#: Byte 4 of a response slot is the low byte of its flags: 1 where
+#: The low byte of a response's flags (little-endian) -> 1 where
 #: NETRXF_more_data is set, 0 where the chain ends.
+_FLAGS_LOW = netif.netif_rx_response.flags.offset
+_OFFSET, _FLAGS, _STATUS = (netif.RX_RESPONSE_OFFSET, netif.RX_RESPONSE_FLAGS,
+                            netif.RX_RESPONSE_STATUS)
+assert (_OFFSET.code, _FLAGS.code, _STATUS.code) == ("H", "H", "h")
 _MORE_TABLE = bytes(1 if b & NETRXF_more_data else 0 for b in range(256))
 assert NETRXF_more_data < 0x100
 _NATIVE_LE = sys.byteorder == "little"
@@ -214,7 +159,7 @@ class RxAssembler:
         self.sg = sg
         self.max_slots = max_slots
         self.page_size = page_size
-        self._extra_cache: dict[bytes, tuple[Extra, tuple[int, int]] | bool] = {}
+        self._extra_cache: dict[bytes, tuple[ExtraInfo, tuple[int, int]] | bool] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -223,7 +168,7 @@ class RxAssembler:
         self._size = 0
         self._flags = 0
         self._first_more = False
-        self._extras: dict[int, Extra] = {}
+        self._extras: dict[int, ExtraInfo] = {}
         self._data_slots = 0
         self._extra_slots = 0
         self._problem: str | None = None
@@ -276,12 +221,14 @@ class RxAssembler:
             while index < n:
                 index = self._slowly(entries, index, n, pages, start, ring, out)
             return out
+        # One cast per width, sliced at netif's columns (Column.read would
+        # cast per column: a frame's worth of time on small frames).
         view = memoryview(entries)
         half = view.cast("H")
-        offsets = half[1::4].tolist()
-        flags = half[2::4].tolist()
-        statuses = view.cast("h")[3::4].tolist()
-        more = entries[4::ENTRY_SIZE].translate(_MORE_TABLE)
+        offsets = half[_OFFSET.start::_OFFSET.step].tolist()
+        flags = half[_FLAGS.start::_FLAGS.step].tolist()
+        statuses = view.cast("h")[_STATUS.start::_STATUS.step].tolist()
+        more = entries[_FLAGS_LOW::ENTRY_SIZE].translate(_MORE_TABLE)
         page_size, max_slots, sg = self.page_size, self.max_slots, self.sg
         # A chain the previous block left under way.
         while index < n and self._state != _FIRST:
@@ -303,7 +250,7 @@ class RxAssembler:
                         out.append(self._finish())
                     continue
             index = self._slowly(entries, index, index + 1, pages, start, ring, out)
-        extras: dict[int, Extra]
+        extras: dict[int, ExtraInfo]
         extra_cache = self._extra_cache
         while index < n:
             first_flags = flags[index]
@@ -375,15 +322,16 @@ class RxAssembler:
             index = end
         return out
 
-    def _good_gso_extra(self, raw: bytes) -> tuple[Extra, tuple[int, int]] | bool:
+    def _good_gso_extra(self, raw: bytes) -> tuple[ExtraInfo, tuple[int, int]] | bool:
         """A lone GSO extra the fast path takes as it is: (the Extra, its
         (type, size)); False for any other (the state machine decides),
         remembered either way."""
-        known: tuple[Extra, tuple[int, int]] | bool = False
-        if (len(raw) == ENTRY_SIZE and raw[0] == XEN_NETIF_EXTRA_TYPE_GSO
-                and not raw[1] & XEN_NETIF_EXTRA_FLAG_MORE
-                and raw[4] in _GSO_TYPES and raw[2] | raw[3]):
-            known = (Extra(raw[0], raw[1], raw[2:8]), (raw[4], raw[2] | raw[3] << 8))
+        known: tuple[ExtraInfo, tuple[int, int]] | bool = False
+        if len(raw) == ENTRY_SIZE:
+            type_, flags, size, gso_type, _ = netif.GSO_EXTRA.unpack(raw)
+            if (type_ == XEN_NETIF_EXTRA_TYPE_GSO and not flags & XEN_NETIF_EXTRA_FLAG_MORE
+                    and gso_type in _GSO_TYPES and size):
+                known = (parse_extra(raw), (gso_type, size))
         if len(self._extra_cache) >= 32:  # the backend picks them: keep a few
             self._extra_cache.clear()
         self._extra_cache[raw] = known
@@ -491,9 +439,9 @@ class RxAssembler:
             return None
         return self._finish()
 
-    def _extra(self, extra: Extra) -> RxFrame | RxError | None:
+    def _extra(self, extra: ExtraInfo) -> RxFrame | RxError | None:
         self._extra_slots += 1
-        problem = _extra_problem(extra)
+        problem = extra_problem(extra)
         if problem is None and extra.type in self._extras:
             problem = f"two extra infos of type {extra.type}"
         if problem is None and self._extra_slots > MAX_EXTRAS:

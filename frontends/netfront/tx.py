@@ -30,12 +30,10 @@ Not thread-safe: the caller serialises access (one lock per ring).
 
 from __future__ import annotations
 
-import ctypes
 import struct
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import compress
 from operator import add
 from typing import Any
@@ -51,30 +49,27 @@ from hypervisor.public.io.netif import (
     NETTXF_data_validated,
     NETTXF_extra_info,
     NETTXF_more_data,
-    XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
     XEN_NETIF_TX_RING_SIZE,
+    TxResponse,
+    make_gso_extra,
+    parse_extra,
+    parse_tx_response,
 )
+from hypervisor.public.pyxen.layout import repeated
 
 #: Bytes of one tx ring entry: 12.
 ENTRY_SIZE = netif.NETIF_TX_SRING_ENTRY_SIZE
-RESPONSE_SIZE = ctypes.sizeof(netif.netif_tx_response)
 PAGE_SIZE = xen.PAGE_SIZE
 #: Flags the caller may set on a frame (the rest are the chain's).
 CSUM_FLAGS = NETTXF_csum_blank | NETTXF_data_validated
 
 Segment = tuple[int, int, int]  # (gref, offset in the page, length)
-#: netif_tx_request and netif_tx_response as the ring holds them (checked
-#: against the ctypes layouts).
-_REQUEST = struct.Struct("<IHHHH")
-_RESPONSE = struct.Struct("<Hh")
-_RESPONSE_SLOT = struct.Struct("<Hh8x")  # a response in its 12-byte slot
-_GSO_EXTRA = struct.Struct("<BBHBxH4x")  # netif_extra_info.u.gso, in a tx slot
-assert _REQUEST.size == ctypes.sizeof(netif.netif_tx_request) == ENTRY_SIZE
-assert _RESPONSE.size == RESPONSE_SIZE
+_REQUEST = netif.TX_REQUEST
+_RESPONSE_SLOT = netif.TX_RESPONSE_SLOT  # a response in its 12-byte slot
 
 
 def split_frame(frame: bytes | bytearray | memoryview, offset: int = 0,
@@ -93,24 +88,23 @@ def split_frame(frame: bytes | bytearray | memoryview, offset: int = 0,
     return pieces
 
 
-def make_gso_extra(gso_type: int, size: int) -> bytes:
-    """A GSO extra info tx slot (12 bytes): segment into `size`-byte
-    (MSS) TCP segments of `gso_type`."""
+def gso_extra_slot(gso: tuple[int, int]) -> bytes:
+    """The GSO extra info tx slot (12 bytes) of `gso` = (gso_type, MSS):
+    segment into MSS-byte TCP segments of that type."""
+    gso_type, size = gso
     if gso_type not in (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6):
         raise ValueError(f"GSO type {gso_type}")
-    if not 0 < size <= 0xFFFF:
-        raise ValueError(f"GSO size {size}")
-    return _GSO_EXTRA.pack(XEN_NETIF_EXTRA_TYPE_GSO, 0, size, gso_type, 0)
+    return make_gso_extra(gso_type=gso_type, size=size, slot=ENTRY_SIZE)
 
 
 #: struct formats of n request slots, and each slot's flags but the first's
 #: (NETTXF_more_data but the last): built once, a frame is one pack call.
-_REQUESTS = [struct.Struct("<" + "IHHHH" * n) for n in range(XEN_NETIF_NR_SLOTS_MIN + 1)]
+_REQUESTS = [repeated(_REQUEST, n) for n in range(XEN_NETIF_NR_SLOTS_MIN + 1)]
 _CHAIN_FLAGS = [(NETTXF_more_data,) * (n - 1) + (0,) for n in range(XEN_NETIF_NR_SLOTS_MIN + 1)]
 
 
 def _check_gso(gso: tuple[int, int] | None) -> bytes | None:
-    return None if gso is None else make_gso_extra(*gso)
+    return None if gso is None else gso_extra_slot(gso)
 
 
 def tx_entries(segments: Sequence[Segment], ids: Sequence[int], *,
@@ -188,10 +182,10 @@ _GSO_EXTRAS: dict[tuple[int, int], bytes] = {}
 
 
 def _gso_extra(gso: tuple[int, int]) -> bytes:
-    """make_gso_extra, remembered: a flow's frames all have the same."""
+    """gso_extra_slot, remembered: a flow's frames all have the same."""
     extra = _GSO_EXTRAS.get(gso)
     if extra is None:
-        extra = make_gso_extra(*gso)
+        extra = gso_extra_slot(gso)
         if len(_GSO_EXTRAS) >= 64:
             _GSO_EXTRAS.clear()
         _GSO_EXTRAS[gso] = extra
@@ -255,20 +249,6 @@ class TxPageEncoder:
         if consecutive:
             return b"".join((head, self._run[(first + 1) * ENTRY_SIZE:last * ENTRY_SIZE], tail))
         return b"".join((head, *map(self._whole.__getitem__, pages[1:-1]), tail))
-
-
-@dataclass(frozen=True)
-class TxResponse:
-    id: int
-    status: int
-
-
-def parse_tx_response(raw: bytes | bytearray | memoryview) -> TxResponse:
-    """Decode a netif_tx_response (the first 4 bytes of `raw`, copied)."""
-    data = bytes(raw[:RESPONSE_SIZE])
-    if len(data) != RESPONSE_SIZE:
-        raise ValueError(f"a tx response is {RESPONSE_SIZE} bytes, not {len(data)}")
-    return TxResponse(*_RESPONSE.unpack(data))
 
 
 class NetfrontProtocolError(Exception):
@@ -350,8 +330,7 @@ class TxShadowPacket:
     def gso(self) -> tuple[int, int] | None:
         if not self.nr_extras:
             return None
-        _, _, size, gso_type, _ = _GSO_EXTRA.unpack_from(self.entries, ENTRY_SIZE)
-        return gso_type, size
+        return parse_extra(self.entries[ENTRY_SIZE:2 * ENTRY_SIZE]).gso
 
     @property
     def statuses(self) -> dict[int, int]:
@@ -393,14 +372,16 @@ class TxShadowPacket:
 
 
 _STATUSES = (NETIF_RSP_OKAY, NETIF_RSP_ERROR, NETIF_RSP_DROPPED)
+_IDS, _STATUSES_READ = netif.TX_RESPONSE_ID, netif.TX_RESPONSE_STATUS
+assert (_IDS.code, _STATUSES_READ.code) == ("H", "h")
 
 
 def _answers(entries: bytes) -> tuple[list[int], list[int], int]:
     """The ids and statuses of whole tx response slots (native little-
     endian), without the NETIF_RSP_NULL ones, and how many those were."""
-    view = memoryview(entries)
-    ids = view.cast("H")[0::ENTRY_SIZE // 2].tolist()
-    statuses = view.cast("h")[1::ENTRY_SIZE // 2].tolist()
+    view = memoryview(entries)  # one cast per width, sliced at netif's columns
+    ids = view.cast("H")[_IDS.start::_IDS.step].tolist()
+    statuses = view.cast("h")[_STATUSES_READ.start::_STATUSES_READ.step].tolist()
     nulls = statuses.count(NETIF_RSP_NULL)
     if nulls:
         _drop_nulls(ids, statuses, nulls)

@@ -17,6 +17,8 @@ and the matching ``struct evtchn_*``:
 
 import ctypes
 
+from .pyxen.layout import scalar
+
 from .xen import domid_t, xen_ulong_t
 
 # ` enum event_channel_op { // EVTCHNOP_* => struct evtchn_*
@@ -233,3 +235,8 @@ class evtchn_fifo_control_block(ctypes.Structure):
 PYXEN_SHINFO_PENDING_OFFSET = 4096
 PYXEN_SHINFO_MASK_OFFSET = PYXEN_SHINFO_PENDING_OFFSET + EVTCHN_2L_NR_CHANNELS
 PYXEN_SHINFO_SIZE = PYXEN_SHINFO_MASK_OFFSET + EVTCHN_2L_NR_CHANNELS
+
+
+#: pyxen's event message: the port an upcall (hypervisor -> domain) or a
+#: doorbell (domain -> domain) is for, one evtchn_port_t; both ends use it.
+PYXEN_EVTCHN_PORT = scalar(evtchn_port_t)

@@ -20,6 +20,7 @@ field; ``GNTTABOP_error_msgs[-status]`` describes them.
 import ctypes
 
 from . import xen
+from .pyxen.layout import layout, scalar
 from .xen import XEN_GUEST_HANDLE, domid_t, xen_pfn_t
 
 # Reference to a grant entry in a specified domain's grant table.
@@ -374,3 +375,18 @@ GNTTABOP_error_msgs: list[str] = [
 # pyxen: the most ops one grant_table_op hypercall may carry (a hypercall is
 # one message; Xen bounds its batches by preemption instead).
 PYXEN_GNTTAB_MAX_BATCH = 512
+
+
+# -- the byte codecs of a grant table, for the granter (a domain's kernel)
+# and for Xen (the hypervisor's grant table): built from the ctypes layout.
+
+#: A grant_entry_v1: flags, domid, frame (8 bytes).
+GRANT_ENTRY_V1 = layout(grant_entry_v1)
+#: domid and frame, from grant_entry_v1.domid on: introducing an entry
+#: writes them before its flags, and leaves the flags' bytes alone.
+GRANT_ENTRY_V1_TARGET = layout(grant_entry_v1, ("domid", "frame"),
+                               base=grant_entry_v1.domid.offset)
+#: The flags word alone (at the entry's start).
+GRANT_ENTRY_V1_FLAGS = layout(grant_entry_v1, ("flags",))
+#: pyxen's status word per ref (v2's grant_status_t), beside the v1 table.
+PYXEN_GRANT_STATUS = scalar(grant_status_t)

@@ -1,10 +1,7 @@
-"""Framing of the xenstore wire protocol (io/xs_wire.h), and payload parsing.
-
-Every message is a 16-byte `xsd_sockmsg` header (type, req_id, tx_id, len:
-little-endian uint32) and `len` bytes of payload. A header announcing more
-than XENSTORE_PAYLOAD_MAX bytes is a protocol violation: xenstored drops
-the connection (docs/misc/xenstore.txt), so :class:`Decoder` raises
-:class:`WireError` and stays broken.
+"""xenstored's side of the xenstore wire protocol (io/xs_wire.h): replies and
+payload parsing.  The framing itself (the `xsd_sockmsg` header,
+:class:`Message`, :class:`Decoder`, :func:`encode`) is the ABI module's,
+shared with the xenbus client.
 
 Payloads are NUL-terminated strings. The helpers here parse them the way
 xenstored's C does: :func:`get_strings` (the strings up to the last NUL,
@@ -15,98 +12,18 @@ anything after it ignored), :func:`count_strings` (the number of NULs),
 
 from __future__ import annotations
 
-import ctypes
-import struct
-from dataclasses import dataclass
-
 from hypervisor.public.io.xs_wire import (
-    XENSTORE_PAYLOAD_MAX,
     XS_ERROR,
-    xsd_sockmsg,
-    xsd_sockmsg_type,
+    XSD_SOCKMSG,
+    Decoder,
+    Message,
+    WireError,
+    encode,
 )
 
-HEADER = struct.Struct("<IIII")
-HEADER_SIZE = HEADER.size
-assert HEADER_SIZE == ctypes.sizeof(xsd_sockmsg)
+__all__ = ["Decoder", "HEADER_SIZE", "Message", "WireError", "encode"]
 
-
-@dataclass(frozen=True)
-class Message:
-    """One xenstore message: an xsd_sockmsg header's fields and the payload."""
-
-    type: int
-    req_id: int
-    tx_id: int
-    payload: bytes
-
-    @property
-    def type_name(self) -> str:
-        try:
-            return xsd_sockmsg_type(self.type).name
-        except ValueError:
-            return f"UNKNOWN({self.type})"
-
-
-class WireError(Exception):
-    """A framing violation: the connection must be closed.
-
-    `messages` are the complete messages that preceded the violation in the
-    data fed; they were well formed and are still to be handled."""
-
-    def __init__(self, reason: str, messages: list[Message] | None = None) -> None:
-        super().__init__(reason)
-        self.messages = list(messages or [])
-
-
-def encode(msg: Message) -> bytes:
-    """The bytes of `msg` on the wire: header, then payload."""
-    return HEADER.pack(msg.type, msg.req_id, msg.tx_id, len(msg.payload)) + msg.payload
-
-
-class Decoder:
-    """Splits a byte stream, fed in arbitrary pieces, into messages."""
-
-    def __init__(self, max_payload: int = XENSTORE_PAYLOAD_MAX) -> None:
-        self._buf = bytearray()
-        self._max = max_payload
-        self._broken: str | None = None
-
-    @property
-    def pending(self) -> int:
-        """Bytes received that do not make a complete message yet."""
-        return len(self._buf)
-
-    @property
-    def broken(self) -> bool:
-        return self._broken is not None
-
-    def feed(self, data: bytes) -> list[Message]:
-        """Append `data`; return the messages it completes, in order."""
-        if self._broken is not None:
-            raise WireError(self._broken)
-        buf = self._buf
-        buf += data
-        out: list[Message] = []
-        pos = 0
-        try:
-            while len(buf) - pos >= HEADER_SIZE:
-                type_, req_id, tx_id, length = HEADER.unpack_from(buf, pos)
-                if length > self._max:
-                    # Checked as soon as the header is complete, as Xen does.
-                    self._broken = (f"header announces a {length}-byte payload "
-                                    f"(at most {self._max})")
-                    pos = len(buf)
-                    raise WireError(self._broken, out)
-                end = pos + HEADER_SIZE + length
-                if len(buf) < end:
-                    break
-                out.append(Message(type_, req_id, tx_id,
-                                   bytes(buf[pos + HEADER_SIZE:end])))
-                pos = end
-        finally:
-            del buf[:pos]
-        return out
+HEADER_SIZE = XSD_SOCKMSG.size
 
 
 # -- replies ------------------------------------------------------------------------

@@ -21,12 +21,11 @@ WATCH ``path|token|``, event ``path|token|``.
 
 from __future__ import annotations
 
-import ctypes
-import logging
 import queue
-import struct
 import threading
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
+
+import structlog
 
 from domains.kernel.xenbus.transport import Transport
 from hypervisor.public import errno as xen_errno
@@ -54,14 +53,10 @@ from hypervisor.public.io.xs_wire import (
     XS_WATCH,
     XS_WATCH_EVENT,
     XS_WRITE,
-    xsd_sockmsg,
+    XSD_SOCKMSG,
+    Decoder,
     xsd_sockmsg_type,
 )
-
-log = logging.getLogger(__name__)
-
-HEADER = struct.Struct("<IIII")  # xsd_sockmsg: type, req_id, tx_id, len
-assert HEADER.size == ctypes.sizeof(xsd_sockmsg) == 16
 
 XBT_NULL = 0
 DIRECTORY_PART_RETRIES = 5
@@ -93,27 +88,6 @@ class XsClosed(XsError):
 
     def __init__(self, message: str = "connection closed") -> None:
         super().__init__("EIO", message)
-
-
-class FrameDecoder:
-    """Incremental xsd_sockmsg decoder: feed bytes, get whole messages."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-        """Yields (type, req_id, tx_id, payload) for each complete frame."""
-        self._buf += data
-        while len(self._buf) >= HEADER.size:
-            mtype, req_id, tx_id, length = HEADER.unpack_from(self._buf)
-            if length > XENSTORE_PAYLOAD_MAX:
-                raise XsError("EIO", f"reply of {length} bytes exceeds the payload maximum")
-            end = HEADER.size + length
-            if len(self._buf) < end:
-                return
-            payload = bytes(self._buf[HEADER.size:end])
-            del self._buf[:end]
-            yield mtype, req_id, tx_id, payload
 
 
 def _b(s: Str) -> bytes:
@@ -161,9 +135,13 @@ class _Waiter:
 class XenStoreClient:
     """A connection to xenstored over any :class:`Transport`."""
 
-    def __init__(self, transport: Transport, *, name: str = "xenstore") -> None:
+    def __init__(self, transport: Transport, *, name: str = "xenstore",
+                 log: Any = None) -> None:
         self.transport = transport
         self.name = name
+        # The kernel's structlog logger (JSON lines with --log-json), so that
+        # what the client reports lands in the domain's log as every line does.
+        self.log = (log if log is not None else structlog.get_logger()).bind(xenstore=name)
         self._lock = threading.Lock()           # _pending, _next_id, _closed, _watches
         self._send_lock = threading.Lock()      # one whole frame at a time
         self._pending: dict[int, _Waiter] = {}
@@ -199,7 +177,7 @@ class XenStoreClient:
             self._pending[rid] = waiter
         try:
             with self._send_lock:
-                self.transport.send(HEADER.pack(mtype, rid, tx, len(payload)) + payload)
+                self.transport.send(XSD_SOCKMSG.pack(mtype, rid, tx, len(payload)) + payload)
         except Exception as exc:
             with self._lock:
                 self._pending.pop(rid, None)
@@ -217,27 +195,28 @@ class XenStoreClient:
         return body
 
     def _read_loop(self) -> None:
-        decoder = FrameDecoder()
+        decoder = Decoder()
         reason: BaseException = XsClosed("xenstored closed the connection")
         try:
             while True:
                 data = self.transport.recv()
                 if not data:
                     break
-                for mtype, rid, _tx, payload in decoder.feed(data):
+                for msg in decoder.feed(data):
+                    mtype, rid, payload = msg.type, msg.req_id, msg.payload
                     if mtype == XS_WATCH_EVENT:
                         self._events.put(payload)
                         continue
                     with self._lock:
                         waiter = self._pending.pop(rid, None)
                     if waiter is None:
-                        log.warning("%s: reply to unknown req_id %d (%s)", self.name, rid,
-                                    _type_name(mtype))
+                        self.log.warning("reply to unknown req_id", req_id=rid,
+                                         type=_type_name(mtype))
                         continue
                     waiter.reply = (mtype, payload)
                     waiter.event.set()
         except Exception as exc:  # corrupt ring, bad frame: the connection is dead
-            log.error("%s: connection failed: %s", self.name, exc)
+            self.log.error("connection failed", error=str(exc))
             reason = exc
         self._shutdown(reason)
 
@@ -248,7 +227,7 @@ class XenStoreClient:
                 return
             parts = payload.split(b"\0")
             if len(parts) < 2:
-                log.warning("%s: malformed watch event %r", self.name, payload)
+                self.log.warning("malformed watch event", payload=repr(payload))
                 continue
             path, token = _s(parts[0]), _s(parts[1])
             with self._lock:
@@ -259,7 +238,7 @@ class XenStoreClient:
                 try:
                     cb(path, token)
                 except Exception:
-                    log.exception("%s: watch callback for %s (%s) failed", self.name, path, token)
+                    self.log.exception("watch callback failed", path=path, token=token)
 
     def _shutdown(self, reason: BaseException) -> None:
         with self._lock:

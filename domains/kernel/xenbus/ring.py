@@ -71,6 +71,19 @@ def _in_flight(cons: int, prod: int, which: str) -> int:
     return used
 
 
+class _Word:
+    """A uint32 field of the page, read and written whole by its ring."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def __get__(self, ring: "XenstoreRing", owner: type | None = None) -> int:
+        return ring._get(self.offset)
+
+    def __set__(self, ring: "XenstoreRing", value: int) -> None:
+        ring._set(self.offset, value)
+
+
 class XenstoreRing:
     """Both halves of a xenstore page over any writable buffer.
 
@@ -99,29 +112,9 @@ class XenstoreRing:
     def _set(self, offset: int, value: int) -> None:
         self._words[offset] = value % _WRAP
 
-    @property
-    def server_features(self) -> int:
-        return self._get(SERVER_FEATURES)
-
-    @server_features.setter
-    def server_features(self, value: int) -> None:
-        self._set(SERVER_FEATURES, value)
-
-    @property
-    def connection(self) -> int:
-        return self._get(CONNECTION)
-
-    @connection.setter
-    def connection(self, value: int) -> None:
-        self._set(CONNECTION, value)
-
-    @property
-    def error(self) -> int:
-        return self._get(ERROR)
-
-    @error.setter
-    def error(self, value: int) -> None:
-        self._set(ERROR, value)
+    server_features = _Word(SERVER_FEATURES)
+    connection = _Word(CONNECTION)
+    error = _Word(ERROR)
 
     # -- the generic halves -----------------------------------------------------
 

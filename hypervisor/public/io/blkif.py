@@ -84,9 +84,11 @@ in effect, and each end must tolerate the skipped transitions.
 """
 
 import ctypes
+from typing import NamedTuple
 
 from .. import xen
 from ..grant_table import grant_ref_t
+from ..pyxen.layout import layout
 
 # The macros blkif_vdev_t and blkif_sector_t.
 blkif_vdev_t = ctypes.c_uint16
@@ -207,3 +209,46 @@ XEN_BLKIF_REQS_PER_PAGE = blk_ring_size(1)
 def indirect_pages(nr_segments: int) -> int:
     """Indirect pages holding `nr_segments` segments (Linux's INDIRECT_PAGES)."""
     return -(-nr_segments // SEGS_PER_INDIRECT_FRAME)
+
+
+# -- the byte codecs of the ring entries, for both ends ------------------------
+#
+# Built from the ctypes layouts above (see pyxen/layout.py): blkfront and
+# blkback encode and decode with these, so each layout is said once.
+
+#: The header of a read / write / flush request: operation, nr_segments,
+#: handle, id, sector_number (its segments follow at blkif_request.seg).
+REQUEST_RW = layout(blkif_request, ("operation", "nr_segments", "handle", "id",
+                                    "sector_number"))
+#: A discard request: operation, flag, handle, id, sector_number, nr_sectors.
+REQUEST_DISCARD = layout(blkif_request_discard)
+#: An indirect request in its ring slot: operation, indirect_op,
+#: nr_segments, id, sector_number, handle, indirect_grefs[8].
+REQUEST_INDIRECT = layout(blkif_request_indirect, size=BLKIF_SRING_ENTRY_SIZE)
+#: blkif_response: id, operation, status (16 bytes, padding included).
+RESPONSE = layout(blkif_response)
+
+
+class BlkifResponse(NamedTuple):
+    """A decoded blkif_response."""
+
+    id: int
+    operation: int
+    status: int
+
+
+def make_response(id: int, operation: int, status: int) -> bytes:
+    """A blkif_response (16 bytes, padding zeroed), written at the start of
+    the ring slot: `id` and `operation` echo the request."""
+    if not 0 <= id < 1 << 64 or not 0 <= operation <= 0xFF or not -0x8000 <= status <= 0x7FFF:
+        raise ValueError(f"response ({id}, {operation}, {status}) out of range")
+    return RESPONSE.pack(id, operation, status)
+
+
+def parse_response(raw: bytes | bytearray | memoryview) -> BlkifResponse:
+    """Decode a blkif_response: the first 16 bytes of `raw` (a response or
+    a whole slot), copied first."""
+    data = bytes(raw[:RESPONSE.size])
+    if len(data) != RESPONSE.size:
+        raise ValueError(f"a response is {RESPONSE.size} bytes, not {len(data)}")
+    return BlkifResponse._make(RESPONSE.unpack(data))

@@ -128,9 +128,11 @@ XEN_NETIF_CTRL_STATUS_*.  pyxen's netback offers none of it.
 """
 
 import ctypes
+from typing import NamedTuple
 
 from .. import xen
 from ..grant_table import grant_ref_t
+from ..pyxen.layout import Column, layout
 
 XEN_NETIF_NR_SLOTS_MIN = 18
 
@@ -356,3 +358,254 @@ def net_ring_size(entry_size: int, nr_pages: int = 1) -> int:
 XEN_NETIF_TX_RING_SIZE = net_ring_size(NETIF_TX_SRING_ENTRY_SIZE)
 #: Slots in a one-page rx ring (Linux's XEN_NETIF_RX_RING_SIZE): 256.
 XEN_NETIF_RX_RING_SIZE = net_ring_size(NETIF_RX_SRING_ENTRY_SIZE)
+
+
+# -- the byte codecs of the ring entries, for both ends ------------------------
+#
+# Built from the ctypes layouts above (see pyxen/layout.py): netfront and
+# netback encode and decode every entry with these, so each layout is said
+# once.  Decoders never fail on an entry of the right size, whatever the
+# other end put in it; encoders raise ValueError on a field out of range
+# (the caller's own bug).
+
+#: netif_tx_request: gref, offset, flags, id, size (12 bytes).
+TX_REQUEST = layout(netif_tx_request)
+#: netif_tx_response: id, status (4 bytes).
+TX_RESPONSE = layout(netif_tx_response)
+#: A tx response in its 12-byte ring slot, the rest of the slot zero.
+TX_RESPONSE_SLOT = layout(netif_tx_response, size=NETIF_TX_SRING_ENTRY_SIZE)
+#: netif_rx_request: id, gref (8 bytes).
+RX_REQUEST = layout(netif_rx_request, ("id", "gref"), size=NETIF_RX_SRING_ENTRY_SIZE)
+#: netif_rx_response: id, offset, flags, status (8 bytes).
+RX_RESPONSE = layout(netif_rx_response)
+#: A GSO extra info: type, flags, u.gso.size, u.gso.type, u.gso.features.
+GSO_EXTRA = layout(netif_extra_info, ("type", "flags", "u.gso.size", "u.gso.type",
+                                      "u.gso.features"), size=NETIF_EXTRA_INFO_SIZE)
+
+#: Columns of runs of ring slots, read with one strided cast each.
+TX_RESPONSE_ID = Column(netif_tx_response, "id", NETIF_TX_SRING_ENTRY_SIZE)
+TX_RESPONSE_STATUS = Column(netif_tx_response, "status", NETIF_TX_SRING_ENTRY_SIZE)
+RX_REQUEST_ID = Column(netif_rx_request, "id", NETIF_RX_SRING_ENTRY_SIZE)
+RX_REQUEST_GREF = Column(netif_rx_request, "gref", NETIF_RX_SRING_ENTRY_SIZE)
+RX_RESPONSE_OFFSET = Column(netif_rx_response, "offset", NETIF_RX_SRING_ENTRY_SIZE)
+RX_RESPONSE_FLAGS = Column(netif_rx_response, "flags", NETIF_RX_SRING_ENTRY_SIZE)
+RX_RESPONSE_STATUS = Column(netif_rx_response, "status", NETIF_RX_SRING_ENTRY_SIZE)
+TX_REQUEST_GREF = Column(netif_tx_request, "gref", NETIF_TX_SRING_ENTRY_SIZE)
+TX_REQUEST_OFFSET = Column(netif_tx_request, "offset", NETIF_TX_SRING_ENTRY_SIZE)
+TX_REQUEST_FLAGS = Column(netif_tx_request, "flags", NETIF_TX_SRING_ENTRY_SIZE)
+TX_REQUEST_ID = Column(netif_tx_request, "id", NETIF_TX_SRING_ENTRY_SIZE)
+TX_REQUEST_SIZE = Column(netif_tx_request, "size", NETIF_TX_SRING_ENTRY_SIZE)
+
+_pyxen_extra_u = _netif_extra_info_u  # the union's bytes: u is 6 of them
+_pyxen_extra_u_offset = netif_extra_info.u.offset
+_pyxen_extra_u_size = ctypes.sizeof(_netif_extra_info_u)
+
+
+def _check(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} {value} outside {low}..{high}")
+
+
+class TxRequest(NamedTuple):
+    """A decoded netif_tx_request."""
+
+    gref: int
+    offset: int
+    flags: int
+    id: int
+    size: int
+
+    @property
+    def more_data(self) -> bool:
+        return bool(self.flags & NETTXF_more_data)
+
+    @property
+    def extra_info(self) -> bool:
+        return bool(self.flags & NETTXF_extra_info)
+
+    def encode(self) -> bytes:
+        """The 12-byte ring entry."""
+        return TX_REQUEST.pack(*self)
+
+
+def parse_tx_request(raw: bytes | bytearray | memoryview) -> TxRequest:
+    """Decode one 12-byte tx ring entry as a request (from a private copy:
+    the other end may rewrite it meanwhile).  Never fails on 12 bytes;
+    ValueError if `raw` is not one ring entry."""
+    data = bytes(raw)
+    if len(data) != TX_REQUEST.size:
+        raise ValueError(f"a tx ring entry is {TX_REQUEST.size} bytes, not {len(data)}")
+    return TxRequest._make(TX_REQUEST.unpack(data))
+
+
+class TxResponse(NamedTuple):
+    """A decoded netif_tx_response."""
+
+    id: int
+    status: int
+
+
+def make_tx_response(id: int, status: int) -> bytes:
+    """A netif_tx_response (4 bytes, the start of a tx slot)."""
+    _check("id", id, 0, 0xFFFF)
+    _check("status", status, -0x8000, 0x7FFF)
+    return TX_RESPONSE.pack(id, status)
+
+
+def parse_tx_response(raw: bytes | bytearray | memoryview) -> TxResponse:
+    """Decode a netif_tx_response: the first 4 bytes of `raw` (a response
+    or a whole slot), copied first."""
+    data = bytes(raw[:TX_RESPONSE.size])
+    if len(data) != TX_RESPONSE.size:
+        raise ValueError(f"a tx response is {TX_RESPONSE.size} bytes, not {len(data)}")
+    return TxResponse._make(TX_RESPONSE.unpack(data))
+
+
+class RxRequest(NamedTuple):
+    """A posted rx buffer: echo `id`, copy into the page granted as `gref`."""
+
+    id: int
+    gref: int
+
+
+def make_rx_request(id: int, gref: int) -> bytes:
+    """An rx request (8 bytes) posting the page granted as `gref`."""
+    _check("rx id", id, 0, 0xFFFF)
+    _check("grant ref", gref, 0, 0xFFFFFFFF)
+    return RX_REQUEST.pack(id, gref)
+
+
+def parse_rx_request(raw: bytes | bytearray | memoryview) -> RxRequest:
+    """Decode an 8-byte rx ring entry (a private copy); ValueError on
+    other sizes."""
+    data = bytes(raw)
+    if len(data) != RX_REQUEST.size:
+        raise ValueError(f"an rx ring entry is {RX_REQUEST.size} bytes, not {len(data)}")
+    return RxRequest._make(RX_REQUEST.unpack(data))
+
+
+class RxResponse(NamedTuple):
+    """A decoded netif_rx_response."""
+
+    id: int
+    offset: int
+    flags: int
+    status: int
+
+    @property
+    def more_data(self) -> bool:
+        return bool(self.flags & NETRXF_more_data)
+
+
+def make_rx_response(id: int, offset: int, flags: int, status: int) -> bytes:
+    """A netif_rx_response (8 bytes): status is the slot's data length, or
+    a negative NETIF_RSP_*."""
+    _check("id", id, 0, 0xFFFF)
+    _check("offset", offset, 0, 0xFFFF)
+    _check("flags", flags, 0, 0xFFFF)
+    _check("status", status, -0x8000, 0x7FFF)
+    return RX_RESPONSE.pack(id, offset, flags, status)
+
+
+def parse_rx_response(raw: bytes | bytearray | memoryview) -> RxResponse:
+    """Decode an rx response (8 bytes, copied first)."""
+    if len(raw) != RX_RESPONSE.size:
+        raise ValueError(f"an rx response is {RX_RESPONSE.size} bytes, not {len(raw)}")
+    return RxResponse._make(RX_RESPONSE.unpack(bytes(raw)))
+
+
+class ExtraInfo(NamedTuple):
+    """A decoded netif_extra_info: `type`, `flags` and the 6 bytes of its
+    union `u`, read through the properties of the type's member."""
+
+    type: int
+    flags: int
+    u: bytes = bytes(_pyxen_extra_u_size)
+
+    @property
+    def more(self) -> bool:
+        return bool(self.flags & XEN_NETIF_EXTRA_FLAG_MORE)
+
+    @property
+    def gso_size(self) -> int:
+        return _pyxen_extra_u.from_buffer_copy(self.u).gso.size
+
+    @property
+    def gso_type(self) -> int:
+        return _pyxen_extra_u.from_buffer_copy(self.u).gso.type
+
+    @property
+    def gso_features(self) -> int:
+        return _pyxen_extra_u.from_buffer_copy(self.u).gso.features
+
+    @property
+    def gso(self) -> tuple[int, int]:
+        """(u.gso.type, u.gso.size)."""
+        return self.gso_type, self.gso_size
+
+    @property
+    def addr(self) -> bytes:
+        """u.mcast.addr: the MAC address of MCAST_ADD / MCAST_DEL."""
+        return bytes(_pyxen_extra_u.from_buffer_copy(self.u).mcast.addr)
+
+    @property
+    def hash_type(self) -> int:
+        return _pyxen_extra_u.from_buffer_copy(self.u).hash.type
+
+    @property
+    def hash_algorithm(self) -> int:
+        return _pyxen_extra_u.from_buffer_copy(self.u).hash.algorithm
+
+    @property
+    def hash_value(self) -> int:
+        return int.from_bytes(bytes(_pyxen_extra_u.from_buffer_copy(self.u).hash.value),
+                              "little")
+
+
+def parse_extra(raw: bytes | bytearray | memoryview) -> ExtraInfo:
+    """Decode an extra info from a tx ring slot (12 bytes) or an rx one (8
+    bytes).  Never fails on those sizes; ValueError on others."""
+    data = bytes(raw)
+    if len(data) not in (NETIF_TX_SRING_ENTRY_SIZE, NETIF_EXTRA_INFO_SIZE):
+        raise ValueError(f"an extra info slot is {NETIF_TX_SRING_ENTRY_SIZE} or "
+                         f"{NETIF_EXTRA_INFO_SIZE} bytes, not {len(data)}")
+    return ExtraInfo(data[0], data[1], data[_pyxen_extra_u_offset:_pyxen_extra_u_offset + _pyxen_extra_u_size])
+
+
+def extra_problem(extra: ExtraInfo) -> str | None:
+    """Why `extra` breaks the protocol on its own (an unknown type, a GSO
+    extra of size 0 or of an unknown GSO type), or None."""
+    if not 0 < extra.type < XEN_NETIF_EXTRA_TYPE_MAX:
+        return f"extra info of unknown type {extra.type}"
+    if extra.type == XEN_NETIF_EXTRA_TYPE_GSO:
+        if extra.gso_size == 0:
+            return "GSO extra with size 0"
+        if extra.gso_type not in (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6):
+            return f"GSO extra of unknown type {extra.gso_type}"
+    return None
+
+
+def make_extra(type: int, u: bytes = b"", *, more: bool = False,
+               slot: int = NETIF_EXTRA_INFO_SIZE) -> bytes:
+    """A netif_extra_info of `type` whose union holds `u` (zero-padded to
+    its 6 bytes), in a `slot`-byte ring slot (8: rx; 12: tx)."""
+    _check("extra type", type, 0, 0xFF)
+    if len(u) > _pyxen_extra_u_size:
+        raise ValueError(f"extra info data of {len(u)} bytes")
+    _check("slot size", slot, NETIF_EXTRA_INFO_SIZE, NETIF_TX_SRING_ENTRY_SIZE)
+    flags = XEN_NETIF_EXTRA_FLAG_MORE if more else 0
+    return (bytes((type, flags)) + bytes(u) + bytes(_pyxen_extra_u_size - len(u))
+            + bytes(slot - NETIF_EXTRA_INFO_SIZE))
+
+
+def make_gso_extra(*, gso_type: int, size: int, more: bool = False,
+                   slot: int = NETIF_EXTRA_INFO_SIZE) -> bytes:
+    """The XEN_NETIF_EXTRA_TYPE_GSO extra info: segment into `size`-byte
+    (MSS) segments of `gso_type` (XEN_NETIF_GSO_TYPE_*), in a `slot`-byte
+    ring slot (8: rx; 12: tx).  Keyword-only: the two numbers are easily
+    swapped."""
+    _check("GSO size", size, 1, 0xFFFF)
+    _check("GSO type", gso_type, 0, 0xFF)
+    _check("slot size", slot, NETIF_EXTRA_INFO_SIZE, NETIF_TX_SRING_ENTRY_SIZE)
+    return GSO_EXTRA.pack(XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_EXTRA_FLAG_MORE if more else 0,
+                          size, gso_type, 0) + bytes(slot - NETIF_EXTRA_INFO_SIZE)

@@ -16,6 +16,9 @@ advances its producer index, then notifies the event channel.
 
 import ctypes
 import enum
+from dataclasses import dataclass
+
+from ..pyxen.layout import layout
 
 # enum xsd_sockmsg_type
 XS_CONTROL = 0
@@ -132,3 +135,95 @@ XENSTORE_ERROR_NONE = 0
 XENSTORE_ERROR_COMM = 1
 XENSTORE_ERROR_RINGIDX = 2
 XENSTORE_ERROR_PROTO = 3
+
+
+# -- framing, for both ends ----------------------------------------------------
+#
+# The xenbus client (every domain) and xenstored frame and unframe messages
+# with these: one header codec, built from the ctypes layout above, and one
+# decoder.
+
+#: The xsd_sockmsg header: type, req_id, tx_id, len (16 bytes).
+XSD_SOCKMSG = layout(xsd_sockmsg)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One xenstore message: an xsd_sockmsg header's fields and the payload."""
+
+    type: int
+    req_id: int
+    tx_id: int
+    payload: bytes
+
+    @property
+    def type_name(self) -> str:
+        try:
+            return xsd_sockmsg_type(self.type).name
+        except ValueError:
+            return f"UNKNOWN({self.type})"
+
+
+class WireError(Exception):
+    """A framing violation: the connection must be closed.
+
+    `messages` are the complete messages that preceded the violation in the
+    data fed; they were well formed and are still to be handled."""
+
+    def __init__(self, reason: str, messages: list[Message] | None = None) -> None:
+        super().__init__(reason)
+        self.messages = list(messages or [])
+
+
+def encode(msg: Message) -> bytes:
+    """The bytes of `msg` on the wire: header, then payload."""
+    return XSD_SOCKMSG.pack(msg.type, msg.req_id, msg.tx_id, len(msg.payload)) + msg.payload
+
+
+class Decoder:
+    """Splits a byte stream, fed in arbitrary pieces, into messages.
+
+    A header announcing more than `max_payload` bytes (XENSTORE_PAYLOAD_MAX)
+    is a protocol violation that ends the connection (docs/misc/xenstore.txt):
+    :meth:`feed` raises :class:`WireError` and the decoder stays broken."""
+
+    def __init__(self, max_payload: int = XENSTORE_PAYLOAD_MAX) -> None:
+        self._buf = bytearray()
+        self._max = max_payload
+        self._broken: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not make a complete message yet."""
+        return len(self._buf)
+
+    @property
+    def broken(self) -> bool:
+        return self._broken is not None
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Append `data`; return the messages it completes, in order."""
+        if self._broken is not None:
+            raise WireError(self._broken)
+        buf = self._buf
+        buf += data
+        out: list[Message] = []
+        pos = 0
+        header = XSD_SOCKMSG.size
+        try:
+            while len(buf) - pos >= header:
+                type_, req_id, tx_id, length = XSD_SOCKMSG.unpack_from(buf, pos)
+                if length > self._max:
+                    # Checked as soon as the header is complete, as Xen does.
+                    self._broken = (f"header announces a {length}-byte payload "
+                                    f"(at most {self._max})")
+                    pos = len(buf)
+                    raise WireError(self._broken, out)
+                end = pos + header + length
+                if len(buf) < end:
+                    break
+                out.append(Message(type_, req_id, tx_id, bytes(buf[pos + header:end])))
+                pos = end
+        finally:
+            del buf[:pos]
+        return out
