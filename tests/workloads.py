@@ -707,3 +707,10 @@ def pv_console_flood(kernel) -> None:
         written += len(line)
     _send(kernel.args["out"], {"written": written})
     threading.Event().wait()
+
+
+def deaf_to_devices(kernel) -> None:
+    """Boots and never starts a frontend: a device given to it stays
+    Initialising, and a detach of it waits for a Closed that never comes."""
+    kernel.ready()
+    threading.Event().wait()
