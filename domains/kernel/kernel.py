@@ -83,7 +83,8 @@ class Kernel:
         self.memchan = MemChannel(socket.socket(fileno=fds["memchan"]), self.log)
         windows = Windows(self.memchan)
         self.ctx = zmq.Context()
-        self.hypercall = Hypercalls(self.ctx, start_info["hypercall"])
+        self.hypercall = Hypercalls(self.ctx, start_info["hypercall"],
+                                    start_info.get("hypercall_channels"))
         self.events = EventChannels(self.hypercall, self.ctx, start_info,
                                     self.shared_info, self.log, memchan=self.memchan)
         self.gnttab = GrantTable(self.hypercall, entries, status,
