@@ -366,3 +366,54 @@ def test_rings_waiting_on_a_replaced_end_are_still_delivered(system) -> None:
     assert owner.events.doorbells.ends[binder.domid] is not old
     assert binder.sends == 0 and owner.events.drops.total == 0
     _wait_closed(owner, old)
+
+
+# -- a peer binding and closing in a loop (hypervisor side, pure) -----------------
+
+
+def test_bind_close_cycles_cannot_fill_the_owner_s_memory_channel(sleeper, tmp_path):
+    """A peer may bind a port allocated for it, close, and bind it again
+    (Xen's semantics). Each bind and close is a message in the owner's memory
+    channel, where its grant windows come too: the peer's binds are refused
+    (EBUSY, to the peer) once it has a few unread there, and the owner still
+    gets its windows."""
+    from hypervisor import doorbell as broker
+    from hypervisor.dispatch import Call, dispatch
+    from hypervisor.public.errno import EBUSY
+    from hypervisor.public.event_channel import (
+        EVTCHNOP_alloc_unbound,
+        EVTCHNOP_bind_interdomain,
+        EVTCHNOP_close,
+    )
+    from hypervisor.public.xen import HYPERVISOR_event_channel_op
+    from tests.hvfakes import FakeMachine, drain
+
+    def op(dom, cmd, args):
+        return dispatch(Call(m, dom, 0, None), HYPERVISOR_event_channel_op, cmd, args)
+
+    m = FakeMachine(sleeper, tmp_path)
+    try:
+        m.add("Domain-0", domid=0, privileged=True)
+        victim, attacker = m.add("victim"), m.add("attacker")
+        victim_end, attacker_end = m.peer_ends[1], m.peer_ends[2]
+        rc, result = op(victim, EVTCHNOP_alloc_unbound, {"remote_dom": attacker.domid})
+        port = result["port"]
+        refused = 0
+        for _ in range(1000):  # the victim does not get to read meanwhile
+            rc, result = op(attacker, EVTCHNOP_bind_interdomain,
+                            {"remote_dom": victim.domid, "remote_port": port})
+            if rc == -EBUSY:
+                refused += 1
+                continue
+            assert rc == 0, result
+            assert op(attacker, EVTCHNOP_close, {"port": result["local_port"]})[0] == 0
+            drain(attacker_end)  # the attacker reads its own
+        m.open_window(victim, 0, 1)  # the victim's channel has room still
+        assert refused == 1000 - broker.NOTICES_PER_PEER // 2
+        # Once the victim has read its channel, the peer may bind again.
+        drain(victim_end)
+        rc, result = op(attacker, EVTCHNOP_bind_interdomain,
+                        {"remote_dom": victim.domid, "remote_port": port})
+        assert rc == 0, result
+    finally:
+        m.close()
