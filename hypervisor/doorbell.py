@@ -3,7 +3,7 @@ interdomain event channels.
 
 Once a port is bound interdomain, its kernels may raise it without a
 hypercall, as a doorbell page would: each rings the other over a Unix
-datagram socket pair the hypervisor made for that pair of domains at their
+stream socket pair the hypervisor made for that pair of domains at their
 first bind (and reuses for later channels between them). Each domain gets
 its end over its memory channel, tagged with the peer's domid, and the
 hypervisor closes its own copies at once. An end is a capability, not a
@@ -112,7 +112,7 @@ class DoorbellBroker:
             # partner was never handed over, or is closed): a new pair.
             self._drop(owner, binder)
             self._drop(binder, owner)
-            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             told_binder = self._send(
                 binder, {"tag": "bind", "port": port, "peer": owner,
