@@ -13,6 +13,9 @@ before buffering it), decoded with msgpack's limits, its envelope checked
 (`hypervisor.args.check_envelope`), and whatever fails is an errno to that
 caller. Each poll round serves at most REQUESTS_PER_TURN requests of each
 domain, so a domain that floods its channel waits its turn like the others.
+A domain's connections to its channel are capped (each is one of our fds):
+a ZeroMQ monitor reports each one accepted, and those past the cap are
+shut (hypervisor/connections.py).
 """
 
 from __future__ import annotations
