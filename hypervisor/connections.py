@@ -89,6 +89,7 @@ class ConnectionCap:
         self.cap = cap
         self.open: dict[int, None] = {}
         self.refused = 0
+        self.unlogged = 0  # refused since the last log line
 
     def accepted(self, fd: int) -> bool:
         """A new connection on `fd`: True to keep it, False to refuse it

@@ -81,6 +81,7 @@ class ZmqTransport:
         # Each hypercall channel's connections, as ZeroMQ's monitor reports
         # them, against the domain's cap (hypervisor/connections.py).
         self.monitors: dict[zmq.Socket, int] = {}
+        self.monitor_of: dict[int, zmq.Socket] = {}
         self.caps: dict[int, ConnectionCap] = {}
         self.pids: dict[int, int] = {}
 
@@ -126,6 +127,7 @@ class ZmqTransport:
         monitor.setsockopt(zmq.RCVHWM, 0)
         monitor.connect(address)
         self.monitors[monitor] = dom.domid
+        self.monitor_of[dom.domid] = monitor
         self.caps[dom.domid] = cap
         self.pids[dom.domid] = dom.process.pid
         self.poller.register(monitor, zmq.POLLIN)
@@ -154,6 +156,7 @@ class ZmqTransport:
                 monitor.close()
         self.caps.pop(dom.domid, None)
         self.pids.pop(dom.domid, None)
+        self.monitor_of.pop(dom.domid, None)
         if router is not None:
             self.poller.unregister(router)
             del self.by_socket[router]
@@ -216,7 +219,23 @@ class ZmqTransport:
                 cap.closed(fd)
             elif event["event"] == zmq.EVENT_ACCEPTED and not cap.accepted(fd):
                 refused += refuse(fd, self.pids.get(domid))
+        cap.unlogged += refused
         return domid, refused
+
+    def admitted(self, domid: int, frame: zmq.Frame) -> bool:
+        """Did this request come on a connection within the domain's cap?
+        One past it may have sent before its monitor event was read: the
+        events are read now, and its request dropped (it is being shut)."""
+        cap = self.caps.get(domid)
+        if cap is None or cap.cap is None:
+            return True
+        fd = frame.get(zmq.SRCFD)
+        if fd in cap.open:
+            return True
+        monitor = self.monitor_of.get(domid)
+        if monitor is not None:
+            self.connection_events(monitor, budget=1 << 16)
+        return fd in cap.open
 
     def reply(self, token: Any, rc: int, result: Any) -> None:
         domid, identity = token
@@ -294,12 +313,14 @@ def handle_requests(machine: Machine, transport: ZmqTransport, router: zmq.Socke
         if domid not in transport.routers:
             return  # the domain went away while we served it
         try:
-            frames = router.recv_multipart(zmq.NOBLOCK)
+            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return
-        if len(frames) != 3 or frames[1] != b"":
+        if len(frames) != 3 or not transport.admitted(domid, frames[2]):
+            continue  # a connection past the domain's cap: being shut
+        identity, empty, payload = (f if isinstance(f, bytes) else f.bytes for f in frames)
+        if empty != b"":
             continue  # not a REQ envelope: nobody to answer
-        identity, _, payload = frames
         token = (domid, identity)
         outcome = serve(machine, domid, token, payload)
         if outcome is not DEFERRED:
@@ -319,20 +340,26 @@ def run(machine: Machine, transport: ZmqTransport) -> None:
                 if domid is not None and domid in machine.domains:
                     machine.process_exited(machine.domains[domid])
             elif item in transport.by_socket:
+                domid = transport.by_socket[item]
                 handle_requests(machine, transport, item)
+                log_refusals(machine, transport, domid)
             elif item in transport.by_push:
                 transport.flush_held(item)
             elif item in transport.monitors:
-                domid, refused = transport.connection_events(item)
-                dom = machine.domains.get(domid)
-                if refused and dom is not None:
-                    cap = transport.caps[domid]
-                    machine.log_about(dom, f"d{domid}: {refused} hypercall connection(s) "
-                                      f"refused: it holds its cap of {cap.cap} "
-                                      f"({cap.refused} refused in all)")
+                domid, _ = transport.connection_events(item)
+                log_refusals(machine, transport, domid)
             if machine.halted:
                 break
         next_deadline = machine.fire_timers(time.monotonic_ns())
+
+
+def log_refusals(machine: Machine, transport: ZmqTransport, domid: int) -> None:
+    cap, dom = transport.caps.get(domid), machine.domains.get(domid)
+    if cap is not None and cap.unlogged and dom is not None:
+        machine.log_about(dom, f"d{domid}: {cap.unlogged} hypercall connection(s) "
+                          f"refused: it holds its cap of {cap.cap} "
+                          f"({cap.refused} refused in all)")
+        cap.unlogged = 0
 
 
 def remove_dir(path: Path) -> None:
