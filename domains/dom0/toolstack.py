@@ -5,7 +5,8 @@ Domains change only through hypercalls.
 Threads: the control loop (main.py) calls in for every request and event;
 a domain's creation waits for its kernel to boot, which a guest can make
 last until the hypervisor's boot deadline, so creates run on worker
-threads the toolstack starts and joins (`create_async`). `lock` guards
+threads the toolstack starts and joins (`create_async`), and so do
+detaches, which wait for a guest's frontend to close. `lock` guards
 every bit of state here; it is never held across the createdomain wait,
 and the control loop holds it while it handles a request.
 """
