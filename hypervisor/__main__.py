@@ -18,6 +18,7 @@ import setproctitle
 
 from hypervisor.jail import seccomp_policy
 from hypervisor.jail.sandbox import Sandbox, sandbox_report
+from hypervisor.connections import raise_fd_limit
 from hypervisor.loop import ZmqTransport, remove_dir, run
 from hypervisor.machine import Machine, Platform
 from hypervisor.public.errno import XenError
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.note_role(os.getpid(), "hypervisor")
     transport = ZmqTransport(run_dir)
     machine = Machine(platform, run_dir, transport, logger, args.log_json, standby=True,
-                      sandbox=sandbox)
+                      sandbox=sandbox, fd_limit=raise_fd_limit())
     (run_dir / "hypervisor.pid").write_text(f"{os.getpid()}\n")
 
     def terminate(signum, frame):

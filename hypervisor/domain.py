@@ -48,6 +48,7 @@ class Domain:
     windows: dict[int, Region] = field(default_factory=dict)
     # The grant-window pages it may hold (charged to it, see Machine.add_window).
     max_window_pages: int = 0
+    fd_cost: int = 0  # fds committed to it (hypervisor/connections.py), windows apart
     watchdogs: dict[int, int] = field(default_factory=dict)  # id -> timeout (s)
     # Windows whose fd this domain already holds (its own and its peers').
     known_windows: set[int] = field(default_factory=set)

@@ -13,20 +13,27 @@ before buffering it), decoded with msgpack's limits, its envelope checked
 (`hypervisor.args.check_envelope`), and whatever fails is an errno to that
 caller. Each poll round serves at most REQUESTS_PER_TURN requests of each
 domain, so a domain that floods its channel waits its turn like the others.
+A domain's connections to its channel are capped (each is one of our fds):
+a ZeroMQ monitor reports each one accepted, and those past the cap are
+shut (hypervisor/connections.py).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from hypervisor import ops  # noqa: F401  (fills the dispatch table)
 from hypervisor.args import check_envelope
+from hypervisor.connections import ConnectionCap, cap_for
 from hypervisor.dispatch import DEFERRED, Call, dispatch
 from hypervisor.domain import Domain
 from hypervisor.machine import Machine
@@ -35,6 +42,7 @@ from hypervisor.public.event_channel import PYXEN_EVTCHN_PORT
 from hypervisor.public.grant_table import PYXEN_GNTTAB_MAX_BATCH
 
 PORT = PYXEN_EVTCHN_PORT
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 # The largest legitimate hypercall is a full batch of grant copies
 # (PYXEN_GNTTAB_MAX_BATCH ops with every field at its widest: ~46 KiB);
@@ -51,6 +59,9 @@ UNPACK_LIMITS = {
 # kernel has one request in flight per thread.
 RCVHWM = 8
 REQUESTS_PER_TURN = 8
+#: Connection events read per domain per round (each is cheap).
+EVENTS_PER_TURN = 64
+CONNECTION_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
 
 class ZmqTransport:
@@ -68,6 +79,12 @@ class ZmqTransport:
         # meanwhile, which zmq raises once the peer is attached.
         self.held: dict[int, list[int]] = {}
         self.by_push: dict[zmq.Socket, int] = {}
+        # Each hypercall channel's connections, as ZeroMQ's monitor reports
+        # them, against the domain's cap (hypervisor/connections.py).
+        self.monitors: dict[zmq.Socket, int] = {}
+        self.monitor_of: dict[int, zmq.Socket] = {}
+        self.caps: dict[int, ConnectionCap] = {}
+        self.pids: dict[int, int] = {}
 
     def endpoints(self, domid: int) -> dict[str, str]:
         """The domain's channels. Doorbells are not among them: they have no
@@ -88,6 +105,7 @@ class ZmqTransport:
     def attach(self, dom: Domain) -> None:
         ends = self.endpoints(dom.domid)
         where, uid = self._host_dir(dom)
+        cap = ConnectionCap(cap_for(dom.max_vcpus, dom.privileged))
         router = self.ctx.socket(zmq.ROUTER)
         push = self.ctx.socket(zmq.PUSH)
         router.setsockopt(zmq.MAXMSGSIZE, MAX_HYPERCALL_BYTES)
@@ -102,6 +120,18 @@ class ZmqTransport:
         # Pending bits coalesce upcalls to at most one per port in flight,
         # so an unbounded queue here is bounded in practice.
         push.setsockopt(zmq.SNDHWM, 0)
+        address = f"inproc://hc-monitor-{dom.domid}-{id(router)}"
+        router.monitor(address, CONNECTION_EVENTS)
+        monitor = self.ctx.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.LINGER, 0)
+        # Unbounded: a dropped event would leave the count wrong for good.
+        monitor.setsockopt(zmq.RCVHWM, 0)
+        monitor.connect(address)
+        self.monitors[monitor] = dom.domid
+        self.monitor_of[dom.domid] = monitor
+        self.caps[dom.domid] = cap
+        self.pids[dom.domid] = dom.process.pid
+        self.poller.register(monitor, zmq.POLLIN)
         self.routers[dom.domid] = router
         self.pushes[dom.domid] = push
         self.by_socket[router] = dom.domid
@@ -115,6 +145,19 @@ class ZmqTransport:
             self.poller.unregister(dom.process.pidfd)
             del self.by_pidfd[dom.process.pidfd]
         router = self.routers.pop(dom.domid, None)
+        if router is not None:
+            # Its monitor first: ZeroMQ's I/O thread sends a monitor event
+            # blocking, holding a lock that disable_monitor and close take,
+            # and with our end of the monitor closed that send never ends.
+            router.disable_monitor()
+        for monitor, domid in list(self.monitors.items()):
+            if domid == dom.domid:
+                self.poller.unregister(monitor)
+                del self.monitors[monitor]
+                monitor.close()
+        self.caps.pop(dom.domid, None)
+        self.pids.pop(dom.domid, None)
+        self.monitor_of.pop(dom.domid, None)
         if router is not None:
             self.poller.unregister(router)
             del self.by_socket[router]
@@ -160,6 +203,41 @@ class ZmqTransport:
         self.held.pop(domid, None)
         self.poller.unregister(push)
 
+    def connection_events(self, monitor: zmq.Socket,
+                          budget: int = EVENTS_PER_TURN) -> tuple[int, int]:
+        """Read a domain's connection events; shut the connections past its
+        cap. Returns (domid, connections refused now)."""
+        domid = self.monitors[monitor]
+        cap = self.caps[domid]
+        refused = 0
+        for _ in range(budget):
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                cap.closed(fd)
+            elif event["event"] == zmq.EVENT_ACCEPTED and not cap.accepted(fd):
+                refused += refuse(fd, self.pids.get(domid))
+        cap.unlogged += refused
+        return domid, refused
+
+    def admitted(self, domid: int, frame: zmq.Frame) -> bool:
+        """Did this request come on a connection within the domain's cap?
+        One past it may have sent before its monitor event was read: the
+        events are read now, and its request dropped (it is being shut)."""
+        cap = self.caps.get(domid)
+        if cap is None or cap.cap is None:
+            return True
+        fd = frame.get(zmq.SRCFD)
+        if fd in cap.open:
+            return True
+        monitor = self.monitor_of.get(domid)
+        if monitor is not None:
+            self.connection_events(monitor, budget=1 << 16)
+        return fd in cap.open
+
     def reply(self, token: Any, rc: int, result: Any) -> None:
         domid, identity = token
         router = self.routers.get(domid)
@@ -167,9 +245,34 @@ class ZmqTransport:
             router.send_multipart([identity, b"", pack_reply(rc, result)])
 
     def close(self) -> None:
-        for sock in [*self.routers.values(), *self.pushes.values()]:
+        for router in self.routers.values():
+            router.disable_monitor()  # before its monitor's end goes (see detach)
+        for sock in [*self.monitors, *self.routers.values(), *self.pushes.values()]:
             sock.close()
         self.ctx.term()
+
+
+def refuse(fd: int, pid: int | None) -> int:
+    """Shut a connection ZeroMQ accepted on `fd` (it sees the hang-up and
+    closes it: the fd stays its own). The fd is checked to still be a
+    connection of the domain's process first: between the event and now it
+    may have been closed and its number reused. 1 if shut, else 0."""
+    if pid is None:
+        return 0
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return 0
+    try:
+        cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+        if PEERCRED.unpack(cred)[0] != pid:
+            return 0
+        sock.shutdown(socket.SHUT_RDWR)
+        return 1
+    except OSError:
+        return 0
+    finally:
+        sock.close()
 
 
 def pack_reply(rc: int, result: Any) -> bytes:
@@ -211,12 +314,14 @@ def handle_requests(machine: Machine, transport: ZmqTransport, router: zmq.Socke
         if domid not in transport.routers:
             return  # the domain went away while we served it
         try:
-            frames = router.recv_multipart(zmq.NOBLOCK)
+            frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return
-        if len(frames) != 3 or frames[1] != b"":
+        if len(frames) != 3 or not transport.admitted(domid, frames[2]):
+            continue  # a connection past the domain's cap: being shut
+        identity, empty, payload = (f if isinstance(f, bytes) else f.bytes for f in frames)
+        if empty != b"":
             continue  # not a REQ envelope: nobody to answer
-        identity, _, payload = frames
         token = (domid, identity)
         outcome = serve(machine, domid, token, payload)
         if outcome is not DEFERRED:
@@ -236,12 +341,26 @@ def run(machine: Machine, transport: ZmqTransport) -> None:
                 if domid is not None and domid in machine.domains:
                     machine.process_exited(machine.domains[domid])
             elif item in transport.by_socket:
+                domid = transport.by_socket[item]
                 handle_requests(machine, transport, item)
+                log_refusals(machine, transport, domid)
             elif item in transport.by_push:
                 transport.flush_held(item)
+            elif item in transport.monitors:
+                domid, _ = transport.connection_events(item)
+                log_refusals(machine, transport, domid)
             if machine.halted:
                 break
         next_deadline = machine.fire_timers(time.monotonic_ns())
+
+
+def log_refusals(machine: Machine, transport: ZmqTransport, domid: int) -> None:
+    cap, dom = transport.caps.get(domid), machine.domains.get(domid)
+    if cap is not None and cap.unlogged and dom is not None:
+        machine.log_about(dom, f"d{domid}: {cap.unlogged} hypercall connection(s) "
+                          f"refused: it holds its cap of {cap.cap} "
+                          f"({cap.refused} refused in all)")
+        cap.unlogged = 0
 
 
 def remove_dir(path: Path) -> None:

@@ -8,6 +8,7 @@ deferred hypercall goes through the `Transport` the loop provides.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import time
 from collections import deque
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hypervisor import devfds
+from hypervisor.connections import FdBudget, cap_for
 from hypervisor.credit2 import (
     DEFAULT_WEIGHT,
     MAX_WEIGHT,
@@ -82,7 +84,7 @@ class Platform:
 class Machine:
     def __init__(self, platform: Platform, run_dir: Path, transport: Transport,
                  logger: Any = None, log_json: bool = False, standby: bool = False,
-                 sandbox: Sandbox | None = None) -> None:
+                 sandbox: Sandbox | None = None, fd_limit: int | None = None) -> None:
         self.platform = platform
         self.run_dir = run_dir
         self.transport = transport
@@ -103,6 +105,10 @@ class Machine:
         self.halted = False
         self.sandbox = sandbox
         self.standby = StandbyPool(standby, sandbox)
+        # What every domain may cost us in fds must fit our limit.
+        if fd_limit is None:
+            fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.fds = FdBudget(fd_limit)
 
     # -- logging ------------------------------------------------------------
 
@@ -195,6 +201,8 @@ class Machine:
         max_window_pages = max_window_kb * 1024 // os.sysconf("SC_PAGE_SIZE")
         if any(d.name == name and not d.dying for d in self.domains.values()):
             raise XenError(EINVAL, f"a domain named {name} already exists")
+        fd_cost = self.fds.domain_cost(cap_for(vcpus, privileged))
+        self.fds.commit(fd_cost, f"{name} (its hypercall connections and memory)")
         if domid is None:
             domid = self.next_domid
             self.next_domid += 1
@@ -209,13 +217,15 @@ class Machine:
         except XenError as exc:
             for seg in allocated:
                 self.memory.free(seg)
+            self.fds.release(fd_cost)
             self.log(f"d{domid} {name}: creation failed: {exc}")
             raise
         physmap = Physmap()
         physmap.add(Region(0, ram))
         dom = Domain(domid=domid, name=name, privileged=privileged, max_vcpus=vcpus,
                      max_pages=nr_pages, ram=ram, shared_info=shinfo, gnttab=gnttab,
-                     physmap=physmap, weight=weight, max_window_pages=max_window_pages)
+                     physmap=physmap, weight=weight, max_window_pages=max_window_pages,
+                     fd_cost=fd_cost)
         for vcpu in range(vcpus):
             dom.affinity[vcpu] = tuple(cpus) if cpus is not None else None
         self.domains[domid] = dom
@@ -255,6 +265,8 @@ class Machine:
             "run_dir": str(self.run_dir),
             "log_json": self.log_json,
             "hv_pid": os.getpid(),
+            # At most this many hypercalls in flight (connections) at once.
+            "hypercall_channels": cap_for(dom.max_vcpus, dom.privileged),
             "fds": fds,
             **self.transport.endpoints(dom.domid),
         }
@@ -636,6 +648,8 @@ class Machine:
                 dom.process.jail = None
         if dom.memchan is not None:
             dom.memchan.close()
+        self.fds.release(dom.fd_cost + len(dom.windows))
+        dom.fd_cost = 0
         dom.free(self.memory)
         self.domains.pop(dom.domid, None)
         for kind in ("xen", "guest"):
@@ -686,9 +700,14 @@ class Machine:
             raise XenError(ENOMEM, f"d{dom.domid}: a window of {nr_frames} pages would "
                            f"take its windows past {dom.max_window_pages} pages "
                            f"({dom.window_pages} in use)")
+        self.fds.commit(1, f"d{dom.domid}'s grant window")
         window_id = self.next_window
-        segment = self.memory.allocate(f"pyxen-{dom.name}-window{window_id}", nr_frames,
-                                      f"{dom.name}'s grant window")
+        try:
+            segment = self.memory.allocate(f"pyxen-{dom.name}-window{window_id}", nr_frames,
+                                          f"{dom.name}'s grant window")
+        except XenError:
+            self.fds.release(1)
+            raise
         self.next_window += 1
         region = Region(dom.physmap.next_free_gfn(), segment, peer=peer,
                         window_id=window_id)
@@ -714,6 +733,7 @@ class Machine:
         for other in self.domains.values():
             other.known_windows.discard(window_id)
         self.memory.free(region.segment)
+        self.fds.release(1)
         self.log_about(dom, f"d{dom.domid}: grant window {window_id} closed")
 
     def open_window(self, dom: Domain, peer: int, nr_frames: int) -> Region:

@@ -17,7 +17,10 @@ any other domain, nor the hypervisor's loop.
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 from typing import Sequence
 
 import msgpack
@@ -46,6 +49,15 @@ class MemChannel:
         except OSError as exc:
             raise XenError(ENOTCONN, "the domain's memory channel is closed "
                                      f"({exc.strerror})") from None
+
+    def queued(self) -> int:
+        """Bytes sent that the domain has not read yet (SIOCOUTQ): 0 once it
+        has read everything."""
+        try:
+            out = fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+        except OSError:
+            return 0
+        return struct.unpack("i", out)[0]
 
     def close(self) -> None:
         self.sock.close()

@@ -100,8 +100,9 @@ class FakeMachine(Machine):
     end is kept (and closed with the machine)."""
 
     def __init__(self, sleeper: Sleeper, run_dir: Path, pcpus: int = 2,
-                 memory: int = 1024) -> None:
-        super().__init__(Platform("virt", pcpus, memory), run_dir, FakeTransport())
+                 memory: int = 1024, fd_limit: int | None = None) -> None:
+        super().__init__(Platform("virt", pcpus, memory), run_dir, FakeTransport(),
+                         fd_limit=fd_limit)
         self.sleeper = sleeper
         self.peer_ends: list[socket.socket] = []
 

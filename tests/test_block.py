@@ -3,10 +3,11 @@
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
-from tests.harness import Fifo
+from tests.harness import REPO, Fifo
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,3 +96,39 @@ def test_io_features_readonly_and_bad_requests(system):
     assert report["past_end_backend"] == "BLKIF_RSP_ERROR"
     assert report["still_serving"]
     assert (system.run_dir / "disks" / "ro.img").read_bytes() == b"R" * (1 << 20)
+
+
+def test_a_detach_waiting_on_a_deaf_guest_does_not_hold_the_control_loop(system):
+    """The toolstack waits up to DETACH_TIMEOUT for a frontend to close; a
+    guest that never does must not stall every other `pyxen` command."""
+    system.boot(system.write_topology("""
+        [platform]
+        memory = 1024
+        [dom0]
+        memory = 256
+        [domain.disk-dd]
+        driver_domain = true
+        memory = 64
+        [domain.deaf]
+        memory = 32
+        workload = "tests.workloads:deaf_to_devices"
+        """))
+    system.cli("block-attach", "deaf", "backend=disk-dd", "vdev=xvdb", "size=1M",
+               "target=deaf.img")
+    detach = subprocess.Popen(
+        [sys.executable, "-m", "domains.dom0.cli", "block-detach", "deaf", "xvdb"],
+        env=system.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        system.wait_log("Domain-0", "detaching: waiting for the frontend to close")
+        rows = system.list()  # served while the detach waits
+        assert detach.poll() is None, "the list came only after the detach gave up"
+        assert rows["deaf"]["state"] != "-"
+        out, err = detach.communicate(timeout=60)
+    finally:
+        if detach.poll() is None:
+            detach.kill()
+            detach.wait()
+    assert detach.returncode == 0, err  # it still hears when the detach is done
+    system.wait_log("Domain-0", "frontend did not close, removing anyway")
+    assert "51728" not in system.cli("block-list", "deaf").stdout

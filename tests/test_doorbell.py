@@ -39,7 +39,7 @@ def test_a_ring_is_accepted_only_on_a_port_bound_to_its_sender() -> None:
 
 @pytest.fixture
 def pair():
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     a.setblocking(False)
     b.setblocking(False)
     yield a, b
@@ -65,12 +65,41 @@ def test_take_reads_at_most_its_limit(pair) -> None:
     assert take(b, 64) == list(range(5, 11))
 
 
-def test_a_datagram_that_is_not_a_port_is_ignored(pair) -> None:
+def test_what_is_not_whole_ports_garbles_only_that_peer_s_own_rings(pair) -> None:
     a, b = pair
-    for junk in (b"", b"\x01", PORT.pack(6) + b"x"):
-        a.send(junk)
-    a.send(PORT.pack(8))
-    assert take(b, 64) == [8]
+    a.send(b"\x01\x02")  # half a port: nothing rung
+    assert take(b, 64) == []
+    a.send(PORT.pack(8))  # out of step now: whatever it reads as, one port
+    assert len(take(b, 64)) == 1
+
+
+def test_many_rings_before_the_receiver_looks_are_one_read_and_one_port(pair) -> None:
+    """As a pending bit: N rings of a port while the receiver is busy are
+    one event, read in one system call, and none of them made the sender
+    fall back to the hypercall."""
+    a, b = pair
+    bells = Doorbells()
+    bells.install(3, a)
+    assert all(bells.ring(3, 7) for _ in range(200))  # (~270 fit in its buffer)
+    assert bells.ring(3, 9)
+    reads = []
+
+    class Counting:
+        def recv_into(self, buf, size):
+            n = b.recv_into(buf, size)
+            reads.append(n)
+            return n
+
+    assert take(Counting(), 4096) == [7, 9]
+    assert reads == [201 * PORT.size]
+    assert take(b, 64) == []
+
+
+def test_a_closed_peer_is_told_apart_from_nothing_rung(pair) -> None:
+    a, b = pair
+    assert take(b, 64) == []
+    a.close()
+    assert take(b, 64) is None
 
 
 def test_no_end_to_that_domain_fails() -> None:
@@ -105,7 +134,7 @@ def test_a_newer_end_is_not_removed_for_an_older_ones_death(pair) -> None:
     a, b = pair
     bells = Doorbells()
     bells.install(3, a)
-    new, _new_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    new, _new_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         assert bells.install(3, new) is a
         assert bells.remove(3, a) is None  # not the current one
@@ -366,3 +395,54 @@ def test_rings_waiting_on_a_replaced_end_are_still_delivered(system) -> None:
     assert owner.events.doorbells.ends[binder.domid] is not old
     assert binder.sends == 0 and owner.events.drops.total == 0
     _wait_closed(owner, old)
+
+
+# -- a peer binding and closing in a loop (hypervisor side, pure) -----------------
+
+
+def test_bind_close_cycles_cannot_fill_the_owner_s_memory_channel(sleeper, tmp_path):
+    """A peer may bind a port allocated for it, close, and bind it again
+    (Xen's semantics). Each bind and close is a message in the owner's memory
+    channel, where its grant windows come too: the peer's binds are refused
+    (EBUSY, to the peer) once it has a few unread there, and the owner still
+    gets its windows."""
+    from hypervisor import doorbell as broker
+    from hypervisor.dispatch import Call, dispatch
+    from hypervisor.public.errno import EBUSY
+    from hypervisor.public.event_channel import (
+        EVTCHNOP_alloc_unbound,
+        EVTCHNOP_bind_interdomain,
+        EVTCHNOP_close,
+    )
+    from hypervisor.public.xen import HYPERVISOR_event_channel_op
+    from tests.hvfakes import FakeMachine, drain
+
+    def op(dom, cmd, args):
+        return dispatch(Call(m, dom, 0, None), HYPERVISOR_event_channel_op, cmd, args)
+
+    m = FakeMachine(sleeper, tmp_path)
+    try:
+        m.add("Domain-0", domid=0, privileged=True)
+        victim, attacker = m.add("victim"), m.add("attacker")
+        victim_end, attacker_end = m.peer_ends[1], m.peer_ends[2]
+        rc, result = op(victim, EVTCHNOP_alloc_unbound, {"remote_dom": attacker.domid})
+        port = result["port"]
+        refused = 0
+        for _ in range(1000):  # the victim does not get to read meanwhile
+            rc, result = op(attacker, EVTCHNOP_bind_interdomain,
+                            {"remote_dom": victim.domid, "remote_port": port})
+            if rc == -EBUSY:
+                refused += 1
+                continue
+            assert rc == 0, result
+            assert op(attacker, EVTCHNOP_close, {"port": result["local_port"]})[0] == 0
+            drain(attacker_end)  # the attacker reads its own
+        m.open_window(victim, 0, 1)  # the victim's channel has room still
+        assert refused == 1000 - broker.NOTICES_PER_PEER // 2
+        # Once the victim has read its channel, the peer may bind again.
+        drain(victim_end)
+        rc, result = op(attacker, EVTCHNOP_bind_interdomain,
+                        {"remote_dom": victim.domid, "remote_port": port})
+        assert rc == 0, result
+    finally:
+        m.close()

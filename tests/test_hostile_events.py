@@ -2,10 +2,12 @@
 forged to another domain, no hypervisor stalled or killed by a domain that
 does not read (or closed) its memory channel, and everyone else carries on."""
 
+import json
 import os
 import socket
 import stat
 
+import psutil
 import pytest
 
 from tests.harness import Fifo
@@ -124,3 +126,92 @@ def test_a_guest_that_closed_its_memory_channel_gets_an_errno(system):
         """))
     assert out.read_json() == {"grant_window": "ENOTCONN", "then": "ok"}
     assert system.list()["closer"]["state"][3:5] == "--"
+
+
+def _cue(fifo) -> None:
+    with open(fifo.path, "w") as f:
+        f.write("{}\n")
+
+
+def _percentile(values: list, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+PINGS = 10000
+
+
+def test_a_doorbell_flood_coalesces_and_starves_no_other_peer(system):
+    """A peer bound to us may ring as fast as it likes: its rings coalesce
+    (as a pending bit: many rings, one handler run), and another peer's
+    events still come through, every one of them. The victim's CPU time
+    and the other peer's latency, flood or not, are printed (for the
+    record; timing is not asserted)."""
+    names = ("hello", "offer_f", "offer_p", "v_cue", "v_out", "f_cue", "f_out",
+             "p_cue", "p_out")
+    f = {name: Fifo(system.run_dir, name) for name in names}
+    binds = Fifo.binds(*f.values())
+    system.boot(system.write_topology(SMALL + f"""
+        [domain.target]
+        memory = 32
+        workload = "tests.workloads:flood_target"
+        extra = "hello={f['hello'].path} offer={f['v_out'].path} cue={f['v_cue'].path} out={f['v_out'].path}"
+        {binds}
+
+        [domain.flooder]
+        memory = 32
+        workload = "tests.workloads:doorbell_flood"
+        extra = "offer={f['offer_f'].path} cue={f['f_cue'].path} out={f['f_out'].path}"
+        {binds}
+
+        [domain.pinger]
+        memory = 32
+        workload = "tests.workloads:doorbell_ping"
+        extra = "n={PINGS} offer={f['offer_p'].path} cue={f['p_cue'].path} out={f['p_out'].path}"
+        {binds}
+        """))
+    rows = system.list()
+    with open(f["hello"].path, "w") as out:
+        out.write(json.dumps({"flooder": rows["flooder"]["domid"],
+                              "pinger": rows["pinger"]["domid"]}) + "\n")
+    offer = f["v_out"].read_json()  # the target's ports, handed on to each peer
+    for name in ("offer_f", "offer_p"):
+        with open(f[name].path, "w") as out:
+            out.write(json.dumps(offer) + "\n")
+    assert f["f_out"].read_json() == {"bound": True}
+    assert f["p_out"].read_json() == {"bound": True}
+
+    target = psutil.Process(system.pid_of("target"))
+
+    def sample() -> dict:
+        _cue(f["v_cue"])
+        times = target.cpu_times()
+        return {**f["v_out"].read_json(), "cpu": times.user + times.system}
+
+    idle0 = sample()
+    _cue(f["p_cue"])
+    quiet = f["p_out"].read_json()
+    idle1 = sample()
+
+    _cue(f["f_cue"])  # the flood starts
+    assert f["f_out"].read_json() == {"flooding": True}
+    flood0 = sample()
+    _cue(f["p_cue"])
+    flooded = f["p_out"].read_json()
+    flood1 = sample()
+    _cue(f["f_cue"])  # the flood stops
+    sent = f["f_out"].read_json()
+
+    assert len(quiet["rtts_us"]) == PINGS and len(flooded["rtts_us"]) == PINGS  # none lost
+    runs = flood1["runs"] - flood0["runs"]
+    assert 0 < runs < sent["sent"] // 10, "rings of one port must coalesce"
+    cpu_quiet = (idle1["cpu"] - idle0["cpu"]) / quiet["secs"] * 100
+    cpu_flood = (flood1["cpu"] - flood0["cpu"]) / flooded["secs"] * 100
+    print(f"\nflood: {sent['sent']} sends ({sent['rung']} by doorbell) in "
+          f"{sent['secs']:.2f} s; during the pings ({flooded['secs']:.2f} s) the "
+          f"target ran its handler {runs} times")
+    print(f"target CPU while pinged: quiet {cpu_quiet:.0f} %, flooded {cpu_flood:.0f} %")
+    print("other peer's RTT us p50/p99: quiet "
+          f"{_percentile(quiet['rtts_us'], .5)}/{_percentile(quiet['rtts_us'], .99)}, "
+          f"flooded {_percentile(flooded['rtts_us'], .5)}/"
+          f"{_percentile(flooded['rtts_us'], .99)}")

@@ -166,3 +166,43 @@ def test_a_guest_cannot_flood_or_forge_the_hypervisor_console(system):
     log = (system.run_dir / "logs" / "hypervisor.log").read_text()
     assert "\x1b" not in log and log.count("FORGED") == len(forged)
     assert psutil.pid_exists(system.hypervisor_pid())
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_guest_cannot_hold_more_hypercall_connections_than_its_cap(system):
+    """Each connection to a hypercall channel is an fd of the hypervisor's:
+    a guest opening them without bound would take its RLIMIT_NOFILE and
+    break every domain. Those past the domain's cap are refused."""
+    out, cue, go, other = (Fifo(system.run_dir, n) for n in ("out", "cue", "go", "other"))
+    n = 400
+    system.boot(system.write_topology(SMALL + f"""
+        [domain.attacker]
+        memory = 64
+        workload = "tests.workloads:connection_flood"
+        extra = "n={n} out={out.path} cue={cue.path}"
+        {Fifo.binds(out, cue)}
+
+        [domain.bystander]
+        memory = 64
+        workload = "tests.workloads:timer_on_cue"
+        extra = "cue={go.path} out={other.path}"
+        {Fifo.binds(go, other)}
+        """))
+    report = out.read_json()
+    hv = system.hypervisor_pid()
+    assert _fds(hv) < n // 2, "the hypervisor holds an fd per connection asked"
+    assert report["answered"] < 8  # its kernel's own connections hold the rest
+    assert report["cap"] == 8  # one vCPU: 4 per vCPU and 4 more
+    rows = system.list()
+    assert rows["bystander"]["state"][3:5] == "--"
+    with open(go.path, "w") as f:
+        f.write("{}\n")
+    assert other.read_json() == {"slept": True}
+    dmesg = system.cli("dmesg").stdout
+    assert f"d{rows['attacker']['domid']}: " in dmesg and "connection(s) refused" in dmesg
+    with open(cue.path, "w") as f:
+        f.write("{}\n")
+    assert "version" in out.read_json()  # it is served again once it lets go

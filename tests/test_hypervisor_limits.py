@@ -55,7 +55,7 @@ class FakeRouter:
             for _ in range(n))
         self.domid = domid
 
-    def recv_multipart(self, flags=0):
+    def recv_multipart(self, flags=0, copy=True):
         if not self.queue:
             raise zmq.Again()
         return self.queue.popleft()
@@ -69,6 +69,9 @@ class FakeLoopTransport:
 
     def reply(self, token, rc, result):
         self.answered.append(token[0])
+
+    def admitted(self, domid, frame):
+        return True
 
 
 def test_a_flooding_domain_is_served_a_bounded_turn_like_the_others(sleeper, tmp_path):

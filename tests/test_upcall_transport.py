@@ -21,7 +21,7 @@ def transport(tmp_path):
 
 def fake_domain(domid: int):
     # The channels are bound to a pid: ours, since this test connects itself.
-    return SimpleNamespace(domid=domid, process=SimpleNamespace(
+    return SimpleNamespace(domid=domid, max_vcpus=1, privileged=False, process=SimpleNamespace(
         pid=os.getpid(), pidfd=os.pidfd_open(os.getpid())))
 
 

@@ -823,3 +823,130 @@ def noisy_crash(kernel) -> None:
     thread.join()
     _send(kernel.args["out"], {"raising": True})
     raise RuntimeError("the kernel panics")
+
+
+def deaf_to_devices(kernel) -> None:
+    """Boots and never starts a frontend: a device given to it stays
+    Initialising, and a detach of it waits for a Closed that never comes."""
+    kernel.ready()
+    threading.Event().wait()
+
+
+def connection_flood(kernel) -> None:
+    """Open `n` connections to our own hypercall channel and ask one
+    hypercall on each (each would be an fd of the hypervisor's); report how
+    many were answered while we hold them all, wait for the cue, then let
+    them go and check that our own hypercalls are still served."""
+    import msgpack
+    import zmq
+
+    kernel.ready()
+    n = int(kernel.args.get("n", "400"))
+    socks = []
+    for _ in range(n):
+        sock = kernel.ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(kernel.start_info["hypercall"])
+        sock.send(msgpack.packb([HYPERVISOR_xen_version, 0, None, 0]))
+        socks.append(sock)
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    answered = 0
+    deadline = time.monotonic() + 5.0  # those refused never answer
+    while answered < n and time.monotonic() < deadline:
+        ready = dict(poller.poll(500))
+        for sock in ready:
+            sock.recv()
+            poller.unregister(sock)
+            answered += 1
+    _send(kernel.args["out"], {"answered": answered,
+                               "cap": kernel.start_info.get("hypercall_channels")})
+    _recv(kernel.args["cue"])
+    for sock in socks:
+        sock.close()
+    _send(kernel.args["out"], {"version": kernel.hypercall(HYPERVISOR_xen_version, 0)})
+    threading.Event().wait()
+
+
+# -- a doorbell flood and its cost to the receiver -----------------------------------
+
+
+def flood_target(kernel) -> None:
+    """Offers a port to a flooder and one to a pinger (echoed at once);
+    on each cue, reports how often the flooder's handler ran."""
+    kernel.ready()
+    peers = _recv(kernel.args["hello"])
+    runs = {"flood": 0}
+
+    def flooded(port: int) -> None:
+        runs["flood"] += 1
+
+    flood = kernel.events.alloc_unbound(peers["flooder"])
+    kernel.events.bind(flood, flooded)
+    ping = kernel.events.alloc_unbound(peers["pinger"])
+    kernel.events.bind(ping, lambda port: kernel.events.send(port))
+    _send(kernel.args["offer"], {"domid": kernel.domid, "flood": flood, "ping": ping})
+    while True:
+        _recv(kernel.args["cue"])
+        _send(kernel.args["out"], {"runs": runs["flood"]})
+
+
+def doorbell_flood(kernel) -> None:
+    """Binds the port offered and, from one cue to the next, sends on it as
+    fast as it can; reports how many it sent, and how many went by the
+    doorbell (the rest took the hypercall)."""
+    kernel.ready()
+    offer = _recv(kernel.args["offer"])
+    local = kernel.events.bind_interdomain(offer["domid"], offer["flood"])
+    _send(kernel.args["out"], {"bound": True})
+    _recv(kernel.args["cue"])
+    stop = threading.Event()
+
+    def wait_stop() -> None:
+        # The start cue's writer may not have closed yet: an empty read is it.
+        while True:
+            with open(kernel.args["cue"]) as f:
+                if f.readline().strip():
+                    break
+        stop.set()
+
+    threading.Thread(target=wait_stop, daemon=True).start()
+    bells, peer = kernel.events.doorbells, (offer["domid"], offer["flood"])
+    sent = rung = 0
+    start = time.monotonic()
+    while not stop.is_set():
+        for _ in range(1000):
+            if bells.ring(*peer):
+                rung += 1
+            else:
+                kernel.events.send(local)
+        sent += 1000
+        if sent == 10_000:
+            _send(kernel.args["out"], {"flooding": True})
+    _send(kernel.args["out"], {"sent": sent, "rung": rung,
+                               "secs": time.monotonic() - start})
+    threading.Event().wait()
+
+
+def doorbell_ping(kernel) -> None:
+    """Binds the port offered; on each cue, `n` round trips through it
+    (the target echoes each event), reported in microseconds."""
+    kernel.ready()
+    offer = _recv(kernel.args["offer"])
+    echoed = threading.Semaphore(0)
+    local = kernel.events.bind_interdomain(offer["domid"], offer["ping"],
+                                           lambda port: echoed.release())
+    _send(kernel.args["out"], {"bound": True})
+    n = int(kernel.args.get("n", "500"))
+    while True:
+        _recv(kernel.args["cue"])
+        rtts = []
+        begun = time.monotonic()
+        for _ in range(n):
+            start = time.perf_counter_ns()
+            kernel.events.send(local)
+            if not echoed.acquire(timeout=30):
+                break  # starved: what came back is reported
+            rtts.append((time.perf_counter_ns() - start) // 1000)
+        _send(kernel.args["out"], {"rtts_us": rtts, "secs": time.monotonic() - begun})

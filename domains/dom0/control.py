@@ -10,9 +10,9 @@ arguments are checked against its schema (SCHEMAS: the type of every
 argument, bool never taken for an int) before the toolstack sees them.
 Every request gets exactly one reply: a user mistake (unknown domain, bad
 config) and a failure of the toolstack alike are error replies, never a
-crash of the control loop. `create` and `wait` are answered later
-(`respond`), when the domain has booted or reached the state: the loop
-serves other requests meanwhile.
+crash of the control loop. `create`, `wait` and the detaches are answered
+later (`respond`), when the domain has booted, reached the state or let go
+of the device: the loop serves other requests meanwhile.
 """
 
 from __future__ import annotations
@@ -358,9 +358,20 @@ def _block_attach(ts: Toolstack, args: dict):
     return {"devid": ts.block_attach(dom, disk), "vdev": disk.vdev}
 
 
-@command("block-detach")
-def _block_detach(ts: Toolstack, args: dict):
-    ts.block_detach(ts.find(args["domain"]), str(args["vdev"]))
+def _detached(respond: Respond) -> Callable[[XenError | None], None]:
+    """A detach's answer, sent when its worker is done."""
+    def done(error: XenError | None) -> None:
+        respond({"ok": False, "error": str(error)} if error is not None
+                else {"ok": True, "result": None})
+    return done
+
+
+@command("block-detach", deferred=True)
+def _block_detach(ts: Toolstack, args: dict, respond: Respond):
+    """Answered once the device is gone: the wait for the frontend runs on
+    a worker (a guest may never close it), the control loop goes on."""
+    ts.block_detach(ts.find(args["domain"]), str(args["vdev"]), _detached(respond))
+    return LATER
 
 
 @command("block-list")
@@ -389,9 +400,10 @@ def _network_attach(ts: Toolstack, args: dict):
     return {"devid": ts.network_attach(dom, vif)}
 
 
-@command("network-detach")
-def _network_detach(ts: Toolstack, args: dict):
-    ts.network_detach(ts.find(args["domain"]), int(args["devid"]))
+@command("network-detach", deferred=True)
+def _network_detach(ts: Toolstack, args: dict, respond: Respond):
+    ts.network_detach(ts.find(args["domain"]), int(args["devid"]), _detached(respond))
+    return LATER
 
 
 @command("network-list")

@@ -5,7 +5,8 @@ Domains change only through hypercalls.
 Threads: the control loop (main.py) calls in for every request and event;
 a domain's creation waits for its kernel to boot, which a guest can make
 last until the hypervisor's boot deadline, so creates run on worker
-threads the toolstack starts and joins (`create_async`). `lock` guards
+threads the toolstack starts and joins (`create_async`), and so do
+detaches, which wait for a guest's frontend to close. `lock` guards
 every bit of state here; it is never held across the createdomain wait,
 and the control loop holds it while it handles a request.
 """
@@ -53,6 +54,9 @@ WORKLOADS = {
     "demo": "domains.guest.workloads:demo",
 }
 DRIVER_DOMAIN_KERNEL = "domains.driver.main:main"
+
+#: How a detach's caller hears of its end: None, or what went wrong.
+Detached = Callable[[XenError | None], None]
 
 
 def kernel_for(config: DomainConfig) -> str:
@@ -121,6 +125,8 @@ class Toolstack:
     booting: dict[str, Booting] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     workers: set[threading.Thread] = field(default_factory=set)
+    # Frontend paths being detached -> set to end the wait early (halt).
+    detaching: dict[str, threading.Event] = field(default_factory=dict)
     halting: bool = False
     # Domains a XenStore quota refused, and what (xenstored's thread sets it).
     quota_errors: dict[int, str] = field(default_factory=dict)
@@ -482,26 +488,67 @@ class Toolstack:
         self.log.info("disk attached", domain=dom.name, vdev=disk.vdev, devid=devid)
         return devid
 
-    def block_detach(self, dom: Managed, vdev: str) -> None:
-        """Ask both ends to close (backend state Closing), wait, remove."""
+    def block_detach(self, dom: Managed, vdev: str, done: Detached) -> None:
+        """Ask both ends to close (backend state Closing); a worker waits for
+        the frontend and removes the device, then calls `done`."""
         for row in self.block_list(dom):
             if vdev in (row["vdev"], str(row["devid"])):
                 break
         else:
             raise XenError(ENOENT, f"{dom.name} has no disk {vdev}")
-        self._detach(devices.vbd_frontend_path(dom.domid, row["devid"]), row["backend_path"])
-        dom.disks.pop(row["devid"], None)
-        self.log.info("disk detached", domain=dom.name, vdev=row["vdev"])
 
-    def _detach(self, front: str, back: str) -> None:
+        def removed() -> None:
+            dom.disks.pop(row["devid"], None)
+            self.log.info("disk detached", domain=dom.name, vdev=row["vdev"])
+
+        self._detach(devices.vbd_frontend_path(dom.domid, row["devid"]),
+                     row["backend_path"], removed, done)
+
+    def _detach(self, front: str, back: str, removed: Callable[[], None],
+                done: Detached) -> None:
         """libxl's device removal: the backend goes Closing, the frontend
-        follows to Closed, then both directories go."""
-        self.xs.write(f"{back}/online", "0")
-        self.xs.write(f"{back}/state", str(int(XenbusState.Closing)))
-        if not wait_for_state(self.xs, front, {int(XenbusState.Closed)}, DETACH_TIMEOUT):
-            self.log.warning("frontend did not close, removing anyway", device=front)
-        self.xs.rm(front)
-        self.xs.rm(back)
+        follows to Closed, then both directories go. The wait is a guest's
+        to make last (up to DETACH_TIMEOUT), so it runs on a worker, as a
+        create's does, and the control loop serves other requests meanwhile."""
+        with self.lock:
+            if self.halting:
+                raise XenError(EBUSY, "the machine is halting")
+            if front in self.detaching:
+                raise XenError(EBUSY, f"{front} is being detached already")
+            self.xs.write(f"{back}/online", "0")
+            self.xs.write(f"{back}/state", str(int(XenbusState.Closing)))
+            self.log.info("detaching: waiting for the frontend to close", device=front)
+            settled = self.detaching[front] = threading.Event()
+            worker = threading.Thread(target=self._detach_worker, name=f"detach {front}",
+                                      args=(front, back, settled, removed, done))
+            self.workers.add(worker)
+            worker.start()
+
+    def _detach_worker(self, front: str, back: str, settled: threading.Event,
+                       removed: Callable[[], None], done: Detached) -> None:
+        try:
+            try:
+                closed = wait_for_state(self.xs, front, {int(XenbusState.Closed)},
+                                        DETACH_TIMEOUT, settled)
+                with self.lock:
+                    if not closed:
+                        self.log.warning("frontend did not close, removing anyway",
+                                         device=front)
+                    self.xs.rm(front)
+                    self.xs.rm(back)
+                    removed()
+            except XenError as exc:
+                done(exc)
+            except Exception as exc:  # a bug: the caller still gets an answer
+                self.log.exception("detach failed", device=front)
+                done(XenError(EIO, f"{front}: {exc!r}"))
+            else:
+                done(None)
+        finally:
+            with self.lock:
+                self.detaching.pop(front, None)
+                self.workers.discard(threading.current_thread())
+            self.wake()
 
     # -- network devices (xl network-attach / -detach / -list) --------------------
 
@@ -518,15 +565,19 @@ class Toolstack:
         self.log.info("vif attached", domain=dom.name, devid=devid)
         return devid
 
-    def network_detach(self, dom: Managed, devid: int) -> None:
+    def network_detach(self, dom: Managed, devid: int, done: Detached) -> None:
         for row in self.network_list(dom):
             if row["devid"] == devid:
                 break
         else:
             raise XenError(ENOENT, f"{dom.name} has no vif {devid}")
-        self._detach(devices.vif_frontend_path(dom.domid, devid), row["backend_path"])
-        dom.vifs.pop(devid, None)
-        self.log.info("vif detached", domain=dom.name, devid=devid)
+
+        def removed() -> None:
+            dom.vifs.pop(devid, None)
+            self.log.info("vif detached", domain=dom.name, devid=devid)
+
+        self._detach(devices.vif_frontend_path(dom.domid, devid), row["backend_path"],
+                     removed, done)
 
     def network_list(self, dom: Managed) -> list[dict]:
         rows = []
@@ -955,6 +1006,8 @@ class Toolstack:
         with self.lock:
             self.halting = True
             self.scheduled.clear()
+            for settled in self.detaching.values():
+                settled.set()  # detaches in flight remove their device now
             for name in list(self.booting):
                 try:
                     self.destroy_booting(name, halting=True)
@@ -989,9 +1042,11 @@ def _key(reason: int) -> str:
 DETACH_TIMEOUT = 10.0
 
 
-def wait_for_state(xs: XenStoreClient, path: str, states: set[int], timeout: float) -> bool:
-    """Block until <path>/state is one of `states` (or the node is gone)."""
-    reached = threading.Event()
+def wait_for_state(xs: XenStoreClient, path: str, states: set[int], timeout: float,
+                   reached: threading.Event | None = None) -> bool:
+    """Block until <path>/state is one of `states` (or the node is gone), or
+    someone else sets `reached`."""
+    reached = reached if reached is not None else threading.Event()
     token = f"wait-{path}"
 
     def check(_path: str, _token: str) -> None:

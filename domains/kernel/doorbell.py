@@ -6,18 +6,27 @@ hypervisor delivers, over ZeroMQ), but once a port is connected the sending
 kernel may ring the peer directly, as a doorbell page would.
 
 A doorbell is a capability, not a name: when two domains first bind a
-channel between them, the hypervisor makes a Unix datagram socket pair and
+channel between them, the hypervisor makes a Unix stream socket pair and
 hands each its end over the memory channel, tagged with the other's domid
 (hypervisor/doorbell.py). An end reaches exactly one domain, and whatever
-arrives on it comes from that domain. A datagram carries the receiver's
-port; the receiver accepts it only when that port is bound interdomain to
+arrives on it comes from that domain. A ring is the receiver's port, 4
+bytes; the receiver accepts it only when that port is bound interdomain to
 the domain at the other end (`accepts`), so a peer can raise exactly the
 ports bound to it: never a VIRQ, never a channel to someone else.
+
+A stream, not datagrams, so that rings coalesce as Xen's pending bits do:
+whatever a peer rang since the receiver last looked is read in one system
+call and each port run once, however many times it was rung. With
+datagrams every ring was a system call of the receiver's (and at most
+net.unix.max_dgram_qlen of them queued, 10 by default, before the sender
+fell back to the hypercall): a peer ringing in a loop cost its receiver as
+much CPU as itself. A peer that writes other than whole ports garbles only
+its own rings (they fail `accepts`, or raise a port bound to it anyway).
 
 Not a ZeroMQ socket: a ZeroMQ message crosses two I/O threads (one per
 side) before it reaches the other domain's upcall loop, two more thread
 wakeups per event and ~35 us one way on a busy 2-core host, where a
-datagram is one system call that wakes the receiver's poll directly. Under
+ring is one system call that wakes the receiver's poll directly. Under
 network load a domain rings thousands of times a second, so this is most of
 what pyxen's data path pays per notification (README, "Tests and
 benchmarks").
@@ -26,6 +35,8 @@ benchmarks").
 from __future__ import annotations
 
 import socket
+import struct
+import sys
 import threading
 import time
 from typing import Callable
@@ -33,6 +44,7 @@ from typing import Callable
 from hypervisor.public.event_channel import PYXEN_EVTCHN_PORT
 
 PORT = PYXEN_EVTCHN_PORT
+LITTLE_ENDIAN = sys.byteorder == "little" and struct.calcsize("I") == PORT.size
 
 
 def accepts(peers: dict[int, tuple[int, int]], sender: int, port: int) -> bool:
@@ -43,21 +55,30 @@ def accepts(peers: dict[int, tuple[int, int]], sender: int, port: int) -> bool:
     return peer is not None and peer[0] == sender
 
 
-def take(sock: socket.socket, limit: int) -> list[int]:
+def take(sock: socket.socket, limit: int, buf: bytearray | None = None
+         ) -> list[int] | None:
     """The ports rung on `sock` since the last call, each once, in the order
-    first rung, at most `limit` datagrams read: like pending bits, rings
-    of a port that came while the domain was busy coalesce. A datagram
-    that is not one port is ignored."""
-    recv = sock.recv
-    rung: dict[bytes, None] = {}
-    for _ in range(limit):
-        try:
-            rung[recv(PORT.size + 1)] = None
-        except (BlockingIOError, InterruptedError):
-            break
-        except OSError:
-            break  # closed under us (retired): nothing more to read
-    return [PORT.unpack(m)[0] for m in rung if len(m) == PORT.size]
+    first rung, at most `limit` rings read, in one system call: like
+    pending bits, rings of a port that came while the domain was busy
+    coalesce. None once the peer's end is closed (nothing more will come).
+    `buf`, if given, is where they are read (at least `limit` ports long)."""
+    size = limit * PORT.size
+    if buf is None or len(buf) < size:
+        buf = bytearray(size)
+    try:
+        n = sock.recv_into(buf, size)
+    except (BlockingIOError, InterruptedError):
+        return []
+    except OSError:
+        return []  # closed under us (retired): nothing more to read
+    if n == PORT.size:  # the common case, one ring: no more work than that
+        return [PORT.unpack_from(buf)[0]]
+    if n == 0:
+        return None
+    n -= n % PORT.size  # not whole ports: the peer garbles its own rings
+    if LITTLE_ENDIAN:  # PORT's order: a cast reads them all at C speed
+        return list(dict.fromkeys(memoryview(buf)[:n].cast("I")))
+    return list(dict.fromkeys(p for (p,) in PORT.iter_unpack(memoryview(buf)[:n])))
 
 
 class Doorbells:
@@ -100,7 +121,9 @@ class Doorbells:
         if sock is None:
             return False
         try:
-            sock.send(PORT.pack(port))
+            # 4 bytes go whole or not at all (EAGAIN), so rings of several
+            # threads never interleave.
+            sock.send(PORT.pack(port), socket.MSG_NOSIGNAL)
             return True
         except BlockingIOError:
             return False  # the peer is that far behind: the slow path

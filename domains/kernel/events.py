@@ -58,9 +58,11 @@ FdHandler = Callable[[int], None]  # given the fd
 #: Messages on the loop's inproc pair.
 _STOP = b""
 _CONTROL = b"c"  # watch_fd/unwatch_fd requests are queued
-#: Doorbells taken off the socket before their handlers run: bounds how
-#: long a burst can hold the hypervisor's upcalls back.
-NR_COALESCE = 64
+#: Rings read off a doorbell end at a time (one system call), each port
+#: then run once: a peer ringing in a loop costs us a read per turn of
+#: the loop, and the other ends and the hypervisor's upcalls have their
+#: turn between two reads.
+NR_COALESCE = 4096
 #: A retired doorbell end is read to the end: more than its queue can hold.
 NR_DRAIN = 1 << 16
 
@@ -106,6 +108,7 @@ class EventChannels:
         # above in each turn, as a driver's handler of its fd may want
         # what the peer rang (a tx ring with room again).
         self._bells: dict[int, tuple[int, socket.socket]] = {}
+        self._ring_buf = bytearray(NR_COALESCE * PORT.size)  # the loop's alone
         self._poller: zmq.Poller | None = None
         self._stopped = False
         self.thread = threading.Thread(target=self._upcall_loop, name="upcall",
@@ -392,7 +395,16 @@ class EventChannels:
         each once (like a pending bit, rings that came while we were busy
         coalesce), and only those bound to it; the others are dropped."""
         peers, channel = self.peers, self.memchan
-        for port in take(end, limit):
+        rung = take(end, limit, self._ring_buf if limit == NR_COALESCE else None)
+        if rung is None:
+            # The peer's end is closed (it died, or moved on to a new pair):
+            # stop polling ours, and ringing through it.
+            bell = self._bells.get(end.fileno())
+            if bell is not None and bell[1] is end:  # not one retired already
+                self.doorbells.remove(peer, end)
+                self._retire(peer, end)
+            return
+        for port in rung:
             bound = peers.get(port)  # accepts(), inline: this is the hot path
             if bound is None or bound[0] != peer:
                 if channel is not None:

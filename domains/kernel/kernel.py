@@ -86,7 +86,8 @@ class Kernel:
         # Devices' fds (images, TAPs) the hypervisor opened for us, by key.
         self.fds = FdTable(self.memchan)
         self.ctx = zmq.Context()
-        self.hypercall = Hypercalls(self.ctx, start_info["hypercall"])
+        self.hypercall = Hypercalls(self.ctx, start_info["hypercall"],
+                                    start_info.get("hypercall_channels"))
         self.events = EventChannels(self.hypercall, self.ctx, start_info,
                                     self.shared_info, self.log, memchan=self.memchan)
         self.gnttab = GrantTable(self.hypercall, entries, status,

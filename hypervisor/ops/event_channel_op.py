@@ -41,6 +41,7 @@ def alloc_unbound(call: Call, args: dict):
 def bind_interdomain(call: Call, args: dict):
     me = call.caller.domid
     remote_dom, remote_port = _dom(call, args["remote_dom"]), args["remote_port"]
+    call.machine.doorbells.admit(me, remote_dom)  # EBUSY: the owner is behind
     port = call.machine.evtchn.bind_interdomain(me, remote_dom, remote_port)
     call.caller.bitmap.reset(port)
     # Both ends learn of the binding (and get doorbell ends) first; pyxen's
