@@ -46,8 +46,8 @@ def test_block_attach_list_detach(system):
     assert (system.run_dir / "disks" / "hot.img").stat().st_size == 8 << 20
     listing = system.cli("block-list", "guest1").stdout.splitlines()
     assert listing[0].split()[:4] == ["Vdev", "BE", "handle", "state"]
-    assert any(line.split()[0] == "51728" for line in listing[1:])
-    system.wait_log("guest1", "device=51728")  # the guest connected it
+    # The attach returned once the guest had connected it (state 4).
+    assert [line.split()[3] for line in listing[1:] if line.split()[0] == "51728"] == ["4"]
     system.cli("block-detach", "guest1", "xvdb")
     system.wait_log("guest1", "block device removed")
     listing = system.cli("block-list", "guest1").stdout
@@ -114,7 +114,7 @@ def test_a_detach_waiting_on_a_deaf_guest_does_not_hold_the_control_loop(system)
         workload = "tests.workloads:deaf_to_devices"
         """))
     system.cli("block-attach", "deaf", "backend=disk-dd", "vdev=xvdb", "size=1M",
-               "target=deaf.img")
+               "target=deaf.img", "--timeout", "0")
     detach = subprocess.Popen(
         [sys.executable, "-m", "domains.dom0.cli", "block-detach", "deaf", "xvdb"],
         env=system.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

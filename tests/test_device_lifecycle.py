@@ -87,8 +87,11 @@ def test_a_device_that_cannot_connect_says_why(system):
     quota (28 of 64 vbds used to stay Initialising with nothing said)."""
     system.boot()
     system.cli("pause", "guest2")
-    system.cli("block-attach", "guest2", "backend=disk-dd", "vdev=xvdb", "size=1M",
-               "target=p.img")
+    proc = system.cli("block-attach", "guest2", "backend=disk-dd", "vdev=xvdb", "size=1M",
+                      "target=p.img", "--timeout", "1", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == ("pyxen: ETIMEDOUT: guest2: xvdb attached but not connected after "
+                           "1 s (state Initialising): the guest is paused\n")
     assert "  xvdb: the guest is paused" in system.cli("block-list", "guest2").stdout
     system.cli("unpause", "guest2")
     system.wait_device_state(vbd(system, "guest2", 51728), CONNECTED)
@@ -99,9 +102,11 @@ def test_a_device_that_cannot_connect_says_why(system):
     used = system.cli("xenstore-control", "quota", str(guest)).stdout
     nodes = int(used.split("nodes           :")[1].split()[0])
     system.cli("xenstore-control", "quota", "set", str(guest), "nodes", str(nodes))
-    system.cli("block-attach", "guest1", "backend=disk-dd", "vdev=xvdc", "size=1M",
-               "target=q.img")
-    system.wait_log("Domain-0", "xenstore quota reached")
+    proc = system.cli("block-attach", "guest1", "backend=disk-dd", "vdev=xvdc", "size=1M",
+                      "target=q.img", "--timeout", "5", check=False)
+    assert proc.returncode == 1
+    assert "xvdc attached but not connected" in proc.stderr
+    assert "the guest hit its XenStore quota: ENOSPC" in proc.stderr, proc.stderr
     listing = system.cli("block-list", "guest1").stdout
     assert "  xvdc: the guest hit its XenStore quota: ENOSPC" in listing, listing
     assert "guest1: XenStore quota: ENOSPC" in system.cli("list", "-v").stdout

@@ -335,7 +335,7 @@ def _console(args) -> int:
 
 def _block_attach(args) -> int:
     result = _client(args).call("block-attach", domain=args.domain,
-                                spec=", ".join(args.spec))
+                                spec=", ".join(args.spec), timeout=args.timeout)
     print(f"Attached {result['vdev']} (devid {result['devid']}) to {args.domain}")
     return 0
 
@@ -359,7 +359,7 @@ def _block_list(args) -> int:
 
 def _network_attach(args) -> int:
     result = _client(args).call("network-attach", domain=args.domain,
-                                spec=", ".join(args.spec))
+                                spec=", ".join(args.spec), timeout=args.timeout)
     print(f"Attached vif {result['devid']} to {args.domain}")
     return 0
 
@@ -701,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain")
     p.add_argument("spec", nargs="+", help="e.g. backend=disk-dd vdev=xvdb target=x.img "
                    "size=16M, or one comma-separated spec")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the device to connect (default 10; 0: do not "
+                   "wait); past it, exit 1 naming its state and why")
     p.set_defaults(func=_block_attach)
 
     p = command("block-detach", "detach a disk from a domain")
@@ -715,6 +718,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("network-attach", "attach a vif (xl vif spec) to a domain")
     p.add_argument("domain")
     p.add_argument("spec", nargs="+", help="e.g. backend=net-dd bridge=xenbr0 ip=10.0.0.5")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the device to connect (default 10; 0: do not "
+                   "wait); past it, exit 1 naming its state and why")
     p.set_defaults(func=_network_attach)
 
     p = command("network-detach", "detach a vif from a domain")

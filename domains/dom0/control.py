@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from hypervisor.public.pyxen.text import clean_text
 from domains.dom0 import topocheck
+from domains.dom0.devices import vbd_frontend_path, vif_frontend_path
 from domains.dom0.toolstack import Managed, Toolstack
 from domains.dom0.topology import TopologyError, load_domain_config
 from domains.dom0.xlspec import SpecError, parse_cpulist, parse_disk, parse_vif
@@ -93,6 +94,9 @@ _domain_check = _both(_text(128), _range(0, _DOMID_MAX))
 DOMAIN = Arg((str, int), True, _domain_check)
 OPT_DOMAIN = Arg((str, int), False, _domain_check)
 
+#: Seconds an attach waits for its device to connect (xl's hotplug wait).
+ATTACH_TIMEOUT = 10.0
+
 SCHEMAS: dict[str, dict[str, Arg]] = {
     "list": {"domain": OPT_DOMAIN},
     "info": {},
@@ -112,11 +116,13 @@ SCHEMAS: dict[str, dict[str, Arg]] = {
                                     _both(_text(16), _range(-(1 << 31), 1 << 31))),
                       "cap": Arg((str, int), False,
                                  _both(_text(16), _range(-(1 << 31), 1 << 31)))},
-    "block-attach": {"domain": DOMAIN, "spec": Arg((str,), True, _text(4096))},
+    "block-attach": {"domain": DOMAIN, "spec": Arg((str,), True, _text(4096)),
+                     "timeout": Arg((int, float), False, _range(0, 600))},
     "block-detach": {"domain": DOMAIN,
                      "vdev": Arg((str, int), True, _both(_text(64), _range(0, 1 << 32)))},
     "block-list": {"domain": DOMAIN},
-    "network-attach": {"domain": DOMAIN, "spec": Arg((str,), True, _text(4096))},
+    "network-attach": {"domain": DOMAIN, "spec": Arg((str,), True, _text(4096)),
+                       "timeout": Arg((int, float), False, _range(0, 600))},
     "network-detach": {"domain": DOMAIN,
                        "devid": Arg((int,), True, _range(0, (1 << 31) - 1))},
     "network-list": {"domain": DOMAIN},
@@ -349,13 +355,30 @@ def _weight(value: Any) -> int:
     return weight
 
 
-@command("block-attach")
-def _block_attach(ts: Toolstack, args: dict):
+@command("block-attach", deferred=True)
+def _block_attach(ts: Toolstack, args: dict, respond: Respond):
+    """Answered once the device is Connected, or with why it is not."""
     dom = ts.find(args["domain"])
     disk = parse_disk(str(args["spec"]))
     if disk.backend not in {d.name for d in ts.domains.values()}:
         raise SpecError(f"unknown backend domain '{disk.backend}'")
-    return {"devid": ts.block_attach(dom, disk), "vdev": disk.vdev}
+    devid = ts.block_attach(dom, disk)
+    result = {"devid": devid, "vdev": disk.vdev}
+    ts.wait_connected(dom, vbd_frontend_path(dom.domid, devid), disk.vdev,
+                      _attach_timeout(args), _attached(respond, result))
+    return LATER
+
+
+def _attach_timeout(args: dict) -> float:
+    timeout = args.get("timeout")
+    return ATTACH_TIMEOUT if timeout is None else float(timeout)
+
+
+def _attached(respond: Respond, result: dict) -> Callable[[XenError | None], None]:
+    def done(error: XenError | None) -> None:
+        respond({"ok": False, "error": str(error)} if error is not None
+                else {"ok": True, "result": result})
+    return done
 
 
 def _detached(respond: Respond) -> Callable[[XenError | None], None]:
@@ -379,8 +402,8 @@ def _block_list(ts: Toolstack, args: dict):
     return ts.block_list(ts.find(args["domain"]))
 
 
-@command("network-attach")
-def _network_attach(ts: Toolstack, args: dict):
+@command("network-attach", deferred=True)
+def _network_attach(ts: Toolstack, args: dict, respond: Respond):
     dom = ts.find(args["domain"])
     spec = str(args["spec"])
     vif = parse_vif(spec)
@@ -397,7 +420,10 @@ def _network_attach(ts: Toolstack, args: dict):
         raise SpecError(problem)
     if vif.backend not in {d.name for d in ts.domains.values()}:
         raise SpecError(f"unknown backend domain '{vif.backend}'")
-    return {"devid": ts.network_attach(dom, vif)}
+    devid = ts.network_attach(dom, vif)
+    ts.wait_connected(dom, vif_frontend_path(dom.domid, devid), f"vif {devid}",
+                      _attach_timeout(args), _attached(respond, {"devid": devid}))
+    return LATER
 
 
 @command("network-detach", deferred=True)

@@ -519,15 +519,8 @@ class Toolstack:
             self.xs.write(f"{back}/state", str(int(XenbusState.Closing)))
             self.log.info("detaching: waiting for the frontend to close", device=front)
             settled = self.detaching[front] = threading.Event()
-            worker = threading.Thread(target=self._detach_worker, name=f"detach {front}",
-                                      args=(front, back, settled, removed, done))
-            self.workers.add(worker)
-            worker.start()
 
-    def _detach_worker(self, front: str, back: str, settled: threading.Event,
-                       removed: Callable[[], None], done: Detached) -> None:
-        try:
-            try:
+            def wait_then_remove() -> None:
                 closed = wait_for_state(self.xs, front, {int(XenbusState.Closed)},
                                         DETACH_TIMEOUT, settled)
                 with self.lock:
@@ -537,18 +530,61 @@ class Toolstack:
                     self.xs.rm(front)
                     self.xs.rm(back)
                     removed()
-            except XenError as exc:
-                done(exc)
-            except Exception as exc:  # a bug: the caller still gets an answer
-                self.log.exception("detach failed", device=front)
-                done(XenError(EIO, f"{front}: {exc!r}"))
-            else:
-                done(None)
-        finally:
+
+            self._on_worker(f"detach {front}", wait_then_remove, done,
+                            lambda: self.detaching.pop(front, None))
+
+    def _on_worker(self, name: str, body: Callable[[], None], done: Detached,
+                   cleanup: Callable[[], object] = lambda: None) -> None:
+        """Run `body` on a tracked worker (halt joins it); `done` hears how
+        it ended, always once. Call with the lock held."""
+        def run() -> None:
+            try:
+                try:
+                    body()
+                except XenError as exc:
+                    done(exc)
+                except Exception as exc:  # a bug: the caller still gets an answer
+                    self.log.exception("toolstack worker failed", worker=name)
+                    done(XenError(EIO, f"{name}: {exc!r}"))
+                else:
+                    done(None)
+            finally:
+                with self.lock:
+                    cleanup()
+                    self.workers.discard(threading.current_thread())
+                self.wake()
+
+        worker = threading.Thread(target=run, name=name)
+        self.workers.add(worker)
+        worker.start()
+
+    def wait_connected(self, dom: Managed, front: str, what: str, timeout: float,
+                       done: Detached) -> None:
+        """An attach's answer: once the device at `front` is Connected, or,
+        past `timeout` seconds, an error naming its state and why (the
+        device stays, and block-list / network-list keep saying why)."""
+        if timeout <= 0:
+            done(None)
+            return
+        connected = int(XenbusState.Connected)
+
+        def wait() -> None:
+            wait_for_state(self.xs, front, {connected}, timeout)
             with self.lock:
-                self.detaching.pop(front, None)
-                self.workers.discard(threading.current_thread())
-            self.wake()
+                state = self._int_or(f"{front}/state")
+                if state == connected:
+                    return
+                back = self._read_or(f"{front}/backend", "")
+                cause = self.device_cause(dom, front, back) or "it went away"
+            names = {int(s): s.name for s in XenbusState}
+            raise XenError(ETIMEDOUT, f"{dom.name}: {what} attached but not connected after "
+                           f"{timeout:g} s (state {names.get(state, state)}): {cause}")
+
+        with self.lock:
+            if self.halting:
+                raise XenError(EBUSY, "the machine is halting")
+            self._on_worker(f"attach {front}", wait, done)
 
     # -- network devices (xl network-attach / -detach / -list) --------------------
 
