@@ -13,17 +13,6 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from domains.kernel.xenbus.client import XenStoreClient, XsError
-from domains.kernel.xenbus.state import BACKEND, switch_state
-from hypervisor.public.io.xenbus import XenbusState
-
-
-def backend_switch(xs: XenStoreClient, path: str, state: XenbusState) -> None:
-    """Move a backend device to `state`; a device whose directory is gone is
-    being removed, and has nothing left to announce."""
-    try:
-        switch_state(xs, path, state, end=BACKEND)
-    except XsError:
-        pass
 
 
 class BackendDevice(Protocol):
