@@ -460,10 +460,7 @@ class BlkfrontDevice:
         # still holds its pages (old DMA buffers) keeps them valid.
         if not self.kernel.gnttab.close_window(self.conn.window, self.conn.granted()):
             self.log.warning("old grant window still mapped, kept")
-        # No connection until the next connect made one: meanwhile a backend
-        # passing through Closed (it saw our Closed before our
-        # Initialising) is part of the handshake, not a reason to close.
-        self.conn = None
+        self.conn = None  # until the next connect makes one
 
     def _gone(self) -> None:
         """The device goes for good: every request waiting fails."""
