@@ -39,6 +39,7 @@ from domains.kernel.xenbus.state import (
     BACKEND,
     FRONTEND,
     BackendMoves,
+    IllegalTransition,
     OtherendWatch,
     allowed,
     read_state,
@@ -114,7 +115,12 @@ class _Device:
         if state not in allowed(self.state, self.end):
             self.log.error("xenbus state not moved", frm=self.state.name, to=state.name)
             return False
-        if switch_state(self.xs, self.path, state, end=self.end) is None:
+        try:
+            if switch_state(self.xs, self.path, state, end=self.end) is None:
+                return False
+        except IllegalTransition as exc:  # the node was not what we last wrote
+            self.log.error("xenbus state not moved", error=str(exc))
+            self.state = read_state(self.xs, self.path)
             return False
         self.state = state
         return True
