@@ -950,3 +950,63 @@ def doorbell_ping(kernel) -> None:
                 break  # starved: what came back is reported
             rtts.append((time.perf_counter_ns() - start) // 1000)
         _send(kernel.args["out"], {"rtts_us": rtts, "secs": time.monotonic() - begun})
+
+
+def _threads_since(base: set) -> list[str]:
+    return sorted(t.name for t in set(threading.enumerate()) - base)
+
+
+def lifecycle_guest(kernel) -> None:
+    """Connect a disk and a vif, use them, report; on the test's cue close
+    both buses, then the kernel, and report which threads are left."""
+    from domains.guest.devices import start_frontends
+
+    kernel.ready()
+    base = set(threading.enumerate())  # the kernel's own: vCPUs, upcall, xenstore
+    disks, nets = start_frontends(kernel)
+    disk = disks.get("xvda")
+    disk.write(8, b"lifecycle" * 455 + b"!")
+    up = nets.wait_up(0)
+    _send(kernel.args["out"], {"read": disk.read(8, 1)[:9].decode(), "vif_up": up,
+                               "threads": _threads_since(base)})
+    _recv(kernel.args["cue"])
+    disks.close()
+    nets.close()
+    xs = kernel.xenstore
+    states = {dev: int(xs.read(f"device/{dev}/state")) for dev in ("vbd/51712", "vif/0")}
+    busy = [p for p in (disks.root + "/51712", nets.root + "/0") if kernel.work.busy(p)]
+    drivers_left = sorted(t.name for t in set(threading.enumerate()) - base
+                          if t not in kernel.work.threads)
+    kernel.close()
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    _send(kernel.args["out"], {"states": states, "busy": busy,
+                               "drivers_left": drivers_left, "left": left})
+
+
+def lifecycle_backends(kernel) -> None:
+    """A driver domain serving blkback and netback; on the test's cues:
+    report its threads (the guest connected), then close both buses and
+    the kernel, and report which threads are left."""
+    from backends.blkback.device import BlkbackDevice
+    from backends.netback.device import Switch, Vif
+    from domains.kernel.xenbus.backend import BackendBus
+
+    kernel.ready()
+    base = set(threading.enumerate())
+    vbds = BackendBus(kernel.xenstore, kernel.domid, "vbd",
+                      lambda path, fe, devid: BlkbackDevice(kernel, path, fe, devid), kernel.log)
+    switch = Switch(kernel.log)
+    vifs = BackendBus(kernel.xenstore, kernel.domid, "vif",
+                      lambda path, fe, devid: Vif(kernel, switch, path, fe, devid), kernel.log)
+    _recv(kernel.args["cue"])
+    _send(kernel.args["out"], {"threads": _threads_since(base)})
+    _recv(kernel.args["cue"])
+    states = {kind: [d.life.state.name for d in bus.devices.values()]
+              for kind, bus in (("vbd", vbds), ("vif", vifs))}
+    vbds.close()
+    vifs.close()
+    drivers_left = sorted(t.name for t in set(threading.enumerate()) - base
+                          if t not in kernel.work.threads)
+    kernel.close()
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    _send(kernel.args["out"], {"states": states, "drivers_left": drivers_left, "left": left})

@@ -30,18 +30,10 @@ from backends.blkback.validate import (
 )
 from domains.kernel.fdtable import vbd_key
 from domains.kernel.gnttab import GrantStatusError, Mapping
-from domains.kernel.xenbus.backend import backend_switch
-from domains.kernel.xenbus.client import XsError
-from domains.kernel.xenbus.state import (
-    BACKEND,
-    read_feature,
-    read_state,
-    switch_state,
-    watch_otherend,
-    write_features,
-)
+from domains.kernel.threads import OwnedThread
+from domains.kernel.xenbus.lifecycle import Backend, BackendHooks
+from domains.kernel.xenbus.state import read_feature, write_features
 from hypervisor.public.errno import XenError
-from hypervisor.public.grant_table import GNTST_general_error
 from hypervisor.public.io import blkif
 from hypervisor.public.io.blkif import (
     BLKIF_OP_INDIRECT,
@@ -49,7 +41,6 @@ from hypervisor.public.io.blkif import (
     VDISK_READONLY,
 )
 from hypervisor.public.io.ring import BackRing, RingError
-from hypervisor.public.io.xenbus import XenbusState
 
 MAX_RING_PAGE_ORDER = 4
 MAX_QUEUES = 4
@@ -58,15 +49,15 @@ REQUEST_SIZE = blkif.BLKIF_SRING_ENTRY_SIZE
 LIMITS = Limits()
 _OFFSET_MASK = (1 << 32) - 1
 IOV_CACHE_SIZE = 256  # I/O vectors kept per device (see BlkbackDevice.iov_cache)
-S = XenbusState
 
 
-class Queue(threading.Thread):
-    """One ring: its channel kicks the thread, the thread answers requests."""
+class Queue(OwnedThread):
+    """One ring: its channel kicks the thread, the thread answers requests.
+    The device owns it: disconnect() stops and joins it."""
 
     def __init__(self, device: BlkbackDevice, index: int, ring: BackRing,
                  mappings: list[Mapping], view: memoryview) -> None:
-        super().__init__(name=f"blkback-{device.fe}-{device.devid}-q{index}", daemon=True)
+        super().__init__(f"blkback-{device.fe}-{device.devid}-q{index}")
         self.device = device
         self.ring = ring
         self.mappings = mappings
@@ -141,7 +132,7 @@ class BlkbackDevice:
         # it up (one hash of the records) replaces 256 translations.
         self.iov_cache: dict[bytes, list[memoryview]] = {}
         self.lock = threading.Lock()
-        self.watch = None
+        self.life: Backend | None = None
         self.connected = False
 
     # -- set-up -------------------------------------------------------------------
@@ -197,47 +188,16 @@ class BlkbackDevice:
             }, tx)
 
         xs.transaction(publish)
-        switch_state(xs, path, S.InitWait, end=BACKEND)
         self.log.info("waiting for the frontend", params=params, sectors=self.disk.sectors,
                       mode="r" if readonly else "w")
-        self.watch = watch_otherend(xs, self.frontend, self.frontend_changed)
-
-    def frontend_changed(self, state: XenbusState) -> None:
-        if state in (S.Initialised, S.Connected) and not self.connected:
-            try:
-                self.connect()
-            except GrantStatusError as exc:
-                if exc.status != GNTST_general_error:
-                    self.protocol_error(f"cannot connect: {exc}")
-                    return
-                # Rings granted to another domain: a frontend that has not
-                # yet seen its backend move to us (a restart, or a second
-                # kill during the handshake) still shows the previous
-                # connection's state and refs. It starts over once it sees
-                # us; wait for that in InitWait, holding nothing. Closing
-                # here would be a dead end: Closing -> InitWait is illegal.
-                self.log.info("frontend's rings are not granted to us (yet): "
-                              "waiting for it to start over", reason=str(exc))
-                self._undo_connect()
-            except (XsError, XenError, RingError, ValueError) as exc:
-                self.protocol_error(f"cannot connect: {exc}")
-        elif state == S.Closing:
-            self.disconnect()
-            self._switch(S.Closing)
-        elif state in (S.Closed, S.Unknown):
-            self.disconnect()
-            self._switch(S.Closed)
-        elif state == S.Initialising and read_state(self.xs, self.path) in (S.Closing,
-                                                                            S.Closed):
-            # The frontend starts over. Its Closed may never have been seen:
-            # watches report the node's value now, not each value it had.
-            self.disconnect()
-            self._switch(S.InitWait)
-
-    def _switch(self, state: XenbusState) -> None:
-        backend_switch(self.xs, self.path, state)
+        self.life = Backend(xs, self.kernel.work, self.log, path, BackendHooks(
+            connect=self.connect, disconnect=self.disconnect, remove=self._close_image),
+            frontend=self.frontend)
+        self.life.start()
 
     def connect(self) -> None:
+        """Map the frontend's rings and bind its channels (the lifecycle
+        says Connected after, or calls disconnect() if this raises)."""
         xs, fe_path = self.xs, self.frontend
         nr_queues = read_feature(xs, fe_path, "multi-queue-num-queues", 1)
         order = read_feature(xs, fe_path, "ring-page-order", 0)
@@ -257,7 +217,6 @@ class BlkbackDevice:
             queue.port = self.kernel.events.bind_interdomain(self.fe, port, queue.kick)
             queue.start()
         self.connected = True
-        self._switch(S.Connected)
         self.log.info("connected", queues=nr_queues, ring_pages=1 << order,
                       persistent=self.persistent)
 
@@ -347,20 +306,18 @@ class BlkbackDevice:
     # -- tear-down ----------------------------------------------------------------
 
     def protocol_error(self, reason: str) -> None:
+        """A queue found the frontend broke the protocol: the lifecycle
+        disconnects and closes the device (not on this queue's thread:
+        disconnect() joins the queues)."""
         self.log.error("frontend misbehaved, closing", reason=reason)
-        self._undo_connect()
-        self.disconnect()
-        self._switch(S.Closing)
-
-    def _undo_connect(self) -> None:
-        """Release the queues of a connect that failed part way (a later
-        queue's refs refused after earlier ones were mapped and bound)."""
-        if not self.connected and self.queues:
-            self.connected = True  # what disconnect() tears down
-            self.disconnect()
+        if self.life is not None:
+            self.life.fail()
 
     def disconnect(self) -> None:
-        if not self.connected:
+        """Drop the rings and grants (also those of a connect that failed
+        part way: a later queue's refs refused after earlier ones were
+        mapped and bound)."""
+        if not self.connected and not self.queues:
             return
         self.connected = False
         for queue in self.queues:
@@ -391,12 +348,14 @@ class BlkbackDevice:
         self.log.info("disconnected")
 
     def remove(self) -> None:
-        if self.watch is not None:
-            try:
-                self.watch.cancel()
-            except XsError:
-                pass
-        self.disconnect()
+        """The device is gone: the lifecycle tears it down (and waits for
+        that, unless called from a watch callback)."""
+        if self.life is not None:
+            self.life.close()
+        else:
+            self._close_image()
+
+    def _close_image(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

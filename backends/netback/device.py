@@ -40,18 +40,9 @@ from backends.netback.tx import (TxAssembler, TxBlock, TxError, TxPacket,
                                  answer_extra, answer_status, tx_response_block)
 from domains.kernel import netpkt
 from domains.kernel.gnttab import GrantStatusError, Mapping
-from domains.kernel.xenbus.backend import backend_switch
-from domains.kernel.xenbus.client import XsError
-from domains.kernel.xenbus.state import (
-    BACKEND,
-    read_feature,
-    read_state,
-    switch_state,
-    watch_otherend,
-    write_features,
-)
+from domains.kernel.xenbus.lifecycle import Backend, BackendHooks
+from domains.kernel.xenbus.state import read_feature, write_features
 from hypervisor.public.errno import XenError
-from hypervisor.public.grant_table import GNTST_general_error
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
@@ -65,6 +56,8 @@ from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.xen import PAGE_SIZE
 
 S = XenbusState
+#: netfront skips Initialised: netback connects on its Connected only.
+CONNECT_ON = frozenset({S.Connected})
 TX_ENTRY = netif.NETIF_TX_SRING_ENTRY_SIZE
 RX_ENTRY = netif.NETIF_RX_SRING_ENTRY_SIZE
 #: Frames (and bytes) waiting for a frontend's rx buffers before the
@@ -223,6 +216,8 @@ class RateLimitedLog:
 
 
 class Vif:
+    life: Backend | None = None  # set by start()
+
     def __init__(self, kernel: Any, switch: Switch, path: str, fe: int, devid: int) -> None:
         self.kernel = kernel
         self.xs = kernel.xenstore
@@ -232,7 +227,6 @@ class Vif:
         self.path, self.fe, self.devid = path, fe, devid
         self.port_id = fe * 1000 + devid
         self.connected = False
-        self.watch = None
         self.ports: list[int] = []
         self.rings: list[tuple[BackRing, list[Mapping], memoryview]] = []
         self.tx_grants: dict[int, Mapping] = {}
@@ -265,43 +259,15 @@ class Vif:
             "feature-rx-copy": 1, "feature-rx-flip": 0,
             "feature-split-event-channels": 1, "multi-queue-max-queues": 1,
         }, tx))
-        switch_state(self.xs, self.path, S.InitWait, end=BACKEND)
-        self.watch = watch_otherend(self.xs, self.frontend, self.frontend_changed)
-
-    def frontend_changed(self, state: XenbusState) -> None:
-        if state == S.Connected and not self.connected:
-            try:
-                self.connect()
-            except GrantStatusError as exc:
-                self._drop_rings()
-                if exc.status != GNTST_general_error:
-                    self.log.error("cannot connect", error=str(exc))
-                    self._switch(S.Closing)
-                    return
-                # Rings granted to another domain: a frontend that has not yet
-                # seen its backend move to us (a restart) still shows the
-                # previous connection's state and refs. It starts over once it
-                # sees us; wait for that in InitWait (as blkback does): Closing
-                # would be a dead end, Closing -> InitWait is illegal.
-                self.log.info("frontend's rings are not granted to us (yet): "
-                              "waiting for it to start over", reason=str(exc))
-            except (XsError, XenError, RingError, ValueError) as exc:
-                self.log.error("cannot connect", error=str(exc))
-                self._switch(S.Closing)
-        elif state in (S.Closing, S.Closed, S.Unknown):
-            self.switch.call(self.disconnect)
-            self._switch(S.Closing if state == S.Closing else S.Closed)
-        elif state == S.Initialising and read_state(self.xs, self.path) in (S.Closing,
-                                                                            S.Closed):
-            # The frontend starts over (its Closed may have gone unseen: a
-            # watch reports the node's value now, not each value it had).
-            self.switch.call(self.disconnect)
-            self._switch(S.InitWait)
-
-    def _switch(self, state: XenbusState) -> None:
-        backend_switch(self.xs, self.path, state)
+        self.life = Backend(self.xs, self.kernel.work, self.log, self.path, BackendHooks(
+            connect=self.connect, disconnect=self._disconnect, resume=self._kick_both),
+            connect_on=CONNECT_ON, frontend=self.frontend)
+        self.life.start()
 
     def connect(self) -> None:
+        """Map the frontend's rings, bind its channels, plug the vif into
+        its bridge (the lifecycle says Connected after, or calls
+        _disconnect() if this raises)."""
         xs, fe = self.xs, self.frontend
         if read_feature(xs, fe, "request-rx-copy") != 1:
             raise ValueError("frontend does not request rx-copy (rx-flip is gone)")
@@ -331,12 +297,10 @@ class Vif:
         # self.bridge set.
         self.switch.call(lambda: self.switch.plug(self))
         self.connected = True
-        self._switch(S.Connected)
         f = self.features
         self.log.info("connected", bridge=self.bridge_name, sg=f.sg,
                       gso_tcpv4=f.gso_tcpv4, gso_tcpv6=f.gso_tcpv6, csum=f.csum,
                       split_channels=len(self.ports) == 2)
-        self._kick_both()
 
     def use_features(self, features: RxFeatures) -> None:
         """What the frontend negotiated for the frames it receives."""
@@ -413,10 +377,9 @@ class Vif:
 
     def _broken(self, what: str, exc: Exception) -> None:
         self.log.error(f"{what} ring corrupt, closing", error=str(exc))
-        self.disconnect()
-        # Not on this thread: it may be the upcall thread, which must stay
-        # free to deliver the XenStore reply the write waits for.
-        threading.Thread(target=self._switch, args=(S.Closing,), daemon=True).start()
+        self.disconnect()  # at once, on the switch: no frame touches the rings again
+        if self.life is not None:
+            self.life.fail()  # Closing, on the device's work
 
     # -- tx: the frontend's frames, on the switch thread --------------------------
 
@@ -675,8 +638,19 @@ class Vif:
         except RingError as exc:
             self._broken("rx", exc)
 
-    def _drop_rings(self) -> None:
-        """Unmap the rings of a connect that failed before it was plugged."""
+    def _disconnect(self) -> None:
+        """The lifecycle's disconnect: a connected vif is unplugged and
+        let go of (on the switch); what a connect that failed part way
+        holds (rings mapped, channels bound, not plugged yet) is released."""
+        if self.connected:
+            self.switch.call(self.disconnect)
+            return
+        for port in self.ports:
+            try:
+                self.kernel.events.close(port)
+            except XenError:
+                pass
+        self.ports = []
         for ring, mappings, view in self.rings:
             ring.close()
             view.release()
@@ -724,9 +698,9 @@ class Vif:
         self.log.info("disconnected")
 
     def remove(self) -> None:
-        if self.watch is not None:
-            try:
-                self.watch.cancel()
-            except XsError:
-                pass
-        self.switch.call(self.disconnect)
+        """The device is gone: the lifecycle tears it down (and waits for
+        that, unless called from a watch callback)."""
+        if self.life is not None:
+            self.life.close()
+        else:
+            self.switch.call(self.disconnect)

@@ -38,6 +38,7 @@ from typing import Any
 from backends.netback.device import GSO_TYPES, Frame, RateLimitedLog, Switch, split_head
 from backends.netback.offload import Offload, Receiver, tx_offload
 from domains.kernel import netpkt, vnet
+from domains.kernel.threads import OwnedThread
 from frontends.netfront.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN,
                                     NetnsError, Tap)
 from hypervisor.public.io.netif import NETRXF_data_validated, XEN_NETIF_MAX_TX_SIZE
@@ -135,8 +136,7 @@ class Uplink:
             raise
         self.tap = tap
         self.switch.call(lambda: self.switch.plug(self))
-        self.reader = threading.Thread(target=self._read_loop, name=f"uplink-{config.tap}",
-                                       daemon=True)
+        self.reader = OwnedThread(f"uplink-{config.tap}", self._read_loop)  # close() joins it
         self.reader.start()
         self.log.info("uplink up", mac=tap.mac, ip=list(config.ips), mtu=config.mtu)
 

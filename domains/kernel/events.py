@@ -34,6 +34,7 @@ import zmq
 from domains.kernel.doorbell import PORT, Doorbells, Drops, accepts, take
 from domains.kernel.hypercall import Hypercalls
 from domains.kernel.memchan import MemChannel
+from domains.kernel.threads import OwnedThread
 from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.event_channel import (
     EVTCHN_2L_NR_CHANNELS,
@@ -111,8 +112,7 @@ class EventChannels:
         self._ring_buf = bytearray(NR_COALESCE * PORT.size)  # the loop's alone
         self._poller: zmq.Poller | None = None
         self._stopped = False
-        self.thread = threading.Thread(target=self._upcall_loop, name="upcall",
-                                       daemon=True)
+        self.thread = OwnedThread("upcall", self._upcall_loop)  # stop() joins it
         self.thread.start()
 
     # -- EVTCHNOP_* -----------------------------------------------------------

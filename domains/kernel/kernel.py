@@ -25,6 +25,8 @@ from domains.kernel.gnttab import GrantTable, Windows
 from domains.kernel.hypercall import Hypercalls
 from domains.kernel.log import make_logger
 from domains.kernel.memchan import MemChannel
+from domains.kernel.threads import OwnedThread
+from domains.kernel.workqueue import WorkQueue
 from domains.kernel.xenstore import connect_ring
 from hypervisor.public.sched import SCHEDOP_shutdown, SCHEDOP_watchdog, SHUTDOWN_poweroff
 from hypervisor.public.xen import (
@@ -37,11 +39,11 @@ from hypervisor.public.xen import (
 )
 
 
-class VCpu(threading.Thread):
+class VCpu(OwnedThread):
     """A vCPU beyond vCPU0: a thread that runs what the role gives it."""
 
     def __init__(self, index: int) -> None:
-        super().__init__(name=f"vcpu{index}", daemon=True)
+        super().__init__(f"vcpu{index}")
         self.index = index
         self.work: list = []
         self.wake = threading.Condition()
@@ -54,12 +56,20 @@ class VCpu(threading.Thread):
                 while not self.work:
                     self.wake.wait()
                 fn = self.work.pop(0)
+            if fn is None:
+                return
             fn()
 
     def submit(self, fn) -> None:
         with self.wake:
             self.work.append(fn)
             self.wake.notify()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """After what it was given: the thread ends, and is joined."""
+        self.submit(None)
+        if self is not threading.current_thread():
+            self.join(timeout)
 
 
 class Kernel:
@@ -112,6 +122,9 @@ class Kernel:
             sys.stdout = ConsoleTee(sys.stdout, self.console)  # JSON lines or not
             self.log = make_logger(self.name, self.domid,
                                    start_info.get("log_json", False), sys.stdout)
+        # Where drivers' xenbus work runs (handshakes, reconnects, closes):
+        # the xenbus watch thread stays free to deliver what they wait for.
+        self.work = WorkQueue(self.log)
 
     # -- boot -------------------------------------------------------------------
 
@@ -125,6 +138,18 @@ class Kernel:
             # Blocks until the toolstack has introduced us to xenstored.
             watch_shutdown(self)
         self.log.info("booted", vcpus=len(tids), memory_mib=len(self.ram) >> 20)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the kernel's threads and join them: the work queue (after
+        the work queued: close the drivers first, their close handshakes
+        run there), the XenStore client's, the upcall loop, the vCPUs.
+        Hypercalls still work after (shutdown())."""
+        self.work.close(timeout)
+        if self.xenstore is not None:
+            self.xenstore.close()
+        self.events.stop()
+        for vcpu in self.vcpus:
+            vcpu.stop()
 
     # -- time -------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """blkfront's xenbus side: the guest's virtual block devices.
 
 Watches device/vbd in the guest's own directory: every device the
-toolstack adds (at boot or with `pyxen block-attach`) is connected, every
-device whose directory goes away is closed.
+toolstack adds (at boot or with `pyxen block-attach`) is connected (on the
+kernel's work queue, under the device's path: its handshake waits for the
+backend), every device whose directory goes away is closed.  close()
+closes them all and waits for their handshakes.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ class BlockBus:
         self.devices: dict[int, BlockDevice] = {}
         self.failed: dict[int, str] = {}
         self.cond = threading.Condition()
+        self.closed = False
+        self.unusable: list[BlkfrontDevice] = []  # made, but never connected
         self.xs.watch(self.root, "blkfront", lambda path, token: self._rescan())
         self._rescan()  # now, so that get() knows what is coming
 
     def _rescan(self) -> None:
+        if self.closed:
+            return
         try:
             present = {int(d) for d in self.xs.directory(self.root)}
         except (XsError, ValueError):
@@ -42,10 +48,17 @@ class BlockBus:
                 disk = self.devices.pop(devid)
             disk.device.close()
         for devid in new:
-            threading.Thread(target=self._connect, args=(devid,), daemon=True).start()
+            self.kernel.work.submit(lambda devid=devid: self._connect(devid),
+                                    f"{self.root}/{devid}")
 
     def _connect(self, devid: int) -> None:
         path = f"{self.root}/{devid}"
+        if self.closed:
+            with self.cond:
+                self.failed[devid] = "bus closed"
+                self.cond.notify_all()
+            return
+        device = None
         try:
             device = BlkfrontDevice(self.kernel, path)
             device.connect()
@@ -54,12 +67,16 @@ class BlockBus:
             self.kernel.log.error("block device failed", devid=devid, error=str(exc))
             with self.cond:
                 self.failed[devid] = str(exc)
+                if device is not None:
+                    self.unusable.append(device)  # still closed by close()
                 self.cond.notify_all()
             return
         with self.cond:
             self.failed.pop(devid, None)
             self.devices[devid] = BlockDevice(device, name)
             self.cond.notify_all()
+        if self.closed:  # closed while this one connected: it goes too
+            self._close_device(devid)
 
     def get(self, vdev: str, timeout: float = 30.0) -> BlockDevice:
         """The connected device `vdev` (e.g. "xvda", the backend's `dev`),
@@ -74,3 +91,29 @@ class BlockBus:
         if disk is None:
             raise DeviceGone(f"no block device {vdev} (failed: {self.failed or 'none'})")
         return disk
+
+    def _close_device(self, devid: int) -> None:
+        with self.cond:
+            disk = self.devices.pop(devid, None)
+        if disk is not None:
+            disk.device.close()
+
+    def close(self) -> None:
+        """Close every device and wait for their close handshakes (and for
+        connects under way)."""
+        self.closed = True
+        try:
+            self.xs.unwatch(self.root, "blkfront")
+        except XsError:
+            pass
+        for devid in list(self.devices):
+            self._close_device(devid)
+        for device in self.unusable:
+            device.close()
+        work = self.kernel.work
+        for devid in list(self.failed):
+            work.drain(f"{self.root}/{devid}")
+        for devid in list(self.devices):
+            self._close_device(devid)
+        for device in self.unusable:
+            device.close()

@@ -25,17 +25,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from domains.kernel.xenbus.client import XsError
-from domains.kernel.xenbus.state import (
-    FRONTEND,
-    read_feature,
-    switch_state,
-    BackendMoves,
-    restart_handshake,
-    watch_backend_moves,
-    watch_otherend,
-    write_features,
-)
+from domains.kernel.xenbus.lifecycle import Frontend, FrontendHooks
+from domains.kernel.xenbus.state import read_feature, write_features
 from frontends.blkfront.pool import Pool, PoolClosed
 from frontends.blkfront.requests import PageSegments, fill_indirect_pages
 from frontends.blkfront.shadow import Shadow
@@ -52,10 +43,8 @@ from hypervisor.public.io.blkif import (
     VDISK_READONLY,
 )
 from hypervisor.public.io.ring import FrontRing, ring_size, shared_ring_init
-from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.xen import PAGE_SIZE
 
-S = XenbusState
 SECTOR = 512
 SECTORS_PER_PAGE = PAGE_SIZE // SECTOR
 RING_PAGE_ORDER = 2  # four pages: 128 requests in flight per queue
@@ -428,56 +417,55 @@ class BlkfrontDevice:
         self.xs = kernel.xenstore
         self.path = path
         self.log = kernel.log.bind(device=path.rsplit("/", 1)[-1])
-        self.backend = self.xs.read(f"{path}/backend").decode()
-        self.backend_id = int(self.xs.read(f"{path}/backend-id"))
         self.vdev = int(self.xs.read(f"{path}/virtual-device"))
-        self.state_cond = threading.Condition()
-        self.backend_state = S.Unknown
         self.conn: Connection | None = None
         self.closed = False
         self.connected = threading.Event()
-        self.reconnecting = threading.Lock()
         # Requests cut short by a backend that went away, in issue order:
         # issued again as soon as the next backend is connected.
         self.reissue: list[IORequest] = []
         self.reissue_lock = threading.Lock()
-        self.moves = BackendMoves(self.state_cond, self.backend_id)
-        self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
-        # A restarted driver domain comes back under a new domid: the
-        # toolstack points our `backend-id` at it and we reconnect.
-        watch_backend_moves(self.xs, path, f"blkfront-{path}",
-                            lambda: self.backend_id, self._reconnect)
+        self.life = Frontend(self.xs, kernel.work, self.log, path, FrontendHooks(
+            connect=self._setup, resume=self._resume, lost=self._lost,
+            disconnect=self._disconnect, gone=self._gone), error=DeviceGone)
+        self.life.start()
+
+    @property
+    def backend(self) -> str:
+        return self.life.backend
+
+    @property
+    def backend_id(self) -> int:
+        return self.life.backend_id
 
     @property
     def queues(self) -> list[Queue]:
         return self.conn.queues if self.conn is not None else []
 
-    def _backend_changed(self, state: XenbusState) -> None:
-        with self.state_cond:
-            self.backend_state = state
-            self.state_cond.notify_all()
-        if state == S.Unknown and self.connected.is_set() and not self.closed:
-            self.log.warning("backend gone: holding I/O until it is back")
-            self.connected.clear()
-            self._abandon()
-            threading.Thread(target=self._forget_backend, args=(self.backend_id,),
-                             daemon=True).start()
-        elif state in (S.Closing, S.Closed) and self.conn is not None and not self.closed:
-            self.log.info("backend closing the device")
-            self.closed = True
-            self._fail_all()
-            threading.Thread(target=self._close_handshake, daemon=True).start()
+    # -- the lifecycle's hooks ------------------------------------------------------
 
-    def _forget_backend(self, gone: int) -> None:
-        """Say in XenStore that our rings are gone (state Closed), so that a
-        backend started in place of the gone one does not map the old ring
-        refs (still granted to the dead domain: it would fail and close the
-        device) but waits for the Initialised of our reconnect.  On its own
-        thread: switching state waits for xenstored, and the watch thread
-        that noticed the loss must stay free."""
-        with self.reconnecting:
-            if self.backend_id == gone and not self.closed and not self.connected.is_set():
-                switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
+    def _lost(self) -> None:
+        """The backend vanished or the device moved: hold I/O, keeping what
+        was not answered for the next backend."""
+        if self.connected.is_set() and not self.closed:
+            self.log.warning("backend gone: holding I/O until it is back")
+        self.connected.clear()
+        self._abandon()
+
+    def _disconnect(self, gone: bool) -> None:
+        if gone or self.conn is None:
+            return
+        # Its window goes back (the next backend gets a new one); what
+        # still holds its pages (old DMA buffers) keeps them valid.
+        if not self.kernel.gnttab.close_window(self.conn.window, self.conn.granted()):
+            self.log.warning("old grant window still mapped, kept")
+        self.conn = None  # until the next connect makes one
+
+    def _gone(self) -> None:
+        """The device goes for good: every request waiting fails."""
+        self.closed = True
+        self.connected.set()  # wake I/O waiting for a backend: it fails now
+        self._fail_all()
 
     def _abandon(self) -> None:
         """The backend is gone: keep what it did not answer for the next one."""
@@ -502,50 +490,16 @@ class BlkfrontDevice:
         for req in cut:
             req.fail(gone)
 
-    def _reconnect(self) -> None:
-        backend_id = int(self.xs.read(f"{self.path}/backend-id"))
-        if not self.moves.arrived(backend_id):
-            return
-        with self.reconnecting:
-            if self.closed or not self.moves.claim(backend_id):
-                return
-            self.connected.clear()
-            self._abandon()
-            try:
-                self.watch.cancel()
-            except XsError:
-                pass
-            if self.conn is not None:
-                # Its window goes back (the next backend gets a new one); what
-                # still holds its pages (old DMA buffers) keeps them valid.
-                if not self.kernel.gnttab.close_window(self.conn.window,
-                                                       self.conn.granted()):
-                    self.log.warning("old grant window still mapped, kept")
-            # No connection until connect() made the next one: meanwhile a
-            # backend passing through Closed (it saw our Closed before our
-            # Initialising) is part of the handshake, not a reason to close.
-            self.conn = None
-            self.backend_id = backend_id
-            with self.state_cond:
-                self.backend_state = S.Unknown
-            self.backend, self.watch = restart_handshake(self.xs, self.path,
-                                                         self._backend_changed)
-            self.log.info("reconnecting to the new backend", backend=self.backend)
-            try:
-                self.connect()
-            except (XsError, DeviceGone, OSError) as exc:
-                self.log.error("reconnect failed", error=str(exc))
-
-    def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> XenbusState:
-        why = self.moves.wait(states, lambda: self.backend_state, timeout)
-        if why is not None:
-            raise DeviceGone(f"backend {self.backend} {why}")
-        return self.backend_state
-
     # -- connect --------------------------------------------------------------------
 
     def connect(self) -> None:
-        self._wait_backend(S.InitWait, S.Connected)
+        """The whole handshake (the lifecycle's); DeviceGone if the backend
+        does not come."""
+        self.life.connect()
+
+    def _setup(self) -> None:
+        """The backend waits for us: read its features, make the rings and
+        their grant window, publish them."""
         xs, back = self.xs, self.backend
         self.sectors = read_feature(xs, back, "sectors")
         self.sector_size = read_feature(xs, back, "sector-size", 512)
@@ -561,11 +515,13 @@ class BlkfrontDevice:
         slots = ring_size(ring_pages * PAGE_SIZE, blkif.BLKIF_SRING_ENTRY_SIZE)
         self.conn = conn = Connection(self, nr_queues, ring_pages, slots if indirect else 0)
         self._publish(conn, order)
-        switch_state(xs, self.path, S.Initialised, end=FRONTEND)
-        self._wait_backend(S.Connected)
-        switch_state(xs, self.path, S.Connected, end=FRONTEND)
-        # What the previous backend left unanswered goes first, before any
-        # caller waiting for the connection issues something new.
+
+    def _resume(self) -> None:
+        """The backend is Connected: what the previous backend left
+        unanswered goes first, before any caller waiting for the connection
+        issues something new."""
+        conn = self.conn
+        assert conn is not None
         with self.reissue_lock:
             todo, self.reissue = self.reissue, []
         if todo:
@@ -574,8 +530,8 @@ class BlkfrontDevice:
         for req in todo:
             self._issue(conn, req, requeue=True)
         self.connected.set()
-        self.log.info("connected", sectors=self.sectors, queues=nr_queues,
-                      ring_pages=ring_pages, max_segments=self.max_segments,
+        self.log.info("connected", sectors=self.sectors, queues=len(conn.queues),
+                      ring_pages=len(conn.queues[0].refs), max_segments=self.max_segments,
                       readonly=self.readonly)
 
     def _publish(self, conn: Connection, order: int) -> None:
@@ -687,32 +643,11 @@ class BlkfrontDevice:
 
     # -- close --------------------------------------------------------------------------
 
-    def _close_handshake(self) -> None:
-        try:
-            switch_state(self.xs, self.path, S.Closing, end=FRONTEND)
-            self._wait_backend(S.Closing, S.Closed, S.Unknown)
-            switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
-        except (XsError, DeviceGone) as exc:
-            self.log.info("close", note=str(exc))
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.connected.set()  # wake I/O waiting for a backend: it fails now
-            self._fail_all()
-            # Not on the caller's thread: it is often the XenStore watch
-            # thread, which must stay free to deliver the backend's state.
-            threading.Thread(target=self._close_handshake, daemon=True).start()
-        try:
-            self.watch.cancel()
-        except XsError:
-            pass
-        # The device may come back at the same path (attached again, or its
-        # backend restarted by request): its next instance watches this too.
-        try:
-            self.xs.unwatch(f"{self.path}/backend-id", f"blkfront-{self.path}")
-        except XsError:
-            pass
+    def close(self, wait: bool = True) -> None:
+        """Fail what is in flight, then Closing, wait for the backend to let
+        go, Closed (with `wait`, done when this returns, except on a watch
+        callback)."""
+        self.life.close(wait)
 
 
 def _runs(pages: list[int], length: int):

@@ -33,9 +33,13 @@ class NetBus:
         self.reason = None if ok else reason
         args = getattr(kernel, "args", {}) or {}
         self.offload = args.get("netfront.offload", "1") not in ("0", "off", "no")
+        self.closed = False
+        self.unusable: list[NetfrontDevice] = []  # made, but never connected
         self.xs.watch(self.root, "netfront", lambda path, token: self._rescan())
 
     def _rescan(self) -> None:
+        if self.closed:
+            return
         try:
             present = sorted(int(d) for d in self.xs.directory(self.root))
         except (XsError, ValueError):
@@ -48,17 +52,21 @@ class NetBus:
                 self.devices[devid] = None  # connecting
         for device in closing:
             if device is not None:
-                device.close()
+                device.close()  # on the watch thread: its handshake runs on the queue
         for devid in new:
             if self.reason is not None:
                 self.kernel.log.warning("no guest networking", vif=devid, reason=self.reason)
                 continue
             # Not on the watch thread: connecting waits on watches itself.
-            threading.Thread(target=self._connect, args=(devid,), daemon=True).start()
+            self.kernel.work.submit(lambda devid=devid: self._connect(devid),
+                                    f"{self.root}/{devid}")
 
     def _connect(self, devid: int) -> None:
         path = f"{self.root}/{devid}"
+        device = None
         try:
+            if self.closed:
+                raise NetfrontError("the bus is closed")
             mac = self.xs.read(f"{path}/mac").decode()
             backend = self.xs.read(f"{path}/backend").decode()
             try:
@@ -77,12 +85,16 @@ class NetBus:
             self.kernel.log.error("vif failed", vif=devid, error=str(exc))
             with self.lock:
                 self.devices.pop(devid, None)
+                if device is not None:
+                    self.unusable.append(device)  # still closed by close()
                 self.changed.notify_all()
             return
         with self.lock:
             self.devices[devid] = device
             self.changed.notify_all()
         self.kernel.log.info("network interface up", interface=f"eth{devid}", mac=mac, ip=ips)
+        if self.closed:  # closed while this one connected: it goes too
+            self._close_device(devid)
 
     def _tun_fd(self, devid: int) -> int | None:
         """The /dev/net/tun fd Dom0 had the hypervisor open in our network
@@ -106,3 +118,28 @@ class NetBus:
             return self.changed.wait_for(
                 lambda: self.devices.get(devid) is not None or devid not in self.devices,
                 timeout) and self.devices.get(devid) is not None
+
+    def _close_device(self, devid: int) -> None:
+        with self.lock:
+            device = self.devices.pop(devid, None)
+        if device is not None:
+            device.close()
+
+    def close(self) -> None:
+        """Close every vif and wait for their close handshakes (and for
+        connects under way)."""
+        self.closed = True
+        try:
+            self.xs.unwatch(self.root, "netfront")
+        except XsError:
+            pass
+        with self.lock:
+            connecting = [d for d, device in self.devices.items() if device is None]
+        for devid in list(self.devices):
+            self._close_device(devid)
+        for devid in connecting:
+            self.kernel.work.drain(f"{self.root}/{devid}")
+        for devid in list(self.devices):
+            self._close_device(devid)
+        for device in self.unusable:
+            device.close()

@@ -51,16 +51,8 @@ from collections import deque
 from typing import Any
 
 from domains.kernel import netpkt
-from domains.kernel.xenbus.client import XsError
-from domains.kernel.xenbus.state import (
-    FRONTEND,
-    read_feature,
-    switch_state,
-    BackendMoves,
-    restart_handshake,
-    watch_backend_moves,
-    watch_otherend,
-)
+from domains.kernel.xenbus.lifecycle import Frontend, FrontendHooks
+from domains.kernel.xenbus.state import read_feature
 from domains.kernel import vnet
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
@@ -75,10 +67,8 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_NR_SLOTS_MIN,
 )
 from hypervisor.public.io.ring import (FrontRing, RingError, shared_ring_init)
-from hypervisor.public.io.xenbus import XenbusState
 from hypervisor.public.xen import PAGE_SIZE
 
-S = XenbusState
 TX_ENTRY = netif.NETIF_TX_SRING_ENTRY_SIZE
 RX_ENTRY = netif.NETIF_RX_SRING_ENTRY_SIZE
 #: Pages a read from the TAP is given: enough for any frame it may hand
@@ -107,6 +97,10 @@ class NetfrontError(OSError):
     pass
 
 
+#: Seconds a closing vif waits for its backend to let go.
+CLOSE_TIMEOUT = 5.0
+
+
 class NetfrontDevice:
     # Until connect() sets them (tests drive parts of a device without it):
     # the rx buffers by ring slot, and the same pages as one view.
@@ -130,10 +124,6 @@ class NetfrontDevice:
         self.path = path
         self.tap = tap
         self.log = kernel.log.bind(device=f"vif{path.rsplit('/', 1)[-1]}")
-        self.backend = self.xs.read(f"{path}/backend").decode()
-        self.backend_id = int(self.xs.read(f"{path}/backend-id"))
-        self.cond = threading.Condition()  # the backend's xenbus state
-        self.backend_state = S.Unknown
         # The tx side (ring, shadow, free pages) and the rx side (ring,
         # assembler) have a lock each: both run on the upcall thread, but
         # a reconnect (taking both) or a close runs on another.
@@ -147,66 +137,57 @@ class NetfrontDevice:
         self.closed = False
         self.link_up = threading.Event()  # carrier: a backend is connected
         self.generation = 0  # bumped at each reconnect: old rings are gone
-        self.reconnecting = threading.Lock()
-        self.moves = BackendMoves(self.cond, self.backend_id)
         self.window = None
         self.offload = bool(getattr(tap, "vnet_hdr", False))
         self.tap_fd = tap.fileno()  # closed only once the upcall loop lets go of it
         self.hdr = memoryview(bytearray(VNET_HDR_LEN))  # the TAP handler's own
-        self.watch = watch_otherend(self.xs, self.backend, self._backend_changed)
-        # A restarted net driver domain comes back under a new domid: the
-        # toolstack points our backend-id at it and we reconnect.
-        watch_backend_moves(self.xs, path, f"netfront-{path}",
-                            lambda: self.backend_id, self._reconnect)
+        self.life = Frontend(self.xs, kernel.work, self.log, path, FrontendHooks(
+            connect=self._setup, resume=self._resume, lost=self._lost,
+            disconnect=self._disconnect, gone=self._gone),
+            error=NetfrontError, skip_initialised=True, close_timeout=CLOSE_TIMEOUT)
+        self.life.start()
 
-    def _backend_changed(self, state: XenbusState) -> None:
-        with self.cond:
-            self.backend_state = state
-            self.cond.notify_all()
-        if state == S.Unknown and self.link_up.is_set() and not self.closed:
-            # The backend vanished (its driver domain died): frames are lost
-            # as on an unplugged wire; the interface stays up.
+    @property
+    def backend(self) -> str:
+        return self.life.backend
+
+    @property
+    def backend_id(self) -> int:
+        return self.life.backend_id
+
+    # -- the lifecycle's hooks ------------------------------------------------------
+
+    def _lost(self) -> None:
+        """The backend vanished (its driver domain died) or the device
+        moved: frames are lost as on an unplugged wire; the interface
+        stays up."""
+        if self.link_up.is_set() and not self.closed:
             self.log.warning("backend gone: no carrier until it is back")
-            self.link_up.clear()
-        elif state in (S.Closing, S.Closed) and self.link_up.is_set() and not self.closed:
-            # Only a connected backend closes the vif: a new one (after a
-            # driver domain restart) passes through Closed on its way up
-            # while we reconnect, with no carrier yet.
-            self.log.info("backend closing the vif")
-            threading.Thread(target=self.close, daemon=True).start()
+        self._lose_connection()
 
-    def _reconnect(self) -> None:
-        backend_id = int(self.xs.read(f"{self.path}/backend-id"))
-        if not self.moves.arrived(backend_id):
+    def _disconnect(self, gone: bool) -> None:
+        if gone:
+            self._close_tap()  # the interface is gone before we say Closed
             return
-        with self.reconnecting:
-            if self.closed or not self.moves.claim(backend_id):
-                return
-            self._lose_connection()
-            for port in {self.tx_port, self.rx_port}:
-                try:
-                    self.kernel.events.close(port)
-                except Exception:  # the channel died with the old backend
-                    pass
-            # Given back once (a connect that gave up left none of its own).
-            window, self.window = self.window, None
-            if window is not None and not self.kernel.gnttab.close_window(window, self.refs):
-                self.log.warning("old grant window still mapped, kept")
+        for port in {getattr(self, "tx_port", None), getattr(self, "rx_port", None)} - {None}:
             try:
-                self.watch.cancel()
-            except XsError:
+                self.kernel.events.close(port)
+            except Exception:  # the channel died with the old backend
                 pass
-            self.backend_id = backend_id
-            with self.cond:
-                self.backend_state = S.Unknown
-                self.cond.notify_all()
-            self.backend, self.watch = restart_handshake(self.xs, self.path,
-                                                         self._backend_changed)
-            self.log.info("reconnecting to the new backend", backend=self.backend)
-            try:
-                self.connect()
-            except (XsError, NetfrontError, OSError) as exc:
-                self.log.error("reconnect failed", error=str(exc))
+        # Given back once (a connect that gave up left none of its own).
+        window, self.window = self.window, None
+        if window is not None and not self.kernel.gnttab.close_window(window, self.refs):
+            self.log.warning("old grant window still mapped, kept")
+
+    def _gone(self) -> None:
+        with self.tx_lock:
+            self.closed = True
+
+    def _resume(self) -> None:
+        self.log.info("connected", sg=self.sg, split_channels=self.split,
+                      offload=self.offload, gso=sorted(self.gso_types))
+        self.link_up.set()
+        self._watch_tap()
 
     def _lose_connection(self) -> None:
         """No carrier, and the rings and pages in use are the old
@@ -216,13 +197,14 @@ class NetfrontDevice:
         with self.tx_lock, self.rx_lock:
             self.generation += 1
 
-    def _wait_backend(self, *states: XenbusState, timeout: float = 30.0) -> None:
-        why = self.moves.wait(states, lambda: self.backend_state, timeout)
-        if why is not None:
-            raise NetfrontError(f"backend {self.backend} {why}")
-
     def connect(self) -> None:
-        self._wait_backend(S.InitWait, S.Connected)
+        """The whole handshake (the lifecycle's); NetfrontError if the
+        backend does not come."""
+        self.life.connect()
+
+    def _setup(self) -> None:
+        """The backend waits for us: read its features, make the rings and
+        their pages in a grant window, post every rx buffer, publish."""
         xs, back = self.xs, self.backend
         if read_feature(xs, back, "feature-rx-copy") != 1:
             raise NetfrontError("backend offers no rx-copy")
@@ -305,12 +287,7 @@ class NetfrontDevice:
                 xs.write(f"{self.path}/{name}", str(value), tx)
 
         xs.transaction(publish)
-        switch_state(xs, self.path, S.Connected, end=FRONTEND)
-        self._wait_backend(S.Connected)
-        self.log.info("connected", sg=sg, split_channels=split, offload=self.offload,
-                      gso=sorted(gso_types))
-        self.link_up.set()
-        self._watch_tap()
+        self.sg, self.split = sg, split
 
     def _watch_tap(self) -> None:
         # Again at a reconnect: the TAP may have been left unwatched, short
@@ -644,43 +621,11 @@ class NetfrontDevice:
         self._tx_done(port)
         self._rx_ready(port)
 
-    def close(self) -> None:
-        """Closing, wait for the backend to let go, Closed; the TAP goes away."""
-        if self.closed:
-            return
-        with self.tx_lock:
-            self.closed = True
-        try:
-            switch_state(self.xs, self.path, S.Closing, end=FRONTEND)
-            try:
-                self._wait_backend(S.Closing, S.Closed, S.Unknown, timeout=5)
-            except NetfrontError:
-                pass
-            self._close_tap()  # the interface is gone before we say Closed
-            self._unwatch_moves()  # before Closed: the toolstack may attach again
-            switch_state(self.xs, self.path, S.Closed, end=FRONTEND)
-            self.watch.cancel()
-        except XsError:
-            self._unwatch_moves()
-        finally:
-            self._close_tap()
-            # The vif may come back at the same path (attached again): its
-            # next instance watches this too.
-            try:
-                self.xs.unwatch(f"{self.path}/backend-id", f"netfront-{self.path}")
-            except XsError:
-                pass
-
-    def _unwatch_moves(self) -> None:
-        """Stop following backend moves, once: a vif attached again under
-        the same devid watches the same node with the same token."""
-        if getattr(self, "moves_unwatched", False):
-            return
-        self.moves_unwatched = True
-        try:
-            self.xs.unwatch(f"{self.path}/backend-id", f"netfront-{self.path}")
-        except XsError:
-            pass
+    def close(self, wait: bool = True) -> None:
+        """Closing, wait for the backend to let go, the TAP goes away,
+        Closed (with `wait`, done when this returns, except on a watch
+        callback)."""
+        self.life.close(wait)
 
     def _close_tap(self) -> None:
         if self.tap.closed:

@@ -8,4 +8,10 @@
   watches, transactions (what Linux's xenbus_xs.c and libxenstore's xs.c do).
 - :mod:`.state` -- the xenbus state machine both ends of a split driver
   follow, and helpers built on the client (xenbus_client.c's share).
+- :mod:`.reactions` -- what an end does when the other end's state
+  changes: a table over (other end's state, our state), pure.
+- :mod:`.lifecycle` -- one device's lifecycle, both ends, for every PV
+  driver: the reactions run on the kernel's work queue, reconnects after a
+  backend moves, the close handshake; drivers give hooks.
+- :mod:`.backend` -- a driver domain's backend devices, found in XenStore.
 """

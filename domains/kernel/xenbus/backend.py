@@ -5,7 +5,8 @@ for each device a driver domain must serve. `BackendBus` watches that
 directory and calls the driver's factory for every new device directory,
 and `remove()` on devices whose directory disappears (detach, or the guest
 was destroyed). Callbacks run on the XenStore client's dispatcher thread,
-one at a time.
+one at a time; a device's xenbus lifecycle runs on the kernel's work queue
+(see lifecycle.py).
 """
 
 from __future__ import annotations
@@ -13,17 +14,6 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from domains.kernel.xenbus.client import XenStoreClient, XsError
-from domains.kernel.xenbus.state import BACKEND, switch_state
-from hypervisor.public.io.xenbus import XenbusState
-
-
-def backend_switch(xs: XenStoreClient, path: str, state: XenbusState) -> None:
-    """Move a backend device to `state`; a device whose directory is gone is
-    being removed, and has nothing left to announce."""
-    try:
-        switch_state(xs, path, state, end=BACKEND)
-    except XsError:
-        pass
 
 
 class BackendDevice(Protocol):
@@ -39,7 +29,8 @@ class BackendBus:
         self.factory = factory
         self.log = log
         self.devices: dict[str, BackendDevice] = {}
-        xs.watch(self.root, f"backend-{kind}", lambda path, token: self.rescan())
+        self.token = f"backend-{kind}"
+        xs.watch(self.root, self.token, lambda path, token: self.rescan())
 
     def _listing(self) -> set[tuple[str, int, int]]:
         found = set()
@@ -76,6 +67,12 @@ class BackendBus:
             self.devices[path] = device
 
     def close(self) -> None:
+        """Stop finding devices, and remove those we have (each waits for
+        its teardown)."""
+        try:
+            self.xs.unwatch(self.root, self.token)
+        except XsError:
+            pass
         for device in self.devices.values():
             device.remove()
         self.devices.clear()

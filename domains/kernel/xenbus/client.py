@@ -27,6 +27,7 @@ from typing import Any, Callable, TypeVar
 
 import structlog
 
+from domains.kernel.threads import OwnedThread
 from domains.kernel.xenbus.transport import Transport
 from hypervisor.public import errno as xen_errno
 from hypervisor.public.io.xs_wire import (
@@ -149,10 +150,8 @@ class XenStoreClient:
         self._closed: BaseException | None = None
         self._watches: dict[tuple[str, str], Watcher] = {}
         self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._reader = threading.Thread(target=self._read_loop, name=f"{name}-reader",
-                                        daemon=True)
-        self._dispatcher = threading.Thread(target=self._dispatch_loop,
-                                            name=f"{name}-watches", daemon=True)
+        self._reader = OwnedThread(f"{name}-reader", self._read_loop)
+        self._dispatcher = OwnedThread(f"{name}-watches", self._dispatch_loop)
         self._reader.start()
         self._dispatcher.start()
 
@@ -256,6 +255,15 @@ class XenStoreClient:
     @property
     def closed(self) -> bool:
         return self._closed is not None
+
+    def on_watch_thread(self) -> bool:
+        """Whether the caller is a watch callback (xenwatch): it must not
+        wait for anything a watch event has to bring."""
+        return threading.current_thread() is self._dispatcher
+
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        return (self._reader, self._dispatcher)
 
     def close(self) -> None:
         """Stop both threads; callers still waiting get XsClosed."""

@@ -35,7 +35,9 @@ device here". Nobody moves *to* Unknown; the node is removed instead.
 Staying in the same state is always allowed and writes nothing (so no
 watch fires needlessly, as __xenbus_switch_state avoids).
 
-:data:`TRANSITIONS` is that description as a table, per end.
+:data:`TRANSITIONS` is that description as a table, per end; what an end
+does when the other moves is :mod:`.reactions`' table, which every
+driver's :mod:`.lifecycle` follows.
 """
 
 from __future__ import annotations
@@ -220,22 +222,6 @@ def gather(client: XenStoreClient, path: str, *names: str,
                  for n in names)
 
 
-def watch_backend_moves(client: XenStoreClient, dev_path: str, token: str,
-                        current: Callable[[], int], on_move: Callable[[], None]) -> None:
-    """Call ``on_move()`` (on a thread of its own: reconnecting waits on
-    watches) whenever ``<dev_path>/backend-id`` stops naming ``current()``,
-    as when the toolstack moves a device to a restarted driver domain."""
-    def changed(_path: str, _token: str) -> None:
-        try:
-            backend_id = int(client.read(_join(dev_path, "backend-id")))
-        except (XsError, ValueError):
-            return
-        if backend_id != current():
-            threading.Thread(target=on_move, daemon=True).start()
-
-    client.watch(_join(dev_path, "backend-id"), token, changed)
-
-
 class BackendMoves:
     """Which backend a frontend follows when the toolstack moves its device
     to a restarted driver domain (a new backend-id). `cond` is the
@@ -282,14 +268,3 @@ class BackendMoves:
             if self.superseded:
                 return "was replaced meanwhile"
             return None if reached else f"stayed in {current().name}"
-
-
-def restart_handshake(client: XenStoreClient, dev_path: str,
-                      on_change: Callable[[XenbusState], None]) -> tuple[str, OtherendWatch]:
-    """A frontend whose device moved to a new backend starts the handshake
-    over: Closed, then Initialising, watching the new backend's state.
-    Returns the new backend's path and that watch."""
-    backend = client.read(_join(dev_path, "backend")).decode()
-    switch_state(client, dev_path, XenbusState.Closed, end=FRONTEND)
-    switch_state(client, dev_path, XenbusState.Initialising, end=FRONTEND)
-    return backend, watch_otherend(client, backend, on_change)
