@@ -65,3 +65,26 @@ def test_chaos_refuses_what_it_cannot_do(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = chaos(tmp_path, "--kills", "0", timeout=50)
     assert proc.returncode == 1 and "--kills must be at least 1" in proc.stderr
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(90 + 20 * KILLS)
+def test_chaos_at_every_timing_loses_nothing_and_leaves_every_device_connected(tmp_path):
+    """Issue 14's timings: a successor killed while it boots or during its
+    handshake, kills in a row, a vdev detached and attached again under
+    I/O; after each step every guest device is Connected."""
+    kills = max(KILLS, 6)
+    # Seed 13 draws handshake, reattach, boot, triple, spaced, reattach.
+    proc = chaos(tmp_path, "--target", "disk-dd", "--kills", str(kills), "--seed", "13",
+                 "--timing", "all", "--max-gap", "0.2", "--json", timeout=80 + 20 * kills)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    steps = report["kills"]
+    assert {s["timing"] for s in steps} >= {"boot", "reattach"}, [s["timing"] for s in steps]
+    landed = [k["landed"] for s in steps for k in s.get("kills", [])]
+    assert "boot" in landed  # a successor did die while it booted
+    assert all(not s["not_connected"] for s in steps)
+    assert all(not s.get("error") for s in steps if s["timing"] == "reattach")
+    blocks = report["blocks"]
+    assert (blocks["lost"], blocks["duplicated"], blocks["corrupted"]) == (0, 0, 0)
+    assert report["io_errors"] == [] and report["guests"] == {"writer": "running"}

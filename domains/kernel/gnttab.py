@@ -179,6 +179,9 @@ class GrantTable:
         self.nr_refs = PAGE_SIZE // ENTRY.size
         self._free = list(range(self.nr_refs - 1, NR_RESERVED_ENTRIES - 1, -1))
         self._lock = threading.Lock()
+        # Windows given back while their peer still mapped them (see _keep).
+        self._kept: dict[int, tuple[Window, list[int]]] = {}
+        self._kept_lock = threading.Lock()
 
     # -- granting -----------------------------------------------------------
 
@@ -225,6 +228,7 @@ class GrantTable:
                 self._free.append(ref)
 
     def open_window(self, peer: int, nr_frames: int) -> Window:
+        self.give_back_kept()  # room a peer has let go of since
         result = self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_grant_window,
                                 {"peer": peer, "nr_frames": nr_frames})
         window = self.windows.get(result["window"])
@@ -244,16 +248,31 @@ class GrantTable:
             except XenError:
                 busy = True  # still mapped by its peer
         if busy:
+            self._keep(window, refs)
             return False
         try:
             self.hypercall(HYPERVISOR_pyxen_op, PYXEN_op_close_window,
                            {"window": window.window_id})
         except XenError as exc:
             if exc.errno == EBUSY:
+                self._keep(window, refs)
                 return False
             raise
         self.windows.forget(window.window_id)
         return True
+
+    def _keep(self, window: Window, refs: list[int]) -> None:
+        """A window its peer still maps: given back as soon as it lets go
+        (tried before the next window opens). A device detached and
+        attached again in a loop used up the domain's window cap."""
+        with self._kept_lock:
+            self._kept[window.window_id] = (window, list(refs))
+
+    def give_back_kept(self) -> int:
+        """Close the kept windows their peers have let go of; how many."""
+        with self._kept_lock:
+            kept, self._kept = self._kept, {}
+        return sum(self.close_window(window, refs) for window, refs in kept.values())
 
     # -- mapping others' grants -------------------------------------------------
 

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from domains.kernel.xenbus.client import XsError
+from hypervisor.public.errno import XenError
 from frontends.blkfront.api import BlockDevice
 from frontends.blkfront.device import BlkfrontDevice, DeviceGone
 
@@ -38,8 +39,14 @@ class BlockBus:
         except (XsError, ValueError):
             present = set()
         with self.cond:
-            gone = [d for d in self.devices if d not in present]
-            new = [d for d in present if d not in self.devices and d not in self.failed]
+            for devid in [d for d in self.failed if d not in present]:
+                del self.failed[devid]  # gone: the next one at that devid is new
+            # A device closed for good whose devid is present again was
+            # detached and attached again before we looked: a new device.
+            gone = [d for d in self.devices
+                    if d not in present or _replaced(self.xs, f"{self.root}/{d}", self.devices[d])]
+            new = [d for d in present if (d not in self.devices or d in gone)
+                   and d not in self.failed]
             for devid in new:
                 self.failed[devid] = "connecting"
         for devid in gone:
@@ -63,7 +70,7 @@ class BlockBus:
             device = BlkfrontDevice(self.kernel, path)
             device.connect()
             name = self.xs.read(f"{device.backend}/dev").decode()
-        except (XsError, DeviceGone, OSError, ValueError) as exc:
+        except (XsError, XenError, DeviceGone, OSError, ValueError) as exc:
             self.kernel.log.error("block device failed", devid=devid, error=str(exc))
             with self.cond:
                 self.failed[devid] = str(exc)
@@ -117,3 +124,16 @@ class BlockBus:
             self._close_device(devid)
         for device in self.unusable:
             device.close()
+
+
+
+def _replaced(xs, path: str, disk) -> bool:
+    """Closed for good, yet its directory says Initialising: the toolstack
+    removed it and attached a new one at the same devid before we looked."""
+    life = getattr(disk.device, "life", None)
+    if life is None or not life.closed:
+        return False
+    try:
+        return int(xs.read(f"{path}/state")) == 1  # XenbusState.Initialising
+    except (XsError, ValueError):
+        return False

@@ -453,10 +453,12 @@ class BlkfrontDevice:
         self._abandon()
 
     def _disconnect(self, gone: bool) -> None:
-        if gone or self.conn is None:
+        if self.conn is None:
             return
-        # Its window goes back (the next backend gets a new one); what
-        # still holds its pages (old DMA buffers) keeps them valid.
+        # Its window goes back (the next backend gets a new one; a device
+        # detached gives it back for good: a vdev attached and detached in a
+        # loop used up the domain's window cap); what still holds its pages
+        # (old DMA buffers) keeps them valid.
         if not self.kernel.gnttab.close_window(self.conn.window, self.conn.granted()):
             self.log.warning("old grant window still mapped, kept")
         self.conn = None  # until the next connect makes one

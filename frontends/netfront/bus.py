@@ -17,6 +17,7 @@ from typing import Any
 
 from domains.kernel.fdtable import TAKE_TIMEOUT, vif_key
 from domains.kernel.xenbus.client import XsError
+from hypervisor.public.errno import XenError
 from frontends.netfront.device import NetfrontDevice, NetfrontError
 from frontends.netfront.tap import Tap, can_use_netns, sandboxed
 
@@ -45,8 +46,11 @@ class NetBus:
         except (XsError, ValueError):
             present = []
         with self.lock:
-            gone = [d for d in self.devices if d not in present]
-            new = [d for d in present if d not in self.devices]
+            # A vif closed for good whose devid is present again was
+            # detached and attached again before we looked: a new vif.
+            gone = [d for d in self.devices
+                    if d not in present or _replaced(self.xs, f"{self.root}/{d}", self.devices[d])]
+            new = [d for d in present if d not in self.devices or d in gone]
             closing = [self.devices.pop(devid) for devid in gone]
             for devid in new:
                 self.devices[devid] = None  # connecting
@@ -81,7 +85,7 @@ class NetBus:
                              vnet_hdr=self.offload, fd=self._tun_fd(devid))
             device = NetfrontDevice(self.kernel, path, tap)
             device.connect()
-        except (XsError, NetfrontError, OSError, ValueError) as exc:
+        except (XsError, XenError, NetfrontError, OSError, ValueError) as exc:
             self.kernel.log.error("vif failed", vif=devid, error=str(exc))
             with self.lock:
                 self.devices.pop(devid, None)
@@ -143,3 +147,16 @@ class NetBus:
             self._close_device(devid)
         for device in self.unusable:
             device.close()
+
+
+
+def _replaced(xs, path: str, device) -> bool:
+    """Closed for good, yet its directory says Initialising: the toolstack
+    removed it and attached a new one at the same devid before we looked."""
+    life = getattr(device, "life", None)
+    if life is None or not life.closed:
+        return False
+    try:
+        return int(xs.read(f"{path}/state")) == 1  # XenbusState.Initialising
+    except (XsError, ValueError):
+        return False

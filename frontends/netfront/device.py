@@ -168,7 +168,6 @@ class NetfrontDevice:
     def _disconnect(self, gone: bool) -> None:
         if gone:
             self._close_tap()  # the interface is gone before we say Closed
-            return
         for port in {getattr(self, "tx_port", None), getattr(self, "rx_port", None)} - {None}:
             try:
                 self.kernel.events.close(port)
