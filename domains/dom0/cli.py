@@ -452,7 +452,8 @@ def _exec(args) -> int:
     command keeps our stdin/stdout/tty and its exit status is ours."""
     import shutil
 
-    from frontends.netfront.tap import ROOT_REASON, NetnsError, join_netns, netns_path
+    from domains.kernel.netns import join_netns, netns_path
+    from hypervisor.public.pyxen.tap import ROOT_REASON, NetnsError
 
     argv = list(args.argv)
     if argv[:1] == ["--"]:

@@ -97,7 +97,7 @@ class Standby:
 STANDBY_IMPORTS = ("domains.kernel.kernel", "domains.driver.main", "domains.guest.workloads")
 # ... and what a jailed one needs before its root hides the host's files
 # (pyseccomp finds libseccomp with ldconfig).
-JAIL_IMPORTS = ("hypervisor.jail.confine", "pyseccomp", "frontends.netfront.tap")
+JAIL_IMPORTS = ("hypervisor.jail.confine", "pyseccomp", "domains.kernel.netns")
 
 
 def confine_plain(sandbox: dict) -> None:
@@ -129,13 +129,13 @@ def main() -> None:
         confined = confine.confine(standby.jail, standby.jail_fds, standby.sock)
         standby.sock.close()
         if confined.uplinks:
-            from backends.netback.uplink import give_taps
+            from domains.kernel.netns import give_uplinks
 
-            give_taps(confined.uplinks)
+            give_uplinks(confined.uplinks)
         if own_net:
             # Its network namespace is the jail's; the TAP fds were opened
             # while it still could.
-            from frontends.netfront.tap import use_sandbox_netns
+            from domains.kernel.netns import use_sandbox_netns
 
             use_sandbox_netns(confined.tun_fds)
     else:
@@ -143,7 +143,7 @@ def main() -> None:
         if own_net:
             # Before any thread exists: a namespace is per thread, and
             # threads inherit their creator's.
-            from frontends.netfront.tap import can_use_netns, enter_new_netns
+            from domains.kernel.netns import can_use_netns, enter_new_netns
 
             if can_use_netns()[0]:
                 enter_new_netns()

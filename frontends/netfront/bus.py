@@ -17,7 +17,7 @@ from typing import Any
 
 from domains.kernel.xenbus.client import XsError
 from frontends.netfront.device import NetfrontDevice, NetfrontError
-from frontends.netfront.tap import Tap, can_use_netns
+from domains.kernel.netns import can_use_netns, create_tap
 
 
 class NetBus:
@@ -68,7 +68,7 @@ class NetBus:
                 mtu = int(self.xs.read(f"{backend}/mtu"))
             except (XsError, ValueError):
                 mtu = 1500
-            tap = Tap.create(f"eth{devid}", mac=mac, mtu=mtu, addresses=ips,
+            tap = create_tap(f"eth{devid}", mac=mac, mtu=mtu, addresses=ips,
                              vnet_hdr=self.offload)
             device = NetfrontDevice(self.kernel, path, tap)
             device.connect()

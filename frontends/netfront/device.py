@@ -63,8 +63,6 @@ from domains.kernel.xenbus.state import (
 )
 from domains.kernel import vnet
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
-from frontends.netfront.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
-                                    VNET_HDR_LEN)
 from frontends.netfront.tx import NetfrontProtocolError, TxPageEncoder, TxShadow
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
@@ -77,6 +75,8 @@ from hypervisor.public.io.netif import (
 from hypervisor.public.io.ring import (FrontRing, RingError, RingFull, _xen_rmb,
                                       shared_ring_init)
 from hypervisor.public.io.xenbus import XenbusState
+from hypervisor.public.pyxen.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
+                                         VNET_HDR_LEN)
 from hypervisor.public.xen import PAGE_SIZE
 
 S = XenbusState
