@@ -81,7 +81,10 @@ class Platform:
 class Machine:
     def __init__(self, platform: Platform, run_dir: Path, transport: Transport,
                  logger: Any = None, log_json: bool = False, standby: bool = False,
-                 sandbox: Sandbox | None = None) -> None:
+                 sandbox: Sandbox | None = None, boot_module: str | None = None) -> None:
+        """`boot_module`: what every domain process runs (`python -m`), as
+        the loader names it; without one no domain process can start (a
+        machine whose tests provide their own)."""
         self.platform = platform
         self.run_dir = run_dir
         self.transport = transport
@@ -101,7 +104,9 @@ class Machine:
         self.boot_time = time.time()
         self.halted = False
         self.sandbox = sandbox
-        self.standby = StandbyPool(standby, sandbox)
+        self.boot_module = boot_module
+        self.standby = StandbyPool(standby and boot_module is not None, boot_module or "",
+                                   sandbox)
 
     # -- logging ------------------------------------------------------------
 
@@ -249,7 +254,7 @@ class Machine:
             "nr_pages": dom.ram.nr_pages,
             "max_vcpus": dom.max_vcpus,
             "gnttab_frames": dom.gnttab.max_frames,
-            "kernel": config.get("kernel", "domains.guest.workloads:idle"),
+            "kernel": config["kernel"],
             "cmdline": config.get("cmdline", ""),
             "run_dir": str(self.run_dir),
             "log_json": self.log_json,
@@ -299,7 +304,8 @@ class Machine:
             pass_fds = [fd for v in fds.values()
                         for fd in (v if isinstance(v, list) else [v])]
             env = box.environment() if box is not None else None
-            dom.process = DomainProcess(start_info, pass_fds, log_path, env)
+            dom.process = DomainProcess(self._boot_module(), start_info, pass_fds,
+                                        log_path, env)
         if box is not None and box.enabled:
             box.note_role(dom.process.pid, start_info["sandbox"]["role"])
             try:
@@ -325,7 +331,7 @@ class Machine:
                 self.standby.discard(proc)
                 proc = None
         if proc is None:
-            proc = DomainProcess.on_standby(box)
+            proc = DomainProcess.on_standby(self._boot_module(), box)
         try:
             proc.wait_unshared()
             config = {**config, "sandbox": {**(config.get("sandbox") or {}),
@@ -350,6 +356,12 @@ class Machine:
                 dom.process = None
             self.standby.discard(proc)
             raise
+
+    def _boot_module(self) -> str:
+        if self.boot_module is None:
+            raise OSError(8, "the loader named no module for domain processes "
+                             "(--domain-boot)")  # ENOEXEC
+        return self.boot_module
 
     @staticmethod
     def _role(dom: Domain, config: dict) -> str:
