@@ -1,8 +1,14 @@
 """The machine: domains, their memory, events, grants and timers.
 
-This is the hypervisor's state and the lifecycle of domains. It performs no
-I/O of its own: sending an upcall, passing a file descriptor or answering a
-deferred hypercall goes through the `Transport` the loop provides.
+This is the hypervisor's state and the lifecycle of domains. The loop's
+channels (hypercalls in, upcalls out, the answer to a deferred hypercall) go
+through the `Transport` the loop provides. The lifecycle is I/O done here:
+building a domain makes its memory channel (a socketpair) and spawns its
+process (hypervisor/process.py, with its jail and cgroup); the memory
+channel then carries file descriptors to it (grant windows, send_fds);
+scheduling pins and renices its threads (sched_setaffinity, credit2.py);
+destroying it kills and reaps the process. Tests that want none of that
+override `_spawn` (tests/hvfakes.py, tests/inproc.py).
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ import os
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +48,7 @@ from hypervisor.public.errno import (
     XenError,
 )
 from hypervisor.public.grant_table import GNTST_eagain, GNTST_general_error
+from hypervisor.public.pyxen.platform import Platform
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash, SHUTDOWN_watchdog
 from hypervisor.public.xen import VIRQ_DOM_EXC, VIRQ_TIMER
 from hypervisor.tasks import thread_ids
@@ -69,13 +75,6 @@ class Transport(Protocol):
     def detach(self, dom: Domain) -> None: ...
     def upcall(self, domid: int, port: int) -> None: ...
     def reply(self, token: Any, rc: int, result: Any) -> None: ...
-
-
-@dataclass(frozen=True)
-class Platform:
-    name: str
-    pcpus: int
-    memory: int  # MiB
 
 
 class Machine:
