@@ -26,6 +26,7 @@ from hypervisor.public.errno import XenError
 from hypervisor.public.pyxen.title import MACHINE_ENV, process_title
 from hypervisor.xenlog import make_logger
 
+
 def notify(fd: int | None, **event) -> None:
     if fd is not None:
         try:

@@ -82,8 +82,8 @@ class Machine:
                  logger: Any = None, log_json: bool = False, standby: bool = False,
                  sandbox: Sandbox | None = None, boot_module: str | None = None) -> None:
         """`boot_module`: what every domain process runs (`python -m`), as
-        the loader names it; without one no domain process can start (a
-        machine whose tests provide their own)."""
+        the loader names it; without one no domain process can be spawned
+        (tests that override `_spawn` need none)."""
         self.platform = platform
         self.run_dir = run_dir
         self.transport = transport

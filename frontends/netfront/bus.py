@@ -15,9 +15,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from domains.kernel.netns import can_use_netns, create_tap
 from domains.kernel.xenbus.client import XsError
 from frontends.netfront.device import NetfrontDevice, NetfrontError
-from domains.kernel.netns import can_use_netns, create_tap
 
 
 class NetBus:
