@@ -182,12 +182,12 @@ def test_the_checker_refuses(rel, source, edge):
 
 
 @pytest.mark.parametrize("rel, source", [
-    ("backends/netback/x.py", "from backends.netback.device import Frame\n"
-                              "from .rx import plan_rx\nimport msgpack, os\n"
-                              "from hypervisor.public.pyxen.tap import Tap\n"
-                              "from domains.kernel import vnet\n"),
-    ("domains/kernel/boot.py", "from hypervisor.jail import confine\n"
-                               "STANDBY = ('domains.driver.main', 'domains.guest.workloads')\n"),
+    ("backends/netback/x.py", ("from backends.netback.device import Frame\n"
+                               "from .rx import plan_rx\nimport msgpack, os\n"
+                               "from hypervisor.public.pyxen.tap import Tap\n"
+                               "from domains.kernel import vnet\n")),
+    ("domains/kernel/boot.py", ("from hypervisor.jail import confine\n"
+                                "STANDBY = ('domains.driver.main', 'domains.guest.workloads')\n")),
     ("domains/dom0/cli.py", "from backends.netback import uplink\nimport frontends\n"),
     ("hypervisor/x.py", "'''see domains/kernel/boot.py'''\nfrom hypervisor.public import xen\n"),
 ])
