@@ -6,6 +6,7 @@ Every namespace here belongs to a child process: it and its interfaces die
 with that process, so nothing outlives a test.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -95,6 +96,23 @@ def test_mac_and_address_parsing():
     assert str(tap.parse_address("fd00::1")) == "fd00::1/64"
     with pytest.raises(ValueError):
         tap.parse_address("10.0.0.300")
+
+
+def test_a_sandboxed_guest_makes_its_taps_on_the_fds_it_was_given(monkeypatch):
+    # No TAP is made here: what is checked is which fd create_tap takes.
+    r, w = os.pipe()
+    try:
+        monkeypatch.setattr(netns, "_sandbox_tun_fds", [r])
+        with pytest.raises(ValueError):  # refused before the TAP took the fd...
+            netns.create_tap("eth0", mtu=10)
+        assert netns._sandbox_tun_fds == [r]  # ...so it is still there for the next
+        monkeypatch.setattr(netns, "_sandbox_tun_fds", [])
+        with pytest.raises(OSError) as exc:
+            netns.create_tap("eth0")
+        assert exc.value.errno == errno.EMFILE and "no TAP fd left" in str(exc.value)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_enter_new_netns_refuses_once_threads_exist():
