@@ -1,8 +1,10 @@
-"""Boot the hypervisor: `python -m hypervisor --run-dir D --platform JSON --dom0 JSON`.
+"""Boot the hypervisor: `python -m hypervisor --run-dir D --platform JSON --dom0 JSON
+--dom0-kernel ENTRY --domain-boot MODULE`.
 
-Like Xen, it is handed the platform and Dom0's parameters by its loader
-(`pyxen boot`) and knows nothing of topologies: it builds Dom0, and Dom0's
-toolstack builds everything else through hypercalls.
+Like Xen, it is handed the platform, Dom0's parameters and Dom0's kernel by
+its loader (`pyxen boot`) and knows nothing of topologies nor of the domains'
+code: it builds Dom0, and Dom0's toolstack builds everything else through
+hypercalls, naming each domain's kernel.
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ from hypervisor.public.errno import XenError
 from hypervisor.public.pyxen.title import MACHINE_ENV, process_title
 from hypervisor.xenlog import make_logger
 
-DOM0_KERNEL = "domains.dom0.main:main"
-
 
 def notify(fd: int | None, **event) -> None:
     if fd is not None:
@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--platform", required=True, help="JSON: name, pcpus, memory")
     parser.add_argument("--dom0", required=True,
                         help="JSON: memory, vcpus, cpus, weight, cmdline")
+    parser.add_argument("--dom0-kernel", required=True,
+                        help="Dom0's kernel: the entry point (module:function) its "
+                             "process runs")
+    parser.add_argument("--domain-boot", required=True,
+                        help="the module every domain process runs (python -m MODULE, "
+                             "standby processes too): it reads its start_info and "
+                             "boots the kernel named there")
     parser.add_argument("--notify-fd", type=int, default=None,
                         help="pipe on which boot progress is reported (JSON lines)")
     parser.add_argument("--log-json", action="store_true")
@@ -68,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.note_role(os.getpid(), "hypervisor")
     transport = ZmqTransport(run_dir)
     machine = Machine(platform, run_dir, transport, logger, args.log_json, standby=True,
-                      sandbox=sandbox, fd_limit=raise_fd_limit())
+                      sandbox=sandbox, fd_limit=raise_fd_limit(),
+                      boot_module=args.domain_boot)
     (run_dir / "hypervisor.pid").write_text(f"{os.getpid()}\n")
 
     def terminate(signum, frame):
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_memkb": dom0["memory"] * 1024,
             "cpus": dom0.get("cpus"),
             "weight": dom0.get("weight"),
-            "kernel": DOM0_KERNEL,
+            "kernel": args.dom0_kernel,
             "cmdline": cmdline,
             "extra_fds": [args.notify_fd] if args.notify_fd is not None else [],
         }, domid=0, privileged=True)

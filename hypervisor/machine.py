@@ -1,8 +1,14 @@
 """The machine: domains, their memory, events, grants and timers.
 
-This is the hypervisor's state and the lifecycle of domains. It performs no
-I/O of its own: sending an upcall, passing a file descriptor or answering a
-deferred hypercall goes through the `Transport` the loop provides.
+This is the hypervisor's state and the lifecycle of domains. The loop's
+channels (hypercalls in, upcalls out, the answer to a deferred hypercall) go
+through the `Transport` the loop provides. The lifecycle is I/O done here:
+building a domain makes its memory channel (a socketpair) and spawns its
+process (hypervisor/process.py, with its jail and cgroup); the memory
+channel then carries file descriptors to it (grant windows, send_fds);
+scheduling pins and renices its threads (sched_setaffinity, credit2.py);
+destroying it kills and reaps the process. Tests that want none of that
+override `_spawn` (tests/hvfakes.py, tests/inproc.py).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import resource
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +51,7 @@ from hypervisor.public.errno import (
     XenError,
 )
 from hypervisor.public.grant_table import GNTST_eagain, GNTST_general_error
+from hypervisor.public.pyxen.platform import Platform
 from hypervisor.public.sched import SHUTDOWN_NAMES, SHUTDOWN_crash, SHUTDOWN_watchdog
 from hypervisor.public.xen import VIRQ_DOM_EXC, VIRQ_TIMER
 from hypervisor.tasks import thread_ids
@@ -74,17 +80,14 @@ class Transport(Protocol):
     def reply(self, token: Any, rc: int, result: Any) -> None: ...
 
 
-@dataclass(frozen=True)
-class Platform:
-    name: str
-    pcpus: int
-    memory: int  # MiB
-
-
 class Machine:
     def __init__(self, platform: Platform, run_dir: Path, transport: Transport,
                  logger: Any = None, log_json: bool = False, standby: bool = False,
-                 sandbox: Sandbox | None = None, fd_limit: int | None = None) -> None:
+                 sandbox: Sandbox | None = None, fd_limit: int | None = None,
+                 boot_module: str | None = None) -> None:
+        """`boot_module`: what every domain process runs (`python -m`), as
+        the loader names it; without one no domain process can be spawned
+        (tests that override `_spawn` need none)."""
         self.platform = platform
         self.run_dir = run_dir
         self.transport = transport
@@ -104,7 +107,9 @@ class Machine:
         self.boot_time = time.time()
         self.halted = False
         self.sandbox = sandbox
-        self.standby = StandbyPool(standby, sandbox)
+        self.boot_module = boot_module
+        self.standby = StandbyPool(standby and boot_module is not None, boot_module or "",
+                                   sandbox)
         # What every domain may cost us in fds must fit our limit.
         if fd_limit is None:
             fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -260,7 +265,7 @@ class Machine:
             "nr_pages": dom.ram.nr_pages,
             "max_vcpus": dom.max_vcpus,
             "gnttab_frames": dom.gnttab.max_frames,
-            "kernel": config.get("kernel", "domains.guest.workloads:idle"),
+            "kernel": config["kernel"],
             "cmdline": config.get("cmdline", ""),
             "run_dir": str(self.run_dir),
             "log_json": self.log_json,
@@ -312,7 +317,8 @@ class Machine:
             pass_fds = [fd for v in fds.values()
                         for fd in (v if isinstance(v, list) else [v])]
             env = box.environment() if box is not None else None
-            dom.process = DomainProcess(start_info, pass_fds, log_path, env)
+            dom.process = DomainProcess(self._boot_module(), start_info, pass_fds,
+                                        log_path, env)
         if box is not None and box.enabled:
             box.note_role(dom.process.pid, start_info["sandbox"]["role"])
             try:
@@ -338,7 +344,7 @@ class Machine:
                 self.standby.discard(proc)
                 proc = None
         if proc is None:
-            proc = DomainProcess.on_standby(box)
+            proc = DomainProcess.on_standby(self._boot_module(), box)
         try:
             proc.wait_unshared()
             config = {**config, "sandbox": {**(config.get("sandbox") or {}),
@@ -363,6 +369,12 @@ class Machine:
                 dom.process = None
             self.standby.discard(proc)
             raise
+
+    def _boot_module(self) -> str:
+        if self.boot_module is None:
+            raise OSError(8, "the loader named no module for domain processes "
+                             "(--domain-boot)")  # ENOEXEC
+        return self.boot_module
 
     @staticmethod
     def _role(dom: Domain, config: dict) -> str:

@@ -51,20 +51,22 @@ class SpawnError(OSError):
 class DomainProcess:
     """One running domain process, watched through a pidfd."""
 
-    def __init__(self, start_info: dict, pass_fds: list[int], log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
-        """A cold start outside any jail (Dom0, or --no-sandbox)."""
+    def __init__(self, boot_module: str, start_info: dict, pass_fds: list[int],
+                 log_path: Path, env: dict[str, str] | None = None) -> None:
+        """A cold start outside any jail (Dom0, or --no-sandbox), running
+        `python -m boot_module` (the loader names it: the hypervisor knows
+        no domain code)."""
         env = dict(os.environ if env is None else env)
         env[START_INFO_ENV] = json.dumps(start_info)
         self.standby: socket.socket | None = None
         self.jail: Jail | None = None
         self.unshared = False
         with open(log_path, "ab") as log:
-            self._start(pass_fds, log, env)
+            self._start(boot_module, pass_fds, log, env)
 
-    def _start(self, pass_fds: list[int], out, env: dict) -> None:
+    def _start(self, boot_module: str, pass_fds: list[int], out, env: dict) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "domains.kernel.boot"],
+            [sys.executable, "-m", boot_module],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -79,7 +81,8 @@ class DomainProcess:
         self._ps = psutil.Process(self.pid)
 
     @classmethod
-    def on_standby(cls, sandbox: Sandbox | None = None) -> "DomainProcess":
+    def on_standby(cls, boot_module: str, sandbox: Sandbox | None = None
+                   ) -> "DomainProcess":
         """A domain process started ahead of need: it does the slow part of
         starting (the interpreter and the kernel's imports) and then waits,
         holding no capability, until `assign` hands it a domain. With a
@@ -99,9 +102,9 @@ class DomainProcess:
             if box is not None:
                 proc.jail = box.new_jail()
                 with children_in_new_pid_namespace():
-                    proc._start([theirs.fileno()], subprocess.DEVNULL, env)
+                    proc._start(boot_module, [theirs.fileno()], subprocess.DEVNULL, env)
             else:
-                proc._start([theirs.fileno()], subprocess.DEVNULL, env)
+                proc._start(boot_module, [theirs.fileno()], subprocess.DEVNULL, env)
         except BaseException:
             ours.close()
             if proc.jail is not None and sandbox is not None:
@@ -237,8 +240,10 @@ def thread_stat(pid: int, tid: int) -> tuple[int, int, str]:
 class StandbyPool:
     """At most one standby domain process, replaced as soon as it is used."""
 
-    def __init__(self, enabled: bool, sandbox: Sandbox | None = None) -> None:
+    def __init__(self, enabled: bool, boot_module: str, sandbox: Sandbox | None = None
+                 ) -> None:
         self.enabled = enabled
+        self.boot_module = boot_module
         self.sandbox = sandbox
         self.spare: DomainProcess | None = None
 
@@ -257,7 +262,7 @@ class StandbyPool:
     def refill(self) -> None:
         if self.enabled and self.spare is None:
             try:
-                self.spare = DomainProcess.on_standby(self.sandbox)
+                self.spare = DomainProcess.on_standby(self.boot_module, self.sandbox)
             except OSError:
                 self.spare = None  # cold starts still work
 

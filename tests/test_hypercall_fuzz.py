@@ -78,6 +78,14 @@ def test_a_vcpu_the_caller_does_not_have_is_einval(machine, vcpu):
     assert rc == -EINVAL
 
 
+def test_createdomain_without_a_kernel_is_efault(machine):
+    # The hypervisor knows no domain code, so no default kernel: the
+    # toolstack names one, always.
+    rc, _ = call(machine, 0, HYPERVISOR_domctl, XEN_DOMCTL_createdomain,
+                 {"name": "kernelless", "max_memkb": 16 * 1024})
+    assert rc == -EFAULT and all(d.name != "kernelless" for d in machine.domains.values())
+
+
 def test_ready_with_a_thread_id_past_any_pid_is_einval(machine, sleeper):
     dom = machine.add("late", vcpus=2, ready=False)
     tids = sleeper.tids()

@@ -1,10 +1,12 @@
-"""A guest's own network namespace and TAP eth0 (frontends/netfront/tap.py),
+"""A guest's own network namespace and TAP eth0 (domains/kernel/netns.py,
+hypervisor/public/pyxen/tap.py),
 and `pyxen exec`, which runs a command inside a domain's namespace.
 
 Every namespace here belongs to a child process: it and its interfaces die
 with that process, so nothing outlives a test.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -14,7 +16,9 @@ import textwrap
 
 import pytest
 
-from frontends.netfront import tap
+from domains.kernel import netns
+
+from hypervisor.public.pyxen import tap
 from tests.harness import REPO
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -53,11 +57,11 @@ def host_links() -> str:
 # -- no privileges needed --
 
 def test_netns_path():
-    assert tap.netns_path(1234) == "/proc/1234/ns/net"
+    assert netns.netns_path(1234) == "/proc/1234/ns/net"
 
 
 def test_can_use_netns_gives_a_reason_when_it_cannot():
-    ok, reason = tap.can_use_netns()
+    ok, reason = netns.can_use_netns()
     if ok:
         assert reason == ""
     else:
@@ -71,9 +75,9 @@ def test_can_use_netns_says_no_without_capabilities():
     # Drop every capability (as an unprivileged user would have none).
     out = python("""
         import json
-        from frontends.netfront import tap
-        tap._effective_caps = lambda: 0
-        print(json.dumps(tap.can_use_netns()))
+        from domains.kernel import netns
+        netns._effective_caps = lambda: 0
+        print(json.dumps(netns.can_use_netns()))
         """)
     assert out.returncode == 0, out.stderr
     ok, reason = json.loads(out.stdout)
@@ -94,15 +98,32 @@ def test_mac_and_address_parsing():
         tap.parse_address("10.0.0.300")
 
 
+def test_a_sandboxed_guest_makes_its_taps_on_the_fds_it_was_given(monkeypatch):
+    # No TAP is made here: what is checked is which fd create_tap takes.
+    r, w = os.pipe()
+    try:
+        monkeypatch.setattr(netns, "_sandbox_tun_fds", [r])
+        with pytest.raises(ValueError):  # refused before the TAP took the fd...
+            netns.create_tap("eth0", mtu=10)
+        assert netns._sandbox_tun_fds == [r]  # ...so it is still there for the next
+        monkeypatch.setattr(netns, "_sandbox_tun_fds", [])
+        with pytest.raises(OSError) as exc:
+            netns.create_tap("eth0")
+        assert exc.value.errno == errno.EMFILE and "no TAP fd left" in str(exc.value)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_enter_new_netns_refuses_once_threads_exist():
     # In a child: were it to succeed it would move the test runner itself.
     out = python("""
         import threading
-        from frontends.netfront import tap
+        from domains.kernel import netns
         stop = threading.Event()
         threading.Thread(target=stop.wait, daemon=True).start()
         try:
-            tap.enter_new_netns()
+            netns.enter_new_netns()
         except RuntimeError as exc:
             print("refused:", exc)
         stop.set()
@@ -115,10 +136,11 @@ def test_enter_new_netns_refuses_once_threads_exist():
 
 TAP_SCRIPT = f"""
     import json, os, socket, subprocess
-    from frontends.netfront import tap
+    from domains.kernel import netns
+    from hypervisor.public.pyxen import tap
 
     host_ns = os.stat("/proc/self/ns/net").st_ino
-    tap.enter_new_netns()
+    netns.enter_new_netns()
     t = tap.Tap.create("eth0", mac="{MAC}", mtu=1400, addresses=["10.0.0.1"])
     result = {{"host_ns": host_ns, "ns": os.stat("/proc/self/ns/net").st_ino,
                "tap": repr(t), "name": t.name, "mac": t.mac,
@@ -192,8 +214,9 @@ def test_tap_in_a_new_netns_carries_real_frames():
 @needs_root
 def test_tap_errors_are_clear():
     out = python("""
-        from frontends.netfront import tap
-        tap.enter_new_netns()
+        from domains.kernel import netns
+        from hypervisor.public.pyxen import tap
+        netns.enter_new_netns()
         first = tap.Tap.create("eth0", mac="02:00:00:00:00:01")
         try:
             tap.Tap.create("eth0", mac="02:00:00:00:00:02")
@@ -216,8 +239,9 @@ def netns_holder():
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
-            from frontends.netfront import tap
-            tap.enter_new_netns()
+            from domains.kernel import netns
+            from hypervisor.public.pyxen import tap
+            netns.enter_new_netns()
             t = tap.Tap.create("eth0", mac="{MAC}", addresses=["10.0.0.1/24"])
             print("ready", flush=True)
             sys.stdin.read()   # hold the namespace until the test closes stdin
@@ -236,8 +260,8 @@ def netns_holder():
 def test_join_netns_runs_a_command_in_another_process_namespace(netns_holder):
     out = python(f"""
         import os
-        from frontends.netfront import tap
-        tap.join_netns(tap.netns_path({netns_holder}))
+        from domains.kernel import netns
+        netns.join_netns(netns.netns_path({netns_holder}))
         os.execvp("ip", ["ip", "-o", "addr", "show", "dev", "eth0"])
         """)
     assert out.returncode == 0, out.stderr

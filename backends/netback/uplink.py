@@ -38,23 +38,11 @@ from typing import Any
 from backends.netback.device import GSO_TYPES, Frame, RateLimitedLog, Switch, split_head
 from backends.netback.offload import Offload, Receiver, tx_offload
 from domains.kernel import netpkt, vnet
+from domains.kernel.netns import create_tap, given_uplinks
 from domains.kernel.threads import OwnedThread
-from frontends.netfront.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN,
-                                    NetnsError, Tap)
 from hypervisor.public.io.netif import NETRXF_data_validated, XEN_NETIF_MAX_TX_SIZE
-
-#: A sandboxed driver domain cannot create TAPs on the host: the hypervisor
-#: creates them and hands their fds over (hypervisor/jail/uplinks.py).
-#: TAP name -> (fd, what the hypervisor says of it), or None when it does not.
-_given: dict[str, tuple[int, dict]] | None = None
-
-
-def give_taps(taps: list[tuple[int, dict]]) -> None:
-    """The uplink TAPs the hypervisor made for this driver domain (fd -1:
-    it could not, and `error` says why)."""
-    global _given
-    _given = {str(config["tap"]): (fd, config) for fd, config in taps}
-
+from hypervisor.public.pyxen.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN,
+                                         NetnsError, Tap, parse_address)
 
 #: Frames read from the TAP per turn on the switch: others' rings get
 #: their turn in between.
@@ -87,13 +75,12 @@ def parse_uplink_arg(text: str) -> list[UplinkConfig]:
     return configs
 
 
-def _given_tap(config: UplinkConfig) -> Tap:
-    assert _given is not None
-    fd, made = _given.get(config.tap, (-1, {"error": "the hypervisor made no such TAP"}))
+def _given_tap(config: UplinkConfig, given: dict[str, tuple[int, dict]]) -> Tap:
+    """The TAP the hypervisor made for this uplink (a sandboxed driver
+    domain cannot make one on the host)."""
+    fd, made = given.get(config.tap, (-1, {"error": "the hypervisor made no such TAP"}))
     if fd < 0:
         raise NetnsError(0, f"TAP {config.tap}: {made.get('error')}")
-    from frontends.netfront.tap import parse_address
-
     return Tap(fd, config.tap, made["mac"], int(made["mtu"]),
                [parse_address(a) for a in made.get("ip", ())], vnet_hdr=True)
 
@@ -122,13 +109,14 @@ class Uplink:
         """Create the TAP on the host and plug it into its bridge.  NetnsError
         (the message says why) if the TAP cannot be made."""
         config = self.config
-        if _given is not None:
-            tap = _given_tap(config)
+        given = given_uplinks()
+        if given is not None:
+            tap = _given_tap(config, given)
         else:
-            tap = Tap.create(config.tap, mac=config.mac, mtu=config.mtu,
+            tap = create_tap(config.tap, mac=config.mac, mtu=config.mtu,
                              addresses=list(config.ips), vnet_hdr=True)
         try:
-            if _given is None:
+            if given is None:
                 tap.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
             tap.set_blocking(False)
         except (NetnsError, OSError):

@@ -33,6 +33,11 @@ from domains.dom0.xlformat import (
 # A Unix socket's path (ZeroMQ's ipc:// ones) must fit in
 # sockaddr_un (108 bytes with the NUL).
 MAX_SOCKET_PATH = 100
+# What `pyxen boot` hands the hypervisor, as Xen's loader hands over Dom0's
+# kernel: Dom0's entry point, and the module every domain process runs
+# (which boots the kernel its start_info names; standby processes too).
+DOM0_KERNEL = "domains.dom0.main:main"
+DOMAIN_BOOT = "domains.kernel.boot"
 
 
 class UserError(Exception):
@@ -75,6 +80,7 @@ def _boot_command(args) -> int:
                                  "weight": dom0.weight,
                                  "cmdline": f"{dom0.extra} topology="
                                             f"{quote(str(path.resolve()))}".strip()}),
+           "--dom0-kernel", DOM0_KERNEL, "--domain-boot", DOMAIN_BOOT,
            "--notify-fd", str(write_fd), "--machine", machine]
     if args.log_json:
         cmd.append("--log-json")
@@ -480,7 +486,8 @@ def _exec(args) -> int:
     command keeps our stdin/stdout/tty and its exit status is ours."""
     import shutil
 
-    from frontends.netfront.tap import ROOT_REASON, NetnsError, join_netns, netns_path
+    from domains.kernel.netns import join_netns, netns_path
+    from hypervisor.public.pyxen.tap import ROOT_REASON, NetnsError
 
     argv = list(args.argv)
     if argv[:1] == ["--"]:

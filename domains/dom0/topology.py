@@ -41,6 +41,7 @@ from domains.dom0.xlspec import (
     parse_uplink,
     parse_vif,
 )
+from hypervisor.public.pyxen.platform import Platform
 
 __all__ = [
     "DEFAULT_WEIGHT",
@@ -82,15 +83,6 @@ class TopologyError(Exception):
 # --------------------------------------------------------------------------
 # Data model
 # --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Platform:
-    """The emulated machine: how many pCPUs and MiB of RAM domains share."""
-
-    name: str = "virt"
-    pcpus: int = 1
-    memory: int = 4096
 
 
 @dataclass(frozen=True)

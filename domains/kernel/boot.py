@@ -96,7 +96,7 @@ class Standby:
 STANDBY_IMPORTS = ("domains.kernel.kernel", "domains.driver.main", "domains.guest.workloads")
 # ... and what a jailed one needs before its root hides the host's files
 # (pyseccomp finds libseccomp with ldconfig).
-JAIL_IMPORTS = ("hypervisor.jail.confine", "pyseccomp", "frontends.netfront.tap")
+JAIL_IMPORTS = ("hypervisor.jail.confine", "pyseccomp", "domains.kernel.netns")
 
 
 def confine_plain(sandbox: dict) -> None:
@@ -133,13 +133,13 @@ def main() -> None:
         confined = confine.confine(standby.jail, standby.jail_fds, standby.sock)
         standby.sock.close()
         if confined.uplinks:
-            from backends.netback.uplink import give_taps
+            from domains.kernel.netns import give_uplinks
 
-            give_taps(confined.uplinks)
+            give_uplinks(confined.uplinks)
         if confined.guest:
             # Its network namespace is the jail's own, empty until a vif's
             # TAP is made there on an fd the hypervisor hands over.
-            from frontends.netfront.tap import use_sandbox_netns
+            from domains.kernel.netns import use_sandbox_netns
 
             use_sandbox_netns()
     else:
@@ -147,7 +147,7 @@ def main() -> None:
         if own_net:
             # Before any thread exists: a namespace is per thread, and
             # threads inherit their creator's.
-            from frontends.netfront.tap import can_use_netns, enter_new_netns
+            from domains.kernel.netns import can_use_netns, enter_new_netns
 
             if can_use_netns()[0]:
                 enter_new_netns()

@@ -16,10 +16,10 @@ import threading
 from typing import Any
 
 from domains.kernel.fdtable import TAKE_TIMEOUT, vif_key
+from domains.kernel.netns import can_use_netns, create_tap, sandboxed
 from domains.kernel.xenbus.client import XsError
 from hypervisor.public.errno import XenError
 from frontends.netfront.device import NetfrontDevice, NetfrontError
-from frontends.netfront.tap import Tap, can_use_netns, sandboxed
 
 
 class NetBus:
@@ -81,7 +81,7 @@ class NetBus:
                 mtu = int(self.xs.read(f"{backend}/mtu"))
             except (XsError, ValueError):
                 mtu = 1500
-            tap = Tap.create(f"eth{devid}", mac=mac, mtu=mtu, addresses=ips,
+            tap = create_tap(f"eth{devid}", mac=mac, mtu=mtu, addresses=ips,
                              vnet_hdr=self.offload, fd=self._tun_fd(devid))
             device = NetfrontDevice(self.kernel, path, tap)
             device.connect()

@@ -55,8 +55,6 @@ from domains.kernel.xenbus.lifecycle import Frontend, FrontendHooks
 from domains.kernel.xenbus.state import read_feature
 from domains.kernel import vnet
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
-from frontends.netfront.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
-                                    VNET_HDR_LEN)
 from frontends.netfront.tx import NetfrontProtocolError, TxPageEncoder, TxShadow
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
@@ -67,6 +65,8 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_NR_SLOTS_MIN,
 )
 from hypervisor.public.io.ring import (FrontRing, RingError, shared_ring_init)
+from hypervisor.public.pyxen.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
+                                         VNET_HDR_LEN)
 from hypervisor.public.xen import PAGE_SIZE
 
 TX_ENTRY = netif.NETIF_TX_SRING_ENTRY_SIZE

@@ -11,7 +11,7 @@ lives exactly as long as the driver domain's process.
 
 from __future__ import annotations
 
-from frontends.netfront.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, Tap
+from hypervisor.public.pyxen.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, Tap
 
 
 def create(config: dict) -> tuple[Tap, dict]:

@@ -36,12 +36,13 @@ SANDBOX = Struct(optional={
 })
 
 # What a toolstack may ask of a new domain (and nothing else: the loader's
-# private keys, like Dom0's extra fds, are not for hypercalls).
+# private keys, like Dom0's extra fds, are not for hypercalls). It names the
+# kernel (module:function), always: the hypervisor knows no domain code.
 # boot_timeout: seconds the kernel has to report ready (else the domain is
 # destroyed and the caller gets ETIMEDOUT); max_window_kb: the most grant-
 # window memory the domain may hold (Xen's max_grant_frames, in kB).
-CREATE = Struct({"name": Str(128), "max_memkb": U64},
-                {"max_vcpus": Int(1, 128), "kernel": Str(256), "cmdline": Str(4096),
+CREATE = Struct({"name": Str(128), "max_memkb": U64, "kernel": Str(256)},
+                {"max_vcpus": Int(1, 128), "cmdline": Str(4096),
                  "cpus": Maybe(List(U32, 1024, 1)), "boot_timeout": Num(0.001, 86400),
                  "max_window_kb": U64, "sandbox": SANDBOX})
 DOMAIN = Struct({"domain": U16})

@@ -1,32 +1,26 @@
-"""A guest domain's own network: a Linux network namespace and a TAP `eth0`.
+"""A TAP interface: a host network device whose frames a process reads and writes.
 
-Each guest domain process moves itself into a fresh network namespace at
-boot (:func:`enter_new_netns`) and creates a real TAP interface there
-(:meth:`Tap.create`); the PV network frontend pumps raw Ethernet frames
-between that TAP and the shared rings. Real tools then work inside the
-domain's namespace: ``pyxen exec guest1 -- ping -c 3 10.0.0.2`` enters it
-(:func:`join_netns` on :func:`netns_path`) and runs ``ping`` there.
+Both sides make TAPs: a domain kernel for a guest's `eth0` (in the guest's
+own network namespace, see domains/kernel/netns.py) or a driver domain's
+uplink, and the hypervisor's privileged spawner for the uplinks of a
+sandboxed driver domain (hypervisor/jail/uplinks.py), which has no
+capability over the host's network. The hypervisor imports nothing of the
+domains, so the TAP lives here, beside the other helpers both sides share.
 
-Standard library only: the namespace calls go through libc with ctypes,
-the interface is configured with ioctls (MAC, MTU, flags) and rtnetlink
-(addresses), so neither iproute2 nor any other tool is needed. Everything
-acts on the netns of the *calling thread* (sockets and the TAP device are
-created in it), which is why the namespace must be entered on the main
-thread before any other thread exists.
+Standard library only: the interface is configured with ioctls (MAC, MTU,
+flags) and rtnetlink (addresses), so neither iproute2 nor any other tool is
+needed. Everything acts on the netns of the *calling thread* (sockets and
+the TAP device are created in it).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import ipaddress
 import os
 import socket
 import struct
-import threading
-
-CLONE_NEWNET = 0x40000000
 
 # <linux/if_tun.h>
 TUNSETIFF = 0x400454CA
@@ -54,10 +48,6 @@ IFF_UP = 0x1
 ARPHRD_ETHER = 1
 IFNAMSIZ = 16
 IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux: 16-byte name + 24-byte union
-
-# <linux/capability.h>
-CAP_NET_ADMIN = 12
-CAP_SYS_ADMIN = 21
 
 # <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_addr.h>
 NETLINK_ROUTE = 0
@@ -87,128 +77,6 @@ class NetnsError(OSError):
     """A namespace or TAP operation failed; the message says what and why."""
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _os_error(what: str) -> NetnsError:
-    err = ctypes.get_errno()
-    hint = f" ({ROOT_REASON})" if err == errno.EPERM else ""
-    return NetnsError(err, f"{what}: {os.strerror(err)}{hint}")
-
-
-def netns_path(pid: int) -> str:
-    """The network namespace of process `pid` (its main thread), as a path."""
-    return f"/proc/{pid}/ns/net"
-
-
-def _effective_caps() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-# A sandboxed guest (hypervisor/jail/) is in a network namespace of its own
-# from its first instruction, keeps CAP_NET_ADMIN there only, and cannot
-# open /dev/net/tun (root's): the hypervisor hands it a TAP fd per vif,
-# opened in its namespace (Tap.create's `fd`).
-_sandboxed = False
-
-
-def use_sandbox_netns() -> None:
-    """This process is a sandboxed guest already in its own namespace:
-    bring `lo` up; its TAPs are made on fds handed to it."""
-    global _sandboxed
-    _sandboxed = True
-    _set_up("lo")
-
-
-def sandboxed() -> bool:
-    """Whether this is a sandboxed guest (its TAP fds are handed to it)."""
-    return _sandboxed
-
-
-def can_use_netns() -> tuple[bool, str]:
-    """Whether this process may create network namespaces and TAP devices.
-
-    Returns (True, "") or (False, reason), the reason one line a user can
-    act on. Needs CAP_SYS_ADMIN (unshare/setns of a network namespace) and
-    CAP_NET_ADMIN (TAP devices, interface configuration), which root has,
-    and a usable /dev/net/tun.
-    """
-    if _sandboxed:
-        return True, ""
-    caps = _effective_caps()
-    missing = [name for bit, name in ((CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-                                      (CAP_NET_ADMIN, "CAP_NET_ADMIN"))
-               if not caps & (1 << bit)]
-    if missing:
-        who = f"uid {os.geteuid()}" if os.geteuid() else "root"
-        return False, (f"{ROOT_REASON}; running as {who} without "
-                       f"{' and '.join(missing)} (run as root, or in a container with "
-                       "those capabilities)")
-    if not os.path.exists(TUN_PATH):
-        return False, (f"{ROOT_REASON}; {TUN_PATH} does not exist (load the `tun` "
-                       "module, or give the container the device)")
-    if not os.access(TUN_PATH, os.R_OK | os.W_OK):
-        return False, f"{ROOT_REASON}; {TUN_PATH} is not readable and writable"
-    if not os.path.exists(netns_path(os.getpid())):
-        return False, f"{ROOT_REASON}; this kernel has no network namespaces"
-    return True, ""
-
-
-def _thread_count() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
-
-
-def enter_new_netns(allow_threads: bool = False) -> None:
-    """Move the calling process into a new, empty network namespace, `lo` up.
-
-    unshare(CLONE_NEWNET) moves only the *calling thread* on Linux: threads
-    that already exist stay in the old namespace, and /proc/<pid>/ns/net
-    (what `pyxen exec` enters) shows the main thread's. So call this on the
-    main thread early in the domain kernel's boot, before any thread exists
-    (threads created afterwards inherit the new namespace). It refuses
-    (RuntimeError) when called off the main thread, or while other threads
-    exist unless `allow_threads` (e.g. threads that never touch the network).
-    The namespace lives as long as the process: it dies, and every interface
-    in it, when the process exits.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("enter_new_netns must be called on the main thread")
-    if not allow_threads and _thread_count() > 1:
-        raise RuntimeError(f"enter_new_netns: this process already has {_thread_count()} "
-                           "threads and only the calling one would move; call it "
-                           "before starting any thread")
-    if _libc().unshare(CLONE_NEWNET) != 0:
-        raise _os_error("unshare(CLONE_NEWNET)")
-    _set_up("lo")
-
-
-def join_netns(path: str) -> None:
-    """setns() the calling thread into the network namespace at `path`
-    (e.g. :func:`netns_path` of a domain's pid). Exec right after it: the
-    exec'd program then runs entirely in that namespace."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        hint = f" ({ROOT_REASON})" if exc.errno in (errno.EACCES, errno.EPERM) else ""
-        raise NetnsError(exc.errno, f"{path}: {exc.strerror}{hint}") from None
-    try:
-        if _libc().setns(fd, CLONE_NEWNET) != 0:
-            raise _os_error(f"setns({path})")
-    finally:
-        os.close(fd)
-
-
 # -- interface configuration (in the calling thread's netns) --
 
 def _ifreq(name: str, payload: bytes = b"") -> bytearray:
@@ -233,7 +101,8 @@ def _ioctl(name: str, request: int, payload: bytes = b"", what: str = "") -> byt
     return req
 
 
-def _set_up(name: str) -> None:
+def set_link_up(name: str) -> None:
+    """Set interface `name` up (IFF_UP), what `ip link set NAME up` does."""
     flags = struct.unpack_from("H", _ioctl(name, SIOCGIFFLAGS, what="get flags of"),
                               IFNAMSIZ)[0]
     _ioctl(name, SIOCSIFFLAGS, struct.pack("H", flags | IFF_UP), what="set up")
@@ -321,7 +190,7 @@ class Tap:
 
     Reads and writes are whole raw Ethernet frames (no packet-info header);
     with `vnet_hdr` each one is preceded by a 10-byte virtio_net_hdr
-    (checksum and segmentation offload, see :mod:`.vnet`), and
+    (checksum and segmentation offload, see domains/kernel/vnet.py), and
     :meth:`set_offload` says which offloads the kernel may use on frames it
     hands us.  The interface exists as long as the file descriptor:
     `close()` (or the process's exit) removes it.
@@ -347,8 +216,9 @@ class Tap:
         address gets /24), and set its link up.  With `vnet_hdr` frames
         carry a virtio_net_hdr (IFF_VNET_HDR), no offload enabled yet, and
         GSO frames are kept within GSO_MAX_SIZE.  `fd`: a /dev/net/tun fd
-        opened for us (a sandboxed guest's, handed over by the hypervisor;
-        the TAP takes it, failed or not), else we open one."""
+        opened ahead (a sandboxed guest's, handed over by the hypervisor,
+        which it cannot open itself; the TAP takes it, failed or not), else
+        one is opened here."""
         try:
             raw_mac = parse_mac(mac) if mac is not None else None
             ifaces = [parse_address(a) for a in addresses]
@@ -360,9 +230,6 @@ class Tap:
                 os.close(fd)
             raise
         if fd is None:
-            if _sandboxed:
-                raise NetnsError(errno.EPERM, f"TAP {name}: a sandboxed guest makes "
-                                              "its TAPs on fds handed to it")
             try:
                 fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
             except OSError as exc:
@@ -390,7 +257,7 @@ class Tap:
             if vnet_hdr:
                 fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
                 _set_gso_max_size(ifindex, GSO_MAX_SIZE)
-            _set_up(name)
+            set_link_up(name)
             for iface in ifaces:
                 _add_address(ifindex, iface)
         except BaseException:
