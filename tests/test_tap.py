@@ -98,21 +98,18 @@ def test_mac_and_address_parsing():
         tap.parse_address("10.0.0.300")
 
 
-def test_a_sandboxed_guest_makes_its_taps_on_the_fds_it_was_given(monkeypatch):
+def test_a_sandboxed_guest_makes_its_taps_only_on_fds_handed_to_it(monkeypatch):
     # No TAP is made here: what is checked is which fd create_tap takes.
+    monkeypatch.setattr(netns, "_sandboxed", True)
+    with pytest.raises(OSError) as exc:
+        netns.create_tap("eth0")
+    assert exc.value.errno == errno.EPERM and "fds handed to it" in str(exc.value)
     r, w = os.pipe()
-    try:
-        monkeypatch.setattr(netns, "_sandbox_tun_fds", [r])
-        with pytest.raises(ValueError):  # refused before the TAP took the fd...
-            netns.create_tap("eth0", mtu=10)
-        assert netns._sandbox_tun_fds == [r]  # ...so it is still there for the next
-        monkeypatch.setattr(netns, "_sandbox_tun_fds", [])
-        with pytest.raises(OSError) as exc:
-            netns.create_tap("eth0")
-        assert exc.value.errno == errno.EMFILE and "no TAP fd left" in str(exc.value)
-    finally:
-        os.close(r)
-        os.close(w)
+    os.close(w)
+    with pytest.raises(ValueError):  # refused: the TAP takes the fd all the same
+        netns.create_tap("eth0", mtu=10, fd=r)
+    with pytest.raises(OSError):
+        os.fstat(r)
 
 
 def test_enter_new_netns_refuses_once_threads_exist():
