@@ -981,6 +981,27 @@ def lifecycle_guest(kernel) -> None:
     left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     _send(kernel.args["out"], {"states": states, "busy": busy,
                                "drivers_left": drivers_left, "left": left})
+    # Stay up (closed) until the machine halts: powering off would make the
+    # toolstack remove the backends' devices while the driver domain reports.
+    threading.Event().wait()
+
+
+def _wait_node(xs, path: str, value: bytes, timeout: float) -> None:
+    """Until `path` reads `value` (a watch: an event, not a poll), or timeout."""
+    reached = threading.Event()
+
+    def check(_path: str, _token: str) -> None:
+        try:
+            if xs.read(path) == value:
+                reached.set()
+        except XsError:
+            pass
+
+    xs.watch(path, f"wait-{path}", check)
+    try:
+        reached.wait(timeout)
+    finally:
+        xs.unwatch(path, f"wait-{path}")
 
 
 def lifecycle_backends(kernel) -> None:
@@ -1001,6 +1022,11 @@ def lifecycle_backends(kernel) -> None:
     _recv(kernel.args["cue"])
     _send(kernel.args["out"], {"threads": _threads_since(base)})
     _recv(kernel.args["cue"])
+    # The guest closed its end: ours follow on our work queue, each on a
+    # watch of its own state node; wait for them (bounded), then report.
+    for bus in (vbds, vifs):
+        for device in list(bus.devices.values()):
+            _wait_node(kernel.xenstore, f"{device.life.path}/state", b"6", 10.0)
     states = {kind: [d.life.state.name for d in bus.devices.values()]
               for kind, bus in (("vbd", vbds), ("vif", vifs))}
     vbds.close()

@@ -168,11 +168,15 @@ class NetfrontDevice:
     def _disconnect(self, gone: bool) -> None:
         if gone:
             self._close_tap()  # the interface is gone before we say Closed
-        for port in {getattr(self, "tx_port", None), getattr(self, "rx_port", None)} - {None}:
-            try:
-                self.kernel.events.close(port)
-            except Exception:  # the channel died with the old backend
-                pass
+        else:
+            for port in {getattr(self, "tx_port", None),
+                         getattr(self, "rx_port", None)} - {None}:
+                try:
+                    self.kernel.events.close(port)
+                except Exception:  # the channel died with the old backend
+                    pass
+        # Given back now, or (still mapped by a backend that has not let go
+        # yet) as soon as it has: a vif detached for good gives it back too.
         # Given back once (a connect that gave up left none of its own).
         window, self.window = self.window, None
         if window is not None and not self.kernel.gnttab.close_window(window, self.refs):
