@@ -152,8 +152,10 @@ def test_guest_killed_mid_io_leaves_nothing_mapped_in_the_backend(system):
 
 def test_killed_during_the_xenbus_handshake(system):
     """The frontend has published its rings (Initialised) to a new backend
-    that has not connected yet: that one dies too, and the next one serves."""
-    system.boot(system.write_topology(TOPOLOGY))
+    that has not connected yet: that one dies too, and the next one serves.
+    Up to six kills: more than the default budget allows."""
+    system.boot(system.write_topology(TOPOLOGY.replace(
+        'on_crash = "restart"', 'on_crash = "restart"\nrestart_limit = [10, 60]')))
     log = system.run_dir / "logs" / "writer.log"
     follow_acks(log, 30)
     writer = system.list()["writer"]["domid"]
