@@ -44,7 +44,7 @@ class BlockBus:
             # A device closed for good whose devid is present again was
             # detached and attached again before we looked: a new device.
             gone = [d for d in self.devices
-                    if d not in present or _replaced(self.xs, f"{self.root}/{d}", self.devices[d])]
+                    if d not in present or _replaced(self.devices[d])]
             new = [d for d in present if (d not in self.devices or d in gone)
                    and d not in self.failed]
             for devid in new:
@@ -127,13 +127,7 @@ class BlockBus:
 
 
 
-def _replaced(xs, path: str, disk) -> bool:
-    """Closed for good, yet its directory says Initialising: the toolstack
-    removed it and attached a new one at the same devid before we looked."""
+
+def _replaced(disk) -> bool:
     life = getattr(disk.device, "life", None)
-    if life is None or not life.closed:
-        return False
-    try:
-        return int(xs.read(f"{path}/state")) == 1  # XenbusState.Initialising
-    except (XsError, ValueError):
-        return False
+    return bool(life is not None and life.replaced())

@@ -49,7 +49,7 @@ class NetBus:
             # A vif closed for good whose devid is present again was
             # detached and attached again before we looked: a new vif.
             gone = [d for d in self.devices
-                    if d not in present or _replaced(self.xs, f"{self.root}/{d}", self.devices[d])]
+                    if d not in present or _replaced(self.devices[d])]
             new = [d for d in present if d not in self.devices or d in gone]
             closing = [self.devices.pop(devid) for devid in gone]
             for devid in new:
@@ -150,13 +150,7 @@ class NetBus:
 
 
 
-def _replaced(xs, path: str, device) -> bool:
-    """Closed for good, yet its directory says Initialising: the toolstack
-    removed it and attached a new one at the same devid before we looked."""
+
+def _replaced(device) -> bool:
     life = getattr(device, "life", None)
-    if life is None or not life.closed:
-        return False
-    try:
-        return int(xs.read(f"{path}/state")) == 1  # XenbusState.Initialising
-    except (XsError, ValueError):
-        return False
+    return bool(life is not None and life.replaced())

@@ -274,6 +274,18 @@ class Frontend(_Device):
 
     # -- closing --------------------------------------------------------------------
 
+    def replaced(self) -> bool:
+        """Closed for good, yet the device's directory says Initialising:
+        the toolstack removed it and attached a new one at the same path
+        before our bus looked (a vdev or vif index detached and attached
+        again at once)."""
+        if not self.closed:
+            return False
+        try:
+            return read_state(self.xs, self.path) == S.Initialising
+        except (XsError, ValueError):
+            return False
+
     def _go(self) -> bool:
         """The device goes for good: False if it was going already."""
         with self.cond:
