@@ -71,6 +71,19 @@ class BlockBus:
             device.connect()
             name = self.xs.read(f"{device.backend}/dev").decode()
         except (XsError, XenError, DeviceGone, OSError, ValueError) as exc:
+            if device is not None and device.life.moved_on():
+                # Its reconnect to the newer backend is queued: kept.
+                self.kernel.log.info("backend moved while connecting", devid=devid)
+                try:  # its name, as the newer backend has it
+                    moved_to = self.xs.read(f"{path}/backend").decode()
+                    name = self.xs.read(f"{moved_to}/dev").decode()
+                except (XsError, ValueError):
+                    name = str(devid)
+                with self.cond:
+                    self.failed.pop(devid, None)
+                    self.devices[devid] = BlockDevice(device, name)
+                    self.cond.notify_all()
+                return
             self.kernel.log.error("block device failed", devid=devid, error=str(exc))
             with self.cond:
                 self.failed[devid] = str(exc)

@@ -86,6 +86,13 @@ class NetBus:
             device = NetfrontDevice(self.kernel, path, tap)
             device.connect()
         except (XsError, XenError, NetfrontError, OSError, ValueError) as exc:
+            if device is not None and device.life.moved_on():
+                # Its reconnect to the newer backend is queued, on its TAP: kept.
+                self.kernel.log.info("backend moved while connecting", vif=devid)
+                with self.lock:
+                    self.devices[devid] = device
+                    self.changed.notify_all()
+                return
             self.kernel.log.error("vif failed", vif=devid, error=str(exc))
             with self.lock:
                 self.devices.pop(devid, None)

@@ -274,6 +274,13 @@ class Frontend(_Device):
 
     # -- closing --------------------------------------------------------------------
 
+    def moved_on(self) -> bool:
+        """A connect gave up because the toolstack moved the device to a
+        newer backend (a driver domain restarted meanwhile): the device is
+        not failed, its reconnect to that backend is queued."""
+        with self.cond:
+            return self.moves.superseded and not self.closed
+
     def replaced(self) -> bool:
         """Closed for good, yet the device's directory says Initialising:
         the toolstack removed it and attached a new one at the same path
