@@ -223,14 +223,18 @@ def _create(ts: Toolstack, args: dict, respond: Respond):
                if d.domid == 0 or (d.config and d.config.driver_domain)}
     config = load_domain_config(Path(args["path"]), ts.platform, drivers)
 
+    ts.create_async(config, _created(respond))
+    return LATER
+
+
+def _created(respond: Respond) -> Callable[[Managed | None, XenError | None], None]:
+    """A create's (or restart's) answer, once its domain is up or failed."""
     def done(dom: Managed | None, error: XenError | None) -> None:
-        if error is not None:
+        if error is not None or dom is None:
             respond({"ok": False, "error": str(error)})
         else:
             respond({"ok": True, "result": {"name": dom.name, "domid": dom.domid}})
-
-    ts.create_async(config, done)
-    return LATER
+    return done
 
 
 @command("destroy")
@@ -275,13 +279,7 @@ def _restart(ts: Toolstack, args: dict, respond: Respond):
 
 
 def _revive(ts: Toolstack, dom: Managed, respond: Respond):
-    def done(new: Managed | None, error: XenError | None) -> None:
-        if error is not None:
-            respond({"ok": False, "error": str(error)})
-        else:
-            respond({"ok": True, "result": {"name": new.name, "domid": new.domid}})
-
-    ts.revive(dom, done)
+    ts.revive(dom, _created(respond))
     return LATER
 
 

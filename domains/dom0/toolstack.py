@@ -928,14 +928,7 @@ class Toolstack:
             raise XenError(EBUSY, f"{dom.name} is running; `pyxen reboot` asks it to restart")
         if any(d is dom for _, d, _ in self.scheduled) or self.is_booting(dom.name):
             raise XenError(EBUSY, f"{dom.name} is being restarted already")
-        self.domains.pop(dom.domid, None)
-        if not dom.down:
-            try:
-                self.xc.domain_destroy(dom.domid)
-            except XenError as exc:
-                if exc.errno != ESRCH:
-                    raise
-            self.forget(dom.domid)
+        self.destroy(dom)  # what is left of it: a crashed domain, or nothing
         dom.budget = actions.RestartBudget(*dom.config.restart_limit,
                                            *dom.config.restart_backoff)
         self.log.info("restarting by request", name=dom.name, old_domid=dom.domid)
