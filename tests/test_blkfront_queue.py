@@ -3,8 +3,6 @@ layouts and indirect pages, and a connection whose ring is answered by
 hand (out of order, or not at all when the "backend dies"), with fake
 grant and event channel clients."""
 
-import itertools
-import mmap
 import threading
 
 import pytest
@@ -34,6 +32,7 @@ from hypervisor.public.io.blkif import (
     BLKIF_RSP_OKAY,
 )
 from hypervisor.public.io.ring import BackRing
+from tests.fakekernel import FakeEvents, FakeKernel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -151,50 +150,6 @@ def test_page_segments_refuse_impossible_layouts() -> None:
 
 
 # -- a connection, answered by hand ---------------------------------------------------
-
-class Window:
-    def __init__(self, frames: int) -> None:
-        self.map = mmap.mmap(-1, frames * PAGE)
-        self.gfn = 0x1000
-
-
-class FakeGnttab:
-    def __init__(self) -> None:
-        self.refs = itertools.count(8)
-        self.granted: dict[int, int] = {}  # ref -> frame
-
-    def open_window(self, peer: int, frames: int) -> Window:
-        return Window(frames)
-
-    def grant_access(self, domid: int, frame: int) -> int:
-        ref = next(self.refs)
-        self.granted[ref] = frame
-        return ref
-
-
-class FakeEvents:
-    def __init__(self) -> None:
-        self.sent = 0
-        self.handlers = {}
-
-    def alloc_unbound(self, domid: int) -> int:
-        return 5
-
-    def bind(self, port: int, handler) -> None:
-        self.handlers[port] = handler
-
-    def send(self, port: int) -> None:
-        self.sent += 1
-
-    def close(self, port: int) -> None:
-        pass
-
-
-class FakeKernel:
-    def __init__(self) -> None:
-        self.gnttab = FakeGnttab()
-        self.events = FakeEvents()
-
 
 class FakeDevice:
     def __init__(self) -> None:

@@ -7,7 +7,6 @@ import pytest
 
 from backends.netback.device import RX_ENTRY, TX_ENTRY, Switch, Vif
 from backends.netback.rx import RxFeatures
-from domains.kernel.gnttab import Mapping
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tx import TxShadow
 from hypervisor.public.io.netif import (
@@ -21,6 +20,7 @@ from hypervisor.public.io.netif import (
 )
 from hypervisor.public.io.ring import BackRing, FrontRing, shared_ring_init
 from tests import packets as P
+from tests.fakekernel import FakeGnttab, FakeKernel, RecordingLog
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,46 +29,6 @@ NR_PAGES = 2 + 256 + 256
 CSUM = NETTXF_csum_blank | NETTXF_data_validated
 MACS = {1: bytes.fromhex("00163e000001"), 2: bytes.fromhex("00163e000002"),
         3: bytes.fromhex("00163e000003")}
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict]] = []
-
-    def bind(self, **_kw) -> "Log":
-        return self
-
-    def info(self, event: str, **kw) -> None:
-        self.lines.append((event, kw))
-
-    error = warning = info
-
-
-class Kernel:
-    """What a Vif uses of its driver domain's kernel: grant maps of the
-    frontend's pages (gref = page number), event sends (counted)."""
-
-    def __init__(self, front: "Front", log: Log) -> None:
-        self.log = log
-        self.xenstore = None
-        self.front = front
-        self.events = self
-        self.gnttab = self
-        self.sent: list[int] = []
-
-    def send(self, port: int) -> None:
-        self.sent.append(port)
-
-    def close(self, _port: int) -> None:
-        pass
-
-    def map_grant_refs(self, fe: int, refs: list[int], readonly: bool = False) -> list[Mapping]:
-        pages = self.front.pages
-        return [Mapping(1, fe, r, pages[r].toreadonly() if readonly else pages[r], fe, r * PAGE)
-                for r in refs]
-
-    def unmap_all(self, _mappings) -> None:
-        pass
 
 
 class Front:
@@ -132,8 +92,9 @@ class Front:
         return frames
 
 
-def plug(switch: Switch, front: Front, log: Log) -> Vif:
-    kernel = Kernel(front, log)
+def plug(switch: Switch, front: Front, log: RecordingLog) -> Vif:
+    # The frontend's pages are what the vif maps (gref = page number).
+    kernel = FakeKernel(log=log, gnttab=FakeGnttab(front.pages))
     vif = Vif(kernel, switch, "backend/vif/x/0", front.domid, 0)
     vif.bridge_name, vif.mtu = "xenbr0", 1500
     vif.use_features(front.features)
@@ -149,7 +110,7 @@ def plug(switch: Switch, front: Front, log: Log) -> Vif:
 
 @pytest.fixture
 def net():
-    log = Log()
+    log = RecordingLog()
     switch = Switch(log)
     fronts = {1: Front(1), 2: Front(2), 3: Front(3, gso=False, csum=False)}
     vifs = {d: plug(switch, f, log) for d, f in fronts.items()}
@@ -182,7 +143,7 @@ def test_gso_frame_crosses_whole_between_gso_vifs(net) -> None:
     assert got.flags & (NETRXF_csum_blank | NETRXF_data_validated) == (
         NETRXF_csum_blank | NETRXF_data_validated)
     assert fronts[3].received() == []  # known unicast: not flooded
-    assert 20 + 2 in vifs[2].kernel.sent  # guest2 was told (its rx port)
+    assert 20 + 2 in vifs[2].kernel.events.sent  # guest2 was told (its rx port)
 
 
 def test_gso_frame_is_segmented_for_a_vif_without_gso(net) -> None:
@@ -323,7 +284,7 @@ def test_what_deliver_puts_on_the_rx_ring_is_what_plan_rx_plans(
     assume(not needs_fallback(offload, features.receiver))
     ethertype = b"\x81\x00" if vlan else b"\x08\x00"
     frame = (MACS[1] + MACS[2] + ethertype + PATTERN)[:size]
-    log = Log()
+    log = RecordingLog()
     front = Front(1)
     front.features = features
     vif = plug(Switch(log), front, log)

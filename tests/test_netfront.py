@@ -47,6 +47,7 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_NR_SLOTS_MIN,
 )
+from tests.fakekernel import FakeKernel
 from tests.packets import feed_all, response_bytes
 
 pytestmark = pytest.mark.timeout(60)
@@ -480,15 +481,10 @@ def test_a_gso_frame_needs_a_ring_slot_for_its_extra_not_only_ids() -> None:
     dev.tx_pages, dev.generation, dev.closed = list(range(600)), 0, False
     dev.link_up = threading.Event()
     dev.link_up.set()
-    sent, watching = [], {5: None}
-
-    class Kernel:
-        class events:
-            send = staticmethod(sent.append)
-            watch_fd = staticmethod(watching.__setitem__)
-            unwatch_fd = staticmethod(lambda fd: watching.pop(fd, None))
-
-    dev.kernel, dev.tx_port, dev.log, dev.tap_fd = Kernel, 7, None, 5
+    kernel = FakeKernel()
+    sent, watching = kernel.events.sent, kernel.events.watching
+    watching[5] = None
+    dev.kernel, dev.tx_port, dev.log, dev.tap_fd = kernel, 7, None, 5
     dev.staged, dev.staged_generation, dev.pending = [], 0, collections.deque()
     dev._tap_ready = "handler"
     gso = (XEN_NETIF_GSO_TYPE_TCPV4, 1448)
@@ -548,13 +544,7 @@ def test_rx_buffers_of_a_frame_under_way_are_not_posted_again() -> None:
             written.append(frame)
 
     dev.tap = Tap()
-    sent = []
-
-    class Kernel:
-        class events:
-            send = staticmethod(sent.append)
-
-    dev.kernel, dev.rx_port, dev.log = Kernel, 9, None
+    dev.kernel, dev.rx_port, dev.log = FakeKernel(), 9, None
     for frame in frames:
         requests = [netif.parse_rx_request(r) for r in
                     struct_chunks(back.get_requests(-(-len(frame) // 4096)))]

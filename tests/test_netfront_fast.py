@@ -51,6 +51,7 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
 )
+from tests.fakekernel import FakeKernel
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -454,13 +455,6 @@ def test_rx_vnet_header_fast_path_agrees(flags, gso, head) -> None:
 
 # -- the device's tx path, with a socketpair for its TAP -------------------------------
 
-class Log:
-    def info(self, *args, **kw) -> None:
-        self.last = (args, kw)
-
-    warning = error = info
-
-
 def tx_device(window: bool = True):
     from frontends.netfront.device import NetfrontDevice
     from hypervisor.public.io.ring import BackRing, FrontRing, shared_ring_init
@@ -485,18 +479,10 @@ def tx_device(window: bool = True):
     dev.gso_types = frozenset({XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6})
     dev.ipv6_csum = True
     dev.staged, dev.staged_generation, dev.pending = [], 0, collections.deque()
-    dev.log, dev.tx_port = Log(), 3
-    watching = {}
-
-    class Kernel:
-        class events:
-            send = staticmethod(lambda port: None)
-            watch_fd = staticmethod(watching.__setitem__)
-            unwatch_fd = staticmethod(lambda fd: watching.pop(fd, None))
-
-    Kernel.watching = watching
-
-    dev.kernel = Kernel
+    kernel = FakeKernel()
+    dev.log, dev.tx_port = kernel.log, 3
+    watching = kernel.events.watching
+    dev.kernel = kernel
     ours, tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for s in (ours, tap):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
@@ -541,7 +527,7 @@ def test_device_sends_frames_in_consecutive_pages(window) -> None:
         # A frame beyond the largest netif carries is dropped, not cut.
         tap.send(gso_hdr + bytes(70000))
         assert dev._send_one() and back.has_unconsumed_requests() == 0
-        assert dev.log.last[1]["reason"] == "too large"
+        assert dev.log.lines[-1][1]["reason"] == "too large"
     finally:
         ours.close()
         tap.close()
@@ -574,7 +560,7 @@ def test_device_stops_watching_the_tap_when_the_tx_ring_is_full() -> None:
     (its poll is level-triggered) and asks for a tx event; the event's
     handler collects the responses and takes the TAP up again."""
     dev, back, ours, tap = tx_device()
-    watching = dev.kernel.watching
+    watching = dev.kernel.events.watching
     try:
         small = tcp_frame(True, 0)
         hdr = vnet.VNET_HDR.pack(1, 0, 0, 0, 54, 16)
@@ -657,7 +643,7 @@ def test_a_closed_device_stops_polling_its_tap() -> None:
     answer): nothing reads the TAP, so the level-triggered poll must not keep
     waking the upcall loop for the frames left on it."""
     dev, back, ours, tap = tx_device()
-    watching = dev.kernel.watching
+    watching = dev.kernel.events.watching
     try:
         watching[dev.tap_fd] = dev._tap_ready
         tap.send(vnet.VNET_HDR.pack(1, 0, 0, 0, 54, 16) + tcp_frame(True, 0))

@@ -4,12 +4,10 @@ a socket client that never reads blocks nobody, output is never copied."""
 
 from __future__ import annotations
 
-import io
 import socket
 import struct
 
 import pytest
-import structlog
 
 from domains.dom0.xenstored import Message, Quotas, XenStore, encode
 from domains.dom0.xenstored.daemon import Xenstored, pump_ring
@@ -19,6 +17,7 @@ from domains.kernel.xenbus.client import XenStoreClient
 from domains.kernel.xenbus.ring import XenstoreRing, init_ring
 from domains.kernel.xenbus.transport import UnixTransport
 from hypervisor.public.io import xs_wire as xs
+from tests.fakekernel import FakeKernel, quiet_logger
 from tests.test_xenstored_handler import Client, guest_dir
 
 pytestmark = pytest.mark.timeout(60)
@@ -141,15 +140,9 @@ def test_requests_beyond_the_quota_wait_unread():
 # -- the socket: a client that never reads --------------------------------------------
 
 
-class FakeKernel:
-    def __init__(self) -> None:
-        self.log = structlog.wrap_logger(structlog.PrintLogger(io.StringIO()))
-        self.hypercall = None
-
-
 @pytest.fixture
 def daemon(tmp_path):
-    xsd = Xenstored(FakeKernel(), tmp_path)
+    xsd = Xenstored(FakeKernel(log=quiet_logger()), tmp_path)
     xsd.start()
     xsd.ready.wait()
     try:
