@@ -226,3 +226,40 @@ class Fifo:
         # Opening blocks until the domain opens its end: the wait is an event.
         with open(self.path) as f:
             return json.loads(f.readline())
+
+
+# A machine with nothing but Dom0, for tests to add their domains to.
+SMALL = """
+[platform]
+pcpus = 2
+memory = 1024
+
+[dom0]
+memory = 256
+"""
+
+
+# The disk writer workload (tests.workloads:disk_writer) logs each write
+# acknowledged as `acked ... n=N`.
+
+def follow_acks(path: str | Path, until: int, timeout: float = 60.0) -> int:
+    """Follow the writer's log until an ack numbered at least `until`."""
+    proc = subprocess.Popen(["tail", "-n", "+1", "-F", str(path)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            match = re.search(r"acked\s+.*n=(\d+)", line)
+            if match and int(match.group(1)) >= until:
+                return int(match.group(1))
+        raise AssertionError(f"the writer never acknowledged write {until}")
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+
+
+def last_ack(log: Path) -> int:
+    """The newest write the writer has logged as acknowledged so far."""
+    return max(int(n) for n in re.findall(r"acked\s+.*n=(\d+)", log.read_text()))

@@ -9,18 +9,10 @@ from hypervisor.public.grant_table import (
     GNTST_general_error,
     GNTST_okay,
 )
-from tests.harness import Fifo, what
+from tests.harness import SMALL, Fifo, what
 
 pytestmark = pytest.mark.timeout(120)
 
-SMALL = """
-[platform]
-pcpus = 2
-memory = 1024
-
-[dom0]
-memory = 256
-"""
 
 
 def test_unprivileged_domain_gets_eperm_for_privileged_hypercalls(system):

@@ -5,7 +5,6 @@ import hashlib
 import os
 import signal
 import re
-import subprocess
 import threading
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from domains.kernel.xenbus.client import XenStoreClient, XsError
 from domains.kernel.xenbus.transport import UnixTransport
 from hypervisor.public.io.xenbus import XenbusState as S
-from tests.harness import Fifo
+from tests.harness import Fifo, follow_acks, last_ack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,29 +39,6 @@ SLOTS = 2048  # the writer cycles over 2048 blocks of 4 KiB
 
 def block(n: int) -> bytes:
     return hashlib.sha256(str(n).encode()).digest() * 128
-
-
-def follow_acks(path, until, timeout=60.0) -> int:
-    """Follow the writer's log until an ack numbered at least `until`."""
-    proc = subprocess.Popen(["tail", "-n", "+1", "-F", str(path)], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        for line in proc.stdout:
-            match = re.search(r"acked\s+.*n=(\d+)", line)
-            if match and int(match.group(1)) >= until:
-                return int(match.group(1))
-        raise AssertionError(f"the writer never acknowledged write {until}")
-    finally:
-        timer.cancel()
-        proc.kill()
-        proc.wait()
-
-
-def last_ack(log) -> int:
-    """The newest write the writer has logged as acknowledged so far."""
-    return max(int(n) for n in re.findall(r"acked\s+.*n=(\d+)", log.read_text()))
 
 
 def free_memory(system) -> int:

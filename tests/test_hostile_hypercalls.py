@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from tests.harness import Fifo, pyxen_processes, title
-from tests.test_domains import SMALL
+from tests.harness import SMALL
 
 pytestmark = pytest.mark.timeout(180)
 

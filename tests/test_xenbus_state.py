@@ -19,7 +19,7 @@ from domains.kernel.xenbus.state import (
 )
 from hypervisor.public.io import xs_wire as xs
 from hypervisor.public.io.xenbus import XenbusState as S
-from tests.test_xenbus_client import FakeXenstored, SocketServer
+from tests.fakexenstored import FakeXenstored, SocketServer
 
 pytestmark = pytest.mark.timeout(60)
 

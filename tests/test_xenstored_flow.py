@@ -18,7 +18,7 @@ from domains.kernel.xenbus.ring import XenstoreRing, init_ring
 from domains.kernel.xenbus.transport import UnixTransport
 from hypervisor.public.io import xs_wire as xs
 from tests.fakekernel import FakeKernel, quiet_logger
-from tests.test_xenstored_handler import Client, guest_dir
+from tests.xsclient import Client, guest_dir
 
 pytestmark = pytest.mark.timeout(60)
 
