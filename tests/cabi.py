@@ -310,9 +310,9 @@ def _c_name(name: str) -> str:
     return "__" + name if name.startswith("HYPERVISOR_") else name
 
 
-_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
-_ENUM_BODY = re.compile(r"\benum\b[^{;]*\{([^}]*)\}", re.S)
-_ENUMERATOR = re.compile(r"\s*([A-Za-z_]\w*)\s*(?:=.*)?", re.S)
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.DOTALL)
+_ENUM_BODY = re.compile(r"\benum\b[^{;]*\{([^}]*)\}", re.DOTALL)
+_ENUMERATOR = re.compile(r"\s*([A-Za-z_]\w*)\s*(?:=.*)?", re.DOTALL)
 
 
 def header_enumerators(text: str) -> set[str]:

@@ -8,7 +8,8 @@ import threading
 from domains.kernel.xenbus.ring import XenstoreRing, init_ring
 from domains.kernel.xenbus.transport import RingTransport, UnixTransport
 from hypervisor.public.io import xs_wire as xs
-from hypervisor.public.io.xs_wire import XSD_SOCKMSG as HEADER, Decoder
+from hypervisor.public.io.xs_wire import XSD_SOCKMSG as HEADER
+from hypervisor.public.io.xs_wire import Decoder
 
 
 def frame(mtype, rid, tx, payload=b""):

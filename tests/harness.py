@@ -218,7 +218,7 @@ class Fifo:
         os.chmod(self.path, 0o666)
 
     @staticmethod
-    def binds(*fifos: "Fifo") -> str:
+    def binds(*fifos: Fifo) -> str:
         """The topology line that lets a domain see these pipes."""
         return "bind = [" + ", ".join(f'"{f.path}"' for f in fifos) + "]"
 

@@ -100,7 +100,7 @@ class InProcessMachine(Machine):
 class Guest:
     """One domain's kernel side: hypercalls, memory channel, event channels."""
 
-    def __init__(self, system: "System", domid: int) -> None:
+    def __init__(self, system: System, domid: int) -> None:
         self.system = system
         self.domid = domid
         self.log = Log()

@@ -17,8 +17,10 @@ import pytest
 
 from domains.kernel.fdtable import FdTable, vbd_key, vif_key
 from domains.kernel.memchan import MemChannel as KernelMemChannel
-from hypervisor import devfds
-from hypervisor import ops  # noqa: F401  (fills the dispatch table)
+from hypervisor import (
+    devfds,
+    ops,  # noqa: F401  (fills the dispatch table)
+)
 from hypervisor.loop import serve
 from hypervisor.memchan import MemChannel
 from hypervisor.public.errno import EINVAL, ENOENT, EPERM, ESRCH, XenError

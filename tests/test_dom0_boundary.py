@@ -96,7 +96,7 @@ def test_a_guest_that_never_boots_holds_nothing_up(system):
 
 def _quota(client: XenStoreClient, domid: int) -> dict[str, int]:
     text = client.control("quota", str(domid)).decode()
-    return {k.strip(): int(v) for k, v in re.findall(r"^(\S[^:]*):\s+(\d+)$", text, re.M)}
+    return {k.strip(): int(v) for k, v in re.findall(r"^(\S[^:]*):\s+(\d+)$", text, re.MULTILINE)}
 
 
 def test_a_guest_flooding_its_xenstore_ring_is_stalled_not_served(system):

@@ -246,7 +246,7 @@ def test_rings_on_ports_not_bound_to_the_sender_are_dropped(system) -> None:
     # The peer forges rings on its end for every port but its own, then
     # rings its own: the end is read in order, so when that one is seen
     # every forged one was judged.
-    forged = [p for p in range(0, 4200) if p != mine]
+    forged = [p for p in range(4200) if p != mine]
     end = peer.events.doorbells.ends[victim.domid]
     for port in forged:
         while not peer.events.doorbells.ring(victim.domid, port):

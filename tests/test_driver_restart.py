@@ -3,8 +3,8 @@ blkfront reconnects and reissues what had no response, nothing is lost."""
 
 import hashlib
 import os
-import signal
 import re
+import signal
 import threading
 
 import pytest
@@ -44,7 +44,7 @@ def block(n: int) -> bytes:
 def free_memory(system) -> int:
     """`pyxen info`'s free_memory (MiB)."""
     return int(re.search(r"^free_memory\s*:\s*(\d+)", system.cli("info").stdout,
-                         re.M).group(1))
+                         re.MULTILINE).group(1))
 
 
 @pytest.mark.parametrize("how", ["kill -9", "pyxen reboot", "pyxen destroy",

@@ -10,8 +10,7 @@ import stat
 import psutil
 import pytest
 
-from tests.harness import Fifo
-from tests.harness import follow_acks, last_ack
+from tests.harness import Fifo, follow_acks, last_ack
 
 pytestmark = pytest.mark.timeout(120)
 

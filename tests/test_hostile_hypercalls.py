@@ -8,8 +8,7 @@ import sys
 import psutil
 import pytest
 
-from tests.harness import Fifo, pyxen_processes, title
-from tests.harness import SMALL
+from tests.harness import SMALL, Fifo, pyxen_processes, title
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,10 +14,18 @@ from domains.kernel.memchan import MemChannel
 from hypervisor.doorbell import DoorbellBroker
 from hypervisor.memchan import MemChannel as HvMemChannel
 from hypervisor.public.errno import EBUSY, ENOTCONN, XenError
-from hypervisor.public.grant_table import (GNTMAP_host_map, GNTST_eagain, GNTST_general_error,
-                                           GNTTABOP_map_grant_ref)
-from hypervisor.public.xen import (HYPERVISOR_grant_table_op, HYPERVISOR_pyxen_op,
-                                   PYXEN_op_grant_window, VIRQ_DEBUG)
+from hypervisor.public.grant_table import (
+    GNTMAP_host_map,
+    GNTST_eagain,
+    GNTST_general_error,
+    GNTTABOP_map_grant_ref,
+)
+from hypervisor.public.xen import (
+    VIRQ_DEBUG,
+    HYPERVISOR_grant_table_op,
+    HYPERVISOR_pyxen_op,
+    PYXEN_op_grant_window,
+)
 from tests.inproc import Log, System
 
 pytestmark = pytest.mark.timeout(30)

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from hypervisor.memory import (
-    MiB,
     PAGES_PER_MIB,
+    MiB,
     Physmap,
     PlatformMemory,
     Region,

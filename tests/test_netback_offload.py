@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from backends.netback.offload import (
     CSUM_PARTIAL,
     MAX_SEGMENTS,
-    Drop,
     NONE,
+    Drop,
     Offload,
     Receiver,
     needs_fallback,
@@ -18,11 +18,11 @@ from backends.netback.offload import (
     tx_offload,
 )
 from hypervisor.public.io.netif import (
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
     NETRXF_data_validated,
     NETTXF_csum_blank,
     NETTXF_data_validated,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
 )
 from tests import packets as P
 

@@ -19,14 +19,14 @@ from backends.netback.rx import (
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
-    NETRXF_csum_blank,
-    NETRXF_data_validated,
-    NETRXF_extra_info,
-    NETRXF_more_data,
     XEN_NETIF_EXTRA_FLAG_MORE,
     XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
+    NETRXF_csum_blank,
+    NETRXF_data_validated,
+    NETRXF_extra_info,
+    NETRXF_more_data,
     RxRequest,
     make_extra,
     make_gso_extra,

@@ -12,11 +12,11 @@ from frontends.netfront.tx import TxShadow
 from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
     NETIF_RSP_OKAY,
+    XEN_NETIF_GSO_TYPE_TCPV4,
     NETRXF_csum_blank,
     NETRXF_data_validated,
     NETTXF_csum_blank,
     NETTXF_data_validated,
-    XEN_NETIF_GSO_TYPE_TCPV4,
 )
 from hypervisor.public.io.ring import BackRing, FrontRing, shared_ring_init
 from tests import packets as P
@@ -249,13 +249,13 @@ def test_a_chain_cut_by_the_batch_waits_for_the_next_batch(net) -> None:
 
 # -- the rx planner as the oracle of what runs ----------------------------------------
 
-from hypothesis import assume, event, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import assume, event, given, settings
+from hypothesis import strategies as st
 
-from backends.netback.device import Frame  # noqa: E402
-from backends.netback.offload import CSUM_PARTIAL, Offload, needs_fallback  # noqa: E402
-from backends.netback.rx import RxDrop, RxPlan, plan_rx  # noqa: E402
-from hypervisor.public.io.netif import XEN_NETIF_GSO_TYPE_TCPV6  # noqa: E402
+from backends.netback.device import Frame
+from backends.netback.offload import CSUM_PARTIAL, Offload, needs_fallback
+from backends.netback.rx import RxDrop, RxPlan, plan_rx
+from hypervisor.public.io.netif import XEN_NETIF_GSO_TYPE_TCPV6
 
 PATTERN = bytes(range(251)) * 262  # 65762 bytes, no period of a page
 

@@ -8,8 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.netback import offload
-from hypervisor.public.io.netif import make_tx_response, parse_tx_request
-from domains.kernel import netpkt
 from backends.netback.tx import (
     ENTRY_SIZE,
     ExtraInfo,
@@ -24,16 +22,13 @@ from backends.netback.tx import (
     parse_extra,
     tx_response_block,
 )
+from domains.kernel import netpkt
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETIF_RSP_DROPPED,
     NETIF_RSP_ERROR,
     NETIF_RSP_NULL,
     NETIF_RSP_OKAY,
-    NETTXF_csum_blank,
-    NETTXF_data_validated,
-    NETTXF_extra_info,
-    NETTXF_more_data,
     XEN_NETIF_EXTRA_FLAG_MORE,
     XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_EXTRA_TYPE_HASH,
@@ -41,8 +36,13 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_NR_SLOTS_MIN,
+    NETTXF_csum_blank,
+    NETTXF_data_validated,
+    NETTXF_extra_info,
+    NETTXF_more_data,
+    make_tx_response,
+    parse_tx_request,
 )
-
 from tests import packets as P
 from tests.packets import feed_all, response_bytes
 

@@ -29,12 +29,15 @@ from frontends.netfront.tx import (
     tx_requests,
 )
 from hypervisor.public.io import netif
-from hypervisor.public.io.ring import BackRing
 from hypervisor.public.io.netif import (
     NETIF_RSP_DROPPED,
     NETIF_RSP_ERROR,
     NETIF_RSP_NULL,
     NETIF_RSP_OKAY,
+    XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_NR_SLOTS_MIN,
     NETRXF_data_validated,
     NETRXF_extra_info,
     NETRXF_more_data,
@@ -42,11 +45,8 @@ from hypervisor.public.io.netif import (
     NETTXF_data_validated,
     NETTXF_extra_info,
     NETTXF_more_data,
-    XEN_NETIF_EXTRA_TYPE_GSO,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
-    XEN_NETIF_NR_SLOTS_MIN,
 )
+from hypervisor.public.io.ring import BackRing
 from tests.fakekernel import FakeKernel
 from tests.packets import feed_all, response_bytes
 

@@ -38,6 +38,10 @@ from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
     NETIF_RSP_NULL,
     NETIF_RSP_OKAY,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_MAX_TX_SIZE,
+    XEN_NETIF_NR_SLOTS_MIN,
     NETRXF_csum_blank,
     NETRXF_data_validated,
     NETRXF_extra_info,
@@ -46,10 +50,6 @@ from hypervisor.public.io.netif import (
     NETTXF_data_validated,
     NETTXF_extra_info,
     NETTXF_more_data,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
-    XEN_NETIF_MAX_TX_SIZE,
-    XEN_NETIF_NR_SLOTS_MIN,
 )
 from tests.fakekernel import FakeKernel
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cabi import run_c_facts
-
 from hypervisor.public.io import netif
 from tests import cabi
+from tests.cabi import run_c_facts
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,12 +12,17 @@ import struct
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
-                                 rule)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from hypervisor.public.io import ring
-from hypervisor.public.io.ring import (BackRing, FrontRing, RingError, RingFull,
-                                       ring_size, shared_ring_init)
+from hypervisor.public.io.ring import (
+    BackRing,
+    FrontRing,
+    RingError,
+    RingFull,
+    ring_size,
+    shared_ring_init,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -32,9 +32,14 @@ from pathlib import Path
 
 import pytest
 
-from hypervisor.public.io.ring import (BackRing, FrontRing, RING_IDX,
-                                       SRING_HEADER_SIZE, ring_size,
-                                       shared_ring_init)
+from hypervisor.public.io.ring import (
+    RING_IDX,
+    SRING_HEADER_SIZE,
+    BackRing,
+    FrontRing,
+    ring_size,
+    shared_ring_init,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -22,16 +22,16 @@ from domains.dom0.topology import (
 from domains.dom0.xlformat import format_sched_credit2
 from hypervisor import machine as machine_mod
 from hypervisor.credit2 import renice_threads, thread_nices, weight_to_nice
-from hypervisor.jail.cgroups import DomainCgroup
 from hypervisor.dispatch import Call, dispatch
 from hypervisor.domain import Domain
+from hypervisor.jail.cgroups import DomainCgroup
 from hypervisor.machine import Machine, Platform
 from hypervisor.public.domctl import (
-    XEN_DOMCTL_scheduler_op,
-    XEN_DOMCTL_SCHEDOP_getinfo,
-    XEN_DOMCTL_SCHEDOP_putinfo,
     XEN_SCHEDULER_CREDIT,
     XEN_SCHEDULER_CREDIT2,
+    XEN_DOMCTL_SCHEDOP_getinfo,
+    XEN_DOMCTL_SCHEDOP_putinfo,
+    XEN_DOMCTL_scheduler_op,
 )
 from hypervisor.public.errno import EINVAL, EPERM
 from hypervisor.public.xen import HYPERVISOR_domctl

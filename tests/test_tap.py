@@ -17,7 +17,6 @@ import textwrap
 import pytest
 
 from domains.kernel import netns
-
 from hypervisor.public.pyxen import tap
 from tests.harness import REPO
 

@@ -22,12 +22,12 @@ from domains.kernel.vnet import (
     tx_offload,
 )
 from hypervisor.public.io.netif import (
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
     NETRXF_csum_blank,
     NETRXF_data_validated,
     NETTXF_csum_blank,
     NETTXF_data_validated,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
 )
 from tests import packets as P
 

@@ -25,15 +25,15 @@ from frontends.netfront.tx import TxPageEncoder, TxShadow, gso_extra_slot, tx_en
 from hypervisor import grant_table as hv_grant_table
 from hypervisor.public import grant_table
 from hypervisor.public.io import blkif, netif, xs_wire
-from hypervisor.public.io.netif import parse_tx_request
 from hypervisor.public.io.netif import (
+    XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
     NETTXF_csum_blank,
     NETTXF_data_validated,
     NETTXF_extra_info,
     NETTXF_more_data,
-    XEN_NETIF_EXTRA_TYPE_GSO,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
+    parse_tx_request,
 )
 from hypervisor.public.pyxen.layout import Column, layout
 

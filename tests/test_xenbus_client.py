@@ -14,8 +14,8 @@ from domains.kernel.xenbus.ring import XenstoreRing, init_ring
 from domains.kernel.xenbus.transport import RingTransport, TransportClosed
 from hypervisor.public import errno as xen_errno
 from hypervisor.public.io import xs_wire as xs
-from hypervisor.public.io.xs_wire import XSD_SOCKMSG as HEADER, Decoder, Message, WireError
-
+from hypervisor.public.io.xs_wire import XSD_SOCKMSG as HEADER
+from hypervisor.public.io.xs_wire import Decoder, Message, WireError
 from tests.fakexenstored import FakeXenstored, RingServer, SocketServer, frame
 
 pytestmark = pytest.mark.timeout(60)

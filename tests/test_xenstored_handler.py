@@ -8,7 +8,6 @@ import pytest
 
 from domains.dom0.xenstored import Message, Quotas, XenStore, encode, handler
 from hypervisor.public.io import xs_wire as xs
-
 from tests.xsclient import Client, guest_dir
 
 pytestmark = pytest.mark.timeout(60)

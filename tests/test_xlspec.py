@@ -6,14 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domains.dom0.xlspec import (
-    UplinkSpec,
-    parse_uplink,
     DiskSpec,
     SpecError,
+    UplinkSpec,
     VifSpec,
     parse_cpulist,
     parse_disk,
     parse_size,
+    parse_uplink,
     parse_vif,
     virtual_device_number,
 )

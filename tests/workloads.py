@@ -16,8 +16,12 @@ from domains.kernel.gnttab import GrantStatusError
 from domains.kernel.xenbus.client import XsError
 from hypervisor.public.errno import XenError
 from hypervisor.public.grant_table import GNTST_okay
-from hypervisor.public.xen import (HYPERVISOR_pyxen_op, HYPERVISOR_xen_version, PAGE_SIZE,
-                                   PYXEN_op_close_window)
+from hypervisor.public.xen import (
+    PAGE_SIZE,
+    HYPERVISOR_pyxen_op,
+    HYPERVISOR_xen_version,
+    PYXEN_op_close_window,
+)
 
 
 def _send(path: str, obj) -> None:
@@ -490,8 +494,8 @@ def doorbell_forger(kernel) -> None:
                 sent += 1
         return sent
 
-    report["forged_dom0"] = forge(0, range(0, 4096))
-    report["forged_victim"] = forge(victim, [p for p in range(0, 4200) if p != offer["port"]])
+    report["forged_dom0"] = forge(0, range(4096))
+    report["forged_victim"] = forge(victim, [p for p in range(4200) if p != offer["port"]])
     kernel.events.send(local)  # the one ring it may make, after the others
     _send(kernel.args["out"], report)
     threading.Event().wait()

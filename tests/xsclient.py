@@ -3,7 +3,6 @@ one request on a connection of a :class:`XenStore` and returns the reply."""
 
 from __future__ import annotations
 
-
 from domains.dom0.xenstored import Message, XenStore, XsError
 from domains.dom0.xenstored.wire import join_strings
 from hypervisor.public.io import xs_wire as xs
