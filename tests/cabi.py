@@ -384,7 +384,7 @@ def header_facts(modules: list[ModuleType], workdir: Path) -> Facts:
     source.write_text(generate_c(modules))
     compiled = subprocess.run(
         ["cc", "-std=gnu11", "-Wall", "-o", str(program), str(source)],
-        capture_output=True, text=True, timeout=50)
+        capture_output=True, text=True, timeout=50, check=False)
     if compiled.returncode != 0:
         raise RuntimeError(f"cc failed on {source}:\n{compiled.stderr}")
     output = subprocess.run([str(program)], capture_output=True, text=True,

@@ -131,7 +131,7 @@ def test_a_peer_gone_fails_and_its_end_is_handed_back_once(pair) -> None:
 
 
 def test_a_newer_end_is_not_removed_for_an_older_ones_death(pair) -> None:
-    a, b = pair
+    a, _b = pair
     bells = Doorbells()
     bells.install(3, a)
     new, _new_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -289,7 +289,7 @@ def test_a_ring_on_a_masked_port_stays_pending_until_unmasked(system) -> None:
     one, two = system.add("one"), system.add("two")
     ran, seen = Seen(), Seen()
     p1, p2 = connect(one, two, ran)
-    q1, q2 = connect(one, two, seen)
+    _q1, q2 = connect(one, two, seen)
     one.events.mask(p1)
     two.events.send(p2)
     two.events.send(q2)  # rung after it on the same end: handled after it
@@ -304,7 +304,7 @@ def test_a_closed_channel_takes_no_more_rings_from_its_old_peer(system) -> None:
     one, two = system.add("one"), system.add("two")
     seen, barrier = Seen(), Seen()
     p1, p2 = connect(one, two, seen)
-    b1, b2 = connect(one, two, barrier)
+    _b1, b2 = connect(one, two, barrier)
     two.events.close(p2)  # the hypervisor tells one: p1 is unbound again
     assert two.events.doorbells.ring(one.domid, p1)  # a forged ring on it
     two.events.send(b2)
@@ -327,7 +327,7 @@ def test_a_domain_gone_closes_the_end_to_it(system) -> None:
     one.events.send(p1)
     assert one.sends == 1
     three = system.add("three")
-    p3, local = connect(one, three, seen)
+    _p3, local = connect(one, three, seen)
     three.events.send(local)
     assert seen.wait(1) and three.sends == 0
     _wait_closed(one, end)

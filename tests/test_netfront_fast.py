@@ -537,7 +537,7 @@ def test_a_lost_connection_stages_no_pages_of_the_old_one() -> None:
     """Pages staged on the old connection are not read into on the new
     one, whose free list holds the same page numbers: a page staged twice
     would go out twice (seen in `pyxen chaos` as "ids in flight")."""
-    dev, back, ours, tap = tx_device()
+    dev, _back, ours, tap = tx_device()
     dev.rx_lock = threading.Lock()
     try:
         assert dev._make_room() == 0 and len(dev.staged) == 16  # old connection's

@@ -295,7 +295,7 @@ on_crash = "restart"
 def _cpu_cgroup(pid: int) -> Path:
     """The cpu cgroup (v1 or v2) directory process `pid` is in."""
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        hid, names, path = line.split(":", 2)
+        _hid, names, path = line.split(":", 2)
         if "cpu" in names.split(","):
             return Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():

@@ -45,7 +45,7 @@ memory = 256
 
 def python(script: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO,
-                          capture_output=True, text=True, timeout=30, **kwargs)
+                          capture_output=True, text=True, timeout=30, **kwargs, check=False)
 
 
 def host_links() -> str:

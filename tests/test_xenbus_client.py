@@ -111,7 +111,7 @@ def test_replies_out_of_order_reach_their_callers(env):
 
 
 def test_many_concurrent_requests(env):
-    store, client, _ = env
+    _store, client, _ = env
     errors = []
 
     def worker(i):

@@ -102,7 +102,7 @@ def test_a_flooding_domain_that_never_reads_is_stalled():
 
 def test_a_domain_over_its_memory_quota_is_stalled_and_loses_events():
     quotas = Quotas(memory=4096)
-    xsd, dom0, conn, ring = flood_setup(quotas)
+    xsd, dom0, _conn, _ring = flood_setup(quotas)
     guest = Client(xsd, 1)
     guest.watch("/local/domain/1", "t")
     guest.take_events()
@@ -123,7 +123,7 @@ def test_a_domain_over_its_memory_quota_is_stalled_and_loses_events():
 
 
 def test_requests_beyond_the_quota_wait_unread():
-    xsd, dom0, conn, ring = flood_setup(Quotas(outstanding=2))
+    xsd, _dom0, conn, _ring = flood_setup(Quotas(outstanding=2))
     xsd.receive(conn, b"".join(read_request(i) for i in range(5)))
     xsd.process(conn)
     assert [m.req_id for m in conn.outbox] == [0, 1] and len(conn.pending) == 3
