@@ -3,6 +3,7 @@ layouts and indirect pages, and a connection whose ring is answered by
 hand (out of order, or not at all when the "backend dies"), with fake
 grant and event channel clients."""
 
+import itertools
 import threading
 
 import pytest
@@ -93,7 +94,7 @@ def test_extents_never_lose_or_duplicate_pages(ops) -> None:
         assert len(taken) == len(set(taken)) and all(10 <= p < 74 for p in taken)
         assert pool.free == 64 - len(taken)
         runs = pool.runs()
-        assert all(s + n < t for (s, n), (t, _) in zip(runs, runs[1:]))  # coalesced
+        assert all(s + n < t for (s, n), (t, _) in itertools.pairwise(runs))  # coalesced
 
 
 def test_pool_take_waits_for_pages_and_wakes_on_close() -> None:

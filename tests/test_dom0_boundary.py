@@ -226,7 +226,7 @@ def as_nobody(path, hello: bytes) -> bytes:
                 data = b""
             os.write(write_end, b"ok:" + data)
             status = 0
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the forked child reports any failure
             os.write(write_end, f"error:{exc!r}".encode())
         finally:
             os._exit(status)

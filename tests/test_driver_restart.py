@@ -145,7 +145,8 @@ def test_killed_during_the_xenbus_handshake(system):
             stopped = threading.Event()
             back = f"/local/domain/{new}/backend/vbd/{writer}/51712"
 
-            def changed(_path: str, _token: str, pid=pid, new=new, back=back) -> None:
+            def changed(_path: str, _token: str, pid: int = pid, new: int = new, back: str = back,
+                        stopped: threading.Event = stopped) -> None:
                 try:
                     fe = int(xs.read(f"{front}/state"))
                     be = int(xs.read(f"{back}/state"))

@@ -77,7 +77,10 @@ def chain(first_id, sizes, offset=0, flags=0, extras=()) -> list[bytes]:
     return out
 
 
-def run(entries, limits=TxLimits()):
+DEFAULT_LIMITS = TxLimits()
+
+
+def run(entries, limits: TxLimits = DEFAULT_LIMITS):
     return feed_all(TxAssembler(limits), entries)
 
 

@@ -11,6 +11,7 @@ The device's tx path is driven end to end with a socketpair for its TAP.
 from __future__ import annotations
 
 import collections
+import itertools
 import socket
 import struct
 import threading
@@ -518,7 +519,7 @@ def test_device_sends_frames_in_consecutive_pages(window) -> None:
                     assert (packet.gso.gso_type, packet.gso.gso_size) == \
                         (XEN_NETIF_GSO_TYPE_TCPV4, 1448)
                     numbers = [page_of[g] for g, _, _ in packet.segments()]
-                    wraps = sum(b != a + 1 for a, b in zip(numbers, numbers[1:]))
+                    wraps = sum(b != a + 1 for a, b in itertools.pairwise(numbers))
                     assert wraps <= 1  # consecutive but where the pages wrap round
                 back.put_responses(packet.response_slots())
                 sent += 1

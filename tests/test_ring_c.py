@@ -383,7 +383,7 @@ class CPeer:
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline().rstrip("\n")
         assert reply and not reply.startswith(("bad", "unknown")), (
-            f"C {command!r}: {reply or 'exited {}'.format(self.proc.wait())}")
+            f"C {command!r}: {reply or f'exited {self.proc.wait()}'}")
         return reply
 
     def close(self) -> int:
@@ -468,7 +468,7 @@ class PyPeer:
         if word == "free":
             return f"free {front.free_requests()}"
         if word == "hdr":
-            return "hdr %d %d %d %d" % struct.unpack_from("=4I", self.buf, 0)
+            return "hdr " + " ".join(map(str, struct.unpack_from("=4I", self.buf, 0)))
         raise AssertionError(f"unknown command {command!r}")
 
     def close(self) -> None:
@@ -554,9 +554,8 @@ def test_same_script_same_bytes(programs, tmp_path: Path, name: str,
 
 def shared(tmp_path: Path, pages: int):
     path = zero_file(tmp_path, pages)
-    fd = open(path, "r+b")
-    shm = mmap.mmap(fd.fileno(), pages * PAGE)
-    fd.close()
+    with open(path, "r+b") as fd:
+        shm = mmap.mmap(fd.fileno(), pages * PAGE)
     return path, shm
 
 
@@ -588,7 +587,7 @@ def test_c_front_python_back(programs, tmp_path: Path, name: str, pages: int,
             # The backend armed req_event (initially, or by its final
             # check at the end of the previous round): C must notify.
             assert c("push") == "notify 1"
-            assert c("hdr") == "hdr %d %d %d %d" % header(shm)
+            assert c("hdr") == "hdr " + " ".join(map(str, header(shm)))
             assert header(shm)[0] == (start + seq + batch) % M32
             assert back.has_unconsumed_requests() == batch
             for i in range(batch):
@@ -669,7 +668,7 @@ def test_python_front_c_back(programs, tmp_path: Path, name: str, pages: int,
                 assert shm[at:at + kind.rsp_size] == kind.make_rsp(seq + i)
                 assert front.get_response() == kind.make_rsp(seq + i)
             assert not front.final_check_for_responses()
-            assert c("hdr") == "hdr %d %d %d %d" % header(shm)
+            assert c("hdr") == "hdr " + " ".join(map(str, header(shm)))
             seq += batch
         assert front.req_prod_pvt == front.rsp_cons == (start + seq) % M32
         assert c.close() == 0

@@ -314,8 +314,8 @@ def test_exec_errors_on_a_running_system(system):
             (("Domain-0", "--", "no-such-command-xyz"),
              "pyxen: exec: no-such-command-xyz: no such command"),
             # Dom0 stays in the host's namespace: say so, run nothing on the host.
-            (("Domain-0", "--", "true"), "pyxen: exec: Domain-0 has no network namespace "
-                                         "of its own")):
+            (("Domain-0", "--", "true"), ("pyxen: exec: Domain-0 has no network namespace "
+                                         "of its own"))):
         proc = system.cli("exec", *args, check=False)
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
         assert proc.stderr.startswith("pyxen: ") and message in proc.stderr, (args, proc.stderr)

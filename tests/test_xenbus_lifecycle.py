@@ -68,7 +68,7 @@ class Store:
             def now() -> S | None:
                 try:
                     return self.state(path)
-                except Exception:
+                except Exception:  # noqa: BLE001 - no state node yet (or gone) reads as none
                     return None
             with cond:
                 assert cond.wait_for(lambda: now() == state, timeout), \

@@ -1,3 +1,4 @@
+import itertools
 import queue
 
 import pytest
@@ -28,7 +29,7 @@ BACK_START = [S.Initialising, S.InitWait, S.Connected, S.Closing, S.Closed]
 
 
 def walk(path, end):
-    for old, new in zip(path, path[1:]):
+    for old, new in itertools.pairwise(path):
         check_transition(old, new, end)
 
 
