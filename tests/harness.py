@@ -19,7 +19,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 
 REPO = Path(__file__).resolve().parent.parent
 PR_SET_CHILD_SUBREAPER = 36
@@ -153,6 +153,7 @@ class System:
         try:
             timer = threading.Timer(timeout, proc.kill)
             timer.start()
+            assert proc.stdout is not None
             for line in proc.stdout:
                 if text in line:
                     return
@@ -249,6 +250,7 @@ def follow_acks(path: str | Path, until: int, timeout: float = 60.0) -> int:
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     try:
+        assert proc.stdout is not None
         for line in proc.stdout:
             match = re.search(r"acked\s+.*n=(\d+)", line)
             if match and int(match.group(1)) >= until:

@@ -39,7 +39,7 @@ def _outcome(fn) -> str:
     try:
         fn()
     except OSError as exc:
-        return errno.errorcode.get(exc.errno, str(exc.errno))
+        return errno.errorcode.get(exc.errno or 0, str(exc.errno))
     return "ok"
 
 
@@ -56,7 +56,7 @@ def _fork_bomb(limit: int = 200) -> dict:
         try:
             pid = os.fork()
         except OSError as exc:
-            error = errno.errorcode.get(exc.errno, str(exc.errno))
+            error = errno.errorcode.get(exc.errno or 0, str(exc.errno))
             break
         if pid == 0:
             os.close(w)
@@ -160,7 +160,7 @@ def attack(kernel) -> None:
     try:
         result = call()
     except OSError as exc:
-        result = errno.errorcode.get(exc.errno, str(exc.errno))
+        result = errno.errorcode.get(exc.errno or 0, str(exc.errno))
     _send(args["out"], {"survived": name, "result": str(result),
                         "errno": ctypes.get_errno()})
     kernel.heartbeat()
