@@ -388,6 +388,7 @@ class CPeer:
 
     def close(self) -> int:
         """End the program (EOF on its stdin); its exit status."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.close()
         try:
             self.proc.wait(timeout=10)
@@ -411,9 +412,18 @@ class PyPeer:
         k = self.kind
         return cls(self.buf, k.req_size, k.rsp_size, k.entry_size)
 
+    @property
+    def front_ring(self) -> FrontRing:
+        assert self.front is not None, "no front ring yet"
+        return self.front
+
+    @property
+    def back_ring(self) -> BackRing:
+        assert self.back is not None, "no back ring yet"
+        return self.back
+
     def __call__(self, command: str) -> str:
         word, _, arg = command.partition(" ")
-        front, back = self.front, self.back
         if word == "init":
             shared_ring_init(self.buf)
             start = int(arg)
@@ -429,44 +439,44 @@ class PyPeer:
         if word == "put":
             out = ["put"]
             for _ in range(int(arg)):
-                if front.full():
+                if self.front_ring.full():
                     out.append("full")
                     break
-                out.append(str(front.put_request(self.kind.make_req(self.put_seq))))
+                out.append(str(self.front_ring.put_request(self.kind.make_req(self.put_seq))))
                 self.put_seq += 1
             return " ".join(out)
         if word == "push":
-            return f"notify {int(front.push_requests_and_check_notify())}"
+            return f"notify {int(self.front_ring.push_requests_and_check_notify())}"
         if word == "take":
             out = ["took"]
-            while back.has_unconsumed_requests():
-                assert back.get_request() == self.kind.make_req(self.take_seq)
+            while self.back_ring.has_unconsumed_requests():
+                assert self.back_ring.get_request() == self.kind.make_req(self.take_seq)
                 out.append(str(self.take_seq))
                 self.take_seq += 1
             return " ".join(out)
         if word == "bfinal":
-            return f"work {int(back.final_check_for_requests())}"
+            return f"work {int(self.back_ring.final_check_for_requests())}"
         if word == "respond":
             out = ["responded"]
             for _ in range(int(arg)):
                 if self.answer_seq == self.take_seq:
                     break
-                out.append(str(back.put_response(self.kind.make_rsp(self.answer_seq))))
+                out.append(str(self.back_ring.put_response(self.kind.make_rsp(self.answer_seq))))
                 self.answer_seq += 1
             return " ".join(out)
         if word == "rpush":
-            return f"notify {int(back.push_responses_and_check_notify())}"
+            return f"notify {int(self.back_ring.push_responses_and_check_notify())}"
         if word == "collect":
             out = ["got"]
-            while front.has_unconsumed_responses():
-                assert front.get_response() == self.kind.make_rsp(self.got_seq)
+            while self.front_ring.has_unconsumed_responses():
+                assert self.front_ring.get_response() == self.kind.make_rsp(self.got_seq)
                 out.append(str(self.got_seq))
                 self.got_seq += 1
             return " ".join(out)
         if word == "ffinal":
-            return f"work {int(front.final_check_for_responses())}"
+            return f"work {int(self.front_ring.final_check_for_responses())}"
         if word == "free":
-            return f"free {front.free_requests()}"
+            return f"free {self.front_ring.free_requests()}"
         if word == "hdr":
             return "hdr " + " ".join(map(str, struct.unpack_from("=4I", self.buf, 0)))
         raise AssertionError(f"unknown command {command!r}")

@@ -352,7 +352,7 @@ def test_unknown_transaction_is_enoent(dom0: Client) -> None:
 
 
 def test_oversized_payload_closes_only_that_connection(xsd: XenStore, dom0: Client) -> None:
-    logs = []
+    logs: list[str] = []
     xsd = XenStore(log=logs.append)
     good, bad = Client(xsd, 0), Client(xsd, 0)
     header = struct.pack("<IIII", xs.XS_WRITE, 1, 0, xs.XENSTORE_PAYLOAD_MAX + 1)
@@ -394,10 +394,10 @@ def test_disconnect_drops_watches_and_transactions(xsd: XenStore, dom0: Client) 
 
 
 def test_internal_errors_are_eio_and_logged(monkeypatch: pytest.MonkeyPatch) -> None:
-    logs = []
+    logs: list[str] = []
     xsd = XenStore(log=logs.append)
     c = Client(xsd, 0)
-    monkeypatch.setitem(handler.OPS, xs.XS_READ, handler._Op("READ", lambda s, r: 1 / 0))
+    monkeypatch.setitem(handler.OPS, xs.XS_READ, handler._Op("READ", lambda s, r: bytes(1 // 0)))
     assert c.error(xs.XS_READ, "/") == "EIO"
     assert any("internal error" in line for line in logs)
 
@@ -406,7 +406,7 @@ def test_internal_errors_are_eio_and_logged(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_control(xsd: XenStore) -> None:
-    logs = []
+    logs: list[str] = []
     xsd = XenStore(log=logs.append)
     dom0 = Client(xsd, 0)
     assert dom0.call(xs.XS_CONTROL, "print", "hello") == b"OK\0"
