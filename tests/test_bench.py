@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 import pytest
 
 from tests.harness import ours, title

@@ -107,7 +107,7 @@ def test_create_that_does_not_fit_gets_enomem_and_leaves_nothing(system):
 def test_domains_start_from_a_standby_process_and_a_dead_one_is_replaced(system):
     import os
 
-    import psutil
+    import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 
     def standbys() -> list:
         # The hypervisor's children that are no domain (yet): a spare just

@@ -43,8 +43,9 @@ def block(n: int) -> bytes:
 
 def free_memory(system) -> int:
     """`pyxen info`'s free_memory (MiB)."""
-    return int(re.search(r"^free_memory\s*:\s*(\d+)", system.cli("info").stdout,
-                         re.MULTILINE).group(1))
+    found = re.search(r"^free_memory\s*:\s*(\d+)", system.cli("info").stdout, re.MULTILINE)
+    assert found is not None
+    return int(found.group(1))
 
 
 @pytest.mark.parametrize("how", ["kill -9", "pyxen reboot", "pyxen destroy",

@@ -7,7 +7,7 @@ import os
 import socket
 import stat
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 import pytest
 
 from tests.harness import Fifo, follow_acks, last_ack

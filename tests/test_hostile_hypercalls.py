@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 import pytest
 
 from tests.harness import SMALL, Fifo, pyxen_processes, title

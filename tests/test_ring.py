@@ -134,7 +134,7 @@ def test_bad_geometry() -> None:
     with pytest.raises(ValueError):
         FrontRing(bytearray(PAGE), 112, 16, entry_size=100)
     with pytest.raises(TypeError):
-        FrontRing(bytes(PAGE), 112, 16)         # read-only
+        FrontRing(bytes(PAGE), 112, 16)  # type: ignore[arg-type]  # read-only, on purpose
 
 
 def test_works_over_an_mmap_and_releases_it() -> None:

@@ -163,8 +163,10 @@ def _machine(tmp_path: Path) -> tuple[Machine, Domain, Domain]:
     m = Machine(Platform("virt", 2, 1024), tmp_path, _Transport())
 
     def dom(domid: int, privileged: bool) -> Domain:
+        # No memory, grant table or physmap: the scheduler uses none of them.
         d = Domain(domid=domid, name=f"d{domid}", privileged=privileged, max_vcpus=1,
-                   max_pages=1, ram=None, shared_info=None, gnttab=None, physmap=None)
+                   max_pages=1, ram=None, shared_info=None, gnttab=None,  # type: ignore[arg-type]
+                   physmap=None)  # type: ignore[arg-type]
         m.domains[domid] = d
         return d
 
