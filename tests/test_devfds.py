@@ -202,7 +202,7 @@ def test_dom0_gets_typed_errors_and_nothing_is_sent(machine, tmp_path):
 def _received(m: FakeMachine, domid: int) -> list[tuple[dict, int]]:
     """What a domain's end of its memory channel holds (messages, fds)."""
     end = m.peer_ends[[d for d in sorted(m.domains)].index(domid)]
-    got = []
+    got: list[tuple[dict, int]] = []
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(end, 4096, 4)

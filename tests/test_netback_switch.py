@@ -87,7 +87,7 @@ class Front:
             pages = [self.pages[self.rx_first + ((start + k) & 255)] for k in range(n)]
             for result in self.assembler.feed_block(entries, pages):
                 assert isinstance(result, RxFrame), result
-                frames.append(RxFrame(tuple(bytes(c) for c in result.chunks), result.flags,
+                frames.append(RxFrame(tuple(memoryview(bytes(c)) for c in result.chunks), result.flags,
                                       result.extras, result.nr_slots, result.size))
         return frames
 
@@ -103,7 +103,6 @@ def plug(switch: Switch, front: Front, log: RecordingLog) -> Vif:
                   memoryview(b""))]
     vif.ports = [10 + front.domid, 20 + front.domid]
     vif.connected = True
-    vif._switch = lambda state: None  # no XenStore here
     switch.call(lambda: switch.plug(vif))
     return vif
 
@@ -234,7 +233,7 @@ def test_a_chain_cut_by_the_batch_waits_for_the_next_batch(net) -> None:
 
     vifs[1].assembler.feed_block = no_state_machine
     fronts[2].post_rx(fronts[2].rx.free_requests())
-    got = []
+    got: list[RxFrame] = []
     while len(got) < len(frames):
         switch.call(vifs[1].process_tx)
         received = fronts[2].received()

@@ -241,11 +241,11 @@ def test_numbered_ids() -> None:
     assert shadow.complete_ids(response_slots([(301, 0), (7, NETIF_RSP_NULL),
                                                (300, NETIF_RSP_ERROR)])) == [301, 300]
     assert shadow.free == 7
-    for bad in ([(9, NETIF_RSP_NULL)], [(301, 0)], [(302, 5)], [(302, 0), (302, 0)]):
+    for wrong in ([(9, NETIF_RSP_NULL)], [(301, 0)], [(302, 5)], [(302, 0), (302, 0)]):
         other = TxShadow(8)
         other.add_ids([302])
         with pytest.raises(NetfrontProtocolError):
-            other.complete_ids(response_slots(bad))
+            other.complete_ids(response_slots(wrong))
     with pytest.raises(ValueError):
         shadow.complete_block(response_slots([(302, 0)]))  # complete_ids' ids
 
@@ -374,12 +374,14 @@ def test_feed_ring_joins_a_run_of_whole_pages() -> None:
     pages = [area[i * PAGE:(i + 1) * PAGE] for i in range(ring)]
     gso = frame_responses(65226, True) + frame_responses(20000, False)
     [big, small] = RxAssembler().feed_ring(gso, pages, 0, area)
+    assert isinstance(big, RxFrame) and isinstance(small, RxFrame)
     # The first page; then, past the extra's slot, one view of 15 pages.
     assert [len(c) for c in big.chunks] == [4096, 65226 - 4096]
     assert big.gso == (XEN_NETIF_GSO_TYPE_TCPV4, 1448) and big.nr_slots == 17
     assert [len(c) for c in small.chunks] == [20000]
     # Wrapping round the ring: two views.
     [wrapped] = RxAssembler().feed_ring(frame_responses(20000, False), pages, 30, area)
+    assert isinstance(wrapped, RxFrame)
     assert [len(c) for c in wrapped.chunks] == [2 * PAGE, 20000 - 2 * PAGE]
     assert wrapped.data == bytes(mem[30 * PAGE:]) + bytes(mem[:20000 - 2 * PAGE])
 
@@ -516,6 +518,7 @@ def test_device_sends_frames_in_consecutive_pages(window) -> None:
                 assert data in (big, ack)
                 assert packet.flags & NETTXF_csum_blank
                 if data == big:
+                    assert packet.gso is not None
                     assert (packet.gso.gso_type, packet.gso.gso_size) == \
                         (XEN_NETIF_GSO_TYPE_TCPV4, 1448)
                     numbers = [page_of[g] for g, _, _ in packet.segments()]
