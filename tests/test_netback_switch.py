@@ -87,8 +87,9 @@ class Front:
             pages = [self.pages[self.rx_first + ((start + k) & 255)] for k in range(n)]
             for result in self.assembler.feed_block(entries, pages):
                 assert isinstance(result, RxFrame), result
-                frames.append(RxFrame(tuple(memoryview(bytes(c)) for c in result.chunks), result.flags,
-                                      result.extras, result.nr_slots, result.size))
+                copies = tuple(memoryview(bytes(c)) for c in result.chunks)
+                frames.append(RxFrame(copies, result.flags, result.extras, result.nr_slots,
+                                      result.size))
         return frames
 
 
