@@ -39,6 +39,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TypeGuard
 
 import hypervisor.public
 import hypervisor.public.io
@@ -238,15 +239,15 @@ def _typedefs(module: ModuleType) -> Iterator[tuple[str, type]]:
             yield name, value
 
 
-def _is_aggregate(ctype: type) -> bool:
+def _is_aggregate(ctype: type) -> TypeGuard[type[ctypes.Structure | ctypes.Union]]:
     return issubclass(ctype, (ctypes.Structure, ctypes.Union))
 
 
-def _fields(ctype: type, prefix: str = "", base: int = 0
+def _fields(ctype: type[ctypes.Structure | ctypes.Union], prefix: str = "", base: int = 0
             ) -> Iterator[tuple[str, int, type]]:
     """(C member designator, offset, ctypes type) of every nested field;
     an array also yields its element ``[0]``."""
-    for name, ftype in ctype._fields_:
+    for name, ftype, *_ in ctype._fields_:
         designator = prefix + name
         offset = base + getattr(ctype, name).offset
         yield designator, offset, ftype
@@ -259,8 +260,11 @@ def _inside(ftype: type, designator: str, offset: int
         yield from _fields(ftype, designator + ".", offset)
     elif issubclass(ftype, ctypes.Array):
         element = designator + "[0]"
-        yield element, offset, ftype._type_
-        yield from _inside(ftype._type_, element, offset)
+        # typeshed has _type_ as an instance property; on an array class it
+        # is the element's type.
+        element_type: type = ftype._type_  # type: ignore[assignment]
+        yield element, offset, element_type
+        yield from _inside(element_type, element, offset)
 
 
 def _scalar(ftype: type) -> bool:
@@ -310,9 +314,9 @@ def _c_name(name: str) -> str:
     return "__" + name if name.startswith("HYPERVISOR_") else name
 
 
-_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
-_ENUM_BODY = re.compile(r"\benum\b[^{;]*\{([^}]*)\}", re.S)
-_ENUMERATOR = re.compile(r"\s*([A-Za-z_]\w*)\s*(?:=.*)?", re.S)
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.DOTALL)
+_ENUM_BODY = re.compile(r"\benum\b[^{;]*\{([^}]*)\}", re.DOTALL)
+_ENUMERATOR = re.compile(r"\s*([A-Za-z_]\w*)\s*(?:=.*)?", re.DOTALL)
 
 
 def header_enumerators(text: str) -> set[str]:
@@ -384,7 +388,7 @@ def header_facts(modules: list[ModuleType], workdir: Path) -> Facts:
     source.write_text(generate_c(modules))
     compiled = subprocess.run(
         ["cc", "-std=gnu11", "-Wall", "-o", str(program), str(source)],
-        capture_output=True, text=True, timeout=50)
+        capture_output=True, text=True, timeout=50, check=False)
     if compiled.returncode != 0:
         raise RuntimeError(f"cc failed on {source}:\n{compiled.stderr}")
     output = subprocess.run([str(program)], capture_output=True, text=True,

@@ -19,7 +19,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 
 REPO = Path(__file__).resolve().parent.parent
 PR_SET_CHILD_SUBREAPER = 36
@@ -95,7 +95,7 @@ class System:
             ) -> subprocess.CompletedProcess:
         proc = subprocess.run([*self.prefix, sys.executable, "-m", "domains.dom0.cli", *args],
                               env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO)
+                              timeout=timeout, cwd=REPO, check=False)
         if check and proc.returncode != 0:
             raise AssertionError(f"pyxen {' '.join(args)} failed ({proc.returncode}):\n"
                                  f"{proc.stdout}{proc.stderr}")
@@ -153,6 +153,7 @@ class System:
         try:
             timer = threading.Timer(timeout, proc.kill)
             timer.start()
+            assert proc.stdout is not None
             for line in proc.stdout:
                 if text in line:
                     return
@@ -218,7 +219,7 @@ class Fifo:
         os.chmod(self.path, 0o666)
 
     @staticmethod
-    def binds(*fifos: "Fifo") -> str:
+    def binds(*fifos: Fifo) -> str:
         """The topology line that lets a domain see these pipes."""
         return "bind = [" + ", ".join(f'"{f.path}"' for f in fifos) + "]"
 
@@ -226,3 +227,41 @@ class Fifo:
         # Opening blocks until the domain opens its end: the wait is an event.
         with open(self.path) as f:
             return json.loads(f.readline())
+
+
+# A machine with nothing but Dom0, for tests to add their domains to.
+SMALL = """
+[platform]
+pcpus = 2
+memory = 1024
+
+[dom0]
+memory = 256
+"""
+
+
+# The disk writer workload (tests.workloads:disk_writer) logs each write
+# acknowledged as `acked ... n=N`.
+
+def follow_acks(path: str | Path, until: int, timeout: float = 60.0) -> int:
+    """Follow the writer's log until an ack numbered at least `until`."""
+    proc = subprocess.Popen(["tail", "-n", "+1", "-F", str(path)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            match = re.search(r"acked\s+.*n=(\d+)", line)
+            if match and int(match.group(1)) >= until:
+                return int(match.group(1))
+        raise AssertionError(f"the writer never acknowledged write {until}")
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+
+
+def last_ack(log: Path) -> int:
+    """The newest write the writer has logged as acknowledged so far."""
+    return max(int(n) for n in re.findall(r"acked\s+.*n=(\d+)", log.read_text()))

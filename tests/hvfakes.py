@@ -18,6 +18,7 @@ from typing import Any
 from hypervisor.domain import Domain
 from hypervisor.machine import Machine, Platform
 from hypervisor.memchan import MemChannel
+from hypervisor.process import DomainProcess
 from hypervisor.tasks import thread_ids
 
 IDLE_THREADS = ("import threading, time\n"
@@ -32,6 +33,7 @@ class Sleeper:
     def __init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", IDLE_THREADS],
                                      stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
         self.proc.stdout.readline()  # both threads are up
         self.pid = self.proc.pid
 
@@ -41,10 +43,14 @@ class Sleeper:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        assert self.proc.stdout is not None
         self.proc.stdout.close()
 
 
-class FakeProcess:
+class FakeProcess(DomainProcess):
+    """A domain process that is not started: the methods the machine calls
+    on a running domain, recorded (DomainProcess's own start is skipped)."""
+
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.pidfd = -1

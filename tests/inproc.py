@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import zmq
@@ -17,6 +19,7 @@ import zmq
 from domains.kernel.doorbell import PORT
 from domains.kernel.events import EventChannels
 from domains.kernel.gnttab import GrantTable, Windows
+from domains.kernel.hypercall import Hypercalls
 from domains.kernel.memchan import MemChannel
 from hypervisor import ops  # noqa: F401  (fills the dispatch table)
 from hypervisor.dispatch import Call, dispatch
@@ -97,10 +100,20 @@ class InProcessMachine(Machine):
         self.transport.attach(dom)
 
 
+class DirectHypercalls(Hypercalls):
+    """Hypercalls made by a plain call, not over a socket to the machine."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self.call = call
+
+    def __call__(self, nr: int, cmd: int = 0, args: Any = None, vcpu: int = 0) -> Any:
+        return self.call(nr, cmd, args, vcpu)
+
+
 class Guest:
     """One domain's kernel side: hypercalls, memory channel, event channels."""
 
-    def __init__(self, system: "System", domid: int) -> None:
+    def __init__(self, system: System, domid: int) -> None:
         self.system = system
         self.domid = domid
         self.log = Log()
@@ -108,21 +121,24 @@ class Guest:
         self.memchan = MemChannel(system.machine.kernel_ends.pop(domid), self.log)
         self.windows = Windows(self.memchan)
         dom = system.machine.domains[domid]
-        self.events = EventChannels(self.hypercall, system.ctx,
+        calls = DirectHypercalls(self.hypercall)
+        self.events = EventChannels(calls, system.ctx,
                                     system.transport.endpoints(domid),
                                     dom.shared_info.map, self.log, memchan=self.memchan)
-        self.gnttab = GrantTable(self.hypercall, dom.gnttab.entries.map,
+        self.gnttab = GrantTable(calls, dom.gnttab.entries.map,
                                  dom.gnttab.status.map, dom.gnttab.max_frames, self.windows)
 
-    def hypercall(self, nr: int, cmd: int = 0, args=None, vcpu: int = 0):
+    def hypercall(self, nr: int, cmd: int = 0, args: Any = None, vcpu: int = 0) -> Any:
         if (nr, cmd) == (HYPERVISOR_event_channel_op, EVTCHNOP_send):
             self.sends += 1
         machine = self.system.machine
         with self.system.lock:
             # Through msgpack, as on the wire (tuples become lists...).
             args = msgpack.unpackb(msgpack.packb(args))
-            rc, result = dispatch(Call(machine, machine.domain(self.domid), vcpu, None),
-                                  nr, cmd, args)
+            outcome = dispatch(Call(machine, machine.domain(self.domid), vcpu, None),
+                               nr, cmd, args)
+        assert isinstance(outcome, tuple), "a deferred hypercall has no in-process answer"
+        rc, result = outcome
         if rc < 0:
             raise XenError.from_rc(rc, result if isinstance(result, str) else "")
         return msgpack.unpackb(msgpack.packb(result))

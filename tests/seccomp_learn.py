@@ -31,7 +31,7 @@ SCMP_ACT_LOG = "0x7ffc0000"
 
 
 def listen(path: str) -> None:
-    out = open(path, "a", buffering=1)
+    out = open(path, "a", buffering=1)  # noqa: SIM115 - open until the listener is killed
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
     sock.bind((0, 0))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -50,13 +50,15 @@ def listen(path: str) -> None:
 def report(audit_path: str, roles_path: str) -> None:
     import pyseccomp
 
-    roles = dict(line.split() for line in open(roles_path))
+    with open(roles_path) as f:
+        roles = dict(line.split() for line in f)
     missing: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for line in open(audit_path):
-        pid, nr, code = line.split()
-        if code == SCMP_ACT_LOG:
-            name = pyseccomp.resolve_syscall(pyseccomp.system_arch(), int(nr)).decode()
-            missing[roles.get(pid, "? (a child)")][name] += 1
+    with open(audit_path) as f:
+        for line in f:
+            pid, nr, code = line.split()
+            if code == SCMP_ACT_LOG:
+                name = pyseccomp.resolve_syscall(pyseccomp.system_arch(), int(nr)).decode()
+                missing[roles.get(pid, "? (a child)")][name] += 1
     for role, calls in sorted(missing.items()):
         print(f"{role}: {' '.join(sorted(calls))}")
 

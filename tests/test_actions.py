@@ -1,5 +1,8 @@
 """xl.cfg's on_* actions and the restart budget (pure)."""
 
+import dataclasses
+from typing import Any
+
 import pytest
 
 from domains.dom0 import actions
@@ -14,13 +17,13 @@ from hypervisor.public.sched import (
 pytestmark = pytest.mark.timeout(10)
 
 
-def config(**overrides) -> DomainConfig:
-    base = dict(name="g", memory=64, maxmem=64, vcpus=1, maxvcpus=1, cpus=None,
-                on_poweroff="destroy", on_reboot="restart", on_crash="preserve",
-                on_watchdog="rename-restart", driver_domain=False, workload="idle",
-                extra="", disks=(), vifs=(), restart_limit=(2, 10.0), restart_backoff=(0.25, 8.0), source="t", line=1)
-    base.update(overrides)
-    return DomainConfig(**base)
+def config(**overrides: Any) -> DomainConfig:
+    base = DomainConfig(name="g", memory=64, maxmem=64, vcpus=1, maxvcpus=1, cpus=None,
+                        on_poweroff="destroy", on_reboot="restart", on_crash="preserve",
+                        on_watchdog="rename-restart", driver_domain=False, workload="idle",
+                        extra="", disks=(), vifs=(), restart_limit=(2, 10.0),
+                        restart_backoff=(0.25, 8.0), source="t", line=1)
+    return dataclasses.replace(base, **overrides)
 
 
 @pytest.mark.parametrize("reason,expected", [

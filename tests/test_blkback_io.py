@@ -7,7 +7,7 @@ import pytest
 
 from backends.blkback import io as blkio
 from backends.blkback.io import perform
-from backends.blkback.validate import DiskInfo, Request, Segment, check
+from backends.blkback.validate import DiskInfo, Request, Segment, Segments, check
 from hypervisor.public.io.blkif import (
     BLKIF_OP_DISCARD,
     BLKIF_OP_FLUSH_DISKCACHE,
@@ -40,7 +40,7 @@ def contents(fd: int) -> bytes:
 
 
 def rw(op, sector, segs, id=1) -> Request:
-    segments = tuple(Segment(g, f, l) for g, f, l in segs)
+    segments = Segments.of([Segment(g, f, l) for g, f, l in segs])
     return Request(op, id, sector_number=sector, nr_segments=len(segments),
                    segments=segments)
 
@@ -99,7 +99,7 @@ def test_indirect_with_more_segments_than_iov_max(tmp_path) -> None:
     fd = os.open(path, os.O_RDWR)
     try:
         src = [bytearray([i % 251] * PAGE) for i in range(count)]
-        segs = tuple(Segment(i, i % 8, i % 8) for i in range(count))
+        segs = Segments.of([Segment(i, i % 8, i % 8) for i in range(count)])
         write = Request(BLKIF_OP_INDIRECT, 5, nr_segments=count,
                         segments=segs, indirect_op=BLKIF_OP_WRITE)
         assert perform(write, views(src), fd) == BLKIF_RSP_OKAY
@@ -142,9 +142,14 @@ def test_short_transfers_are_continued(disk_fd, monkeypatch) -> None:
 
 
 def test_flush_is_durable_before_acknowledged(disk_fd, monkeypatch) -> None:
-    calls = []
+    calls: list[int] = []
     real = os.fdatasync
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+
+    def fdatasync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     flush = Request(BLKIF_OP_FLUSH_DISKCACHE, 3)
     assert perform(flush, [], disk_fd) == BLKIF_RSP_OKAY
     assert calls == [disk_fd]

@@ -14,6 +14,7 @@ from backends.blkback.validate import (
     Problem,
     Request,
     Segment,
+    Segments,
     check,
     parse_request,
     with_indirect_segments,
@@ -68,6 +69,13 @@ def indirect(nr, op=BLKIF_OP_READ, sector=0, grefs=(100, 101), id=9) -> bytes:
     return slot(req)
 
 
+def problem(req: Request, disk: DiskInfo, limits: Limits | None = None) -> Problem:
+    """check, of a request it must refuse."""
+    found = check(req, disk) if limits is None else check(req, disk, limits)
+    assert found is not None
+    return found
+
+
 def status(raw: bytes, disk: DiskInfo = DISK) -> int | None:
     problem = check(parse_request(raw), disk)
     return None if problem is None else problem.status
@@ -80,8 +88,9 @@ def test_parse_read_write() -> None:
                            id=2**64 - 1, handle=0x1234))
     assert req == Request(BLKIF_OP_WRITE, 2**64 - 1, handle=0x1234,
                           sector_number=16, nr_segments=2,
-                          segments=(Segment(5, 0, 7), Segment(6, 2, 3)))
+                          segments=Segments.of((Segment(5, 0, 7), Segment(6, 2, 3))))
     assert req.total_sectors == 10 and req.writes
+    assert req.segments is not None
     assert req.segments[1].offset == 1024 and req.segments[1].length == 1024
 
 
@@ -113,6 +122,7 @@ def test_indirect_segments_from_pages() -> None:
     raw = b"".join(bytes(s) for s in segs)
     pages = [raw[:4096], raw[4096:] + bytes(8192 - len(raw))]
     req = with_indirect_segments(parse_request(indirect(600)), pages)
+    assert req.segments is not None
     assert len(req.segments) == 600 and req.segments[599] == Segment(1599, 0, 7)
     assert check(req, DiskInfo(sectors=8 * 600, max_indirect_segments=1024)) is None
     with pytest.raises(ValueError):
@@ -205,14 +215,14 @@ def test_indirect_checks() -> None:
 def test_indirect_segments_are_checked() -> None:
     req = parse_request(indirect(3, sector=1000))
     good = [Segment(1, 0, 7)] * 3
-    assert check(replace(req, segments=tuple(good)), DISK) is None
-    bad_sect = replace(req, segments=(Segment(1, 0, 7), Segment(2, 3, 2),
-                                     Segment(3, 0, 7)))
-    assert check(bad_sect, DISK).status == BLKIF_RSP_ERROR
-    too_far = replace(req, sector_number=1010, segments=tuple(good))
-    assert check(too_far, DISK).status == BLKIF_RSP_ERROR
-    short = replace(req, segments=tuple(good[:2]))
-    assert check(short, DISK).status == BLKIF_RSP_ERROR
+    assert check(replace(req, segments=Segments.of(good)), DISK) is None
+    bad_sect = replace(req, segments=Segments.of((Segment(1, 0, 7), Segment(2, 3, 2),
+                                                  Segment(3, 0, 7))))
+    assert problem(bad_sect, DISK).status == BLKIF_RSP_ERROR
+    too_far = replace(req, sector_number=1010, segments=Segments.of(good))
+    assert problem(too_far, DISK).status == BLKIF_RSP_ERROR
+    short = replace(req, segments=Segments.of(good[:2]))
+    assert problem(short, DISK).status == BLKIF_RSP_ERROR
 
 
 def test_large_sector_disk_needs_alignment() -> None:
@@ -227,7 +237,7 @@ def test_large_sector_disk_needs_alignment() -> None:
 def test_limits_page_size() -> None:
     small = Limits(page_size=2048)
     assert check(parse_request(rw(segs=((1, 0, 3),))), DISK, small) is None
-    assert check(parse_request(rw(segs=((1, 0, 4),))), DISK, small).status == BLKIF_RSP_ERROR
+    assert problem(parse_request(rw(segs=((1, 0, 4),))), DISK, small).status == BLKIF_RSP_ERROR
 
 
 def test_bad_disk_info() -> None:

@@ -4,7 +4,6 @@ hand (out of order, or not at all when the "backend dies"), with fake
 grant and event channel clients."""
 
 import itertools
-import mmap
 import threading
 
 import pytest
@@ -34,6 +33,7 @@ from hypervisor.public.io.blkif import (
     BLKIF_RSP_OKAY,
 )
 from hypervisor.public.io.ring import BackRing
+from tests.fakekernel import FakeEvents, FakeKernel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,6 +55,7 @@ def test_extents_hand_out_contiguous_runs_and_coalesce() -> None:
     pool.give(c)
     assert pool.runs() == [(100, 16)] and pool.free == 16
     d = pool.take(6)
+    assert d is not None
     pool.take(4)
     pool.give(d[:3])
     assert pool.take(7, contiguous=True) is None and pool.free == 9  # runs of 3 and 6
@@ -66,6 +67,7 @@ def test_extents_hand_out_contiguous_runs_and_coalesce() -> None:
 def test_extents_refuse_double_frees_and_strangers() -> None:
     pool = Extents(0, 8)
     pages = pool.take(3)
+    assert pages is not None
     pool.give(pages)
     with pytest.raises(ValueError):
         pool.give(pages)                  # already free
@@ -94,7 +96,7 @@ def test_extents_never_lose_or_duplicate_pages(ops) -> None:
         assert len(taken) == len(set(taken)) and all(10 <= p < 74 for p in taken)
         assert pool.free == 64 - len(taken)
         runs = pool.runs()
-        assert all(s + n < t for (s, n), (t, _) in zip(runs, runs[1:]))  # coalesced
+        assert all(s + n < t for (s, n), (t, _) in itertools.pairwise(runs))  # coalesced
 
 
 def test_pool_take_waits_for_pages_and_wakes_on_close() -> None:
@@ -152,54 +154,14 @@ def test_page_segments_refuse_impossible_layouts() -> None:
 
 # -- a connection, answered by hand ---------------------------------------------------
 
-class Window:
-    def __init__(self, frames: int) -> None:
-        self.map = mmap.mmap(-1, frames * PAGE)
-        self.gfn = 0x1000
+class FakeDevice(BlkfrontDevice):
+    """Only what a Connection uses of its device: the kernel, and the
+    backend's domid (a property of a real device, fixed here)."""
 
+    backend_id = 1
 
-class FakeGnttab:
-    def __init__(self) -> None:
-        self.refs = itertools.count(8)
-        self.granted: dict[int, int] = {}  # ref -> frame
-
-    def open_window(self, peer: int, frames: int) -> Window:
-        return Window(frames)
-
-    def grant_access(self, domid: int, frame: int) -> int:
-        ref = next(self.refs)
-        self.granted[ref] = frame
-        return ref
-
-
-class FakeEvents:
-    def __init__(self) -> None:
-        self.sent = 0
-        self.handlers = {}
-
-    def alloc_unbound(self, domid: int) -> int:
-        return 5
-
-    def bind(self, port: int, handler) -> None:
-        self.handlers[port] = handler
-
-    def send(self, port: int) -> None:
-        self.sent += 1
-
-    def close(self, port: int) -> None:
-        pass
-
-
-class FakeKernel:
-    def __init__(self) -> None:
-        self.gnttab = FakeGnttab()
-        self.events = FakeEvents()
-
-
-class FakeDevice:
     def __init__(self) -> None:
         self.kernel = FakeKernel()
-        self.backend_id = 1
 
 
 class HandBackend:
@@ -231,6 +193,12 @@ class HandBackend:
         self.ring.put_response(make_response(req.id, req.io_operation, status))
         if self.ring.push_responses_and_check_notify():
             self.queue.responses()
+
+
+def dma_pages(conn: Connection, n: int) -> list[int]:
+    pages = conn.dma.try_take(n)
+    assert pages is not None
+    return pages
 
 
 def connection() -> tuple[Connection, HandBackend]:
@@ -267,7 +235,7 @@ def test_many_in_flight_answered_out_of_order() -> None:
 
 def test_dma_buffers_are_used_in_place() -> None:
     conn, back = connection()
-    buf = DmaBuffer(conn, conn.dma.try_take(64), 64 * PAGE)
+    buf = DmaBuffer(conn, dma_pages(conn, 64), 64 * PAGE)
     buf.view[:] = b"w" * len(buf)
     write = issue(conn, BLKIF_OP_WRITE, 0, 64 * 8, data=buf)
     (req,) = back.take()
@@ -358,18 +326,20 @@ def test_request_layouts_are_cached_per_page_run() -> None:
     first = conn.layout(list(range(200, 264)), 64 * 8)
     assert conn.layout(list(range(200, 264)), 64 * 8)[0] is first[0]  # built once
     segments, indirect = first
+    assert indirect is not None
     assert [g for g, _, _ in segments] == [conn.refs[p] for p in range(200, 264)]
     assert indirect[:8] != bytes(8)
     short, none = conn.layout([300, 301], 9)
     assert none is None and list(short) == [(conn.refs[300], 0, 7), (conn.refs[301], 0, 0)]
-    assert list(with_indirect_segments(
-        parse_request(requests.indirect(1, BLKIF_OP_READ, 0, 64, [9])), [indirect]
-    ).segments) == [Segment(g, f, l) for g, f, l in segments]
+    read = with_indirect_segments(
+        parse_request(requests.indirect(1, BLKIF_OP_READ, 0, 64, [9])), [indirect])
+    assert read.segments is not None
+    assert list(read.segments) == [Segment(g, f, l) for g, f, l in segments]
 
 
 def test_a_dma_buffer_of_an_old_connection_goes_through_bounce_pages() -> None:
     old, _ = connection()
-    buf = DmaBuffer(old, old.dma.try_take(2), 2 * PAGE)
+    buf = DmaBuffer(old, dma_pages(old, 2), 2 * PAGE)
     buf.view[:] = b"o" * len(buf)
     conn, back = connection()  # the reconnect: a new window
     write = issue(conn, BLKIF_OP_WRITE, 0, 16, data=buf)

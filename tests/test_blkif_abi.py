@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cabi import run_c_facts
-
 from hypervisor.public.io import blkif
 from tests import cabi
+from tests.cabi import run_c_facts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,7 +48,7 @@ def _python_facts() -> dict[str, int]:
     for struct in STRUCTS:
         name = struct.__name__
         facts[f"sizeof {name}"] = ctypes.sizeof(struct)
-        for field, _ in struct._fields_:
+        for field, *_ in struct._fields_:
             facts[f"offsetof {name}.{field}"] = getattr(struct, field).offset
             facts[f"sizeof {name}.{field}"] = getattr(struct, field).size
     for name in CONSTANTS:
@@ -66,7 +65,7 @@ def _c_program() -> str:
     for struct in STRUCTS:
         name = struct.__name__
         lines.append(f'P("sizeof {name}", sizeof(struct {name}))')
-        for field, _ in struct._fields_:
+        for field, *_ in struct._fields_:
             lines.append(f'P("offsetof {name}.{field}", offsetof(struct {name}, {field}))')
             lines.append(f'P("sizeof {name}.{field}", sizeof(((struct {name} *)0)->{field}))')
     for name in CONSTANTS:

@@ -124,7 +124,7 @@ def test_a_detach_waiting_on_a_deaf_guest_does_not_hold_the_control_loop(system)
         rows = system.list()  # served while the detach waits
         assert detach.poll() is None, "the list came only after the detach gave up"
         assert rows["deaf"]["state"] != "-"
-        out, err = detach.communicate(timeout=60)
+        _out, err = detach.communicate(timeout=60)
     finally:
         if detach.poll() is None:
             detach.kill()

@@ -9,38 +9,38 @@ from tests.harness import ours
 pytestmark = pytest.mark.timeout(60)
 
 CASES = {
-    "unknown key": ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
-                    '[domain.g]\nmemroy = 64\n', 6, "domain.g.memroy"),
-    "wrong type": ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
-                   '[domain.g]\nmemory = "lots"\n', 6, "domain.g.memory"),
-    "unknown backend": ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+    "unknown key": (('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+                    '[domain.g]\nmemroy = 64\n'), 6, "domain.g.memroy"),
+    "wrong type": (('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+                   '[domain.g]\nmemory = "lots"\n'), 6, "domain.g.memory"),
+    "unknown backend": (('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
                         '[domain.g]\nmemory = 64\n'
-                        'disk = ["backend=nosuch-dd, vdev=xvda, target=g.img"]\n',
+                        'disk = ["backend=nosuch-dd, vdev=xvda, target=g.img"]\n'),
                         7, "domain.g.disk"),
-    "memory over the platform": ('[platform]\nmemory = 512\n[dom0]\nmemory = 256\n'
-                                 '[domain.g]\nmemory = 300\n', 6, "domain.g.memory"),
+    "memory over the platform": (('[platform]\nmemory = 512\n[dom0]\nmemory = 256\n'
+                                 '[domain.g]\nmemory = 300\n'), 6, "domain.g.memory"),
     # Each of these used to start several domains before failing.
     "missing image without size=": (
-        '[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+        ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
         '[domain.dd]\ndriver_domain = true\nmemory = 64\n'
         '[domain.g]\nmemory = 64\n'
-        'disk = ["backend=dd, vdev=xvda, target=absent.img"]\n', 10, "domain.g.disk"),
+        'disk = ["backend=dd, vdev=xvda, target=absent.img"]\n'), 10, "domain.g.disk"),
     "workload module that does not exist": (
-        '[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+        ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
         '[domain.dd]\ndriver_domain = true\nmemory = 64\n'
-        '[domain.g]\nmemory = 64\nworkload = "no_such_pkg.mod:main"\n', 10,
+        '[domain.g]\nmemory = 64\nworkload = "no_such_pkg.mod:main"\n'), 10,
         "domain.g.workload"),
     "disk in a directory that does not exist": (
-        '[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+        ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
         '[domain.dd]\ndriver_domain = true\nmemory = 64\n'
         '[domain.g]\nmemory = 64\n'
-        'disk = ["backend=dd, vdev=xvda, size=1M, target=/nonexistent/dir/g.img"]\n', 10,
+        'disk = ["backend=dd, vdev=xvda, size=1M, target=/nonexistent/dir/g.img"]\n'), 10,
         "domain.g.disk"),
     "one image writable twice": (
-        '[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
+        ('[platform]\nmemory = 1024\n[dom0]\nmemory = 256\n'
         '[domain.dd]\ndriver_domain = true\nmemory = 64\n'
         '[domain.a]\nmemory = 64\ndisk = ["backend=dd, vdev=xvda, size=1M, target=s.img"]\n'
-        '[domain.b]\nmemory = 64\ndisk = ["backend=dd, vdev=xvda, size=1M, target=s.img"]\n',
+        '[domain.b]\nmemory = 64\ndisk = ["backend=dd, vdev=xvda, size=1M, target=s.img"]\n'),
         13, "domain.b.disk"),
 }
 

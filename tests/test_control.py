@@ -264,7 +264,7 @@ def test_a_bad_announce_destroys_the_domain_and_the_toolstack_goes_on(rig):
 
 
 def test_a_create_waiting_for_its_kernel_blocks_no_request(rig):
-    ts, xc, xsd, tmp = rig
+    ts, xc, _xsd, tmp = rig
     ctl = Control(ts)
     xc.hold = threading.Event()
     replies: list[dict] = []
@@ -286,7 +286,7 @@ def test_a_create_waiting_for_its_kernel_blocks_no_request(rig):
 
 
 def test_destroying_a_booting_domain_ends_its_create(rig):
-    ts, xc, xsd, tmp = rig
+    ts, xc, _xsd, tmp = rig
     ctl = Control(ts)
     xc.hold = threading.Event()
     replies: list[dict] = []
@@ -301,7 +301,7 @@ def test_destroying_a_booting_domain_ends_its_create(rig):
 
 
 def test_a_boot_deadline_is_a_clean_error(rig):
-    ts, xc, xsd, tmp = rig
+    ts, xc, _xsd, tmp = rig
     xc.create_error = XenError(ETIMEDOUT, "d1 sloth: not ready after 30s, destroyed")
     reply = create(Control(ts), cfg(tmp, "sloth"))
     assert not reply["ok"]
@@ -312,7 +312,7 @@ def test_a_boot_deadline_is_a_clean_error(rig):
 
 
 def test_halt_stops_the_creates_in_flight(rig):
-    ts, xc, xsd, tmp = rig
+    ts, xc, _xsd, tmp = rig
     xc.hold = threading.Event()
     replies: list[dict] = []
     Control(ts).handle({"cmd": "create", "args": {"path": cfg(tmp, "late")}}, replies.append)
@@ -350,10 +350,10 @@ requests = st.one_of(
                                  HealthCheck.too_slow])
 @given(request_=requests)
 def test_fuzz_every_request_gets_one_reply_and_the_toolstack_stays_up(rig, request_):
-    ts, xc, xsd, tmp = rig
+    ts, _xc, _xsd, _tmp = rig
     ctl = Control(ts)
     replies: list[dict] = []
-    reply, halt = ctl.handle(unpack_request(msgpack.packb(request_)), replies.append)
+    reply, _halt = ctl.handle(unpack_request(msgpack.packb(request_)), replies.append)
     if reply is not None:
         replies.append(reply)
     while True:  # creates answer from their worker
@@ -386,7 +386,7 @@ def test_image_and_tap_fds_are_handed_over_before_the_device_nodes(rig):
     from domains.dom0.topology import load_topology
     from domains.dom0.xlspec import parse_disk, parse_vif
 
-    ts, xc, xsd, tmp = rig
+    ts, xc, _xsd, tmp = rig
     handed: list[tuple] = []
 
     def pass_image(domid, key, path, writable):
@@ -441,7 +441,7 @@ vif = ["backend=dd, bridge=xenbr0"]
 def test_errors_name_what_went_wrong(rig):
     """A second domain of a name is EEXIST (not ESRCH: the name is found,
     not missing); destroying Domain-0 is EPERM (it exists, and may not)."""
-    ts, xc, xsd, tmp = rig
+    ts, _xc, _xsd, tmp = rig
     ctl = Control(ts)
     assert create(ctl, cfg(tmp, "twin"))["ok"]
     again = create(ctl, cfg(tmp, "twin"))

@@ -17,8 +17,10 @@ import pytest
 
 from domains.kernel.fdtable import FdTable, vbd_key, vif_key
 from domains.kernel.memchan import MemChannel as KernelMemChannel
-from hypervisor import devfds
-from hypervisor import ops  # noqa: F401  (fills the dispatch table)
+from hypervisor import (
+    devfds,
+    ops,  # noqa: F401  (fills the dispatch table)
+)
 from hypervisor.loop import serve
 from hypervisor.memchan import MemChannel
 from hypervisor.public.errno import EINVAL, ENOENT, EPERM, ESRCH, XenError
@@ -85,7 +87,7 @@ def test_an_image_the_opener_may_not_read_is_eacces(tmp_path):
             "except XenError as exc:\n"
             "    print(exc.name)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30, cwd=os.path.dirname(os.path.dirname(__file__)))
+                         timeout=30, cwd=os.path.dirname(os.path.dirname(__file__)), check=False)
     assert out.stdout.strip() == "EACCES", out.stderr
 
 
@@ -127,7 +129,8 @@ def test_a_tun_fd_belongs_to_the_domains_own_namespace():
             fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", name, 0x0002 | 0x1000))
             assert name.decode() not in os.listdir("/sys/class/net")
             links = subprocess.run(["nsenter", "-t", str(child.pid), "-n", "cat",
-                                    "/proc/net/dev"], capture_output=True, text=True).stdout
+                                    "/proc/net/dev"], capture_output=True, text=True,
+                                   check=False).stdout
             assert "pyxtest0" in links
         finally:
             os.close(fd)
@@ -199,7 +202,7 @@ def test_dom0_gets_typed_errors_and_nothing_is_sent(machine, tmp_path):
 def _received(m: FakeMachine, domid: int) -> list[tuple[dict, int]]:
     """What a domain's end of its memory channel holds (messages, fds)."""
     end = m.peer_ends[[d for d in sorted(m.domains)].index(domid)]
-    got = []
+    got: list[tuple[dict, int]] = []
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(end, 4096, 4)

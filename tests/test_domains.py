@@ -9,18 +9,10 @@ from hypervisor.public.grant_table import (
     GNTST_general_error,
     GNTST_okay,
 )
-from tests.harness import Fifo, what
+from tests.harness import SMALL, Fifo, what
 
 pytestmark = pytest.mark.timeout(120)
 
-SMALL = """
-[platform]
-pcpus = 2
-memory = 1024
-
-[dom0]
-memory = 256
-"""
 
 
 def test_unprivileged_domain_gets_eperm_for_privileged_hypercalls(system):
@@ -115,7 +107,7 @@ def test_create_that_does_not_fit_gets_enomem_and_leaves_nothing(system):
 def test_domains_start_from_a_standby_process_and_a_dead_one_is_replaced(system):
     import os
 
-    import psutil
+    import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 
     def standbys() -> list:
         # The hypervisor's children that are no domain (yet): a spare just

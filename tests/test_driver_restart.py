@@ -3,9 +3,8 @@ blkfront reconnects and reissues what had no response, nothing is lost."""
 
 import hashlib
 import os
-import signal
 import re
-import subprocess
+import signal
 import threading
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from domains.kernel.xenbus.client import XenStoreClient, XsError
 from domains.kernel.xenbus.transport import UnixTransport
 from hypervisor.public.io.xenbus import XenbusState as S
-from tests.harness import Fifo
+from tests.harness import Fifo, follow_acks, last_ack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,33 +41,11 @@ def block(n: int) -> bytes:
     return hashlib.sha256(str(n).encode()).digest() * 128
 
 
-def follow_acks(path, until, timeout=60.0) -> int:
-    """Follow the writer's log until an ack numbered at least `until`."""
-    proc = subprocess.Popen(["tail", "-n", "+1", "-F", str(path)], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    try:
-        for line in proc.stdout:
-            match = re.search(r"acked\s+.*n=(\d+)", line)
-            if match and int(match.group(1)) >= until:
-                return int(match.group(1))
-        raise AssertionError(f"the writer never acknowledged write {until}")
-    finally:
-        timer.cancel()
-        proc.kill()
-        proc.wait()
-
-
-def last_ack(log) -> int:
-    """The newest write the writer has logged as acknowledged so far."""
-    return max(int(n) for n in re.findall(r"acked\s+.*n=(\d+)", log.read_text()))
-
-
 def free_memory(system) -> int:
     """`pyxen info`'s free_memory (MiB)."""
-    return int(re.search(r"^free_memory\s*:\s*(\d+)", system.cli("info").stdout,
-                         re.M).group(1))
+    found = re.search(r"^free_memory\s*:\s*(\d+)", system.cli("info").stdout, re.MULTILINE)
+    assert found is not None
+    return int(found.group(1))
 
 
 @pytest.mark.parametrize("how", ["kill -9", "pyxen reboot", "pyxen destroy",
@@ -171,7 +148,8 @@ def test_killed_during_the_xenbus_handshake(system):
             stopped = threading.Event()
             back = f"/local/domain/{new}/backend/vbd/{writer}/51712"
 
-            def changed(_path: str, _token: str, pid=pid, new=new, back=back) -> None:
+            def changed(_path: str, _token: str, pid: int = pid, new: int = new, back: str = back,
+                        stopped: threading.Event = stopped) -> None:
                 try:
                     fe = int(xs.read(f"{front}/state"))
                     be = int(xs.read(f"{back}/state"))

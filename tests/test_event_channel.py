@@ -259,9 +259,9 @@ def test_bind_virq_unknown_domain(ev):
 
 def test_remove_domain_unbinds_all_peers(ev):
     a0, b0 = connect(ev, 1, 0)
-    a2, b2 = connect(ev, 2, 1)
-    a2b, b2b = connect(ev, 1, 2)
-    loop_a, loop_b = connect(ev, 1, 1)
+    a2, _b2 = connect(ev, 2, 1)
+    _a2b, b2b = connect(ev, 1, 2)
+    _loop_a, _loop_b = connect(ev, 1, 1)
     ev.bind_virq(1, VIRQ_TIMER, 0, 1)
     waiting = ev.alloc_unbound(0, 1)  # offered to the dying domain
     ev.remove_domain(1)

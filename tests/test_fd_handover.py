@@ -43,6 +43,7 @@ def _wait_lines(path: Path, *texts: str, timeout: float = 30.0) -> None:
     timer.start()
     try:
         wanted = list(texts)
+        assert proc.stdout is not None
         for line in proc.stdout:
             if wanted[0] in line:
                 wanted.pop(0)

@@ -4,8 +4,12 @@ import mmap
 
 from domains.kernel.gnttab import GrantTable, Window
 from hypervisor.ops.grant_table_op import MAX_BATCH
-from hypervisor.public.grant_table import (GNTST_okay, GNTTABOP_map_grant_ref,
-                                           GNTTABOP_unmap_grant_ref, PYXEN_GNTTAB_MAX_BATCH)
+from hypervisor.public.grant_table import (
+    PYXEN_GNTTAB_MAX_BATCH,
+    GNTST_okay,
+    GNTTABOP_map_grant_ref,
+    GNTTABOP_unmap_grant_ref,
+)
 from hypervisor.public.xen import PAGE_SIZE
 
 

@@ -14,7 +14,7 @@ from hypervisor.grant_table import (
     Grants,
     GrantTable,
 )
-from hypervisor.memory import Physmap, PlatformMemory, Region
+from hypervisor.memory import Physmap, PlatformMemory, Region, Segment
 from hypervisor.public.grant_table import (
     GNTCOPY_dest_gref,
     GNTCOPY_source_gref,
@@ -60,7 +60,7 @@ class World:
     def __init__(self) -> None:
         self.memory = PlatformMemory(64)
         self.doms: dict[int, GrantDomain] = {}
-        self.segments = []
+        self.segments: list[Segment] = []
         self.messages: list[str] = []
         self.grants = Grants(lookup=self.doms.get,
                              log=lambda domid, msg: self.messages.append(msg))
@@ -104,11 +104,15 @@ class World:
         return struct.unpack_from("<H", self.doms[granter].table.status.map, ref * 2)[0]
 
     def frame_bytes(self, domid: int, gfn: int, offset: int, length: int) -> bytes:
-        region, base = self.doms[domid].physmap.lookup(gfn)
+        found = self.doms[domid].physmap.lookup(gfn)
+        assert found is not None
+        region, base = found
         return region.segment.map[base + offset:base + offset + length]
 
     def write_frame(self, domid: int, gfn: int, offset: int, data: bytes) -> None:
-        region, base = self.doms[domid].physmap.lookup(gfn)
+        found = self.doms[domid].physmap.lookup(gfn)
+        assert found is not None
+        region, base = found
         region.segment.map[base + offset:base + offset + len(data)] = data
 
     # -- the hypercalls -------------------------------------------------------

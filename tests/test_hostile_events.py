@@ -7,11 +7,10 @@ import os
 import socket
 import stat
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 import pytest
 
-from tests.harness import Fifo
-from tests.test_driver_restart import follow_acks, last_ack
+from tests.harness import Fifo, follow_acks, last_ack
 
 pytestmark = pytest.mark.timeout(120)
 

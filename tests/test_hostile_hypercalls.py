@@ -5,11 +5,10 @@ import os
 import subprocess
 import sys
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 import pytest
 
-from tests.harness import Fifo, pyxen_processes, title
-from tests.test_domains import SMALL
+from tests.harness import SMALL, Fifo, pyxen_processes, title
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -21,10 +21,10 @@ from hypervisor.ops.grant_table_op import COPY_OP, MAP_OP, UNMAP_OP, batch
 from hypervisor.public.errno import ENOSPC, ESRCH, XenError
 from hypervisor.public.event_channel import EVTCHNOP_send
 from hypervisor.public.grant_table import (
+    PYXEN_GNTTAB_MAX_BATCH,
     GNTTABOP_copy,
     GNTTABOP_map_grant_ref,
     GNTTABOP_unmap_grant_ref,
-    PYXEN_GNTTAB_MAX_BATCH,
 )
 from hypervisor.public.xen import DOMID_SELF, HYPERVISOR_event_channel_op
 from hypervisor.timers import SLACK, Timers

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from tests.harness import REPO
-from tests.test_driver_restart import follow_acks, last_ack
+from tests.harness import REPO, follow_acks, last_ack
 
 pytestmark = pytest.mark.timeout(120)
 

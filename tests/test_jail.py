@@ -181,7 +181,7 @@ def _in_child(fn) -> int:
     if pid == 0:
         try:
             os._exit(fn() or 0)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - a forked child must never return into pytest
             os._exit(99)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
@@ -250,7 +250,8 @@ def test_a_guest_may_signal_itself_and_gets_enosys_for_unlisted_calls():
 def test_dropping_capabilities_leaves_none_and_no_way_back():
     def child():
         capabilities.drop_all(capabilities.NET_CAPABILITIES)
-        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        with open("/proc/self/status") as f:
+            status = dict(line.split(":", 1) for line in f)
         ok = (int(status["CapEff"], 16) == (1 << 12) | (1 << 10)
               and int(status["CapBnd"], 16) == 0 and int(status["CapInh"], 16) == 0
               and int(status["CapAmb"], 16) == 0 and status["NoNewPrivs"].strip() == "1")

@@ -2,7 +2,7 @@
 
 import os
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed (types-psutil)
 import pytest
 
 from tests.harness import memfd_segments, ours, pyxen_processes, title

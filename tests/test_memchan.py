@@ -14,10 +14,18 @@ from domains.kernel.memchan import MemChannel
 from hypervisor.doorbell import DoorbellBroker
 from hypervisor.memchan import MemChannel as HvMemChannel
 from hypervisor.public.errno import EBUSY, ENOTCONN, XenError
-from hypervisor.public.grant_table import (GNTMAP_host_map, GNTST_eagain, GNTST_general_error,
-                                           GNTTABOP_map_grant_ref)
-from hypervisor.public.xen import (HYPERVISOR_grant_table_op, HYPERVISOR_pyxen_op,
-                                   PYXEN_op_grant_window, VIRQ_DEBUG)
+from hypervisor.public.grant_table import (
+    GNTMAP_host_map,
+    GNTST_eagain,
+    GNTST_general_error,
+    GNTTABOP_map_grant_ref,
+)
+from hypervisor.public.xen import (
+    VIRQ_DEBUG,
+    HYPERVISOR_grant_table_op,
+    HYPERVISOR_pyxen_op,
+    PYXEN_op_grant_window,
+)
 from tests.inproc import Log, System
 
 pytestmark = pytest.mark.timeout(30)
@@ -47,10 +55,15 @@ def fill(hv: HvMemChannel) -> int:
 
 def test_messages_go_to_the_sink_of_their_tag_with_their_fds(channel) -> None:
     hv, dom = channel
-    got = []
+    got: list[tuple[str, int, int]] = []
+
+    def on_b(meta: dict, fds: list[int]) -> None:
+        got.append(("b", meta["n"], len(fds)))
+        for fd in fds:
+            os.close(fd)
+
     dom.on("a", lambda meta, fds: got.append(("a", meta["n"], len(fds))))
-    dom.on("b", lambda meta, fds: [got.append(("b", meta["n"], len(fds))),
-                                   *map(os.close, fds)])
+    dom.on("b", on_b)
     r, w = os.pipe()
     try:
         hv.send({"tag": "a", "n": 1})
@@ -235,7 +248,10 @@ def test_a_map_passes_the_window_once(system) -> None:
 # -- the hypervisor's side: doorbell ends ------------------------------------------------
 
 
-class FakeChannel:
+class FakeChannel(HvMemChannel):
+    """A domain's memory channel that records what is sent (or fails with
+    `fail`): no socket under it."""
+
     def __init__(self, fail: int | None = None) -> None:
         self.sent: list[tuple[dict, int]] = []
         self.fail = fail
@@ -247,7 +263,7 @@ class FakeChannel:
 
 
 def test_one_pair_of_ends_per_pair_of_domains() -> None:
-    chans = {1: FakeChannel(), 2: FakeChannel()}
+    chans: dict[int, FakeChannel] = {1: FakeChannel(), 2: FakeChannel()}
     broker = DoorbellBroker(chans.get)
     assert broker.bound(2, 5, 1, 3)
     # The binder first, without leave to ring; then the owner, with it.
@@ -275,7 +291,7 @@ def test_an_owner_not_told_means_no_doorbell_and_new_ends_next_time() -> None:
 
 
 def test_a_binder_not_told_gives_the_owner_no_leave_to_ring() -> None:
-    chans = {1: FakeChannel(), 2: FakeChannel(fail=ENOTCONN)}
+    chans: dict[int, FakeChannel] = {1: FakeChannel(), 2: FakeChannel(fail=ENOTCONN)}
     broker = DoorbellBroker(chans.get)
     assert not broker.bound(2, 5, 1, 3)
     assert chans[1].sent == [({"tag": "bind", "port": 3, "peer": 2, "remote_port": 5,
@@ -284,7 +300,7 @@ def test_a_binder_not_told_gives_the_owner_no_leave_to_ring() -> None:
 
 
 def test_loopback_and_gone_domains_get_no_ends() -> None:
-    chans = {1: FakeChannel()}
+    chans: dict[int, FakeChannel] = {1: FakeChannel()}
     broker = DoorbellBroker(chans.get)
     assert not broker.bound(1, 2, 1, 1)
     assert not broker.bound(1, 2, 9, 1)  # d9 has no channel: gone

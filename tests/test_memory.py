@@ -6,8 +6,8 @@ import os
 import pytest
 
 from hypervisor.memory import (
-    MiB,
     PAGES_PER_MIB,
+    MiB,
     Physmap,
     PlatformMemory,
     Region,
@@ -149,7 +149,8 @@ def test_allocate_oversized_segment_claims_nothing():
     # A machine "bigger" than any off_t: the claim passes, the segment cannot
     # be created, and the claim must be given back.
     mem = PlatformMemory(2**60)
-    with pytest.raises(Exception):
+    # Whichever error the OS gives: the point is the claim given back.
+    with pytest.raises(Exception):  # noqa: B017
         mem.allocate("pyxen-test-huge", 2**60)
     assert mem.used_pages == 0
 

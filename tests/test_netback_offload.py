@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from backends.netback.offload import (
     CSUM_PARTIAL,
     MAX_SEGMENTS,
-    Drop,
     NONE,
+    Drop,
     Offload,
     Receiver,
     needs_fallback,
@@ -18,11 +18,11 @@ from backends.netback.offload import (
     tx_offload,
 )
 from hypervisor.public.io.netif import (
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
     NETRXF_data_validated,
     NETTXF_csum_blank,
     NETTXF_data_validated,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
 )
 from tests import packets as P
 
@@ -98,29 +98,43 @@ def test_what_needs_a_fallback() -> None:
     assert not needs_fallback(NONE, PLAIN)
 
 
+def delivered(frame: bytes, offload: Offload, receiver: Receiver) -> list[tuple[bytes, Offload]]:
+    """software_fallback, of a frame it must deliver."""
+    out = software_fallback(frame, offload, receiver)
+    assert isinstance(out, list), out
+    return out
+
+
+def dropped(frame: bytes, offload: Offload, receiver: Receiver) -> Drop:
+    """software_fallback, of a frame it must drop."""
+    out = software_fallback(frame, offload, receiver)
+    assert isinstance(out, Drop), out
+    return out
+
+
 def test_gso_toward_a_receiver_without_it_is_segmented() -> None:
-    out = software_fallback(TCP4, Offload(CSUM_PARTIAL, GSO4), PLAIN)
+    out = delivered(TCP4, Offload(CSUM_PARTIAL, GSO4), PLAIN)
     assert len(out) == -(-60000 // 1448)
     for segment, offload in out:
         assert offload == Offload(NETRXF_data_validated)
         assert len(segment) <= 1514
         assert P.l4_checksum_ok(segment) and P.ipv4_checksum_ok(segment)
     assert b"".join(s[54:] for s, _ in out) == TCP4[54:]
-    out6 = software_fallback(TCP6, Offload(CSUM_PARTIAL, GSO6, True), Receiver(gso_tcpv4=True))
+    out6 = delivered(TCP6, Offload(CSUM_PARTIAL, GSO6, True), Receiver(gso_tcpv4=True))
     assert all(len(s) <= 1514 and P.l4_checksum_ok(s) for s, _ in out6)
     assert out6[0][1] == Offload(NETRXF_data_validated, None, True)
 
 
 def test_blank_checksums_toward_a_receiver_without_them_are_filled() -> None:
-    [(filled, offload)] = software_fallback(UDP4, Offload(CSUM_PARTIAL), PLAIN)
+    [(filled, offload)] = delivered(UDP4, Offload(CSUM_PARTIAL), PLAIN)
     assert P.l4_checksum_ok(filled, 17) and offload.flags == NETRXF_data_validated
-    [(same, _)] = software_fallback(UDP4, Offload(CSUM_PARTIAL), FULL)
+    [(same, _)] = delivered(UDP4, Offload(CSUM_PARTIAL), FULL)
     assert same == UDP4  # nothing to do
 
 
 def test_fallbacks_that_fail_drop_the_frame() -> None:
     tiny = Offload(CSUM_PARTIAL, (XEN_NETIF_GSO_TYPE_TCPV4, 60000 // (MAX_SEGMENTS + 1)))
-    assert "more than" in software_fallback(TCP4, tiny, PLAIN).reason
+    assert "more than" in dropped(TCP4, tiny, PLAIN).reason
     assert isinstance(software_fallback(b"junk" * 20, Offload(CSUM_PARTIAL), PLAIN), Drop)
 
 

@@ -1,5 +1,7 @@
 """netback's rx side: how a frame goes into the frontend's posted pages."""
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,14 +21,14 @@ from backends.netback.rx import (
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
-    NETRXF_csum_blank,
-    NETRXF_data_validated,
-    NETRXF_extra_info,
-    NETRXF_more_data,
     XEN_NETIF_EXTRA_FLAG_MORE,
     XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
+    NETRXF_csum_blank,
+    NETRXF_data_validated,
+    NETRXF_extra_info,
+    NETRXF_more_data,
     RxRequest,
     make_extra,
     make_gso_extra,
@@ -69,6 +71,20 @@ def ipv6_tcp(payload_len: int) -> bytes:
 def udp_frame(ip_len: int) -> bytes:
     """An IPv4 (non-TCP) frame whose IP packet is `ip_len` bytes."""
     return eth(0x0800, bytes([0x45]) + bytes(8) + bytes([17]) + bytes(ip_len - 10))
+
+
+def planned(*args: Any, **kw: Any) -> RxPlan:
+    """plan_rx, for a frame that must be planned."""
+    plan = plan_rx(*args, **kw)
+    assert isinstance(plan, RxPlan), plan
+    return plan
+
+
+def dropped(*args: Any, **kw: Any) -> RxDrop:
+    """plan_rx, for a frame that must be dropped."""
+    drop = plan_rx(*args, **kw)
+    assert isinstance(drop, RxDrop), drop
+    return drop
 
 
 def requests(n: int, first_id: int = 0) -> list[RxRequest]:
@@ -131,7 +147,7 @@ def test_small_frame_takes_one_slot() -> None:
 
 def test_multi_slot_frame_with_sg() -> None:
     frame = udp_frame(9000)
-    plan = plan_rx(frame, requests(5, 10), RxFeatures(sg=True, mtu=9000))
+    plan = planned(frame, requests(5, 10), RxFeatures(sg=True, mtu=9000))
     assert [s.length for s in plan.slots] == [4096, 4096, 9000 + 14 - 8192]
     assert [s.flags for s in plan.slots] == [NETRXF_more_data, NETRXF_more_data, 0]
     assert [s.id for s in plan.slots] == [10, 11, 12]
@@ -155,14 +171,14 @@ def test_frames_over_the_mtu_are_dropped_unless_gso() -> None:
     four = (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
     assert isinstance(plan_rx(ipv4_tcp(5000), requests(4), GSO4, gso=four), RxPlan)
     six = RxFeatures(sg=True, gso_tcpv6=True)
-    assert "GSO" in plan_rx(ipv4_tcp(5000), requests(4), six, gso=four).reason
+    assert "GSO" in dropped(ipv4_tcp(5000), requests(4), six, gso=four).reason
     tagged = eth(0x0800, bytes([0x45]) + bytes(1499), vlan=3)   # 1518 bytes
     assert isinstance(plan_rx(tagged, requests(1), RxFeatures()), RxPlan)
 
 
 def test_gso_frame_gets_an_extra_slot_after_the_first() -> None:
     frame = ipv4_tcp(10000)
-    plan = plan_rx(frame, requests(6), GSO4, csum_flags=NETRXF_csum_blank | NETRXF_data_validated,
+    plan = planned(frame, requests(6), GSO4, csum_flags=NETRXF_csum_blank | NETRXF_data_validated,
                    gso=(XEN_NETIF_GSO_TYPE_TCPV4, 1460))
     assert plan.gso == (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
     assert plan.nr_requests == 4 == rx_slots_needed(len(frame), gso=True)
@@ -180,7 +196,7 @@ def test_gso_frame_gets_an_extra_slot_after_the_first() -> None:
 
 
 def test_gso_v6() -> None:
-    plan = plan_rx(ipv6_tcp(3000), requests(3), RxFeatures(sg=True, gso_tcpv6=True),
+    plan = planned(ipv6_tcp(3000), requests(3), RxFeatures(sg=True, gso_tcpv6=True),
                    gso=(XEN_NETIF_GSO_TYPE_TCPV6, 1440))
     assert plan.gso == (XEN_NETIF_GSO_TYPE_TCPV6, 1440) and plan.nr_requests == 2
 
@@ -190,18 +206,18 @@ def test_not_enough_requests_means_wait() -> None:
     gso = (XEN_NETIF_GSO_TYPE_TCPV4, 1460)
     assert plan_rx(frame, requests(3), GSO4, gso=gso) is None
     assert plan_rx(udp_frame(100), [], RxFeatures()) is None
-    assert plan_rx(frame, [(1, 2), (3, 4), (5, 6), (7, 8)], GSO4, gso=gso).slots[2].gref == 6
+    assert planned(frame, [(1, 2), (3, 4), (5, 6), (7, 8)], GSO4, gso=gso).slots[2].gref == 6
 
 
 def test_failed_copy_answers_error() -> None:
-    plan = plan_rx(udp_frame(9000), requests(3), RxFeatures(sg=True, mtu=9000))
+    plan = planned(udp_frame(9000), requests(3), RxFeatures(sg=True, mtu=9000))
     responses = plan.responses(failed={1})
     status = [netif.netif_rx_response.from_buffer_copy(r).status for r in responses]
     assert status == [4096, NETIF_RSP_ERROR, 9014 - 8192]
 
 
 def test_drops() -> None:
-    assert "runt" in plan_rx(bytes(13), requests(1)).reason
+    assert "runt" in dropped(bytes(13), requests(1)).reason
     huge = RxFeatures(sg=True, mtu=65535)
     assert isinstance(plan_rx(udp_frame(65535 - 14), requests(20), huge), RxPlan)
     assert isinstance(plan_rx(udp_frame(65535 - 13), requests(20), huge), RxDrop)
@@ -233,13 +249,13 @@ def test_fast_path_pieces_match_the_plan() -> None:
             (ipv4_tcp(60000), GSO4, (XEN_NETIF_GSO_TYPE_TCPV4, 1448),
              NETRXF_csum_blank | NETRXF_data_validated)]:
         posted = requests(20, 7)
-        plan = plan_rx(frame, posted, features, csum_flags=flags, gso=gso)
+        plan = planned(frame, posted, features, csum_flags=flags, gso=gso)
         lengths = rx_slot_lengths(len(frame))
         assert lengths == [s.length for s in plan.slots if not s.is_extra]
         ids = [r.id for r in posted[:plan.nr_requests]]
         assert rx_response_slots(ids, lengths, flags, gso) == b"".join(plan.responses())
         pages = [memoryview(bytearray(4096)) for _ in lengths]
-        cut = [frame[:100], memoryview(frame)[100:5000], frame[5000:]]
+        cut: list[bytes | memoryview] = [frame[:100], memoryview(frame)[100:5000], frame[5000:]]
         scatter(cut, pages)
         assert b"".join(bytes(p[:n]) for p, n in zip(pages, lengths)) == frame
     assert rx_slot_lengths(4096) == [4096] and rx_slot_lengths(4097) == [4096, 1]

@@ -7,20 +7,20 @@ import pytest
 
 from backends.netback.device import RX_ENTRY, TX_ENTRY, Switch, Vif
 from backends.netback.rx import RxFeatures
-from domains.kernel.gnttab import Mapping
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tx import TxShadow
 from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
     NETIF_RSP_OKAY,
+    XEN_NETIF_GSO_TYPE_TCPV4,
     NETRXF_csum_blank,
     NETRXF_data_validated,
     NETTXF_csum_blank,
     NETTXF_data_validated,
-    XEN_NETIF_GSO_TYPE_TCPV4,
 )
 from hypervisor.public.io.ring import BackRing, FrontRing, shared_ring_init
 from tests import packets as P
+from tests.fakekernel import FakeGnttab, FakeKernel, RecordingLog
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,46 +29,6 @@ NR_PAGES = 2 + 256 + 256
 CSUM = NETTXF_csum_blank | NETTXF_data_validated
 MACS = {1: bytes.fromhex("00163e000001"), 2: bytes.fromhex("00163e000002"),
         3: bytes.fromhex("00163e000003")}
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict]] = []
-
-    def bind(self, **_kw) -> "Log":
-        return self
-
-    def info(self, event: str, **kw) -> None:
-        self.lines.append((event, kw))
-
-    error = warning = info
-
-
-class Kernel:
-    """What a Vif uses of its driver domain's kernel: grant maps of the
-    frontend's pages (gref = page number), event sends (counted)."""
-
-    def __init__(self, front: "Front", log: Log) -> None:
-        self.log = log
-        self.xenstore = None
-        self.front = front
-        self.events = self
-        self.gnttab = self
-        self.sent: list[int] = []
-
-    def send(self, port: int) -> None:
-        self.sent.append(port)
-
-    def close(self, _port: int) -> None:
-        pass
-
-    def map_grant_refs(self, fe: int, refs: list[int], readonly: bool = False) -> list[Mapping]:
-        pages = self.front.pages
-        return [Mapping(1, fe, r, pages[r].toreadonly() if readonly else pages[r], fe, r * PAGE)
-                for r in refs]
-
-    def unmap_all(self, _mappings) -> None:
-        pass
 
 
 class Front:
@@ -127,13 +87,15 @@ class Front:
             pages = [self.pages[self.rx_first + ((start + k) & 255)] for k in range(n)]
             for result in self.assembler.feed_block(entries, pages):
                 assert isinstance(result, RxFrame), result
-                frames.append(RxFrame(tuple(bytes(c) for c in result.chunks), result.flags,
-                                      result.extras, result.nr_slots, result.size))
+                copies = tuple(memoryview(bytes(c)) for c in result.chunks)
+                frames.append(RxFrame(copies, result.flags, result.extras, result.nr_slots,
+                                      result.size))
         return frames
 
 
-def plug(switch: Switch, front: Front, log: Log) -> Vif:
-    kernel = Kernel(front, log)
+def plug(switch: Switch, front: Front, log: RecordingLog) -> Vif:
+    # The frontend's pages are what the vif maps (gref = page number).
+    kernel = FakeKernel(log=log, gnttab=FakeGnttab(front.pages))
     vif = Vif(kernel, switch, "backend/vif/x/0", front.domid, 0)
     vif.bridge_name, vif.mtu = "xenbr0", 1500
     vif.use_features(front.features)
@@ -142,14 +104,13 @@ def plug(switch: Switch, front: Front, log: Log) -> Vif:
                   memoryview(b""))]
     vif.ports = [10 + front.domid, 20 + front.domid]
     vif.connected = True
-    vif._switch = lambda state: None  # no XenStore here
     switch.call(lambda: switch.plug(vif))
     return vif
 
 
 @pytest.fixture
 def net():
-    log = Log()
+    log = RecordingLog()
     switch = Switch(log)
     fronts = {1: Front(1), 2: Front(2), 3: Front(3, gso=False, csum=False)}
     vifs = {d: plug(switch, f, log) for d, f in fronts.items()}
@@ -182,7 +143,7 @@ def test_gso_frame_crosses_whole_between_gso_vifs(net) -> None:
     assert got.flags & (NETRXF_csum_blank | NETRXF_data_validated) == (
         NETRXF_csum_blank | NETRXF_data_validated)
     assert fronts[3].received() == []  # known unicast: not flooded
-    assert 20 + 2 in vifs[2].kernel.sent  # guest2 was told (its rx port)
+    assert 20 + 2 in vifs[2].kernel.events.sent  # guest2 was told (its rx port)
 
 
 def test_gso_frame_is_segmented_for_a_vif_without_gso(net) -> None:
@@ -273,7 +234,7 @@ def test_a_chain_cut_by_the_batch_waits_for_the_next_batch(net) -> None:
 
     vifs[1].assembler.feed_block = no_state_machine
     fronts[2].post_rx(fronts[2].rx.free_requests())
-    got = []
+    got: list[RxFrame] = []
     while len(got) < len(frames):
         switch.call(vifs[1].process_tx)
         received = fronts[2].received()
@@ -288,13 +249,13 @@ def test_a_chain_cut_by_the_batch_waits_for_the_next_batch(net) -> None:
 
 # -- the rx planner as the oracle of what runs ----------------------------------------
 
-from hypothesis import assume, event, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import assume, event, given, settings
+from hypothesis import strategies as st
 
-from backends.netback.device import Frame  # noqa: E402
-from backends.netback.offload import CSUM_PARTIAL, Offload, needs_fallback  # noqa: E402
-from backends.netback.rx import RxDrop, RxPlan, plan_rx  # noqa: E402
-from hypervisor.public.io.netif import XEN_NETIF_GSO_TYPE_TCPV6  # noqa: E402
+from backends.netback.device import Frame
+from backends.netback.offload import CSUM_PARTIAL, Offload, needs_fallback
+from backends.netback.rx import RxDrop, RxPlan, plan_rx
+from hypervisor.public.io.netif import XEN_NETIF_GSO_TYPE_TCPV6
 
 PATTERN = bytes(range(251)) * 262  # 65762 bytes, no period of a page
 
@@ -323,7 +284,7 @@ def test_what_deliver_puts_on_the_rx_ring_is_what_plan_rx_plans(
     assume(not needs_fallback(offload, features.receiver))
     ethertype = b"\x81\x00" if vlan else b"\x08\x00"
     frame = (MACS[1] + MACS[2] + ethertype + PATTERN)[:size]
-    log = Log()
+    log = RecordingLog()
     front = Front(1)
     front.features = features
     vif = plug(Switch(log), front, log)

@@ -8,8 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.netback import offload
-from hypervisor.public.io.netif import make_tx_response, parse_tx_request
-from domains.kernel import netpkt
 from backends.netback.tx import (
     ENTRY_SIZE,
     ExtraInfo,
@@ -24,16 +22,13 @@ from backends.netback.tx import (
     parse_extra,
     tx_response_block,
 )
+from domains.kernel import netpkt
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETIF_RSP_DROPPED,
     NETIF_RSP_ERROR,
     NETIF_RSP_NULL,
     NETIF_RSP_OKAY,
-    NETTXF_csum_blank,
-    NETTXF_data_validated,
-    NETTXF_extra_info,
-    NETTXF_more_data,
     XEN_NETIF_EXTRA_FLAG_MORE,
     XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_EXTRA_TYPE_HASH,
@@ -41,8 +36,13 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_NR_SLOTS_MIN,
+    NETTXF_csum_blank,
+    NETTXF_data_validated,
+    NETTXF_extra_info,
+    NETTXF_more_data,
+    make_tx_response,
+    parse_tx_request,
 )
-
 from tests import packets as P
 from tests.packets import feed_all, response_bytes
 
@@ -77,7 +77,10 @@ def chain(first_id, sizes, offset=0, flags=0, extras=()) -> list[bytes]:
     return out
 
 
-def run(entries, limits=TxLimits()):
+DEFAULT_LIMITS = TxLimits()
+
+
+def run(entries, limits: TxLimits = DEFAULT_LIMITS):
     return feed_all(TxAssembler(limits), entries)
 
 
@@ -131,6 +134,7 @@ def test_multi_slot_packet_first_slot_length_is_the_rest() -> None:
     results = [assembler.feed(e) for e in entries]
     assert results[:-1] == [None, None, None]
     packet = results[-1]
+    assert isinstance(packet, TxPacket)
     assert packet.size == 100 + 4096 + 4096 + 20
     assert packet.segments() == [(110, 0, 100), (111, 0, 4096), (112, 0, 4096),
                                  (113, 0, 20)]
@@ -243,10 +247,11 @@ def test_overlong_chain_is_answered_early_then_slot_by_slot() -> None:
     results = [assembler.feed(e) for e in entries]
     first_error = next(r for r in results if r is not None)
     assert results.index(first_error) == XEN_NETIF_NR_SLOTS_MIN  # the 19th slot
+    assert isinstance(first_error, TxError)
     assert first_error.ids == list(range(19))
     rest = [r for r in results[19:]]
     assert all(isinstance(r, TxError) and len(r.ids) == 1 for r in rest)
-    assert [r.ids[0] for r in rest] == list(range(19, 30))
+    assert [r.ids[0] for r in rest if isinstance(r, TxError)] == list(range(19, 30))
     assert_good_follows(assembler)
 
 
@@ -269,6 +274,7 @@ def test_abort_answers_the_unfinished_packet() -> None:
     assert assembler.feed(gso()) is None
     assert assembler.feed(req(2, 100, flags=NETTXF_more_data)) is None
     error = assembler.abort("frontend disconnected")
+    assert error is not None
     assert error.responses() == [(1, -1), (0, NETIF_RSP_NULL), (2, -1)]
     assert not assembler.in_progress
     assert_good_follows(assembler)
@@ -410,7 +416,8 @@ def test_gso_extras_are_checked_as_untrusted_input(stream) -> None:
             hdrs = netpkt.parse_headers(frame)
             assert hdrs is not None and hdrs.proto == 6
             assert hdrs.ipv6 == (claimed[0] == XEN_NETIF_GSO_TYPE_TCPV6)
-            assert netpkt.tcp_header_end(frame, hdrs) < len(frame)
+            end = netpkt.tcp_header_end(frame, hdrs)
+            assert end is not None and end < len(frame)
             assert verdict.gso == claimed and verdict.flags == offload.CSUM_PARTIAL
 
 

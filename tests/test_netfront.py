@@ -29,12 +29,15 @@ from frontends.netfront.tx import (
     tx_requests,
 )
 from hypervisor.public.io import netif
-from hypervisor.public.io.ring import BackRing
 from hypervisor.public.io.netif import (
     NETIF_RSP_DROPPED,
     NETIF_RSP_ERROR,
     NETIF_RSP_NULL,
     NETIF_RSP_OKAY,
+    XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_NR_SLOTS_MIN,
     NETRXF_data_validated,
     NETRXF_extra_info,
     NETRXF_more_data,
@@ -42,11 +45,9 @@ from hypervisor.public.io.netif import (
     NETTXF_data_validated,
     NETTXF_extra_info,
     NETTXF_more_data,
-    XEN_NETIF_EXTRA_TYPE_GSO,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
-    XEN_NETIF_NR_SLOTS_MIN,
 )
+from hypervisor.public.io.ring import BackRing
+from tests.fakekernel import FakeKernel
 from tests.packets import feed_all, response_bytes
 
 pytestmark = pytest.mark.timeout(60)
@@ -145,6 +146,7 @@ def test_tx_round_trip(size, offset, gso) -> None:
     assert backend_copy(got, grants) == frame and got.size == size
     assert got.flags & (NETTXF_csum_blank | NETTXF_data_validated)
     if gso:
+        assert got.gso is not None
         assert (got.gso.gso_type, got.gso.gso_size) == gso
     assert len(shadow) == len(packet.slots)
     answered = [shadow.complete(r) for r in response_bytes(got)]
@@ -179,6 +181,7 @@ def test_shadow_ids_and_errors() -> None:
         shadow.add([(12, 4090, 60)])
     assert shadow.free == 2  # nothing recorded
     slot = shadow.complete(TxResponse(1, NETIF_RSP_DROPPED))
+    assert slot is not None
     assert slot.gref == 11 and not a.done and a.status is None
     with pytest.raises(NetfrontProtocolError, match="duplicate"):
         shadow.complete(TxResponse(1, NETIF_RSP_OKAY))
@@ -342,6 +345,7 @@ def test_bad_rx_chain_is_refused_whole_and_the_next_frame_is_fine(name) -> None:
     assert isinstance(error, RxError) and error.nr_slots == len(BAD_RX[name])
     assert not assembler.in_progress
     [frame] = [assembler.feed(GOOD, PAGE_DATA, request_id=7)]
+    assert isinstance(frame, RxFrame)
     assert frame.data == PAGE_DATA[:60]
 
 
@@ -356,7 +360,8 @@ def test_rx_abort_and_parse() -> None:
     assembler = RxAssembler()
     assert assembler.abort() is None
     assembler.feed(rsp(0, 0, NETRXF_more_data, 10), PAGE_DATA)
-    assert assembler.abort().nr_slots == 1 and not assembler.in_progress
+    aborted = assembler.abort()
+    assert aborted is not None and aborted.nr_slots == 1 and not assembler.in_progress
     assert parse_rx_response(rsp(1, 2, 3, -1)).status == -1
     with pytest.raises(ValueError):
         assembler.feed(rsp(0, 0, 0, 10), None)  # a data slot needs its page
@@ -425,6 +430,7 @@ def test_rx_feed_block_is_feed_slot_by_slot(responses, sg) -> None:
     assert [type(r) for r in got] == [type(r) for r in expected]
     for g, e in zip(got, expected):
         if isinstance(e, RxFrame):
+            assert isinstance(g, RxFrame)
             assert (g.data, g.flags, g.extras, g.nr_slots) == (e.data, e.flags, e.extras,
                                                                e.nr_slots)
         else:
@@ -480,17 +486,12 @@ def test_a_gso_frame_needs_a_ring_slot_for_its_extra_not_only_ids() -> None:
     dev.tx_pages, dev.generation, dev.closed = list(range(600)), 0, False
     dev.link_up = threading.Event()
     dev.link_up.set()
-    sent, watching = [], {5: None}
-
-    class Kernel:
-        class events:
-            send = staticmethod(sent.append)
-            watch_fd = staticmethod(watching.__setitem__)
-            unwatch_fd = staticmethod(lambda fd: watching.pop(fd, None))
-
-    dev.kernel, dev.tx_port, dev.log, dev.tap_fd = Kernel, 7, None, 5
+    kernel = FakeKernel()
+    sent, watching = kernel.events.sent, kernel.events.watching
+    watching[5] = None
+    dev.kernel, dev.tx_port, dev.log, dev.tap_fd = kernel, 7, None, 5
     dev.staged, dev.staged_generation, dev.pending = [], 0, collections.deque()
-    dev._tap_ready = "handler"
+    dev._tap_ready = "handler"  # type: ignore[method-assign,assignment]  # a marker to find
     gso = (XEN_NETIF_GSO_TYPE_TCPV4, 1448)
     assert READ_PAGES == 16
     # 15 GSO frames of 15 pages: 225 ids and 240 ring slots in flight.
@@ -534,7 +535,7 @@ def test_rx_buffers_of_a_frame_under_way_are_not_posted_again() -> None:
     back = BackRing(pages[0], 8, 8, entry_size=8)
     frames = [bytes([n]) * 14 + bytes((i * n) % 251 for i in range(15 * 4096 - 300))
               for n in range(1, 6)]  # 15 slots each: the 64-slot batch ends inside the 5th
-    written = []
+    written: list[bytes] = []
 
     class Tap:
         closed = False
@@ -548,17 +549,12 @@ def test_rx_buffers_of_a_frame_under_way_are_not_posted_again() -> None:
             written.append(frame)
 
     dev.tap = Tap()
-    sent = []
-
-    class Kernel:
-        class events:
-            send = staticmethod(sent.append)
-
-    dev.kernel, dev.rx_port, dev.log = Kernel, 9, None
+    dev.kernel, dev.rx_port, dev.log = FakeKernel(), 9, None
     for frame in frames:
         requests = [netif.parse_rx_request(r) for r in
                     struct_chunks(back.get_requests(-(-len(frame) // 4096)))]
         plan = back_rx.plan_rx(frame, requests, back_rx.RxFeatures(sg=True, mtu=70000))
+        assert isinstance(plan, back_rx.RxPlan)
         for _, gref, offset, data in plan.copies():
             pages[gref - 100 + 1][offset:offset + len(data)] = data
         back.put_responses(b"".join(plan.responses()))

@@ -11,6 +11,7 @@ The device's tx path is driven end to end with a socketpair for its TAP.
 from __future__ import annotations
 
 import collections
+import itertools
 import socket
 import struct
 import threading
@@ -38,6 +39,10 @@ from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
     NETIF_RSP_NULL,
     NETIF_RSP_OKAY,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_MAX_TX_SIZE,
+    XEN_NETIF_NR_SLOTS_MIN,
     NETRXF_csum_blank,
     NETRXF_data_validated,
     NETRXF_extra_info,
@@ -46,11 +51,8 @@ from hypervisor.public.io.netif import (
     NETTXF_data_validated,
     NETTXF_extra_info,
     NETTXF_more_data,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
-    XEN_NETIF_MAX_TX_SIZE,
-    XEN_NETIF_NR_SLOTS_MIN,
 )
+from tests.fakekernel import FakeKernel
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -239,11 +241,11 @@ def test_numbered_ids() -> None:
     assert shadow.complete_ids(response_slots([(301, 0), (7, NETIF_RSP_NULL),
                                                (300, NETIF_RSP_ERROR)])) == [301, 300]
     assert shadow.free == 7
-    for bad in ([(9, NETIF_RSP_NULL)], [(301, 0)], [(302, 5)], [(302, 0), (302, 0)]):
+    for wrong in ([(9, NETIF_RSP_NULL)], [(301, 0)], [(302, 5)], [(302, 0), (302, 0)]):
         other = TxShadow(8)
         other.add_ids([302])
         with pytest.raises(NetfrontProtocolError):
-            other.complete_ids(response_slots(bad))
+            other.complete_ids(response_slots(wrong))
     with pytest.raises(ValueError):
         shadow.complete_block(response_slots([(302, 0)]))  # complete_ids' ids
 
@@ -372,12 +374,14 @@ def test_feed_ring_joins_a_run_of_whole_pages() -> None:
     pages = [area[i * PAGE:(i + 1) * PAGE] for i in range(ring)]
     gso = frame_responses(65226, True) + frame_responses(20000, False)
     [big, small] = RxAssembler().feed_ring(gso, pages, 0, area)
+    assert isinstance(big, RxFrame) and isinstance(small, RxFrame)
     # The first page; then, past the extra's slot, one view of 15 pages.
     assert [len(c) for c in big.chunks] == [4096, 65226 - 4096]
     assert big.gso == (XEN_NETIF_GSO_TYPE_TCPV4, 1448) and big.nr_slots == 17
     assert [len(c) for c in small.chunks] == [20000]
     # Wrapping round the ring: two views.
     [wrapped] = RxAssembler().feed_ring(frame_responses(20000, False), pages, 30, area)
+    assert isinstance(wrapped, RxFrame)
     assert [len(c) for c in wrapped.chunks] == [2 * PAGE, 20000 - 2 * PAGE]
     assert wrapped.data == bytes(mem[30 * PAGE:]) + bytes(mem[:20000 - 2 * PAGE])
 
@@ -454,13 +458,6 @@ def test_rx_vnet_header_fast_path_agrees(flags, gso, head) -> None:
 
 # -- the device's tx path, with a socketpair for its TAP -------------------------------
 
-class Log:
-    def info(self, *args, **kw) -> None:
-        self.last = (args, kw)
-
-    warning = error = info
-
-
 def tx_device(window: bool = True):
     from frontends.netfront.device import NetfrontDevice
     from hypervisor.public.io.ring import BackRing, FrontRing, shared_ring_init
@@ -485,18 +482,10 @@ def tx_device(window: bool = True):
     dev.gso_types = frozenset({XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6})
     dev.ipv6_csum = True
     dev.staged, dev.staged_generation, dev.pending = [], 0, collections.deque()
-    dev.log, dev.tx_port = Log(), 3
-    watching = {}
-
-    class Kernel:
-        class events:
-            send = staticmethod(lambda port: None)
-            watch_fd = staticmethod(watching.__setitem__)
-            unwatch_fd = staticmethod(lambda fd: watching.pop(fd, None))
-
-    Kernel.watching = watching
-
-    dev.kernel = Kernel
+    kernel = FakeKernel()
+    dev.log, dev.tx_port = kernel.log, 3
+    watching = kernel.events.watching
+    dev.kernel = kernel
     ours, tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for s in (ours, tap):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
@@ -529,10 +518,11 @@ def test_device_sends_frames_in_consecutive_pages(window) -> None:
                 assert data in (big, ack)
                 assert packet.flags & NETTXF_csum_blank
                 if data == big:
+                    assert packet.gso is not None
                     assert (packet.gso.gso_type, packet.gso.gso_size) == \
                         (XEN_NETIF_GSO_TYPE_TCPV4, 1448)
                     numbers = [page_of[g] for g, _, _ in packet.segments()]
-                    wraps = sum(b != a + 1 for a, b in zip(numbers, numbers[1:]))
+                    wraps = sum(b != a + 1 for a, b in itertools.pairwise(numbers))
                     assert wraps <= 1  # consecutive but where the pages wrap round
                 back.put_responses(packet.response_slots())
                 sent += 1
@@ -541,7 +531,7 @@ def test_device_sends_frames_in_consecutive_pages(window) -> None:
         # A frame beyond the largest netif carries is dropped, not cut.
         tap.send(gso_hdr + bytes(70000))
         assert dev._send_one() and back.has_unconsumed_requests() == 0
-        assert dev.log.last[1]["reason"] == "too large"
+        assert dev.log.lines[-1][1]["reason"] == "too large"
     finally:
         ours.close()
         tap.close()
@@ -551,7 +541,7 @@ def test_a_lost_connection_stages_no_pages_of_the_old_one() -> None:
     """Pages staged on the old connection are not read into on the new
     one, whose free list holds the same page numbers: a page staged twice
     would go out twice (seen in `pyxen chaos` as "ids in flight")."""
-    dev, back, ours, tap = tx_device()
+    dev, _back, ours, tap = tx_device()
     dev.rx_lock = threading.Lock()
     try:
         assert dev._make_room() == 0 and len(dev.staged) == 16  # old connection's
@@ -574,7 +564,7 @@ def test_device_stops_watching_the_tap_when_the_tx_ring_is_full() -> None:
     (its poll is level-triggered) and asks for a tx event; the event's
     handler collects the responses and takes the TAP up again."""
     dev, back, ours, tap = tx_device()
-    watching = dev.kernel.watching
+    watching = dev.kernel.events.watching
     try:
         small = tcp_frame(True, 0)
         hdr = vnet.VNET_HDR.pack(1, 0, 0, 0, 54, 16)
@@ -657,7 +647,7 @@ def test_a_closed_device_stops_polling_its_tap() -> None:
     answer): nothing reads the TAP, so the level-triggered poll must not keep
     waking the upcall loop for the frames left on it."""
     dev, back, ours, tap = tx_device()
-    watching = dev.kernel.watching
+    watching = dev.kernel.events.watching
     try:
         watching[dev.tap_fd] = dev._tap_ready
         tap.send(vnet.VNET_HDR.pack(1, 0, 0, 0, 54, 16) + tcp_frame(True, 0))

@@ -8,14 +8,14 @@ layouts must be the same on both 64-bit ABIs.
 
 import ctypes
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cabi import run_c_facts
-
 from hypervisor.public.io import netif
 from tests import cabi
+from tests.cabi import run_c_facts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,9 +58,10 @@ EXPRESSIONS = {
 }
 
 
-def _fields(ctype: type, prefix: str = "", base: int = 0):
+def _fields(ctype: type[ctypes.Structure | ctypes.Union], prefix: str = "", base: int = 0
+            ) -> Iterator[tuple[str, int, int]]:
     """(C member designator, offset, size) of every nested field."""
-    for name, ftype in ctype._fields_:
+    for name, ftype, *_ in ctype._fields_:
         designator, offset = prefix + name, base + getattr(ctype, name).offset
         yield designator, offset, ctypes.sizeof(ftype)
         if issubclass(ftype, (ctypes.Structure, ctypes.Union)):

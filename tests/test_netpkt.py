@@ -15,22 +15,36 @@ pytestmark = pytest.mark.timeout(60)
 
 # -- headers ------------------------------------------------------------------
 
+def headers(frame: bytes) -> netpkt.Headers:
+    """parse_headers, of a frame that must parse."""
+    hdrs = netpkt.parse_headers(frame)
+    assert hdrs is not None
+    return hdrs
+
+
+def setup(frame: bytes | bytearray) -> tuple[netpkt.Headers, int, int]:
+    """checksum_setup, of a frame that has a checksum to set up."""
+    found = netpkt.checksum_setup(frame)
+    assert found is not None
+    return found
+
+
 def test_parse_headers_of_each_kind() -> None:
     h = netpkt.parse_headers(P.tcp4_frame(10))
     assert h == netpkt.Headers(0x0800, 14, 34, 6, False) and not h.ipv6
     opts = P.eth(0x0800, P.ipv4(6, P.tcp(b"x"), options=b"\x01" * 8))
-    assert netpkt.parse_headers(opts).l4 == 14 + 28
+    assert headers(opts).l4 == 14 + 28
     tagged = P.eth(0x0800, P.ipv4(17, P.udp(b"x")), vlans=(5, 6))
-    assert netpkt.parse_headers(tagged)[:4] == (0x0800, 22, 42, 17)
+    assert headers(tagged)[:4] == (0x0800, 22, 42, 17)
     h6 = netpkt.parse_headers(P.tcp6_frame(10))
     assert h6 == netpkt.Headers(0x86DD, 14, 54, 6, False) and h6.ipv6
     # A hop-by-hop options header (8 bytes) before TCP is skipped.
     hop = bytes([6, 0]) + bytes(6)
-    assert netpkt.parse_headers(P.eth(0x86DD, P.ipv6(0, P.tcp(b"x"), hop))).l4 == 62
+    assert headers(P.eth(0x86DD, P.ipv6(0, P.tcp(b"x"), hop))).l4 == 62
     frag = P.eth(0x0800, P.ipv4(6, P.tcp(b"x"), frag=0x2000))  # MF
-    assert netpkt.parse_headers(frag).fragment
+    assert headers(frag).fragment
     frag6 = P.eth(0x86DD, P.ipv6(44, bytes([6, 0, 0, 1]) + bytes(4) + P.tcp(b"x")))
-    assert netpkt.parse_headers(frag6).fragment
+    assert headers(frag6).fragment
 
 
 @pytest.mark.parametrize("frame", [
@@ -50,9 +64,9 @@ def test_parse_headers_refuses_what_does_not_parse(frame) -> None:
 
 
 def test_checksum_setup() -> None:
-    assert netpkt.checksum_setup(P.tcp4_frame(100))[1:] == (34, 16)
-    assert netpkt.checksum_setup(P.udp4_frame(100))[1:] == (34, 6)
-    assert netpkt.checksum_setup(P.tcp6_frame(100))[1:] == (54, 16)
+    assert setup(P.tcp4_frame(100))[1:] == (34, 16)
+    assert setup(P.udp4_frame(100))[1:] == (34, 6)
+    assert setup(P.tcp6_frame(100))[1:] == (54, 16)
     icmp = P.eth(0x0800, P.ipv4(1, bytes(8)))
     assert netpkt.checksum_setup(icmp) is None
     assert netpkt.checksum_setup(P.eth(0x0800, P.ipv4(6, P.tcp(b"")[:19]))) is None
@@ -61,7 +75,7 @@ def test_checksum_setup() -> None:
 
 def test_tcp_header_end() -> None:
     frame = P.eth(0x0800, P.ipv4(6, P.tcp(b"data", options=bytes(12))))
-    hdrs = netpkt.parse_headers(frame)
+    hdrs = headers(frame)
     assert netpkt.tcp_header_end(frame, hdrs) == 34 + 32
     bad = bytearray(frame)
     bad[34 + 12] = 0x40  # data offset 4 words
@@ -89,12 +103,13 @@ def test_csum_matches_rfc1071(data) -> None:
 def test_complete_and_fill_checksum(frame, proto) -> None:
     assert P.l4_checksum_ok(frame, proto)
     partial = bytearray(P.with_checksum(frame, proto, partial=True))
-    start, offset = netpkt.checksum_setup(partial)[1:]
+    start, offset = setup(partial)[1:]
     netpkt.complete_checksum(partial, start, offset)
     assert P.l4_checksum_ok(bytes(partial), proto)
     garbage = bytearray(frame)
     garbage[start + offset:start + offset + 2] = b"\xde\xad"
     filled = netpkt.fill_checksum(bytes(garbage))
+    assert filled is not None
     assert P.l4_checksum_ok(filled, proto) and len(filled) == len(frame)
     with pytest.raises(ValueError):
         netpkt.complete_checksum(bytearray(20), 10, 16)

@@ -289,7 +289,7 @@ def test_uplink_lets_the_host_reach_the_guests_and_goes_away_on_halt(system):
                           text=True, check=True).stdout
     assert f"{net}.254/24" in addr
     ping = subprocess.run(["ping", "-c", "1", "-w", "30", f"{net}.1"], capture_output=True,
-                          text=True)
+                          text=True, check=False)
     assert "1 received" in ping.stdout, ping.stdout + ping.stderr
     server = pyxen(system, "exec", "guest1", "--", sys.executable, "-c", STREAM_SINK,
                    stdout=subprocess.PIPE)

@@ -8,9 +8,9 @@ import pickle
 
 import pytest
 
-from tests import cabi
 from hypervisor.public import errno, grant_table, sched, xen
 from hypervisor.public.errno import XenError
+from tests import cabi
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,12 +12,17 @@ import struct
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
-                                 rule)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from hypervisor.public.io import ring
-from hypervisor.public.io.ring import (BackRing, FrontRing, RingError, RingFull,
-                                       ring_size, shared_ring_init)
+from hypervisor.public.io.ring import (
+    BackRing,
+    FrontRing,
+    RingError,
+    RingFull,
+    ring_size,
+    shared_ring_init,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,7 +134,7 @@ def test_bad_geometry() -> None:
     with pytest.raises(ValueError):
         FrontRing(bytearray(PAGE), 112, 16, entry_size=100)
     with pytest.raises(TypeError):
-        FrontRing(bytes(PAGE), 112, 16)         # read-only
+        FrontRing(bytes(PAGE), 112, 16)  # type: ignore[arg-type]  # read-only, on purpose
 
 
 def test_works_over_an_mmap_and_releases_it() -> None:
@@ -198,7 +203,7 @@ def test_put_pads_short_data_and_rejects_long() -> None:
 
 
 def test_build_request_in_place() -> None:
-    buf, front, back = new_ring()
+    _buf, front, back = new_ring()
     slot = front.request_slot(front.req_prod_pvt)
     struct.pack_into("<BBHxxxxQQ", slot, 0, 0, 1, 0x51, 77, 8)
     front.req_prod_pvt += 1
@@ -207,7 +212,7 @@ def test_build_request_in_place() -> None:
 
 
 def test_get_request_is_a_private_copy() -> None:
-    buf, front, back = new_ring()
+    _buf, front, back = new_ring()
     front.put_request(req_bytes(5))
     front.push_requests()
     copy = back.get_request()
@@ -273,7 +278,7 @@ def pad(data: bytes, size: int = BLK_REQ) -> bytes:
 def test_batches_match_single_slot_calls_across_the_slot_wrap() -> None:
     # After 29 slots, 3 before the end of the ring and of 2**32: a batch of
     # 6 wraps both the slots and the indexes.
-    buf, front, back = new_ring(start=M32 - 32)
+    _buf, front, back = new_ring(start=M32 - 32)
     for _ in range(29):  # move to slot 29 the slow way
         front.put_request(req_bytes(99))
     front.push_requests()
@@ -296,7 +301,7 @@ def test_batches_match_single_slot_calls_across_the_slot_wrap() -> None:
 
 
 def test_batches_refuse_what_single_calls_refuse() -> None:
-    buf, front, back = new_ring()
+    _buf, front, back = new_ring()
     with pytest.raises(RingFull):
         front.put_requests(bytes(33 * BLK_REQ))
     with pytest.raises(ValueError):
@@ -317,7 +322,7 @@ def test_batches_refuse_what_single_calls_refuse() -> None:
 
 def test_notify_across_the_wrap() -> None:
     # Old producer 2**32 - 1, new 1, event at 0: 0 is in (old, new].
-    buf, front, back = new_ring(start=M32 - 1)
+    buf, front, _back = new_ring(start=M32 - 1)
     set_header(buf, M32 - 1, 0, M32 - 1, 0)
     front.put_request(b"a")
     front.put_request(b"b")
@@ -351,7 +356,7 @@ def test_push_notifies_only_when_the_event_asks() -> None:
 def test_batching_with_a_custom_event() -> None:
     # A backend wanting one event per four requests sets req_event itself
     # (ring.h: "a customised version of the FINAL_CHECK macro").
-    buf, front, back = new_ring()
+    buf, front, _back = new_ring()
     struct.pack_into("<I", buf, 4, 4)
     notes = []
     for n in range(1, 9):
@@ -399,7 +404,7 @@ def test_final_check_sees_work_pushed_after_arming() -> None:
 # --- flow control and misbehaving peers ----------------------------------
 
 def test_full_ring() -> None:
-    buf, front, back = new_ring(req=2000, rsp=8)       # 4032 // 2000 -> 2
+    _buf, front, back = new_ring(req=2000, rsp=8)       # 4032 // 2000 -> 2
     assert front.size == 2
     front.put_request(b"a")
     front.put_request(b"b")
@@ -435,7 +440,7 @@ def test_one_entry_ring() -> None:
 
 
 def test_bogus_request_producer() -> None:
-    buf, front, back = new_ring(start=M32 - 10)
+    buf, _front, back = new_ring(start=M32 - 10)
     struct.pack_into("<I", buf, 0, (M32 - 10 + 33) % M32)   # 33 > size 32
     with pytest.raises(RingError, match="beyond"):
         back.has_unconsumed_requests()
@@ -458,7 +463,7 @@ def test_bogus_request_producer() -> None:
 
 
 def test_bogus_response_producer() -> None:
-    buf, front, back = new_ring()
+    buf, front, _back = new_ring()
     front.put_request(b"a")
     front.put_request(b"b")
     front.push_requests()

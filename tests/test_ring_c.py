@@ -32,9 +32,14 @@ from pathlib import Path
 
 import pytest
 
-from hypervisor.public.io.ring import (BackRing, FrontRing, RING_IDX,
-                                       SRING_HEADER_SIZE, ring_size,
-                                       shared_ring_init)
+from hypervisor.public.io.ring import (
+    RING_IDX,
+    SRING_HEADER_SIZE,
+    BackRing,
+    FrontRing,
+    ring_size,
+    shared_ring_init,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -358,7 +363,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cc = subprocess.run(
             ["cc", "-std=gnu11", "-Wall", "-Werror", "-D__XEN_TOOLS__",
              f"-DKIND={kind.number}", "-o", str(binary), str(source)],
-            capture_output=True, text=True, timeout=50)
+            capture_output=True, text=True, timeout=50, check=False)
         assert cc.returncode == 0, f"cc failed:\n{cc.stderr}"
         built[kind.name] = binary
     return built
@@ -378,11 +383,12 @@ class CPeer:
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline().rstrip("\n")
         assert reply and not reply.startswith(("bad", "unknown")), (
-            f"C {command!r}: {reply or 'exited %s' % self.proc.wait()}")
+            f"C {command!r}: {reply or f'exited {self.proc.wait()}'}")
         return reply
 
     def close(self) -> int:
         """End the program (EOF on its stdin); its exit status."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.close()
         try:
             self.proc.wait(timeout=10)
@@ -406,9 +412,18 @@ class PyPeer:
         k = self.kind
         return cls(self.buf, k.req_size, k.rsp_size, k.entry_size)
 
+    @property
+    def front_ring(self) -> FrontRing:
+        assert self.front is not None, "no front ring yet"
+        return self.front
+
+    @property
+    def back_ring(self) -> BackRing:
+        assert self.back is not None, "no back ring yet"
+        return self.back
+
     def __call__(self, command: str) -> str:
         word, _, arg = command.partition(" ")
-        front, back = self.front, self.back
         if word == "init":
             shared_ring_init(self.buf)
             start = int(arg)
@@ -424,46 +439,46 @@ class PyPeer:
         if word == "put":
             out = ["put"]
             for _ in range(int(arg)):
-                if front.full():
+                if self.front_ring.full():
                     out.append("full")
                     break
-                out.append(str(front.put_request(self.kind.make_req(self.put_seq))))
+                out.append(str(self.front_ring.put_request(self.kind.make_req(self.put_seq))))
                 self.put_seq += 1
             return " ".join(out)
         if word == "push":
-            return f"notify {int(front.push_requests_and_check_notify())}"
+            return f"notify {int(self.front_ring.push_requests_and_check_notify())}"
         if word == "take":
             out = ["took"]
-            while back.has_unconsumed_requests():
-                assert back.get_request() == self.kind.make_req(self.take_seq)
+            while self.back_ring.has_unconsumed_requests():
+                assert self.back_ring.get_request() == self.kind.make_req(self.take_seq)
                 out.append(str(self.take_seq))
                 self.take_seq += 1
             return " ".join(out)
         if word == "bfinal":
-            return f"work {int(back.final_check_for_requests())}"
+            return f"work {int(self.back_ring.final_check_for_requests())}"
         if word == "respond":
             out = ["responded"]
             for _ in range(int(arg)):
                 if self.answer_seq == self.take_seq:
                     break
-                out.append(str(back.put_response(self.kind.make_rsp(self.answer_seq))))
+                out.append(str(self.back_ring.put_response(self.kind.make_rsp(self.answer_seq))))
                 self.answer_seq += 1
             return " ".join(out)
         if word == "rpush":
-            return f"notify {int(back.push_responses_and_check_notify())}"
+            return f"notify {int(self.back_ring.push_responses_and_check_notify())}"
         if word == "collect":
             out = ["got"]
-            while front.has_unconsumed_responses():
-                assert front.get_response() == self.kind.make_rsp(self.got_seq)
+            while self.front_ring.has_unconsumed_responses():
+                assert self.front_ring.get_response() == self.kind.make_rsp(self.got_seq)
                 out.append(str(self.got_seq))
                 self.got_seq += 1
             return " ".join(out)
         if word == "ffinal":
-            return f"work {int(front.final_check_for_responses())}"
+            return f"work {int(self.front_ring.final_check_for_responses())}"
         if word == "free":
-            return f"free {front.free_requests()}"
+            return f"free {self.front_ring.free_requests()}"
         if word == "hdr":
-            return "hdr %d %d %d %d" % struct.unpack_from("=4I", self.buf, 0)
+            return "hdr " + " ".join(map(str, struct.unpack_from("=4I", self.buf, 0)))
         raise AssertionError(f"unknown command {command!r}")
 
     def close(self) -> None:
@@ -549,9 +564,8 @@ def test_same_script_same_bytes(programs, tmp_path: Path, name: str,
 
 def shared(tmp_path: Path, pages: int):
     path = zero_file(tmp_path, pages)
-    fd = open(path, "r+b")
-    shm = mmap.mmap(fd.fileno(), pages * PAGE)
-    fd.close()
+    with open(path, "r+b") as fd:
+        shm = mmap.mmap(fd.fileno(), pages * PAGE)
     return path, shm
 
 
@@ -583,7 +597,7 @@ def test_c_front_python_back(programs, tmp_path: Path, name: str, pages: int,
             # The backend armed req_event (initially, or by its final
             # check at the end of the previous round): C must notify.
             assert c("push") == "notify 1"
-            assert c("hdr") == "hdr %d %d %d %d" % header(shm)
+            assert c("hdr") == "hdr " + " ".join(map(str, header(shm)))
             assert header(shm)[0] == (start + seq + batch) % M32
             assert back.has_unconsumed_requests() == batch
             for i in range(batch):
@@ -664,7 +678,7 @@ def test_python_front_c_back(programs, tmp_path: Path, name: str, pages: int,
                 assert shm[at:at + kind.rsp_size] == kind.make_rsp(seq + i)
                 assert front.get_response() == kind.make_rsp(seq + i)
             assert not front.final_check_for_responses()
-            assert c("hdr") == "hdr %d %d %d %d" % header(shm)
+            assert c("hdr") == "hdr " + " ".join(map(str, header(shm)))
             seq += batch
         assert front.req_prod_pvt == front.rsp_cons == (start + seq) % M32
         assert c.close() == 0

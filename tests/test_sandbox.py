@@ -117,7 +117,7 @@ def test_no_sandbox_says_so_everywhere(system):
     system.booted = True
     assert "--no-sandbox" in proc.stderr and "benchmark" in proc.stderr
     info = system.cli("info").stdout
-    assert re.search(r"^sandbox\s+: off", info, re.M)
+    assert re.search(r"^sandbox\s+: off", info, re.MULTILINE)
     assert "namespaces (off (pyxen boot --no-sandbox))" in info
     assert _status(system.pid_of("victim"))["Uid"].split()[0] == "0"
 

@@ -22,16 +22,16 @@ from domains.dom0.topology import (
 from domains.dom0.xlformat import format_sched_credit2
 from hypervisor import machine as machine_mod
 from hypervisor.credit2 import renice_threads, thread_nices, weight_to_nice
-from hypervisor.jail.cgroups import DomainCgroup
 from hypervisor.dispatch import Call, dispatch
 from hypervisor.domain import Domain
+from hypervisor.jail.cgroups import DomainCgroup
 from hypervisor.machine import Machine, Platform
 from hypervisor.public.domctl import (
-    XEN_DOMCTL_scheduler_op,
-    XEN_DOMCTL_SCHEDOP_getinfo,
-    XEN_DOMCTL_SCHEDOP_putinfo,
     XEN_SCHEDULER_CREDIT,
     XEN_SCHEDULER_CREDIT2,
+    XEN_DOMCTL_SCHEDOP_getinfo,
+    XEN_DOMCTL_SCHEDOP_putinfo,
+    XEN_DOMCTL_scheduler_op,
 )
 from hypervisor.public.errno import EINVAL, EPERM
 from hypervisor.public.xen import HYPERVISOR_domctl
@@ -163,8 +163,10 @@ def _machine(tmp_path: Path) -> tuple[Machine, Domain, Domain]:
     m = Machine(Platform("virt", 2, 1024), tmp_path, _Transport())
 
     def dom(domid: int, privileged: bool) -> Domain:
+        # No memory, grant table or physmap: the scheduler uses none of them.
         d = Domain(domid=domid, name=f"d{domid}", privileged=privileged, max_vcpus=1,
-                   max_pages=1, ram=None, shared_info=None, gnttab=None, physmap=None)
+                   max_pages=1, ram=None, shared_info=None, gnttab=None,  # type: ignore[arg-type]
+                   physmap=None)  # type: ignore[arg-type]
         m.domains[domid] = d
         return d
 
@@ -295,7 +297,7 @@ on_crash = "restart"
 def _cpu_cgroup(pid: int) -> Path:
     """The cpu cgroup (v1 or v2) directory process `pid` is in."""
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        hid, names, path = line.split(":", 2)
+        _hid, names, path = line.split(":", 2)
         if "cpu" in names.split(","):
             return Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():

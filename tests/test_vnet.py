@@ -22,12 +22,12 @@ from domains.kernel.vnet import (
     tx_offload,
 )
 from hypervisor.public.io.netif import (
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
     NETRXF_csum_blank,
     NETRXF_data_validated,
     NETTXF_csum_blank,
     NETTXF_data_validated,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
 )
 from tests import packets as P
 
@@ -105,21 +105,28 @@ def test_tx_checksum_flags() -> None:
 
 # -- rx: what netfront writes to the receiving TAP --------------------------------
 
+def rx_header(flags: int, gso: tuple[int, int] | None, head: bytes) -> bytes:
+    """rx_vnet_header, of a frame the TAP takes."""
+    raw = rx_vnet_header(flags, gso, head)
+    assert raw is not None
+    return raw
+
+
 def test_rx_gso_header() -> None:
-    raw = rx_vnet_header(NETRXF_csum_blank | NETRXF_data_validated,
+    raw = rx_header(NETRXF_csum_blank | NETRXF_data_validated,
                          (XEN_NETIF_GSO_TYPE_TCPV4, 1448), TCP4[:256])
     assert parse_vnet_hdr(raw) == hdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
                                       54, 1448, 34, 16)
-    raw6 = rx_vnet_header(0, (XEN_NETIF_GSO_TYPE_TCPV6, 1428), TCP6[:256])
+    raw6 = rx_header(0, (XEN_NETIF_GSO_TYPE_TCPV6, 1428), TCP6[:256])
     assert parse_vnet_hdr(raw6) == hdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV6,
                                        74, 1428, 54, 16)
 
 
 def test_rx_checksum_headers() -> None:
     blank = NETRXF_csum_blank | NETRXF_data_validated
-    assert parse_vnet_hdr(rx_vnet_header(blank, None, UDP4)) == hdr(
+    assert parse_vnet_hdr(rx_header(blank, None, UDP4)) == hdr(
         VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 34, 6)
-    assert parse_vnet_hdr(rx_vnet_header(NETRXF_data_validated, None, TCP4)).flags == \
+    assert parse_vnet_hdr(rx_header(NETRXF_data_validated, None, TCP4)).flags == \
         VIRTIO_NET_HDR_F_DATA_VALID
     assert rx_vnet_header(0, None, TCP4) == NO_OFFLOAD
 
@@ -149,7 +156,7 @@ def test_the_receiving_tap_gets_the_sending_taps_header(frame, h) -> None:
     offload = back.tx_offload(frame[:256], len(frame), sent.flags, sent.gso,
                               gso_types=BOTH, ipv6_csum=True)
     assert isinstance(offload, back.Offload)
-    received = parse_vnet_hdr(rx_vnet_header(offload.flags, offload.gso, frame))
+    received = parse_vnet_hdr(rx_header(offload.flags, offload.gso, frame))
     assert received == h
 
 

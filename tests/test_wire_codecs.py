@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from backends.blkback.response import response_for
 from backends.blkback.validate import parse_request, with_indirect_segments
 from backends.netback import rx as back_rx
-from backends.netback.tx import TxAssembler, TxBlock
+from backends.netback.tx import TxAssembler, TxBlock, TxPacket
 from domains.dom0.xenstored import wire as xenstored_wire
 from domains.kernel import console_ring
 from domains.kernel import gnttab as kernel_gnttab
@@ -25,15 +25,15 @@ from frontends.netfront.tx import TxPageEncoder, TxShadow, gso_extra_slot, tx_en
 from hypervisor import grant_table as hv_grant_table
 from hypervisor.public import grant_table
 from hypervisor.public.io import blkif, netif, xs_wire
-from hypervisor.public.io.netif import parse_tx_request
 from hypervisor.public.io.netif import (
+    XEN_NETIF_EXTRA_TYPE_GSO,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
     NETTXF_csum_blank,
     NETTXF_data_validated,
     NETTXF_extra_info,
     NETTXF_more_data,
-    XEN_NETIF_EXTRA_TYPE_GSO,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
+    parse_tx_request,
 )
 from hypervisor.public.pyxen.layout import Column, layout
 
@@ -101,6 +101,7 @@ def test_tx_requests_netfront_encodes_netback_decodes(segments, flags, gso, data
         assert (ctype.u.gso.type, ctype.u.gso.size) == gso
     if total >= 14:  # not a runt: netback takes it
         (packet,) = TxAssembler().feed_block(entries)
+        assert isinstance(packet, TxPacket)
         assert packet.segments() == [tuple(s) for s in segments]
 
 
@@ -170,6 +171,7 @@ def test_rx_responses_of_a_gso_frame_reach_netfront(ids, extra_size, gso_type, m
                                               (gso_type, mss))
     pages = [bytes(4096)] * len(ids)
     (frame,) = front_rx.RxAssembler().feed_block(slots, pages)
+    assert isinstance(frame, front_rx.RxFrame)
     assert (frame.size, frame.gso, frame.nr_slots) == (size, (gso_type, mss), len(ids))
 
 
@@ -223,6 +225,7 @@ def test_rw_request_blkfront_encodes_blkback_decodes(op, id, sector, handle, seg
     request = parse_request(blkfront.rw(op, id, sector, segs, handle))
     assert (request.operation, request.id, request.sector_number, request.handle,
             request.nr_segments) == (op, id, sector, handle, len(segs))
+    assert request.segments is not None
     assert [(s.gref, s.first_sect, s.last_sect) for s in request.segments] == segs
 
 
@@ -249,6 +252,7 @@ def test_indirect_request_blkfront_encodes_blkback_decodes(id, sector, handle, o
         blkif.BLKIF_OP_INDIRECT, op, id, sector, handle, n, grefs)
     specs = [(g, 0, 7) for g in data.draw(st.lists(u32, min_size=n, max_size=n))]
     full = with_indirect_segments(request, blkfront.indirect_pages(specs))
+    assert full.segments is not None
     assert [(s.gref, s.first_sect, s.last_sect) for s in full.segments] == specs
 
 

@@ -6,22 +6,13 @@ import threading
 import pytest
 
 from domains.kernel.workqueue import WorkQueue
+from tests.fakekernel import RecordingLog
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict]] = []
-
-    def info(self, event: str, **kw) -> None:
-        self.lines.append((event, kw))
-
-    error = warning = info
-
-
 def test_work_of_one_key_runs_in_order_one_at_a_time():
-    queue = WorkQueue(Log())
+    queue = WorkQueue(RecordingLog())
     gate = threading.Event()
     done: list[int] = []
     queue.submit(gate.wait, "dev")
@@ -35,7 +26,7 @@ def test_work_of_one_key_runs_in_order_one_at_a_time():
 
 
 def test_work_of_other_keys_runs_meanwhile():
-    queue = WorkQueue(Log())
+    queue = WorkQueue(RecordingLog())
     gate = threading.Event()
     queue.submit(gate.wait, "a")
     ran = threading.Event()
@@ -46,7 +37,7 @@ def test_work_of_other_keys_runs_meanwhile():
 
 
 def test_close_drains_the_work_and_joins_every_worker():
-    log = Log()
+    log = RecordingLog()
     queue = WorkQueue(log)
     before = set(threading.enumerate())
     gates = [threading.Event() for _ in range(4)]
@@ -67,7 +58,7 @@ def test_close_drains_the_work_and_joins_every_worker():
 
 
 def test_idle_workers_end_and_are_still_joined_by_close():
-    queue = WorkQueue(Log(), idle=0.01)
+    queue = WorkQueue(RecordingLog(), idle=0.01)
     ran = threading.Event()
     queue.submit(ran.set)
     assert ran.wait(10)
@@ -80,7 +71,7 @@ def test_idle_workers_end_and_are_still_joined_by_close():
 
 
 def test_work_cannot_wait_for_its_own_key_and_a_failure_stops_nothing():
-    log = Log()
+    log = RecordingLog()
     queue = WorkQueue(log)
     seen = []
 

@@ -6,12 +6,10 @@ returns once its handshake is done, and no thread is left after."""
 
 from __future__ import annotations
 
-import io
 import threading
 from contextlib import contextmanager
 
 import pytest
-import structlog
 
 from domains.dom0.xenstored.daemon import Xenstored
 from domains.kernel.gnttab import GrantStatusError
@@ -21,6 +19,7 @@ from domains.kernel.xenbus.lifecycle import Backend, BackendHooks, Frontend, Fro
 from domains.kernel.xenbus.transport import UnixTransport
 from hypervisor.public.grant_table import GNTST_general_error
 from hypervisor.public.io.xenbus import XenbusState as S
+from tests.fakekernel import FakeKernel, RecordingLog, quiet_logger
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,30 +30,11 @@ def be_path(domid: int) -> str:
     return f"/local/domain/{domid}/backend/vbd/5/51712"
 
 
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict]] = []
-
-    def info(self, event: str, **kw) -> None:
-        self.lines.append((event, kw))
-
-    error = warning = info
-
-    def bind(self, **_kw) -> "Log":
-        return self
-
-
-class FakeKernel:
-    def __init__(self) -> None:
-        self.log = structlog.wrap_logger(structlog.PrintLogger(io.StringIO()))
-        self.hypercall = None
-
-
 class Store:
     """xenstored, and clients of it for each end and the toolstack."""
 
     def __init__(self, tmp_path) -> None:
-        self.daemon = Xenstored(FakeKernel(), tmp_path)
+        self.daemon = Xenstored(FakeKernel(log=quiet_logger()), tmp_path)
         self.daemon.start()
         self.daemon.ready.wait()
         self.clients: list[XenStoreClient] = []
@@ -88,7 +68,7 @@ class Store:
             def now() -> S | None:
                 try:
                     return self.state(path)
-                except Exception:
+                except Exception:  # noqa: BLE001 - no state node yet (or gone) reads as none
                     return None
             with cond:
                 assert cond.wait_for(lambda: now() == state, timeout), \
@@ -144,7 +124,7 @@ class FrontDriver:
     def __init__(self, store: Store, work: WorkQueue, **kw) -> None:
         self.calls: list[str] = []
         self.xs = store.client("front")
-        self.life = Frontend(self.xs, work, Log(), FE, FrontendHooks(
+        self.life = Frontend(self.xs, work, RecordingLog(), FE, FrontendHooks(
             connect=self.connect, resume=lambda: self.calls.append("resume"),
             lost=lambda: self.calls.append("lost"),
             disconnect=lambda gone: self.calls.append(f"disconnect gone={gone}"),
@@ -165,7 +145,7 @@ class BackDriver:
         self.calls: list[str] = []
         self.cond = threading.Condition()
         self.xs = store.client(f"back{domid}")
-        self.life = Backend(self.xs, work, Log(), be_path(domid), BackendHooks(
+        self.life = Backend(self.xs, work, RecordingLog(), be_path(domid), BackendHooks(
             connect=self.connect, disconnect=lambda: self.call("disconnect"),
             resume=lambda: self.call("resume"), remove=lambda: self.call("remove")))
         self.life.start()
@@ -192,7 +172,7 @@ def test_backend_waits_in_initwait_for_a_frontend_with_foreign_grants(store):
     """The frontend still shows the Connected of its previous backend (domid
     1, dead) when the restarted one (domid 2) comes up: the map fails, the
     backend stays in InitWait, and serves the frontend once it starts over."""
-    work = WorkQueue(Log())
+    work = WorkQueue(RecordingLog())
     create_device(store, 1)
     store.tool.write(f"{FE}/ring-owner", "1")
     store.set_state(FE, S.Connected)
@@ -221,7 +201,7 @@ def test_backend_seeing_only_closed_then_initialised_still_connects(store):
     """Watches report a node's value now: a backend that saw its frontend's
     Closed and then Initialised (Initialising unseen) goes InitWait, then
     connects."""
-    work = WorkQueue(Log())
+    work = WorkQueue(RecordingLog())
     create_device(store, 2)
     store.tool.write(f"{FE}/ring-owner", "2")
     with store.watching(be_path(2)) as until:
@@ -236,7 +216,7 @@ def test_backend_seeing_only_closed_then_initialised_still_connects(store):
 
 
 def test_frontend_reconnects_when_its_backend_id_changes(store):
-    work = WorkQueue(Log())
+    work = WorkQueue(RecordingLog())
     before = set(threading.enumerate())
     create_device(store, 1)
     front = FrontDriver(store, work, error=ConnectionError)
@@ -275,7 +255,7 @@ def test_frontend_reconnects_when_its_backend_id_changes(store):
 def test_a_newer_move_supersedes_a_connect_waiting_for_its_backend(store):
     """Driver domain 2 dies before it ever reaches InitWait: the reconnect
     waiting for it gives up at once when the device moves on to 3."""
-    work = WorkQueue(Log())
+    work = WorkQueue(RecordingLog())
     create_device(store, 1)
     front = FrontDriver(store, work, error=ConnectionError)
     back1 = BackDriver(store, work, 1)
@@ -298,7 +278,7 @@ def test_a_newer_move_supersedes_a_connect_waiting_for_its_backend(store):
 
 
 def test_backend_closing_a_connected_device_closes_the_frontend_for_good(store):
-    work = WorkQueue(Log())
+    work = WorkQueue(RecordingLog())
     create_device(store, 1)
     store.tool.write(f"{FE}/ring-owner", "1")
     front = FrontDriver(store, work, error=ConnectionError)
@@ -323,7 +303,7 @@ def test_backend_closing_a_connected_device_closes_the_frontend_for_good(store):
 def test_close_during_the_handshake_gives_up_waiting(store):
     """A device closed while its connect waits for a backend that never
     comes: the connect gives up at once, and the close handshake runs."""
-    work = WorkQueue(Log())
+    work = WorkQueue(RecordingLog())
     create_device(store, 1)
     front = FrontDriver(store, work, error=ConnectionError)
     failed = []

@@ -2,7 +2,8 @@ import ctypes
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from domains.kernel.xenbus.ring import (
     INTERFACE_SIZE,

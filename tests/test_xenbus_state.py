@@ -1,3 +1,4 @@
+import itertools
 import queue
 
 import pytest
@@ -19,7 +20,7 @@ from domains.kernel.xenbus.state import (
 )
 from hypervisor.public.io import xs_wire as xs
 from hypervisor.public.io.xenbus import XenbusState as S
-from tests.test_xenbus_client import FakeXenstored, SocketServer
+from tests.fakexenstored import FakeXenstored, SocketServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,7 +29,7 @@ BACK_START = [S.Initialising, S.InitWait, S.Connected, S.Closing, S.Closed]
 
 
 def walk(path, end):
-    for old, new in zip(path, path[1:]):
+    for old, new in itertools.pairwise(path):
         check_transition(old, new, end)
 
 
@@ -93,7 +94,7 @@ def test_illegal(old, new, end):
 
 
 def test_table_shape():
-    for end, table in TRANSITIONS.items():
+    for table in TRANSITIONS.values():
         for old, news in table.items():
             assert S.Unknown not in news
             assert news <= allowed(old, None)

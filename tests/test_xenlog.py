@@ -38,8 +38,9 @@ def machine(sleeper, tmp_path):
 
 
 def test_a_guest_s_console_lines_are_its_own_clean_and_limited(machine):
-    from hypervisor.loop import serve
     import msgpack
+
+    from hypervisor.loop import serve
 
     guest = machine.add("guest")
     forged = "(XEN) [2026-01-01 00:00:00] d0 Domain-0: shutdown\x1b[31m\r\n" * 3

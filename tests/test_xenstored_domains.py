@@ -10,7 +10,7 @@ import pytest
 
 from domains.dom0.xenstored import XenStore
 from hypervisor.public.io import xs_wire as xs
-from tests.test_xenstored_handler import Client, guest_dir
+from tests.xsclient import Client, guest_dir
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,7 +37,7 @@ def introduce(dom0: Client, domid: int) -> None:
 
 
 def test_set_perms_refuses_an_owner_that_does_not_exist():
-    xsd, hv, dom0 = setup(1)
+    _xsd, _hv, dom0 = setup(1)
     dom0.write("/data/x", "v")
     assert dom0.error(xs.XS_SET_PERMS, "/data/x", "n7") == "ENOENT"
     assert dom0.error(xs.XS_SET_PERMS, "@releaseDomain", "n7") == "ENOENT"

@@ -4,12 +4,10 @@ a socket client that never reads blocks nobody, output is never copied."""
 
 from __future__ import annotations
 
-import io
 import socket
 import struct
 
 import pytest
-import structlog
 
 from domains.dom0.xenstored import Message, Quotas, XenStore, encode
 from domains.dom0.xenstored.daemon import Xenstored, pump_ring
@@ -19,7 +17,8 @@ from domains.kernel.xenbus.client import XenStoreClient
 from domains.kernel.xenbus.ring import XenstoreRing, init_ring
 from domains.kernel.xenbus.transport import UnixTransport
 from hypervisor.public.io import xs_wire as xs
-from tests.test_xenstored_handler import Client, guest_dir
+from tests.fakekernel import FakeKernel, quiet_logger
+from tests.xsclient import Client, guest_dir
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,13 +77,12 @@ def flood_setup(quotas: Quotas | None = None):
 def test_a_flooding_domain_that_never_reads_is_stalled():
     xsd, dom0, conn, ring = flood_setup()
     stream = b"".join(read_request(i) for i in range(20000))
-    written = served = 0
+    written = 0
     for _ in range(2000):  # the guest writes whenever there is room, never reads
         written += ring.write_request(stream[written:])
         moved, _ = pump_ring(xsd, conn, ring)
         if not moved:
             break
-        served += 1
     else:
         pytest.fail("xenstored kept reading a domain that reads no replies")
     assert written < 200 * len(read_request(0))      # a ring or two, not 20000 requests
@@ -103,7 +101,7 @@ def test_a_flooding_domain_that_never_reads_is_stalled():
 
 def test_a_domain_over_its_memory_quota_is_stalled_and_loses_events():
     quotas = Quotas(memory=4096)
-    xsd, dom0, conn, ring = flood_setup(quotas)
+    xsd, dom0, _conn, _ring = flood_setup(quotas)
     guest = Client(xsd, 1)
     guest.watch("/local/domain/1", "t")
     guest.take_events()
@@ -124,7 +122,7 @@ def test_a_domain_over_its_memory_quota_is_stalled_and_loses_events():
 
 
 def test_requests_beyond_the_quota_wait_unread():
-    xsd, dom0, conn, ring = flood_setup(Quotas(outstanding=2))
+    xsd, _dom0, conn, _ring = flood_setup(Quotas(outstanding=2))
     xsd.receive(conn, b"".join(read_request(i) for i in range(5)))
     xsd.process(conn)
     assert [m.req_id for m in conn.outbox] == [0, 1] and len(conn.pending) == 3
@@ -141,15 +139,9 @@ def test_requests_beyond_the_quota_wait_unread():
 # -- the socket: a client that never reads --------------------------------------------
 
 
-class FakeKernel:
-    def __init__(self) -> None:
-        self.log = structlog.wrap_logger(structlog.PrintLogger(io.StringIO()))
-        self.hypercall = None
-
-
 @pytest.fixture
 def daemon(tmp_path):
-    xsd = Xenstored(FakeKernel(), tmp_path)
+    xsd = Xenstored(FakeKernel(log=quiet_logger()), tmp_path)
     xsd.start()
     xsd.ready.wait()
     try:

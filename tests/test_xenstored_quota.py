@@ -7,7 +7,7 @@ import pytest
 from domains.dom0.xenstored import Message, Quotas, XenStore, encode
 from domains.dom0.xenstored.quota import node_size
 from hypervisor.public.io import xs_wire as xs
-from tests.test_xenstored_handler import Client, guest_dir
+from tests.xsclient import Client, guest_dir
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,7 +56,7 @@ def test_nodes_quota_counts_every_missing_parent() -> None:
 
 
 def test_nodes_quota_at_commit() -> None:
-    xsd, dom0, guest = setup(Quotas(nodes=3))
+    _xsd, dom0, guest = setup(Quotas(nodes=3))
     tx = guest.start()
     guest.write("a", "", tx=tx)                      # would own 2 of 3
     assert guest.commit(tx) is None
@@ -80,7 +80,7 @@ def test_watches_e2big() -> None:
 
 
 def test_node_size_enospc() -> None:
-    xsd, dom0, guest = setup()
+    _xsd, dom0, guest = setup()
     limit = 2048 - node_size(1, 0, 0)                # one permission entry
     guest.write("big", b"x" * (limit - 1))
     assert guest.error(xs.XS_WRITE, "big", b"x" * limit) == "ENOSPC"
@@ -92,7 +92,7 @@ def test_node_size_enospc() -> None:
 
 
 def test_transactions_enospc() -> None:
-    xsd, dom0, guest = setup()
+    _xsd, dom0, guest = setup()
     ids = [guest.start() for _ in range(11)]         # Xen checks "> 10" first
     assert guest.error(xs.XS_TRANSACTION_START, "") == "ENOSPC"
     guest.abort(ids[0])
@@ -101,7 +101,7 @@ def test_transactions_enospc() -> None:
 
 
 def test_permissions_enospc() -> None:
-    xsd, dom0, guest = setup()
+    _xsd, dom0, guest = setup()
     guest.write("p", "")
     guest.set_perms("p", "n1", "r2", "r3", "r4", "r5")
     assert guest.error(xs.XS_SET_PERMS, "p", "n1", "r2", "r3", "r4", "r5", "r6") == "ENOSPC"
@@ -109,7 +109,7 @@ def test_permissions_enospc() -> None:
 
 
 def test_transaction_nodes_enospc() -> None:
-    xsd, dom0, guest = setup(Quotas(transaction_nodes=6))
+    _xsd, dom0, guest = setup(Quotas(transaction_nodes=6))
     for i in range(10):
         dom0.write(f"/local/domain/1/r{i}", "x")
         dom0.set_perms(f"/local/domain/1/r{i}", "n1")
@@ -124,7 +124,7 @@ def test_transaction_nodes_enospc() -> None:
 
 
 def test_path_length_einval_for_everybody() -> None:
-    xsd, dom0, guest = setup()
+    _xsd, dom0, guest = setup()
     long_rel = "/".join(["x" * 100] * 19 + ["y" * 129])
     assert len(long_rel) == 2048
     guest.write(long_rel, "")                        # relative part == 2048
@@ -149,7 +149,7 @@ def test_payload_over_4096_closes_the_connection() -> None:
 
 
 def test_control_changes_quotas_at_runtime() -> None:
-    xsd, dom0, guest = setup()
+    _xsd, dom0, guest = setup()
     dom0.call(xs.XS_CONTROL, "quota", "set", "permissions", "1")
     guest.write("p", "")
     assert guest.error(xs.XS_SET_PERMS, "p", "n1", "r2") == "ENOSPC"

@@ -75,9 +75,11 @@ def test_path_helpers() -> None:
 
 def test_initial_tree() -> None:
     store = Store()
-    assert store.get("/").children == ("tool", "local")
-    assert store.get("/tool").children == ("xenstored",)
-    assert store.get("/local/domain").children == ()
+    root, tool, domains = (store.get(path) for path in ("/", "/tool", "/local/domain"))
+    assert root is not None and tool is not None and domains is not None
+    assert root.children == ("tool", "local")
+    assert tool.children == ("xenstored",)
+    assert domains.children == ()
     for node in store.nodes.values():
         assert node.perms == (Perm(0, XS_PERM_NONE),)
     assert store.owned[0] == len(store.nodes) == 5

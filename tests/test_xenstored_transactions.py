@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from domains.dom0.xenstored import XenStore
 from hypervisor.public.io import xs_wire as xs
-from tests.test_xenstored_handler import Client, guest_dir
+from tests.xsclient import Client, guest_dir
 
 pytestmark = pytest.mark.timeout(60)
 

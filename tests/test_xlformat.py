@@ -7,11 +7,11 @@ and tools/xl/xl_vcpu.c (run through the shell's printf).
 import pytest
 
 from domains.dom0.xlformat import (
-    format_top,
     LIST_HEADER,
     format_cpumap,
     format_info,
     format_list,
+    format_top,
     format_vcpu_list,
     state_letters,
 )

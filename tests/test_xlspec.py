@@ -6,14 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domains.dom0.xlspec import (
-    UplinkSpec,
-    parse_uplink,
     DiskSpec,
     SpecError,
+    UplinkSpec,
     VifSpec,
     parse_cpulist,
     parse_disk,
     parse_size,
+    parse_uplink,
     parse_vif,
     virtual_device_number,
 )
@@ -254,7 +254,7 @@ disk_specs = st.builds(
     size=st.none() | st.integers(1, 1 << 20).map(lambda n: n * 512),
 )
 _macs = st.lists(st.integers(0, 255), min_size=6, max_size=6).map(
-    lambda b: ":".join("%02x" % x for x in [b[0] & 0xFE] + b[1:])
+    lambda b: ":".join(f"{x:02x}" for x in [b[0] & 0xFE] + b[1:])
 )
 _ips = st.ip_addresses().map(str)
 vif_specs = st.builds(

@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
 from domains.dom0.xc import XenCtrl
 from domains.kernel.gnttab import GrantStatusError
 from domains.kernel.xenbus.client import XsError
 from hypervisor.public.errno import XenError
 from hypervisor.public.grant_table import GNTST_okay
-from hypervisor.public.xen import (HYPERVISOR_pyxen_op, HYPERVISOR_xen_version, PAGE_SIZE,
-                                   PYXEN_op_close_window)
+from hypervisor.public.xen import (
+    PAGE_SIZE,
+    HYPERVISOR_pyxen_op,
+    HYPERVISOR_xen_version,
+    PYXEN_op_close_window,
+)
 
 
 def _send(path: str, obj) -> None:
@@ -89,7 +94,7 @@ def granter(kernel) -> None:
     _send(kernel.args["offer"], {"domid": kernel.domid, "port": port, "refs": refs})
     got.acquire()  # mapper wrote through its mapping and notified us
     close = {"window": window.window_id}
-    report = {"seen": events[0].decode(errors="replace"),
+    report: dict[str, Any] = {"seen": events[0].decode(errors="replace"),
               "end_while_mapped": _errno_name(lambda: kernel.gnttab.end_access(refs["rw"])),
               "close_while_mapped": _errno_name(lambda: kernel.hypercall(
                   HYPERVISOR_pyxen_op, PYXEN_op_close_window, close))}
@@ -109,7 +114,7 @@ def mapper(kernel) -> None:
     offer = _recv(kernel.args["offer"])
     dom, refs = offer["domid"], offer["refs"]
     gt = kernel.gnttab
-    report = {}
+    report: dict[str, Any] = {}
 
     def status(fn) -> int:
         try:
@@ -173,7 +178,7 @@ def xenstore_rights(kernel) -> None:
             return exc.name
         return "ok"
 
-    report = {
+    report: dict[str, Any] = {
         "own_name": xs.read("name").decode(),
         "domain_path": xs.get_domain_path(kernel.domid),
         "read_dom0": outcome(lambda: xs.read("/local/domain/0/name")),
@@ -218,7 +223,7 @@ def disk_probe(kernel) -> None:
     kernel.ready()
     bus = BlockBus(kernel)
     disk, ro = bus.get("xvda"), bus.get("xvdb")
-    report = {"sectors": disk.sectors, "ro_sectors": ro.sectors}
+    report: dict[str, Any] = {"sectors": disk.sectors, "ro_sectors": ro.sectors}
     big = bytes(range(256)) * 4096 * 3  # 3 MiB: indirect requests, several of them
     disk.write(2048, big)
     disk.flush()
@@ -352,7 +357,7 @@ def malformed_hypercalls(kernel) -> None:
     me = threading.get_native_id()
     # Before the real ready: one that would pin thread 2**40, one whose
     # announce is a list (passed on to Dom0's toolstack).
-    report = {
+    report: dict[str, Any] = {
         "ready_tid_2_40": _rc_name(lambda: hc(HYPERVISOR_pyxen_op, PYXEN_op_ready,
                                               {"vcpu_tids": [me, 2**40]})),
         "ready_announce_list": _rc_name(lambda: hc(
@@ -471,7 +476,7 @@ def doorbell_forger(kernel) -> None:
     kernel.ready()
     # (Inside a sandbox the run directory may not even be there.)
     run_dir = kernel.start_info.get("run_dir", "/nonexistent")
-    report = {"accepted_paths": _forge_by_path(run_dir, range(1, 4096))}
+    report: dict[str, Any] = {"accepted_paths": _forge_by_path(run_dir, range(1, 4096))}
     _send(kernel.args["hello"], {"domid": kernel.domid})
     offer = _recv(kernel.args["offer"])
     victim = offer["domid"]
@@ -490,8 +495,8 @@ def doorbell_forger(kernel) -> None:
                 sent += 1
         return sent
 
-    report["forged_dom0"] = forge(0, range(0, 4096))
-    report["forged_victim"] = forge(victim, [p for p in range(0, 4200) if p != offer["port"]])
+    report["forged_dom0"] = forge(0, range(4096))
+    report["forged_victim"] = forge(victim, [p for p in range(4200) if p != offer["port"]])
     kernel.events.send(local)  # the one ring it may make, after the others
     _send(kernel.args["out"], report)
     threading.Event().wait()
@@ -549,7 +554,7 @@ def foreign_tids(kernel) -> None:
     from hypervisor.public.xen import PYXEN_op_ready
 
     victim = int(kernel.args["victim"])
-    report = {"foreign": _rc_name(lambda: kernel.hypercall(
+    report: dict[str, Any] = {"foreign": _rc_name(lambda: kernel.hypercall(
         HYPERVISOR_pyxen_op, PYXEN_op_ready,
         {"vcpu_tids": [threading.get_native_id(), victim]}))}
     report["ready"] = _rc_name(kernel.ready)
@@ -566,6 +571,7 @@ def bad_announce(kernel) -> None:
     from hypervisor.public.xen import PYXEN_op_ready
 
     kind = kernel.args.get("kind", "list")
+    announce: object
     if kind == "list":
         announce = ["store", {"mfn": 1, "port": 1}]
     else:
@@ -662,7 +668,7 @@ def memchan_closer(kernel) -> None:
     kernel.ready()
     kernel.events.stop()
     kernel.memchan.close()
-    report = {"grant_window": _errno_name(lambda: kernel.hypercall(
+    report: dict[str, Any] = {"grant_window": _errno_name(lambda: kernel.hypercall(
         HYPERVISOR_pyxen_op, PYXEN_op_grant_window, {"peer": 0, "nr_frames": 1})),
         "then": _errno_name(lambda: kernel.hypercall(HYPERVISOR_xen_version, 0))}
     _send(kernel.args["out"], report)
@@ -731,7 +737,7 @@ def _os_outcome(fn) -> str:
     try:
         fn()
     except OSError as exc:
-        return errno.errorcode.get(exc.errno, str(exc.errno))
+        return errno.errorcode.get(exc.errno or 0, str(exc.errno))
     return "ok"
 
 
@@ -1022,12 +1028,17 @@ def lifecycle_backends(kernel) -> None:
     _recv(kernel.args["cue"])
     _send(kernel.args["out"], {"threads": _threads_since(base)})
     _recv(kernel.args["cue"])
+    def state(device: object) -> str:
+        assert isinstance(device, (BlkbackDevice, Vif)) and device.life is not None
+        return device.life.state.name
+
     # The guest closed its end: ours follow on our work queue, each on a
     # watch of its own state node; wait for them (bounded), then report.
     for bus in (vbds, vifs):
         for device in list(bus.devices.values()):
+            assert isinstance(device, (BlkbackDevice, Vif)) and device.life is not None
             _wait_node(kernel.xenstore, f"{device.life.path}/state", b"6", 10.0)
-    states = {kind: [d.life.state.name for d in bus.devices.values()]
+    states = {kind: [state(d) for d in bus.devices.values()]
               for kind, bus in (("vbd", vbds), ("vif", vifs))}
     vbds.close()
     vifs.close()
