@@ -23,7 +23,6 @@ from typing import BinaryIO, Callable
 
 from hypervisor.public.pyxen.text import clean_line
 
-
 # -- `pyxen dmesg` ------------------------------------------------------------------
 
 # "(XEN) [2026-01-01 10:00:00] ..." for the hypervisor's own lines, "(d5) [...] ..."

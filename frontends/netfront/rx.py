@@ -41,10 +41,6 @@ from operator import add, getitem
 from hypervisor.public import xen
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
-    NETRXF_csum_blank,
-    NETRXF_data_validated,
-    NETRXF_extra_info,
-    NETRXF_more_data,
     XEN_NETIF_EXTRA_FLAG_MORE,
     XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_EXTRA_TYPE_MAX,
@@ -53,6 +49,10 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
     ExtraInfo,
+    NETRXF_csum_blank,
+    NETRXF_data_validated,
+    NETRXF_extra_info,
+    NETRXF_more_data,
     RxResponse,
     extra_problem,
     make_rx_request,

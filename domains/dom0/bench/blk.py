@@ -72,10 +72,22 @@ import time
 import zlib
 from pathlib import Path
 
-from domains.dom0.bench.common import (BenchError, Progress, boot, execute, format_table,
-                                       halt, reap_children)
-from domains.guest.bench_workloads import (BLK_GUEST_TAG, BLK_RAND_SIZE, BLK_SEQ_SIZE,
-                                           blk_offsets, blk_pattern)
+from domains.dom0.bench.common import (
+    BenchError,
+    Progress,
+    boot,
+    execute,
+    format_table,
+    halt,
+    reap_children,
+)
+from domains.guest.bench_workloads import (
+    BLK_GUEST_TAG,
+    BLK_RAND_SIZE,
+    BLK_SEQ_SIZE,
+    blk_offsets,
+    blk_pattern,
+)
 
 GOAL_SEQ_RATIO = 0.5
 QUEUE_DEPTH = 8         # operations the guest keeps in flight (fio's iodepth)

@@ -24,8 +24,16 @@ import select
 import time
 from pathlib import Path
 
-from domains.dom0.bench.common import (BenchError, Progress, boot, execute, format_table,
-                                       halt, reap_children, summarize)
+from domains.dom0.bench.common import (
+    BenchError,
+    Progress,
+    boot,
+    execute,
+    format_table,
+    halt,
+    reap_children,
+    summarize,
+)
 
 GOAL_RATIO = 1.5
 

@@ -43,8 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from domains.dom0.bench.common import (BenchError, Progress, boot, execute, halt,
-                                       reap_children)
+from domains.dom0.bench.common import BenchError, Progress, boot, execute, halt, reap_children
 
 GOAL_RATIO = 0.3
 MAX_DURATION = 10          # seconds of iperf3 per side

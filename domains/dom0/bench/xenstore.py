@@ -31,8 +31,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from domains.dom0.bench.common import (BenchError, Progress, boot, execute, format_table,
-                                       halt, ops_per_s, reap_children, summarize)
+from domains.dom0.bench.common import (
+    BenchError,
+    Progress,
+    boot,
+    execute,
+    format_table,
+    halt,
+    ops_per_s,
+    reap_children,
+    summarize,
+)
 from hypervisor.public.io.xs_wire import XS_READ, XS_WRITE, XSD_SOCKMSG, xsd_sockmsg_type
 
 READ_PATH = "/local/domain/0/name"

@@ -39,8 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import DEFAULT_TOPOLOGY
-from domains.dom0.bench.common import (BenchError, Progress, become_subreaper, boot, halt,
-                                       reap_children)
+from domains.dom0.bench.common import (
+    BenchError,
+    Progress,
+    become_subreaper,
+    boot,
+    halt,
+    reap_children,
+)
 from domains.dom0.chaos import analysis, steps, toml_out
 from domains.dom0.chaos.analysis import Device
 from domains.dom0.client import CommandFailed, ControlClient, NotRunning
