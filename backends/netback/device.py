@@ -105,7 +105,7 @@ class Frame:
     forward: a receiver that keeps the frame copies it), its `size` and
     its offload state."""
 
-    __slots__ = ("head", "rest", "size", "offload")
+    __slots__ = ("head", "offload", "rest", "size")
 
     def __init__(self, head: bytes, rest: list, size: int,
                  offload: Offload = Offload()) -> None:

@@ -246,7 +246,7 @@ class TxBlock:
     of 17 slots costs a few Python operations rather than a few per slot.
     The columns are lists indexed by slot: gref, offset, flags, id, size."""
 
-    __slots__ = ("entries", "count", "gref", "offset", "flags", "id", "size", "_more")
+    __slots__ = ("_more", "count", "entries", "flags", "gref", "id", "offset", "size")
 
     def __init__(self, entries: bytes) -> None:
         if len(entries) % ENTRY_SIZE:

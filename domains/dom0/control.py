@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from domains.dom0 import topocheck
 from domains.dom0.devices import vbd_frontend_path, vif_frontend_path

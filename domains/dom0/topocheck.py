@@ -15,9 +15,10 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from domains.dom0.xlspec import DOM0_NAME, DiskSpec, VifSpec
 

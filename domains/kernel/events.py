@@ -27,7 +27,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 

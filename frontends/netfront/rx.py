@@ -77,7 +77,7 @@ class RxFrame:
     order; a run of whole pages may be one view), the first slot's
     NETRXF_* flags, its extras by type, and the ring slots it took."""
 
-    __slots__ = ("chunks", "flags", "extras", "nr_slots", "size", "_gso")
+    __slots__ = ("_gso", "chunks", "extras", "flags", "nr_slots", "size")
 
     def __init__(self, chunks: tuple[memoryview, ...], flags: int, extras: dict[int, ExtraInfo],
                  nr_slots: int, size: int, gso: tuple[int, int] | None = _UNKNOWN) -> None:

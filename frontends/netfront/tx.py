@@ -263,7 +263,7 @@ class TxSlot:
     """One request slot in flight (or answered, with its `status`): a view
     of its packet's record, made only when asked for."""
 
-    __slots__ = ("id", "gref", "offset", "length", "packet")
+    __slots__ = ("gref", "id", "length", "offset", "packet")
 
     def __init__(self, id: int, gref: int, offset: int, length: int,
                  packet: TxShadowPacket) -> None:
@@ -286,8 +286,18 @@ class TxShadowPacket:
     answers so far (`statuses`, by id).  Its segments, flags and GSO are
     read back from its entries when asked for."""
 
-    __slots__ = ("ids", "entries", "buffers", "seq", "pending", "nr_extras",
-                 "_owner", "_bad", "_statuses", "_slots")
+    __slots__ = (
+        "_bad",
+        "_owner",
+        "_slots",
+        "_statuses",
+        "buffers",
+        "entries",
+        "ids",
+        "nr_extras",
+        "pending",
+        "seq",
+    )
 
     def __init__(self, ids: list[int], entries: bytes, nr_extras: int = 0,
                  buffers: Any = None, seq: int = 0,

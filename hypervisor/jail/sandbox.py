@@ -73,7 +73,7 @@ class Sandbox:
     _seq: int = 0
 
     @classmethod
-    def probe(cls, run_dir: Path, enabled: bool = True) -> "Sandbox":
+    def probe(cls, run_dir: Path, enabled: bool = True) -> Sandbox:
         """What this machine gives (`enabled` False: --no-sandbox, nothing)."""
         box = cls(run_dir, enabled)
         box.learn = bool(os.environ.get(seccomp_policy.LEARN_ENV))

@@ -79,10 +79,10 @@ class _Word:
     def __init__(self, offset: int) -> None:
         self.offset = offset
 
-    def __get__(self, ring: "XenstoreRing", owner: type | None = None) -> int:
+    def __get__(self, ring: XenstoreRing, owner: type | None = None) -> int:
         return ring._get(self.offset)
 
-    def __set__(self, ring: "XenstoreRing", value: int) -> None:
+    def __set__(self, ring: XenstoreRing, value: int) -> None:
         ring._set(self.offset, value)
 
 
