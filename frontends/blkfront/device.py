@@ -23,7 +23,7 @@ backend is connected, before anything new; the caller only sees a pause.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Self
 
 from domains.kernel.api import DriverKernel, xenstore_of
 from domains.kernel.xenbus.lifecycle import Frontend, FrontendHooks
@@ -109,7 +109,7 @@ class DmaBuffer:
             self.view.release()
             self.conn.dma.give(self.pages)
 
-    def __enter__(self) -> DmaBuffer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -371,8 +371,8 @@ def format_report(report: dict) -> str:
         table[i] += f"{s['ratio']:>10.3f}"
     verdict = "met" if report["goal_met"] else "NOT met"
     return "\n".join([
-        f"Block I/O on a {report['disk_mb']} MiB image: {n} x 1 MiB sequential "
-        f"reads and writes, {rand['count']} x 4 KiB random reads:",
+        (f"Block I/O on a {report['disk_mb']} MiB image: {n} x 1 MiB sequential "
+        f"reads and writes, {rand['count']} x 4 KiB random reads:"),
         *table,
         (f"  pyxen: blkfront -> blkback in a driver domain, {report['queue_depth']} "
          "operations in flight,"),

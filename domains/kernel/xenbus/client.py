@@ -24,7 +24,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import structlog
 
@@ -274,7 +274,7 @@ class XenStoreClient:
             if thread is not me:
                 thread.join()
 
-    def __enter__(self) -> XenStoreClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

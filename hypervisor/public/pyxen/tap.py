@@ -21,6 +21,7 @@ import ipaddress
 import os
 import socket
 import struct
+from typing import Self
 
 # <linux/if_tun.h>
 TUNSETIFF = 0x400454CA
@@ -321,7 +322,7 @@ class Tap:
     def closed(self) -> bool:
         return self._fd < 0
 
-    def __enter__(self) -> Tap:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
