@@ -27,7 +27,7 @@ from backends.blkback.validate import (
     parse_request,
     with_indirect_segments,
 )
-from domains.kernel.api import DriverKernel, xenstore_of
+from domains.kernel.api import DriverKernel
 from domains.kernel.fdtable import vbd_key
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.threads import OwnedThread
@@ -112,7 +112,7 @@ class Queue(OwnedThread):
 class BlkbackDevice:
     def __init__(self, kernel: DriverKernel, path: str, fe: int, devid: int) -> None:
         self.kernel = kernel
-        self.xs = xenstore_of(kernel)
+        self.xs = kernel.xenstore
         self.log = kernel.log.bind(device=f"vbd-{fe}-{devid}")
         self.path, self.fe, self.devid = path, fe, devid
         self.fd = -1

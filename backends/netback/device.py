@@ -52,7 +52,7 @@ from backends.netback.tx import (
     tx_response_block,
 )
 from domains.kernel import netpkt
-from domains.kernel.api import DriverKernel, xenstore_of
+from domains.kernel.api import DriverKernel
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.xenbus.lifecycle import Backend, BackendHooks
 from domains.kernel.xenbus.state import read_feature, write_features
@@ -234,7 +234,7 @@ class Vif:
 
     def __init__(self, kernel: DriverKernel, switch: Switch, path: str, fe: int, devid: int) -> None:
         self.kernel = kernel
-        self.xs = xenstore_of(kernel)
+        self.xs = kernel.xenstore
         self.switch = switch
         self.log = kernel.log.bind(device=f"vif{fe}.{devid}")
         self.trouble = RateLimitedLog(self.log)

@@ -15,7 +15,6 @@ from domains.kernel.gnttab import GrantTable
 from domains.kernel.hypercall import Hypercalls
 from domains.kernel.workqueue import WorkQueue
 from domains.kernel.xenbus.client import XenStoreClient
-from hypervisor.public.errno import ENODEV, XenError
 
 
 class DriverKernel(Protocol):
@@ -50,9 +49,3 @@ class DriverKernel(Protocol):
     @property
     def work(self) -> WorkQueue: ...
 
-
-def xenstore_of(kernel: DriverKernel) -> XenStoreClient:
-    """The kernel's xenstore connection; a driver cannot run without one."""
-    if kernel.xenstore is None:
-        raise XenError(ENODEV, "the kernel has no xenstore connection")
-    return kernel.xenstore

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 
-from domains.kernel.api import DriverKernel, xenstore_of
+from domains.kernel.api import DriverKernel
 from domains.kernel.xenbus.client import XsError
 from frontends.blkfront.api import BlockDevice
 from frontends.blkfront.device import BlkfrontDevice, DeviceGone
@@ -22,7 +22,7 @@ from hypervisor.public.errno import XenError
 class BlockBus:
     def __init__(self, kernel: DriverKernel) -> None:
         self.kernel = kernel
-        self.xs = xenstore_of(kernel)
+        self.xs = kernel.xenstore
         self.root = f"/local/domain/{kernel.domid}/device/vbd"
         self.devices: dict[int, BlockDevice] = {}
         self.failed: dict[int, str] = {}

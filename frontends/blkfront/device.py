@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Self
 
-from domains.kernel.api import DriverKernel, xenstore_of
+from domains.kernel.api import DriverKernel
 from domains.kernel.xenbus.lifecycle import Frontend, FrontendHooks
 from domains.kernel.xenbus.state import read_feature, write_features
 from frontends.blkfront.pool import Pool, PoolClosed
@@ -415,7 +415,7 @@ class Connection:
 class BlkfrontDevice:
     def __init__(self, kernel: DriverKernel, path: str) -> None:
         self.kernel = kernel
-        self.xs = xenstore_of(kernel)
+        self.xs = kernel.xenstore
         self.path = path
         self.log = kernel.log.bind(device=path.rsplit("/", 1)[-1])
         self.vdev = int(self.xs.read(f"{path}/virtual-device"))

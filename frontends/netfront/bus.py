@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import threading
 
-from domains.kernel.api import DriverKernel, xenstore_of
+from domains.kernel.api import DriverKernel
 from domains.kernel.fdtable import TAKE_TIMEOUT, vif_key
 from domains.kernel.netns import can_use_netns, create_tap, sandboxed
 from domains.kernel.xenbus.client import XsError
@@ -26,7 +26,7 @@ from hypervisor.public.errno import XenError
 class NetBus:
     def __init__(self, kernel: DriverKernel) -> None:
         self.kernel = kernel
-        self.xs = xenstore_of(kernel)
+        self.xs = kernel.xenstore
         self.root = f"/local/domain/{kernel.domid}/device/vif"
         self.devices: dict[int, NetfrontDevice | None] = {}  # None: connecting
         self.lock = threading.Lock()

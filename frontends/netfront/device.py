@@ -51,7 +51,7 @@ from collections import deque
 from typing import Any
 
 from domains.kernel import netpkt, vnet
-from domains.kernel.api import DriverKernel, xenstore_of
+from domains.kernel.api import DriverKernel
 from domains.kernel.xenbus.lifecycle import Frontend, FrontendHooks
 from domains.kernel.xenbus.state import read_feature
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
@@ -119,7 +119,7 @@ class NetfrontDevice:
 
     def __init__(self, kernel: DriverKernel, path: str, tap: Any) -> None:
         self.kernel = kernel
-        self.xs = xenstore_of(kernel)
+        self.xs = kernel.xenstore
         self.path = path
         self.tap = tap
         self.log = kernel.log.bind(device=f"vif{path.rsplit('/', 1)[-1]}")
