@@ -18,9 +18,9 @@ from pathlib import Path
 
 import setproctitle
 
+from hypervisor.connections import raise_fd_limit
 from hypervisor.jail import seccomp_policy
 from hypervisor.jail.sandbox import Sandbox, sandbox_report
-from hypervisor.connections import raise_fd_limit
 from hypervisor.loop import ZmqTransport, remove_dir, run
 from hypervisor.machine import Machine, Platform
 from hypervisor.public.errno import XenError

@@ -14,7 +14,8 @@ handle is; a field of the wrong type or out of range is EINVAL.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from hypervisor.public.errno import EFAULT, EINVAL, XenError
 

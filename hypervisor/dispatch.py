@@ -15,8 +15,9 @@ an exception out of the hypervisor's loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from hypervisor.args import ArgError, Schema
 from hypervisor.public.errno import EFAULT, EINVAL, EIO, ENOSYS, EPERM, XenError
@@ -34,8 +35,8 @@ DEFERRED = object()
 
 @dataclass
 class Call:
-    machine: "Machine"
-    caller: "Domain"
+    machine: Machine
+    caller: Domain
     vcpu: int
     reply_to: Any  # opaque token the loop uses to answer a deferred call
 

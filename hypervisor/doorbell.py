@@ -38,7 +38,7 @@ its channel. The doorbell ends themselves go once per pair of domains.
 from __future__ import annotations
 
 import socket
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from hypervisor.memchan import MemChannel
 from hypervisor.public.errno import EBUSY, XenError

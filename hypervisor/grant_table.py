@@ -25,10 +25,10 @@ the hypervisor performs itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from hypervisor.memory import PlatformMemory, Region, Physmap, Segment
+from hypervisor.memory import Physmap, PlatformMemory, Region, Segment
 from hypervisor.public.grant_table import (
     GRANT_ENTRY_V1,
     PYXEN_GRANT_STATUS,

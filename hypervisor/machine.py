@@ -35,10 +35,10 @@ from hypervisor.domain import SHARED_INFO_PAGES, Domain
 from hypervisor.doorbell import DoorbellBroker
 from hypervisor.event_channel import Delivery, EventChannels
 from hypervisor.grant_table import GrantDomain, Grants, GrantTable
-from hypervisor.memchan import MemChannel
-from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
 from hypervisor.jail.cgroups import weight_to_shares
 from hypervisor.jail.sandbox import Sandbox
+from hypervisor.memchan import MemChannel
+from hypervisor.memory import PAGES_PER_MIB, Physmap, PlatformMemory, Region
 from hypervisor.process import DomainProcess, StandbyPool
 from hypervisor.public.errno import (
     EBUSY,
@@ -57,7 +57,6 @@ from hypervisor.public.xen import VIRQ_DOM_EXC, VIRQ_TIMER
 from hypervisor.tasks import thread_ids
 from hypervisor.timers import Timers
 from hypervisor.xenlog import TokenBucket, printable
-
 
 NR_WATCHDOGS = 2  # Xen's NR_DOMAIN_WATCHDOG_TIMERS
 # A kernel that has not reported ready this long after its process started

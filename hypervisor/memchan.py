@@ -21,7 +21,7 @@ import fcntl
 import socket
 import struct
 import termios
-from typing import Sequence
+from collections.abc import Sequence
 
 import msgpack
 

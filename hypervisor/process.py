@@ -82,7 +82,7 @@ class DomainProcess:
 
     @classmethod
     def on_standby(cls, boot_module: str, sandbox: Sandbox | None = None
-                   ) -> "DomainProcess":
+                   ) -> DomainProcess:
         """A domain process started ahead of need: it does the slow part of
         starting (the interpreter and the kernel's imports) and then waits,
         holding no capability, until `assign` hands it a domain. With a

@@ -14,7 +14,7 @@ Pure: no clock of its own, no I/O.
 from __future__ import annotations
 
 import heapq
-from typing import Hashable, Iterable
+from collections.abc import Hashable, Iterable
 
 SLACK = 64  # stale entries tolerated even with few live timers
 

@@ -16,7 +16,6 @@ import errno
 import os
 import stat
 import threading
-from typing import Any
 
 from backends.blkback.io import merge_extents, perform, perform_iov
 from backends.blkback.response import response_for
@@ -28,6 +27,7 @@ from backends.blkback.validate import (
     parse_request,
     with_indirect_segments,
 )
+from domains.kernel.api import DriverKernel
 from domains.kernel.fdtable import vbd_key
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.threads import OwnedThread
@@ -110,7 +110,7 @@ class Queue(OwnedThread):
 
 
 class BlkbackDevice:
-    def __init__(self, kernel: Any, path: str, fe: int, devid: int) -> None:
+    def __init__(self, kernel: DriverKernel, path: str, fe: int, devid: int) -> None:
         self.kernel = kernel
         self.xs = kernel.xenstore
         self.log = kernel.log.bind(device=f"vbd-{fe}-{devid}")

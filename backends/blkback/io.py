@@ -29,9 +29,16 @@ import errno
 import os
 from collections.abc import Sequence
 
-from hypervisor.public.io.blkif import (BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE,
-                                        BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
-                                        BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY)
+from hypervisor.public.io.blkif import (
+    BLKIF_OP_DISCARD,
+    BLKIF_OP_FLUSH_DISKCACHE,
+    BLKIF_OP_INDIRECT,
+    BLKIF_OP_READ,
+    BLKIF_OP_WRITE,
+    BLKIF_RSP_EOPNOTSUPP,
+    BLKIF_RSP_ERROR,
+    BLKIF_RSP_OKAY,
+)
 from hypervisor.public.xen import PAGE_SIZE
 
 from .validate import EMPTY_SEGMENTS, SECTOR_SIZE, Request, Segments

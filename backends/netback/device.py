@@ -34,11 +34,25 @@ from typing import Any
 
 from backends.netback.bridge import Bridge
 from backends.netback.offload import Drop, Offload, needs_fallback, software_fallback, tx_offload
-from backends.netback.rx import (RxFeatures, max_frame, page_runs, rx_response_block,
-                                 rx_response_slots, scatter)
-from backends.netback.tx import (TxAssembler, TxBlock, TxError, TxPacket,
-                                 answer_extra, answer_status, tx_response_block)
+from backends.netback.rx import (
+    RxFeatures,
+    max_frame,
+    page_runs,
+    rx_response_block,
+    rx_response_slots,
+    scatter,
+)
+from backends.netback.tx import (
+    TxAssembler,
+    TxBlock,
+    TxError,
+    TxPacket,
+    answer_extra,
+    answer_status,
+    tx_response_block,
+)
 from domains.kernel import netpkt
+from domains.kernel.api import DriverKernel
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.xenbus.lifecycle import Backend, BackendHooks
 from domains.kernel.xenbus.state import read_feature, write_features
@@ -91,7 +105,7 @@ class Frame:
     forward: a receiver that keeps the frame copies it), its `size` and
     its offload state."""
 
-    __slots__ = ("head", "rest", "size", "offload")
+    __slots__ = ("head", "offload", "rest", "size")
 
     def __init__(self, head: bytes, rest: list, size: int,
                  offload: Offload = Offload()) -> None:
@@ -218,7 +232,7 @@ class RateLimitedLog:
 class Vif:
     life: Backend | None = None  # set by start()
 
-    def __init__(self, kernel: Any, switch: Switch, path: str, fe: int, devid: int) -> None:
+    def __init__(self, kernel: DriverKernel, switch: Switch, path: str, fe: int, devid: int) -> None:
         self.kernel = kernel
         self.xs = kernel.xenstore
         self.switch = switch

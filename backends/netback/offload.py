@@ -40,12 +40,12 @@ from typing import NamedTuple
 
 from domains.kernel import netpkt
 from hypervisor.public.io.netif import (
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
     NETRXF_csum_blank,
     NETRXF_data_validated,
     NETTXF_csum_blank,
     NETTXF_data_validated,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
 )
 
 #: Most segments one GSO frame is cut into in software: a 64 KiB frame at

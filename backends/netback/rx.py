@@ -45,13 +45,13 @@ from hypervisor.public import xen
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
+    XEN_NETIF_GSO_TYPE_TCPV4,
+    XEN_NETIF_GSO_TYPE_TCPV6,
+    XEN_NETIF_MAX_TX_SIZE,
     NETRXF_csum_blank,
     NETRXF_data_validated,
     NETRXF_extra_info,
     NETRXF_more_data,
-    XEN_NETIF_GSO_TYPE_TCPV4,
-    XEN_NETIF_GSO_TYPE_TCPV6,
-    XEN_NETIF_MAX_TX_SIZE,
     RxRequest,
     make_gso_extra,
     make_rx_response,

@@ -62,8 +62,6 @@ from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
     NETIF_RSP_NULL,
     NETIF_RSP_OKAY,
-    NETTXF_extra_info,
-    NETTXF_more_data,
     XEN_NETIF_EXTRA_FLAG_MORE,
     XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_EXTRA_TYPE_HASH,
@@ -75,6 +73,8 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
     ExtraInfo,
+    NETTXF_extra_info,
+    NETTXF_more_data,
     TxRequest,
     TxResponse,
     extra_problem,
@@ -246,7 +246,7 @@ class TxBlock:
     of 17 slots costs a few Python operations rather than a few per slot.
     The columns are lists indexed by slot: gref, offset, flags, id, size."""
 
-    __slots__ = ("entries", "count", "gref", "offset", "flags", "id", "size", "_more")
+    __slots__ = ("_more", "count", "entries", "flags", "gref", "id", "offset", "size")
 
     def __init__(self, entries: bytes) -> None:
         if len(entries) % ENTRY_SIZE:

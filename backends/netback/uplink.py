@@ -40,9 +40,16 @@ from backends.netback.offload import Offload, Receiver, tx_offload
 from domains.kernel import netpkt, vnet
 from domains.kernel.netns import create_tap, given_uplinks
 from domains.kernel.threads import OwnedThread
-from hypervisor.public.io.netif import NETRXF_data_validated, XEN_NETIF_MAX_TX_SIZE
-from hypervisor.public.pyxen.tap import (TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN,
-                                         NetnsError, Tap, parse_address)
+from hypervisor.public.io.netif import XEN_NETIF_MAX_TX_SIZE, NETRXF_data_validated
+from hypervisor.public.pyxen.tap import (
+    TUN_F_CSUM,
+    TUN_F_TSO4,
+    TUN_F_TSO6,
+    VNET_HDR_LEN,
+    NetnsError,
+    Tap,
+    parse_address,
+)
 
 #: Frames read from the TAP per turn on the switch: others' rings get
 #: their turn in between.

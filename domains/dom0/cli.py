@@ -25,8 +25,8 @@ from domains.dom0.topology import TopologyError, load_topology
 from domains.dom0.xlformat import (
     format_info,
     format_list,
-    format_top,
     format_sched_credit2,
+    format_top,
     format_vcpu_list,
 )
 

@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from hypervisor.public.pyxen.text import clean_text
 from domains.dom0 import topocheck
 from domains.dom0.devices import vbd_frontend_path, vif_frontend_path
 from domains.dom0.toolstack import Managed, Toolstack
 from domains.dom0.topology import TopologyError, load_domain_config
 from domains.dom0.xlspec import SpecError, parse_cpulist, parse_disk, parse_vif
 from hypervisor.public.errno import EBUSY, XenError
+from hypervisor.public.pyxen.text import clean_text
 
 #: The largest request the control socket takes (ZMQ_MAXMSGSIZE): a path
 #: or a device spec, never more.

@@ -17,12 +17,12 @@ Pure: files and the clock are handed in.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from hypervisor.public.pyxen.text import clean_line
-
 
 # -- `pyxen dmesg` ------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote
 
 import msgpack
@@ -27,13 +28,12 @@ from domains.dom0.topology import Platform, TopologyError, load_topology
 from domains.dom0.xc import XenCtrl
 from domains.dom0.xenconsoled import Xenconsoled
 from domains.dom0.xenstored.daemon import Xenstored
+from domains.kernel.kernel import Kernel
 from domains.kernel.xenbus.backend import BackendBus
 from domains.kernel.xenbus.client import XenStoreClient
 from domains.kernel.xenbus.transport import UnixTransport
-from domains.kernel.kernel import Kernel
 from hypervisor.public.errno import XenError
 from hypervisor.public.xen import VIRQ_DOM_EXC
-
 
 
 class Progress:

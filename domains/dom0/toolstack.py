@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from domains.dom0 import actions, devices, topocheck, xsnodes
 from domains.dom0.announce import parse_announce

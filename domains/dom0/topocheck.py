@@ -15,9 +15,10 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from domains.dom0.xlspec import DOM0_NAME, DiskSpec, VifSpec
 
@@ -110,10 +111,9 @@ def _target_problem(disk: DiskSpec, disk_dir: Path | None) -> str | None:
     if disk.target is None:
         return None
     target = Path(disk.target)
-    if not target.is_absolute():
-        if ".." in target.parts:
-            return (f"target {disk.target} leaves the run directory's disks/ "
-                    "(use an absolute path for an image elsewhere)")
+    if not target.is_absolute() and ".." in target.parts:
+        return (f"target {disk.target} leaves the run directory's disks/ "
+                "(use an absolute path for an image elsewhere)")
     path = image_path(disk, disk_dir)
     if path is None or path.exists():
         return None

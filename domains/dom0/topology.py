@@ -24,10 +24,11 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from domains.dom0 import topocheck
 from domains.dom0.xlspec import (
@@ -465,7 +466,7 @@ def _restart_limit(v: list[Any], ctx: _Ctx) -> tuple[int, float]:
 
 
 def _seconds(lo: float, hi: float) -> Callable[[Any, _Ctx], float]:
-    def check(v: int | float, ctx: _Ctx) -> float:
+    def check(v: float, ctx: _Ctx) -> float:
         if not lo < v <= hi:
             raise _Invalid(f"must be more than {lo:g} and at most {hi:g} seconds, got {v}")
         return float(v)

@@ -13,14 +13,14 @@ from hypervisor.public import domctl as D
 from hypervisor.public import sysctl as S
 from hypervisor.public import version as V
 from hypervisor.public.errno import XenError
-from hypervisor.public.sched import SCHEDOP_remote_shutdown, SHUTDOWN_NAMES
+from hypervisor.public.sched import SHUTDOWN_NAMES, SCHEDOP_remote_shutdown
 from hypervisor.public.xen import (
     CONSOLEIO_write,
     HYPERVISOR_console_io,
     HYPERVISOR_domctl,
+    HYPERVISOR_pyxen_op,
     HYPERVISOR_sched_op,
     HYPERVISOR_sysctl,
-    HYPERVISOR_pyxen_op,
     HYPERVISOR_xen_version,
     PYXEN_op_pass_fd,
 )

@@ -30,6 +30,7 @@ from typing import Any
 from domains.dom0.logtext import ConsoleLog
 from domains.dom0.mailbox import Mailbox
 from domains.dom0.peercred import owner_uid, peer_allowed
+from domains.kernel.api import DriverKernel
 from domains.kernel.console_ring import ConsoleRingError, XenconsRing
 from domains.kernel.gnttab import GrantStatusError, Mapping
 from domains.kernel.xenbus.client import XsError
@@ -65,7 +66,7 @@ class DomainConsole:
 
 
 class Xenconsoled(threading.Thread):
-    def __init__(self, kernel: Any, run_dir: Path, xenstore: Any) -> None:
+    def __init__(self, kernel: DriverKernel, run_dir: Path, xenstore: Any) -> None:
         super().__init__(name="xenconsoled", daemon=True)
         self.kernel = kernel
         self.xs = xenstore
@@ -150,7 +151,7 @@ class Xenconsoled(threading.Thread):
         mapping = self.kernel.gnttab.map_grant_ref(domid, GNTTAB_RESERVED_CONSOLE)
         try:
             local = self.kernel.events.bind_interdomain(
-                domid, port, lambda _p, d=domid: self._wake(("ring", d)))
+                domid, port, lambda _p: self._wake(("ring", domid)))
         except XenError:
             self.kernel.gnttab.unmap(mapping)
             raise

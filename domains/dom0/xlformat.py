@@ -14,7 +14,8 @@ a newline, like xl's output, so the CLI can write it as is.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "LIST_HEADER",

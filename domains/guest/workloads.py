@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from domains.kernel.kernel import Kernel
 from domains.guest.devices import start_frontends
+from domains.kernel.kernel import Kernel
 
 
 def idle(kernel: Kernel) -> None:

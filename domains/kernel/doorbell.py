@@ -39,7 +39,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from hypervisor.public.event_channel import PYXEN_EVTCHN_PORT
 

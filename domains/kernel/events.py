@@ -27,7 +27,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 
@@ -38,6 +38,8 @@ from domains.kernel.threads import OwnedThread
 from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.event_channel import (
     EVTCHN_2L_NR_CHANNELS,
+    PYXEN_SHINFO_MASK_OFFSET,
+    PYXEN_SHINFO_PENDING_OFFSET,
     EVTCHNOP_alloc_unbound,
     EVTCHNOP_bind_interdomain,
     EVTCHNOP_bind_virq,
@@ -45,8 +47,6 @@ from hypervisor.public.event_channel import (
     EVTCHNOP_send,
     EVTCHNOP_status,
     EVTCHNOP_unmask,
-    PYXEN_SHINFO_MASK_OFFSET,
-    PYXEN_SHINFO_PENDING_OFFSET,
 )
 from hypervisor.public.xen import DOMID_SELF, HYPERVISOR_event_channel_op
 

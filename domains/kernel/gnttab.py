@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from domains.kernel.hypercall import Hypercalls
 from domains.kernel.memchan import MemChannel
-from hypervisor.public.errno import EBUSY, EIO, ENOSPC, XenError
 from hypervisor.public import grant_table
+from hypervisor.public.errno import EBUSY, EIO, ENOSPC, XenError
 from hypervisor.public.grant_table import (
+    PYXEN_GNTTAB_MAX_BATCH,
     GNTMAP_host_map,
     GNTMAP_readonly,
     GNTST_okay,
@@ -33,12 +34,11 @@ from hypervisor.public.grant_table import (
     GTF_reading,
     GTF_readonly,
     GTF_writing,
-    PYXEN_GNTTAB_MAX_BATCH,
 )
 from hypervisor.public.xen import (
+    PAGE_SIZE,
     HYPERVISOR_grant_table_op,
     HYPERVISOR_pyxen_op,
-    PAGE_SIZE,
     PYXEN_op_close_window,
     PYXEN_op_grant_window,
 )

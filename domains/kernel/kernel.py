@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -30,12 +31,12 @@ from domains.kernel.workqueue import WorkQueue
 from domains.kernel.xenstore import connect_ring
 from hypervisor.public.sched import SCHEDOP_shutdown, SCHEDOP_watchdog, SHUTDOWN_poweroff
 from hypervisor.public.xen import (
+    PAGE_SIZE,
+    VIRQ_TIMER,
     HYPERVISOR_pyxen_op,
     HYPERVISOR_sched_op,
     HYPERVISOR_set_timer_op,
-    PAGE_SIZE,
     PYXEN_op_ready,
-    VIRQ_TIMER,
 )
 
 
@@ -198,3 +199,11 @@ def parse_cmdline(cmdline: str) -> dict[str, str]:
         key, _, value = word.partition("=")
         args[key] = value
     return args
+
+
+if TYPE_CHECKING:
+    from domains.kernel.api import DriverKernel
+
+    def _fits(kernel: Kernel) -> DriverKernel:
+        """mypy checks here that the real kernel is what drivers are written against."""
+        return kernel

@@ -16,7 +16,7 @@ import json
 import sys
 import threading
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -36,7 +36,7 @@ def make_logger(name: str, domid: int, json_lines: bool, stream: Any = None) -> 
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 class JsonLines:

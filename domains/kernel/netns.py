@@ -22,8 +22,7 @@ import errno
 import os
 import threading
 
-from hypervisor.public.pyxen.tap import (ROOT_REASON, TUN_PATH, NetnsError, Tap,
-                                         set_link_up)
+from hypervisor.public.pyxen.tap import ROOT_REASON, TUN_PATH, NetnsError, Tap, set_link_up
 
 CLONE_NEWNET = 0x40000000
 

@@ -11,7 +11,8 @@ Every orderly stop goes through the owners' close(), which joins them.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class OwnedThread(threading.Thread):

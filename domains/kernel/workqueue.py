@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 from domains.kernel.threads import OwnedThread
 

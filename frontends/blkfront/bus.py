@@ -9,17 +9,18 @@ closes them all and waits for their handshakes.
 
 from __future__ import annotations
 
+import functools
 import threading
-from typing import Any
 
+from domains.kernel.api import DriverKernel
 from domains.kernel.xenbus.client import XsError
-from hypervisor.public.errno import XenError
 from frontends.blkfront.api import BlockDevice
 from frontends.blkfront.device import BlkfrontDevice, DeviceGone
+from hypervisor.public.errno import XenError
 
 
 class BlockBus:
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: DriverKernel) -> None:
         self.kernel = kernel
         self.xs = kernel.xenstore
         self.root = f"/local/domain/{kernel.domid}/device/vbd"
@@ -55,7 +56,7 @@ class BlockBus:
                 disk = self.devices.pop(devid)
             disk.device.close()
         for devid in new:
-            self.kernel.work.submit(lambda devid=devid: self._connect(devid),
+            self.kernel.work.submit(functools.partial(self._connect, devid),
                                     f"{self.root}/{devid}")
 
     def _connect(self, devid: int) -> None:

@@ -23,8 +23,9 @@ backend is connected, before anything new; the caller only sees a pause.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Self
 
+from domains.kernel.api import DriverKernel
 from domains.kernel.xenbus.lifecycle import Frontend, FrontendHooks
 from domains.kernel.xenbus.state import read_feature, write_features
 from frontends.blkfront.pool import Pool, PoolClosed
@@ -108,7 +109,7 @@ class DmaBuffer:
             self.view.release()
             self.conn.dma.give(self.pages)
 
-    def __enter__(self) -> DmaBuffer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -412,7 +413,7 @@ class Connection:
 
 
 class BlkfrontDevice:
-    def __init__(self, kernel: Any, path: str) -> None:
+    def __init__(self, kernel: DriverKernel, path: str) -> None:
         self.kernel = kernel
         self.xs = kernel.xenstore
         self.path = path

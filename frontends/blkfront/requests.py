@@ -17,11 +17,17 @@ from collections.abc import Iterator, Sequence
 
 from hypervisor.public import xen
 from hypervisor.public.io import blkif
-from hypervisor.public.io.blkif import (BLKIF_DISCARD_SECURE,
-                                        BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
-                                        BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
-                                        BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
-                                        BLKIF_OP_READ, BLKIF_OP_WRITE, SEGS_PER_INDIRECT_FRAME)
+from hypervisor.public.io.blkif import (
+    BLKIF_DISCARD_SECURE,
+    BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
+    BLKIF_MAX_SEGMENTS_PER_REQUEST,
+    BLKIF_OP_DISCARD,
+    BLKIF_OP_FLUSH_DISKCACHE,
+    BLKIF_OP_INDIRECT,
+    BLKIF_OP_READ,
+    BLKIF_OP_WRITE,
+    SEGS_PER_INDIRECT_FRAME,
+)
 
 SegmentSpec = tuple[int, int, int]  # (gref, first_sect, last_sect)
 

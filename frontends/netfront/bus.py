@@ -12,18 +12,19 @@ and no GSO (see device.py).
 
 from __future__ import annotations
 
+import functools
 import threading
-from typing import Any
 
+from domains.kernel.api import DriverKernel
 from domains.kernel.fdtable import TAKE_TIMEOUT, vif_key
 from domains.kernel.netns import can_use_netns, create_tap, sandboxed
 from domains.kernel.xenbus.client import XsError
-from hypervisor.public.errno import XenError
 from frontends.netfront.device import NetfrontDevice, NetfrontError
+from hypervisor.public.errno import XenError
 
 
 class NetBus:
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: DriverKernel) -> None:
         self.kernel = kernel
         self.xs = kernel.xenstore
         self.root = f"/local/domain/{kernel.domid}/device/vif"
@@ -62,7 +63,7 @@ class NetBus:
                 self.kernel.log.warning("no guest networking", vif=devid, reason=self.reason)
                 continue
             # Not on the watch thread: connecting waits on watches itself.
-            self.kernel.work.submit(lambda devid=devid: self._connect(devid),
+            self.kernel.work.submit(functools.partial(self._connect, devid),
                                     f"{self.root}/{devid}")
 
     def _connect(self, devid: int) -> None:

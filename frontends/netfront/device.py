@@ -50,23 +50,22 @@ import threading
 from collections import deque
 from typing import Any
 
-from domains.kernel import netpkt
+from domains.kernel import netpkt, vnet
+from domains.kernel.api import DriverKernel
 from domains.kernel.xenbus.lifecycle import Frontend, FrontendHooks
 from domains.kernel.xenbus.state import read_feature
-from domains.kernel import vnet
 from frontends.netfront.rx import RxAssembler, RxFrame, make_rx_request
 from frontends.netfront.tx import NetfrontProtocolError, TxPageEncoder, TxShadow
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
-    NETRXF_csum_blank,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
+    NETRXF_csum_blank,
 )
-from hypervisor.public.io.ring import (FrontRing, RingError, shared_ring_init)
-from hypervisor.public.pyxen.tap import (MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6,
-                                         VNET_HDR_LEN)
+from hypervisor.public.io.ring import FrontRing, RingError, shared_ring_init
+from hypervisor.public.pyxen.tap import MAX_FRAME, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN
 from hypervisor.public.xen import PAGE_SIZE
 
 TX_ENTRY = netif.NETIF_TX_SRING_ENTRY_SIZE
@@ -118,7 +117,7 @@ class NetfrontDevice:
     #: Frames put on the tx ring and not pushed yet (tx_lock).
     tx_unpushed = 0
 
-    def __init__(self, kernel: Any, path: str, tap: Any) -> None:
+    def __init__(self, kernel: DriverKernel, path: str, tap: Any) -> None:
         self.kernel = kernel
         self.xs = kernel.xenstore
         self.path = path

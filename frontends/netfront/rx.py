@@ -41,10 +41,6 @@ from operator import add, getitem
 from hypervisor.public import xen
 from hypervisor.public.io import netif
 from hypervisor.public.io.netif import (
-    NETRXF_csum_blank,
-    NETRXF_data_validated,
-    NETRXF_extra_info,
-    NETRXF_more_data,
     XEN_NETIF_EXTRA_FLAG_MORE,
     XEN_NETIF_EXTRA_TYPE_GSO,
     XEN_NETIF_EXTRA_TYPE_MAX,
@@ -53,6 +49,10 @@ from hypervisor.public.io.netif import (
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
     ExtraInfo,
+    NETRXF_csum_blank,
+    NETRXF_data_validated,
+    NETRXF_extra_info,
+    NETRXF_more_data,
     RxResponse,
     extra_problem,
     make_rx_request,
@@ -77,7 +77,7 @@ class RxFrame:
     order; a run of whole pages may be one view), the first slot's
     NETRXF_* flags, its extras by type, and the ring slots it took."""
 
-    __slots__ = ("chunks", "flags", "extras", "nr_slots", "size", "_gso")
+    __slots__ = ("_gso", "chunks", "extras", "flags", "nr_slots", "size")
 
     def __init__(self, chunks: tuple[memoryview, ...], flags: int, extras: dict[int, ExtraInfo],
                  nr_slots: int, size: int, gso: tuple[int, int] | None = _UNKNOWN) -> None:

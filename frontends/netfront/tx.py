@@ -45,15 +45,15 @@ from hypervisor.public.io.netif import (
     NETIF_RSP_ERROR,
     NETIF_RSP_NULL,
     NETIF_RSP_OKAY,
-    NETTXF_csum_blank,
-    NETTXF_data_validated,
-    NETTXF_extra_info,
-    NETTXF_more_data,
     XEN_NETIF_GSO_TYPE_TCPV4,
     XEN_NETIF_GSO_TYPE_TCPV6,
     XEN_NETIF_MAX_TX_SIZE,
     XEN_NETIF_NR_SLOTS_MIN,
     XEN_NETIF_TX_RING_SIZE,
+    NETTXF_csum_blank,
+    NETTXF_data_validated,
+    NETTXF_extra_info,
+    NETTXF_more_data,
     TxResponse,
     make_gso_extra,
     parse_extra,
@@ -263,7 +263,7 @@ class TxSlot:
     """One request slot in flight (or answered, with its `status`): a view
     of its packet's record, made only when asked for."""
 
-    __slots__ = ("id", "gref", "offset", "length", "packet")
+    __slots__ = ("gref", "id", "length", "offset", "packet")
 
     def __init__(self, id: int, gref: int, offset: int, length: int,
                  packet: TxShadowPacket) -> None:
@@ -286,8 +286,18 @@ class TxShadowPacket:
     answers so far (`statuses`, by id).  Its segments, flags and GSO are
     read back from its entries when asked for."""
 
-    __slots__ = ("ids", "entries", "buffers", "seq", "pending", "nr_extras",
-                 "_owner", "_bad", "_statuses", "_slots")
+    __slots__ = (
+        "_bad",
+        "_owner",
+        "_slots",
+        "_statuses",
+        "buffers",
+        "entries",
+        "ids",
+        "nr_extras",
+        "pending",
+        "seq",
+    )
 
     def __init__(self, ids: list[int], entries: bytes, nr_extras: int = 0,
                  buffers: Any = None, seq: int = 0,

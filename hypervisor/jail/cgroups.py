@@ -204,7 +204,7 @@ class Cgroups:
             self.parents[controller] = parent
 
     @classmethod
-    def for_this_process(cls) -> "Cgroups":
+    def for_this_process(cls) -> Cgroups:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
             own = Path("/proc/self/cgroup").read_text()

@@ -52,7 +52,7 @@ class Bind:
         return [self.src, self.dst, self.writable]
 
     @classmethod
-    def from_json(cls, item: list) -> "Bind":
+    def from_json(cls, item: list) -> Bind:
         src, dst, writable = item
         return cls(str(src), str(dst), bool(writable))
 

@@ -73,7 +73,7 @@ class Sandbox:
     _seq: int = 0
 
     @classmethod
-    def probe(cls, run_dir: Path, enabled: bool = True) -> "Sandbox":
+    def probe(cls, run_dir: Path, enabled: bool = True) -> Sandbox:
         """What this machine gives (`enabled` False: --no-sandbox, nothing)."""
         box = cls(run_dir, enabled)
         box.learn = bool(os.environ.get(seccomp_policy.LEARN_ENV))
@@ -83,8 +83,8 @@ class Sandbox:
             return box
         root = os.geteuid() == 0
         ns_ok, ns_why = _probe_namespaces() if root else (
-            False, "needs root (the hypervisor creates each domain's PID namespace and "
-                   "writes its uid map)")
+            False, ("needs root (the hypervisor creates each domain's PID namespace and "
+                   "writes its uid map)"))
         for name in ("namespaces", "uid", "root"):
             box.layers[name] = Layer(name, ns_ok, ns_why)
         box.layers["caps"] = Layer("caps", True)
@@ -254,8 +254,8 @@ def sandbox_report(box: Sandbox) -> list[str]:
     """The boot log's lines on the sandbox: what is active, what is missing
     and why."""
     if not box.enabled:
-        return ["sandbox: OFF (pyxen boot --no-sandbox): domains run with the "
-                "hypervisor's uid, namespaces and privileges"]
+        return [("sandbox: OFF (pyxen boot --no-sandbox): domains run with the "
+                "hypervisor's uid, namespaces and privileges")]
     lines = [f"sandbox: active layers: {' '.join(box.active()) or 'none'}"]
     for layer in box.missing():
         lines.append(f"sandbox: MISSING {layer.name}: {layer.why}")

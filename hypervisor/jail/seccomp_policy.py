@@ -108,8 +108,8 @@ def available() -> tuple[bool, str]:
     try:
         import pyseccomp  # noqa: F401
     except (ImportError, RuntimeError, OSError) as exc:
-        return False, f"pyseccomp is not usable ({exc}; pip install pyseccomp, " \
-                      "apt-get install libseccomp2)"
+        return False, (f"pyseccomp is not usable ({exc}; pip install pyseccomp, " \
+                      "apt-get install libseccomp2)")
     return True, ""
 
 

@@ -6,6 +6,7 @@ from hypervisor.args import U16, U32, U64, Int, List, Maybe, Num, Opaque, Str, S
 from hypervisor.dispatch import DEFERRED, PRIV, Call, hypercall
 from hypervisor.process import thread_stat
 from hypervisor.public.domctl import (
+    XEN_SCHEDULER_CREDIT2,
     XEN_DOMCTL_createdomain,
     XEN_DOMCTL_destroydomain,
     XEN_DOMCTL_getdomaininfo,
@@ -13,16 +14,14 @@ from hypervisor.public.domctl import (
     XEN_DOMCTL_getvcpuinfo,
     XEN_DOMCTL_max_mem,
     XEN_DOMCTL_pausedomain,
-    XEN_DOMCTL_scheduler_op,
     XEN_DOMCTL_SCHEDOP_getinfo,
     XEN_DOMCTL_SCHEDOP_putinfo,
+    XEN_DOMCTL_scheduler_op,
     XEN_DOMCTL_setvcpuaffinity,
     XEN_DOMCTL_unpausedomain,
-    XEN_SCHEDULER_CREDIT2,
 )
 from hypervisor.public.errno import EINVAL, ENOMEM, XenError
 from hypervisor.public.xen import HYPERVISOR_domctl
-
 
 # What the toolstack asks the sandbox of a new domain to hold beyond the
 # default (hypervisor/jail/sandbox.py): Dom0 is trusted, but its requests

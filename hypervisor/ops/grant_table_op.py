@@ -6,6 +6,7 @@ from hypervisor.args import U16, U32, U64, List, Maybe, Struct
 from hypervisor.dispatch import Call, hypercall
 from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.grant_table import (
+    PYXEN_GNTTAB_MAX_BATCH,
     GNTST_general_error,
     GNTST_okay,
     GNTTABOP_copy,
@@ -14,7 +15,6 @@ from hypervisor.public.grant_table import (
     GNTTABOP_setup_table,
     GNTTABOP_unmap_grant_ref,
 )
-from hypervisor.public.grant_table import PYXEN_GNTTAB_MAX_BATCH
 from hypervisor.public.xen import DOMID_SELF, HYPERVISOR_grant_table_op
 
 MAX_BATCH = PYXEN_GNTTAB_MAX_BATCH

@@ -6,11 +6,11 @@ from hypervisor.args import NOTHING, U16, U32, Struct
 from hypervisor.dispatch import PRIV, Call, hypercall
 from hypervisor.public.errno import EINVAL, XenError
 from hypervisor.public.sched import (
+    SHUTDOWN_NAMES,
     SCHEDOP_remote_shutdown,
     SCHEDOP_shutdown,
     SCHEDOP_watchdog,
     SCHEDOP_yield,
-    SHUTDOWN_NAMES,
 )
 from hypervisor.public.xen import HYPERVISOR_sched_op
 

@@ -18,7 +18,6 @@ and the matching ``struct evtchn_*``:
 import ctypes
 
 from .pyxen.layout import scalar
-
 from .xen import domid_t, xen_ulong_t
 
 # ` enum event_channel_op { // EVTCHNOP_* => struct evtchn_*

@@ -72,10 +72,22 @@ import time
 import zlib
 from pathlib import Path
 
-from domains.dom0.bench.common import (BenchError, Progress, boot, execute, format_table,
-                                       halt, reap_children)
-from domains.guest.bench_workloads import (BLK_GUEST_TAG, BLK_RAND_SIZE, BLK_SEQ_SIZE,
-                                           blk_offsets, blk_pattern)
+from domains.dom0.bench.common import (
+    BenchError,
+    Progress,
+    boot,
+    execute,
+    format_table,
+    halt,
+    reap_children,
+)
+from domains.guest.bench_workloads import (
+    BLK_GUEST_TAG,
+    BLK_RAND_SIZE,
+    BLK_SEQ_SIZE,
+    blk_offsets,
+    blk_pattern,
+)
 
 GOAL_SEQ_RATIO = 0.5
 QUEUE_DEPTH = 8         # operations the guest keeps in flight (fio's iodepth)
@@ -359,8 +371,8 @@ def format_report(report: dict) -> str:
         table[i] += f"{s['ratio']:>10.3f}"
     verdict = "met" if report["goal_met"] else "NOT met"
     return "\n".join([
-        f"Block I/O on a {report['disk_mb']} MiB image: {n} x 1 MiB sequential "
-        f"reads and writes, {rand['count']} x 4 KiB random reads:",
+        (f"Block I/O on a {report['disk_mb']} MiB image: {n} x 1 MiB sequential "
+        f"reads and writes, {rand['count']} x 4 KiB random reads:"),
         *table,
         (f"  pyxen: blkfront -> blkback in a driver domain, {report['queue_depth']} "
          "operations in flight,"),

@@ -24,8 +24,16 @@ import select
 import time
 from pathlib import Path
 
-from domains.dom0.bench.common import (BenchError, Progress, boot, execute, format_table,
-                                       halt, reap_children, summarize)
+from domains.dom0.bench.common import (
+    BenchError,
+    Progress,
+    boot,
+    execute,
+    format_table,
+    halt,
+    reap_children,
+    summarize,
+)
 
 GOAL_RATIO = 1.5
 
@@ -229,8 +237,8 @@ def format_report(report: dict) -> str:
     rows = [("pyxen event channel", report["pyxen_evtchn_rtt_us"]),
             ("raw zmq ipc (PAIR)", report["raw_zmq_rtt_us"]),
             ("raw unix datagrams", report["raw_unix_rtt_us"])]
-    lines = [f"Round trip, {report['iterations']} iterations "
-             f"(after {report['warmup']} warm-up), µs:",
+    lines = [(f"Round trip, {report['iterations']} iterations "
+             f"(after {report['warmup']} warm-up), µs:"),
              *format_table(("median", "p99", "mean"),
                            [(name, (s["median"], s["p99"], s["mean"])) for name, s in rows])]
     ratio, goal = report["ratio_median"], report["goal_ratio"]

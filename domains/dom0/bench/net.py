@@ -43,8 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from domains.dom0.bench.common import (BenchError, Progress, boot, execute, halt,
-                                       reap_children)
+from domains.dom0.bench.common import BenchError, Progress, boot, execute, halt, reap_children
 
 GOAL_RATIO = 0.3
 MAX_DURATION = 10          # seconds of iperf3 per side
@@ -312,8 +311,8 @@ def format_report(report: dict) -> str:
         f"  {'veth pair (2 netns)':<26}{report['veth_mbit_s']:>12.1f}",
         "  pyxen: TAP -> netfront -> netback + bridge in net-dd -> netfront -> TAP;",
         "  veth: the kernel alone; both with TSO/GSO; ratio: pyxen / veth (higher is better)",
-        f"  ratio pyxen / veth: {report['ratio']:.4f}  "
-        f"(goal: at least {report['goal_ratio']}: {verdict})"])
+        (f"  ratio pyxen / veth: {report['ratio']:.4f}  "
+        f"(goal: at least {report['goal_ratio']}: {verdict})")])
 
 
 def run_bench(args) -> int:

@@ -31,8 +31,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from domains.dom0.bench.common import (BenchError, Progress, boot, execute, format_table,
-                                       halt, ops_per_s, reap_children, summarize)
+from domains.dom0.bench.common import (
+    BenchError,
+    Progress,
+    boot,
+    execute,
+    format_table,
+    halt,
+    ops_per_s,
+    reap_children,
+    summarize,
+)
 from hypervisor.public.io.xs_wire import XS_READ, XS_WRITE, XSD_SOCKMSG, xsd_sockmsg_type
 
 READ_PATH = "/local/domain/0/name"
@@ -268,8 +277,8 @@ def format_report(report: dict) -> str:
     rows = [("xenstore read", report["xenstore_read"]),
             ("xenstore write", report["xenstore_write"]),
             ("raw unix echo", report["raw_unix_echo"])]
-    lines = [f"Sequential round trips, {report['iterations']} iterations "
-             f"(after {report['warmup']} warm-up):",
+    lines = [(f"Sequential round trips, {report['iterations']} iterations "
+             f"(after {report['warmup']} warm-up):"),
              *format_table(("ops/s", "median µs", "p99 µs"),
                            [(name, (s["ops_per_s"], s["median_us"], s["p99_us"]))
                             for name, s in rows], name_width=18, width=12),

@@ -39,8 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import DEFAULT_TOPOLOGY
-from domains.dom0.bench.common import (BenchError, Progress, become_subreaper, boot, halt,
-                                       reap_children)
+from domains.dom0.bench.common import (
+    BenchError,
+    Progress,
+    become_subreaper,
+    boot,
+    halt,
+    reap_children,
+)
 from domains.dom0.chaos import analysis, steps, toml_out
 from domains.dom0.chaos.analysis import Device
 from domains.dom0.client import CommandFailed, ControlClient, NotRunning
@@ -403,8 +409,8 @@ def clean(report: dict) -> bool:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"pyxen chaos: {len(report['kills'])} steps against "
-             f"{', '.join(report['targets'])} (seed {report['seed']})", ""]
+    lines = [(f"pyxen chaos: {len(report['kills'])} steps against "
+             f"{', '.join(report['targets'])} (seed {report['seed']})"), ""]
     lines.append(f"  {'target':<12}{'kills':>6}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
                  f"{'max ms':>9}  timed by")
     timings = sorted({k.get("timing", "spaced") for k in report["kills"]} - {"reattach"})
@@ -421,10 +427,10 @@ def format_report(report: dict) -> str:
         lines.append(f"  {target:<12}{len(kills):>6}{cells}  {how}"
                      + (f"  ({failed} NOT recovered)" if failed else ""))
     b = report["blocks"]
-    lines += ["", f"blocks: {b['acknowledged']} acknowledged writes checked on the images: "
-                  f"{b['lost']} lost, {b['duplicated']} duplicated, {b['corrupted']} corrupted",
-              f"reads: {report['reads']['verified']} read back during the run, "
-              f"{report['reads']['bad']} wrong"]
+    lines += ["", (f"blocks: {b['acknowledged']} acknowledged writes checked on the images: "
+                  f"{b['lost']} lost, {b['duplicated']} duplicated, {b['corrupted']} corrupted"),
+              (f"reads: {report['reads']['verified']} read back during the run, "
+              f"{report['reads']['bad']} wrong")]
     for error in report["io_errors"]:
         lines.append(f"I/O error seen by a guest: {error}")
     reattach = [k for k in report["kills"] if k.get("timing") == "reattach"]

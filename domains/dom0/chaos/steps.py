@@ -21,9 +21,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from domains.dom0.client import CommandFailed, ControlClient
 from domains.dom0.toolstack import wait_for_state

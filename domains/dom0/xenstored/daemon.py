@@ -31,12 +31,12 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from domains.dom0.mailbox import Mailbox
 from domains.dom0.peercred import owner_uid, peer_allowed
 from domains.dom0.xc import XenCtrl
 from domains.dom0.xenstored.handler import Connection, XenStore
+from domains.kernel.api import DriverKernel
 from domains.kernel.gnttab import Mapping
 from domains.kernel.xenbus.ring import RingError, XenstoreRing
 from hypervisor.public.domctl import XEN_DOMINF_dying, XEN_DOMINF_shutdown
@@ -106,7 +106,7 @@ def pump_ring(store: XenStore, conn: Connection, ring: XenstoreRing,
 
 
 class Xenstored(threading.Thread):
-    def __init__(self, kernel: Any, run_dir: Path) -> None:
+    def __init__(self, kernel: DriverKernel, run_dir: Path) -> None:
         super().__init__(name="xenstored", daemon=True)
         self.kernel = kernel
         self.log = kernel.log.bind(component="xenstored")
@@ -286,7 +286,7 @@ class Xenstored(threading.Thread):
         mapping = self.kernel.gnttab.map_grant_ref(domid, GNTTAB_RESERVED_XENSTORE)
         try:
             local = self.kernel.events.bind_interdomain(
-                domid, port, lambda _port, d=domid: self.kick(d))
+                domid, port, lambda _port: self.kick(domid))
         except XenError:
             self.kernel.gnttab.unmap(mapping)
             raise

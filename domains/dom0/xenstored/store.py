@@ -72,7 +72,7 @@ def is_valid_nodename(name: str, path_max: int = quota.Quotas.path_max) -> bool:
 
 def canonicalize(name: str, implicit_path: str) -> str:
     """A request's path made absolute: relative to `implicit_path`."""
-    if name.startswith("/") or name.startswith("@"):
+    if name.startswith(("/", "@")):
         return name
     return f"{implicit_path}/{name}"
 

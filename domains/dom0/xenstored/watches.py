@@ -45,7 +45,7 @@ class Watch:
         if self.relative_path is None:
             return name
         path = name[len(self.relative_path):]
-        return path[1:] if path.startswith("/") else path
+        return path.removeprefix("/")
 
 
 def event_payload(path: str, token: bytes) -> bytes:

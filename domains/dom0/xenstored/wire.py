@@ -21,7 +21,7 @@ from hypervisor.public.io.xs_wire import (
     encode,
 )
 
-__all__ = ["Decoder", "HEADER_SIZE", "Message", "WireError", "encode"]
+__all__ = ["HEADER_SIZE", "Decoder", "Message", "WireError", "encode"]
 
 HEADER_SIZE = XSD_SOCKMSG.size
 

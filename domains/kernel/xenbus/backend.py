@@ -11,7 +11,8 @@ one at a time; a device's xenbus lifecycle runs on the kernel's work queue
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from domains.kernel.xenbus.client import XenStoreClient, XsError
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, Self, TypeVar
 
 import structlog
 
@@ -80,7 +81,7 @@ class XsError(Exception):
         super().__init__(f"{name}: {message}" if message else name)
 
     @classmethod
-    def from_payload(cls, payload: bytes, message: str = "") -> "XsError":
+    def from_payload(cls, payload: bytes, message: str = "") -> XsError:
         return cls(payload.split(b"\0", 1)[0].decode("ascii", "replace") or "EINVAL", message)
 
 
@@ -125,7 +126,7 @@ def _watch_matches(watched: str, path: str) -> bool:
 
 
 class _Waiter:
-    __slots__ = ("event", "reply", "error")
+    __slots__ = ("error", "event", "reply")
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -273,7 +274,7 @@ class XenStoreClient:
             if thread is not me:
                 thread.join()
 
-    def __enter__(self) -> "XenStoreClient":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -20,8 +20,8 @@ except on xenwatch, which must not wait for work that may wait for it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from domains.kernel.workqueue import WorkQueue
 from domains.kernel.xenbus.client import XenStoreClient, XsError

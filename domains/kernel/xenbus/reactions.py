@@ -42,7 +42,6 @@ reactions: see :class:`lifecycle.Frontend`.
 from __future__ import annotations
 
 import enum
-from typing import Union
 
 from domains.kernel.gnttab import GrantStatusError
 from domains.kernel.xenbus.client import XsError
@@ -62,7 +61,7 @@ class Step(enum.Enum):
     CLOSE = "close"            # frontend: the device goes for good (close handshake)
 
 
-Reaction = tuple[Union[Step, XenbusState], ...]
+Reaction = tuple[Step | XenbusState, ...]
 NOTHING: Reaction = ()
 
 #: The frontend states after which a backend connects, by default

@@ -30,17 +30,19 @@ from __future__ import annotations
 
 import ctypes
 
-from hypervisor.public.pyxen.words import Words
 from hypervisor.public.io.xs_wire import (
+    MASK_XENSTORE_IDX,
     XENSTORE_CONNECTED,
     XENSTORE_ERROR_NONE,
     XENSTORE_ERROR_RINGIDX,
     XENSTORE_RING_SIZE,
     XENSTORE_SERVER_FEATURE_ERROR,
     XENSTORE_SERVER_FEATURE_RECONNECTION,
-    MASK_XENSTORE_IDX,
+)
+from hypervisor.public.io.xs_wire import (
     xenstore_domain_interface as _intf,
 )
+from hypervisor.public.pyxen.words import Words
 
 _WRAP = 1 << 32
 
@@ -77,10 +79,10 @@ class _Word:
     def __init__(self, offset: int) -> None:
         self.offset = offset
 
-    def __get__(self, ring: "XenstoreRing", owner: type | None = None) -> int:
+    def __get__(self, ring: XenstoreRing, owner: type | None = None) -> int:
         return ring._get(self.offset)
 
-    def __set__(self, ring: "XenstoreRing", value: int) -> None:
+    def __set__(self, ring: XenstoreRing, value: int) -> None:
         ring._set(self.offset, value)
 
 

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from domains.kernel.xenbus.client import XBT_NULL, XenStoreClient, XsError
 from hypervisor.public.io.xenbus import XenbusState

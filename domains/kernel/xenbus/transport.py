@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from domains.kernel.xenbus.ring import XenstoreRing
 from hypervisor.public.io.xs_wire import XENSTORE_RING_SIZE
@@ -57,7 +58,7 @@ class UnixTransport:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_socket(cls, sock: socket.socket) -> "UnixTransport":
+    def from_socket(cls, sock: socket.socket) -> UnixTransport:
         """Wrap an already connected stream socket (e.g. one of a socketpair)."""
         return cls(sock=sock)
 

@@ -21,6 +21,7 @@ import ipaddress
 import os
 import socket
 import struct
+from typing import Self
 
 # <linux/if_tun.h>
 TUNSETIFF = 0x400454CA
@@ -210,7 +211,7 @@ class Tap:
     @classmethod
     def create(cls, name: str = "eth0", *, mac: str | None = None, mtu: int = 1500,
                addresses: list[str] | tuple[str, ...] = (), vnet_hdr: bool = False,
-               fd: int | None = None) -> "Tap":
+               fd: int | None = None) -> Tap:
         """Create TAP `name` with this MAC (the kernel picks a random one when
         None), MTU and addresses (CIDR, e.g. "10.0.0.1/24"; a bare IPv4
         address gets /24), and set its link up.  With `vnet_hdr` frames
@@ -321,7 +322,7 @@ class Tap:
     def closed(self) -> bool:
         return self._fd < 0
 
-    def __enter__(self) -> "Tap":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
