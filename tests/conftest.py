@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 
@@ -6,6 +7,15 @@ from tests.harness import System, become_subreaper, ours, reap_children, title
 from tests.hvfakes import Sleeper
 
 become_subreaper()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    # A run stopped by SIGTERM (a CI timeout, a kill) still tears its
+    # fixtures down, halting the machines it booted: as Ctrl-C does.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _interrupted)
 
 
 @pytest.fixture(autouse=True)

@@ -199,3 +199,16 @@ def test_a_domain_may_have_quotas_of_its_own() -> None:
     assert guest.commit(tx) is None
     dom0.call(xs.XS_RELEASE, "1")                    # gone: a later domain 1 starts over
     assert 1 not in xsd.domain_quotas
+
+
+def test_a_quota_refusal_is_told_once_a_while_not_in_a_flood() -> None:
+    """A guest can hit a quota in a loop, a new path each time: Dom0 is told
+    once a while (dmesg, its log), and the last refusal is kept."""
+    xsd, dom0, guest = setup(Quotas(nodes=1))
+    told: list[tuple[int, str]] = []
+    xsd.on_quota_error = lambda domid, text: told.append((domid, text))
+    for n in range(50):
+        assert guest.error(xs.XS_WRITE, f"x{n}", "") == "ENOSPC"
+    assert len(told) == 1 and told[0][0] == 1
+    assert told[0][1].startswith("ENOSPC") and "WRITE" in told[0][1]
+    assert "x49" in xsd.quota_errors[1]  # the last one is kept, told or not

@@ -41,6 +41,7 @@ that shuts down or crashes fires @releaseDomain once, until RESUME.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -89,12 +90,15 @@ from domains.dom0.xenstored.wire import (
     reply_to,
 )
 from hypervisor.public.io import xs_wire as xs
+from hypervisor.public.pyxen.text import clean_line
 from hypervisor.public.xen import DOMID_SELF
 
 OK = b"OK\0"
 #: The errors Xen's quotas answer with (ENOSPC: nodes, transactions ...;
 #: E2BIG: watches; ENOMEM: memory).
 QUOTA_ERRORS = frozenset({"ENOSPC", "E2BIG", "ENOMEM"})
+#: Seconds between two reports of one domain's quota refusals to Dom0.
+QUOTA_TELL_EVERY = 10.0
 
 _ids = itertools.count(1)
 
@@ -174,6 +178,7 @@ class XenStore:
         # "quota <domid>" and the toolstack's device views say why).
         self.quota_errors: dict[int, str] = {}
         self.on_quota_error: Callable[[int, str], None] | None = None
+        self._quota_told: dict[int, float] = {}  # when each domain's was last told
         self.store = Store()
         self.connections: list[Connection] = []
         self._by_domain: dict[int, list[Connection]] = {}
@@ -381,13 +386,18 @@ class XenStore:
         return req
 
     def _quota_error(self, domid: int, op: _Op | None, msg: Message, exc: XsError) -> None:
+        # The path is the guest's: cleaned (it reaches the admin's terminal
+        # through list -v and block-list), and told at most once a while
+        # (a guest can hit quotas in a loop, with a new path each time).
         first = get_strings(msg.payload)[:1]
         path = decode(first[0])[:120] if first else ""
         what = op.name if op is not None else str(msg.type)
-        text = f"{exc.name} ({exc.detail or 'quota'}) on {what} {path}".strip()
-        changed = self.quota_errors.get(domid) != text
+        text = clean_line(f"{exc.name} ({exc.detail or 'quota'}) on {what} {path}".strip())
         self.quota_errors[domid] = text
-        if changed and self.on_quota_error is not None:
+        now = time.monotonic()
+        if (self.on_quota_error is not None
+                and now - self._quota_told.get(domid, -QUOTA_TELL_EVERY) >= QUOTA_TELL_EVERY):
+            self._quota_told[domid] = now
             self.on_quota_error(domid, text)
 
     def caller(self, conn: Connection) -> Caller:
@@ -488,6 +498,7 @@ class XenStore:
         self.introduced.discard(domid)
         self.domain_quotas.pop(domid, None)  # a later domain gets the defaults
         self.quota_errors.pop(domid, None)
+        self._quota_told.pop(domid, None)
         self.targets.pop(domid, None)
         for dm, target in list(self.targets.items()):
             if target == domid:
